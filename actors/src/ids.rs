@@ -1,0 +1,159 @@
+//! Names of entities. Every entity is keyed by tenant first (`tenant/id`), so isolation is a
+//! property of the key, not of a check someone may forget.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+use crate::error::ActorError;
+
+/// Longest tenant name accepted. Short enough that a tenant id is a 32-byte `Copy` value:
+/// every message carries its target's tenant, and a heap string there would cost an
+/// allocation per message.
+pub const TENANT_NAME_LEN_MAX: usize = 31;
+
+/// A tenant: an isolated customer. 1..=31 characters of lower-case ASCII letters, digits,
+/// `-` and `_`.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TenantId {
+    len: u8,
+    bytes: [u8; TENANT_NAME_LEN_MAX],
+}
+
+impl TenantId {
+    /// Validates `name` and makes it a tenant id.
+    pub fn new(name: &str) -> Result<Self, ActorError> {
+        let valid_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_';
+        if name.is_empty() || name.len() > TENANT_NAME_LEN_MAX || !name.chars().all(valid_char) {
+            return Err(ActorError::BadRequest {
+                field: "tenant".into(),
+                reason: format!(
+                    "tenant names are 1..={TENANT_NAME_LEN_MAX} characters of a-z, 0-9, '-', '_' (got {name:?})"
+                ),
+            });
+        }
+        let mut bytes = [0u8; TENANT_NAME_LEN_MAX];
+        bytes[..name.len()].copy_from_slice(name.as_bytes());
+        Ok(Self { len: name.len() as u8, bytes })
+    }
+
+    /// The tenant `vcos up` creates on first start.
+    pub fn default_tenant() -> Self {
+        Self::new("default").expect("\"default\" is a valid tenant name")
+    }
+
+    /// The name as text.
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).expect("validated as ASCII in TenantId::new")
+    }
+}
+
+impl PartialOrd for TenantId {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for TenantId {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_str().cmp(other.as_str())
+    }
+}
+
+impl fmt::Debug for TenantId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TenantId({:?})", self.as_str())
+    }
+}
+
+impl fmt::Display for TenantId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for TenantId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for TenantId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        Self::new(&name).map_err(serde::de::Error::custom)
+    }
+}
+
+/// The node-assigned number of an IMVU. Numbers are never reused: the allocator's high-water
+/// mark lives in canon.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ImvuId(pub u64);
+
+impl fmt::Display for ImvuId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// `tenant/id`: the full key of an IMVU (40 bytes, `Copy`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ImvuKey {
+    /// Owning tenant.
+    pub tenant: TenantId,
+    /// Number within the node's id space.
+    pub id: ImvuId,
+}
+
+impl fmt::Display for ImvuKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.tenant, self.id)
+    }
+}
+
+/// The number of a swarm; swarms share the IMVU id space so that a key names one entity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SwarmId(pub u64);
+
+impl fmt::Display for SwarmId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// `tenant/swarm`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct SwarmKey {
+    /// Owning tenant.
+    pub tenant: TenantId,
+    /// Swarm number.
+    pub id: SwarmId,
+}
+
+impl fmt::Display for SwarmKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/swarm-{}", self.tenant, self.id)
+    }
+}
+
+/// Who is asking: the tenant the caller proved it belongs to (by key), if any.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Caller {
+    /// Tenant whose key the caller presented; `None` for an anonymous caller.
+    pub authenticated_tenant: Option<TenantId>,
+    /// A name for logs and records ("http", "swarm-7", "bench").
+    pub principal: String,
+}
+
+impl Caller {
+    /// An in-process caller acting for `tenant` (embedders, swarms, tests).
+    pub fn internal(tenant: &TenantId, principal: &str) -> Self {
+        Self { authenticated_tenant: Some(tenant.clone()), principal: principal.to_owned() }
+    }
+
+    /// A caller who presented no key.
+    pub fn anonymous(principal: &str) -> Self {
+        Self { authenticated_tenant: None, principal: principal.to_owned() }
+    }
+}

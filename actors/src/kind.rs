@@ -1,0 +1,160 @@
+//! Typed and type-erased handles to the shards of one kind.
+//!
+//! [`KindRef<I>`] is what Rust callers use: typed messages, no serialisation, straight onto the
+//! shard's bounded channel. [`ErasedKind`] is the same thing behind JSON, for the HTTP facade
+//! and swarms, which only know a kind by name.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::ActorError;
+use crate::host::{Command, ImvuInfo};
+use crate::ids::{Caller, ImvuKey};
+use crate::imvu::Imvu;
+use crate::lifecycle::Transition;
+
+/// A boxed future, for the object-safe [`ErasedKind`].
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Typed handle to the shards of kind `I`.
+pub struct KindRef<I: Imvu> {
+    shards: Arc<[mpsc::Sender<Command<I>>]>,
+    description: &'static str,
+}
+
+impl<I: Imvu> Clone for KindRef<I> {
+    fn clone(&self) -> Self {
+        Self { shards: self.shards.clone(), description: self.description }
+    }
+}
+
+fn unavailable(_: impl std::fmt::Debug) -> ActorError {
+    ActorError::Unavailable("the IMVU host is stopped".into())
+}
+
+impl<I: Imvu> KindRef<I> {
+    pub(crate) fn new(shards: Arc<[mpsc::Sender<Command<I>>]>, description: &'static str) -> Self {
+        Self { shards, description }
+    }
+
+    fn shard(&self, key: &ImvuKey) -> &mpsc::Sender<Command<I>> {
+        // Ids are dense and sequential: modulo spreads them evenly.
+        let index = (key.id.0 % self.shards.len() as u64) as usize;
+        &self.shards[index]
+    }
+
+    /// Sends without waiting for a reply; waits for room in the mailbox (back-pressure).
+    pub async fn tell(&self, key: &ImvuKey, msg: I::Msg) -> Result<(), ActorError> {
+        self.shard(key).send(Command::Tell { key: key.clone(), msg }).await.map_err(unavailable)
+    }
+
+    /// Sends without waiting at all: a full mailbox is `QueueFull`.
+    pub fn try_tell(&self, key: &ImvuKey, msg: I::Msg) -> Result<(), ActorError> {
+        self.shard(key).try_send(Command::Tell { key: key.clone(), msg }).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => ActorError::QueueFull(format!("mailbox of {key} is full")),
+            mpsc::error::TrySendError::Closed(_) => unavailable(()),
+        })
+    }
+
+    /// Sends and waits for the reply (durable first, for `Persistence::EveryMessage`).
+    pub async fn ask(&self, key: &ImvuKey, msg: I::Msg) -> Result<I::Reply, ActorError> {
+        let (reply, rx) = oneshot::channel();
+        self.shard(key).send(Command::Ask { key: key.clone(), msg, reply }).await.map_err(unavailable)?;
+        rx.await.map_err(unavailable)?
+    }
+
+    pub(crate) async fn request<T>(
+        &self,
+        key: &ImvuKey,
+        make: impl FnOnce(oneshot::Sender<Result<T, ActorError>>) -> Command<I>,
+    ) -> Result<T, ActorError> {
+        let (reply, rx) = oneshot::channel();
+        self.shard(key).send(make(reply)).await.map_err(unavailable)?;
+        rx.await.map_err(unavailable)?
+    }
+
+    /// Creates an IMVU under a caller-chosen key (ids come from the runtime's allocator).
+    pub(crate) async fn create(&self, key: ImvuKey, caller: Caller) -> Result<ImvuInfo, ActorError> {
+        self.request(&key.clone(), |reply| Command::Create { key, caller, reply }).await
+    }
+
+    /// Asks every shard to passivate IMVUs idle for `idle_ms`; returns how many were evicted.
+    pub async fn passivate(&self, idle_ms: u64) -> usize {
+        let mut total = 0;
+        for shard in self.shards.iter() {
+            let (reply, rx) = oneshot::channel();
+            if shard.send(Command::Passivate { idle_ms, reply }).await.is_ok() {
+                total += rx.await.unwrap_or(0);
+            }
+        }
+        total
+    }
+}
+
+/// A kind known only by name: JSON in, JSON out.
+pub trait ErasedKind: Send + Sync + 'static {
+    /// Kind name.
+    fn name(&self) -> &'static str;
+    /// One-line description.
+    fn description(&self) -> &'static str;
+    /// Creates an IMVU with this key.
+    fn create(&self, key: ImvuKey, caller: Caller) -> BoxFuture<'_, Result<ImvuInfo, ActorError>>;
+    /// Sends a JSON message and returns the JSON reply.
+    fn ask_json(&self, key: ImvuKey, msg: serde_json::Value) -> BoxFuture<'_, Result<serde_json::Value, ActorError>>;
+    /// Runs a lifecycle transition.
+    fn lifecycle(&self, key: ImvuKey, transition: Transition, caller: Caller) -> BoxFuture<'_, Result<ImvuInfo, ActorError>>;
+    /// Reads state and lifecycle.
+    fn inspect(&self, key: ImvuKey) -> BoxFuture<'_, Result<ImvuInfo, ActorError>>;
+    /// Passivates idle IMVUs.
+    fn passivate(&self, idle_ms: u64) -> BoxFuture<'_, usize>;
+    /// Drops the in-memory copy of one IMVU (it reloads from canon).
+    fn evict(&self, key: ImvuKey) -> BoxFuture<'_, ()>;
+}
+
+impl<I: Imvu> ErasedKind for KindRef<I> {
+    fn name(&self) -> &'static str {
+        I::KIND
+    }
+
+    fn description(&self) -> &'static str {
+        self.description
+    }
+
+    fn create(&self, key: ImvuKey, caller: Caller) -> BoxFuture<'_, Result<ImvuInfo, ActorError>> {
+        Box::pin(KindRef::create(self, key, caller))
+    }
+
+    fn ask_json(&self, key: ImvuKey, msg: serde_json::Value) -> BoxFuture<'_, Result<serde_json::Value, ActorError>> {
+        Box::pin(async move {
+            let msg: I::Msg = serde_json::from_value(msg).map_err(|e| ActorError::BadRequest {
+                field: "message".into(),
+                reason: format!("not a valid {} message: {e}", I::KIND),
+            })?;
+            let reply = self.ask(&key, msg).await?;
+            serde_json::to_value(reply).map_err(|e| ActorError::Store(format!("reply does not serialise: {e}")))
+        })
+    }
+
+    fn lifecycle(&self, key: ImvuKey, transition: Transition, caller: Caller) -> BoxFuture<'_, Result<ImvuInfo, ActorError>> {
+        Box::pin(async move {
+            self.request(&key.clone(), |reply| Command::Lifecycle { key, transition, caller, reply }).await
+        })
+    }
+
+    fn inspect(&self, key: ImvuKey) -> BoxFuture<'_, Result<ImvuInfo, ActorError>> {
+        Box::pin(async move { self.request(&key.clone(), |reply| Command::Inspect { key, reply }).await })
+    }
+
+    fn passivate(&self, idle_ms: u64) -> BoxFuture<'_, usize> {
+        Box::pin(KindRef::passivate(self, idle_ms))
+    }
+
+    fn evict(&self, key: ImvuKey) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let _ = self.shard(&key).send(Command::Evict { key }).await;
+        })
+    }
+}

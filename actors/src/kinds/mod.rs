@@ -1,0 +1,9 @@
+//! IMVU kinds that ship with the binary, written exactly as an author would write their own.
+
+mod counter;
+mod kv_memory;
+mod text_worker;
+
+pub use counter::{Counter, CounterMsg};
+pub use kv_memory::{KvMemory, KvMsg, KvReply};
+pub use text_worker::{TextOp, TextWorker, TextWorkerState};

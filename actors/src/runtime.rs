@@ -1,0 +1,595 @@
+//! The runtime facade: kinds, tenants, the id allocator, the node's supervision tree.
+//!
+//! ```text
+//! root supervisor (ractor driver, one-for-one, node intensity)
+//!  └── one ShardActor per (kind, shard)          ← restarted on escalation
+//!       └── shard task: tenant supervisors (core) ← restart IMVUs from canon
+//!            └── IMVUs (cells)
+//! ```
+//! Past the root's intensity the node records the escalation and stops cleanly: the runtime's
+//! `escalated()` future resolves and the binary exits with a clear log line.
+
+use std::any::Any;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use ractor::{Actor, ActorRef};
+use tokio::sync::{mpsc, Notify};
+use vcos_supervision::ractor_driver::{ChildDef, SupervisorActor, SupervisorArgs, SupervisorMsg};
+use vcos_supervision::{ChildSpec, Clock, Intensity, RestartType, Strategy};
+
+use crate::error::ActorError;
+use crate::handshake::{Handshake, NodeHealth};
+use crate::host::{ImvuInfo, ShardEnv};
+use crate::ids::{Caller, ImvuId, ImvuKey, TenantId};
+use crate::imvu::Imvu;
+use crate::kind::{ErasedKind, KindRef};
+use crate::lifecycle::Transition;
+use crate::records::{self, HistoryEvent, ImvuMeta, Stamped};
+use crate::shard_actor::{ShardActor, ShardArgs};
+use crate::store::{commit_durable, index_of_appended_key, CanonStore, CanonWrite};
+use crate::swarm::{self, CreditRecord, SwarmCmd, SwarmInfo, SwarmSpec, VoteRecord};
+use crate::ids::SwarmKey;
+use crate::tenants::{TenantEntry, TenantPolicy, Tenants};
+
+/// Ids reserved per durable write of the allocator's high-water mark.
+pub(crate) const ID_BLOCK_LEN: u64 = 4096;
+/// Longest history returned in one read.
+pub(crate) const HISTORY_LEN_MAX: usize = 10_000;
+const NEXT_ID_KEY: &str = "node/next_id";
+
+/// How the runtime is put together.
+#[derive(Clone)]
+pub struct RuntimeConfig {
+    /// Where canon lives.
+    pub store: Arc<dyn CanonStore>,
+    /// Time source (injected: the simulator passes a simulated one).
+    pub clock: Arc<dyn Clock>,
+    /// Shards (tasks) per kind; defaults to the number of cores.
+    pub shards_per_kind: usize,
+    /// Bound of each shard's channel: the mailbox bound.
+    pub shard_queue_len: usize,
+    /// Resident IMVUs allowed on the node (stage 55).
+    pub resident_imvus_max: u64,
+    /// Intensity of each shard's supervisor over its tenant supervisors.
+    pub shard_intensity: Intensity,
+    /// Intensity of the node's root supervisor over the shards.
+    pub root_intensity: Intensity,
+    /// The admission checks.
+    pub handshake: Handshake,
+}
+
+impl RuntimeConfig {
+    /// Defaults around a store and a clock.
+    pub fn new(store: Arc<dyn CanonStore>, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            store,
+            clock,
+            shards_per_kind: std::thread::available_parallelism().map_or(2, usize::from),
+            shard_queue_len: 4096,
+            resident_imvus_max: 20_000_000,
+            shard_intensity: Intensity { max_restarts: 10, period_ms: 10_000 },
+            root_intensity: Intensity { max_restarts: 3, period_ms: 60_000 },
+            handshake: Handshake::standard(),
+        }
+    }
+}
+
+type KindInstaller = Box<dyn FnOnce(&Installer) -> (Arc<dyn ErasedKind>, Arc<dyn Any + Send + Sync>, Vec<ChildDef>) + Send>;
+
+struct Installer {
+    config: RuntimeConfig,
+    tenants: Arc<Tenants>,
+    node: Arc<NodeHealth>,
+}
+
+/// Collects kinds, then starts the runtime.
+pub struct RuntimeBuilder {
+    config: RuntimeConfig,
+    kinds: Vec<(&'static str, KindInstaller)>,
+}
+
+impl RuntimeBuilder {
+    /// Registers kind `I` with its behaviour value.
+    pub fn kind<I: Imvu>(mut self, behaviour: I) -> Self {
+        let installer: KindInstaller = Box::new(move |inst: &Installer| {
+            let env = Arc::new(ShardEnv {
+                behaviour: Arc::new(behaviour),
+                store: inst.config.store.clone(),
+                tenants: inst.tenants.clone(),
+                handshake: inst.config.handshake.clone(),
+                node: inst.node.clone(),
+                clock: inst.config.clock.clone(),
+                shard_intensity: inst.config.shard_intensity,
+            });
+            let description = env.behaviour.description();
+            let mut senders = Vec::new();
+            let mut children = Vec::new();
+            for shard in 0..inst.config.shards_per_kind.max(1) {
+                let (tx, rx) = mpsc::channel(inst.config.shard_queue_len.max(1));
+                let args = ShardArgs { env: env.clone(), rx: Arc::new(tokio::sync::Mutex::new(rx)), self_tx: tx.downgrade() };
+                senders.push(tx);
+                children.push(ChildDef {
+                    spec: ChildSpec { id: format!("{}#{shard}", I::KIND), restart: RestartType::Permanent, shutdown_timeout_ms: 5_000 },
+                    start: Arc::new(move |supervisor: ractor::ActorCell| {
+                        let args = args.clone();
+                        Box::pin(async move {
+                            let (actor, _) = Actor::spawn_linked(None, ShardActor::<I>::new(), args, supervisor).await?;
+                            Ok(actor.get_cell())
+                        })
+                    }),
+                });
+            }
+            let kind = KindRef::<I>::new(senders.into(), description);
+            (Arc::new(kind.clone()) as Arc<dyn ErasedKind>, Arc::new(kind) as Arc<dyn Any + Send + Sync>, children)
+        });
+        self.kinds.push((I::KIND, installer));
+        self
+    }
+
+    /// Loads tenants and the id allocator from canon, starts the supervision tree.
+    pub async fn start(self) -> Result<Runtime, ActorError> {
+        vcos_supervision::quiet_panic::install();
+        let RuntimeBuilder { config, kinds } = self;
+        let tenants = Arc::new(Tenants::default());
+        let node = NodeHealth::new(config.resident_imvus_max);
+        let installer = Installer { config: config.clone(), tenants: tenants.clone(), node: node.clone() };
+        let mut by_name = BTreeMap::new();
+        let mut typed = BTreeMap::new();
+        let mut children = Vec::new();
+        for (name, install) in kinds {
+            if by_name.contains_key(name) {
+                return Err(ActorError::BadRequest { field: "kind".into(), reason: format!("kind {name:?} registered twice") });
+            }
+            let (erased, any, defs) = install(&installer);
+            by_name.insert(name.to_owned(), erased);
+            typed.insert(name.to_owned(), any);
+            children.extend(defs);
+        }
+        let escalated = Arc::new(Notify::new());
+        let escalation: Arc<Mutex<Option<String>>> = Arc::default();
+        let on_escalate = {
+            let escalated = escalated.clone();
+            let escalation = escalation.clone();
+            let node = node.clone();
+            Arc::new(move |reason: String| {
+                tracing::error!(%reason, "root supervisor escalated: restart intensity exceeded at the top of the tree; stopping the node");
+                node.shutting_down.store(true, Ordering::SeqCst);
+                *escalation.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason);
+                escalated.notify_waiters();
+                escalated.notify_one();
+            }) as Arc<dyn Fn(String) + Send + Sync>
+        };
+        let (root, _) = Actor::spawn(
+            None,
+            SupervisorActor,
+            SupervisorArgs {
+                name: "root".into(),
+                strategy: Strategy::OneForOne,
+                intensity: config.root_intensity,
+                children,
+                clock: config.clock.clone(),
+                on_escalate: Some(on_escalate),
+            },
+        )
+        .await
+        .map_err(|e| ActorError::Unavailable(format!("root supervisor did not start: {e}")))?;
+        let runtime = Runtime {
+            inner: Arc::new(Inner {
+                config,
+                tenants,
+                node,
+                kinds: by_name,
+                typed,
+                directory: Default::default(),
+                next_id: AtomicU64::new(0),
+                reserved_until: AtomicU64::new(0),
+                reserve_lock: tokio::sync::Mutex::new(()),
+                root,
+                escalated,
+                escalation,
+                swarms: swarm::Registry::default(),
+            }),
+        };
+        runtime.load_tenants().await?;
+        let swarms = swarm::recover(&runtime).await?;
+        if swarms > 0 {
+            tracing::info!(swarms, "swarms recovered from canon");
+        }
+        Ok(runtime)
+    }
+}
+
+const DIRECTORY_SHARDS: usize = 16;
+
+struct Inner {
+    config: RuntimeConfig,
+    tenants: Arc<Tenants>,
+    node: Arc<NodeHealth>,
+    kinds: BTreeMap<String, Arc<dyn ErasedKind>>,
+    typed: BTreeMap<String, Arc<dyn Any + Send + Sync>>,
+    /// id → kind, a cache of what the meta records say (so routing needs no canon read).
+    directory: [RwLock<HashMap<u64, Arc<dyn ErasedKind>, ahash::RandomState>>; DIRECTORY_SHARDS],
+    next_id: AtomicU64,
+    reserved_until: AtomicU64,
+    reserve_lock: tokio::sync::Mutex<()>,
+    root: ActorRef<SupervisorMsg>,
+    escalated: Arc<Notify>,
+    escalation: Arc<Mutex<Option<String>>>,
+    swarms: swarm::Registry,
+}
+
+/// Kinds the node serves, for listings.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct KindInfo {
+    /// Name.
+    pub name: String,
+    /// What it is.
+    pub description: String,
+}
+
+/// A running node's actor layer. Cheap to clone.
+#[derive(Clone)]
+pub struct Runtime {
+    inner: Arc<Inner>,
+}
+
+impl Runtime {
+    /// Starts describing a runtime.
+    pub fn builder(config: RuntimeConfig) -> RuntimeBuilder {
+        RuntimeBuilder { config, kinds: Vec::new() }
+    }
+
+    /// The canon store.
+    pub fn store(&self) -> &Arc<dyn CanonStore> {
+        &self.inner.config.store
+    }
+
+    /// The injected clock.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.inner.config.clock
+    }
+
+    /// Node health (stage 55 inputs).
+    pub fn node(&self) -> &Arc<NodeHealth> {
+        &self.inner.node
+    }
+
+    /// The typed handle of kind `I`, if registered.
+    pub fn kind_ref<I: Imvu>(&self) -> Option<KindRef<I>> {
+        self.inner.typed.get(I::KIND)?.downcast_ref::<KindRef<I>>().cloned()
+    }
+
+    /// The registered kinds.
+    pub fn kinds(&self) -> Vec<KindInfo> {
+        self.inner
+            .kinds
+            .values()
+            .map(|k| KindInfo { name: k.name().to_owned(), description: k.description().to_owned() })
+            .collect()
+    }
+
+    fn kind(&self, name: &str) -> Result<Arc<dyn ErasedKind>, ActorError> {
+        self.inner.kinds.get(name).cloned().ok_or_else(|| ActorError::UnknownKind(name.to_owned()))
+    }
+
+    // ---- tenants -------------------------------------------------------------------------
+
+    async fn load_tenants(&self) -> Result<(), ActorError> {
+        let store = self.store().clone();
+        let mut after: Option<String> = None;
+        loop {
+            let page = store.scan_prefix("tenant/", after.as_deref(), 1000)?;
+            let Some((last, _)) = page.last() else { break };
+            after = Some(last.clone());
+            for (key, bytes) in page {
+                let policy: TenantPolicy = records::decode(&key, &bytes)?;
+                let Some(name) = key.strip_prefix("tenant/") else { continue };
+                let id = TenantId::new(name).map_err(|_| ActorError::Store(format!("bad tenant key {key}")))?;
+                let live = self.count_live(&id)?;
+                self.inner.tenants.upsert(id, policy, live);
+            }
+        }
+        Ok(())
+    }
+
+    fn count_live(&self, tenant: &TenantId) -> Result<u64, ActorError> {
+        let prefix = records::tenant_imvus_prefix(tenant);
+        let mut after: Option<String> = None;
+        let mut live = 0;
+        loop {
+            let page = self.store().scan_prefix(&prefix, after.as_deref(), 4096)?;
+            let Some((last, _)) = page.last() else { break };
+            after = Some(last.clone());
+            for (key, bytes) in page {
+                if key.ends_with("/meta") {
+                    let meta: ImvuMeta = records::decode(&key, &bytes)?;
+                    if meta.lifecycle != crate::lifecycle::LifecycleState::Terminated {
+                        live += 1;
+                    }
+                }
+            }
+        }
+        Ok(live)
+    }
+
+    /// Creates (or replaces the policy of) a tenant; durable before it returns.
+    pub async fn put_tenant(&self, id: TenantId, policy: TenantPolicy) -> Result<Arc<TenantEntry>, ActorError> {
+        policy.validate()?;
+        commit_durable(
+            &**self.store(),
+            vec![CanonWrite::Put { key: records::tenant_key(&id), value: records::encode(&policy) }],
+        )
+        .await?;
+        let live = self.inner.tenants.get(&id).map(|t| t.live_imvus.load(Ordering::Relaxed)).unwrap_or(0);
+        Ok(self.inner.tenants.upsert(id, policy, live))
+    }
+
+    /// Makes sure the tenant exists, creating it with `policy` if not.
+    pub async fn ensure_tenant(&self, id: TenantId, policy: TenantPolicy) -> Result<Arc<TenantEntry>, ActorError> {
+        match self.inner.tenants.get(&id) {
+            Ok(entry) => Ok(entry),
+            Err(_) => self.put_tenant(id, policy).await,
+        }
+    }
+
+    /// A tenant.
+    pub fn tenant(&self, id: &TenantId) -> Result<Arc<TenantEntry>, ActorError> {
+        self.inner.tenants.get(id)
+    }
+
+    /// All tenants.
+    pub fn tenants(&self) -> Vec<Arc<TenantEntry>> {
+        self.inner.tenants.list()
+    }
+
+    /// Resolves a presented API key to its tenant.
+    pub fn tenant_by_key(&self, key: &str) -> Option<Arc<TenantEntry>> {
+        self.inner.tenants.by_key(key)
+    }
+
+    // ---- ids -----------------------------------------------------------------------------
+
+    /// A fresh node-unique id. Ids are reserved in blocks whose end is made durable first, so
+    /// no id is ever handed out twice, even across crashes.
+    pub async fn allocate_id(&self) -> Result<u64, ActorError> {
+        loop {
+            let id = self.inner.next_id.load(Ordering::Acquire);
+            if id > 0 && id < self.inner.reserved_until.load(Ordering::Acquire) {
+                if self.inner.next_id.compare_exchange(id, id + 1, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+                    return Ok(id);
+                }
+                continue;
+            }
+            let _guard = self.inner.reserve_lock.lock().await;
+            let id = self.inner.next_id.load(Ordering::Acquire);
+            if id > 0 && id < self.inner.reserved_until.load(Ordering::Acquire) {
+                continue;
+            }
+            let start = match id {
+                0 => match self.store().get(NEXT_ID_KEY)? {
+                    Some(bytes) => records::decode::<u64>(NEXT_ID_KEY, &bytes)?,
+                    None => 1,
+                },
+                id => id,
+            };
+            let until = start + ID_BLOCK_LEN;
+            commit_durable(&**self.store(), vec![CanonWrite::Put { key: NEXT_ID_KEY.into(), value: records::encode(&until) }]).await?;
+            self.inner.reserved_until.store(until, Ordering::Release);
+            self.inner.next_id.store(start, Ordering::Release);
+        }
+    }
+
+    // ---- IMVUs ---------------------------------------------------------------------------
+
+    fn directory_shard(&self, id: u64) -> &RwLock<HashMap<u64, Arc<dyn ErasedKind>, ahash::RandomState>> {
+        &self.inner.directory[(id % DIRECTORY_SHARDS as u64) as usize]
+    }
+
+    /// Which kind serves `key`: the directory cache, else the meta record in canon.
+    fn route(&self, key: &ImvuKey) -> Result<Arc<dyn ErasedKind>, ActorError> {
+        if let Some(kind) = self.directory_shard(key.id.0).read().unwrap_or_else(|p| p.into_inner()).get(&key.id.0) {
+            return Ok(kind.clone());
+        }
+        let meta_key = records::meta_key(key);
+        let meta: ImvuMeta = match self.store().get(&meta_key)? {
+            Some(bytes) => records::decode(&meta_key, &bytes)?,
+            None => return Err(ActorError::not_found("imvu", key)),
+        };
+        let kind = self.kind(&meta.kind)?;
+        self.directory_shard(key.id.0).write().unwrap_or_else(|p| p.into_inner()).insert(key.id.0, kind.clone());
+        Ok(kind)
+    }
+
+    /// Creates an IMVU of `kind` for `tenant`.
+    pub async fn create_imvu(&self, tenant: &TenantId, kind: &str, caller: &Caller) -> Result<ImvuInfo, ActorError> {
+        let kind = self.kind(kind)?;
+        self.inner.tenants.get(tenant)?;
+        let key = ImvuKey { tenant: tenant.clone(), id: ImvuId(self.allocate_id().await?) };
+        self.directory_shard(key.id.0).write().unwrap_or_else(|p| p.into_inner()).insert(key.id.0, kind.clone());
+        let result = kind.create(key.clone(), caller.clone()).await;
+        if result.is_err() {
+            self.directory_shard(key.id.0).write().unwrap_or_else(|p| p.into_inner()).remove(&key.id.0);
+        }
+        result
+    }
+
+    /// Sends a JSON message and waits for the JSON reply.
+    pub async fn ask_json(&self, key: &ImvuKey, msg: serde_json::Value) -> Result<serde_json::Value, ActorError> {
+        self.route(key)?.ask_json(key.clone(), msg).await
+    }
+
+    /// Runs a lifecycle transition.
+    pub async fn transition(&self, key: &ImvuKey, transition: Transition, caller: &Caller) -> Result<ImvuInfo, ActorError> {
+        if matches!(transition, Transition::Create | Transition::Activate) {
+            return Err(ActorError::BadRequest {
+                field: "transition".into(),
+                reason: format!("`{transition}` happens at creation; use pause, resume or terminate"),
+            });
+        }
+        self.route(key)?.lifecycle(key.clone(), transition, caller.clone()).await
+    }
+
+    /// State and lifecycle of an IMVU (activating it if passivated).
+    pub async fn inspect(&self, key: &ImvuKey) -> Result<ImvuInfo, ActorError> {
+        let kind = self.route(key)?;
+        match kind.inspect(key.clone()).await {
+            // A terminated IMVU is not resident: answer from canon.
+            Err(ActorError::Terminated(_)) => self.inspect_terminated(key),
+            other => other,
+        }
+    }
+
+    fn inspect_terminated(&self, key: &ImvuKey) -> Result<ImvuInfo, ActorError> {
+        let meta_key = records::meta_key(key);
+        let meta: ImvuMeta = match self.store().get(&meta_key)? {
+            Some(bytes) => records::decode(&meta_key, &bytes)?,
+            None => return Err(ActorError::not_found("imvu", key)),
+        };
+        let snap_key = records::snap_key(key);
+        let state = match self.store().get(&snap_key)? {
+            Some(bytes) => records::decode(&snap_key, &bytes)?,
+            None => serde_json::Value::Null,
+        };
+        Ok(ImvuInfo { key: key.clone(), kind: meta.kind, lifecycle: meta.lifecycle, state, held_messages: 0 })
+    }
+
+    /// The IMVU's recorded history, in canon order.
+    pub fn history(&self, key: &ImvuKey) -> Result<Vec<Stamped<HistoryEvent>>, ActorError> {
+        if self.store().get(&records::meta_key(key))?.is_none() {
+            return Err(ActorError::not_found("imvu", key));
+        }
+        let page = self.store().scan_prefix(&records::history_prefix(key), None, HISTORY_LEN_MAX)?;
+        page.into_iter()
+            .map(|(k, bytes)| {
+                let record = records::decode(&k, &bytes)?;
+                let canon_index = index_of_appended_key(&k).unwrap_or(0);
+                Ok(Stamped { canon_index, record })
+            })
+            .collect()
+    }
+
+    /// Passivates IMVUs idle for `idle_ms` in every kind; returns how many.
+    pub async fn passivate_idle(&self, idle_ms: u64) -> usize {
+        let mut total = 0;
+        for kind in self.inner.kinds.values() {
+            total += kind.passivate(idle_ms).await;
+        }
+        total
+    }
+
+    /// Drops the in-memory copy of an IMVU so its next message reloads it from canon.
+    pub async fn evict(&self, key: &ImvuKey) -> Result<(), ActorError> {
+        self.route(key)?.evict(key.clone()).await;
+        Ok(())
+    }
+
+    /// Resolves when the root supervisor has given up; returns its reason.
+    pub async fn escalated(&self) -> String {
+        loop {
+            let notified = self.inner.escalated.notified();
+            if let Some(reason) = self.escalation() {
+                return reason;
+            }
+            notified.await;
+        }
+    }
+
+    /// The root's escalation reason, if it has escalated.
+    pub fn escalation(&self) -> Option<String> {
+        self.inner.escalation.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    // ---- swarms --------------------------------------------------------------------------
+
+    pub(crate) fn swarms(&self) -> &swarm::Registry {
+        &self.inner.swarms
+    }
+
+    /// Creates a swarm: its member IMVUs (through the handshake), its record, its coordinator.
+    pub async fn create_swarm(&self, tenant: &TenantId, spec: SwarmSpec, caller: &Caller) -> Result<SwarmInfo, ActorError> {
+        self.inner.tenants.get(tenant)?;
+        swarm::create(self, tenant, spec, caller).await
+    }
+
+    /// Queues work items (each a message for the member kind); durable before it returns.
+    pub async fn submit_work(&self, key: &SwarmKey, items: Vec<serde_json::Value>) -> Result<Vec<u64>, ActorError> {
+        let tx = self.inner.swarms.get(key)?;
+        let mut with_ids = Vec::with_capacity(items.len());
+        for item in items {
+            with_ids.push((self.allocate_id().await?, item));
+        }
+        swarm::call(&tx, |reply| SwarmCmd::Submit { items: with_ids, reply }).await
+    }
+
+    /// Submits one item and waits for its result (how a parent swarm uses a sub-swarm).
+    pub async fn swarm_run_item(&self, key: &SwarmKey, item: serde_json::Value) -> Result<serde_json::Value, ActorError> {
+        let ids = self.submit_work(key, vec![item]).await?;
+        let tx = self.inner.swarms.get(key)?;
+        let id = ids.first().copied().ok_or_else(|| ActorError::Store("submit returned no id".into()))?;
+        swarm::call(&tx, |reply| SwarmCmd::AwaitItem { item: id, reply }).await
+    }
+
+    /// Spec, members, status and progress.
+    pub async fn swarm_info(&self, key: &SwarmKey) -> Result<SwarmInfo, ActorError> {
+        swarm::info(&self.inner.swarms.get(key)?).await
+    }
+
+    /// Who did what, in item order.
+    pub fn swarm_credits(&self, key: &SwarmKey) -> Result<Vec<CreditRecord>, ActorError> {
+        self.inner.swarms.get(key)?;
+        let prefix = crate::swarm::credit_prefix(key);
+        let mut out = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = self.store().scan_prefix(&prefix, after.as_deref(), 4096)?;
+            let Some((last, _)) = page.last() else { break };
+            after = Some(last.clone());
+            for (k, bytes) in page {
+                out.push(records::decode(&k, &bytes)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes a value into the swarm's shared memory; durable before it returns.
+    pub async fn swarm_memory_put(&self, key: &SwarmKey, name: &str, value: serde_json::Value) -> Result<(), ActorError> {
+        self.inner.swarms.get(key)?;
+        swarm::check_mem_key(name)?;
+        commit_durable(&**self.store(), vec![CanonWrite::Put { key: swarm::mem_key(key, name), value: records::encode(&value) }]).await?;
+        Ok(())
+    }
+
+    /// Reads a value from the swarm's shared memory.
+    pub fn swarm_memory_get(&self, key: &SwarmKey, name: &str) -> Result<Option<serde_json::Value>, ActorError> {
+        self.inner.swarms.get(key)?;
+        swarm::check_mem_key(name)?;
+        let k = swarm::mem_key(key, name);
+        Ok(self.store().get(&k)?.map(|b| records::decode(&k, &b)).transpose()?)
+    }
+
+    /// Opens a vote among the swarm's members; `quorum` defaults to a majority.
+    pub async fn open_vote(&self, key: &SwarmKey, proposal: String, options: Vec<String>, quorum: Option<u32>) -> Result<VoteRecord, ActorError> {
+        let tx = self.inner.swarms.get(key)?;
+        let id = self.allocate_id().await?;
+        swarm::call(&tx, |reply| SwarmCmd::OpenVote { id, proposal, options, quorum, reply }).await
+    }
+
+    /// Casts a member's ballot; the vote is decided when an option reaches quorum.
+    pub async fn cast_vote(&self, key: &SwarmKey, vote: u64, member: swarm::MemberRef, choice: String) -> Result<VoteRecord, ActorError> {
+        let tx = self.inner.swarms.get(key)?;
+        swarm::call(&tx, |reply| SwarmCmd::CastVote { vote, member, choice, reply }).await
+    }
+
+    /// Stops the node: no new activations; state of `LifecycleOnly` kinds written to canon;
+    /// shards stopped in reverse start order. Everything acknowledged was durable already.
+    pub async fn shutdown(&self) {
+        self.inner.node.shutting_down.store(true, Ordering::SeqCst);
+        swarm::stop_all(&self.inner.swarms);
+        let written = self.passivate_idle(0).await;
+        tracing::info!(passivated = written, "IMVUs passivated; stopping shards");
+        let _ = ractor::call!(self.inner.root, SupervisorMsg::Shutdown);
+        self.inner.root.stop(Some("shutdown".into()));
+    }
+}

@@ -1,0 +1,131 @@
+//! The `CanonStore` seam: the only way the actor layer reads or writes the Canon Memory Layer.
+//!
+//! The seam is a small ordered key-value interface with one twist: [`CanonWrite::Append`]
+//! lets the store finish the key with the record's canon index, the position of the record in
+//! the canon's single total order. That index *is* the canon timestamp: the single-node store
+//! assigns it from a durable counter, the Raft store (a later crate) from its log index.
+//!
+//! Invariant: a `Completion` is called with `Ok` only after every write of its commit is
+//! durable (fsynced, or replicated to a quorum). Callers acknowledge users from completions,
+//! never earlier.
+
+mod memory;
+mod redb_store;
+
+pub use memory::MemoryStore;
+pub use redb_store::{RedbStore, CACHE_BYTES_DEFAULT};
+
+/// Errors from a canon store.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum StoreError {
+    /// The write queue is full: back off and retry.
+    #[error("write queue full")]
+    Overloaded,
+    /// The underlying storage failed (I/O, fsync, disk full).
+    #[error("storage failure: {0}")]
+    Io(String),
+    /// The store has been closed.
+    #[error("store closed")]
+    Closed,
+    /// A stored record could not be decoded.
+    #[error("corrupt record at {key}: {reason}")]
+    Corrupt {
+        /// Which key.
+        key: String,
+        /// What was wrong.
+        reason: String,
+    },
+}
+
+/// One write inside an atomic commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CanonWrite {
+    /// Set `key` to `value`.
+    Put {
+        /// Full key.
+        key: String,
+        /// Encoded record.
+        value: Vec<u8>,
+    },
+    /// Remove `key` (absent is fine).
+    Delete {
+        /// Full key.
+        key: String,
+    },
+    /// Store `value` under `prefix` followed by the record's canon index, zero-padded to 20
+    /// digits so that a prefix scan returns records in canon order.
+    Append {
+        /// Key prefix, normally ending in `/`.
+        prefix: String,
+        /// Encoded record.
+        value: Vec<u8>,
+    },
+}
+
+impl CanonWrite {
+    /// Encoded size, for batch limits.
+    pub fn len_bytes(&self) -> usize {
+        match self {
+            Self::Put { key, value } => key.len() + value.len(),
+            Self::Delete { key } => key.len(),
+            Self::Append { prefix, value } => prefix.len() + 20 + value.len(),
+        }
+    }
+}
+
+/// Called once with the canon index of the commit's last record, after the commit is durable.
+pub type Completion = Box<dyn FnOnce(Result<u64, StoreError>) + Send>;
+
+/// Key under which an appended record lands.
+pub fn appended_key(prefix: &str, index: u64) -> String {
+    format!("{prefix}{index:020}")
+}
+
+/// The canon index encoded at the end of an appended record's key.
+pub fn index_of_appended_key(key: &str) -> Option<u64> {
+    key.len().checked_sub(20).and_then(|start| key.get(start..)).and_then(|digits| digits.parse().ok())
+}
+
+/// The durable record of the node: see the module docs for the contract.
+pub trait CanonStore: Send + Sync + 'static {
+    /// Applies `writes` atomically and calls `done` once they are durable (or failed).
+    /// Never blocks: a full queue completes at once with [`StoreError::Overloaded`].
+    fn commit(&self, writes: Vec<CanonWrite>, done: Completion);
+    /// Reads one key.
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Reads up to `limit` keys starting with `prefix`, in key order, strictly after `after`.
+    fn scan_prefix(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+}
+
+/// Commits and waits for durability.
+pub async fn commit_durable(store: &dyn CanonStore, writes: Vec<CanonWrite>) -> Result<u64, StoreError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    store.commit(
+        writes,
+        Box::new(move |result| {
+            // The receiver may have given up (caller dropped); the commit still happened.
+            let _ = tx.send(result);
+        }),
+    );
+    rx.await.unwrap_or(Err(StoreError::Closed))
+}
+
+/// Commits and blocks the current (non-async) thread until durable.
+pub fn commit_durable_blocking(store: &dyn CanonStore, writes: Vec<CanonWrite>) -> Result<u64, StoreError> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    store.commit(
+        writes,
+        Box::new(move |result| {
+            let _ = tx.send(result);
+        }),
+    );
+    rx.recv().unwrap_or(Err(StoreError::Closed))
+}
+
+#[cfg(test)]
+mod contract_tests;

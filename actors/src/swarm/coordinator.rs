@@ -1,0 +1,525 @@
+//! The swarm driver: one coordinator task per swarm around [`SwarmCore`], and the pullers of
+//! its members. Every decision is the core's; this file moves items and writes canon.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::RwLock;
+
+use tokio::sync::{mpsc, oneshot};
+use vcos_supervision::{ChildSpec, Directive, ExitReason, Intensity, RestartType, Strategy, Supervisor};
+
+use super::core::{Completion, Failure, ItemStatus, MemberRef, SwarmCore};
+use super::records::*;
+use crate::error::ActorError;
+use crate::ids::{Caller, ImvuId, ImvuKey, SwarmId, SwarmKey, TenantId};
+use crate::records::{decode, encode};
+use crate::runtime::Runtime;
+use crate::store::{commit_durable, CanonWrite};
+
+/// Commands queued for a coordinator, at most.
+const SWARM_QUEUE_LEN_MAX: usize = 1024;
+
+type Reply<T> = oneshot::Sender<Result<T, ActorError>>;
+
+/// What a member made of an item.
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    Done(serde_json::Value),
+    Crashed(String),
+    MemberGone(String),
+    Retry,
+}
+
+pub(crate) enum SwarmCmd {
+    Submit { items: Vec<(u64, serde_json::Value)>, reply: Reply<Vec<u64>> },
+    Pull { member: MemberRef, reply: oneshot::Sender<Option<(u64, serde_json::Value)>> },
+    Finish { item: u64, member: MemberRef, outcome: Outcome },
+    Info { reply: oneshot::Sender<SwarmInfo> },
+    AwaitItem { item: u64, reply: Reply<serde_json::Value> },
+    OpenVote { id: u64, proposal: String, options: Vec<String>, quorum: Option<u32>, reply: Reply<VoteRecord> },
+    CastVote { vote: u64, member: MemberRef, choice: String, reply: Reply<VoteRecord> },
+    Stop,
+}
+
+/// The node's swarms, by key.
+#[derive(Default)]
+pub(crate) struct Registry {
+    swarms: RwLock<BTreeMap<SwarmKey, mpsc::Sender<SwarmCmd>>>,
+}
+
+impl Registry {
+    pub(crate) fn get(&self, key: &SwarmKey) -> Result<mpsc::Sender<SwarmCmd>, ActorError> {
+        self.swarms
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .cloned()
+            .ok_or_else(|| ActorError::not_found("swarm", key))
+    }
+
+    fn insert(&self, key: SwarmKey, tx: mpsc::Sender<SwarmCmd>) {
+        self.swarms.write().unwrap_or_else(|p| p.into_inner()).insert(key, tx);
+    }
+
+    pub(crate) fn all(&self) -> Vec<mpsc::Sender<SwarmCmd>> {
+        self.swarms.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
+    }
+}
+
+struct Coordinator {
+    runtime: Runtime,
+    key: SwarmKey,
+    record: SwarmRecord,
+    core: SwarmCore,
+    payloads: BTreeMap<u64, serde_json::Value>,
+    waiting: VecDeque<(MemberRef, oneshot::Sender<Option<(u64, serde_json::Value)>>)>,
+    awaiting: BTreeMap<u64, Vec<Reply<serde_json::Value>>>,
+    supervisor: Supervisor<MemberRef>,
+    votes: BTreeMap<u64, VoteRecord>,
+}
+
+fn strategy(s: SwarmStrategy) -> Strategy {
+    match s {
+        SwarmStrategy::OneForOne => Strategy::OneForOne,
+        SwarmStrategy::OneForAll => Strategy::OneForAll,
+        SwarmStrategy::RestForOne => Strategy::RestForOne,
+    }
+}
+
+/// Validates a spec, creates member IMVUs, records the swarm, starts it.
+pub(crate) async fn create(runtime: &Runtime, tenant: &TenantId, spec: SwarmSpec, caller: &Caller) -> Result<SwarmInfo, ActorError> {
+    let bad = |field: &str, reason: String| ActorError::BadRequest { field: field.into(), reason };
+    if spec.members + spec.member_swarms.len() as u32 == 0 {
+        return Err(bad("members", "a swarm needs at least one member (members > 0 or member_swarms)".into()));
+    }
+    if spec.members + spec.member_swarms.len() as u32 > SWARM_MEMBERS_MAX {
+        return Err(bad("members", format!("at most {SWARM_MEMBERS_MAX} members")));
+    }
+    if spec.members > 0 && spec.member_kind.is_none() {
+        return Err(bad("member_kind", "required when members > 0".into()));
+    }
+    if spec.max_in_flight_per_member == 0 || spec.max_in_flight_per_member > IN_FLIGHT_PER_MEMBER_MAX {
+        return Err(bad("max_in_flight_per_member", format!("must be 1..={IN_FLIGHT_PER_MEMBER_MAX}")));
+    }
+    if spec.max_attempts == 0 {
+        return Err(bad("max_attempts", "must be at least 1".into()));
+    }
+    let mut members = Vec::new();
+    for sub in &spec.member_swarms {
+        let sub_key = SwarmKey { tenant: tenant.clone(), id: SwarmId(*sub) };
+        runtime.swarms().get(&sub_key).map_err(|_| bad("member_swarms", format!("no swarm {sub} in tenant {tenant}")))?;
+        members.push(MemberRef::Swarm(*sub));
+    }
+    if let Some(kind) = &spec.member_kind {
+        for _ in 0..spec.members {
+            let info = runtime.create_imvu(tenant, kind, caller).await?;
+            members.push(MemberRef::Imvu(info.key.id.0));
+        }
+    }
+    let key = SwarmKey { tenant: tenant.clone(), id: SwarmId(runtime.allocate_id().await?) };
+    let record = SwarmRecord { spec, members, status: SwarmStatus::Running, created_unix_ms: runtime.clock().unix_ms() };
+    commit_durable(&**runtime.store(), vec![CanonWrite::Put { key: spec_key(&key), value: encode(&record) }]).await?;
+    let core = SwarmCore::new(record.members.iter().copied(), record.spec.max_in_flight_per_member, record.spec.max_attempts);
+    let info = start(runtime, key, record, core, BTreeMap::new(), BTreeMap::new());
+    Ok(info)
+}
+
+fn start(
+    runtime: &Runtime,
+    key: SwarmKey,
+    record: SwarmRecord,
+    core: SwarmCore,
+    payloads: BTreeMap<u64, serde_json::Value>,
+    votes: BTreeMap<u64, VoteRecord>,
+) -> SwarmInfo {
+    let (tx, rx) = mpsc::channel(SWARM_QUEUE_LEN_MAX);
+    let mut supervisor = Supervisor::new(
+        strategy(record.spec.strategy),
+        Intensity { max_restarts: record.spec.max_restarts, period_ms: record.spec.restart_period_ms },
+    );
+    for member in &record.members {
+        // Members are few (SWARM_MEMBERS_MAX < CHILDREN_MAX) and distinct.
+        let _ = supervisor.add_child(ChildSpec { id: *member, restart: RestartType::Permanent, shutdown_timeout_ms: 0 });
+    }
+    let info = SwarmInfo {
+        key: key.clone(),
+        spec: record.spec.clone(),
+        members: record.members.clone(),
+        status: record.status.clone(),
+        progress: core.progress(),
+    };
+    let running = record.status == SwarmStatus::Running;
+    let coordinator = Coordinator {
+        runtime: runtime.clone(),
+        key: key.clone(),
+        record,
+        core,
+        payloads,
+        waiting: VecDeque::new(),
+        awaiting: BTreeMap::new(),
+        supervisor,
+        votes,
+    };
+    if running {
+        for member in &coordinator.record.members {
+            for _ in 0..coordinator.record.spec.max_in_flight_per_member {
+                tokio::spawn(puller(runtime.clone(), key.clone(), *member, tx.clone()));
+            }
+        }
+    }
+    runtime.swarms().insert(key, tx);
+    tokio::spawn(coordinator.run(rx));
+    info
+}
+
+/// Restarts every recorded swarm of every tenant (after a node restart).
+pub(crate) async fn recover(runtime: &Runtime) -> Result<usize, ActorError> {
+    let store = runtime.store().clone();
+    let mut count = 0;
+    for tenant in runtime.tenants() {
+        let prefix = format!("t/{}/swarm/", tenant.id);
+        let mut after: Option<String> = None;
+        let mut specs = Vec::new();
+        loop {
+            let page = store.scan_prefix(&prefix, after.as_deref(), 4096)?;
+            let Some((last, _)) = page.last() else { break };
+            after = Some(last.clone());
+            for (k, bytes) in page {
+                if let Some(id) = k.strip_prefix(&prefix).and_then(|rest| rest.strip_suffix("/spec")) {
+                    let id: u64 = id.parse().map_err(|_| ActorError::Store(format!("bad swarm key {k}")))?;
+                    specs.push((id, decode::<SwarmRecord>(&k, &bytes)?));
+                }
+            }
+        }
+        for (id, record) in specs {
+            let key = SwarmKey { tenant: tenant.id.clone(), id: SwarmId(id) };
+            let mut core = SwarmCore::new(record.members.iter().copied(), record.spec.max_in_flight_per_member, record.spec.max_attempts);
+            let mut payloads = BTreeMap::new();
+            let item_prefix = format!("{}item/", swarm_prefix(&key));
+            let mut after: Option<String> = None;
+            loop {
+                let page = store.scan_prefix(&item_prefix, after.as_deref(), 4096)?;
+                let Some((last, _)) = page.last() else { break };
+                after = Some(last.clone());
+                for (k, bytes) in page {
+                    let item: u64 = k[item_prefix.len()..].parse().map_err(|_| ActorError::Store(format!("bad item key {k}")))?;
+                    let rec: ItemRecord = decode(&k, &bytes)?;
+                    if matches!(rec.status, ItemStatus::Pending | ItemStatus::InFlight { .. }) {
+                        payloads.insert(item, rec.payload);
+                    }
+                    core.submit(item, rec.status, rec.attempts);
+                }
+            }
+            let votes = store
+                .scan_prefix(&format!("{}vote/", swarm_prefix(&key)), None, 10_000)?
+                .into_iter()
+                .map(|(k, b)| decode::<VoteRecord>(&k, &b).map(|v| (v.id, v)))
+                .collect::<Result<BTreeMap<_, _>, _>>()?;
+            start(runtime, key, record, core, payloads, votes);
+            count += 1;
+        }
+    }
+    Ok(count)
+}
+
+/// One pull loop of a member: ask for an item, do it, report, repeat.
+async fn puller(runtime: Runtime, swarm: SwarmKey, member: MemberRef, tx: mpsc::Sender<SwarmCmd>) {
+    loop {
+        let (reply, rx) = oneshot::channel();
+        if tx.send(SwarmCmd::Pull { member, reply }).await.is_err() {
+            return;
+        }
+        let Ok(Some((item, payload))) = rx.await else { return };
+        let outcome = run_item(&runtime, &swarm.tenant, member, payload).await;
+        if tx.send(SwarmCmd::Finish { item, member, outcome }).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn run_item(runtime: &Runtime, tenant: &TenantId, member: MemberRef, payload: serde_json::Value) -> Outcome {
+    match member {
+        MemberRef::Imvu(id) => {
+            let key = ImvuKey { tenant: tenant.clone(), id: ImvuId(id) };
+            match runtime.ask_json(&key, payload).await {
+                Ok(result) => Outcome::Done(result),
+                Err(ActorError::Crashed { reason, .. }) => Outcome::Crashed(reason),
+                // The item is not a valid message for the member's kind: its own fault.
+                Err(e @ ActorError::BadRequest { .. }) => Outcome::Crashed(e.to_string()),
+                Err(e @ (ActorError::Terminated(_) | ActorError::NotFound { .. } | ActorError::IllegalTransition { .. })) => {
+                    Outcome::MemberGone(e.to_string())
+                }
+                Err(_) => {
+                    // Full mailbox, stopping node, store trouble: not the item's fault; back off.
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    Outcome::Retry
+                }
+            }
+        }
+        MemberRef::Swarm(id) => {
+            let sub = SwarmKey { tenant: tenant.clone(), id: SwarmId(id) };
+            match runtime.swarm_run_item(&sub, payload).await {
+                Ok(result) => Outcome::Done(result),
+                Err(ActorError::NotFound { .. } | ActorError::Unavailable(_)) => Outcome::MemberGone(format!("sub-swarm {sub} is gone")),
+                Err(e) => Outcome::Crashed(e.to_string()),
+            }
+        }
+    }
+}
+
+impl Coordinator {
+    async fn run(mut self, mut rx: mpsc::Receiver<SwarmCmd>) {
+        while let Some(cmd) = rx.recv().await {
+            if let SwarmCmd::Stop = cmd {
+                break;
+            }
+            self.handle(cmd).await;
+            self.dispatch();
+        }
+        // Pullers waiting for work learn that there is none.
+        self.waiting.clear();
+    }
+
+    async fn handle(&mut self, cmd: SwarmCmd) {
+        match cmd {
+            SwarmCmd::Submit { items, reply } => {
+                let _ = reply.send(self.submit(items).await);
+            }
+            SwarmCmd::Pull { member, reply } => self.waiting.push_back((member, reply)),
+            SwarmCmd::Finish { item, member, outcome } => self.finish(item, member, outcome).await,
+            SwarmCmd::Info { reply } => {
+                let _ = reply.send(self.info());
+            }
+            SwarmCmd::AwaitItem { item, reply } => match self.core.status(item) {
+                None => {
+                    let _ = reply.send(Err(ActorError::not_found("item", item)));
+                }
+                Some(ItemStatus::Done { .. }) => {
+                    let _ = reply.send(self.credited_result(item));
+                }
+                Some(ItemStatus::DeadLettered { reason }) => {
+                    let _ = reply.send(Err(ActorError::Crashed { key: self.key.to_string(), reason: reason.clone() }));
+                }
+                Some(_) => self.awaiting.entry(item).or_default().push(reply),
+            },
+            SwarmCmd::OpenVote { id, proposal, options, quorum, reply } => {
+                let _ = reply.send(self.open_vote(id, proposal, options, quorum).await);
+            }
+            SwarmCmd::CastVote { vote, member, choice, reply } => {
+                let _ = reply.send(self.cast_vote(vote, member, choice).await);
+            }
+            SwarmCmd::Stop => {}
+        }
+    }
+
+    fn info(&self) -> SwarmInfo {
+        SwarmInfo {
+            key: self.key.clone(),
+            spec: self.record.spec.clone(),
+            members: self.record.members.clone(),
+            status: self.record.status.clone(),
+            progress: self.core.progress(),
+        }
+    }
+
+    fn credited_result(&self, item: u64) -> Result<serde_json::Value, ActorError> {
+        let key = credit_key(&self.key, item);
+        match self.runtime.store().get(&key)? {
+            Some(bytes) => Ok(decode::<CreditRecord>(&key, &bytes)?.result),
+            None => Err(ActorError::Store(format!("item {item} is done but has no credit record"))),
+        }
+    }
+
+    async fn submit(&mut self, items: Vec<(u64, serde_json::Value)>) -> Result<Vec<u64>, ActorError> {
+        if let SwarmStatus::Failed { reason } = &self.record.status {
+            return Err(ActorError::Unavailable(format!("swarm {} has failed: {reason}", self.key)));
+        }
+        if self.payloads.len() + items.len() > SWARM_OPEN_ITEMS_MAX {
+            return Err(ActorError::QueueFull(format!("swarm {} holds {} open items (max {SWARM_OPEN_ITEMS_MAX})", self.key, self.payloads.len())));
+        }
+        let writes = items
+            .iter()
+            .map(|(id, payload)| CanonWrite::Put {
+                key: item_key(&self.key, *id),
+                value: encode(&ItemRecord { payload: payload.clone(), status: ItemStatus::Pending, attempts: 0 }),
+            })
+            .collect();
+        commit_durable(&**self.runtime.store(), writes).await?;
+        let ids = items.iter().map(|(id, _)| *id).collect();
+        for (id, payload) in items {
+            self.core.submit(id, ItemStatus::Pending, 0);
+            self.payloads.insert(id, payload);
+        }
+        Ok(ids)
+    }
+
+    /// Hands queued items to waiting pullers; tells pullers of departed members to stop.
+    fn dispatch(&mut self) {
+        let running = self.record.status == SwarmStatus::Running;
+        let mut still_waiting = VecDeque::with_capacity(self.waiting.len());
+        while let Some((member, reply)) = self.waiting.pop_front() {
+            if !running || self.core.is_gone(member) {
+                let _ = reply.send(None);
+                continue;
+            }
+            match self.core.pull(member) {
+                Some(id) => {
+                    let payload = self.payloads.get(&id).cloned().unwrap_or(serde_json::Value::Null);
+                    if let Err(Some((id, _))) = reply.send(Some((id, payload))) {
+                        // The puller is gone (its task ended): the item goes back.
+                        self.core.release(id, member);
+                    }
+                }
+                None => still_waiting.push_back((member, reply)),
+            }
+        }
+        self.waiting = still_waiting;
+    }
+
+    async fn finish(&mut self, item: u64, member: MemberRef, outcome: Outcome) {
+        match outcome {
+            Outcome::Done(result) => self.complete(item, member, result).await,
+            Outcome::Retry => self.core.release(item, member),
+            Outcome::MemberGone(reason) => {
+                tracing::info!(swarm = %self.key, %member, %reason, "member gone; its items are handed out again");
+                self.core.member_down(member);
+                self.supervisor.remove_child(&member);
+                if self.core.progress().members_alive == 0 {
+                    self.fail_swarm(format!("no members left (last: {reason})")).await;
+                }
+            }
+            Outcome::Crashed(reason) => {
+                match self.core.fail(item, member, &reason) {
+                    Failure::DeadLettered => {
+                        let rec = ItemRecord {
+                            payload: self.payloads.remove(&item).unwrap_or(serde_json::Value::Null),
+                            status: ItemStatus::DeadLettered { reason: reason.clone() },
+                            attempts: self.core.attempts(item),
+                        };
+                        let _ = commit_durable(&**self.runtime.store(), vec![CanonWrite::Put { key: item_key(&self.key, item), value: encode(&rec) }]).await;
+                        for waiter in self.awaiting.remove(&item).into_iter().flatten() {
+                            let _ = waiter.send(Err(ActorError::Crashed { key: self.key.to_string(), reason: reason.clone() }));
+                        }
+                    }
+                    Failure::Requeued | Failure::Ignored => {}
+                }
+                self.supervise(member, reason).await;
+            }
+        }
+    }
+
+    async fn complete(&mut self, item: u64, member: MemberRef, result: serde_json::Value) {
+        if self.core.status(item) != Some(&ItemStatus::InFlight { member }) {
+            return;
+        }
+        let attempts = self.core.attempts(item);
+        let credit = CreditRecord { item, member, result: result.clone(), attempts, unix_ms: self.runtime.clock().unix_ms() };
+        let payload = self.payloads.get(&item).cloned().unwrap_or(serde_json::Value::Null);
+        let writes = vec![
+            CanonWrite::Put { key: item_key(&self.key, item), value: encode(&ItemRecord { payload, status: ItemStatus::Done { member }, attempts }) },
+            CanonWrite::Put { key: credit_key(&self.key, item), value: encode(&credit) },
+        ];
+        match commit_durable(&**self.runtime.store(), writes).await {
+            Ok(_) => {
+                let decided = self.core.complete(item, member);
+                debug_assert_eq!(decided, Completion::Credit);
+                self.payloads.remove(&item);
+                metrics::counter!("vcos_swarm_items_completed_total").increment(1);
+                for waiter in self.awaiting.remove(&item).into_iter().flatten() {
+                    let _ = waiter.send(Ok(result.clone()));
+                }
+            }
+            Err(e) => {
+                tracing::warn!(swarm = %self.key, item, error = %e, "credit not durable; item handed out again");
+                self.core.release(item, member);
+            }
+        }
+    }
+
+    /// A member crashed: the swarm's supervisor decides about its siblings.
+    async fn supervise(&mut self, member: MemberRef, reason: String) {
+        let now = self.runtime.clock().now_ms();
+        match self.supervisor.handle_child_exit(now, &member, ExitReason::Failed(reason.clone())) {
+            Directive::Restart { stop, .. } => {
+                // The crashed IMVU was already restarted by its tenant supervisor; siblings that
+                // the strategy restarts reload from canon.
+                for sibling in stop {
+                    if let MemberRef::Imvu(id) = sibling {
+                        let _ = self.runtime.evict(&ImvuKey { tenant: self.key.tenant.clone(), id: ImvuId(id) }).await;
+                    }
+                }
+            }
+            Directive::Ignore => {}
+            Directive::Escalate { reason: why, .. } => {
+                self.fail_swarm(format!("swarm supervisor: {why}; last crash of {member}: {reason}")).await;
+            }
+        }
+    }
+
+    async fn fail_swarm(&mut self, reason: String) {
+        tracing::warn!(swarm = %self.key, %reason, "swarm failed");
+        self.core.requeue_all_in_flight();
+        self.record.status = SwarmStatus::Failed { reason: reason.clone() };
+        let _ = commit_durable(&**self.runtime.store(), vec![CanonWrite::Put { key: spec_key(&self.key), value: encode(&self.record) }]).await;
+        for (_, waiters) in std::mem::take(&mut self.awaiting) {
+            for waiter in waiters {
+                let _ = waiter.send(Err(ActorError::Unavailable(format!("swarm {} failed: {reason}", self.key))));
+            }
+        }
+    }
+
+    async fn open_vote(&mut self, id: u64, proposal: String, options: Vec<String>, quorum: Option<u32>) -> Result<VoteRecord, ActorError> {
+        if options.len() < 2 {
+            return Err(ActorError::BadRequest { field: "options".into(), reason: "a vote needs at least two options".into() });
+        }
+        let members = self.record.members.len() as u32;
+        let quorum = quorum.unwrap_or(members / 2 + 1);
+        if quorum == 0 || quorum > members {
+            return Err(ActorError::BadRequest { field: "quorum".into(), reason: format!("must be 1..={members} (the swarm's members)") });
+        }
+        let vote = VoteRecord { id, proposal, options, quorum, ballots: BTreeMap::new(), decision: None };
+        commit_durable(&**self.runtime.store(), vec![CanonWrite::Put { key: vote_key(&self.key, id), value: encode(&vote) }]).await?;
+        self.votes.insert(id, vote.clone());
+        Ok(vote)
+    }
+
+    async fn cast_vote(&mut self, vote: u64, member: MemberRef, choice: String) -> Result<VoteRecord, ActorError> {
+        if !self.record.members.contains(&member) {
+            return Err(ActorError::BadRequest { field: "member".into(), reason: format!("{member} is not a member of {}", self.key) });
+        }
+        let mut record = self.votes.get(&vote).cloned().ok_or_else(|| ActorError::not_found("vote", vote))?;
+        if record.decision.is_some() {
+            return Err(ActorError::IllegalTransition { transition: crate::lifecycle::Transition::Terminate, current: format!("vote {vote} already decided") });
+        }
+        if !record.options.contains(&choice) {
+            return Err(ActorError::BadRequest { field: "choice".into(), reason: format!("{choice:?} is not one of {:?}", record.options) });
+        }
+        record.ballots.insert(member.to_string(), choice.clone());
+        let for_choice = record.ballots.values().filter(|c| **c == choice).count() as u32;
+        if for_choice >= record.quorum {
+            record.decision = Some(choice);
+        }
+        commit_durable(&**self.runtime.store(), vec![CanonWrite::Put { key: vote_key(&self.key, vote), value: encode(&record) }]).await?;
+        self.votes.insert(vote, record.clone());
+        Ok(record)
+    }
+}
+
+/// Request/response helpers used by `Runtime`.
+pub(crate) async fn call<T>(tx: &mpsc::Sender<SwarmCmd>, make: impl FnOnce(Reply<T>) -> SwarmCmd) -> Result<T, ActorError> {
+    let (reply, rx) = oneshot::channel();
+    tx.send(make(reply)).await.map_err(|_| ActorError::Unavailable("swarm coordinator stopped".into()))?;
+    rx.await.map_err(|_| ActorError::Unavailable("swarm coordinator stopped".into()))?
+}
+
+pub(crate) async fn info(tx: &mpsc::Sender<SwarmCmd>) -> Result<SwarmInfo, ActorError> {
+    let (reply, rx) = oneshot::channel();
+    tx.send(SwarmCmd::Info { reply }).await.map_err(|_| ActorError::Unavailable("swarm coordinator stopped".into()))?;
+    rx.await.map_err(|_| ActorError::Unavailable("swarm coordinator stopped".into()))
+}
+
+pub(crate) fn stop_all(registry: &Registry) {
+    for tx in registry.all() {
+        let _ = tx.try_send(SwarmCmd::Stop);
+    }
+}
+

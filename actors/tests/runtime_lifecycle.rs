@@ -1,0 +1,159 @@
+//! The runtime end to end, in process: lifecycle, handshake refusals, held messages,
+//! crash and restart, and recovery from disk.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use vcos_actors::kinds::{Counter, KvMemory, TextWorker};
+use vcos_actors::records::HistoryEvent;
+use vcos_actors::{
+    ActorError, Caller, CanonStore, HandshakeOutcome, LifecycleState, MemoryStore, RedbStore, Runtime, RuntimeConfig,
+    Stage, SystemClock, TenantId, TenantPolicy, Transition,
+};
+
+async fn start(store: Arc<dyn CanonStore>) -> Runtime {
+    let mut config = RuntimeConfig::new(store, Arc::new(SystemClock::new()));
+    config.shards_per_kind = 2;
+    let rt = Runtime::builder(config).kind(Counter).kind(KvMemory).kind(TextWorker).start().await.expect("start");
+    rt.ensure_tenant(TenantId::default_tenant(), TenantPolicy::default()).await.expect("tenant");
+    rt
+}
+
+fn caller() -> Caller {
+    Caller::anonymous("test")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lifecycle_is_enforced_and_recorded() {
+    let rt = start(Arc::new(MemoryStore::new())).await;
+    let t = TenantId::default_tenant();
+    let info = rt.create_imvu(&t, "counter", &caller()).await.expect("create");
+    assert_eq!(info.lifecycle, LifecycleState::Active);
+    let key = info.key;
+    assert_eq!(rt.ask_json(&key, json!({"op":"add","n":5})).await.expect("add"), json!(5));
+    let err = rt.transition(&key, Transition::Resume, &caller()).await.unwrap_err();
+    assert!(matches!(err, ActorError::IllegalTransition { .. }), "{err}");
+    assert!(err.to_string().contains("active"), "{err}");
+    rt.transition(&key, Transition::Pause, &caller()).await.expect("pause");
+    let rt2 = rt.clone();
+    let key2 = key.clone();
+    let held = tokio::spawn(async move { rt2.ask_json(&key2, json!({"op":"add","n":1})).await });
+    let rt3 = rt.clone();
+    let key3 = key.clone();
+    let held2 = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        rt3.ask_json(&key3, json!({"op":"add","n":10})).await
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!held.is_finished(), "a paused IMVU must hold messages");
+    assert_eq!(rt.inspect(&key).await.expect("inspect").held_messages, 2);
+    rt.transition(&key, Transition::Resume, &caller()).await.expect("resume");
+    assert_eq!(held.await.expect("join").expect("held reply"), json!(6));
+    assert_eq!(held2.await.expect("join").expect("held reply"), json!(16));
+    let done = rt.transition(&key, Transition::Terminate, &caller()).await.expect("terminate");
+    assert_eq!(done.lifecycle, LifecycleState::Terminated);
+    let err = rt.ask_json(&key, json!({"op":"get"})).await.unwrap_err();
+    assert!(matches!(err, ActorError::Terminated(_)), "{err}");
+    let history = rt.history(&key).expect("history");
+    let transitions: Vec<Transition> = history
+        .iter()
+        .filter_map(|e| match &e.record {
+            HistoryEvent::Transition(t) => Some(t.transition),
+            HistoryEvent::Supervision(_) => None,
+        })
+        .collect();
+    assert_eq!(
+        transitions,
+        vec![Transition::Create, Transition::Activate, Transition::Pause, Transition::Resume, Transition::Terminate]
+    );
+    assert!(history.windows(2).all(|w| w[0].canon_index < w[1].canon_index));
+    let HistoryEvent::Transition(last) = &history.last().expect("last").record else { panic!("not a transition") };
+    assert_eq!(last.final_state, Some(json!(16)));
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshake_refusals_name_the_stage_and_are_recorded() {
+    let rt = start(Arc::new(MemoryStore::new())).await;
+    let locked = TenantId::new("locked").expect("name");
+    rt.put_tenant(
+        locked.clone(),
+        TenantPolicy { api_key: Some("sekrit-key".into()), max_imvus: 1, denied_transitions: vec![Transition::Pause], ..Default::default() },
+    )
+    .await
+    .expect("tenant");
+    // 45: not authorised.
+    let err = rt.create_imvu(&locked, "counter", &Caller::anonymous("stranger")).await.unwrap_err();
+    assert!(matches!(err, ActorError::HandshakeRefused { stage: Stage::Compliance, .. }), "{err}");
+    let member = Caller::internal(&locked, "owner");
+    let key = rt.create_imvu(&locked, "counter", &member).await.expect("create").key;
+    // 45: quota.
+    let err = rt.create_imvu(&locked, "counter", &member).await.unwrap_err();
+    assert!(err.to_string().contains("quota"), "{err}");
+    // 17: policy denies pause; the refusal is in the history.
+    let err = rt.transition(&key, Transition::Pause, &member).await.unwrap_err();
+    assert!(matches!(err, ActorError::HandshakeRefused { stage: Stage::TenantGovernance, .. }), "{err}");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let refused = rt
+        .history(&key)
+        .expect("history")
+        .into_iter()
+        .filter(|e| matches!(&e.record, HistoryEvent::Transition(t) if matches!(t.handshake, HandshakeOutcome::Refused { .. })))
+        .count();
+    assert_eq!(refused, 1);
+    // Another tenant's id is simply not there.
+    let other = vcos_actors::ImvuKey { tenant: TenantId::default_tenant(), id: key.id };
+    assert!(matches!(rt.inspect(&other).await.unwrap_err(), ActorError::NotFound { .. }));
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_restarts_from_last_durable_snapshot_and_node_keeps_serving() {
+    let rt = start(Arc::new(MemoryStore::new())).await;
+    let t = TenantId::default_tenant();
+    let key = rt.create_imvu(&t, "counter", &caller()).await.expect("create").key;
+    rt.ask_json(&key, json!({"op":"add","n":41})).await.expect("add");
+    let err = rt.ask_json(&key, json!({"op":"crash"})).await.unwrap_err();
+    assert!(matches!(err, ActorError::Crashed { .. }), "{err}");
+    assert_eq!(rt.ask_json(&key, json!({"op":"add","n":1})).await.expect("after crash"), json!(42));
+    let restarts = rt
+        .history(&key)
+        .expect("history")
+        .into_iter()
+        .filter(|e| matches!(&e.record, HistoryEvent::Supervision(s) if s.decision == "restarted"))
+        .count();
+    assert_eq!(restarts, 1);
+    let err = rt.ask_json(&key, json!({"op":"nope"})).await.unwrap_err();
+    assert!(matches!(err, ActorError::BadRequest { .. }), "{err}");
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_survives_a_restart_from_disk() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("canon.redb");
+    let (key, paused) = {
+        let store = Arc::new(RedbStore::open(&path).expect("open"));
+        let rt = start(store.clone()).await;
+        let t = TenantId::default_tenant();
+        let key = rt.create_imvu(&t, "kv-memory", &caller()).await.expect("create").key;
+        rt.ask_json(&key, json!({"op":"put","key":"name","value":"ada"})).await.expect("put");
+        let paused = rt.create_imvu(&t, "counter", &caller()).await.expect("create").key;
+        rt.ask_json(&paused, json!({"op":"add","n":7})).await.expect("add");
+        rt.transition(&paused, Transition::Pause, &caller()).await.expect("pause");
+        rt.shutdown().await;
+        store.close();
+        (key, paused)
+    };
+    let rt = start(Arc::new(RedbStore::open(&path).expect("reopen"))).await;
+    assert_eq!(rt.ask_json(&key, json!({"op":"get","key":"name"})).await.expect("get"), json!({"value":"ada"}));
+    let info = rt.inspect(&paused).await.expect("inspect");
+    assert_eq!(info.lifecycle, LifecycleState::Paused);
+    assert_eq!(info.state, json!(7));
+    // New ids never collide with old ones.
+    let fresh = rt.create_imvu(&TenantId::default_tenant(), "counter", &caller()).await.expect("create").key;
+    assert!(fresh.id > paused.id);
+    assert_eq!(rt.tenant(&TenantId::default_tenant()).expect("tenant").live_imvus.load(std::sync::atomic::Ordering::Relaxed), 3);
+    rt.shutdown().await;
+}

@@ -1,0 +1,175 @@
+//! The one error type of the facade and its one mapping to HTTP.
+//!
+//! Every failure a client can see leaves through [`ApiError`]'s `IntoResponse`: a status and a
+//! JSON body `{"code": "...", "message": "..."}`. Codes are stable (clients branch on them);
+//! messages are for people. Runtime errors keep the runtime's own code
+//! ([`ActorError::code`]), so one code means one thing from the actor layer to the client.
+//!
+//! Deliberately absent: a second place that picks statuses. Rejections of axum's extractors are
+//! converted here (see `extract.rs`), and responses made outside our handlers (405s, the body
+//! limit layer) are rewritten to this shape by `middleware::json_errors`.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use vcos_actors::ActorError;
+
+/// What went wrong, as the facade reports it.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The runtime refused or failed; status and code follow the variant.
+    #[error(transparent)]
+    Actor(#[from] ActorError),
+    /// The request itself is malformed (body, path, header); the message names the problem.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The bearer key is missing where required, malformed, or unknown.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// The caller is not authenticated for the tenant it reads from.
+    #[error("{0}")]
+    Forbidden(String),
+    /// No such route, tenant or IMVU.
+    #[error("{0}")]
+    NotFound(String),
+    /// The request conflicts with what exists (a tenant name or key already taken).
+    #[error("{0}")]
+    Conflict(String),
+    /// The body exceeds the limit.
+    #[error("{0}")]
+    TooLarge(String),
+    /// The body is declared as something other than JSON.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// The route exists but not for this method.
+    #[error("{0}")]
+    MethodNotAllowed(String),
+    /// A bug in the facade (a panic in a handler of this crate).
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// The body of every error response.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({"code": "not_found", "message": "imvu default/7 not found"}))]
+pub struct ErrorBody {
+    /// Stable, machine-readable code: `bad_request`, `unauthorized`, `forbidden`,
+    /// `handshake_refused`, `not_found`, `unknown_kind`, `method_not_allowed`, `conflict`,
+    /// `illegal_transition`, `terminated`, `too_large`, `unsupported_media_type`, `queue_full`,
+    /// `imvu_crashed`, `store_error`, `internal`, `unavailable`.
+    pub code: String,
+    /// What happened, for people; names the offending field where there is one.
+    pub message: String,
+}
+
+impl ApiError {
+    /// The status and stable code of this error.
+    pub fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            Self::Actor(e) => (actor_status(e), e.code()),
+            Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            Self::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            Self::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            Self::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            Self::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+            Self::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+
+    /// The JSON body of this error.
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody { code: self.status_and_code().1.to_owned(), message: self.to_string() }
+    }
+
+    /// The error a bare status would mean, for responses not made by our handlers.
+    pub(crate) fn from_status(status: StatusCode, detail: String) -> Self {
+        match status {
+            StatusCode::BAD_REQUEST => Self::BadRequest(detail),
+            StatusCode::UNAUTHORIZED => Self::Unauthorized(detail),
+            StatusCode::FORBIDDEN => Self::Forbidden(detail),
+            StatusCode::NOT_FOUND => Self::NotFound(detail),
+            StatusCode::METHOD_NOT_ALLOWED => Self::MethodNotAllowed(detail),
+            StatusCode::CONFLICT => Self::Conflict(detail),
+            StatusCode::PAYLOAD_TOO_LARGE => Self::TooLarge(detail),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => Self::UnsupportedMediaType(detail),
+            StatusCode::SERVICE_UNAVAILABLE => Self::Actor(ActorError::Unavailable(detail)),
+            s if s.is_client_error() => Self::BadRequest(detail),
+            _ => Self::Internal(detail),
+        }
+    }
+}
+
+/// The one table from runtime errors to statuses.
+fn actor_status(e: &ActorError) -> StatusCode {
+    match e {
+        ActorError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+        // The kind is part of the request body, not the path: a bad request, not a missing page.
+        ActorError::UnknownKind(_) => StatusCode::BAD_REQUEST,
+        ActorError::NotFound { .. } => StatusCode::NOT_FOUND,
+        ActorError::IllegalTransition { .. } | ActorError::Terminated(_) => StatusCode::CONFLICT,
+        ActorError::QueueFull(_) => StatusCode::TOO_MANY_REQUESTS,
+        ActorError::HandshakeRefused { .. } => StatusCode::FORBIDDEN,
+        ActorError::Crashed { .. } | ActorError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        ActorError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+        ActorError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        if status.is_server_error() {
+            tracing::warn!(code, error = %self, "request failed");
+        } else {
+            tracing::debug!(code, error = %self, "request refused");
+        }
+        (status, Json(self.body())).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vcos_actors::{Stage, Transition};
+
+    fn check(e: ActorError, status: u16, code: &str) {
+        let (s, c) = ApiError::from(e).status_and_code();
+        assert_eq!((s.as_u16(), c), (status, code));
+    }
+
+    #[test]
+    fn every_actor_error_has_its_status() {
+        check(ActorError::BadRequest { field: "f".into(), reason: "r".into() }, 400, "bad_request");
+        check(ActorError::UnknownKind("x".into()), 400, "unknown_kind");
+        check(ActorError::NotFound { what: "imvu", key: "a/1".into() }, 404, "not_found");
+        check(
+            ActorError::IllegalTransition { transition: Transition::Resume, current: "active".into() },
+            409,
+            "illegal_transition",
+        );
+        check(ActorError::Terminated("a/1".into()), 409, "terminated");
+        check(ActorError::QueueFull("q".into()), 429, "queue_full");
+        check(
+            ActorError::HandshakeRefused { stage: Stage::Compliance, transition: Transition::Create, reason: "r".into() },
+            403,
+            "handshake_refused",
+        );
+        check(ActorError::Crashed { key: "a/1".into(), reason: "boom".into() }, 500, "imvu_crashed");
+        check(ActorError::TooLarge("t".into()), 413, "too_large");
+        check(ActorError::Store("s".into()), 500, "store_error");
+        check(ActorError::Unavailable("u".into()), 503, "unavailable");
+    }
+
+    #[test]
+    fn bare_statuses_map_to_codes() {
+        let e = ApiError::from_status(StatusCode::PAYLOAD_TOO_LARGE, "big".into());
+        assert_eq!(e.body(), ErrorBody { code: "too_large".into(), message: "big".into() });
+        assert_eq!(ApiError::from_status(StatusCode::IM_A_TEAPOT, String::new()).status_and_code().1, "bad_request");
+        assert_eq!(ApiError::from_status(StatusCode::BAD_GATEWAY, String::new()).status_and_code().1, "internal");
+    }
+}

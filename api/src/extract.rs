@@ -1,0 +1,158 @@
+//! Extractors that reject with [`ApiError`], so no plain-text rejection of axum reaches a client.
+//!
+//! - [`ApiJson`]: the body as JSON, bounded by the body limit; syntax errors, wrong types,
+//!   missing and unknown fields are 400s whose message names the field path; an oversized body
+//!   is a 413.
+//! - [`Auth`]: who the caller is, from `Authorization: Bearer <key>`.
+//! - [`TenantPath`] / [`ImvuPath`]: path segments validated into runtime ids (400 otherwise).
+
+use axum::body::Bytes;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, FromRequestParts, Path, Request};
+use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use serde::de::DeserializeOwned;
+use vcos_actors::{Caller, ImvuId, ImvuKey, TenantId};
+
+use crate::error::ApiError;
+use crate::AppState;
+
+/// Longest bearer key accepted (longer ones cannot belong to a tenant).
+pub(crate) const API_KEY_LEN_MAX: usize = 256;
+/// Shortest key a tenant may be given.
+pub(crate) const API_KEY_LEN_MIN: usize = 8;
+
+/// A JSON body of type `T`.
+#[derive(Debug)]
+pub(crate) struct ApiJson<T>(pub(crate) T);
+
+impl<S, T> FromRequest<S> for ApiJson<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        check_content_type(req.headers().get(CONTENT_TYPE))?;
+        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::TooLarge(format!("request body exceeds {} bytes", crate::BODY_LEN_MAX))
+            } else {
+                ApiError::BadRequest(format!("cannot read the request body: {}", rejection.body_text()))
+            }
+        })?;
+        match axum::Json::<T>::from_bytes(&bytes) {
+            Ok(axum::Json(value)) => Ok(Self(value)),
+            Err(rejection) => Err(json_rejection(rejection)),
+        }
+    }
+}
+
+/// JSON is the only body this API reads. A missing content type is accepted; a declared
+/// non-JSON one (e.g. the form type of a bare `curl --data`) is a 415 saying what to send.
+fn check_content_type(value: Option<&axum::http::HeaderValue>) -> Result<(), ApiError> {
+    let Some(value) = value else { return Ok(()) };
+    let essence = value.to_str().unwrap_or("").split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    if essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json")) {
+        Ok(())
+    } else {
+        Err(ApiError::UnsupportedMediaType(format!(
+            "request bodies are JSON: send `Content-Type: application/json` (got {essence:?})"
+        )))
+    }
+}
+
+fn json_rejection(rejection: JsonRejection) -> ApiError {
+    match rejection {
+        // The source is serde's error with its field path (`policy.max_imvus: invalid type…`);
+        // the rejection's own text only adds axum's generic preamble.
+        JsonRejection::JsonDataError(e) => ApiError::BadRequest(format!("invalid request body: {}", cause(&e))),
+        JsonRejection::JsonSyntaxError(e) => ApiError::BadRequest(format!("malformed JSON: {}", cause(&e))),
+        other => ApiError::from_status(other.status(), other.body_text()),
+    }
+}
+
+fn cause(e: &(dyn std::error::Error + 'static)) -> String {
+    e.source().map_or_else(|| e.to_string(), ToString::to_string)
+}
+
+/// The caller, as its bearer key (or its absence) says.
+#[derive(Clone, Debug)]
+pub(crate) struct Auth(pub(crate) Caller);
+
+impl FromRequestParts<AppState> for Auth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let Some(value) = parts.headers.get(AUTHORIZATION) else {
+            return Ok(Self(Caller::anonymous("http")));
+        };
+        let malformed = || ApiError::Unauthorized("the Authorization header must be `Bearer <key>`".into());
+        let value = value.to_str().map_err(|_| malformed())?;
+        let (scheme, key) = value.split_once(' ').ok_or_else(malformed)?;
+        let key = key.trim();
+        if !scheme.eq_ignore_ascii_case("bearer") || key.is_empty() {
+            return Err(malformed());
+        }
+        let unknown = || ApiError::Unauthorized("unknown API key".into());
+        if key.len() > API_KEY_LEN_MAX {
+            return Err(unknown());
+        }
+        let tenant = state.runtime.tenant_by_key(key).ok_or_else(unknown)?;
+        Ok(Self(Caller { authenticated_tenant: Some(tenant.id), principal: format!("http:{}", tenant.id) }))
+    }
+}
+
+/// `/v1/tenants/{tenant}/…`.
+#[derive(Clone, Debug)]
+pub(crate) struct TenantPath(pub(crate) TenantId);
+
+impl<S: Send + Sync> FromRequestParts<S> for TenantPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Path(tenant) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::BadRequest(format!("bad path: {}", e.body_text())))?;
+        Ok(Self(TenantId::new(&tenant)?))
+    }
+}
+
+/// `/v1/tenants/{tenant}/imvus/{id}/…`.
+#[derive(Clone, Debug)]
+pub(crate) struct ImvuPath(pub(crate) ImvuKey);
+
+impl<S: Send + Sync> FromRequestParts<S> for ImvuPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Path((tenant, id)) = Path::<(String, String)>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::BadRequest(format!("bad path: {}", e.body_text())))?;
+        let tenant = TenantId::new(&tenant)?;
+        let id = id
+            .parse::<u64>()
+            .map_err(|_| ApiError::BadRequest(format!("path segment `id`: IMVU ids are unsigned integers (got {id:?})")))?;
+        Ok(Self(ImvuKey { tenant, id: ImvuId(id) }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    #[test]
+    fn content_types() {
+        assert!(check_content_type(None).is_ok());
+        for ok in ["application/json", "application/json; charset=utf-8", "Application/JSON", "application/merge-patch+json"] {
+            assert!(check_content_type(Some(&HeaderValue::from_static(ok))).is_ok(), "{ok}");
+        }
+        for bad in ["text/plain", "application/x-www-form-urlencoded", "application/jsonx"] {
+            let e = check_content_type(Some(&HeaderValue::from_static(bad))).unwrap_err();
+            assert_eq!(e.status_and_code().1, "unsupported_media_type", "{bad}");
+        }
+    }
+}

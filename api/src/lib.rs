@@ -1,0 +1,141 @@
+//! The HTTP facade of v-COS: JSON over axum in front of [`vcos_actors::Runtime`], with an
+//! OpenAPI document generated from the handlers and Prometheus metrics.
+//!
+//! - [`router`] builds every route (see `routes/`); [`serve`] runs it with graceful shutdown.
+//! - [`install_metrics_recorder`] installs the process-wide metrics recorder whose handle
+//!   `/metrics` renders.
+//! - [`ApiError`] is the one error type; its `IntoResponse` is the one place where failures
+//!   become statuses and `{"code","message"}` bodies.
+//! - [`wire`] holds the request/response types and their schemas, mirroring runtime types.
+//!
+//! Invariants: every response a client sees for an error is JSON in the [`ErrorBody`] shape,
+//! including axum's own rejections, 405s and the body-limit 413; request bodies are bounded
+//! by [`BODY_LEN_MAX`]; metric labels are bounded (route templates, not raw paths).
+//!
+//! Deliberate absences: no business logic (lifecycle, admission and authorisation of
+//! transitions are the runtime's handshake); no TLS (terminate it in front of the node); no
+//! admin authentication for creating tenants yet (any caller may create one; none may
+//! overwrite one).
+
+use std::future::{Future, IntoFuture};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use vcos_actors::Runtime;
+
+pub mod error;
+mod extract;
+mod middleware;
+mod routes;
+pub mod wire;
+
+pub use error::{ApiError, ErrorBody};
+
+/// Largest request body accepted (1 MiB); larger ones are refused with 413 `too_large`.
+pub const BODY_LEN_MAX: usize = 1024 * 1024;
+
+/// Name of the request latency histogram.
+pub const HTTP_DURATION_METRIC: &str = "vcos_http_request_duration_seconds";
+/// Name of the request counter.
+pub const HTTP_REQUESTS_METRIC: &str = "vcos_http_requests_total";
+
+/// Bucket bounds of the latency histogram, seconds (0.1 ms to 10 s).
+const HTTP_DURATION_BUCKETS_S: &[f64] = &[0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
+/// How often histogram buffers are folded while serving (they are folded on every scrape too).
+const METRICS_UPKEEP_PERIOD: Duration = Duration::from_secs(5);
+/// After shutdown is asked, how long requests in flight may take before they are cut. A
+/// message to a paused IMVU waits for its resume, which may never come: draining is bounded.
+pub const SHUTDOWN_DRAIN_MAX: Duration = Duration::from_secs(10);
+
+/// What every handler shares.
+#[derive(Clone)]
+pub(crate) struct AppState {
+    pub(crate) runtime: Runtime,
+    pub(crate) metrics: PrometheusHandle,
+    /// Serialises tenant creation (check-then-put of names and keys).
+    pub(crate) tenant_creation: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// Every route of the API, around `runtime`; `/metrics` renders `metrics`.
+///
+/// Routes: `GET /health`, `GET /metrics`, `GET /openapi.json`, Swagger UI under `/docs`,
+/// `GET /v1/kinds`, `GET|POST /v1/tenants`, `POST /v1/tenants/{tenant}/imvus`,
+/// `GET /v1/tenants/{tenant}/imvus/{id}`, `POST …/{id}/messages`, `POST …/{id}/pause`,
+/// `POST …/{id}/resume`, `POST …/{id}/terminate`, `GET …/{id}/history`.
+pub fn router(runtime: Runtime, metrics: PrometheusHandle) -> axum::Router {
+    routes::build(AppState { runtime, metrics, tenant_creation: Arc::default() })
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves, then stops accepting and waits
+/// for requests in flight to finish, at most [`SHUTDOWN_DRAIN_MAX`].
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let upkeep = RECORDER.get().cloned().map(|handle| {
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(METRICS_UPKEEP_PERIOD);
+            loop {
+                tick.tick().await;
+                handle.run_upkeep();
+            }
+        })
+    });
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "HTTP API listening");
+    }
+    let (asked, asked_rx) = tokio::sync::oneshot::channel::<()>();
+    let signal = async move {
+        shutdown.await;
+        let _ = asked.send(());
+    };
+    let server = axum::serve(listener, router).with_graceful_shutdown(signal).into_future();
+    let drain_expired = async move {
+        if asked_rx.await.is_err() {
+            // The server finished without a shutdown: nothing to bound.
+            std::future::pending::<()>().await;
+        }
+        tokio::time::sleep(SHUTDOWN_DRAIN_MAX).await;
+    };
+    let result = tokio::select! {
+        result = server => result,
+        () = drain_expired => {
+            tracing::warn!(drain_s = SHUTDOWN_DRAIN_MAX.as_secs(), "requests still in flight after the drain period; cutting them");
+            Ok(())
+        }
+    };
+    if let Some(upkeep) = upkeep {
+        upkeep.abort();
+    }
+    tracing::info!("HTTP API stopped");
+    result
+}
+
+static RECORDER: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the process-wide Prometheus recorder (once) and returns a handle to it.
+///
+/// Idempotent: later calls return the same handle. Call it before starting the runtime, since
+/// the runtime's metrics bind to the recorder installed when they are first registered. If
+/// another recorder was installed by someone else, this logs a warning and returns a handle
+/// that renders (only what reaches it).
+pub fn install_metrics_recorder() -> PrometheusHandle {
+    RECORDER
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Full(HTTP_DURATION_METRIC.to_owned()), HTTP_DURATION_BUCKETS_S)
+                .unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "latency buckets refused; rendering it as a summary");
+                    PrometheusBuilder::new()
+                });
+            let recorder = builder.build_recorder();
+            let handle = recorder.handle();
+            if let Err(e) = metrics::set_global_recorder(recorder) {
+                tracing::warn!(error = %e, "a metrics recorder is already installed; /metrics will not see the node's metrics");
+            }
+            handle
+        })
+        .clone()
+}

@@ -1,0 +1,124 @@
+//! The routes, and the OpenAPI document generated from them.
+//!
+//! Every handler carries `#[utoipa::path]` and is registered through utoipa-axum's
+//! `routes!`, so a route cannot exist without being documented, and the document cannot list
+//! a route that does not exist. Handlers are thin: extract, call the runtime, convert to a wire
+//! type; status and error mapping live in `error.rs`.
+//!
+//! - `system`: health, metrics, the OpenAPI document, kinds.
+//! - `tenants`: list and create tenants.
+//! - `imvus`: create, inspect, message, pause/resume/terminate, history.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::DefaultBodyLimit;
+use axum::{middleware, Extension, Router};
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::limit::RequestBodyLimitLayer;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use utoipa_swagger_ui::{Config, SwaggerUi};
+use vcos_actors::{Caller, TenantEntry, TenantId};
+
+use crate::error::{ApiError, ErrorBody};
+use crate::{middleware as mw, AppState, BODY_LEN_MAX};
+
+mod imvus;
+mod system;
+mod tenants;
+
+/// Where the OpenAPI document is served.
+pub(crate) const OPENAPI_PATH: &str = "/openapi.json";
+/// Where Swagger UI is served.
+pub(crate) const DOCS_PATH: &str = "/docs";
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "v-COS swarm",
+        description = "HTTP facade of the v-COS actor runtime. Errors are always JSON: \
+            `{\"code\": \"...\", \"message\": \"...\"}` (see the ErrorBody schema for the codes). \
+            Tenants with an API key require `Authorization: Bearer <key>` for every call on them; \
+            an unknown key is 401 on any route."
+    ),
+    modifiers(&BearerAuth),
+    components(schemas(ErrorBody)),
+    tags(
+        (name = "system", description = "Health, metrics, the API document, kinds"),
+        (name = "tenants", description = "Isolated customers and their policies"),
+        (name = "imvus", description = "IMVUs: create, message, lifecycle, history"),
+    )
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme("bearer", SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)));
+    }
+}
+
+/// The document as served, serialised once from the routes.
+#[derive(Clone)]
+pub(crate) struct OpenApiJson(pub(crate) Bytes);
+
+/// Builds the routes and their document; see [`crate::router`].
+pub(crate) fn build(state: AppState) -> Router {
+    let (routes, openapi) = OpenApiRouter::<AppState>::with_openapi(ApiDoc::openapi())
+        .routes(routes!(system::health))
+        .routes(routes!(system::metrics))
+        .routes(routes!(system::openapi_json))
+        .routes(routes!(system::kinds))
+        .routes(routes!(tenants::list_tenants, tenants::create_tenant))
+        .routes(routes!(imvus::create_imvu))
+        .routes(routes!(imvus::get_imvu))
+        .routes(routes!(imvus::send_message))
+        .routes(routes!(imvus::pause))
+        .routes(routes!(imvus::resume))
+        .routes(routes!(imvus::terminate))
+        .routes(routes!(imvus::history))
+        .split_for_parts();
+    let swagger: Router<AppState> = SwaggerUi::new(DOCS_PATH).config(Config::new([OPENAPI_PATH])).into();
+    routes
+        .merge(swagger)
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(BODY_LEN_MAX))
+        .layer(RequestBodyLimitLayer::new(BODY_LEN_MAX))
+        .layer(CatchPanicLayer::new())
+        .layer(middleware::from_fn(mw::json_errors))
+        .layer(middleware::from_fn(mw::observe))
+        .layer(Extension(OpenApiJson(openapi_bytes(&openapi))))
+        .with_state(state)
+}
+
+fn openapi_bytes(openapi: &utoipa::openapi::OpenApi) -> Bytes {
+    match serde_json::to_vec(openapi) {
+        Ok(json) => Bytes::from(json),
+        Err(e) => {
+            // The document is plain data; failing to serialise it is a bug, not worth a crash.
+            tracing::error!(error = %e, "the OpenAPI document does not serialise");
+            Bytes::from_static(b"{}")
+        }
+    }
+}
+
+async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError::NotFound(format!("no route {}; see {OPENAPI_PATH}", uri.path()))
+}
+
+/// The tenant, if `caller` may read from it: open tenants are readable by anyone, tenants with
+/// a key only by callers who presented it.
+pub(crate) fn readable_tenant(state: &AppState, tenant: &TenantId, caller: &Caller) -> Result<Arc<TenantEntry>, ApiError> {
+    let entry = state.runtime.tenant(tenant)?;
+    if entry.policy.api_key.is_some() && caller.authenticated_tenant.as_ref() != Some(tenant) {
+        return Err(ApiError::Forbidden(format!(
+            "tenant {tenant} requires its API key: send `Authorization: Bearer <key>`"
+        )));
+    }
+    Ok(entry)
+}

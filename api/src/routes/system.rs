@@ -1,0 +1,77 @@
+//! Routes about the node rather than its tenants: health, metrics, the API document, kinds.
+//! None of them needs a key: they reveal no tenant's data.
+
+use std::sync::atomic::Ordering;
+
+use axum::extract::State;
+use axum::http::header::CONTENT_TYPE;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::{Extension, Json};
+
+use super::OpenApiJson;
+use crate::error::ErrorBody;
+use crate::wire::{Health, Kind, KindList};
+use crate::AppState;
+
+/// Liveness and readiness: 200 while serving, 503 once the node has begun to stop.
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "system",
+    responses(
+        (status = 200, description = "Serving", body = Health,
+            example = json!({"status": "ok", "imvus_resident": 3})),
+        (status = 503, description = "Stopping: the node takes no new work", body = Health,
+            example = json!({"status": "stopping", "imvus_resident": 3})),
+    )
+)]
+pub(super) async fn health(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
+    let node = state.runtime.node();
+    let imvus_resident = node.resident_imvus.load(Ordering::Relaxed);
+    if node.shutting_down.load(Ordering::Relaxed) {
+        (StatusCode::SERVICE_UNAVAILABLE, Json(Health { status: "stopping".into(), imvus_resident }))
+    } else {
+        (StatusCode::OK, Json(Health { status: "ok".into(), imvus_resident }))
+    }
+}
+
+/// Prometheus metrics of the node (runtime and HTTP), in the text exposition format.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "system",
+    responses(
+        (status = 200, description = "Prometheus text format", body = String,
+            content_type = "text/plain; version=0.0.4"),
+    )
+)]
+pub(super) async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    state.metrics.run_upkeep();
+    ([(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics.render())
+}
+
+/// This document (OpenAPI 3.1). Swagger UI renders it at `/docs`.
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    tag = "system",
+    responses((status = 200, description = "The OpenAPI document", body = Object, content_type = "application/json"))
+)]
+pub(super) async fn openapi_json(Extension(doc): Extension<OpenApiJson>) -> impl IntoResponse {
+    ([(CONTENT_TYPE, "application/json")], doc.0)
+}
+
+/// The IMVU kinds this node serves.
+#[utoipa::path(
+    get,
+    path = "/v1/kinds",
+    tag = "system",
+    responses(
+        (status = 200, description = "Registered kinds", body = KindList),
+        (status = 500, description = "`internal`: a bug in the facade", body = ErrorBody),
+    )
+)]
+pub(super) async fn kinds(State(state): State<AppState>) -> Json<KindList> {
+    Json(KindList { kinds: state.runtime.kinds().into_iter().map(Kind::from).collect() })
+}

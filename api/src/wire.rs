@@ -1,0 +1,476 @@
+//! Wire types: what travels in request and response bodies, with their OpenAPI schemas.
+//!
+//! The runtime's types (`ImvuInfo`, `HistoryEvent`, …) stay free of HTTP and OpenAPI concerns,
+//! so this module mirrors them field for field and converts with `From`. Invariant: a mirror
+//! serialises exactly like its original (the unit tests compare the two), so the documented
+//! schema is the JSON clients actually get.
+//!
+//! Request types `deny_unknown_fields`: a misspelt field is a 400 naming it, not a silent
+//! default.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use vcos_actors::handshake::{HandshakeOutcome, Stage};
+use vcos_actors::records::{HistoryEvent, Stamped, SupervisionRecord, TransitionRecord};
+use vcos_actors::{ImvuInfo, KindInfo, LifecycleState, TenantEntry, TenantPolicy, Transition};
+
+/// `GET /health`.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct Health {
+    /// `ok`, or `stopping` while the node shuts down (then the status is 503).
+    #[schema(example = "ok")]
+    pub status: String,
+    /// IMVUs resident in memory on this node.
+    pub imvus_resident: u64,
+}
+
+/// One IMVU kind the node serves.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct Kind {
+    /// Name, as used in `POST /v1/tenants/{tenant}/imvus`.
+    #[schema(example = "counter")]
+    pub name: String,
+    /// What it does and which messages it takes.
+    pub description: String,
+}
+
+impl From<KindInfo> for Kind {
+    fn from(k: KindInfo) -> Self {
+        Self { name: k.name, description: k.description }
+    }
+}
+
+/// `GET /v1/kinds`.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct KindList {
+    /// Registered kinds, by name.
+    pub kinds: Vec<Kind>,
+}
+
+/// `GET /v1/tenants`.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct TenantList {
+    /// Tenant names, sorted.
+    #[schema(example = json!(["default"]))]
+    pub tenants: Vec<String>,
+}
+
+/// A lifecycle transition (mirrors `vcos_actors::Transition`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TransitionName {
+    /// Bring a new IMVU into existence.
+    Create,
+    /// Genesis → active.
+    Activate,
+    /// Active → paused.
+    Pause,
+    /// Paused → active.
+    Resume,
+    /// Genesis | active | paused → terminated.
+    Terminate,
+}
+
+impl From<Transition> for TransitionName {
+    fn from(t: Transition) -> Self {
+        match t {
+            Transition::Create => Self::Create,
+            Transition::Activate => Self::Activate,
+            Transition::Pause => Self::Pause,
+            Transition::Resume => Self::Resume,
+            Transition::Terminate => Self::Terminate,
+        }
+    }
+}
+
+impl From<TransitionName> for Transition {
+    fn from(t: TransitionName) -> Self {
+        match t {
+            TransitionName::Create => Self::Create,
+            TransitionName::Activate => Self::Activate,
+            TransitionName::Pause => Self::Pause,
+            TransitionName::Resume => Self::Resume,
+            TransitionName::Terminate => Self::Terminate,
+        }
+    }
+}
+
+/// Where an IMVU is in its life (mirrors `vcos_actors::LifecycleState`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Lifecycle {
+    /// Created, not yet serving.
+    Genesis,
+    /// Serving messages.
+    Active,
+    /// Holding messages until resumed.
+    Paused,
+    /// Stopped for good.
+    Terminated,
+}
+
+impl From<LifecycleState> for Lifecycle {
+    fn from(s: LifecycleState) -> Self {
+        match s {
+            LifecycleState::Genesis => Self::Genesis,
+            LifecycleState::Active => Self::Active,
+            LifecycleState::Paused => Self::Paused,
+            LifecycleState::Terminated => Self::Terminated,
+        }
+    }
+}
+
+/// Policy fields of `POST /v1/tenants`; every field is optional and defaults as shown.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct TenantPolicyRequest {
+    /// Callers must present this key as `Authorization: Bearer <key>`; absent = open tenant.
+    /// 8..=256 visible ASCII characters, unique across tenants.
+    pub api_key: Option<String>,
+    /// Most IMVUs alive (not terminated) at once (default 10 000 000).
+    pub max_imvus: Option<u64>,
+    /// Transitions the tenant forbids (handshake stage 17).
+    pub denied_transitions: Option<Vec<TransitionName>>,
+    /// Kinds the tenant may create; absent = all.
+    pub allowed_kinds: Option<Vec<String>>,
+    /// Restarts of the tenant's IMVU supervisor allowed… (default 1000)
+    pub max_restarts: Option<u32>,
+    /// …within this window before it escalates (default 1000 ms).
+    pub restart_period_ms: Option<u64>,
+}
+
+/// `POST /v1/tenants`.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTenantRequest {
+    /// 1..=31 characters of `a-z`, `0-9`, `-`, `_` (`vcos_actors::ids::TENANT_NAME_LEN_MAX`).
+    #[schema(example = "acme")]
+    pub name: String,
+    /// Policy; omitted fields take their defaults.
+    #[serde(default)]
+    pub policy: TenantPolicyRequest,
+}
+
+/// A tenant's policy as shown to clients: everything but the key itself.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct TenantPolicyView {
+    /// Whether callers must present a key.
+    pub requires_api_key: bool,
+    /// Most IMVUs alive at once.
+    pub max_imvus: u64,
+    /// Transitions the tenant forbids.
+    pub denied_transitions: Vec<TransitionName>,
+    /// Kinds the tenant may create; null = all.
+    pub allowed_kinds: Option<Vec<String>>,
+    /// Supervisor restarts allowed per window.
+    pub max_restarts: u32,
+    /// The restart window, ms.
+    pub restart_period_ms: u64,
+}
+
+impl From<&TenantPolicy> for TenantPolicyView {
+    fn from(p: &TenantPolicy) -> Self {
+        Self {
+            requires_api_key: p.api_key.is_some(),
+            max_imvus: p.max_imvus,
+            denied_transitions: p.denied_transitions.iter().copied().map(Into::into).collect(),
+            allowed_kinds: p.allowed_kinds.clone(),
+            max_restarts: p.max_restarts,
+            restart_period_ms: p.restart_period_ms,
+        }
+    }
+}
+
+/// `POST /v1/tenants` → 201: the tenant, and its key this once.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct CreatedTenant {
+    /// Tenant name.
+    pub name: String,
+    /// The policy (without the key).
+    pub policy: TenantPolicyView,
+    /// IMVUs alive.
+    pub live_imvus: u64,
+    /// The key, returned on creation only and never again; absent for an open tenant.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub api_key: Option<String>,
+}
+
+impl CreatedTenant {
+    /// The creation response for `entry` (the only place the key is echoed).
+    pub fn new(entry: &TenantEntry) -> Self {
+        Self {
+            name: entry.id.to_string(),
+            policy: TenantPolicyView::from(&entry.policy),
+            live_imvus: entry.live_imvus.load(std::sync::atomic::Ordering::Relaxed),
+            api_key: entry.policy.api_key.clone(),
+        }
+    }
+}
+
+/// `POST /v1/tenants/{tenant}/imvus`.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateImvuRequest {
+    /// A registered kind (see `GET /v1/kinds`).
+    #[schema(example = "counter")]
+    pub kind: String,
+}
+
+/// `tenant/id`: the full key of an IMVU (mirrors `vcos_actors::ImvuKey`).
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct ImvuKeyView {
+    /// Owning tenant.
+    #[schema(example = "default")]
+    pub tenant: String,
+    /// Node-assigned number.
+    #[schema(example = 1)]
+    pub id: u64,
+}
+
+/// What callers learn about an IMVU (mirrors `vcos_actors::ImvuInfo`).
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct ImvuView {
+    /// `tenant/id`.
+    pub key: ImvuKeyView,
+    /// Kind name.
+    pub kind: String,
+    /// Lifecycle state.
+    pub lifecycle: Lifecycle,
+    /// The IMVU's own state, as JSON (its shape depends on the kind).
+    #[schema(value_type = Object)]
+    pub state: serde_json::Value,
+    /// Messages held while paused; they run in order on resume.
+    pub held_messages: usize,
+}
+
+impl From<ImvuInfo> for ImvuView {
+    fn from(i: ImvuInfo) -> Self {
+        Self {
+            key: ImvuKeyView { tenant: i.key.tenant.to_string(), id: i.key.id.0 },
+            kind: i.kind,
+            lifecycle: i.lifecycle.into(),
+            state: i.state,
+            held_messages: i.held_messages,
+        }
+    }
+}
+
+/// `POST /v1/tenants/{tenant}/imvus/{id}/messages`.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MessageRequest {
+    /// The message, as the kind defines it (e.g. `{"op":"add","n":1}` for a counter).
+    #[schema(value_type = Object, example = json!({"op": "add", "n": 1}))]
+    pub message: serde_json::Value,
+}
+
+/// The IMVU's reply.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct MessageReply {
+    /// The reply, as the kind defines it.
+    #[schema(value_type = Object)]
+    pub reply: serde_json::Value,
+}
+
+/// A handshake stage (mirrors `vcos_actors::Stage`): 55, 45 or 17.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum StageName {
+    /// 55: node health, resource limits, tenant isolation.
+    SystemIntegrity,
+    /// 45: caller authorisation and tenant quota.
+    Compliance,
+    /// 17: the tenant's own policy.
+    TenantGovernance,
+}
+
+impl From<Stage> for StageName {
+    fn from(s: Stage) -> Self {
+        match s {
+            Stage::SystemIntegrity => Self::SystemIntegrity,
+            Stage::Compliance => Self::Compliance,
+            Stage::TenantGovernance => Self::TenantGovernance,
+        }
+    }
+}
+
+/// The 55-45-17 handshake's verdict on a transition (mirrors `HandshakeOutcome`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum HandshakeVerdict {
+    /// All three stages admitted it.
+    Admitted,
+    /// A stage refused it.
+    Refused {
+        /// The refusing stage.
+        stage: StageName,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl From<HandshakeOutcome> for HandshakeVerdict {
+    fn from(o: HandshakeOutcome) -> Self {
+        match o {
+            HandshakeOutcome::Admitted => Self::Admitted,
+            HandshakeOutcome::Refused { stage, reason } => Self::Refused { stage: stage.into(), reason },
+        }
+    }
+}
+
+/// A lifecycle transition as recorded (mirrors `TransitionRecord`).
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct TransitionEntry {
+    /// What was asked.
+    pub transition: TransitionName,
+    /// State before (null for create).
+    pub from: Option<Lifecycle>,
+    /// State after; equal to `from` when refused.
+    pub to: Option<Lifecycle>,
+    /// The handshake's verdict.
+    pub handshake: HandshakeVerdict,
+    /// Who asked.
+    pub caller: String,
+    /// Node wall clock, Unix ms.
+    pub unix_ms: u64,
+    /// The final state, on terminate.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    #[schema(value_type = Option<Object>)]
+    pub final_state: Option<serde_json::Value>,
+}
+
+impl From<TransitionRecord> for TransitionEntry {
+    fn from(r: TransitionRecord) -> Self {
+        Self {
+            transition: r.transition.into(),
+            from: r.from.map(Into::into),
+            to: r.to.map(Into::into),
+            handshake: r.handshake.into(),
+            caller: r.caller,
+            unix_ms: r.unix_ms,
+            final_state: r.final_state,
+        }
+    }
+}
+
+/// A crash and the supervisor's decision (mirrors `SupervisionRecord`).
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct SupervisionEntry {
+    /// The panic message.
+    pub reason: String,
+    /// `restarted`, `stopped` or `escalated`.
+    pub decision: String,
+    /// Node wall clock, Unix ms.
+    pub unix_ms: u64,
+}
+
+impl From<SupervisionRecord> for SupervisionEntry {
+    fn from(r: SupervisionRecord) -> Self {
+        Self { reason: r.reason, decision: r.decision, unix_ms: r.unix_ms }
+    }
+}
+
+/// One history event, tagged by `event` (mirrors `HistoryEvent`).
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum HistoryEntryEvent {
+    /// A lifecycle transition, admitted or refused.
+    Transition(TransitionEntry),
+    /// A crash and what the supervisor decided.
+    Supervision(SupervisionEntry),
+}
+
+/// A history event with its position in canon's total order (mirrors `Stamped<HistoryEvent>`).
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct HistoryEntry {
+    /// Position in canon's total order; increases along the history.
+    pub canon_index: u64,
+    /// The event.
+    #[serde(flatten)]
+    pub event: HistoryEntryEvent,
+}
+
+impl From<Stamped<HistoryEvent>> for HistoryEntry {
+    fn from(s: Stamped<HistoryEvent>) -> Self {
+        let event = match s.record {
+            HistoryEvent::Transition(r) => HistoryEntryEvent::Transition(r.into()),
+            HistoryEvent::Supervision(r) => HistoryEntryEvent::Supervision(r.into()),
+        };
+        Self { canon_index: s.canon_index, event }
+    }
+}
+
+/// `GET /v1/tenants/{tenant}/imvus/{id}/history`.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct History {
+    /// Events in canon order.
+    pub events: Vec<HistoryEntry>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vcos_actors::{ImvuId, ImvuKey, TenantId};
+
+    /// A mirror must serialise exactly like what it mirrors.
+    fn same_json<A: Serialize, B: Serialize>(original: &A, mirror: &B) {
+        let a = serde_json::to_value(original).expect("plain data");
+        let b = serde_json::to_value(mirror).expect("plain data");
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn imvu_view_serialises_like_imvu_info() {
+        let info = ImvuInfo {
+            key: ImvuKey { tenant: TenantId::default_tenant(), id: ImvuId(7) },
+            kind: "counter".into(),
+            lifecycle: LifecycleState::Paused,
+            state: serde_json::json!(3),
+            held_messages: 2,
+        };
+        same_json(&info, &ImvuView::from(info.clone()));
+    }
+
+    #[test]
+    fn history_entry_serialises_like_stamped_history_event() {
+        let events = [
+            HistoryEvent::Transition(TransitionRecord {
+                transition: Transition::Create,
+                from: None,
+                to: Some(LifecycleState::Genesis),
+                handshake: HandshakeOutcome::Admitted,
+                caller: "http".into(),
+                unix_ms: 1,
+                final_state: None,
+            }),
+            HistoryEvent::Transition(TransitionRecord {
+                transition: Transition::Terminate,
+                from: Some(LifecycleState::Active),
+                to: Some(LifecycleState::Active),
+                handshake: HandshakeOutcome::Refused { stage: Stage::TenantGovernance, reason: "no".into() },
+                caller: "http".into(),
+                unix_ms: 2,
+                final_state: Some(serde_json::json!({"a": 1})),
+            }),
+            HistoryEvent::Supervision(SupervisionRecord { reason: "boom".into(), decision: "restarted".into(), unix_ms: 3 }),
+        ];
+        for (i, record) in events.into_iter().enumerate() {
+            let stamped = Stamped { canon_index: i as u64 + 10, record };
+            same_json(&stamped, &HistoryEntry::from(stamped.clone()));
+        }
+    }
+
+    #[test]
+    fn documented_tenant_name_limit_holds() {
+        // `CreateTenantRequest::name`'s doc (and so the OpenAPI document) states this number.
+        assert_eq!(vcos_actors::ids::TENANT_NAME_LEN_MAX, 31);
+    }
+
+    #[test]
+    fn transition_names_round_trip() {
+        for t in [Transition::Create, Transition::Activate, Transition::Pause, Transition::Resume, Transition::Terminate] {
+            same_json(&t, &TransitionName::from(t));
+            assert_eq!(Transition::from(TransitionName::from(t)), t);
+        }
+    }
+}

@@ -1,0 +1,70 @@
+//! `vcos bench`: measurements against peers run in the same invocation.
+//!
+//! Figures are ratios against the peer measured in this run, never against remembered numbers:
+//! the machine is shared and noisy.
+
+mod erlang;
+mod local;
+
+use clap::{Args, Subcommand};
+
+/// Options of `vcos bench`.
+#[derive(Args, Debug)]
+pub(crate) struct BenchArgs {
+    #[command(subcommand)]
+    suite: Suite,
+}
+
+#[derive(Subcommand, Debug)]
+enum Suite {
+    /// The actor runtime on one node vs Erlang/OTP (tell, ask, spawn/memory, passivation, restarts).
+    Local(local::LocalArgs),
+}
+
+pub(crate) fn run(args: BenchArgs) -> anyhow::Result<()> {
+    match args.suite {
+        Suite::Local(local) => local::run(local),
+    }
+}
+
+/// One row of a comparison table.
+pub(crate) struct Row {
+    pub metric: &'static str,
+    pub unit: &'static str,
+    pub ours: f64,
+    pub peer: Option<f64>,
+    /// Target ratio ours/peer, and whether higher is better.
+    pub target: Option<(f64, bool)>,
+}
+
+pub(crate) fn print_table(rows: &[Row]) {
+    println!();
+    println!("{:<34} {:>14} {:>14} {:>8} {:>12}  verdict", "metric", "v-COS", "peer", "ratio", "target");
+    for row in rows {
+        let ratio = row.peer.filter(|p| *p > 0.0).map(|p| row.ours / p);
+        let target = row.target.map_or("-".to_owned(), |(t, higher)| format!("{}{t:.2}x", if higher { ">=" } else { "<=" }));
+        let verdict = match (ratio, row.target) {
+            (Some(r), Some((t, true))) => if r >= t { "met" } else { "MISSED" },
+            (Some(r), Some((t, false))) => if r <= t { "met" } else { "MISSED" },
+            _ => "-",
+        };
+        println!(
+            "{:<34} {:>14} {:>14} {:>8} {:>12}  {verdict}",
+            format!("{} ({})", row.metric, row.unit),
+            fmt_num(row.ours),
+            row.peer.map_or("n/a".to_owned(), fmt_num),
+            ratio.map_or("-".to_owned(), |r| format!("{r:.2}x")),
+            target,
+        );
+    }
+}
+
+fn fmt_num(v: f64) -> String {
+    if v >= 1e6 {
+        format!("{:.2}M", v / 1e6)
+    } else if v >= 1e4 {
+        format!("{:.1}k", v / 1e3)
+    } else {
+        format!("{v:.1}")
+    }
+}

@@ -1,0 +1,33 @@
+//! `vcos`: the one binary of v-COS swarm.
+//!
+//! - `vcos up`: a local node (canon on disk, IMVU hosts, HTTP facade) on embedded defaults;
+//! - `vcos bench local`: the actor runtime measured against Erlang/OTP in the same run.
+
+mod bench;
+mod up;
+
+use clap::{Parser, Subcommand};
+
+/// v-COS swarm: a supervised, deterministic actor runtime for swarms of AI agents.
+#[derive(Parser, Debug)]
+#[command(name = "vcos", version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Start a local node with its HTTP facade (embedded defaults, no external service).
+    Up(up::UpArgs),
+    /// Run benchmarks and compare with peers measured in the same run.
+    Bench(bench::BenchArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Up(args) => up::run(args),
+        Command::Bench(args) => bench::run(args),
+    }
+}
