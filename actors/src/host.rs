@@ -116,6 +116,8 @@ pub(crate) struct Shard<I: Imvu> {
     durable_seq: Arc<AtomicU64>,
     self_tx: mpsc::WeakSender<Command<I>>,
     counters: Counters,
+    clock_now_ms: u64,
+    clock_unix_ms: u64,
 }
 
 struct Counters {
@@ -160,6 +162,8 @@ impl<I: Imvu> Shard<I> {
             durable_seq: Arc::new(AtomicU64::new(0)),
             self_tx,
             counters: Counters::new(I::KIND),
+            clock_now_ms: 0,
+            clock_unix_ms: 0,
         }
     }
 
@@ -171,6 +175,7 @@ impl<I: Imvu> Shard<I> {
                 self.evict_all();
                 return ShardExit::Closed;
             }
+            self.read_clock();
             let mut handled = 0u64;
             for command in batch.drain(..) {
                 handled += 1;
@@ -217,8 +222,20 @@ impl<I: Imvu> Shard<I> {
         }
     }
 
+    /// Monotonic time, read once per batch of commands: a clock read costs as much as a
+    /// handler, and one timestamp per batch is all supervision and passivation need.
     fn now_ms(&self) -> u64 {
-        self.env.clock.now_ms()
+        self.clock_now_ms
+    }
+
+    /// Wall-clock time (canon records), read once per batch.
+    fn unix_ms(&self) -> u64 {
+        self.clock_unix_ms
+    }
+
+    fn read_clock(&mut self) {
+        self.clock_now_ms = self.env.clock.now_ms();
+        self.clock_unix_ms = self.unix_ms();
     }
 
     fn info(&self, key: &ImvuKey) -> ImvuInfo {
@@ -298,7 +315,7 @@ impl<I: Imvu> Shard<I> {
 
     fn create(&mut self, key: &ImvuKey, caller: &Caller) -> Result<(Vec<CanonWrite>, ImvuInfo), ActorError> {
         let tenant = self.env.tenants.get(&key.tenant)?;
-        let unix_ms = self.env.clock.unix_ms();
+        let unix_ms = self.unix_ms();
         let mut writes = Vec::with_capacity(4);
         for (transition, from, to) in [
             (Transition::Create, None, LifecycleState::Genesis),
@@ -422,6 +439,10 @@ impl<I: Imvu> Shard<I> {
     }
 
     fn deliver(&mut self, key: ImvuKey, msg: I::Msg, reply: Option<Reply<I::Reply>>) -> Result<(), String> {
+        // Fast path: resident, active, this tenant's.
+        if self.cells.get(&key.id.0).is_some_and(|c| c.lifecycle == LifecycleState::Active && c.tenant.id == key.tenant) {
+            return self.run_handler(key, msg, reply);
+        }
         if let Err(e) = self.ensure_resident(&key) {
             if let Some(reply) = reply {
                 let _ = reply.send(Err(e));
@@ -429,7 +450,7 @@ impl<I: Imvu> Shard<I> {
             return Ok(());
         }
         let id = key.id.0;
-        let lifecycle = self.cells[&id].lifecycle;
+        let lifecycle = self.cells.get(&id).map_or(LifecycleState::Terminated, |c| c.lifecycle);
         match lifecycle {
             LifecycleState::Active => self.run_handler(key, msg, reply),
             LifecycleState::Paused => {
@@ -462,8 +483,8 @@ impl<I: Imvu> Shard<I> {
 
     fn run_handler(&mut self, key: ImvuKey, msg: I::Msg, reply: Option<Reply<I::Reply>>) -> Result<(), String> {
         let now_ms = self.now_ms();
-        let unix_ms = self.env.clock.unix_ms();
-        let behaviour = self.env.behaviour.clone();
+        let unix_ms = self.unix_ms();
+        let behaviour = &*self.env.behaviour;
         let cell = self.cells.get_mut(&key.id.0).expect("resident: checked by deliver");
         cell.last_used_ms = now_ms;
         let mut ctx = Context { key: &key, unix_ms, stop_requested: false };
@@ -516,7 +537,7 @@ impl<I: Imvu> Shard<I> {
         let _ = supervisor.add_child(spec);
         let directive = supervisor.handle_child_exit(now_ms, &key.id, ExitReason::Failed(reason.clone()));
         supervisor.remove_child(&key.id);
-        let unix_ms = self.env.clock.unix_ms();
+        let unix_ms = self.unix_ms();
         match directive {
             Directive::Restart { .. } => {
                 self.restart_from_canon(&key)?;
@@ -611,7 +632,7 @@ impl<I: Imvu> Shard<I> {
             }
         };
         let outcome = self.admit(&tenant, &key.tenant, transition, caller);
-        let unix_ms = self.env.clock.unix_ms();
+        let unix_ms = self.unix_ms();
         let mut record = TransitionRecord {
             transition,
             from: Some(from),
@@ -632,6 +653,7 @@ impl<I: Imvu> Shard<I> {
             return;
         }
         let meta = self.merge_created(&key, ImvuMeta { kind: I::KIND.to_owned(), lifecycle: to, created_unix_ms: 0 });
+        let now_ms = self.now_ms();
         let behaviour = self.env.behaviour.clone();
         let cell = self.cells.get_mut(&id).expect("resident: ensured above");
         let hook = quiet_panic::catch(|| match transition {
@@ -644,7 +666,7 @@ impl<I: Imvu> Shard<I> {
             tracing::warn!(%key, %transition, %panic, "lifecycle hook panicked; transition proceeds");
         }
         cell.lifecycle = to;
-        cell.last_used_ms = self.env.clock.now_ms();
+        cell.last_used_ms = now_ms;
         let snapshot = records::encode(&*cell.state);
         if to == LifecycleState::Terminated {
             record.final_state = serde_json::from_slice(&snapshot).ok();

@@ -180,6 +180,7 @@ impl RuntimeBuilder {
                 config,
                 tenants,
                 node,
+                kind_list: by_name.values().cloned().collect(),
                 kinds: by_name,
                 typed,
                 directory: Default::default(),
@@ -208,9 +209,11 @@ struct Inner {
     tenants: Arc<Tenants>,
     node: Arc<NodeHealth>,
     kinds: BTreeMap<String, Arc<dyn ErasedKind>>,
+    /// Kinds by registration index: the directory stores the index (2 bytes), not an `Arc`.
+    kind_list: Vec<Arc<dyn ErasedKind>>,
     typed: BTreeMap<String, Arc<dyn Any + Send + Sync>>,
-    /// id → kind, a cache of what the meta records say (so routing needs no canon read).
-    directory: [RwLock<HashMap<u64, Arc<dyn ErasedKind>, ahash::RandomState>>; DIRECTORY_SHARDS],
+    /// id → kind index, a cache of what the meta records say (so routing needs no canon read).
+    directory: [RwLock<HashMap<u64, u16, ahash::RandomState>>; DIRECTORY_SHARDS],
     next_id: AtomicU64,
     reserved_until: AtomicU64,
     reserve_lock: tokio::sync::Mutex<()>,
@@ -383,13 +386,21 @@ impl Runtime {
 
     // ---- IMVUs ---------------------------------------------------------------------------
 
-    fn directory_shard(&self, id: u64) -> &RwLock<HashMap<u64, Arc<dyn ErasedKind>, ahash::RandomState>> {
+    fn directory_shard(&self, id: u64) -> &RwLock<HashMap<u64, u16, ahash::RandomState>> {
         &self.inner.directory[(id % DIRECTORY_SHARDS as u64) as usize]
+    }
+
+    fn remember_kind(&self, id: u64, kind: &Arc<dyn ErasedKind>) {
+        let index = self.inner.kind_list.iter().position(|k| Arc::ptr_eq(k, kind));
+        if let Some(index) = index.and_then(|i| u16::try_from(i).ok()) {
+            self.directory_shard(id).write().unwrap_or_else(|p| p.into_inner()).insert(id, index);
+        }
     }
 
     /// Which kind serves `key`: the directory cache, else the meta record in canon.
     fn route(&self, key: &ImvuKey) -> Result<Arc<dyn ErasedKind>, ActorError> {
-        if let Some(kind) = self.directory_shard(key.id.0).read().unwrap_or_else(|p| p.into_inner()).get(&key.id.0) {
+        let cached = self.directory_shard(key.id.0).read().unwrap_or_else(|p| p.into_inner()).get(&key.id.0).copied();
+        if let Some(kind) = cached.and_then(|i| self.inner.kind_list.get(usize::from(i))) {
             return Ok(kind.clone());
         }
         let meta_key = records::meta_key(key);
@@ -398,7 +409,7 @@ impl Runtime {
             None => return Err(ActorError::not_found("imvu", key)),
         };
         let kind = self.kind(&meta.kind)?;
-        self.directory_shard(key.id.0).write().unwrap_or_else(|p| p.into_inner()).insert(key.id.0, kind.clone());
+        self.remember_kind(key.id.0, &kind);
         Ok(kind)
     }
 
@@ -407,7 +418,7 @@ impl Runtime {
         let kind = self.kind(kind)?;
         self.inner.tenants.get(tenant)?;
         let key = ImvuKey { tenant: tenant.clone(), id: ImvuId(self.allocate_id().await?) };
-        self.directory_shard(key.id.0).write().unwrap_or_else(|p| p.into_inner()).insert(key.id.0, kind.clone());
+        self.remember_kind(key.id.0, &kind);
         let result = kind.create(key.clone(), caller.clone()).await;
         if result.is_err() {
             self.directory_shard(key.id.0).write().unwrap_or_else(|p| p.into_inner()).remove(&key.id.0);

@@ -4,7 +4,8 @@
 //!   missing and unknown fields are 400s whose message names the field path; an oversized body
 //!   is a 413.
 //! - [`Auth`]: who the caller is, from `Authorization: Bearer <key>`.
-//! - [`TenantPath`] / [`ImvuPath`]: path segments validated into runtime ids (400 otherwise).
+//! - [`TenantPath`] / [`ImvuPath`] / [`SwarmPath`] / [`VotePath`] / [`MemoryKeyPath`]: path
+//!   segments validated into runtime ids (400 naming the segment otherwise).
 
 use axum::body::Bytes;
 use axum::extract::rejection::JsonRejection;
@@ -13,7 +14,8 @@ use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
 use serde::de::DeserializeOwned;
-use vcos_actors::{Caller, ImvuId, ImvuKey, TenantId};
+use serde::Deserialize;
+use vcos_actors::{Caller, ImvuId, ImvuKey, SwarmId, SwarmKey, TenantId};
 
 use crate::error::ApiError;
 use crate::AppState;
@@ -136,6 +138,78 @@ impl<S: Send + Sync> FromRequestParts<S> for ImvuPath {
             .parse::<u64>()
             .map_err(|_| ApiError::BadRequest(format!("path segment `id`: IMVU ids are unsigned integers (got {id:?})")))?;
         Ok(Self(ImvuKey { tenant, id: ImvuId(id) }))
+    }
+}
+
+/// A path segment that must be an unsigned integer; the error names the segment.
+fn numeric_segment(name: &str, what: &str, value: &str) -> Result<u64, ApiError> {
+    value
+        .parse::<u64>()
+        .map_err(|_| ApiError::BadRequest(format!("path segment `{name}`: {what} are unsigned integers (got {value:?})")))
+}
+
+/// Named path parameters, read by name so that one extractor serves routes with more of them.
+async fn named_params<T: DeserializeOwned + Send, S: Send + Sync>(parts: &mut Parts, state: &S) -> Result<T, ApiError> {
+    let Path(params) = Path::<T>::from_request_parts(parts, state)
+        .await
+        .map_err(|e| ApiError::BadRequest(format!("bad path: {}", e.body_text())))?;
+    Ok(params)
+}
+
+#[derive(Deserialize)]
+struct SwarmParams {
+    tenant: String,
+    id: String,
+}
+
+/// `/v1/tenants/{tenant}/swarms/{id}/…`.
+#[derive(Clone, Debug)]
+pub(crate) struct SwarmPath(pub(crate) SwarmKey);
+
+impl<S: Send + Sync> FromRequestParts<S> for SwarmPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let SwarmParams { tenant, id } = named_params(parts, state).await?;
+        let tenant = TenantId::new(&tenant)?;
+        let id = numeric_segment("id", "swarm ids", &id)?;
+        Ok(Self(SwarmKey { tenant, id: SwarmId(id) }))
+    }
+}
+
+#[derive(Deserialize)]
+struct VoteParams {
+    vote: String,
+}
+
+/// `…/votes/{vote}/…`: a vote id.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct VotePath(pub(crate) u64);
+
+impl<S: Send + Sync> FromRequestParts<S> for VotePath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let VoteParams { vote } = named_params(parts, state).await?;
+        Ok(Self(numeric_segment("vote", "vote ids", &vote)?))
+    }
+}
+
+#[derive(Deserialize)]
+struct MemoryKeyParams {
+    key: String,
+}
+
+/// `…/memory/{key}`: a shared-memory key, percent-decoded (the runtime validates it).
+#[derive(Clone, Debug)]
+pub(crate) struct MemoryKeyPath(pub(crate) String);
+
+impl<S: Send + Sync> FromRequestParts<S> for MemoryKeyPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let MemoryKeyParams { key } = named_params(parts, state).await?;
+        Ok(Self(key))
     }
 }
 

@@ -62,7 +62,10 @@ pub(crate) struct AppState {
 /// Routes: `GET /health`, `GET /metrics`, `GET /openapi.json`, Swagger UI under `/docs`,
 /// `GET /v1/kinds`, `GET|POST /v1/tenants`, `POST /v1/tenants/{tenant}/imvus`,
 /// `GET /v1/tenants/{tenant}/imvus/{id}`, `POST …/{id}/messages`, `POST …/{id}/pause`,
-/// `POST …/{id}/resume`, `POST …/{id}/terminate`, `GET …/{id}/history`.
+/// `POST …/{id}/resume`, `POST …/{id}/terminate`, `GET …/{id}/history`;
+/// `POST /v1/tenants/{tenant}/swarms`, `GET /v1/tenants/{tenant}/swarms/{id}`,
+/// `POST …/{id}/work`, `GET …/{id}/credits`, `PUT|GET …/{id}/memory/{key}`,
+/// `POST …/{id}/votes`, `POST …/{id}/votes/{vote}/ballots`.
 pub fn router(runtime: Runtime, metrics: PrometheusHandle) -> axum::Router {
     routes::build(AppState { runtime, metrics, tenant_creation: Arc::default() })
 }

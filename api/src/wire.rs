@@ -8,10 +8,13 @@
 //! Request types `deny_unknown_fields`: a misspelt field is a 400 naming it, not a silent
 //! default.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use vcos_actors::handshake::{HandshakeOutcome, Stage};
 use vcos_actors::records::{HistoryEvent, Stamped, SupervisionRecord, TransitionRecord};
+use vcos_actors::swarm::{CreditRecord, MemberRef, Progress, SwarmInfo, SwarmSpec, SwarmStatus, SwarmStrategy, VoteRecord};
 use vcos_actors::{ImvuInfo, KindInfo, LifecycleState, TenantEntry, TenantPolicy, Transition};
 
 /// `GET /health`.
@@ -407,6 +410,322 @@ pub struct History {
     pub events: Vec<HistoryEntry>,
 }
 
+/// Supervision strategy of a swarm over its members (mirrors `SwarmStrategy`; OTP names).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SwarmStrategyName {
+    /// Only the crashed member restarts.
+    #[default]
+    OneForOne,
+    /// Every member restarts (reloads from canon).
+    OneForAll,
+    /// The crashed member and those after it restart.
+    RestForOne,
+}
+
+impl From<SwarmStrategy> for SwarmStrategyName {
+    fn from(s: SwarmStrategy) -> Self {
+        match s {
+            SwarmStrategy::OneForOne => Self::OneForOne,
+            SwarmStrategy::OneForAll => Self::OneForAll,
+            SwarmStrategy::RestForOne => Self::RestForOne,
+        }
+    }
+}
+
+impl From<SwarmStrategyName> for SwarmStrategy {
+    fn from(s: SwarmStrategyName) -> Self {
+        match s {
+            SwarmStrategyName::OneForOne => Self::OneForOne,
+            SwarmStrategyName::OneForAll => Self::OneForAll,
+            SwarmStrategyName::RestForOne => Self::RestForOne,
+        }
+    }
+}
+
+/// What a swarm is made of (mirrors `SwarmSpec`): the body of `POST /v1/tenants/{tenant}/swarms`
+/// and the `spec` of a swarm. Every field is optional and defaults as shown.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(default, deny_unknown_fields)]
+#[schema(example = json!({"member_kind": "text-worker", "members": 3}))]
+pub struct SwarmSpecBody {
+    /// Kind of the member IMVUs to create (see `GET /v1/kinds`); required when `members > 0`.
+    pub member_kind: Option<String>,
+    /// How many member IMVUs to create (default 0; members and member swarms: 1..=256 in all).
+    pub members: u32,
+    /// Ids of existing swarms of the tenant that join as members (nesting; default none).
+    pub member_swarms: Vec<u64>,
+    /// Items a member holds at once, 1..=64 (default 1).
+    pub max_in_flight_per_member: u32,
+    /// Attempts per item before it is dead-lettered, at least 1 (default 3).
+    pub max_attempts: u32,
+    /// How a member's crash affects its siblings (default `one_for_one`).
+    pub strategy: SwarmStrategyName,
+    /// Restart intensity of the swarm's supervisor: at most this many member crashes… (default 10)
+    pub max_restarts: u32,
+    /// …within this many milliseconds, else the swarm fails (default 10 000).
+    pub restart_period_ms: u64,
+}
+
+impl Default for SwarmSpecBody {
+    fn default() -> Self {
+        SwarmSpec::default().into()
+    }
+}
+
+impl From<SwarmSpec> for SwarmSpecBody {
+    fn from(s: SwarmSpec) -> Self {
+        Self {
+            member_kind: s.member_kind,
+            members: s.members,
+            member_swarms: s.member_swarms,
+            max_in_flight_per_member: s.max_in_flight_per_member,
+            max_attempts: s.max_attempts,
+            strategy: s.strategy.into(),
+            max_restarts: s.max_restarts,
+            restart_period_ms: s.restart_period_ms,
+        }
+    }
+}
+
+impl From<SwarmSpecBody> for SwarmSpec {
+    fn from(s: SwarmSpecBody) -> Self {
+        Self {
+            member_kind: s.member_kind,
+            members: s.members,
+            member_swarms: s.member_swarms,
+            max_in_flight_per_member: s.max_in_flight_per_member,
+            max_attempts: s.max_attempts,
+            strategy: s.strategy.into(),
+            max_restarts: s.max_restarts,
+            restart_period_ms: s.restart_period_ms,
+        }
+    }
+}
+
+/// A member of a swarm (mirrors `MemberRef`): `{"type":"imvu","id":3}` or
+/// `{"type":"swarm","id":7}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "type", content = "id", rename_all = "snake_case")]
+pub enum SwarmMember {
+    /// An IMVU of the swarm's tenant, by id.
+    Imvu(u64),
+    /// A swarm of the same tenant nested in this one, by id.
+    Swarm(u64),
+}
+
+impl From<MemberRef> for SwarmMember {
+    fn from(m: MemberRef) -> Self {
+        match m {
+            MemberRef::Imvu(id) => Self::Imvu(id),
+            MemberRef::Swarm(id) => Self::Swarm(id),
+        }
+    }
+}
+
+impl From<SwarmMember> for MemberRef {
+    fn from(m: SwarmMember) -> Self {
+        match m {
+            SwarmMember::Imvu(id) => Self::Imvu(id),
+            SwarmMember::Swarm(id) => Self::Swarm(id),
+        }
+    }
+}
+
+/// `tenant/id`: the full key of a swarm (mirrors `vcos_actors::SwarmKey`). Swarms share the
+/// IMVU id space, so an id names one entity.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct SwarmKeyView {
+    /// Owning tenant.
+    #[schema(example = "default")]
+    pub tenant: String,
+    /// Node-assigned number.
+    #[schema(example = 4)]
+    pub id: u64,
+}
+
+/// Running or failed (mirrors `SwarmStatus`), tagged by `state`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum SwarmState {
+    /// Handing out work.
+    Running,
+    /// Its supervisor gave up (or no member is left); it takes no more work.
+    Failed {
+        /// Why.
+        reason: String,
+    },
+}
+
+impl From<SwarmStatus> for SwarmState {
+    fn from(s: SwarmStatus) -> Self {
+        match s {
+            SwarmStatus::Running => Self::Running,
+            SwarmStatus::Failed { reason } => Self::Failed { reason },
+        }
+    }
+}
+
+/// Work counts of a swarm (mirrors `Progress`).
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct SwarmProgress {
+    /// Items ever submitted.
+    pub submitted: u64,
+    /// Waiting for a member.
+    pub pending: u64,
+    /// Handed out.
+    pub in_flight: u64,
+    /// Completed and credited.
+    pub completed: u64,
+    /// Given up after `max_attempts` failures.
+    pub dead_lettered: u64,
+    /// Members still serving.
+    pub members_alive: u64,
+}
+
+impl From<Progress> for SwarmProgress {
+    fn from(p: Progress) -> Self {
+        Self {
+            submitted: p.submitted,
+            pending: p.pending,
+            in_flight: p.in_flight,
+            completed: p.completed,
+            dead_lettered: p.dead_lettered,
+            members_alive: p.members_alive,
+        }
+    }
+}
+
+/// What callers learn about a swarm (mirrors `SwarmInfo`).
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct SwarmView {
+    /// `tenant/id`.
+    pub key: SwarmKeyView,
+    /// The spec it was created with, defaults filled in.
+    pub spec: SwarmSpecBody,
+    /// Members in start order.
+    pub members: Vec<SwarmMember>,
+    /// Running or failed.
+    pub status: SwarmState,
+    /// Work counts.
+    pub progress: SwarmProgress,
+}
+
+impl From<SwarmInfo> for SwarmView {
+    fn from(i: SwarmInfo) -> Self {
+        Self {
+            key: SwarmKeyView { tenant: i.key.tenant.to_string(), id: i.key.id.0 },
+            spec: i.spec.into(),
+            members: i.members.into_iter().map(Into::into).collect(),
+            status: i.status.into(),
+            progress: i.progress.into(),
+        }
+    }
+}
+
+/// `POST /v1/tenants/{tenant}/swarms/{id}/work`.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitWorkRequest {
+    /// Work items, 1..=10 000; each is a message for the member kind.
+    #[schema(value_type = Vec<Object>, example = json!([{"op": "word_count", "text": "a b c"}, {"op": "upper", "text": "hi"}]))]
+    pub items: Vec<serde_json::Value>,
+}
+
+/// `POST /v1/tenants/{tenant}/swarms/{id}/work` → 202: the items' ids, in submission order.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct SubmittedWork {
+    /// One id per submitted item (ids come from the node's id space).
+    pub item_ids: Vec<u64>,
+}
+
+/// Who did a work item (mirrors `CreditRecord`); written once, with the item's completion.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct CreditEntry {
+    /// The item's id.
+    pub item: u64,
+    /// The member that completed it.
+    pub member: SwarmMember,
+    /// The member's reply.
+    #[schema(value_type = Object)]
+    pub result: serde_json::Value,
+    /// Attempts it took.
+    pub attempts: u32,
+    /// When, Unix ms.
+    pub unix_ms: u64,
+}
+
+impl From<CreditRecord> for CreditEntry {
+    fn from(c: CreditRecord) -> Self {
+        Self { item: c.item, member: c.member.into(), result: c.result, attempts: c.attempts, unix_ms: c.unix_ms }
+    }
+}
+
+/// `GET /v1/tenants/{tenant}/swarms/{id}/credits`.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct Credits {
+    /// One record per completed item, in item order.
+    pub credits: Vec<CreditEntry>,
+}
+
+/// A value of a swarm's shared memory: the body of `PUT …/memory/{key}` and of its `GET`.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MemoryValue {
+    /// Any JSON value.
+    #[schema(value_type = Object, example = json!({"topic": "rust"}))]
+    pub value: serde_json::Value,
+}
+
+/// `POST /v1/tenants/{tenant}/swarms/{id}/votes`.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"proposal": "ship it?", "options": ["yes", "no"], "quorum": 2}))]
+pub struct OpenVoteRequest {
+    /// What is decided.
+    pub proposal: String,
+    /// The choices, at least two.
+    pub options: Vec<String>,
+    /// Ballots one option needs to win, 1..=members (default: a majority of the members).
+    #[serde(default)]
+    pub quorum: Option<u32>,
+}
+
+/// `POST /v1/tenants/{tenant}/swarms/{id}/votes/{vote}/ballots`.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"member": {"type": "imvu", "id": 3}, "choice": "yes"}))]
+pub struct BallotRequest {
+    /// The voting member (one ballot per member; a later ballot replaces an earlier one).
+    pub member: SwarmMember,
+    /// One of the vote's options.
+    pub choice: String,
+}
+
+/// A quorum decision among a swarm's members (mirrors `VoteRecord`).
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct VoteView {
+    /// Vote id.
+    pub id: u64,
+    /// What is decided.
+    pub proposal: String,
+    /// Allowed choices.
+    pub options: Vec<String>,
+    /// Ballots needed for one option to win.
+    pub quorum: u32,
+    /// Ballots so far: member (`imvu-3`, `swarm-7`) → choice.
+    #[schema(example = json!({"imvu-3": "yes"}))]
+    pub ballots: BTreeMap<String, String>,
+    /// The winning option once it reached quorum; null until then.
+    pub decision: Option<String>,
+}
+
+impl From<VoteRecord> for VoteView {
+    fn from(v: VoteRecord) -> Self {
+        Self { id: v.id, proposal: v.proposal, options: v.options, quorum: v.quorum, ballots: v.ballots, decision: v.decision }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -472,5 +791,58 @@ mod tests {
             same_json(&t, &TransitionName::from(t));
             assert_eq!(Transition::from(TransitionName::from(t)), t);
         }
+    }
+
+    #[test]
+    fn swarm_view_serialises_like_swarm_info() {
+        let spec = SwarmSpec {
+            member_kind: Some("text-worker".into()),
+            members: 2,
+            member_swarms: vec![9],
+            strategy: SwarmStrategy::RestForOne,
+            ..SwarmSpec::default()
+        };
+        for status in [SwarmStatus::Running, SwarmStatus::Failed { reason: "too many crashes".into() }] {
+            let info = SwarmInfo {
+                key: vcos_actors::SwarmKey { tenant: TenantId::default_tenant(), id: vcos_actors::SwarmId(4) },
+                spec: spec.clone(),
+                members: vec![MemberRef::Imvu(2), MemberRef::Imvu(3), MemberRef::Swarm(9)],
+                status,
+                progress: Progress { submitted: 6, pending: 1, in_flight: 2, completed: 2, dead_lettered: 1, members_alive: 3 },
+            };
+            same_json(&info, &SwarmView::from(info.clone()));
+        }
+    }
+
+    #[test]
+    fn swarm_spec_body_defaults_and_round_trips_like_swarm_spec() {
+        same_json(&SwarmSpec::default(), &SwarmSpecBody::default());
+        let parsed: SwarmSpecBody = serde_json::from_value(serde_json::json!({"members": 3})).expect("valid body");
+        let original: SwarmSpec = serde_json::from_value(serde_json::json!({"members": 3})).expect("valid spec");
+        assert_eq!(SwarmSpec::from(parsed), original);
+        for strategy in [SwarmStrategy::OneForOne, SwarmStrategy::OneForAll, SwarmStrategy::RestForOne] {
+            same_json(&strategy, &SwarmStrategyName::from(strategy));
+            assert_eq!(SwarmStrategy::from(SwarmStrategyName::from(strategy)), strategy);
+        }
+    }
+
+    #[test]
+    fn members_credits_and_votes_serialise_like_theirs() {
+        for member in [MemberRef::Imvu(3), MemberRef::Swarm(7)] {
+            same_json(&member, &SwarmMember::from(member));
+            assert_eq!(MemberRef::from(SwarmMember::from(member)), member);
+        }
+        assert_eq!(serde_json::to_value(SwarmMember::Imvu(3)).expect("plain data"), serde_json::json!({"type": "imvu", "id": 3}));
+        let credit = CreditRecord { item: 5, member: MemberRef::Imvu(2), result: serde_json::json!({"words": 3}), attempts: 1, unix_ms: 9 };
+        same_json(&credit, &CreditEntry::from(credit.clone()));
+        let vote = VoteRecord {
+            id: 8,
+            proposal: "ship?".into(),
+            options: vec!["yes".into(), "no".into()],
+            quorum: 2,
+            ballots: BTreeMap::from([("imvu-2".to_owned(), "yes".to_owned())]),
+            decision: None,
+        };
+        same_json(&vote, &VoteView::from(vote.clone()));
     }
 }

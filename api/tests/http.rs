@@ -384,7 +384,7 @@ async fn openapi_documents_every_route_and_docs_are_served() {
     let api = api().await;
     let (status, doc) = api.get("/openapi.json").await;
     assert_eq!(status, StatusCode::OK);
-    let expected: [(&str, &[&str]); 12] = [
+    let expected: [(&str, &[&str]); 19] = [
         ("/health", &["get"]),
         ("/metrics", &["get"]),
         ("/openapi.json", &["get"]),
@@ -397,6 +397,13 @@ async fn openapi_documents_every_route_and_docs_are_served() {
         ("/v1/tenants/{tenant}/imvus/{id}/resume", &["post"]),
         ("/v1/tenants/{tenant}/imvus/{id}/terminate", &["post"]),
         ("/v1/tenants/{tenant}/imvus/{id}/history", &["get"]),
+        ("/v1/tenants/{tenant}/swarms", &["post"]),
+        ("/v1/tenants/{tenant}/swarms/{id}", &["get"]),
+        ("/v1/tenants/{tenant}/swarms/{id}/work", &["post"]),
+        ("/v1/tenants/{tenant}/swarms/{id}/credits", &["get"]),
+        ("/v1/tenants/{tenant}/swarms/{id}/memory/{key}", &["get", "put"]),
+        ("/v1/tenants/{tenant}/swarms/{id}/votes", &["post"]),
+        ("/v1/tenants/{tenant}/swarms/{id}/votes/{vote}/ballots", &["post"]),
     ];
     for (path, methods) in expected {
         for method in methods {
@@ -406,12 +413,28 @@ async fn openapi_documents_every_route_and_docs_are_served() {
         }
     }
     let paths = doc["paths"].as_object().expect("paths").len();
-    assert_eq!(paths, 12, "exactly the routes above");
+    assert_eq!(paths, 19, "exactly the routes above");
     let messages = &doc["paths"]["/v1/tenants/{tenant}/imvus/{id}/messages"]["post"]["responses"];
     for code in ["200", "400", "401", "403", "404", "409", "413", "429", "500", "503"] {
         assert!(messages[code].is_object(), "messages lacks {code}: {messages}");
     }
-    for schema in ["ErrorBody", "ImvuView", "History", "HistoryEntry", "CreateTenantRequest", "MessageRequest"] {
+    for schema in [
+        "ErrorBody",
+        "ImvuView",
+        "History",
+        "HistoryEntry",
+        "CreateTenantRequest",
+        "MessageRequest",
+        "SwarmSpecBody",
+        "SwarmView",
+        "SwarmMember",
+        "SubmitWorkRequest",
+        "Credits",
+        "MemoryValue",
+        "OpenVoteRequest",
+        "BallotRequest",
+        "VoteView",
+    ] {
         assert!(doc["components"]["schemas"][schema].is_object(), "schema {schema} missing");
     }
 

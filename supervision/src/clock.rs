@@ -16,6 +16,11 @@ pub trait Clock: Send + Sync + 'static {
     /// Wall-clock milliseconds since the Unix epoch, for canon timestamps.
     /// May jump; never use it to measure durations.
     fn unix_ms(&self) -> u64;
+    /// Both readings at once: `(now_ms, unix_ms)`. Hot loops read the clock once per batch of
+    /// work through this; a clock may answer it with a single OS read.
+    fn read(&self) -> (u64, u64) {
+        (self.now_ms(), self.unix_ms())
+    }
 }
 
 /// The OS clock.
@@ -26,14 +31,13 @@ pub trait Clock: Send + Sync + 'static {
 #[derive(Debug, Clone)]
 pub struct SystemClock {
     origin: Instant,
+    origin_unix_ms: u64,
 }
 
 impl SystemClock {
     /// A clock whose monotonic origin is now.
     pub fn new() -> Self {
-        Self {
-            origin: Instant::now(),
-        }
+        Self { origin: Instant::now(), origin_unix_ms: wall_clock_ms() }
     }
 }
 
@@ -50,12 +54,23 @@ impl Clock for SystemClock {
     }
 
     fn unix_ms(&self) -> u64 {
-        // A wall clock before 1970 is a misconfigured host: report the epoch.
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|since| u64::try_from(since.as_millis()).unwrap_or(u64::MAX))
-            .unwrap_or(0)
+        wall_clock_ms()
     }
+
+    /// One OS read: wall time is the start's wall time plus monotonic time since, so canon
+    /// timestamps taken this way never go backwards even if the host clock is stepped.
+    fn read(&self) -> (u64, u64) {
+        let now_ms = self.now_ms();
+        (now_ms, self.origin_unix_ms.saturating_add(now_ms))
+    }
+}
+
+fn wall_clock_ms() -> u64 {
+    // A wall clock before 1970 is a misconfigured host: report the epoch.
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|since| u64::try_from(since.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
 }
 
 /// A clock that moves only when told to. Clone it (or wrap it in an `Arc`)

@@ -8,6 +8,7 @@
 //! - `system`: health, metrics, the OpenAPI document, kinds.
 //! - `tenants`: list and create tenants.
 //! - `imvus`: create, inspect, message, pause/resume/terminate, history.
+//! - `swarms`: create, inspect, submit work, credits, shared memory, votes.
 
 use std::sync::Arc;
 
@@ -27,6 +28,7 @@ use crate::error::{ApiError, ErrorBody};
 use crate::{middleware as mw, AppState, BODY_LEN_MAX};
 
 mod imvus;
+mod swarms;
 mod system;
 mod tenants;
 
@@ -50,6 +52,7 @@ pub(crate) const DOCS_PATH: &str = "/docs";
         (name = "system", description = "Health, metrics, the API document, kinds"),
         (name = "tenants", description = "Isolated customers and their policies"),
         (name = "imvus", description = "IMVUs: create, message, lifecycle, history"),
+        (name = "swarms", description = "Swarms of IMVUs: work items pulled by members, credits, shared memory, votes"),
     )
 )]
 struct ApiDoc;
@@ -82,6 +85,13 @@ pub(crate) fn build(state: AppState) -> Router {
         .routes(routes!(imvus::resume))
         .routes(routes!(imvus::terminate))
         .routes(routes!(imvus::history))
+        .routes(routes!(swarms::create_swarm))
+        .routes(routes!(swarms::get_swarm))
+        .routes(routes!(swarms::submit_work))
+        .routes(routes!(swarms::credits))
+        .routes(routes!(swarms::memory_put, swarms::memory_get))
+        .routes(routes!(swarms::open_vote))
+        .routes(routes!(swarms::cast_ballot))
         .split_for_parts();
     let swagger: Router<AppState> = SwaggerUi::new(DOCS_PATH).config(Config::new([OPENAPI_PATH])).into();
     routes

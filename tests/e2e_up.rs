@@ -1,0 +1,559 @@
+//! The `vcos` binary end to end, as an app developer meets it: `vcos up` on a fresh data
+//! directory, the README's walkthrough over HTTP, Ctrl-C (SIGINT), and `vcos up` again on the
+//! same directory with everything acknowledged still there. Also `vcos bench local --quick`
+//! and the command line's help and errors.
+//!
+//! The binary is the one Cargo built for this test run (`CARGO_BIN_EXE_vcos`). Every child
+//! process is held by a [`Proc`] guard that kills it if the test fails, and prints its output.
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+/// How long `vcos up` may take to print its URL.
+const UP_DEADLINE: Duration = Duration::from_secs(30);
+/// How long the node may take to stop after SIGINT.
+const STOP_DEADLINE: Duration = Duration::from_secs(20);
+/// How long a swarm, or a held message after resume, may take.
+const WORK_DEADLINE: Duration = Duration::from_secs(20);
+/// How long `vcos bench local --quick --no-peer` may take (a debug build).
+const BENCH_DEADLINE: Duration = Duration::from_secs(300);
+/// Longest wait for one HTTP request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A child process and everything it printed. Dropping it kills the process if it still runs;
+/// if the test is failing, its output is printed to help.
+struct Proc {
+    name: String,
+    child: Child,
+    output: Arc<Mutex<String>>,
+    /// Lines of stdout, as they come (the reader thread sends them).
+    lines: mpsc::Receiver<String>,
+    /// The threads draining stdout and stderr; they end at EOF.
+    readers: Vec<JoinHandle<()>>,
+}
+
+impl Proc {
+    /// Starts the binary with `args`, stdout and stderr captured.
+    fn spawn(args: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_vcos"))
+            .args(args)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the vcos binary starts");
+        let output = Arc::new(Mutex::new(String::new()));
+        let (tx, lines) = mpsc::channel();
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        // Both pipes are drained to the end, so the child never blocks on a full pipe.
+        let out_reader = std::thread::spawn({
+            let output = output.clone();
+            move || {
+                let mut reader = BufReader::new(stdout);
+                let mut buf = Vec::new();
+                loop {
+                    buf.clear();
+                    match reader.read_until(b'\n', &mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => {
+                            let line = String::from_utf8_lossy(&buf).trim_end().to_owned();
+                            push_line(&output, &line);
+                            let _ = tx.send(line);
+                        }
+                    }
+                }
+            }
+        });
+        let err_reader = std::thread::spawn({
+            let output = output.clone();
+            move || {
+                let mut reader = BufReader::new(stderr);
+                let mut buf = Vec::new();
+                loop {
+                    buf.clear();
+                    match reader.read_until(b'\n', &mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => push_line(&output, String::from_utf8_lossy(&buf).trim_end()),
+                    }
+                }
+            }
+        });
+        Self { name: args.join(" "), child, output, lines, readers: vec![out_reader, err_reader] }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything printed so far (stdout and stderr interleaved by line).
+    fn output(&self) -> String {
+        self.output.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Waits for the process to exit, at most `deadline`; `None` if it still runs.
+    fn wait_exit(&mut self, deadline: Duration) -> Option<ExitStatus> {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            if started.elapsed() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits for the process to exit and for its output to be read to the end.
+    fn finish(&mut self, deadline: Duration) -> (ExitStatus, String) {
+        let Some(status) = self.wait_exit(deadline) else {
+            panic!("`vcos {}` did not exit within {deadline:?}; output:\n{}", self.name, self.output());
+        };
+        // The readers reach EOF just after the exit; wait for the last lines, briefly.
+        let drained = Instant::now();
+        while !self.readers.iter().all(JoinHandle::is_finished) && drained.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        (status, self.output())
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("---- output of `vcos {}` ----\n{}---- end ----", self.name, self.output());
+        }
+    }
+}
+
+fn push_line(output: &Mutex<String>, line: &str) {
+    let mut output = output.lock().unwrap_or_else(|p| p.into_inner());
+    output.push_str(line);
+    output.push('\n');
+}
+
+/// A running `vcos up` and its base URL.
+struct Node {
+    proc: Proc,
+    base: String,
+}
+
+impl Node {
+    /// `vcos up --data-dir <dir> --listen 127.0.0.1:0`, once it has printed its URL.
+    fn up(data_dir: &Path) -> Self {
+        let dir = data_dir.to_str().expect("a UTF-8 temp path");
+        let mut proc = Proc::spawn(&["up", "--data-dir", dir, "--listen", "127.0.0.1:0"]);
+        let started = Instant::now();
+        let base = loop {
+            match proc.lines.recv_timeout(Duration::from_millis(100)) {
+                Ok(line) => {
+                    if let Some(base) = parse_up_line(&line) {
+                        break base;
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let status = proc.wait_exit(Duration::from_secs(5));
+                    panic!("`vcos up` closed its stdout before printing its URL (exit: {status:?}); output:\n{}", proc.output());
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if let Ok(Some(status)) = proc.child.try_wait() {
+                        panic!("`vcos up` exited ({status}) before printing its URL; output:\n{}", proc.output());
+                    }
+                }
+            }
+            assert!(started.elapsed() < UP_DEADLINE, "`vcos up` printed no URL within {UP_DEADLINE:?}; output:\n{}", proc.output());
+        };
+        Self { proc, base }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Ctrl-C, as a terminal sends it: SIGINT to the process; it must stop cleanly.
+    fn interrupt(mut self) -> String {
+        let sent = Command::new("kill").args(["-INT", &self.proc.pid().to_string()]).status().expect("kill runs");
+        assert!(sent.success(), "kill -INT failed: {sent}");
+        let (status, output) = self.proc.finish(STOP_DEADLINE);
+        assert!(status.success(), "`vcos up` stopped with {status} after SIGINT; output:\n{output}");
+        output
+    }
+}
+
+/// `v-COS node up: http://127.0.0.1:PORT  (docs: …)` → `http://127.0.0.1:PORT`.
+fn parse_up_line(line: &str) -> Option<String> {
+    let rest = &line[line.find("v-COS node up: ")? + "v-COS node up: ".len()..];
+    let url = rest.split_whitespace().next()?;
+    let port = url.strip_prefix("http://127.0.0.1:")?;
+    port.parse::<u16>().ok().filter(|p| *p != 0)?;
+    assert!(rest.contains("(docs: "), "the up line names the docs: {line}");
+    Some(url.to_owned())
+}
+
+/// An HTTP client for one node; every body it reads is JSON (or empty).
+struct Client {
+    http: reqwest::Client,
+}
+
+impl Client {
+    fn new() -> Self {
+        Self { http: reqwest::Client::builder().timeout(REQUEST_TIMEOUT).build().expect("a client") }
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> (u16, Value) {
+        let response = request.send().await.expect("the node answers");
+        let status = response.status().as_u16();
+        let content_type = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        let bytes = response.bytes().await.expect("a body");
+        if bytes.is_empty() {
+            return (status, Value::Null);
+        }
+        assert!(content_type.starts_with("application/json"), "not JSON ({content_type}): {}", String::from_utf8_lossy(&bytes));
+        (status, serde_json::from_slice(&bytes).expect("valid JSON"))
+    }
+
+    async fn get(&self, url: &str) -> (u16, Value) {
+        self.send(self.http.get(url)).await
+    }
+
+    async fn post(&self, url: &str, body: Value) -> (u16, Value) {
+        self.send(self.http.post(url).json(&body)).await
+    }
+
+    async fn post_empty(&self, url: &str) -> (u16, Value) {
+        self.send(self.http.post(url)).await
+    }
+
+    async fn post_raw(&self, url: &str, body: String) -> (u16, Value) {
+        self.send(self.http.post(url).header(reqwest::header::CONTENT_TYPE, "application/json").body(body)).await
+    }
+
+    async fn put(&self, url: &str, body: Value) -> (u16, Value) {
+        self.send(self.http.put(url).json(&body)).await
+    }
+
+    async fn message(&self, imvu: &str, message: Value) -> (u16, Value) {
+        self.post(&format!("{imvu}/messages"), json!({ "message": message })).await
+    }
+
+    /// Creates an IMVU of `kind` in the default tenant; returns its URL and id.
+    async fn create(&self, node: &Node, kind: &str) -> (String, u64) {
+        let (status, body) = self.post(&node.url("/v1/tenants/default/imvus"), json!({ "kind": kind })).await;
+        assert_eq!(status, 201, "{body}");
+        let id = body["key"]["id"].as_u64().expect("numeric id");
+        (node.url(&format!("/v1/tenants/default/imvus/{id}")), id)
+    }
+
+    /// Polls until `done(view)` holds for the JSON at `url`; fails after `deadline`.
+    async fn until(&self, url: &str, deadline: Duration, done: impl Fn(&Value) -> bool) -> Value {
+        let started = Instant::now();
+        loop {
+            let (status, view) = self.get(url).await;
+            assert_eq!(status, 200, "{view}");
+            if done(&view) {
+                return view;
+            }
+            assert!(started.elapsed() < deadline, "{url} did not get there within {deadline:?}: {view}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// The path of the messages route of the IMVU at `url` of `node`.
+fn messages_path(node: &Node, url: &str) -> String {
+    format!("{}/messages", url.strip_prefix(&node.base).expect("a URL of this node"))
+}
+
+/// POSTs a JSON body of `len` bytes the way curl sends large bodies: headers first with
+/// `Expect: 100-continue`, the body only if the server asks for it. (A client that streams the
+/// body regardless races the server's early 413 and may see a reset instead.)
+async fn post_oversized(path: &str, len: usize, node: &Node) -> (u16, Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = node.base.strip_prefix("http://").expect("an http URL");
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {len}\r\n\
+             Expect: 100-continue\r\nConnection: close\r\n\r\n"
+        );
+        stream.write_all(head.as_bytes()).await.expect("headers sent");
+        let mut response = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            let n = stream.read(&mut chunk).await.expect("read");
+            response.extend_from_slice(&chunk[..n]);
+            if n == 0 {
+                break;
+            }
+            if response.starts_with(b"HTTP/1.1 100") && response.windows(4).any(|w| w == b"\r\n\r\n") {
+                // Asked for the body: the limit was not applied up front. Send it; the answer follows.
+                response.clear();
+                let body = format!(r#"{{"message":{{"op":"add","pad":"{}"}}}}"#, "x".repeat(len.saturating_sub(40)));
+                if stream.write_all(body.as_bytes()).await.is_err() {
+                    break;
+                }
+            }
+        }
+        response
+    };
+    let response = tokio::time::timeout(REQUEST_TIMEOUT, exchange).await.expect("the node answers in time");
+    let text = String::from_utf8_lossy(&response);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no HTTP response: {text:?}"));
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse::<u16>().ok()).unwrap_or_else(|| panic!("no status: {head}"));
+    assert!(head.to_ascii_lowercase().contains("content-type: application/json"), "not JSON: {head}");
+    (status, serde_json::from_str(body).unwrap_or_else(|e| panic!("body is not JSON ({e}): {body:?}")))
+}
+
+/// An error response: status and code.
+fn check_error((status, body): (u16, Value), expect_status: u16, code: &str) {
+    assert_eq!(status, expect_status, "{body}");
+    assert_eq!(body["code"], code, "{body}");
+    assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()), "errors carry a message: {body}");
+}
+
+fn transitions(history: &Value) -> Vec<String> {
+    history["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter(|e| e["event"] == "transition" && e["handshake"]["outcome"] == "admitted")
+        .filter_map(|e| e["transition"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// The parts of an IMVU's view that must survive a restart.
+fn durable_view(view: &Value) -> Value {
+    json!({"key": view["key"], "kind": view["kind"], "lifecycle": view["lifecycle"], "state": view["state"]})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn readme_walkthrough_then_restart_recovers_from_disk() {
+    let data = tempfile::tempdir().expect("a temp dir");
+    let node = Node::up(data.path());
+    let client = Client::new();
+    let mut ids_seen = BTreeSet::new();
+
+    // Health and kinds.
+    let (status, health) = client.get(&node.url("/health")).await;
+    assert_eq!((status, &health["status"]), (200, &json!("ok")), "{health}");
+    let (status, kinds) = client.get(&node.url("/v1/kinds")).await;
+    assert_eq!(status, 200);
+    let names: Vec<&str> = kinds["kinds"].as_array().expect("kinds").iter().filter_map(|k| k["name"].as_str()).collect();
+    for kind in ["counter", "kv-memory", "text-worker"] {
+        assert!(names.contains(&kind), "{kinds}");
+    }
+
+    // An IMVU: create, talk to it, crash it, see it restarted with its durable state.
+    let (counter, counter_id) = client.create(&node, "counter").await;
+    ids_seen.insert(counter_id);
+    assert_eq!(client.message(&counter, json!({"op": "add", "n": 5})).await, (200, json!({"reply": 5})));
+    check_error(client.message(&counter, json!({"op": "crash"})).await, 500, "imvu_crashed");
+    assert_eq!(client.message(&counter, json!({"op": "get"})).await, (200, json!({"reply": 5})));
+
+    // Lifecycle: a message to a paused IMVU is held and delivered on resume.
+    let (status, paused) = client.post_empty(&format!("{counter}/pause")).await;
+    assert_eq!((status, &paused["lifecycle"]), (200, &json!("paused")), "{paused}");
+    let held = tokio::spawn({
+        let (http, counter) = (client.http.clone(), counter.clone());
+        async move { Client { http }.message(&counter, json!({"op": "add", "n": 1})).await }
+    });
+    client.until(&counter, WORK_DEADLINE, |v| v["held_messages"] == 1).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!held.is_finished(), "a message to a paused IMVU waits for its resume");
+    check_error(client.post_empty(&format!("{counter}/pause")).await, 409, "illegal_transition");
+    let (status, resumed) = client.post_empty(&format!("{counter}/resume")).await;
+    assert_eq!((status, &resumed["lifecycle"]), (200, &json!("active")), "{resumed}");
+    let reply = tokio::time::timeout(WORK_DEADLINE, held).await.expect("the held message completes").expect("no panic");
+    assert_eq!(reply, (200, json!({"reply": 6})));
+    let (status, view) = client.get(&counter).await;
+    assert_eq!(status, 200);
+    assert_eq!((&view["state"], &view["lifecycle"], &view["held_messages"]), (&json!(6), &json!("active"), &json!(0)), "{view}");
+    let (status, history) = client.get(&format!("{counter}/history")).await;
+    assert_eq!(status, 200, "{history}");
+    assert_eq!(transitions(&history), ["create", "activate", "pause", "resume"], "{history}");
+    let crashes = history["events"].as_array().expect("events").iter().filter(|e| e["event"] == "supervision").count();
+    assert_eq!(crashes, 1, "the crash is in the history: {history}");
+
+    // A swarm: three text workers pull work items; credits say who did each, once.
+    let (status, swarm_view) =
+        client.post(&node.url("/v1/tenants/default/swarms"), json!({"member_kind": "text-worker", "members": 3})).await;
+    assert_eq!(status, 201, "{swarm_view}");
+    let swarm_id = swarm_view["key"]["id"].as_u64().expect("swarm id");
+    ids_seen.insert(swarm_id);
+    for member in swarm_view["members"].as_array().expect("members") {
+        ids_seen.insert(member["id"].as_u64().expect("member id"));
+    }
+    let swarm = node.url(&format!("/v1/tenants/default/swarms/{swarm_id}"));
+    let mut items = vec![json!({"op": "word_count", "text": "a b c"}), json!({"op": "upper", "text": "hi"})];
+    items.extend((0..8).map(|i| json!({"op": "reverse", "text": format!("item {i}")})));
+    let (status, submitted) = client.post(&format!("{swarm}/work"), json!({ "items": items })).await;
+    assert_eq!(status, 202, "{submitted}");
+    let item_ids: BTreeSet<u64> =
+        submitted["item_ids"].as_array().expect("item ids").iter().map(|v| v.as_u64().expect("item id")).collect();
+    assert_eq!(item_ids.len(), 10);
+    ids_seen.extend(item_ids.iter().copied());
+    let done = client.until(&swarm, WORK_DEADLINE, |v| v["progress"]["completed"] == 10).await;
+    assert_eq!(done["progress"]["submitted"], 10, "{done}");
+    let (status, credits) = client.get(&format!("{swarm}/credits")).await;
+    assert_eq!(status, 200, "{credits}");
+    let credited: Vec<u64> =
+        credits["credits"].as_array().expect("credits").iter().map(|c| c["item"].as_u64().expect("item")).collect();
+    assert_eq!(credited.len(), 10, "{credits}");
+    assert_eq!(credited.iter().copied().collect::<BTreeSet<_>>(), item_ids, "each item credited once");
+    assert_eq!(client.put(&format!("{swarm}/memory/plan"), json!({"value": {"step": 2}})).await.0, 204);
+
+    // Bad input gets a JSON error naming the problem.
+    check_error(client.post(&node.url("/v1/tenants/default/imvus"), json!({"kind": "nope"})).await, 400, "unknown_kind");
+    check_error(client.post_raw(&format!("{counter}/messages"), r#"{"message":{"op":"add""#.into()).await, 400, "bad_request");
+    check_error(post_oversized(&messages_path(&node, &counter), 2 * 1024 * 1024, &node).await, 413, "too_large");
+    check_error(client.get(&node.url("/v1/tenants/default/imvus/987654321")).await, 404, "not_found");
+    check_error(client.get(&node.url("/v1/tenants/default/swarms/987654321")).await, 404, "not_found");
+
+    // More state to find after the restart: a paused counter and a kv-memory.
+    let (paused_counter, paused_id) = client.create(&node, "counter").await;
+    ids_seen.insert(paused_id);
+    assert_eq!(client.message(&paused_counter, json!({"op": "add", "n": 2})).await, (200, json!({"reply": 2})));
+    assert_eq!(client.post_empty(&format!("{paused_counter}/pause")).await.0, 200);
+    let (memory, memory_id) = client.create(&node, "kv-memory").await;
+    ids_seen.insert(memory_id);
+    let put = client.message(&memory, json!({"op": "put", "key": "greeting", "value": {"text": "hello", "n": [1, 2]}})).await;
+    assert_eq!(put.0, 200, "{put:?}");
+
+    // Terminate: no more messages.
+    let (status, terminated) = client.post_empty(&format!("{counter}/terminate")).await;
+    assert_eq!((status, &terminated["lifecycle"]), (200, &json!("terminated")), "{terminated}");
+    check_error(client.message(&counter, json!({"op": "get"})).await, 409, "terminated");
+
+    // Prometheus.
+    let metrics = client.http.get(node.url("/metrics")).send().await.expect("metrics").text().await.expect("text");
+    for name in ["vcos_messages_total", "vcos_http_requests_total"] {
+        assert!(metrics.lines().any(|l| l.starts_with(name)), "/metrics lacks {name}:\n{metrics}");
+    }
+
+    let mut before = Vec::new();
+    for imvu in [&counter, &paused_counter, &memory] {
+        let (status, view) = client.get(imvu).await;
+        assert_eq!(status, 200, "{view}");
+        before.push(durable_view(&view));
+    }
+    let (_, history_before) = client.get(&format!("{counter}/history")).await;
+    let (_, credits_before) = client.get(&format!("{swarm}/credits")).await;
+
+    // Ctrl-C: the node stops cleanly.
+    let output = node.interrupt();
+    assert!(output.contains("node stopped"), "the node says it stopped:\n{output}");
+
+    // Up again on the same directory: everything acknowledged is back.
+    let node = Node::up(data.path());
+    let moved = |url: &str| {
+        let path = &url[url.find("/v1/").expect("an API URL")..];
+        node.url(path)
+    };
+    let (counter, paused_counter, memory, swarm) = (moved(&counter), moved(&paused_counter), moved(&memory), moved(&swarm));
+    for (imvu, expected) in [&counter, &paused_counter, &memory].into_iter().zip(&before) {
+        let (status, view) = client.get(imvu).await;
+        assert_eq!(status, 200, "{view}");
+        assert_eq!(&durable_view(&view), expected, "{imvu} after the restart");
+    }
+    assert_eq!(before[0]["lifecycle"], "terminated");
+    assert_eq!(before[0]["state"], 6);
+    assert_eq!(before[1]["lifecycle"], "paused");
+    check_error(client.message(&counter, json!({"op": "get"})).await, 409, "terminated");
+    let (status, history) = client.get(&format!("{counter}/history")).await;
+    assert_eq!(status, 200);
+    assert_eq!(history, history_before, "the history is canon's, unchanged by the restart");
+    assert_eq!(transitions(&history), ["create", "activate", "pause", "resume", "terminate"]);
+
+    let (status, resumed) = client.post_empty(&format!("{paused_counter}/resume")).await;
+    assert_eq!((status, &resumed["lifecycle"]), (200, &json!("active")), "{resumed}");
+    assert_eq!(client.message(&paused_counter, json!({"op": "add", "n": 1})).await, (200, json!({"reply": 3})));
+    let got = client.message(&memory, json!({"op": "get", "key": "greeting"})).await;
+    assert_eq!(got, (200, json!({"reply": {"value": {"text": "hello", "n": [1, 2]}}})));
+
+    let (status, swarm_after) = client.get(&swarm).await;
+    assert_eq!(status, 200, "the swarm is recovered: {swarm_after}");
+    assert_eq!(swarm_after["progress"]["completed"], 10, "{swarm_after}");
+    assert_eq!(swarm_after["members"], swarm_view["members"]);
+    assert_eq!(client.get(&format!("{swarm}/credits")).await, (200, credits_before));
+    assert_eq!(client.get(&format!("{swarm}/memory/plan")).await, (200, json!({"value": {"step": 2}})));
+    let (status, more) = client.post(&format!("{swarm}/work"), json!({"items": [{"op": "upper", "text": "again"}]})).await;
+    assert_eq!(status, 202, "the recovered swarm takes work: {more}");
+    let new_item = more["item_ids"][0].as_u64().expect("item id");
+    client.until(&swarm, WORK_DEADLINE, |v| v["progress"]["completed"] == 11).await;
+
+    // New ids do not collide with those handed out before the restart.
+    let (_, new_id) = client.create(&node, "counter").await;
+    let max_seen = ids_seen.iter().max().copied().unwrap_or(0);
+    for id in [new_item, new_id] {
+        assert!(!ids_seen.contains(&id), "id {id} was handed out before the restart: {ids_seen:?}");
+        assert!(id > max_seen, "id {id} after the restart is not above {max_seen}");
+    }
+    node.interrupt();
+}
+
+#[test]
+fn bench_local_quick_runs() {
+    let mut bench = Proc::spawn(&["bench", "local", "--quick", "--no-peer"]);
+    let (status, output) = bench.finish(BENCH_DEADLINE);
+    assert!(status.success(), "`vcos bench local --quick --no-peer` failed ({status}):\n{output}");
+    let header = output.lines().find(|l| l.trim_start().starts_with("metric")).unwrap_or_default();
+    assert!(header.contains("v-COS") && header.contains("peer"), "no table header in:\n{output}");
+    assert!(output.contains("supervisor restarts"), "no restart row in:\n{output}");
+}
+
+#[test]
+fn help_and_argument_errors() {
+    let (status, help) = Proc::spawn(&["--help"]).finish(Duration::from_secs(30));
+    assert!(status.success(), "{help}");
+    assert!(help.lines().any(|l| l.trim_start().starts_with("up ")), "`vcos --help` lists `up`:\n{help}");
+    assert!(help.contains("bench"), "{help}");
+
+    let (status, help) = Proc::spawn(&["up", "--help"]).finish(Duration::from_secs(30));
+    assert!(status.success(), "{help}");
+    for option in ["--data-dir", "--listen", "--shards"] {
+        assert!(help.contains(option), "`vcos up --help` mentions {option}:\n{help}");
+    }
+
+    // Refused before anything starts: no data directory is created, no port taken.
+    let data = tempfile::tempdir().expect("a temp dir");
+    let dir = data.path().join("never");
+    let args = ["up", "--shards", "0", "--listen", "127.0.0.1:0", "--data-dir", dir.to_str().expect("UTF-8 path")];
+    let (status, output) = Proc::spawn(&args).finish(Duration::from_secs(30));
+    assert!(!status.success(), "`vcos up --shards 0` must fail:\n{output}");
+    assert_eq!(status.code(), Some(2), "a usage error: {output}");
+    assert!(output.contains("--shards"), "the error names --shards:\n{output}");
+    assert!(!output.contains("v-COS node up"), "{output}");
+    assert!(!dir.exists(), "nothing was started");
+
+    let (status, output) = Proc::spawn(&["up", "--listen", "not-an-address"]).finish(Duration::from_secs(30));
+    assert!(!status.success(), "{output}");
+    assert!(output.contains("--listen"), "the error names --listen:\n{output}");
+    let (status, output) = Proc::spawn(&["fly"]).finish(Duration::from_secs(30));
+    assert!(!status.success(), "{output}");
+}
+
+#[test]
+fn the_up_line_is_parsed() {
+    let line = "v-COS node up: http://127.0.0.1:41234  (docs: http://127.0.0.1:41234/docs)";
+    assert_eq!(parse_up_line(line).as_deref(), Some("http://127.0.0.1:41234"));
+    assert_eq!(parse_up_line("2026-01-01T00:00:00Z  INFO canon opened"), None);
+    assert_eq!(parse_up_line("v-COS node up: http://127.0.0.1:0  (docs: x)"), None);
+}
