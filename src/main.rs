@@ -1,9 +1,11 @@
 //! `vcos`: the one binary of v-COS swarm.
 //!
 //! - `vcos up`: a local node (canon on disk, IMVU hosts, HTTP facade) on embedded defaults;
-//! - `vcos bench local`: the actor runtime measured against Erlang/OTP in the same run.
+//! - `vcos bench local`: the actor runtime measured against Erlang/OTP in the same run;
+//! - `vcos sim`: the deterministic simulator.
 
 mod bench;
+mod sim_cmd;
 mod up;
 
 use clap::{Parser, Subcommand};
@@ -22,6 +24,8 @@ enum Command {
     Up(up::UpArgs),
     /// Run benchmarks and compare with peers measured in the same run.
     Bench(bench::BenchArgs),
+    /// Run the deterministic simulator: faults from a seed, checkers, minimal repros.
+    Sim(sim_cmd::SimArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -29,5 +33,6 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Up(args) => up::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Sim(args) => sim_cmd::run_cli(args),
     }
 }

@@ -489,7 +489,12 @@ impl<I: Imvu> Shard<I> {
         cell.last_used_ms = now_ms;
         let mut ctx = Context { key: &key, unix_ms, stop_requested: false };
         let state = &mut *cell.state;
-        let outcome = quiet_panic::catch(|| behaviour.handle(state, msg, &mut ctx));
+        let outcome = quiet_panic::catch(|| {
+            if crate::failpoints::handler_should_panic(ctx.key) {
+                panic!("failpoint: injected handler panic");
+            }
+            behaviour.handle(state, msg, &mut ctx)
+        });
         let stop_requested = ctx.stop_requested;
         match outcome {
             Ok(value) => {
@@ -535,19 +540,31 @@ impl<I: Imvu> Shard<I> {
         // is being handled: the supervisor holds the restart window, not a million children.
         let spec = ChildSpec { id: key.id, restart: self.env.behaviour.restart(), shutdown_timeout_ms: 0 };
         let _ = supervisor.add_child(spec);
-        let directive = supervisor.handle_child_exit(now_ms, &key.id, ExitReason::Failed(reason.clone()));
+        let mut directive = supervisor.handle_child_exit(now_ms, &key.id, ExitReason::Failed(reason.clone()));
         supervisor.remove_child(&key.id);
+        let restarts_in_window = match directive {
+            // An escalation's window is the one that overflowed.
+            Directive::Escalate { .. } => supervisor.intensity().max_restarts + 1,
+            _ => supervisor.restarts_in_window(now_ms),
+        };
+        if crate::failpoints::ignore_intensity() {
+            if let Directive::Escalate { .. } = directive {
+                // Planted bug (simulator only): keep restarting past the intensity.
+                directive = Directive::Restart { stop: Vec::new(), start: vec![key.id] };
+                self.tenant_supervisors.remove(&key.tenant);
+            }
+        }
         let unix_ms = self.unix_ms();
         match directive {
             Directive::Restart { .. } => {
                 self.restart_from_canon(&key)?;
-                self.record(&key, HistoryEvent::Supervision(SupervisionRecord { reason, decision: "restarted".into(), unix_ms }));
+                self.record(&key, HistoryEvent::Supervision(SupervisionRecord { reason, decision: "restarted".into(), restarts_in_window, unix_ms }));
                 Ok(())
             }
             Directive::Ignore => {
                 // Temporary (or transient exiting abnormally is restarted above): stays down,
                 // which for an entity means terminated, final state = last durable snapshot.
-                self.record(&key, HistoryEvent::Supervision(SupervisionRecord { reason, decision: "stopped".into(), unix_ms }));
+                self.record(&key, HistoryEvent::Supervision(SupervisionRecord { reason, decision: "stopped".into(), restarts_in_window, unix_ms }));
                 let caller = Caller::internal(&key.tenant, "supervisor");
                 let (tx, _rx) = oneshot::channel();
                 self.restart_from_canon(&key)?;
@@ -555,7 +572,7 @@ impl<I: Imvu> Shard<I> {
                 Ok(())
             }
             Directive::Escalate { reason: why, .. } => {
-                self.record(&key, HistoryEvent::Supervision(SupervisionRecord { reason: reason.clone(), decision: "escalated".into(), unix_ms }));
+                self.record(&key, HistoryEvent::Supervision(SupervisionRecord { reason: reason.clone(), decision: "escalated".into(), restarts_in_window, unix_ms }));
                 self.escalate_tenant(&key.tenant, format!("tenant {} supervisor: {why}; last crash: {reason}", key.tenant))
             }
         }

@@ -11,6 +11,7 @@
 //! `CanonStore`; time comes from the injected `Clock`; a handler panic never escapes a shard.
 
 pub mod error;
+pub mod failpoints;
 pub mod handshake;
 mod host;
 pub mod ids;

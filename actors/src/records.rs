@@ -68,6 +68,9 @@ pub struct SupervisionRecord {
     pub reason: String,
     /// "restarted", "stopped" (temporary), "escalated".
     pub decision: String,
+    /// Restarts the tenant's supervisor counted in its window at this crash (this one included).
+    #[serde(default)]
+    pub restarts_in_window: u32,
     /// Wall clock, Unix ms.
     pub unix_ms: u64,
 }

@@ -21,7 +21,7 @@ use std::future::{Future, IntoFuture};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use vcos_actors::Runtime;
 
 pub mod error;
@@ -31,6 +31,7 @@ mod routes;
 pub mod wire;
 
 pub use error::{ApiError, ErrorBody};
+pub use metrics_exporter_prometheus::PrometheusHandle;
 
 /// Largest request body accepted (1 MiB); larger ones are refused with 413 `too_large`.
 pub const BODY_LEN_MAX: usize = 1024 * 1024;

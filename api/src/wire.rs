@@ -363,13 +363,15 @@ pub struct SupervisionEntry {
     pub reason: String,
     /// `restarted`, `stopped` or `escalated`.
     pub decision: String,
+    /// Restarts the tenant's supervisor counted in its intensity window at this crash.
+    pub restarts_in_window: u32,
     /// Node wall clock, Unix ms.
     pub unix_ms: u64,
 }
 
 impl From<SupervisionRecord> for SupervisionEntry {
     fn from(r: SupervisionRecord) -> Self {
-        Self { reason: r.reason, decision: r.decision, unix_ms: r.unix_ms }
+        Self { reason: r.reason, decision: r.decision, restarts_in_window: r.restarts_in_window, unix_ms: r.unix_ms }
     }
 }
 
@@ -771,7 +773,7 @@ mod tests {
                 unix_ms: 2,
                 final_state: Some(serde_json::json!({"a": 1})),
             }),
-            HistoryEvent::Supervision(SupervisionRecord { reason: "boom".into(), decision: "restarted".into(), unix_ms: 3 }),
+            HistoryEvent::Supervision(SupervisionRecord { reason: "boom".into(), decision: "restarted".into(), restarts_in_window: 1, unix_ms: 3 }),
         ];
         for (i, record) in events.into_iter().enumerate() {
             let stamped = Stamped { canon_index: i as u64 + 10, record };

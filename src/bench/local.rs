@@ -222,7 +222,7 @@ async fn measure(args: &LocalArgs) -> anyhow::Result<Figures> {
     let spawn_n = if args.wants("spawn") { args.spawn } else { 1 };
     let passivated_n = (spawn_n / 4).max(1);
     runtime.passivate_idle(0).await;
-    // The slope over the second half: by then canon's page cache (a fixed 64 MiB) has filled
+    // The slope over the second half: by then canon's page cache (CANON_CACHE_BYTES) has filled
     // and is not charged to the IMVUs.
     let mut passivated = Vec::with_capacity(passivated_n as usize);
     let batch = 10_000u64;

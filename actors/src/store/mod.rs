@@ -90,6 +90,8 @@ pub fn index_of_appended_key(key: &str) -> Option<u64> {
 pub trait CanonStore: Send + Sync + 'static {
     /// Applies `writes` atomically and calls `done` once they are durable (or failed).
     /// Never blocks: a full queue completes at once with [`StoreError::Overloaded`].
+    /// An empty commit is a barrier: it completes after every earlier commit is durable (a store
+    /// may flush right away for it).
     fn commit(&self, writes: Vec<CanonWrite>, done: Completion);
     /// Reads one key.
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;

@@ -1,0 +1,95 @@
+//! The production HTTP facade over turmoil's simulated TCP, and the client the workloads use.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+
+/// Port every simulated node serves HTTP on.
+pub const HTTP_PORT: u16 = 8080;
+
+/// turmoil's listener, shaped for `axum::serve`.
+pub struct SimListener(pub turmoil::net::TcpListener);
+
+impl axum::serve::Listener for SimListener {
+    type Io = turmoil::net::TcpStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            match self.0.accept().await {
+                Ok(pair) => return pair,
+                // A refused or reset accept on a simulated network: try again shortly.
+                Err(_) => tokio::time::sleep(Duration::from_millis(1)).await,
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.0.local_addr()
+    }
+}
+
+/// What a request came back with, as the trace records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Response {
+    /// An HTTP answer.
+    Http {
+        /// Status code.
+        status: u16,
+        /// Body as JSON (Null when not JSON).
+        body: serde_json::Value,
+    },
+    /// No answer: connection refused or broken, or the deadline passed. The outcome is unknown.
+    NoAnswer(String),
+}
+
+impl Response {
+    /// The body, if the status is 2xx.
+    pub fn ok(&self) -> Option<&serde_json::Value> {
+        match self {
+            Self::Http { status, body } if (200..300).contains(status) => Some(body),
+            _ => None,
+        }
+    }
+
+    /// The status, if any.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Self::Http { status, .. } => Some(*status),
+            Self::NoAnswer(_) => None,
+        }
+    }
+}
+
+/// One request on a fresh connection, with a deadline in simulated time.
+pub async fn request(host: &str, method: &str, path: &str, body: Option<&serde_json::Value>, deadline: Duration) -> Response {
+    match tokio::time::timeout(deadline, request_inner(host, method, path, body)).await {
+        Ok(Ok(response)) => response,
+        Ok(Err(e)) => Response::NoAnswer(e),
+        Err(_) => Response::NoAnswer("deadline".into()),
+    }
+}
+
+async fn request_inner(host: &str, method: &str, path: &str, body: Option<&serde_json::Value>) -> Result<Response, String> {
+    let stream = turmoil::net::TcpStream::connect((host, HTTP_PORT)).await.map_err(|e| format!("connect: {e}"))?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| format!("handshake: {e}"))?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let bytes = body.map(|b| Bytes::from(serde_json::to_vec(b).unwrap_or_default())).unwrap_or_default();
+    let mut builder = Request::builder().method(method).uri(path).header("host", host);
+    if body.is_some() {
+        builder = builder.header("content-type", "application/json");
+    }
+    let request = builder.body(Full::new(bytes)).map_err(|e| format!("request: {e}"))?;
+    let response = sender.send_request(request).await.map_err(|e| format!("send: {e}"))?;
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await.map_err(|e| format!("body: {e}"))?.to_bytes();
+    let body = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+    Ok(Response::Http { status, body })
+}

@@ -1,0 +1,321 @@
+//! One run: a turmoil world of N nodes running the production node (runtime + HTTP facade) on
+//! simulated disks and clocks, a client host running the scenario's workload and checks, and
+//! the fault plan applied between simulation steps.
+//!
+//! Phases (as in TigerBeetle's VOPR): **safety** — the workload runs while the plan's faults
+//! fire; **liveness** — at `fault_phase_ms` everything heals (crashed or stopped nodes restart,
+//! links repair, disks recover), and the scenario checks what must hold.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use vcos_actors::kinds::{Counter, KvMemory, TextWorker};
+use vcos_actors::{failpoints, ImvuKey, Runtime, RuntimeConfig, TenantId, TenantPolicy};
+
+use crate::net::{SimListener, HTTP_PORT};
+use crate::node_env::{NodeFaults, SimClock, SimDisk, SimStore};
+use crate::plan::{FaultKind, FaultPlan};
+use crate::scenarios::{Scenario, WorkloadCtx};
+use crate::trace::{hash_events, Trace};
+
+/// Planted bugs, to prove the checkers catch them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PlantedBugs {
+    /// Tenant supervisors ignore their restart intensity.
+    pub ignore_intensity: bool,
+    /// Stores acknowledge before fsync.
+    pub ack_before_fsync: bool,
+}
+
+/// How to run.
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    /// Replay this plan instead of the seed's.
+    pub plan: Option<FaultPlan>,
+    /// Planted bugs to switch on.
+    pub bugs: PlantedBugs,
+}
+
+/// What a run found.
+#[derive(Clone, Debug)]
+pub struct RunReport {
+    /// Scenario name.
+    pub scenario: &'static str,
+    /// Seed.
+    pub seed: u64,
+    /// The plan that ran.
+    pub plan: FaultPlan,
+    /// Ordered events.
+    pub trace: Vec<String>,
+    /// FNV-1a of the trace.
+    pub trace_hash: u64,
+    /// Checker violations; empty = pass.
+    pub violations: Vec<String>,
+    /// Simulated milliseconds the run covered.
+    pub sim_ms: u64,
+}
+
+impl RunReport {
+    /// Whether every checker passed.
+    pub fn passed(&self) -> bool {
+        self.violations.is_empty()
+    }
+}
+
+/// Which workload IMVUs the plan's handler panics hit: the workload registers its IMVUs in
+/// order; the plan names them by number.
+#[derive(Default)]
+pub struct PanicTargets {
+    keys: Vec<ImvuKey>,
+    pending: BTreeMap<ImvuKey, u32>,
+    armed: BTreeMap<u32, u32>,
+}
+
+impl PanicTargets {
+    /// Registers the workload's next IMVU.
+    pub fn register(&mut self, key: ImvuKey) {
+        let index = self.keys.len() as u32;
+        self.keys.push(key);
+        if let Some(count) = self.armed.remove(&index) {
+            *self.pending.entry(key).or_default() += count;
+        }
+    }
+
+    fn arm(&mut self, imvu: u32, count: u32) {
+        match self.keys.get(imvu as usize) {
+            Some(key) => *self.pending.entry(*key).or_default() += count,
+            None => *self.armed.entry(imvu).or_default() += count,
+        }
+    }
+
+    fn take(&mut self, key: &ImvuKey) -> bool {
+        match self.pending.get_mut(key) {
+            Some(n) if *n > 0 => {
+                *n -= 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn clear(&mut self) {
+        self.pending.clear();
+        self.armed.clear();
+    }
+}
+
+fn node_name(i: u8) -> String {
+    format!("n{i}")
+}
+
+/// Runs `scenario` for `seed`.
+pub fn run(scenario: &dyn Scenario, seed: u64, options: &RunOptions) -> RunReport {
+    let mix = scenario.fault_mix();
+    let plan = options.plan.clone().unwrap_or_else(|| FaultPlan::generate(seed, mix));
+    let trace = Trace::default();
+    let nodes = mix.nodes.max(1);
+    let disks: Vec<Arc<SimDisk>> = (0..nodes).map(|_| Arc::new(SimDisk::default())).collect();
+    let faults: Vec<Arc<Mutex<NodeFaults>>> = (0..nodes)
+        .map(|_| Arc::new(Mutex::new(NodeFaults { ack_before_fsync: options.bugs.ack_before_fsync, ..NodeFaults::default() })))
+        .collect();
+    let targets = Arc::new(Mutex::new(PanicTargets::default()));
+    let metrics = vcos_api::install_metrics_recorder();
+
+    let mut sim = turmoil::Builder::new()
+        .rng_seed(seed)
+        .tick_duration(Duration::from_millis(1))
+        .min_message_latency(Duration::from_millis(1))
+        .max_message_latency(Duration::from_millis(4))
+        .simulation_duration(Duration::from_secs(3600))
+        .build();
+    for i in 0..nodes {
+        let (disk, node_faults, trace, metrics) = (disks[i as usize].clone(), faults[i as usize].clone(), trace.clone(), metrics.clone());
+        let name = node_name(i);
+        let host_name = name.clone();
+        sim.host(host_name.as_str(), move || {
+            let (disk, node_faults, trace, metrics, name) = (disk.clone(), node_faults.clone(), trace.clone(), metrics.clone(), name.clone());
+            async move { node_main(name, disk, node_faults, trace, metrics).await }
+        });
+    }
+    let violations = Arc::new(Mutex::new(Vec::new()));
+    {
+        let ctx = WorkloadCtx {
+            nodes: (0..nodes).map(node_name).collect(),
+            seed,
+            trace: trace.clone(),
+            targets: targets.clone(),
+            fault_phase_ms: mix.duration_ms,
+        };
+        let violations = violations.clone();
+        let workload = scenario.workload(ctx);
+        sim.client("client", async move {
+            let found = workload.await;
+            *violations.lock().unwrap_or_else(|p| p.into_inner()) = found;
+            Ok(())
+        });
+    }
+
+    let hook_targets = targets.clone();
+    failpoints::set_handler_panic(Some(Box::new(move |key| hook_targets.lock().unwrap_or_else(|p| p.into_inner()).take(key))));
+    failpoints::set_ignore_intensity(options.bugs.ignore_intensity);
+
+    let mut next_fault = 0;
+    // Recovery actions due at a time: (node, what).
+    let mut due: BTreeMap<u64, Vec<(u8, Recovery)>> = BTreeMap::new();
+    let mut crashed = vec![false; nodes as usize];
+    let mut healed = false;
+    let mut failure: Option<String> = None;
+    loop {
+        let now = u64::try_from(sim.elapsed().as_millis()).unwrap_or(u64::MAX);
+        while let Some(fault) = plan.faults.get(next_fault).filter(|f| f.at_ms <= now && !healed) {
+            next_fault += 1;
+            trace.record_at(now, format!("fault {}", fault.kind));
+            apply(&mut sim, &fault.kind, now, &faults, &disks, &targets, &mut crashed, &mut due);
+        }
+        let ready: Vec<u64> = due.range(..=now).map(|(t, _)| *t).collect();
+        for t in ready {
+            for (node, action) in due.remove(&t).unwrap_or_default() {
+                recover(&mut sim, node, action, &mut crashed, &trace, now);
+            }
+        }
+        if !healed && now >= mix.duration_ms {
+            healed = true;
+            trace.record_at(now, "heal: restart stopped nodes, repair links, disks recover");
+            for (t, actions) in std::mem::take(&mut due) {
+                let _ = t;
+                for (node, action) in actions {
+                    recover(&mut sim, node, action, &mut crashed, &trace, now);
+                }
+            }
+            for i in 0..nodes {
+                let name = node_name(i);
+                if !sim.is_host_running(name.as_str()) {
+                    sim.bounce(name.as_str());
+                    trace.record_at(now, format!("restart {name}"));
+                }
+                let mut f = faults[i as usize].lock().unwrap_or_else(|p| p.into_inner());
+                f.disk_fail_until_ms = 0;
+                f.disk_slow = (0, 0);
+            }
+            targets.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        }
+        match sim.step() {
+            Ok(true) => break,
+            Ok(false) => {}
+            Err(e) => {
+                failure = Some(format!("simulation error: {e}"));
+                break;
+            }
+        }
+    }
+    failpoints::set_handler_panic(None);
+    failpoints::set_ignore_intensity(false);
+    let sim_ms = u64::try_from(sim.elapsed().as_millis()).unwrap_or(u64::MAX);
+    drop(sim);
+    let mut found = std::mem::take(&mut *violations.lock().unwrap_or_else(|p| p.into_inner()));
+    if let Some(failure) = failure {
+        found.push(failure);
+    }
+    for v in &found {
+        trace.record_at(sim_ms, format!("violation: {v}"));
+    }
+    let events = trace.events();
+    RunReport { scenario: scenario.name(), seed, plan, trace_hash: hash_events(&events), trace: events, violations: found, sim_ms }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Recovery {
+    Restart,
+    Repair,
+    RepairReplies,
+    Release,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn apply(
+    sim: &mut turmoil::Sim<'_>,
+    fault: &FaultKind,
+    now: u64,
+    faults: &[Arc<Mutex<NodeFaults>>],
+    disks: &[Arc<SimDisk>],
+    targets: &Arc<Mutex<PanicTargets>>,
+    crashed: &mut [bool],
+    due: &mut BTreeMap<u64, Vec<(u8, Recovery)>>,
+) {
+    let node_faults = |n: u8| faults[usize::from(n) % faults.len()].lock().unwrap_or_else(|p| p.into_inner());
+    match *fault {
+        FaultKind::Crash { node, down_ms } => {
+            let i = usize::from(node) % crashed.len();
+            if !crashed[i] {
+                crashed[i] = true;
+                disks[i].crash();
+                sim.crash(node_name(i as u8).as_str());
+                due.entry(now + down_ms).or_default().push((i as u8, Recovery::Restart));
+            }
+        }
+        FaultKind::Partition { node, ms } => {
+            sim.partition("client", node_name(node % crashed.len() as u8).as_str());
+            due.entry(now + ms).or_default().push((node, Recovery::Repair));
+        }
+        FaultKind::PartitionReplies { node, ms } => {
+            sim.partition_oneway(node_name(node % crashed.len() as u8).as_str(), "client");
+            due.entry(now + ms).or_default().push((node, Recovery::RepairReplies));
+        }
+        FaultKind::Delay { node, ms } => {
+            sim.hold("client", node_name(node % crashed.len() as u8).as_str());
+            due.entry(now + ms).or_default().push((node, Recovery::Release));
+        }
+        FaultKind::ClockJump { node, jump_ms } => node_faults(node).clock_offset_ms += jump_ms,
+        FaultKind::DiskFail { node, ms } => node_faults(node).disk_fail_until_ms = now + ms,
+        FaultKind::DiskSlow { node, fsync_ms, ms } => node_faults(node).disk_slow = (fsync_ms, now + ms),
+        FaultKind::HandlerPanic { imvu, count } => targets.lock().unwrap_or_else(|p| p.into_inner()).arm(imvu, count),
+    }
+}
+
+fn recover(sim: &mut turmoil::Sim<'_>, node: u8, action: Recovery, crashed: &mut [bool], trace: &Trace, now: u64) {
+    let i = usize::from(node) % crashed.len();
+    let name = node_name(i as u8);
+    match action {
+        Recovery::Restart => {
+            if crashed[i] {
+                crashed[i] = false;
+                sim.bounce(name.as_str());
+                trace.record_at(now, format!("restart {name}"));
+            }
+        }
+        Recovery::Repair => sim.repair("client", name.as_str()),
+        Recovery::RepairReplies => sim.repair_oneway(name.as_str(), "client"),
+        Recovery::Release => sim.release("client", name.as_str()),
+    }
+}
+
+/// The software of one node: what `vcos up` runs, on the simulated disk, clock and network.
+async fn node_main(
+    name: String,
+    disk: Arc<SimDisk>,
+    faults: Arc<Mutex<NodeFaults>>,
+    trace: Trace,
+    metrics: vcos_api::PrometheusHandle,
+) -> turmoil::Result {
+    let store = SimStore::start(disk, faults.clone());
+    let mut config = RuntimeConfig::new(store, Arc::new(SimClock::new(faults)));
+    config.shards_per_kind = 1;
+    config.shard_queue_len = 1024;
+    let runtime = Runtime::builder(config).kind(Counter).kind(KvMemory).kind(TextWorker).start().await?;
+    runtime.ensure_tenant(TenantId::default_tenant(), TenantPolicy::default()).await?;
+    let listener = turmoil::net::TcpListener::bind(("0.0.0.0", HTTP_PORT)).await?;
+    let router = vcos_api::router(runtime.clone(), metrics);
+    tokio::select! {
+        biased;
+        reason = runtime.escalated() => {
+            trace.record(format!("{name} stopped by escalation: {reason}"));
+            runtime.shutdown().await;
+            Ok(())
+        }
+        served = axum::serve(SimListener(listener), router) => {
+            served?;
+            Ok(())
+        }
+    }
+}
