@@ -37,6 +37,9 @@ pub enum ActorError {
     /// The entity is terminated: it takes no more messages.
     #[error("IMVU {0} is terminated and takes no messages")]
     Terminated(String),
+    /// The request contradicts recorded state (a vote already decided, a name already taken).
+    #[error("conflict: {0}")]
+    Conflict(String),
     /// A bounded queue (mailbox, paused queue, store queue) is full; retry later.
     #[error("queue full: {0}")]
     QueueFull(String),
@@ -78,6 +81,7 @@ impl ActorError {
             Self::NotFound { .. } => "not_found",
             Self::IllegalTransition { .. } => "illegal_transition",
             Self::Terminated(_) => "terminated",
+            Self::Conflict(_) => "conflict",
             Self::QueueFull(_) => "queue_full",
             Self::HandshakeRefused { .. } => "handshake_refused",
             Self::Crashed { .. } => "imvu_crashed",

@@ -55,10 +55,12 @@ pub struct ImvuInfo {
 
 /// A command for a shard.
 pub(crate) enum Command<I: Imvu> {
-    Create { key: ImvuKey, caller: Caller, reply: Reply<ImvuInfo> },
+    // Rare commands box their bulk so that the common ones (tell, ask) stay small: every
+    // command is copied into and out of the channel.
+    Create { key: ImvuKey, caller: Box<Caller>, reply: Reply<ImvuInfo> },
     Tell { key: ImvuKey, msg: I::Msg },
     Ask { key: ImvuKey, msg: I::Msg, reply: Reply<I::Reply> },
-    Lifecycle { key: ImvuKey, transition: Transition, caller: Caller, reply: Reply<ImvuInfo> },
+    Lifecycle { key: ImvuKey, transition: Transition, caller: Box<Caller>, reply: Reply<ImvuInfo> },
     Inspect { key: ImvuKey, reply: Reply<ImvuInfo> },
     /// Evict IMVUs idle for at least `idle_ms`; replies with how many were evicted.
     Passivate { idle_ms: u64, reply: oneshot::Sender<usize> },
@@ -127,7 +129,6 @@ struct Counters {
     activations: metrics::Counter,
     passivations: metrics::Counter,
     resident: metrics::Gauge,
-    activation_seconds: metrics::Histogram,
 }
 
 impl Counters {
@@ -139,7 +140,6 @@ impl Counters {
             activations: metrics::counter!("vcos_activations_total", "kind" => kind),
             passivations: metrics::counter!("vcos_passivations_total", "kind" => kind),
             resident: metrics::gauge!("vcos_imvus_resident", "kind" => kind),
-            activation_seconds: metrics::histogram!("vcos_activation_seconds", "kind" => kind),
         }
     }
 }
@@ -410,7 +410,6 @@ impl<I: Imvu> Shard<I> {
             }
             return Ok(());
         }
-        let started = std::time::Instant::now();
         let meta_key = records::meta_key(key);
         let meta: ImvuMeta = match self.env.store.get(&meta_key)? {
             Some(bytes) => records::decode(&meta_key, &bytes)?,
@@ -426,7 +425,6 @@ impl<I: Imvu> Shard<I> {
         let tenant = self.env.tenants.get(&key.tenant)?;
         self.insert_cell(key.id.0, tenant, state, meta.lifecycle);
         self.counters.activations.increment(1);
-        self.counters.activation_seconds.record(started.elapsed().as_secs_f64());
         Ok(())
     }
 

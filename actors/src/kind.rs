@@ -78,7 +78,7 @@ impl<I: Imvu> KindRef<I> {
 
     /// Creates an IMVU under a caller-chosen key (ids come from the runtime's allocator).
     pub(crate) async fn create(&self, key: ImvuKey, caller: Caller) -> Result<ImvuInfo, ActorError> {
-        self.request(&key.clone(), |reply| Command::Create { key, caller, reply }).await
+        self.request(&key.clone(), |reply| Command::Create { key, caller: Box::new(caller), reply }).await
     }
 
     /// Asks every shard to passivate IMVUs idle for `idle_ms`; returns how many were evicted.
@@ -140,7 +140,7 @@ impl<I: Imvu> ErasedKind for KindRef<I> {
 
     fn lifecycle(&self, key: ImvuKey, transition: Transition, caller: Caller) -> BoxFuture<'_, Result<ImvuInfo, ActorError>> {
         Box::pin(async move {
-            self.request(&key.clone(), |reply| Command::Lifecycle { key, transition, caller, reply }).await
+            self.request(&key.clone(), |reply| Command::Lifecycle { key, transition, caller: Box::new(caller), reply }).await
         })
     }
 

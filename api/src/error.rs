@@ -111,7 +111,7 @@ fn actor_status(e: &ActorError) -> StatusCode {
         // The kind is part of the request body, not the path: a bad request, not a missing page.
         ActorError::UnknownKind(_) => StatusCode::BAD_REQUEST,
         ActorError::NotFound { .. } => StatusCode::NOT_FOUND,
-        ActorError::IllegalTransition { .. } | ActorError::Terminated(_) => StatusCode::CONFLICT,
+        ActorError::IllegalTransition { .. } | ActorError::Terminated(_) | ActorError::Conflict(_) => StatusCode::CONFLICT,
         ActorError::QueueFull(_) => StatusCode::TOO_MANY_REQUESTS,
         ActorError::HandshakeRefused { .. } => StatusCode::FORBIDDEN,
         ActorError::Crashed { .. } | ActorError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,

@@ -104,6 +104,8 @@ pub async fn serve(
         tokio::time::sleep(SHUTDOWN_DRAIN_MAX).await;
     };
     let result = tokio::select! {
+        // biased: tokio's select RNG is unseeded; every select! in this workspace is biased.
+        biased;
         result = server => result,
         () = drain_expired => {
             tracing::warn!(drain_s = SHUTDOWN_DRAIN_MAX.as_secs(), "requests still in flight after the drain period; cutting them");

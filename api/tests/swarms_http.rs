@@ -316,7 +316,7 @@ async fn votes_reach_a_decision_at_quorum() {
     assert_eq!(status, StatusCode::OK, "{v}");
     assert_eq!(v["decision"], "a", "{v}");
     assert_eq!(v["ballots"].as_object().map(|b| b.len()), Some(3), "{v}");
-    check_error(api.post(&ballots, json!({"member": members[1], "choice": "a"})).await, 409, "illegal_transition", &["decided"]);
+    check_error(api.post(&ballots, json!({"member": members[1], "choice": "a"})).await, 409, "conflict", &["decided"]);
 
     check_error(api.post(&format!("{votes}/999999/ballots"), json!({"member": members[0], "choice": "a"})).await, 404, "not_found", &[]);
     check_error(api.post(&votes, json!({"proposal": "p", "options": ["only"]})).await, 400, "bad_request", &["options"]);

@@ -7,8 +7,8 @@
 //! - [`scenarios`]: workloads and checkers (supervision, swarm, durability).
 //! - [`shrink::shrink`]: a failing plan minimised fault by fault.
 //!
-//! Determinism: one thread; turmoil steps every host's current-thread tokio runtime with a
-//! seeded scheduler RNG (`--cfg tokio_unstable`, set in `.cargo/config.toml`); disks, clocks and
+//! Determinism: one thread; turmoil steps every host's current-thread tokio runtime (FIFO task
+//! order; every `select!` in the workspace is `biased`, so tokio's RNG is never consulted); disks, clocks and
 //! the workload draw from seeded ChaCha RNGs; node state uses ordered maps or fixed-seed
 //! hashers; ractor's global actor ids never reach the trace. See ARCHITECTURE.md.
 

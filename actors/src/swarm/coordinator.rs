@@ -88,10 +88,11 @@ fn strategy(s: SwarmStrategy) -> Strategy {
 /// Validates a spec, creates member IMVUs, records the swarm, starts it.
 pub(crate) async fn create(runtime: &Runtime, tenant: &TenantId, spec: SwarmSpec, caller: &Caller) -> Result<SwarmInfo, ActorError> {
     let bad = |field: &str, reason: String| ActorError::BadRequest { field: field.into(), reason };
-    if spec.members + spec.member_swarms.len() as u32 == 0 {
+    let total_members = u64::from(spec.members) + spec.member_swarms.len() as u64;
+    if total_members == 0 {
         return Err(bad("members", "a swarm needs at least one member (members > 0 or member_swarms)".into()));
     }
-    if spec.members + spec.member_swarms.len() as u32 > SWARM_MEMBERS_MAX {
+    if total_members > u64::from(SWARM_MEMBERS_MAX) {
         return Err(bad("members", format!("at most {SWARM_MEMBERS_MAX} members")));
     }
     if spec.members > 0 && spec.member_kind.is_none() {
@@ -103,6 +104,17 @@ pub(crate) async fn create(runtime: &Runtime, tenant: &TenantId, spec: SwarmSpec
     if spec.max_attempts == 0 {
         return Err(bad("max_attempts", "must be at least 1".into()));
     }
+    let restarts_max = vcos_supervision::constants::INTENSITY_RESTARTS_MAX;
+    if spec.max_restarts > restarts_max {
+        return Err(bad("max_restarts", format!("at most {restarts_max}")));
+    }
+    if spec.restart_period_ms == 0 {
+        return Err(bad("restart_period_ms", "must be positive".into()));
+    }
+    let unique: std::collections::BTreeSet<&u64> = spec.member_swarms.iter().collect();
+    if unique.len() != spec.member_swarms.len() {
+        return Err(bad("member_swarms", "a swarm joins at most once".into()));
+    }
     let mut members = Vec::new();
     for sub in &spec.member_swarms {
         let sub_key = SwarmKey { tenant: tenant.clone(), id: SwarmId(*sub) };
@@ -111,8 +123,19 @@ pub(crate) async fn create(runtime: &Runtime, tenant: &TenantId, spec: SwarmSpec
     }
     if let Some(kind) = &spec.member_kind {
         for _ in 0..spec.members {
-            let info = runtime.create_imvu(tenant, kind, caller).await?;
-            members.push(MemberRef::Imvu(info.key.id.0));
+            match runtime.create_imvu(tenant, kind, caller).await {
+                Ok(info) => members.push(MemberRef::Imvu(info.key.id.0)),
+                Err(e) => {
+                    // No half-made swarms: terminate the members created so far.
+                    for member in &members {
+                        if let MemberRef::Imvu(id) = member {
+                            let key = ImvuKey { tenant: *tenant, id: ImvuId(*id) };
+                            let _ = runtime.transition(&key, crate::lifecycle::Transition::Terminate, caller).await;
+                        }
+                    }
+                    return Err(e);
+                }
+            }
         }
     }
     let key = SwarmKey { tenant: tenant.clone(), id: SwarmId(runtime.allocate_id().await?) };
@@ -487,8 +510,8 @@ impl Coordinator {
             return Err(ActorError::BadRequest { field: "member".into(), reason: format!("{member} is not a member of {}", self.key) });
         }
         let mut record = self.votes.get(&vote).cloned().ok_or_else(|| ActorError::not_found("vote", vote))?;
-        if record.decision.is_some() {
-            return Err(ActorError::IllegalTransition { transition: crate::lifecycle::Transition::Terminate, current: format!("vote {vote} already decided") });
+        if let Some(decision) = &record.decision {
+            return Err(ActorError::Conflict(format!("vote {vote} is already decided: {decision:?}")));
         }
         if !record.options.contains(&choice) {
             return Err(ActorError::BadRequest { field: "choice".into(), reason: format!("{choice:?} is not one of {:?}", record.options) });

@@ -281,7 +281,7 @@ pub(super) async fn open_vote(
         (status = 401, description = "`unauthorized`: unknown or malformed bearer key", body = ErrorBody),
         (status = 403, description = "`forbidden`: the tenant has a key and the caller did not present it", body = ErrorBody),
         (status = 404, description = "`not_found`: no such tenant, swarm or vote", body = ErrorBody),
-        (status = 409, description = "`illegal_transition`: the vote is already decided", body = ErrorBody),
+        (status = 409, description = "`conflict`: the vote is already decided", body = ErrorBody),
         (status = 413, description = "`too_large`: body over 1 MiB", body = ErrorBody),
         (status = 415, description = "`unsupported_media_type`: the body is declared as something else than JSON", body = ErrorBody),
         (status = 429, description = "`queue_full`: the canon store is overloaded; retry", body = ErrorBody),
