@@ -352,9 +352,10 @@ impl<I: Imvu> Shard<I> {
             transition_counter(transition);
         }
         let state = self.env.behaviour.genesis();
+        let genesis_snapshot = records::encode_state(&state).map_err(|reason| ActorError::BadRequest { field: "kind".into(), reason })?;
         let meta = ImvuMeta { kind: I::KIND.to_owned(), lifecycle: LifecycleState::Active, created_unix_ms: unix_ms };
         writes.push(CanonWrite::Put { key: records::meta_key(key), value: records::encode(&meta) });
-        writes.push(CanonWrite::Put { key: records::snap_key(key), value: records::encode(&state) });
+        writes.push(CanonWrite::Put { key: records::snap_key(key), value: genesis_snapshot });
         bump(&tenant.live_imvus, true);
         self.insert_cell(key.id.0, tenant, state, LifecycleState::Active);
         self.cells.get_mut(&key.id.0).expect("just inserted").last_commit = self.commit_seq + 1;
@@ -487,20 +488,25 @@ impl<I: Imvu> Shard<I> {
         cell.last_used_ms = now_ms;
         let mut ctx = Context { key: &key, unix_ms, stop_requested: false };
         let state = &mut *cell.state;
+        let every_message = behaviour.persistence() == Persistence::EveryMessage;
         let outcome = quiet_panic::catch(|| {
             if crate::failpoints::handler_should_panic(ctx.key) {
                 panic!("failpoint: injected handler panic");
             }
-            behaviour.handle(state, msg, &mut ctx)
+            let reply = behaviour.handle(state, msg, &mut ctx);
+            // Encoding runs the author's `Serialize`: inside the catch, so its failure is this
+            // IMVU's crash, like a panic in `handle`.
+            let snapshot = every_message.then(|| records::encode_state(&*state)).transpose();
+            match snapshot {
+                Ok(snapshot) => (reply, snapshot),
+                Err(reason) => panic!("{reason}"),
+            }
         });
         let stop_requested = ctx.stop_requested;
         match outcome {
-            Ok(value) => {
-                if behaviour.persistence() == Persistence::EveryMessage {
-                    let writes = vec![CanonWrite::Put {
-                        key: records::snap_key(&key),
-                        value: records::encode(&*cell.state),
-                    }];
+            Ok((value, snapshot)) => {
+                if let Some(snapshot) = snapshot {
+                    let writes = vec![CanonWrite::Put { key: records::snap_key(&key), value: snapshot }];
                     cell.last_commit = self.commit_seq + 1;
                     match reply {
                         Some(reply) => self.commit_then(&key, writes, value, reply),
@@ -682,7 +688,13 @@ impl<I: Imvu> Shard<I> {
         }
         cell.lifecycle = to;
         cell.last_used_ms = now_ms;
-        let snapshot = records::encode(&*cell.state);
+        let snapshot = match records::encode_state(&*cell.state) {
+            Ok(snapshot) => snapshot,
+            Err(reason) => {
+                let _ = reply.send(Err(ActorError::Crashed { key: key.to_string(), reason }));
+                return;
+            }
+        };
         if to == LifecycleState::Terminated {
             record.final_state = serde_json::from_slice(&snapshot).ok();
         }
@@ -749,13 +761,21 @@ impl<I: Imvu> Shard<I> {
             .collect();
         candidates.sort_unstable();
         if lifecycle_only {
-            // Their state is only in memory: write it before letting go.
-            for id in &candidates {
-                let cell = &self.cells[id];
-                let key = ImvuKey { tenant: cell.tenant.id.clone(), id: ImvuId(*id) };
-                let writes = vec![CanonWrite::Put { key: records::snap_key(&key), value: records::encode(&*cell.state) }];
-                self.commit_silently(writes, key);
+            // Their state is only in memory: write it before letting go. One whose state
+            // cannot be encoded stays resident.
+            let mut writable = Vec::with_capacity(candidates.len());
+            for id in candidates {
+                let cell = &self.cells[&id];
+                let key = ImvuKey { tenant: cell.tenant.id, id: ImvuId(id) };
+                match records::encode_state(&*cell.state) {
+                    Ok(snapshot) => {
+                        self.commit_silently(vec![CanonWrite::Put { key: records::snap_key(&key), value: snapshot }], key);
+                        writable.push(id);
+                    }
+                    Err(reason) => tracing::error!(%key, %reason, "cannot passivate"),
+                }
             }
+            candidates = writable;
         }
         self.wait_durable();
         for id in &candidates {

@@ -134,6 +134,12 @@ pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).expect("canon records are plain data and always serialise")
 }
 
+/// JSON-encodes an author's state. Authors' `Serialize` impls may fail (a map with non-string
+/// keys, a custom impl): that is the author's error, reported, never a panic of the host.
+pub fn encode_state<T: Serialize>(state: &T) -> Result<Vec<u8>, String> {
+    serde_json::to_vec(state).map_err(|e| format!("state does not serialise: {e}"))
+}
+
 /// Decodes a record read from canon; a bad record is reported with its key.
 pub fn decode<T: serde::de::DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StoreError> {
     serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt { key: key.to_owned(), reason: e.to_string() })

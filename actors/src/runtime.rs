@@ -38,6 +38,8 @@ pub(crate) const ID_BLOCK_LEN: u64 = 4096;
 /// Longest history returned in one read.
 pub(crate) const HISTORY_LEN_MAX: usize = 10_000;
 const NEXT_ID_KEY: &str = "node/next_id";
+/// Tenants one node holds, at most.
+pub(crate) const TENANTS_MAX: usize = 10_000;
 
 /// How the runtime is put together.
 #[derive(Clone)]
@@ -320,6 +322,9 @@ impl Runtime {
     /// Creates (or replaces the policy of) a tenant; durable before it returns.
     pub async fn put_tenant(&self, id: TenantId, policy: TenantPolicy) -> Result<Arc<TenantEntry>, ActorError> {
         policy.validate()?;
+        if self.inner.tenants.get(&id).is_err() && self.inner.tenants.list().len() >= TENANTS_MAX {
+            return Err(ActorError::QueueFull(format!("the node holds {TENANTS_MAX} tenants, its limit")));
+        }
         commit_durable(
             &**self.store(),
             vec![CanonWrite::Put { key: records::tenant_key(&id), value: records::encode(&policy) }],

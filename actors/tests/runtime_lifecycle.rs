@@ -157,3 +157,48 @@ async fn state_survives_a_restart_from_disk() {
     assert_eq!(rt.tenant(&TenantId::default_tenant()).expect("tenant").live_imvus.load(std::sync::atomic::Ordering::Relaxed), 3);
     rt.shutdown().await;
 }
+
+/// A state whose author-written `Serialize` fails on 13.
+struct Unlucky;
+
+#[derive(serde::Deserialize)]
+struct UnluckyState(i64);
+
+impl serde::Serialize for UnluckyState {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.0 == 13 {
+            return Err(serde::ser::Error::custom("13 is unlucky"));
+        }
+        s.serialize_i64(self.0)
+    }
+}
+
+impl vcos_actors::Imvu for Unlucky {
+    const KIND: &'static str = "unlucky";
+    type State = UnluckyState;
+    type Msg = i64;
+    type Reply = i64;
+    fn genesis(&self) -> UnluckyState {
+        UnluckyState(0)
+    }
+    fn handle(&self, s: &mut UnluckyState, n: i64, _ctx: &mut vcos_actors::Context<'_>) -> i64 {
+        s.0 += n;
+        s.0
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_that_cannot_serialise_is_a_crash_not_a_dead_host() {
+    let config = RuntimeConfig::new(Arc::new(MemoryStore::new()), Arc::new(SystemClock::new()));
+    let rt = Runtime::builder(config).kind(Unlucky).start().await.expect("start");
+    let t = TenantId::default_tenant();
+    rt.ensure_tenant(t, TenantPolicy::default()).await.expect("tenant");
+    let key = rt.create_imvu(&t, "unlucky", &caller()).await.expect("create").key;
+    assert_eq!(rt.ask_json(&key, json!(10)).await.expect("10"), json!(10));
+    let err = rt.ask_json(&key, json!(3)).await.unwrap_err();
+    assert!(matches!(err, ActorError::Crashed { .. }), "{err}");
+    assert!(err.to_string().contains("unlucky"), "{err}");
+    // Restarted from the last durable snapshot (10), and the shard still serves.
+    assert_eq!(rt.ask_json(&key, json!(1)).await.expect("after"), json!(11));
+    rt.shutdown().await;
+}

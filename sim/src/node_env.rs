@@ -1,11 +1,11 @@
 //! What a simulated node sees of the world: its clock and its disk, both steered by the fault
 //! plan, both surviving the node's crashes (they are the machine, not the process).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use vcos_actors::store::{appended_key, CanonStore, CanonWrite, Completion, StoreError};
+use vcos_actors::store::{CanonStore, CanonWrite, Completion, OrderedKv, StoreError};
 use vcos_supervision::Clock;
 
 /// Fsync latency of a healthy simulated disk.
@@ -61,8 +61,7 @@ struct Pending {
 
 #[derive(Default)]
 struct DiskState {
-    synced: BTreeMap<String, Vec<u8>>,
-    index: u64,
+    synced: OrderedKv,
     pending: VecDeque<Pending>,
     fsyncs: u64,
     failed_fsyncs: u64,
@@ -159,22 +158,7 @@ impl SimStore {
             } else {
                 state.fsyncs += 1;
                 for p in pending {
-                    for write in p.writes {
-                        match write {
-                            CanonWrite::Put { key, value } => {
-                                state.synced.insert(key, value);
-                            }
-                            CanonWrite::Delete { key } => {
-                                state.synced.remove(&key);
-                            }
-                            CanonWrite::Append { prefix, value } => {
-                                state.index += 1;
-                                let key = appended_key(&prefix, state.index);
-                                state.synced.insert(key, value);
-                            }
-                        }
-                    }
-                    let index = state.index;
+                    let index = state.synced.apply(p.writes);
                     if let Some(done) = p.done {
                         callbacks.push((done, Ok(index)));
                     }
@@ -192,13 +176,13 @@ impl CanonStore for SimStore {
         if writes.is_empty() {
             // A barrier: flush now (the caller may be blocking its thread on it).
             self.flush();
-            let index = lock(&self.disk.state).index;
+            let index = lock(&self.disk.state).synced.index();
             done(Ok(index));
             return;
         }
         if lock(&self.faults).ack_before_fsync {
             // Planted bug: acknowledge first, make durable later (or never, on a crash).
-            let index = lock(&self.disk.state).index;
+            let index = lock(&self.disk.state).synced.index();
             lock(&self.disk.state).pending.push_back(Pending { writes, done: None });
             done(Ok(index));
             return;
@@ -207,21 +191,10 @@ impl CanonStore for SimStore {
     }
 
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(lock(&self.disk.state).synced.get(key).cloned())
+        Ok(lock(&self.disk.state).synced.get(key))
     }
 
     fn scan_prefix(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        let state = lock(&self.disk.state);
-        let start = match after {
-            Some(after) => std::ops::Bound::Excluded(after.to_owned()),
-            None => std::ops::Bound::Included(prefix.to_owned()),
-        };
-        Ok(state
-            .synced
-            .range((start, std::ops::Bound::Unbounded))
-            .take_while(|(k, _)| k.starts_with(prefix))
-            .take(limit)
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect())
+        Ok(lock(&self.disk.state).synced.scan_prefix(prefix, after, limit))
     }
 }

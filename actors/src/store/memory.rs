@@ -1,22 +1,80 @@
-//! An in-memory `CanonStore`: same contract as the durable one minus durability across process
-//! restarts. Used by benchmarks of the actor layer alone, by unit tests and as the base of the
-//! simulator's disk.
+//! In-memory canon: [`OrderedKv`], the ordered map with canon's write semantics (shared with
+//! the simulator's disk), and [`MemoryStore`], a `CanonStore` over it — same contract as the
+//! durable store minus surviving a process restart. Used by unit tests and embedders that keep
+//! canon elsewhere.
 
 use std::collections::BTreeMap;
+use std::ops::Bound;
 use std::sync::Mutex;
 
 use super::{appended_key, CanonStore, CanonWrite, Completion, StoreError};
 
-/// A `BTreeMap` behind a mutex, with the canon index counter.
-#[derive(Default)]
-pub struct MemoryStore {
-    inner: Mutex<Inner>,
-}
-
-#[derive(Default)]
-struct Inner {
+/// An ordered key-value map plus the canon index counter, applying [`CanonWrite`]s.
+#[derive(Clone, Debug, Default)]
+pub struct OrderedKv {
     kv: BTreeMap<String, Vec<u8>>,
     index: u64,
+}
+
+impl OrderedKv {
+    /// Applies one commit; returns the canon index after it.
+    pub fn apply(&mut self, writes: Vec<CanonWrite>) -> u64 {
+        for write in writes {
+            match write {
+                CanonWrite::Put { key, value } => {
+                    self.kv.insert(key, value);
+                }
+                CanonWrite::Delete { key } => {
+                    self.kv.remove(&key);
+                }
+                CanonWrite::Append { prefix, value } => {
+                    self.index += 1;
+                    self.kv.insert(appended_key(&prefix, self.index), value);
+                }
+            }
+        }
+        self.index
+    }
+
+    /// The canon index of the last appended record.
+    pub fn index(&self) -> u64 {
+        self.index
+    }
+
+    /// One key.
+    pub fn get(&self, key: &str) -> Option<Vec<u8>> {
+        self.kv.get(key).cloned()
+    }
+
+    /// Up to `limit` keys with `prefix`, in order, strictly after `after`.
+    pub fn scan_prefix(&self, prefix: &str, after: Option<&str>, limit: usize) -> Vec<(String, Vec<u8>)> {
+        let start = match after {
+            Some(after) => Bound::Excluded(after.to_owned()),
+            None => Bound::Included(prefix.to_owned()),
+        };
+        self.kv
+            .range((start, Bound::Unbounded))
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .take(limit)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    /// Number of keys.
+    pub fn len(&self) -> usize {
+        self.kv.len()
+    }
+
+    /// Whether no key is held.
+    pub fn is_empty(&self) -> bool {
+        self.kv.is_empty()
+    }
+}
+
+/// An [`OrderedKv`] behind a mutex.
+#[derive(Default)]
+pub struct MemoryStore {
+    inner: Mutex<OrderedKv>,
 }
 
 impl MemoryStore {
@@ -27,7 +85,7 @@ impl MemoryStore {
 
     /// Number of keys held.
     pub fn len(&self) -> usize {
-        self.lock().kv.len()
+        self.lock().len()
     }
 
     /// Whether no key is held.
@@ -35,7 +93,7 @@ impl MemoryStore {
         self.len() == 0
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, OrderedKv> {
         // A panic while holding this lock can only come from a bug in this file; the map is
         // never left half-updated (each write is a single insert/remove), so keep going.
         self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -44,49 +102,15 @@ impl MemoryStore {
 
 impl CanonStore for MemoryStore {
     fn commit(&self, writes: Vec<CanonWrite>, done: Completion) {
-        let last = {
-            let mut inner = self.lock();
-            for write in writes {
-                match write {
-                    CanonWrite::Put { key, value } => {
-                        inner.kv.insert(key, value);
-                    }
-                    CanonWrite::Delete { key } => {
-                        inner.kv.remove(&key);
-                    }
-                    CanonWrite::Append { prefix, value } => {
-                        inner.index += 1;
-                        let key = appended_key(&prefix, inner.index);
-                        inner.kv.insert(key, value);
-                    }
-                }
-            }
-            inner.index
-        };
+        let last = self.lock().apply(writes);
         done(Ok(last));
     }
 
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.lock().kv.get(key).cloned())
+        Ok(self.lock().get(key))
     }
 
-    fn scan_prefix(
-        &self,
-        prefix: &str,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        let inner = self.lock();
-        let start = match after {
-            Some(after) => std::ops::Bound::Excluded(after.to_owned()),
-            None => std::ops::Bound::Included(prefix.to_owned()),
-        };
-        Ok(inner
-            .kv
-            .range((start, std::ops::Bound::Unbounded))
-            .take_while(|(k, _)| k.starts_with(prefix))
-            .take(limit)
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect())
+    fn scan_prefix(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        Ok(self.lock().scan_prefix(prefix, after, limit))
     }
 }

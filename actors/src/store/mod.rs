@@ -12,7 +12,7 @@
 mod memory;
 mod redb_store;
 
-pub use memory::MemoryStore;
+pub use memory::{MemoryStore, OrderedKv};
 pub use redb_store::{RedbStore, CACHE_BYTES_DEFAULT};
 
 /// Errors from a canon store.
