@@ -33,7 +33,7 @@ pub use ids::{Caller, ImvuId, ImvuKey, SwarmId, SwarmKey, TenantId};
 pub use imvu::{Context, Imvu, Persistence};
 pub use kind::{BoxFuture, ErasedKind, KindRef};
 pub use lifecycle::{LifecycleState, Transition};
-pub use runtime::{KindInfo, Runtime, RuntimeBuilder, RuntimeConfig};
+pub use runtime::{KindInfo, Runtime, RuntimeBuilder, RuntimeConfig, ESCALATIONS_PREFIX};
 pub use store::{CanonStore, CanonWrite, MemoryStore, RedbStore, StoreError};
 pub use tenants::{TenantEntry, TenantPolicy};
 pub use vcos_supervision::{Clock, ManualClock, RestartType, SystemClock};

@@ -38,6 +38,8 @@ pub(crate) const ID_BLOCK_LEN: u64 = 4096;
 /// Longest history returned in one read.
 pub(crate) const HISTORY_LEN_MAX: usize = 10_000;
 const NEXT_ID_KEY: &str = "node/next_id";
+/// Where the node records escalations that reached its root supervisor.
+pub const ESCALATIONS_PREFIX: &str = "node/escalations/";
 /// Tenants one node holds, at most.
 pub(crate) const TENANTS_MAX: usize = 10_000;
 
@@ -155,8 +157,17 @@ impl RuntimeBuilder {
             let escalated = escalated.clone();
             let escalation = escalation.clone();
             let node = node.clone();
+            let store = config.store.clone();
+            let clock = config.clock.clone();
             Arc::new(move |reason: String| {
                 tracing::error!(%reason, "root supervisor escalated: restart intensity exceeded at the top of the tree; stopping the node");
+                // Recorded in canon; the store drains its queue before it closes, and nobody
+                // waits on this completion.
+                let record = serde_json::json!({ "reason": reason, "unix_ms": clock.unix_ms() });
+                store.commit(
+                    vec![CanonWrite::Append { prefix: ESCALATIONS_PREFIX.into(), value: records::encode(&record) }],
+                    Box::new(|_| {}),
+                );
                 node.shutting_down.store(true, Ordering::SeqCst);
                 *escalation.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason);
                 escalated.notify_waiters();

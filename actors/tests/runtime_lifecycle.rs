@@ -202,3 +202,37 @@ async fn a_state_that_cannot_serialise_is_a_crash_not_a_dead_host() {
     assert_eq!(rt.ask_json(&key, json!(1)).await.expect("after"), json!(11));
     rt.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn escalation_climbs_to_the_root_which_records_it_and_stops_the_node() {
+    let store = Arc::new(MemoryStore::new());
+    let mut config = RuntimeConfig::new(store.clone(), Arc::new(SystemClock::new()));
+    config.shards_per_kind = 1;
+    // Every level gives up at its first failure: tenant → shard → root.
+    config.shard_intensity = vcos_supervision::Intensity { max_restarts: 0, period_ms: 60_000 };
+    config.root_intensity = vcos_supervision::Intensity { max_restarts: 0, period_ms: 60_000 };
+    let rt = Runtime::builder(config).kind(Counter).start().await.expect("start");
+    let fragile = TenantId::new("fragile").expect("name");
+    rt.put_tenant(fragile, TenantPolicy { max_restarts: 1, restart_period_ms: 60_000, ..Default::default() }).await.expect("tenant");
+    let me = Caller::internal(&fragile, "test");
+    let key = rt.create_imvu(&fragile, "counter", &me).await.expect("create").key;
+    // First crash: restarted (1 of 1 allowed). Second: the tenant supervisor escalates.
+    for _ in 0..2 {
+        let err = rt.ask_json(&key, json!({"op":"crash"})).await.unwrap_err();
+        assert!(matches!(err, ActorError::Crashed { .. }), "{err}");
+    }
+    let reason = tokio::time::timeout(Duration::from_secs(10), rt.escalated()).await.expect("root escalates");
+    assert!(reason.contains("shard supervisor"), "{reason}");
+    assert!(rt.node().shutting_down.load(std::sync::atomic::Ordering::SeqCst));
+    let recorded = store.scan_prefix(vcos_actors::ESCALATIONS_PREFIX, None, 10).expect("scan");
+    assert_eq!(recorded.len(), 1, "the root records its escalation in canon");
+    let history = rt.history(&key).expect("history");
+    let decisions: Vec<String> = history
+        .iter()
+        .filter_map(|e| match &e.record {
+            HistoryEvent::Supervision(s) => Some(s.decision.clone()),
+            HistoryEvent::Transition(_) => None,
+        })
+        .collect();
+    assert_eq!(decisions, vec!["restarted".to_owned(), "escalated".to_owned()]);
+}
