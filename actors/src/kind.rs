@@ -48,7 +48,18 @@ impl<I: Imvu> KindRef<I> {
 
     /// Sends without waiting for a reply; waits for room in the mailbox (back-pressure).
     pub async fn tell(&self, key: &ImvuKey, msg: I::Msg) -> Result<(), ActorError> {
-        self.shard(key).send(Command::Tell { key: key.clone(), msg }).await.map_err(unavailable)
+        self.send(key, Command::Tell { key: *key, msg }).await
+    }
+
+    /// Enqueues a command: the non-blocking path first (no permit future to build and poll when
+    /// there is room, which is almost always), waiting only when the mailbox is full.
+    async fn send(&self, key: &ImvuKey, command: Command<I>) -> Result<(), ActorError> {
+        let shard = self.shard(key);
+        match shard.try_send(command) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(command)) => shard.send(command).await.map_err(unavailable),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(unavailable(())),
+        }
     }
 
     /// Sends without waiting at all: a full mailbox is `QueueFull`.
@@ -62,7 +73,7 @@ impl<I: Imvu> KindRef<I> {
     /// Sends and waits for the reply (durable first, for `Persistence::EveryMessage`).
     pub async fn ask(&self, key: &ImvuKey, msg: I::Msg) -> Result<I::Reply, ActorError> {
         let (reply, rx) = oneshot::channel();
-        self.shard(key).send(Command::Ask { key: key.clone(), msg, reply }).await.map_err(unavailable)?;
+        self.send(key, Command::Ask { key: *key, msg, reply }).await?;
         rx.await.map_err(unavailable)?
     }
 
