@@ -92,14 +92,19 @@ impl ActorError {
     }
 
     pub(crate) fn not_found(what: &'static str, key: impl ToString) -> Self {
-        Self::NotFound { what, key: key.to_string() }
+        Self::NotFound {
+            what,
+            key: key.to_string(),
+        }
     }
 }
 
 impl From<crate::store::StoreError> for ActorError {
     fn from(e: crate::store::StoreError) -> Self {
         match e {
-            crate::store::StoreError::Overloaded => Self::QueueFull("canon store write queue is full".into()),
+            crate::store::StoreError::Overloaded => {
+                Self::QueueFull("canon store write queue is full".into())
+            }
             other => Self::Store(other.to_string()),
         }
     }

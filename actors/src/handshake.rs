@@ -125,14 +125,21 @@ pub struct Handshake {
 impl Handshake {
     /// The built-in check of each stage.
     pub fn standard() -> Self {
-        Self { checks: vec![Arc::new(SystemIntegrityCheck), Arc::new(ComplianceCheck), Arc::new(GovernanceCheck)] }
+        Self {
+            checks: vec![
+                Arc::new(SystemIntegrityCheck),
+                Arc::new(ComplianceCheck),
+                Arc::new(GovernanceCheck),
+            ],
+        }
     }
 
     /// Adds a check; it runs with the others of its stage, after them.
     pub fn with_check(mut self, check: Arc<dyn AdmissionStage>) -> Self {
         self.checks.push(check);
         // Stable sort keeps insertion order within a stage; stages run 55, 45, 17.
-        self.checks.sort_by_key(|c| std::cmp::Reverse(c.stage().number()));
+        self.checks
+            .sort_by_key(|c| std::cmp::Reverse(c.stage().number()));
         self
     }
 
@@ -142,7 +149,10 @@ impl Handshake {
             if let Err(reason) = check.check(request) {
                 metrics::counter!("vcos_handshake_refusals_total", "stage" => check.stage().number().to_string())
                     .increment(1);
-                return HandshakeOutcome::Refused { stage: check.stage(), reason };
+                return HandshakeOutcome::Refused {
+                    stage: check.stage(),
+                    reason,
+                };
             }
         }
         HandshakeOutcome::Admitted
@@ -158,9 +168,15 @@ impl AdmissionStage for SystemIntegrityCheck {
 
     fn check(&self, r: &AdmissionRequest<'_>) -> Result<(), String> {
         if r.entity_tenant != &r.tenant.id {
-            return Err(format!("entity belongs to tenant {} and is isolated from tenant {}", r.entity_tenant, r.tenant.id));
+            return Err(format!(
+                "entity belongs to tenant {} and is isolated from tenant {}",
+                r.entity_tenant, r.tenant.id
+            ));
         }
-        let brings_to_life = matches!(r.transition, Transition::Create | Transition::Activate | Transition::Resume);
+        let brings_to_life = matches!(
+            r.transition,
+            Transition::Create | Transition::Activate | Transition::Resume
+        );
         if brings_to_life && r.node.shutting_down.load(Ordering::Relaxed) {
             return Err("node is shutting down".into());
         }
@@ -169,7 +185,10 @@ impl AdmissionStage for SystemIntegrityCheck {
         }
         let resident = r.node.resident_imvus.load(Ordering::Relaxed);
         if r.transition == Transition::Create && resident >= r.node.resident_imvus_max {
-            return Err(format!("node holds {resident} resident IMVUs, its limit is {}", r.node.resident_imvus_max));
+            return Err(format!(
+                "node holds {resident} resident IMVUs, its limit is {}",
+                r.node.resident_imvus_max
+            ));
         }
         Ok(())
     }
@@ -183,13 +202,21 @@ impl AdmissionStage for ComplianceCheck {
     }
 
     fn check(&self, r: &AdmissionRequest<'_>) -> Result<(), String> {
-        if r.tenant.policy.api_key.is_some() && r.caller.authenticated_tenant.as_ref() != Some(&r.tenant.id) {
-            return Err(format!("caller {:?} is not authorised for tenant {}", r.caller.principal, r.tenant.id));
+        if r.tenant.policy.api_key.is_some()
+            && r.caller.authenticated_tenant.as_ref() != Some(&r.tenant.id)
+        {
+            return Err(format!(
+                "caller {:?} is not authorised for tenant {}",
+                r.caller.principal, r.tenant.id
+            ));
         }
         if r.transition == Transition::Create {
             let live = r.tenant.live_imvus.load(Ordering::Relaxed);
             if live >= r.tenant.policy.max_imvus {
-                return Err(format!("tenant quota exceeded: {live} of {} IMVUs", r.tenant.policy.max_imvus));
+                return Err(format!(
+                    "tenant quota exceeded: {live} of {} IMVUs",
+                    r.tenant.policy.max_imvus
+                ));
             }
         }
         Ok(())
@@ -224,7 +251,9 @@ pub(crate) fn bump(counter: &AtomicU64, up: bool) {
         counter.fetch_add(1, Ordering::Relaxed);
     } else {
         // Saturating: a double decrement is a bug we log rather than wrap.
-        let previous = counter.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| Some(v.saturating_sub(1)));
+        let previous = counter.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+            Some(v.saturating_sub(1))
+        });
         if previous == Ok(0) {
             tracing::warn!("counter decremented below zero");
         }

@@ -20,7 +20,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
-use vcos_supervision::{quiet_panic, ChildSpec, Clock, Directive, ExitReason, Strategy, Supervisor};
+use vcos_supervision::{
+    quiet_panic, ChildSpec, Clock, Directive, ExitReason, Strategy, Supervisor,
+};
 
 use crate::error::ActorError;
 use crate::handshake::{bump, AdmissionRequest, Handshake, HandshakeOutcome, NodeHealth};
@@ -57,15 +59,39 @@ pub struct ImvuInfo {
 pub(crate) enum Command<I: Imvu> {
     // Rare commands box their bulk so that the common ones (tell, ask) stay small: every
     // command is copied into and out of the channel.
-    Create { key: ImvuKey, caller: Box<Caller>, reply: Reply<ImvuInfo> },
-    Tell { key: ImvuKey, msg: I::Msg },
-    Ask { key: ImvuKey, msg: I::Msg, reply: Reply<I::Reply> },
-    Lifecycle { key: ImvuKey, transition: Transition, caller: Box<Caller>, reply: Reply<ImvuInfo> },
-    Inspect { key: ImvuKey, reply: Reply<ImvuInfo> },
+    Create {
+        key: ImvuKey,
+        caller: Box<Caller>,
+        reply: Reply<ImvuInfo>,
+    },
+    Tell {
+        key: ImvuKey,
+        msg: I::Msg,
+    },
+    Ask {
+        key: ImvuKey,
+        msg: I::Msg,
+        reply: Reply<I::Reply>,
+    },
+    Lifecycle {
+        key: ImvuKey,
+        transition: Transition,
+        caller: Box<Caller>,
+        reply: Reply<ImvuInfo>,
+    },
+    Inspect {
+        key: ImvuKey,
+        reply: Reply<ImvuInfo>,
+    },
     /// Evict IMVUs idle for at least `idle_ms`; replies with how many were evicted.
-    Passivate { idle_ms: u64, reply: oneshot::Sender<usize> },
+    Passivate {
+        idle_ms: u64,
+        reply: oneshot::Sender<usize>,
+    },
     /// Drop the in-memory copy (after a failed commit, or a sibling restart in a swarm).
-    Evict { key: ImvuKey },
+    Evict {
+        key: ImvuKey,
+    },
 }
 
 /// A message held while its IMVU is paused.
@@ -145,7 +171,8 @@ impl Counters {
 }
 
 fn transition_counter(t: Transition) {
-    metrics::counter!("vcos_lifecycle_transitions_total", "transition" => t.to_string()).increment(1);
+    metrics::counter!("vcos_lifecycle_transitions_total", "transition" => t.to_string())
+        .increment(1);
 }
 
 impl<I: Imvu> Shard<I> {
@@ -202,7 +229,12 @@ impl<I: Imvu> Shard<I> {
                 }
                 Ok(())
             }
-            Command::Lifecycle { key, transition, caller, reply } => {
+            Command::Lifecycle {
+                key,
+                transition,
+                caller,
+                reply,
+            } => {
                 self.lifecycle(key, transition, &caller, reply);
                 Ok(())
             }
@@ -251,7 +283,13 @@ impl<I: Imvu> Shard<I> {
 
     /// Commits `writes` and sends `value` to `reply` once they are durable. A failed commit
     /// evicts the IMVU (memory may be ahead of canon) and reports the error.
-    fn commit_then<T: Send + 'static>(&mut self, key: &ImvuKey, writes: Vec<CanonWrite>, value: T, reply: Reply<T>) {
+    fn commit_then<T: Send + 'static>(
+        &mut self,
+        key: &ImvuKey,
+        writes: Vec<CanonWrite>,
+        value: T,
+        reply: Reply<T>,
+    ) {
         let done = self.completion(Some(key.clone()), move |result| {
             let _ = reply.send(result.map(|()| value));
         });
@@ -313,13 +351,21 @@ impl<I: Imvu> Shard<I> {
         let _ = commit_durable_blocking(&*self.env.store, Vec::new());
     }
 
-    fn create(&mut self, key: &ImvuKey, caller: &Caller) -> Result<(Vec<CanonWrite>, ImvuInfo), ActorError> {
+    fn create(
+        &mut self,
+        key: &ImvuKey,
+        caller: &Caller,
+    ) -> Result<(Vec<CanonWrite>, ImvuInfo), ActorError> {
         let tenant = self.env.tenants.get(&key.tenant)?;
         let unix_ms = self.unix_ms();
         let mut writes = Vec::with_capacity(4);
         for (transition, from, to) in [
             (Transition::Create, None, LifecycleState::Genesis),
-            (Transition::Activate, Some(LifecycleState::Genesis), LifecycleState::Active),
+            (
+                Transition::Activate,
+                Some(LifecycleState::Genesis),
+                LifecycleState::Active,
+            ),
         ] {
             let outcome = self.admit(&tenant, &key.tenant, transition, caller);
             let refused = outcome != HandshakeOutcome::Admitted;
@@ -340,10 +386,17 @@ impl<I: Imvu> Shard<I> {
                     records::history_prefix(key)
                 };
                 self.commit_silently(
-                    vec![CanonWrite::Append { prefix, value: records::encode(&HistoryEvent::Transition(record)) }],
+                    vec![CanonWrite::Append {
+                        prefix,
+                        value: records::encode(&HistoryEvent::Transition(record)),
+                    }],
                     key.clone(),
                 );
-                return Err(ActorError::HandshakeRefused { stage, transition, reason });
+                return Err(ActorError::HandshakeRefused {
+                    stage,
+                    transition,
+                    reason,
+                });
             }
             writes.push(CanonWrite::Append {
                 prefix: records::history_prefix(key),
@@ -352,18 +405,41 @@ impl<I: Imvu> Shard<I> {
             transition_counter(transition);
         }
         let state = self.env.behaviour.genesis();
-        let genesis_snapshot = records::encode_state(&state).map_err(|reason| ActorError::BadRequest { field: "kind".into(), reason })?;
-        let meta = ImvuMeta { kind: I::KIND.to_owned(), lifecycle: LifecycleState::Active, created_unix_ms: unix_ms };
-        writes.push(CanonWrite::Put { key: records::meta_key(key), value: records::encode(&meta) });
-        writes.push(CanonWrite::Put { key: records::snap_key(key), value: genesis_snapshot });
+        let genesis_snapshot =
+            records::encode_state(&state).map_err(|reason| ActorError::BadRequest {
+                field: "kind".into(),
+                reason,
+            })?;
+        let meta = ImvuMeta {
+            kind: I::KIND.to_owned(),
+            lifecycle: LifecycleState::Active,
+            created_unix_ms: unix_ms,
+        };
+        writes.push(CanonWrite::Put {
+            key: records::meta_key(key),
+            value: records::encode(&meta),
+        });
+        writes.push(CanonWrite::Put {
+            key: records::snap_key(key),
+            value: genesis_snapshot,
+        });
         bump(&tenant.live_imvus, true);
         self.insert_cell(key.id.0, tenant, state, LifecycleState::Active);
-        self.cells.get_mut(&key.id.0).expect("just inserted").last_commit = self.commit_seq + 1;
+        self.cells
+            .get_mut(&key.id.0)
+            .expect("just inserted")
+            .last_commit = self.commit_seq + 1;
         let info = self.info(key);
         Ok((writes, info))
     }
 
-    fn admit(&self, tenant: &TenantEntry, entity_tenant: &TenantId, transition: Transition, caller: &Caller) -> HandshakeOutcome {
+    fn admit(
+        &self,
+        tenant: &TenantEntry,
+        entity_tenant: &TenantId,
+        transition: Transition,
+        caller: &Caller,
+    ) -> HandshakeOutcome {
         self.env.handshake.admit(&AdmissionRequest {
             transition,
             tenant,
@@ -374,8 +450,20 @@ impl<I: Imvu> Shard<I> {
         })
     }
 
-    fn insert_cell(&mut self, id: u64, tenant: Arc<TenantEntry>, state: I::State, lifecycle: LifecycleState) {
-        let cell = Cell { tenant, state: Box::new(state), last_commit: 0, last_used_ms: self.now_ms(), lifecycle };
+    fn insert_cell(
+        &mut self,
+        id: u64,
+        tenant: Arc<TenantEntry>,
+        state: I::State,
+        lifecycle: LifecycleState,
+    ) {
+        let cell = Cell {
+            tenant,
+            state: Box::new(state),
+            last_commit: 0,
+            last_used_ms: self.now_ms(),
+            lifecycle,
+        };
         if self.cells.insert(id, cell).is_none() {
             self.env.node.resident_imvus.fetch_add(1, Ordering::Relaxed);
             self.counters.resident.increment(1.0);
@@ -437,9 +525,18 @@ impl<I: Imvu> Shard<I> {
         }
     }
 
-    fn deliver(&mut self, key: ImvuKey, msg: I::Msg, reply: Option<Reply<I::Reply>>) -> Result<(), String> {
+    fn deliver(
+        &mut self,
+        key: ImvuKey,
+        msg: I::Msg,
+        reply: Option<Reply<I::Reply>>,
+    ) -> Result<(), String> {
         // Fast path: resident, active, this tenant's.
-        if self.cells.get(&key.id.0).is_some_and(|c| c.lifecycle == LifecycleState::Active && c.tenant.id == key.tenant) {
+        if self
+            .cells
+            .get(&key.id.0)
+            .is_some_and(|c| c.lifecycle == LifecycleState::Active && c.tenant.id == key.tenant)
+        {
             return self.run_handler(key, msg, reply);
         }
         if let Err(e) = self.ensure_resident(&key) {
@@ -449,7 +546,10 @@ impl<I: Imvu> Shard<I> {
             return Ok(());
         }
         let id = key.id.0;
-        let lifecycle = self.cells.get(&id).map_or(LifecycleState::Terminated, |c| c.lifecycle);
+        let lifecycle = self
+            .cells
+            .get(&id)
+            .map_or(LifecycleState::Terminated, |c| c.lifecycle);
         match lifecycle {
             LifecycleState::Active => self.run_handler(key, msg, reply),
             LifecycleState::Paused => {
@@ -480,13 +580,25 @@ impl<I: Imvu> Shard<I> {
         }
     }
 
-    fn run_handler(&mut self, key: ImvuKey, msg: I::Msg, reply: Option<Reply<I::Reply>>) -> Result<(), String> {
+    fn run_handler(
+        &mut self,
+        key: ImvuKey,
+        msg: I::Msg,
+        reply: Option<Reply<I::Reply>>,
+    ) -> Result<(), String> {
         let now_ms = self.now_ms();
         let unix_ms = self.unix_ms();
         let behaviour = &*self.env.behaviour;
-        let cell = self.cells.get_mut(&key.id.0).expect("resident: checked by deliver");
+        let cell = self
+            .cells
+            .get_mut(&key.id.0)
+            .expect("resident: checked by deliver");
         cell.last_used_ms = now_ms;
-        let mut ctx = Context { key: &key, unix_ms, stop_requested: false };
+        let mut ctx = Context {
+            key: &key,
+            unix_ms,
+            stop_requested: false,
+        };
         let state = &mut *cell.state;
         let every_message = behaviour.persistence() == Persistence::EveryMessage;
         let outcome = quiet_panic::catch(|| {
@@ -496,7 +608,9 @@ impl<I: Imvu> Shard<I> {
             let reply = behaviour.handle(state, msg, &mut ctx);
             // Encoding runs the author's `Serialize`: inside the catch, so its failure is this
             // IMVU's crash, like a panic in `handle`.
-            let snapshot = every_message.then(|| records::encode_state(&*state)).transpose();
+            let snapshot = every_message
+                .then(|| records::encode_state(&*state))
+                .transpose();
             match snapshot {
                 Ok(snapshot) => (reply, snapshot),
                 Err(reason) => panic!("{reason}"),
@@ -506,7 +620,10 @@ impl<I: Imvu> Shard<I> {
         match outcome {
             Ok((value, snapshot)) => {
                 if let Some(snapshot) = snapshot {
-                    let writes = vec![CanonWrite::Put { key: records::snap_key(&key), value: snapshot }];
+                    let writes = vec![CanonWrite::Put {
+                        key: records::snap_key(&key),
+                        value: snapshot,
+                    }];
                     cell.last_commit = self.commit_seq + 1;
                     match reply {
                         Some(reply) => self.commit_then(&key, writes, value, reply),
@@ -525,7 +642,10 @@ impl<I: Imvu> Shard<I> {
             Err(reason) => {
                 self.counters.crashes.increment(1);
                 if let Some(reply) = reply {
-                    let _ = reply.send(Err(ActorError::Crashed { key: key.to_string(), reason: reason.clone() }));
+                    let _ = reply.send(Err(ActorError::Crashed {
+                        key: key.to_string(),
+                        reason: reason.clone(),
+                    }));
                 }
                 self.supervise_crash(key, reason)
             }
@@ -542,9 +662,14 @@ impl<I: Imvu> Shard<I> {
             .or_insert_with(|| Supervisor::new(Strategy::OneForOne, tenant.policy.intensity()));
         // One-for-one needs no list of siblings, so an IMVU joins its supervisor only while it
         // is being handled: the supervisor holds the restart window, not a million children.
-        let spec = ChildSpec { id: key.id, restart: self.env.behaviour.restart(), shutdown_timeout_ms: 0 };
+        let spec = ChildSpec {
+            id: key.id,
+            restart: self.env.behaviour.restart(),
+            shutdown_timeout_ms: 0,
+        };
         let _ = supervisor.add_child(spec);
-        let mut directive = supervisor.handle_child_exit(now_ms, &key.id, ExitReason::Failed(reason.clone()));
+        let mut directive =
+            supervisor.handle_child_exit(now_ms, &key.id, ExitReason::Failed(reason.clone()));
         supervisor.remove_child(&key.id);
         let restarts_in_window = match directive {
             // An escalation's window is the one that overflowed.
@@ -554,7 +679,10 @@ impl<I: Imvu> Shard<I> {
         if crate::failpoints::ignore_intensity() {
             if let Directive::Escalate { .. } = directive {
                 // Planted bug (simulator only): keep restarting past the intensity.
-                directive = Directive::Restart { stop: Vec::new(), start: vec![key.id] };
+                directive = Directive::Restart {
+                    stop: Vec::new(),
+                    start: vec![key.id],
+                };
                 self.tenant_supervisors.remove(&key.tenant);
             }
         }
@@ -562,13 +690,29 @@ impl<I: Imvu> Shard<I> {
         match directive {
             Directive::Restart { .. } => {
                 self.restart_from_canon(&key)?;
-                self.record(&key, HistoryEvent::Supervision(SupervisionRecord { reason, decision: "restarted".into(), restarts_in_window, unix_ms }));
+                self.record(
+                    &key,
+                    HistoryEvent::Supervision(SupervisionRecord {
+                        reason,
+                        decision: "restarted".into(),
+                        restarts_in_window,
+                        unix_ms,
+                    }),
+                );
                 Ok(())
             }
             Directive::Ignore => {
                 // Temporary (or transient exiting abnormally is restarted above): stays down,
                 // which for an entity means terminated, final state = last durable snapshot.
-                self.record(&key, HistoryEvent::Supervision(SupervisionRecord { reason, decision: "stopped".into(), restarts_in_window, unix_ms }));
+                self.record(
+                    &key,
+                    HistoryEvent::Supervision(SupervisionRecord {
+                        reason,
+                        decision: "stopped".into(),
+                        restarts_in_window,
+                        unix_ms,
+                    }),
+                );
                 let caller = Caller::internal(&key.tenant, "supervisor");
                 let (tx, _rx) = oneshot::channel();
                 self.restart_from_canon(&key)?;
@@ -576,8 +720,22 @@ impl<I: Imvu> Shard<I> {
                 Ok(())
             }
             Directive::Escalate { reason: why, .. } => {
-                self.record(&key, HistoryEvent::Supervision(SupervisionRecord { reason: reason.clone(), decision: "escalated".into(), restarts_in_window, unix_ms }));
-                self.escalate_tenant(&key.tenant, format!("tenant {} supervisor: {why}; last crash: {reason}", key.tenant))
+                self.record(
+                    &key,
+                    HistoryEvent::Supervision(SupervisionRecord {
+                        reason: reason.clone(),
+                        decision: "escalated".into(),
+                        restarts_in_window,
+                        unix_ms,
+                    }),
+                );
+                self.escalate_tenant(
+                    &key.tenant,
+                    format!(
+                        "tenant {} supervisor: {why}; last crash: {reason}",
+                        key.tenant
+                    ),
+                )
             }
         }
     }
@@ -587,7 +745,12 @@ impl<I: Imvu> Shard<I> {
     fn escalate_tenant(&mut self, tenant: &TenantId, reason: String) -> Result<(), String> {
         tracing::warn!(%tenant, kind = I::KIND, %reason, "tenant supervisor escalates");
         self.wait_durable();
-        let mut ids: Vec<u64> = self.cells.iter().filter(|(_, c)| &c.tenant.id == tenant).map(|(id, _)| *id).collect();
+        let mut ids: Vec<u64> = self
+            .cells
+            .iter()
+            .filter(|(_, c)| &c.tenant.id == tenant)
+            .map(|(id, _)| *id)
+            .collect();
         ids.sort_unstable_by(|a, b| b.cmp(a));
         for id in ids {
             self.evict(id);
@@ -598,11 +761,18 @@ impl<I: Imvu> Shard<I> {
             restart: vcos_supervision::RestartType::Permanent,
             shutdown_timeout_ms: 0,
         });
-        match self.shard_supervisor.handle_child_exit(self.now_ms(), tenant, ExitReason::Failed(reason.clone())) {
+        match self.shard_supervisor.handle_child_exit(
+            self.now_ms(),
+            tenant,
+            ExitReason::Failed(reason.clone()),
+        ) {
             // Restarting a tenant supervisor is a fresh restart window; its IMVUs come back
             // from canon on their next message.
             Directive::Restart { .. } | Directive::Ignore => Ok(()),
-            Directive::Escalate { reason: why, .. } => Err(format!("{} shard supervisor: {why}; cause: {reason}", I::KIND)),
+            Directive::Escalate { reason: why, .. } => Err(format!(
+                "{} shard supervisor: {why}; cause: {reason}",
+                I::KIND
+            )),
         }
     }
 
@@ -627,14 +797,26 @@ impl<I: Imvu> Shard<I> {
     }
 
     fn record(&mut self, key: &ImvuKey, event: HistoryEvent) {
-        let writes = vec![CanonWrite::Append { prefix: records::history_prefix(key), value: records::encode(&event) }];
+        let writes = vec![CanonWrite::Append {
+            prefix: records::history_prefix(key),
+            value: records::encode(&event),
+        }];
         self.commit_silently(writes, key.clone());
     }
 
-    fn lifecycle(&mut self, key: ImvuKey, transition: Transition, caller: &Caller, reply: Reply<ImvuInfo>) {
+    fn lifecycle(
+        &mut self,
+        key: ImvuKey,
+        transition: Transition,
+        caller: &Caller,
+        reply: Reply<ImvuInfo>,
+    ) {
         if let Err(e) = self.ensure_resident(&key) {
             let e = match e {
-                ActorError::Terminated(_) => ActorError::IllegalTransition { transition, current: "terminated".into() },
+                ActorError::Terminated(_) => ActorError::IllegalTransition {
+                    transition,
+                    current: "terminated".into(),
+                },
                 other => other,
             };
             let _ = reply.send(Err(e));
@@ -670,10 +852,21 @@ impl<I: Imvu> Shard<I> {
                 value: records::encode(&HistoryEvent::Transition(record)),
             }];
             self.commit_silently(writes, key.clone());
-            let _ = reply.send(Err(ActorError::HandshakeRefused { stage, transition, reason }));
+            let _ = reply.send(Err(ActorError::HandshakeRefused {
+                stage,
+                transition,
+                reason,
+            }));
             return;
         }
-        let meta = self.merge_created(&key, ImvuMeta { kind: I::KIND.to_owned(), lifecycle: to, created_unix_ms: 0 });
+        let meta = self.merge_created(
+            &key,
+            ImvuMeta {
+                kind: I::KIND.to_owned(),
+                lifecycle: to,
+                created_unix_ms: 0,
+            },
+        );
         let now_ms = self.now_ms();
         let behaviour = self.env.behaviour.clone();
         let cell = self.cells.get_mut(&id).expect("resident: ensured above");
@@ -691,7 +884,10 @@ impl<I: Imvu> Shard<I> {
         let snapshot = match records::encode_state(&*cell.state) {
             Ok(snapshot) => snapshot,
             Err(reason) => {
-                let _ = reply.send(Err(ActorError::Crashed { key: key.to_string(), reason }));
+                let _ = reply.send(Err(ActorError::Crashed {
+                    key: key.to_string(),
+                    reason,
+                }));
                 return;
             }
         };
@@ -699,9 +895,18 @@ impl<I: Imvu> Shard<I> {
             record.final_state = serde_json::from_slice(&snapshot).ok();
         }
         let writes = vec![
-            CanonWrite::Append { prefix: records::history_prefix(&key), value: records::encode(&HistoryEvent::Transition(record)) },
-            CanonWrite::Put { key: records::meta_key(&key), value: records::encode(&meta) },
-            CanonWrite::Put { key: records::snap_key(&key), value: snapshot },
+            CanonWrite::Append {
+                prefix: records::history_prefix(&key),
+                value: records::encode(&HistoryEvent::Transition(record)),
+            },
+            CanonWrite::Put {
+                key: records::meta_key(&key),
+                value: records::encode(&meta),
+            },
+            CanonWrite::Put {
+                key: records::snap_key(&key),
+                value: snapshot,
+            },
         ];
         cell.last_commit = self.commit_seq + 1;
         transition_counter(transition);
@@ -735,7 +940,9 @@ impl<I: Imvu> Shard<I> {
 
     /// Delivers held messages in arrival order after a resume.
     fn release_held(&mut self, key: &ImvuKey) {
-        let Some(queue) = self.held.remove(&key.id.0) else { return };
+        let Some(queue) = self.held.remove(&key.id.0) else {
+            return;
+        };
         for held in queue {
             // A crash while draining is supervised like any other; escalation out of a resume
             // is reported at the next message (the shard keeps its invariants either way).
@@ -766,10 +973,19 @@ impl<I: Imvu> Shard<I> {
             let mut writable = Vec::with_capacity(candidates.len());
             for id in candidates {
                 let cell = &self.cells[&id];
-                let key = ImvuKey { tenant: cell.tenant.id, id: ImvuId(id) };
+                let key = ImvuKey {
+                    tenant: cell.tenant.id,
+                    id: ImvuId(id),
+                };
                 match records::encode_state(&*cell.state) {
                     Ok(snapshot) => {
-                        self.commit_silently(vec![CanonWrite::Put { key: records::snap_key(&key), value: snapshot }], key);
+                        self.commit_silently(
+                            vec![CanonWrite::Put {
+                                key: records::snap_key(&key),
+                                value: snapshot,
+                            }],
+                            key,
+                        );
                         writable.push(id);
                     }
                     Err(reason) => tracing::error!(%key, %reason, "cannot passivate"),
@@ -781,7 +997,9 @@ impl<I: Imvu> Shard<I> {
         for id in &candidates {
             self.evict(*id);
         }
-        self.counters.passivations.increment(candidates.len() as u64);
+        self.counters
+            .passivations
+            .increment(candidates.len() as u64);
         candidates.len()
     }
 }

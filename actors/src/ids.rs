@@ -22,7 +22,8 @@ pub struct TenantId {
 impl TenantId {
     /// Validates `name` and makes it a tenant id.
     pub fn new(name: &str) -> Result<Self, ActorError> {
-        let valid_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_';
+        let valid_char =
+            |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_';
         if name.is_empty() || name.len() > TENANT_NAME_LEN_MAX || !name.chars().all(valid_char) {
             return Err(ActorError::BadRequest {
                 field: "tenant".into(),
@@ -33,7 +34,10 @@ impl TenantId {
         }
         let mut bytes = [0u8; TENANT_NAME_LEN_MAX];
         bytes[..name.len()].copy_from_slice(name.as_bytes());
-        Ok(Self { len: name.len() as u8, bytes })
+        Ok(Self {
+            len: name.len() as u8,
+            bytes,
+        })
     }
 
     /// The tenant `vcos up` creates on first start.
@@ -43,7 +47,8 @@ impl TenantId {
 
     /// The name as text.
     pub fn as_str(&self) -> &str {
-        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).expect("validated as ASCII in TenantId::new")
+        std::str::from_utf8(&self.bytes[..usize::from(self.len)])
+            .expect("validated as ASCII in TenantId::new")
     }
 }
 
@@ -149,11 +154,17 @@ pub struct Caller {
 impl Caller {
     /// An in-process caller acting for `tenant` (embedders, swarms, tests).
     pub fn internal(tenant: &TenantId, principal: &str) -> Self {
-        Self { authenticated_tenant: Some(tenant.clone()), principal: principal.to_owned() }
+        Self {
+            authenticated_tenant: Some(tenant.clone()),
+            principal: principal.to_owned(),
+        }
     }
 
     /// A caller who presented no key.
     pub fn anonymous(principal: &str) -> Self {
-        Self { authenticated_tenant: None, principal: principal.to_owned() }
+        Self {
+            authenticated_tenant: None,
+            principal: principal.to_owned(),
+        }
     }
 }

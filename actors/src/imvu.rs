@@ -61,7 +61,8 @@ pub trait Imvu: Send + Sync + 'static {
 
     /// Handles one message. A panic here is a crash: the caller gets an error and the
     /// supervisor restarts the instance from its last durable snapshot.
-    fn handle(&self, state: &mut Self::State, msg: Self::Msg, ctx: &mut Context<'_>) -> Self::Reply;
+    fn handle(&self, state: &mut Self::State, msg: Self::Msg, ctx: &mut Context<'_>)
+        -> Self::Reply;
 
     /// Called on Active → Paused.
     fn on_pause(&self, _state: &mut Self::State) {}
@@ -98,7 +99,11 @@ pub struct Context<'a> {
 impl<'a> Context<'a> {
     /// A context for unit-testing a behaviour outside the runtime.
     pub fn for_test(key: &'a ImvuKey, unix_ms: u64) -> Self {
-        Self { key, unix_ms, stop_requested: false }
+        Self {
+            key,
+            unix_ms,
+            stop_requested: false,
+        }
     }
 
     /// This instance's key.

@@ -27,7 +27,10 @@ pub struct KindRef<I: Imvu> {
 
 impl<I: Imvu> Clone for KindRef<I> {
     fn clone(&self) -> Self {
-        Self { shards: self.shards.clone(), description: self.description }
+        Self {
+            shards: self.shards.clone(),
+            description: self.description,
+        }
     }
 }
 
@@ -37,7 +40,10 @@ fn unavailable(_: impl std::fmt::Debug) -> ActorError {
 
 impl<I: Imvu> KindRef<I> {
     pub(crate) fn new(shards: Arc<[mpsc::Sender<Command<I>>]>, description: &'static str) -> Self {
-        Self { shards, description }
+        Self {
+            shards,
+            description,
+        }
     }
 
     fn shard(&self, key: &ImvuKey) -> &mpsc::Sender<Command<I>> {
@@ -57,23 +63,40 @@ impl<I: Imvu> KindRef<I> {
         let shard = self.shard(key);
         match shard.try_send(command) {
             Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(command)) => shard.send(command).await.map_err(unavailable),
+            Err(mpsc::error::TrySendError::Full(command)) => {
+                shard.send(command).await.map_err(unavailable)
+            }
             Err(mpsc::error::TrySendError::Closed(_)) => Err(unavailable(())),
         }
     }
 
     /// Sends without waiting at all: a full mailbox is `QueueFull`.
     pub fn try_tell(&self, key: &ImvuKey, msg: I::Msg) -> Result<(), ActorError> {
-        self.shard(key).try_send(Command::Tell { key: key.clone(), msg }).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => ActorError::QueueFull(format!("mailbox of {key} is full")),
-            mpsc::error::TrySendError::Closed(_) => unavailable(()),
-        })
+        self.shard(key)
+            .try_send(Command::Tell {
+                key: key.clone(),
+                msg,
+            })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => {
+                    ActorError::QueueFull(format!("mailbox of {key} is full"))
+                }
+                mpsc::error::TrySendError::Closed(_) => unavailable(()),
+            })
     }
 
     /// Sends and waits for the reply (durable first, for `Persistence::EveryMessage`).
     pub async fn ask(&self, key: &ImvuKey, msg: I::Msg) -> Result<I::Reply, ActorError> {
         let (reply, rx) = oneshot::channel();
-        self.send(key, Command::Ask { key: *key, msg, reply }).await?;
+        self.send(
+            key,
+            Command::Ask {
+                key: *key,
+                msg,
+                reply,
+            },
+        )
+        .await?;
         rx.await.map_err(unavailable)?
     }
 
@@ -83,13 +106,25 @@ impl<I: Imvu> KindRef<I> {
         make: impl FnOnce(oneshot::Sender<Result<T, ActorError>>) -> Command<I>,
     ) -> Result<T, ActorError> {
         let (reply, rx) = oneshot::channel();
-        self.shard(key).send(make(reply)).await.map_err(unavailable)?;
+        self.shard(key)
+            .send(make(reply))
+            .await
+            .map_err(unavailable)?;
         rx.await.map_err(unavailable)?
     }
 
     /// Creates an IMVU under a caller-chosen key (ids come from the runtime's allocator).
-    pub(crate) async fn create(&self, key: ImvuKey, caller: Caller) -> Result<ImvuInfo, ActorError> {
-        self.request(&key.clone(), |reply| Command::Create { key, caller: Box::new(caller), reply }).await
+    pub(crate) async fn create(
+        &self,
+        key: ImvuKey,
+        caller: Caller,
+    ) -> Result<ImvuInfo, ActorError> {
+        self.request(&key.clone(), |reply| Command::Create {
+            key,
+            caller: Box::new(caller),
+            reply,
+        })
+        .await
     }
 
     /// Asks every shard to passivate IMVUs idle for `idle_ms`; returns how many were evicted.
@@ -97,7 +132,11 @@ impl<I: Imvu> KindRef<I> {
         let mut total = 0;
         for shard in self.shards.iter() {
             let (reply, rx) = oneshot::channel();
-            if shard.send(Command::Passivate { idle_ms, reply }).await.is_ok() {
+            if shard
+                .send(Command::Passivate { idle_ms, reply })
+                .await
+                .is_ok()
+            {
                 total += rx.await.unwrap_or(0);
             }
         }
@@ -114,9 +153,18 @@ pub trait ErasedKind: Send + Sync + 'static {
     /// Creates an IMVU with this key.
     fn create(&self, key: ImvuKey, caller: Caller) -> BoxFuture<'_, Result<ImvuInfo, ActorError>>;
     /// Sends a JSON message and returns the JSON reply.
-    fn ask_json(&self, key: ImvuKey, msg: serde_json::Value) -> BoxFuture<'_, Result<serde_json::Value, ActorError>>;
+    fn ask_json(
+        &self,
+        key: ImvuKey,
+        msg: serde_json::Value,
+    ) -> BoxFuture<'_, Result<serde_json::Value, ActorError>>;
     /// Runs a lifecycle transition.
-    fn lifecycle(&self, key: ImvuKey, transition: Transition, caller: Caller) -> BoxFuture<'_, Result<ImvuInfo, ActorError>>;
+    fn lifecycle(
+        &self,
+        key: ImvuKey,
+        transition: Transition,
+        caller: Caller,
+    ) -> BoxFuture<'_, Result<ImvuInfo, ActorError>>;
     /// Reads state and lifecycle.
     fn inspect(&self, key: ImvuKey) -> BoxFuture<'_, Result<ImvuInfo, ActorError>>;
     /// Passivates idle IMVUs.
@@ -138,25 +186,44 @@ impl<I: Imvu> ErasedKind for KindRef<I> {
         Box::pin(KindRef::create(self, key, caller))
     }
 
-    fn ask_json(&self, key: ImvuKey, msg: serde_json::Value) -> BoxFuture<'_, Result<serde_json::Value, ActorError>> {
+    fn ask_json(
+        &self,
+        key: ImvuKey,
+        msg: serde_json::Value,
+    ) -> BoxFuture<'_, Result<serde_json::Value, ActorError>> {
         Box::pin(async move {
             let msg: I::Msg = serde_json::from_value(msg).map_err(|e| ActorError::BadRequest {
                 field: "message".into(),
                 reason: format!("not a valid {} message: {e}", I::KIND),
             })?;
             let reply = self.ask(&key, msg).await?;
-            serde_json::to_value(reply).map_err(|e| ActorError::Store(format!("reply does not serialise: {e}")))
+            serde_json::to_value(reply)
+                .map_err(|e| ActorError::Store(format!("reply does not serialise: {e}")))
         })
     }
 
-    fn lifecycle(&self, key: ImvuKey, transition: Transition, caller: Caller) -> BoxFuture<'_, Result<ImvuInfo, ActorError>> {
+    fn lifecycle(
+        &self,
+        key: ImvuKey,
+        transition: Transition,
+        caller: Caller,
+    ) -> BoxFuture<'_, Result<ImvuInfo, ActorError>> {
         Box::pin(async move {
-            self.request(&key.clone(), |reply| Command::Lifecycle { key, transition, caller: Box::new(caller), reply }).await
+            self.request(&key.clone(), |reply| Command::Lifecycle {
+                key,
+                transition,
+                caller: Box::new(caller),
+                reply,
+            })
+            .await
         })
     }
 
     fn inspect(&self, key: ImvuKey) -> BoxFuture<'_, Result<ImvuInfo, ActorError>> {
-        Box::pin(async move { self.request(&key.clone(), |reply| Command::Inspect { key, reply }).await })
+        Box::pin(async move {
+            self.request(&key.clone(), |reply| Command::Inspect { key, reply })
+                .await
+        })
     }
 
     fn passivate(&self, idle_ms: u64) -> BoxFuture<'_, usize> {

@@ -27,7 +27,9 @@ pub mod swarm;
 pub mod tenants;
 
 pub use error::ActorError;
-pub use handshake::{AdmissionRequest, AdmissionStage, Handshake, HandshakeOutcome, NodeHealth, Stage};
+pub use handshake::{
+    AdmissionRequest, AdmissionStage, Handshake, HandshakeOutcome, NodeHealth, Stage,
+};
 pub use host::{ImvuInfo, PAUSED_QUEUE_LEN_MAX};
 pub use ids::{Caller, ImvuId, ImvuKey, SwarmId, SwarmKey, TenantId};
 pub use imvu::{Context, Imvu, Persistence};

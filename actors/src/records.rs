@@ -126,7 +126,10 @@ pub fn parse_meta_key(key: &str) -> Option<ImvuKey> {
     let (tenant, rest) = rest.split_once('/')?;
     let rest = rest.strip_prefix("imvu/")?;
     let id = rest.strip_suffix("/meta")?;
-    Some(ImvuKey { tenant: TenantId::new(tenant).ok()?, id: ImvuId(id.parse().ok()?) })
+    Some(ImvuKey {
+        tenant: TenantId::new(tenant).ok()?,
+        id: ImvuId(id.parse().ok()?),
+    })
 }
 
 /// JSON-encodes a record for canon. Records are plain data: failure is a bug.
@@ -142,5 +145,8 @@ pub fn encode_state<T: Serialize>(state: &T) -> Result<Vec<u8>, String> {
 
 /// Decodes a record read from canon; a bad record is reported with its key.
 pub fn decode<T: serde::de::DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StoreError> {
-    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt { key: key.to_owned(), reason: e.to_string() })
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        key: key.to_owned(),
+        reason: e.to_string(),
+    })
 }

@@ -22,6 +22,7 @@ use vcos_supervision::{ChildSpec, Clock, Intensity, RestartType, Strategy};
 use crate::error::ActorError;
 use crate::handshake::{Handshake, NodeHealth};
 use crate::host::{ImvuInfo, ShardEnv};
+use crate::ids::SwarmKey;
 use crate::ids::{Caller, ImvuId, ImvuKey, TenantId};
 use crate::imvu::Imvu;
 use crate::kind::{ErasedKind, KindRef};
@@ -30,7 +31,6 @@ use crate::records::{self, HistoryEvent, ImvuMeta, Stamped};
 use crate::shard_actor::{ShardActor, ShardArgs};
 use crate::store::{commit_durable, index_of_appended_key, CanonStore, CanonWrite};
 use crate::swarm::{self, CreditRecord, SwarmCmd, SwarmInfo, SwarmSpec, VoteRecord};
-use crate::ids::SwarmKey;
 use crate::tenants::{TenantEntry, TenantPolicy, Tenants};
 
 /// Ids reserved per durable write of the allocator's high-water mark.
@@ -73,14 +73,28 @@ impl RuntimeConfig {
             shards_per_kind: std::thread::available_parallelism().map_or(2, usize::from),
             shard_queue_len: 4096,
             resident_imvus_max: 20_000_000,
-            shard_intensity: Intensity { max_restarts: 10, period_ms: 10_000 },
-            root_intensity: Intensity { max_restarts: 3, period_ms: 60_000 },
+            shard_intensity: Intensity {
+                max_restarts: 10,
+                period_ms: 10_000,
+            },
+            root_intensity: Intensity {
+                max_restarts: 3,
+                period_ms: 60_000,
+            },
             handshake: Handshake::standard(),
         }
     }
 }
 
-type KindInstaller = Box<dyn FnOnce(&Installer) -> (Arc<dyn ErasedKind>, Arc<dyn Any + Send + Sync>, Vec<ChildDef>) + Send>;
+type KindInstaller = Box<
+    dyn FnOnce(
+            &Installer,
+        ) -> (
+            Arc<dyn ErasedKind>,
+            Arc<dyn Any + Send + Sync>,
+            Vec<ChildDef>,
+        ) + Send,
+>;
 
 struct Installer {
     config: RuntimeConfig,
@@ -112,21 +126,35 @@ impl RuntimeBuilder {
             let mut children = Vec::new();
             for shard in 0..inst.config.shards_per_kind.max(1) {
                 let (tx, rx) = mpsc::channel(inst.config.shard_queue_len.max(1));
-                let args = ShardArgs { env: env.clone(), rx: Arc::new(tokio::sync::Mutex::new(rx)), self_tx: tx.downgrade() };
+                let args = ShardArgs {
+                    env: env.clone(),
+                    rx: Arc::new(tokio::sync::Mutex::new(rx)),
+                    self_tx: tx.downgrade(),
+                };
                 senders.push(tx);
                 children.push(ChildDef {
-                    spec: ChildSpec { id: format!("{}#{shard}", I::KIND), restart: RestartType::Permanent, shutdown_timeout_ms: 5_000 },
+                    spec: ChildSpec {
+                        id: format!("{}#{shard}", I::KIND),
+                        restart: RestartType::Permanent,
+                        shutdown_timeout_ms: 5_000,
+                    },
                     start: Arc::new(move |supervisor: ractor::ActorCell| {
                         let args = args.clone();
                         Box::pin(async move {
-                            let (actor, _) = Actor::spawn_linked(None, ShardActor::<I>::new(), args, supervisor).await?;
+                            let (actor, _) =
+                                Actor::spawn_linked(None, ShardActor::<I>::new(), args, supervisor)
+                                    .await?;
                             Ok(actor.get_cell())
                         })
                     }),
                 });
             }
             let kind = KindRef::<I>::new(senders.into(), description);
-            (Arc::new(kind.clone()) as Arc<dyn ErasedKind>, Arc::new(kind) as Arc<dyn Any + Send + Sync>, children)
+            (
+                Arc::new(kind.clone()) as Arc<dyn ErasedKind>,
+                Arc::new(kind) as Arc<dyn Any + Send + Sync>,
+                children,
+            )
         });
         self.kinds.push((I::KIND, installer));
         self
@@ -138,13 +166,20 @@ impl RuntimeBuilder {
         let RuntimeBuilder { config, kinds } = self;
         let tenants = Arc::new(Tenants::default());
         let node = NodeHealth::new(config.resident_imvus_max);
-        let installer = Installer { config: config.clone(), tenants: tenants.clone(), node: node.clone() };
+        let installer = Installer {
+            config: config.clone(),
+            tenants: tenants.clone(),
+            node: node.clone(),
+        };
         let mut by_name = BTreeMap::new();
         let mut typed = BTreeMap::new();
         let mut children = Vec::new();
         for (name, install) in kinds {
             if by_name.contains_key(name) {
-                return Err(ActorError::BadRequest { field: "kind".into(), reason: format!("kind {name:?} registered twice") });
+                return Err(ActorError::BadRequest {
+                    field: "kind".into(),
+                    reason: format!("kind {name:?} registered twice"),
+                });
             }
             let (erased, any, defs) = install(&installer);
             by_name.insert(name.to_owned(), erased);
@@ -157,17 +192,24 @@ impl RuntimeBuilder {
             let escalated = escalated.clone();
             let escalation = escalation.clone();
             let node = node.clone();
-            let store = config.store.clone();
+            // Weak: the root supervisor may outlive the runtime briefly; it must not keep the
+            // store (and its file lock) alive.
+            let store = Arc::downgrade(&config.store);
             let clock = config.clock.clone();
             Arc::new(move |reason: String| {
                 tracing::error!(%reason, "root supervisor escalated: restart intensity exceeded at the top of the tree; stopping the node");
                 // Recorded in canon; the store drains its queue before it closes, and nobody
                 // waits on this completion.
                 let record = serde_json::json!({ "reason": reason, "unix_ms": clock.unix_ms() });
-                store.commit(
-                    vec![CanonWrite::Append { prefix: ESCALATIONS_PREFIX.into(), value: records::encode(&record) }],
-                    Box::new(|_| {}),
-                );
+                if let Some(store) = store.upgrade() {
+                    store.commit(
+                        vec![CanonWrite::Append {
+                            prefix: ESCALATIONS_PREFIX.into(),
+                            value: records::encode(&record),
+                        }],
+                        Box::new(|_| {}),
+                    );
+                }
                 node.shutting_down.store(true, Ordering::SeqCst);
                 *escalation.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason);
                 escalated.notify_waiters();
@@ -254,7 +296,10 @@ pub struct Runtime {
 impl Runtime {
     /// Starts describing a runtime.
     pub fn builder(config: RuntimeConfig) -> RuntimeBuilder {
-        RuntimeBuilder { config, kinds: Vec::new() }
+        RuntimeBuilder {
+            config,
+            kinds: Vec::new(),
+        }
     }
 
     /// The canon store.
@@ -274,7 +319,11 @@ impl Runtime {
 
     /// The typed handle of kind `I`, if registered.
     pub fn kind_ref<I: Imvu>(&self) -> Option<KindRef<I>> {
-        self.inner.typed.get(I::KIND)?.downcast_ref::<KindRef<I>>().cloned()
+        self.inner
+            .typed
+            .get(I::KIND)?
+            .downcast_ref::<KindRef<I>>()
+            .cloned()
     }
 
     /// The registered kinds.
@@ -282,12 +331,19 @@ impl Runtime {
         self.inner
             .kinds
             .values()
-            .map(|k| KindInfo { name: k.name().to_owned(), description: k.description().to_owned() })
+            .map(|k| KindInfo {
+                name: k.name().to_owned(),
+                description: k.description().to_owned(),
+            })
             .collect()
     }
 
     fn kind(&self, name: &str) -> Result<Arc<dyn ErasedKind>, ActorError> {
-        self.inner.kinds.get(name).cloned().ok_or_else(|| ActorError::UnknownKind(name.to_owned()))
+        self.inner
+            .kinds
+            .get(name)
+            .cloned()
+            .ok_or_else(|| ActorError::UnknownKind(name.to_owned()))
     }
 
     // ---- tenants -------------------------------------------------------------------------
@@ -301,8 +357,11 @@ impl Runtime {
             after = Some(last.clone());
             for (key, bytes) in page {
                 let policy: TenantPolicy = records::decode(&key, &bytes)?;
-                let Some(name) = key.strip_prefix("tenant/") else { continue };
-                let id = TenantId::new(name).map_err(|_| ActorError::Store(format!("bad tenant key {key}")))?;
+                let Some(name) = key.strip_prefix("tenant/") else {
+                    continue;
+                };
+                let id = TenantId::new(name)
+                    .map_err(|_| ActorError::Store(format!("bad tenant key {key}")))?;
                 let live = self.count_live(&id)?;
                 self.inner.tenants.upsert(id, policy, live);
             }
@@ -331,22 +390,40 @@ impl Runtime {
     }
 
     /// Creates (or replaces the policy of) a tenant; durable before it returns.
-    pub async fn put_tenant(&self, id: TenantId, policy: TenantPolicy) -> Result<Arc<TenantEntry>, ActorError> {
+    pub async fn put_tenant(
+        &self,
+        id: TenantId,
+        policy: TenantPolicy,
+    ) -> Result<Arc<TenantEntry>, ActorError> {
         policy.validate()?;
         if self.inner.tenants.get(&id).is_err() && self.inner.tenants.list().len() >= TENANTS_MAX {
-            return Err(ActorError::QueueFull(format!("the node holds {TENANTS_MAX} tenants, its limit")));
+            return Err(ActorError::QueueFull(format!(
+                "the node holds {TENANTS_MAX} tenants, its limit"
+            )));
         }
         commit_durable(
             &**self.store(),
-            vec![CanonWrite::Put { key: records::tenant_key(&id), value: records::encode(&policy) }],
+            vec![CanonWrite::Put {
+                key: records::tenant_key(&id),
+                value: records::encode(&policy),
+            }],
         )
         .await?;
-        let live = self.inner.tenants.get(&id).map(|t| t.live_imvus.load(Ordering::Relaxed)).unwrap_or(0);
+        let live = self
+            .inner
+            .tenants
+            .get(&id)
+            .map(|t| t.live_imvus.load(Ordering::Relaxed))
+            .unwrap_or(0);
         Ok(self.inner.tenants.upsert(id, policy, live))
     }
 
     /// Makes sure the tenant exists, creating it with `policy` if not.
-    pub async fn ensure_tenant(&self, id: TenantId, policy: TenantPolicy) -> Result<Arc<TenantEntry>, ActorError> {
+    pub async fn ensure_tenant(
+        &self,
+        id: TenantId,
+        policy: TenantPolicy,
+    ) -> Result<Arc<TenantEntry>, ActorError> {
         match self.inner.tenants.get(&id) {
             Ok(entry) => Ok(entry),
             Err(_) => self.put_tenant(id, policy).await,
@@ -376,7 +453,12 @@ impl Runtime {
         loop {
             let id = self.inner.next_id.load(Ordering::Acquire);
             if id > 0 && id < self.inner.reserved_until.load(Ordering::Acquire) {
-                if self.inner.next_id.compare_exchange(id, id + 1, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+                if self
+                    .inner
+                    .next_id
+                    .compare_exchange(id, id + 1, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+                {
                     return Ok(id);
                 }
                 continue;
@@ -394,7 +476,14 @@ impl Runtime {
                 id => id,
             };
             let until = start + ID_BLOCK_LEN;
-            commit_durable(&**self.store(), vec![CanonWrite::Put { key: NEXT_ID_KEY.into(), value: records::encode(&until) }]).await?;
+            commit_durable(
+                &**self.store(),
+                vec![CanonWrite::Put {
+                    key: NEXT_ID_KEY.into(),
+                    value: records::encode(&until),
+                }],
+            )
+            .await?;
             self.inner.reserved_until.store(until, Ordering::Release);
             self.inner.next_id.store(start, Ordering::Release);
         }
@@ -407,15 +496,27 @@ impl Runtime {
     }
 
     fn remember_kind(&self, id: u64, kind: &Arc<dyn ErasedKind>) {
-        let index = self.inner.kind_list.iter().position(|k| Arc::ptr_eq(k, kind));
+        let index = self
+            .inner
+            .kind_list
+            .iter()
+            .position(|k| Arc::ptr_eq(k, kind));
         if let Some(index) = index.and_then(|i| u16::try_from(i).ok()) {
-            self.directory_shard(id).write().unwrap_or_else(|p| p.into_inner()).insert(id, index);
+            self.directory_shard(id)
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(id, index);
         }
     }
 
     /// Which kind serves `key`: the directory cache, else the meta record in canon.
     fn route(&self, key: &ImvuKey) -> Result<Arc<dyn ErasedKind>, ActorError> {
-        let cached = self.directory_shard(key.id.0).read().unwrap_or_else(|p| p.into_inner()).get(&key.id.0).copied();
+        let cached = self
+            .directory_shard(key.id.0)
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key.id.0)
+            .copied();
         if let Some(kind) = cached.and_then(|i| self.inner.kind_list.get(usize::from(i))) {
             return Ok(kind.clone());
         }
@@ -430,32 +531,56 @@ impl Runtime {
     }
 
     /// Creates an IMVU of `kind` for `tenant`.
-    pub async fn create_imvu(&self, tenant: &TenantId, kind: &str, caller: &Caller) -> Result<ImvuInfo, ActorError> {
+    pub async fn create_imvu(
+        &self,
+        tenant: &TenantId,
+        kind: &str,
+        caller: &Caller,
+    ) -> Result<ImvuInfo, ActorError> {
         let kind = self.kind(kind)?;
         self.inner.tenants.get(tenant)?;
-        let key = ImvuKey { tenant: tenant.clone(), id: ImvuId(self.allocate_id().await?) };
+        let key = ImvuKey {
+            tenant: tenant.clone(),
+            id: ImvuId(self.allocate_id().await?),
+        };
         self.remember_kind(key.id.0, &kind);
         let result = kind.create(key.clone(), caller.clone()).await;
         if result.is_err() {
-            self.directory_shard(key.id.0).write().unwrap_or_else(|p| p.into_inner()).remove(&key.id.0);
+            self.directory_shard(key.id.0)
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&key.id.0);
         }
         result
     }
 
     /// Sends a JSON message and waits for the JSON reply.
-    pub async fn ask_json(&self, key: &ImvuKey, msg: serde_json::Value) -> Result<serde_json::Value, ActorError> {
+    pub async fn ask_json(
+        &self,
+        key: &ImvuKey,
+        msg: serde_json::Value,
+    ) -> Result<serde_json::Value, ActorError> {
         self.route(key)?.ask_json(key.clone(), msg).await
     }
 
     /// Runs a lifecycle transition.
-    pub async fn transition(&self, key: &ImvuKey, transition: Transition, caller: &Caller) -> Result<ImvuInfo, ActorError> {
+    pub async fn transition(
+        &self,
+        key: &ImvuKey,
+        transition: Transition,
+        caller: &Caller,
+    ) -> Result<ImvuInfo, ActorError> {
         if matches!(transition, Transition::Create | Transition::Activate) {
             return Err(ActorError::BadRequest {
                 field: "transition".into(),
-                reason: format!("`{transition}` happens at creation; use pause, resume or terminate"),
+                reason: format!(
+                    "`{transition}` happens at creation; use pause, resume or terminate"
+                ),
             });
         }
-        self.route(key)?.lifecycle(key.clone(), transition, caller.clone()).await
+        self.route(key)?
+            .lifecycle(key.clone(), transition, caller.clone())
+            .await
     }
 
     /// State and lifecycle of an IMVU (activating it if passivated).
@@ -479,7 +604,13 @@ impl Runtime {
             Some(bytes) => records::decode(&snap_key, &bytes)?,
             None => serde_json::Value::Null,
         };
-        Ok(ImvuInfo { key: key.clone(), kind: meta.kind, lifecycle: meta.lifecycle, state, held_messages: 0 })
+        Ok(ImvuInfo {
+            key: key.clone(),
+            kind: meta.kind,
+            lifecycle: meta.lifecycle,
+            state,
+            held_messages: 0,
+        })
     }
 
     /// The IMVU's recorded history, in canon order.
@@ -487,12 +618,17 @@ impl Runtime {
         if self.store().get(&records::meta_key(key))?.is_none() {
             return Err(ActorError::not_found("imvu", key));
         }
-        let page = self.store().scan_prefix(&records::history_prefix(key), None, HISTORY_LEN_MAX)?;
+        let page =
+            self.store()
+                .scan_prefix(&records::history_prefix(key), None, HISTORY_LEN_MAX)?;
         page.into_iter()
             .map(|(k, bytes)| {
                 let record = records::decode(&k, &bytes)?;
                 let canon_index = index_of_appended_key(&k).unwrap_or(0);
-                Ok(Stamped { canon_index, record })
+                Ok(Stamped {
+                    canon_index,
+                    record,
+                })
             })
             .collect()
     }
@@ -525,7 +661,11 @@ impl Runtime {
 
     /// The root's escalation reason, if it has escalated.
     pub fn escalation(&self) -> Option<String> {
-        self.inner.escalation.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.inner
+            .escalation
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     // ---- swarms --------------------------------------------------------------------------
@@ -535,26 +675,46 @@ impl Runtime {
     }
 
     /// Creates a swarm: its member IMVUs (through the handshake), its record, its coordinator.
-    pub async fn create_swarm(&self, tenant: &TenantId, spec: SwarmSpec, caller: &Caller) -> Result<SwarmInfo, ActorError> {
+    pub async fn create_swarm(
+        &self,
+        tenant: &TenantId,
+        spec: SwarmSpec,
+        caller: &Caller,
+    ) -> Result<SwarmInfo, ActorError> {
         self.inner.tenants.get(tenant)?;
         swarm::create(self, tenant, spec, caller).await
     }
 
     /// Queues work items (each a message for the member kind); durable before it returns.
-    pub async fn submit_work(&self, key: &SwarmKey, items: Vec<serde_json::Value>) -> Result<Vec<u64>, ActorError> {
+    pub async fn submit_work(
+        &self,
+        key: &SwarmKey,
+        items: Vec<serde_json::Value>,
+    ) -> Result<Vec<u64>, ActorError> {
         let tx = self.inner.swarms.get(key)?;
         let mut with_ids = Vec::with_capacity(items.len());
         for item in items {
             with_ids.push((self.allocate_id().await?, item));
         }
-        swarm::call(&tx, |reply| SwarmCmd::Submit { items: with_ids, reply }).await
+        swarm::call(&tx, |reply| SwarmCmd::Submit {
+            items: with_ids,
+            reply,
+        })
+        .await
     }
 
     /// Submits one item and waits for its result (how a parent swarm uses a sub-swarm).
-    pub async fn swarm_run_item(&self, key: &SwarmKey, item: serde_json::Value) -> Result<serde_json::Value, ActorError> {
+    pub async fn swarm_run_item(
+        &self,
+        key: &SwarmKey,
+        item: serde_json::Value,
+    ) -> Result<serde_json::Value, ActorError> {
         let ids = self.submit_work(key, vec![item]).await?;
         let tx = self.inner.swarms.get(key)?;
-        let id = ids.first().copied().ok_or_else(|| ActorError::Store("submit returned no id".into()))?;
+        let id = ids
+            .first()
+            .copied()
+            .ok_or_else(|| ActorError::Store("submit returned no id".into()))?;
         swarm::call(&tx, |reply| SwarmCmd::AwaitItem { item: id, reply }).await
     }
 
@@ -581,32 +741,77 @@ impl Runtime {
     }
 
     /// Writes a value into the swarm's shared memory; durable before it returns.
-    pub async fn swarm_memory_put(&self, key: &SwarmKey, name: &str, value: serde_json::Value) -> Result<(), ActorError> {
+    pub async fn swarm_memory_put(
+        &self,
+        key: &SwarmKey,
+        name: &str,
+        value: serde_json::Value,
+    ) -> Result<(), ActorError> {
         self.inner.swarms.get(key)?;
         swarm::check_mem_key(name)?;
-        commit_durable(&**self.store(), vec![CanonWrite::Put { key: swarm::mem_key(key, name), value: records::encode(&value) }]).await?;
+        commit_durable(
+            &**self.store(),
+            vec![CanonWrite::Put {
+                key: swarm::mem_key(key, name),
+                value: records::encode(&value),
+            }],
+        )
+        .await?;
         Ok(())
     }
 
     /// Reads a value from the swarm's shared memory.
-    pub fn swarm_memory_get(&self, key: &SwarmKey, name: &str) -> Result<Option<serde_json::Value>, ActorError> {
+    pub fn swarm_memory_get(
+        &self,
+        key: &SwarmKey,
+        name: &str,
+    ) -> Result<Option<serde_json::Value>, ActorError> {
         self.inner.swarms.get(key)?;
         swarm::check_mem_key(name)?;
         let k = swarm::mem_key(key, name);
-        Ok(self.store().get(&k)?.map(|b| records::decode(&k, &b)).transpose()?)
+        Ok(self
+            .store()
+            .get(&k)?
+            .map(|b| records::decode(&k, &b))
+            .transpose()?)
     }
 
     /// Opens a vote among the swarm's members; `quorum` defaults to a majority.
-    pub async fn open_vote(&self, key: &SwarmKey, proposal: String, options: Vec<String>, quorum: Option<u32>) -> Result<VoteRecord, ActorError> {
+    pub async fn open_vote(
+        &self,
+        key: &SwarmKey,
+        proposal: String,
+        options: Vec<String>,
+        quorum: Option<u32>,
+    ) -> Result<VoteRecord, ActorError> {
         let tx = self.inner.swarms.get(key)?;
         let id = self.allocate_id().await?;
-        swarm::call(&tx, |reply| SwarmCmd::OpenVote { id, proposal, options, quorum, reply }).await
+        swarm::call(&tx, |reply| SwarmCmd::OpenVote {
+            id,
+            proposal,
+            options,
+            quorum,
+            reply,
+        })
+        .await
     }
 
     /// Casts a member's ballot; the vote is decided when an option reaches quorum.
-    pub async fn cast_vote(&self, key: &SwarmKey, vote: u64, member: swarm::MemberRef, choice: String) -> Result<VoteRecord, ActorError> {
+    pub async fn cast_vote(
+        &self,
+        key: &SwarmKey,
+        vote: u64,
+        member: swarm::MemberRef,
+        choice: String,
+    ) -> Result<VoteRecord, ActorError> {
         let tx = self.inner.swarms.get(key)?;
-        swarm::call(&tx, |reply| SwarmCmd::CastVote { vote, member, choice, reply }).await
+        swarm::call(&tx, |reply| SwarmCmd::CastVote {
+            vote,
+            member,
+            choice,
+            reply,
+        })
+        .await
     }
 
     /// Stops the node: no new activations; state of `LifecycleOnly` kinds written to canon;

@@ -25,7 +25,11 @@ pub(crate) struct ShardArgs<I: Imvu> {
 
 impl<I: Imvu> Clone for ShardArgs<I> {
     fn clone(&self) -> Self {
-        Self { env: self.env.clone(), rx: self.rx.clone(), self_tx: self.self_tx.clone() }
+        Self {
+            env: self.env.clone(),
+            rx: self.rx.clone(),
+            self_tx: self.self_tx.clone(),
+        }
     }
 }
 
@@ -47,7 +51,11 @@ impl<I: Imvu> Actor for ShardActor<I> {
     type State = (tokio::task::AbortHandle, JoinHandle<()>);
     type Arguments = ShardArgs<I>;
 
-    async fn pre_start(&self, myself: ActorRef<Self::Msg>, args: ShardArgs<I>) -> Result<Self::State, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: ShardArgs<I>,
+    ) -> Result<Self::State, ActorProcessingErr> {
         let ShardArgs { env, rx, self_tx } = args;
         let work = tokio::spawn(async move {
             let mut rx = rx.lock_owned().await;
@@ -64,7 +72,12 @@ impl<I: Imvu> Actor for ShardActor<I> {
         Ok((work_abort, watcher))
     }
 
-    async fn handle(&self, myself: ActorRef<Self::Msg>, msg: TaskEnded, _state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: TaskEnded,
+        _state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
         match msg.0 {
             ShardExit::Closed => {
                 myself.stop(Some("shutdown".into()));
@@ -74,7 +87,11 @@ impl<I: Imvu> Actor for ShardActor<I> {
         }
     }
 
-    async fn post_stop(&self, _myself: ActorRef<Self::Msg>, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
         // Stopping the actor stops its task: the receiver is released for a successor.
         state.0.abort();
         state.1.abort();

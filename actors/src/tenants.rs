@@ -48,20 +48,36 @@ impl TenantPolicy {
     pub fn validate(&self) -> Result<(), ActorError> {
         let max = vcos_supervision::constants::INTENSITY_RESTARTS_MAX;
         if self.max_restarts > max {
-            return Err(ActorError::BadRequest { field: "policy.max_restarts".into(), reason: format!("at most {max}") });
+            return Err(ActorError::BadRequest {
+                field: "policy.max_restarts".into(),
+                reason: format!("at most {max}"),
+            });
         }
         if self.restart_period_ms == 0 {
-            return Err(ActorError::BadRequest { field: "policy.restart_period_ms".into(), reason: "must be positive".into() });
+            return Err(ActorError::BadRequest {
+                field: "policy.restart_period_ms".into(),
+                reason: "must be positive".into(),
+            });
         }
-        if self.api_key.as_ref().is_some_and(|k| k.len() < 8 || k.len() > 256) {
-            return Err(ActorError::BadRequest { field: "policy.api_key".into(), reason: "8..=256 characters".into() });
+        if self
+            .api_key
+            .as_ref()
+            .is_some_and(|k| k.len() < 8 || k.len() > 256)
+        {
+            return Err(ActorError::BadRequest {
+                field: "policy.api_key".into(),
+                reason: "8..=256 characters".into(),
+            });
         }
         Ok(())
     }
 
     /// The supervisor intensity this policy asks for.
     pub fn intensity(&self) -> Intensity {
-        Intensity { max_restarts: self.max_restarts, period_ms: self.restart_period_ms }
+        Intensity {
+            max_restarts: self.max_restarts,
+            period_ms: self.restart_period_ms,
+        }
     }
 }
 
@@ -85,13 +101,23 @@ pub struct Tenants {
 impl Tenants {
     /// Looks a tenant up.
     pub fn get(&self, id: &TenantId) -> Result<Arc<TenantEntry>, ActorError> {
-        self.read().get(id).cloned().ok_or_else(|| ActorError::not_found("tenant", id))
+        self.read()
+            .get(id)
+            .cloned()
+            .ok_or_else(|| ActorError::not_found("tenant", id))
     }
 
     /// Adds or replaces a tenant's entry (the live count carries over).
     pub fn upsert(&self, id: TenantId, policy: TenantPolicy, live_imvus: u64) -> Arc<TenantEntry> {
-        let entry = Arc::new(TenantEntry { id: id.clone(), policy, live_imvus: AtomicU64::new(live_imvus) });
-        self.by_id.write().unwrap_or_else(|p| p.into_inner()).insert(id, entry.clone());
+        let entry = Arc::new(TenantEntry {
+            id: id.clone(),
+            policy,
+            live_imvus: AtomicU64::new(live_imvus),
+        });
+        self.by_id
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, entry.clone());
         entry
     }
 
@@ -102,7 +128,10 @@ impl Tenants {
 
     /// Finds the tenant whose key is `key`.
     pub fn by_key(&self, key: &str) -> Option<Arc<TenantEntry>> {
-        self.read().values().find(|t| t.policy.api_key.as_deref() == Some(key)).cloned()
+        self.read()
+            .values()
+            .find(|t| t.policy.api_key.as_deref() == Some(key))
+            .cloned()
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<TenantId, Arc<TenantEntry>>> {

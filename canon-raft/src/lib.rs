@@ -1,1 +1,69 @@
-//! placeholder
+//! Canon Memory Layer on openraft: the durable log store and the deterministic state machine.
+//!
+//! This crate is the only place that writes replicated canon state. This slice runs on one node
+//! (no network yet); the network and multi-node membership come later.
+//!
+//! - [`TypeConfig`]: the openraft type configuration (`NodeId = u64`, `Node = BasicNode`,
+//!   `D = Request`, `R = Response`, tokio runtime, snapshots as `Cursor<Vec<u8>>`).
+//! - [`types`]: the wire types, [`Request`] (an [`Op`] with its client id and sequence number)
+//!   and [`Response`].
+//! - [`state`]: [`KvState`], the pure, deterministic core: key-value map, leases with fencing
+//!   epochs, client dedup. No IO, no clock: time only comes inside a request.
+//! - [`log_store`]: [`LogStore`], openraft's `RaftLogStorage` on redb, fsynced appends.
+//! - [`state_machine`]: [`StateMachineStore`], openraft's `RaftStateMachine` over [`KvState`],
+//!   with snapshots stored in the same redb file.
+//! - [`network`]: [`UnreachableNetwork`], the network of a single voter, which never sends.
+//!
+//! [`open`] opens (or creates) one redb file under a directory and returns both stores.
+//!
+//! Deliberately absent: a network transport, multi-node membership changes, and the
+//! `CanonStore` seam adapter (a later session builds them on these stores).
+
+use std::io::Cursor;
+use std::path::Path;
+use std::sync::Arc;
+
+pub mod constants;
+pub mod error;
+pub mod log_store;
+pub mod network;
+pub mod state;
+pub mod state_machine;
+pub mod types;
+
+pub use error::Error;
+pub use log_store::LogStore;
+pub use network::UnreachableNetwork;
+pub use state::KvState;
+pub use state_machine::{StateMachineStore, StateReader};
+pub use types::{LeaseInfo, Op, Request, Response};
+
+openraft::declare_raft_types!(
+    /// The openraft type configuration of the canon layer.
+    pub TypeConfig:
+        D = Request,
+        R = Response,
+        NodeId = u64,
+        Node = openraft::BasicNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+/// The openraft node of the canon layer.
+pub type CanonRaft = openraft::Raft<TypeConfig>;
+
+/// The name of the redb file that [`open`] creates under its directory.
+pub const DB_FILE_NAME: &str = "canon-raft.redb";
+
+/// Opens (or creates) the canon database under `dir` and returns its log store and state
+/// machine. The state machine is restored from the last stored snapshot; openraft replays the
+/// log after it.
+pub fn open(dir: &Path) -> Result<(LogStore, StateMachineStore), Error> {
+    std::fs::create_dir_all(dir).map_err(Error::Io)?;
+    let db = redb::Database::create(dir.join(DB_FILE_NAME)).map_err(redb::Error::from)?;
+    let db = Arc::new(db);
+    let log = LogStore::new(Arc::clone(&db))?;
+    let sm = StateMachineStore::new(db)?;
+    Ok((log, sm))
+}

@@ -55,7 +55,12 @@ impl Imvu for TextWorker {
         TextWorkerState::default()
     }
 
-    fn handle(&self, state: &mut TextWorkerState, op: TextOp, _ctx: &mut Context<'_>) -> serde_json::Value {
+    fn handle(
+        &self,
+        state: &mut TextWorkerState,
+        op: TextOp,
+        _ctx: &mut Context<'_>,
+    ) -> serde_json::Value {
         let (text, out) = match op {
             TextOp::WordCount { text } => {
                 let n = text.split_whitespace().count();
@@ -87,7 +92,10 @@ impl Imvu for TextWorker {
 
 fn keywords(text: &str) -> Vec<String> {
     let mut counts = std::collections::BTreeMap::<String, u32>::new();
-    for word in text.split(|c: char| !c.is_alphanumeric()).filter(|w| w.chars().count() > 3) {
+    for word in text
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| w.chars().count() > 3)
+    {
         *counts.entry(word.to_lowercase()).or_default() += 1;
     }
     let mut ranked: Vec<(String, u32)> = counts.into_iter().collect();

@@ -6,9 +6,18 @@ fn check_contract(store: &dyn CanonStore) {
     let idx = commit_durable_blocking(
         store,
         vec![
-            CanonWrite::Put { key: "a/1".into(), value: b"one".to_vec() },
-            CanonWrite::Append { prefix: "log/".into(), value: b"first".to_vec() },
-            CanonWrite::Append { prefix: "log/".into(), value: b"second".to_vec() },
+            CanonWrite::Put {
+                key: "a/1".into(),
+                value: b"one".to_vec(),
+            },
+            CanonWrite::Append {
+                prefix: "log/".into(),
+                value: b"first".to_vec(),
+            },
+            CanonWrite::Append {
+                prefix: "log/".into(),
+                value: b"second".to_vec(),
+            },
         ],
     )
     .expect("commit");
@@ -18,11 +27,16 @@ fn check_contract(store: &dyn CanonStore) {
     assert_eq!(log[1].1, b"second".to_vec());
     assert_eq!(index_of_appended_key(&log[1].0), Some(idx));
     assert!(index_of_appended_key(&log[0].0) < Some(idx));
-    let after_first = store.scan_prefix("log/", Some(&log[0].0), 10).expect("scan after");
+    let after_first = store
+        .scan_prefix("log/", Some(&log[0].0), 10)
+        .expect("scan after");
     assert_eq!(after_first.len(), 1);
     commit_durable_blocking(store, vec![CanonWrite::Delete { key: "a/1".into() }]).expect("delete");
     assert_eq!(store.get("a/1").expect("get"), None);
-    assert!(store.scan_prefix("zzz/", None, 10).expect("scan empty").is_empty());
+    assert!(store
+        .scan_prefix("zzz/", None, 10)
+        .expect("scan empty")
+        .is_empty());
 }
 
 #[test]
@@ -37,16 +51,28 @@ fn redb_store_meets_contract_and_survives_reopen() {
     let last = {
         let store = RedbStore::open(&path).expect("open");
         check_contract(&store);
-        commit_durable_blocking(&store, vec![CanonWrite::Append { prefix: "log/".into(), value: b"third".to_vec() }])
-            .expect("append")
+        commit_durable_blocking(
+            &store,
+            vec![CanonWrite::Append {
+                prefix: "log/".into(),
+                value: b"third".to_vec(),
+            }],
+        )
+        .expect("append")
     };
     let store = RedbStore::open(&path).expect("reopen");
     let log = store.scan_prefix("log/", None, 10).expect("scan");
     assert_eq!(log.len(), 3);
     assert_eq!(index_of_appended_key(&log[2].0), Some(last));
     // The index continues after a restart: canon order is never reused.
-    let next = commit_durable_blocking(&store, vec![CanonWrite::Append { prefix: "log/".into(), value: vec![] }])
-        .expect("append");
+    let next = commit_durable_blocking(
+        &store,
+        vec![CanonWrite::Append {
+            prefix: "log/".into(),
+            value: vec![],
+        }],
+    )
+    .expect("append");
     assert!(next > last);
 }
 
@@ -58,7 +84,10 @@ fn redb_group_commit_acknowledges_every_commit() {
     for i in 0..500u32 {
         let tx = tx.clone();
         store.commit(
-            vec![CanonWrite::Put { key: format!("k/{i:04}"), value: i.to_le_bytes().to_vec() }],
+            vec![CanonWrite::Put {
+                key: format!("k/{i:04}"),
+                value: i.to_le_bytes().to_vec(),
+            }],
             Box::new(move |r| {
                 let _ = tx.send(r);
             }),
@@ -68,5 +97,8 @@ fn redb_group_commit_acknowledges_every_commit() {
     let results: Vec<_> = rx.iter().collect();
     assert_eq!(results.len(), 500);
     assert!(results.iter().all(Result::is_ok));
-    assert_eq!(store.scan_prefix("k/", None, 1000).expect("scan").len(), 500);
+    assert_eq!(
+        store.scan_prefix("k/", None, 1000).expect("scan").len(),
+        500
+    );
 }

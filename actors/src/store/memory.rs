@@ -47,7 +47,12 @@ impl OrderedKv {
     }
 
     /// Up to `limit` keys with `prefix`, in order, strictly after `after`.
-    pub fn scan_prefix(&self, prefix: &str, after: Option<&str>, limit: usize) -> Vec<(String, Vec<u8>)> {
+    pub fn scan_prefix(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Vec<(String, Vec<u8>)> {
         let start = match after {
             Some(after) => Bound::Excluded(after.to_owned()),
             None => Bound::Included(prefix.to_owned()),
@@ -96,7 +101,9 @@ impl MemoryStore {
     fn lock(&self) -> std::sync::MutexGuard<'_, OrderedKv> {
         // A panic while holding this lock can only come from a bug in this file; the map is
         // never left half-updated (each write is a single insert/remove), so keep going.
-        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -110,7 +117,12 @@ impl CanonStore for MemoryStore {
         Ok(self.lock().get(key))
     }
 
-    fn scan_prefix(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+    fn scan_prefix(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         Ok(self.lock().scan_prefix(prefix, after, limit))
     }
 }

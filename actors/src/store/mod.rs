@@ -83,7 +83,10 @@ pub fn appended_key(prefix: &str, index: u64) -> String {
 
 /// The canon index encoded at the end of an appended record's key.
 pub fn index_of_appended_key(key: &str) -> Option<u64> {
-    key.len().checked_sub(20).and_then(|start| key.get(start..)).and_then(|digits| digits.parse().ok())
+    key.len()
+        .checked_sub(20)
+        .and_then(|start| key.get(start..))
+        .and_then(|digits| digits.parse().ok())
 }
 
 /// The durable record of the node: see the module docs for the contract.
@@ -105,7 +108,10 @@ pub trait CanonStore: Send + Sync + 'static {
 }
 
 /// Commits and waits for durability.
-pub async fn commit_durable(store: &dyn CanonStore, writes: Vec<CanonWrite>) -> Result<u64, StoreError> {
+pub async fn commit_durable(
+    store: &dyn CanonStore,
+    writes: Vec<CanonWrite>,
+) -> Result<u64, StoreError> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     store.commit(
         writes,
@@ -118,7 +124,10 @@ pub async fn commit_durable(store: &dyn CanonStore, writes: Vec<CanonWrite>) -> 
 }
 
 /// Commits and blocks the current (non-async) thread until durable.
-pub fn commit_durable_blocking(store: &dyn CanonStore, writes: Vec<CanonWrite>) -> Result<u64, StoreError> {
+pub fn commit_durable_blocking(
+    store: &dyn CanonStore,
+    writes: Vec<CanonWrite>,
+) -> Result<u64, StoreError> {
     let (tx, rx) = std::sync::mpsc::sync_channel(1);
     store.commit(
         writes,

@@ -36,7 +36,9 @@ struct Job {
 
 /// redb-backed canon store. Dropping it drains the queue and joins the writer.
 pub struct RedbStore {
-    db: Arc<Database>,
+    /// `None` once closed: closing releases the file (and its lock) even while other parts of
+    /// the process still hold the store.
+    db: std::sync::RwLock<Option<Arc<Database>>>,
     queue: Mutex<Option<SyncSender<Job>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
 }
@@ -69,7 +71,11 @@ impl RedbStore {
             .name("canon-writer".into())
             .spawn(move || writer_loop(&writer_db, &rx))
             .map_err(|e| StoreError::Io(format!("spawn writer thread: {e}")))?;
-        Ok(Self { db, queue: Mutex::new(Some(tx)), writer: Mutex::new(Some(writer)) })
+        Ok(Self {
+            db: std::sync::RwLock::new(Some(db)),
+            queue: Mutex::new(Some(tx)),
+            writer: Mutex::new(Some(writer)),
+        })
     }
 
     /// Stops accepting commits, waits for queued ones to be durable, joins the writer.
@@ -82,6 +88,11 @@ impl RedbStore {
                 tracing::error!("canon writer thread panicked while closing");
             }
         }
+        self.db.write().unwrap_or_else(|p| p.into_inner()).take();
+    }
+
+    fn database(&self) -> Result<Arc<Database>, StoreError> {
+        self.db.read().unwrap_or_else(|p| p.into_inner()).clone().ok_or(StoreError::Closed)
     }
 }
 
@@ -183,7 +194,7 @@ impl CanonStore for RedbStore {
     }
 
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let txn = self.db.begin_read().map_err(io)?;
+        let txn = self.database()?.begin_read().map_err(io)?;
         let kv = txn.open_table(KV).map_err(io)?;
         Ok(kv.get(key).map_err(io)?.map(|v| v.value().to_vec()))
     }
@@ -194,7 +205,7 @@ impl CanonStore for RedbStore {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        let txn = self.db.begin_read().map_err(io)?;
+        let txn = self.database()?.begin_read().map_err(io)?;
         let kv = txn.open_table(KV).map_err(io)?;
         let start = after.unwrap_or(prefix);
         let mut out = Vec::new();

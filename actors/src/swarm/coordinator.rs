@@ -5,7 +5,9 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::RwLock;
 
 use tokio::sync::{mpsc, oneshot};
-use vcos_supervision::{ChildSpec, Directive, ExitReason, Intensity, RestartType, Strategy, Supervisor};
+use vcos_supervision::{
+    ChildSpec, Directive, ExitReason, Intensity, RestartType, Strategy, Supervisor,
+};
 
 use super::core::{Completion, Failure, ItemStatus, MemberRef, SwarmCore};
 use super::records::*;
@@ -30,13 +32,39 @@ pub(crate) enum Outcome {
 }
 
 pub(crate) enum SwarmCmd {
-    Submit { items: Vec<(u64, serde_json::Value)>, reply: Reply<Vec<u64>> },
-    Pull { member: MemberRef, reply: oneshot::Sender<Option<(u64, serde_json::Value)>> },
-    Finish { item: u64, member: MemberRef, outcome: Outcome },
-    Info { reply: oneshot::Sender<SwarmInfo> },
-    AwaitItem { item: u64, reply: Reply<serde_json::Value> },
-    OpenVote { id: u64, proposal: String, options: Vec<String>, quorum: Option<u32>, reply: Reply<VoteRecord> },
-    CastVote { vote: u64, member: MemberRef, choice: String, reply: Reply<VoteRecord> },
+    Submit {
+        items: Vec<(u64, serde_json::Value)>,
+        reply: Reply<Vec<u64>>,
+    },
+    Pull {
+        member: MemberRef,
+        reply: oneshot::Sender<Option<(u64, serde_json::Value)>>,
+    },
+    Finish {
+        item: u64,
+        member: MemberRef,
+        outcome: Outcome,
+    },
+    Info {
+        reply: oneshot::Sender<SwarmInfo>,
+    },
+    AwaitItem {
+        item: u64,
+        reply: Reply<serde_json::Value>,
+    },
+    OpenVote {
+        id: u64,
+        proposal: String,
+        options: Vec<String>,
+        quorum: Option<u32>,
+        reply: Reply<VoteRecord>,
+    },
+    CastVote {
+        vote: u64,
+        member: MemberRef,
+        choice: String,
+        reply: Reply<VoteRecord>,
+    },
     Stop,
 }
 
@@ -57,11 +85,19 @@ impl Registry {
     }
 
     fn insert(&self, key: SwarmKey, tx: mpsc::Sender<SwarmCmd>) {
-        self.swarms.write().unwrap_or_else(|p| p.into_inner()).insert(key, tx);
+        self.swarms
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, tx);
     }
 
     pub(crate) fn all(&self) -> Vec<mpsc::Sender<SwarmCmd>> {
-        self.swarms.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
+        self.swarms
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
     }
 }
 
@@ -86,20 +122,39 @@ fn strategy(s: SwarmStrategy) -> Strategy {
 }
 
 /// Validates a spec, creates member IMVUs, records the swarm, starts it.
-pub(crate) async fn create(runtime: &Runtime, tenant: &TenantId, spec: SwarmSpec, caller: &Caller) -> Result<SwarmInfo, ActorError> {
-    let bad = |field: &str, reason: String| ActorError::BadRequest { field: field.into(), reason };
+pub(crate) async fn create(
+    runtime: &Runtime,
+    tenant: &TenantId,
+    spec: SwarmSpec,
+    caller: &Caller,
+) -> Result<SwarmInfo, ActorError> {
+    let bad = |field: &str, reason: String| ActorError::BadRequest {
+        field: field.into(),
+        reason,
+    };
     let total_members = u64::from(spec.members) + spec.member_swarms.len() as u64;
     if total_members == 0 {
-        return Err(bad("members", "a swarm needs at least one member (members > 0 or member_swarms)".into()));
+        return Err(bad(
+            "members",
+            "a swarm needs at least one member (members > 0 or member_swarms)".into(),
+        ));
     }
     if total_members > u64::from(SWARM_MEMBERS_MAX) {
-        return Err(bad("members", format!("at most {SWARM_MEMBERS_MAX} members")));
+        return Err(bad(
+            "members",
+            format!("at most {SWARM_MEMBERS_MAX} members"),
+        ));
     }
     if spec.members > 0 && spec.member_kind.is_none() {
         return Err(bad("member_kind", "required when members > 0".into()));
     }
-    if spec.max_in_flight_per_member == 0 || spec.max_in_flight_per_member > IN_FLIGHT_PER_MEMBER_MAX {
-        return Err(bad("max_in_flight_per_member", format!("must be 1..={IN_FLIGHT_PER_MEMBER_MAX}")));
+    if spec.max_in_flight_per_member == 0
+        || spec.max_in_flight_per_member > IN_FLIGHT_PER_MEMBER_MAX
+    {
+        return Err(bad(
+            "max_in_flight_per_member",
+            format!("must be 1..={IN_FLIGHT_PER_MEMBER_MAX}"),
+        ));
     }
     if spec.max_attempts == 0 {
         return Err(bad("max_attempts", "must be at least 1".into()));
@@ -117,8 +172,16 @@ pub(crate) async fn create(runtime: &Runtime, tenant: &TenantId, spec: SwarmSpec
     }
     let mut members = Vec::new();
     for sub in &spec.member_swarms {
-        let sub_key = SwarmKey { tenant: tenant.clone(), id: SwarmId(*sub) };
-        runtime.swarms().get(&sub_key).map_err(|_| bad("member_swarms", format!("no swarm {sub} in tenant {tenant}")))?;
+        let sub_key = SwarmKey {
+            tenant: tenant.clone(),
+            id: SwarmId(*sub),
+        };
+        runtime.swarms().get(&sub_key).map_err(|_| {
+            bad(
+                "member_swarms",
+                format!("no swarm {sub} in tenant {tenant}"),
+            )
+        })?;
         members.push(MemberRef::Swarm(*sub));
     }
     if let Some(kind) = &spec.member_kind {
@@ -129,8 +192,13 @@ pub(crate) async fn create(runtime: &Runtime, tenant: &TenantId, spec: SwarmSpec
                     // No half-made swarms: terminate the members created so far.
                     for member in &members {
                         if let MemberRef::Imvu(id) = member {
-                            let key = ImvuKey { tenant: *tenant, id: ImvuId(*id) };
-                            let _ = runtime.transition(&key, crate::lifecycle::Transition::Terminate, caller).await;
+                            let key = ImvuKey {
+                                tenant: *tenant,
+                                id: ImvuId(*id),
+                            };
+                            let _ = runtime
+                                .transition(&key, crate::lifecycle::Transition::Terminate, caller)
+                                .await;
                         }
                     }
                     return Err(e);
@@ -138,10 +206,29 @@ pub(crate) async fn create(runtime: &Runtime, tenant: &TenantId, spec: SwarmSpec
             }
         }
     }
-    let key = SwarmKey { tenant: tenant.clone(), id: SwarmId(runtime.allocate_id().await?) };
-    let record = SwarmRecord { spec, members, status: SwarmStatus::Running, created_unix_ms: runtime.clock().unix_ms() };
-    commit_durable(&**runtime.store(), vec![CanonWrite::Put { key: spec_key(&key), value: encode(&record) }]).await?;
-    let core = SwarmCore::new(record.members.iter().copied(), record.spec.max_in_flight_per_member, record.spec.max_attempts);
+    let key = SwarmKey {
+        tenant: tenant.clone(),
+        id: SwarmId(runtime.allocate_id().await?),
+    };
+    let record = SwarmRecord {
+        spec,
+        members,
+        status: SwarmStatus::Running,
+        created_unix_ms: runtime.clock().unix_ms(),
+    };
+    commit_durable(
+        &**runtime.store(),
+        vec![CanonWrite::Put {
+            key: spec_key(&key),
+            value: encode(&record),
+        }],
+    )
+    .await?;
+    let core = SwarmCore::new(
+        record.members.iter().copied(),
+        record.spec.max_in_flight_per_member,
+        record.spec.max_attempts,
+    );
     let info = start(runtime, key, record, core, BTreeMap::new(), BTreeMap::new());
     Ok(info)
 }
@@ -157,11 +244,18 @@ fn start(
     let (tx, rx) = mpsc::channel(SWARM_QUEUE_LEN_MAX);
     let mut supervisor = Supervisor::new(
         strategy(record.spec.strategy),
-        Intensity { max_restarts: record.spec.max_restarts, period_ms: record.spec.restart_period_ms },
+        Intensity {
+            max_restarts: record.spec.max_restarts,
+            period_ms: record.spec.restart_period_ms,
+        },
     );
     for member in &record.members {
         // Members are few (SWARM_MEMBERS_MAX < CHILDREN_MAX) and distinct.
-        let _ = supervisor.add_child(ChildSpec { id: *member, restart: RestartType::Permanent, shutdown_timeout_ms: 0 });
+        let _ = supervisor.add_child(ChildSpec {
+            id: *member,
+            restart: RestartType::Permanent,
+            shutdown_timeout_ms: 0,
+        });
     }
     let info = SwarmInfo {
         key: key.clone(),
@@ -207,15 +301,27 @@ pub(crate) async fn recover(runtime: &Runtime) -> Result<usize, ActorError> {
             let Some((last, _)) = page.last() else { break };
             after = Some(last.clone());
             for (k, bytes) in page {
-                if let Some(id) = k.strip_prefix(&prefix).and_then(|rest| rest.strip_suffix("/spec")) {
-                    let id: u64 = id.parse().map_err(|_| ActorError::Store(format!("bad swarm key {k}")))?;
+                if let Some(id) = k
+                    .strip_prefix(&prefix)
+                    .and_then(|rest| rest.strip_suffix("/spec"))
+                {
+                    let id: u64 = id
+                        .parse()
+                        .map_err(|_| ActorError::Store(format!("bad swarm key {k}")))?;
                     specs.push((id, decode::<SwarmRecord>(&k, &bytes)?));
                 }
             }
         }
         for (id, record) in specs {
-            let key = SwarmKey { tenant: tenant.id.clone(), id: SwarmId(id) };
-            let mut core = SwarmCore::new(record.members.iter().copied(), record.spec.max_in_flight_per_member, record.spec.max_attempts);
+            let key = SwarmKey {
+                tenant: tenant.id.clone(),
+                id: SwarmId(id),
+            };
+            let mut core = SwarmCore::new(
+                record.members.iter().copied(),
+                record.spec.max_in_flight_per_member,
+                record.spec.max_attempts,
+            );
             let mut payloads = BTreeMap::new();
             let item_prefix = format!("{}item/", swarm_prefix(&key));
             let mut after: Option<String> = None;
@@ -224,9 +330,14 @@ pub(crate) async fn recover(runtime: &Runtime) -> Result<usize, ActorError> {
                 let Some((last, _)) = page.last() else { break };
                 after = Some(last.clone());
                 for (k, bytes) in page {
-                    let item: u64 = k[item_prefix.len()..].parse().map_err(|_| ActorError::Store(format!("bad item key {k}")))?;
+                    let item: u64 = k[item_prefix.len()..]
+                        .parse()
+                        .map_err(|_| ActorError::Store(format!("bad item key {k}")))?;
                     let rec: ItemRecord = decode(&k, &bytes)?;
-                    if matches!(rec.status, ItemStatus::Pending | ItemStatus::InFlight { .. }) {
+                    if matches!(
+                        rec.status,
+                        ItemStatus::Pending | ItemStatus::InFlight { .. }
+                    ) {
                         payloads.insert(item, rec.payload);
                     }
                     core.submit(item, rec.status, rec.attempts);
@@ -251,26 +362,46 @@ async fn puller(runtime: Runtime, swarm: SwarmKey, member: MemberRef, tx: mpsc::
         if tx.send(SwarmCmd::Pull { member, reply }).await.is_err() {
             return;
         }
-        let Ok(Some((item, payload))) = rx.await else { return };
+        let Ok(Some((item, payload))) = rx.await else {
+            return;
+        };
         let outcome = run_item(&runtime, &swarm.tenant, member, payload).await;
-        if tx.send(SwarmCmd::Finish { item, member, outcome }).await.is_err() {
+        if tx
+            .send(SwarmCmd::Finish {
+                item,
+                member,
+                outcome,
+            })
+            .await
+            .is_err()
+        {
             return;
         }
     }
 }
 
-async fn run_item(runtime: &Runtime, tenant: &TenantId, member: MemberRef, payload: serde_json::Value) -> Outcome {
+async fn run_item(
+    runtime: &Runtime,
+    tenant: &TenantId,
+    member: MemberRef,
+    payload: serde_json::Value,
+) -> Outcome {
     match member {
         MemberRef::Imvu(id) => {
-            let key = ImvuKey { tenant: tenant.clone(), id: ImvuId(id) };
+            let key = ImvuKey {
+                tenant: tenant.clone(),
+                id: ImvuId(id),
+            };
             match runtime.ask_json(&key, payload).await {
                 Ok(result) => Outcome::Done(result),
                 Err(ActorError::Crashed { reason, .. }) => Outcome::Crashed(reason),
                 // The item is not a valid message for the member's kind: its own fault.
                 Err(e @ ActorError::BadRequest { .. }) => Outcome::Crashed(e.to_string()),
-                Err(e @ (ActorError::Terminated(_) | ActorError::NotFound { .. } | ActorError::IllegalTransition { .. })) => {
-                    Outcome::MemberGone(e.to_string())
-                }
+                Err(
+                    e @ (ActorError::Terminated(_)
+                    | ActorError::NotFound { .. }
+                    | ActorError::IllegalTransition { .. }),
+                ) => Outcome::MemberGone(e.to_string()),
                 Err(_) => {
                     // Full mailbox, stopping node, store trouble: not the item's fault; back off.
                     tokio::time::sleep(std::time::Duration::from_millis(10)).await;
@@ -279,10 +410,15 @@ async fn run_item(runtime: &Runtime, tenant: &TenantId, member: MemberRef, paylo
             }
         }
         MemberRef::Swarm(id) => {
-            let sub = SwarmKey { tenant: tenant.clone(), id: SwarmId(id) };
+            let sub = SwarmKey {
+                tenant: tenant.clone(),
+                id: SwarmId(id),
+            };
             match runtime.swarm_run_item(&sub, payload).await {
                 Ok(result) => Outcome::Done(result),
-                Err(ActorError::NotFound { .. } | ActorError::Unavailable(_)) => Outcome::MemberGone(format!("sub-swarm {sub} is gone")),
+                Err(ActorError::NotFound { .. } | ActorError::Unavailable(_)) => {
+                    Outcome::MemberGone(format!("sub-swarm {sub} is gone"))
+                }
                 Err(e) => Outcome::Crashed(e.to_string()),
             }
         }
@@ -308,7 +444,11 @@ impl Coordinator {
                 let _ = reply.send(self.submit(items).await);
             }
             SwarmCmd::Pull { member, reply } => self.waiting.push_back((member, reply)),
-            SwarmCmd::Finish { item, member, outcome } => self.finish(item, member, outcome).await,
+            SwarmCmd::Finish {
+                item,
+                member,
+                outcome,
+            } => self.finish(item, member, outcome).await,
             SwarmCmd::Info { reply } => {
                 let _ = reply.send(self.info());
             }
@@ -320,14 +460,28 @@ impl Coordinator {
                     let _ = reply.send(self.credited_result(item));
                 }
                 Some(ItemStatus::DeadLettered { reason }) => {
-                    let _ = reply.send(Err(ActorError::Crashed { key: self.key.to_string(), reason: reason.clone() }));
+                    let _ = reply.send(Err(ActorError::Crashed {
+                        key: self.key.to_string(),
+                        reason: reason.clone(),
+                    }));
                 }
                 Some(_) => self.awaiting.entry(item).or_default().push(reply),
             },
-            SwarmCmd::OpenVote { id, proposal, options, quorum, reply } => {
+            SwarmCmd::OpenVote {
+                id,
+                proposal,
+                options,
+                quorum,
+                reply,
+            } => {
                 let _ = reply.send(self.open_vote(id, proposal, options, quorum).await);
             }
-            SwarmCmd::CastVote { vote, member, choice, reply } => {
+            SwarmCmd::CastVote {
+                vote,
+                member,
+                choice,
+                reply,
+            } => {
                 let _ = reply.send(self.cast_vote(vote, member, choice).await);
             }
             SwarmCmd::Stop => {}
@@ -348,22 +502,38 @@ impl Coordinator {
         let key = credit_key(&self.key, item);
         match self.runtime.store().get(&key)? {
             Some(bytes) => Ok(decode::<CreditRecord>(&key, &bytes)?.result),
-            None => Err(ActorError::Store(format!("item {item} is done but has no credit record"))),
+            None => Err(ActorError::Store(format!(
+                "item {item} is done but has no credit record"
+            ))),
         }
     }
 
-    async fn submit(&mut self, items: Vec<(u64, serde_json::Value)>) -> Result<Vec<u64>, ActorError> {
+    async fn submit(
+        &mut self,
+        items: Vec<(u64, serde_json::Value)>,
+    ) -> Result<Vec<u64>, ActorError> {
         if let SwarmStatus::Failed { reason } = &self.record.status {
-            return Err(ActorError::Unavailable(format!("swarm {} has failed: {reason}", self.key)));
+            return Err(ActorError::Unavailable(format!(
+                "swarm {} has failed: {reason}",
+                self.key
+            )));
         }
         if self.payloads.len() + items.len() > SWARM_OPEN_ITEMS_MAX {
-            return Err(ActorError::QueueFull(format!("swarm {} holds {} open items (max {SWARM_OPEN_ITEMS_MAX})", self.key, self.payloads.len())));
+            return Err(ActorError::QueueFull(format!(
+                "swarm {} holds {} open items (max {SWARM_OPEN_ITEMS_MAX})",
+                self.key,
+                self.payloads.len()
+            )));
         }
         let writes = items
             .iter()
             .map(|(id, payload)| CanonWrite::Put {
                 key: item_key(&self.key, *id),
-                value: encode(&ItemRecord { payload: payload.clone(), status: ItemStatus::Pending, attempts: 0 }),
+                value: encode(&ItemRecord {
+                    payload: payload.clone(),
+                    status: ItemStatus::Pending,
+                    attempts: 0,
+                }),
             })
             .collect();
         commit_durable(&**self.runtime.store(), writes).await?;
@@ -386,7 +556,11 @@ impl Coordinator {
             }
             match self.core.pull(member) {
                 Some(id) => {
-                    let payload = self.payloads.get(&id).cloned().unwrap_or(serde_json::Value::Null);
+                    let payload = self
+                        .payloads
+                        .get(&id)
+                        .cloned()
+                        .unwrap_or(serde_json::Value::Null);
                     if let Err(Some((id, _))) = reply.send(Some((id, payload))) {
                         // The puller is gone (its task ended): the item goes back.
                         self.core.release(id, member);
@@ -407,20 +581,36 @@ impl Coordinator {
                 self.core.member_down(member);
                 self.supervisor.remove_child(&member);
                 if self.core.progress().members_alive == 0 {
-                    self.fail_swarm(format!("no members left (last: {reason})")).await;
+                    self.fail_swarm(format!("no members left (last: {reason})"))
+                        .await;
                 }
             }
             Outcome::Crashed(reason) => {
                 match self.core.fail(item, member, &reason) {
                     Failure::DeadLettered => {
                         let rec = ItemRecord {
-                            payload: self.payloads.remove(&item).unwrap_or(serde_json::Value::Null),
-                            status: ItemStatus::DeadLettered { reason: reason.clone() },
+                            payload: self
+                                .payloads
+                                .remove(&item)
+                                .unwrap_or(serde_json::Value::Null),
+                            status: ItemStatus::DeadLettered {
+                                reason: reason.clone(),
+                            },
                             attempts: self.core.attempts(item),
                         };
-                        let _ = commit_durable(&**self.runtime.store(), vec![CanonWrite::Put { key: item_key(&self.key, item), value: encode(&rec) }]).await;
+                        let _ = commit_durable(
+                            &**self.runtime.store(),
+                            vec![CanonWrite::Put {
+                                key: item_key(&self.key, item),
+                                value: encode(&rec),
+                            }],
+                        )
+                        .await;
                         for waiter in self.awaiting.remove(&item).into_iter().flatten() {
-                            let _ = waiter.send(Err(ActorError::Crashed { key: self.key.to_string(), reason: reason.clone() }));
+                            let _ = waiter.send(Err(ActorError::Crashed {
+                                key: self.key.to_string(),
+                                reason: reason.clone(),
+                            }));
                         }
                     }
                     Failure::Requeued | Failure::Ignored => {}
@@ -435,11 +625,31 @@ impl Coordinator {
             return;
         }
         let attempts = self.core.attempts(item);
-        let credit = CreditRecord { item, member, result: result.clone(), attempts, unix_ms: self.runtime.clock().unix_ms() };
-        let payload = self.payloads.get(&item).cloned().unwrap_or(serde_json::Value::Null);
+        let credit = CreditRecord {
+            item,
+            member,
+            result: result.clone(),
+            attempts,
+            unix_ms: self.runtime.clock().unix_ms(),
+        };
+        let payload = self
+            .payloads
+            .get(&item)
+            .cloned()
+            .unwrap_or(serde_json::Value::Null);
         let writes = vec![
-            CanonWrite::Put { key: item_key(&self.key, item), value: encode(&ItemRecord { payload, status: ItemStatus::Done { member }, attempts }) },
-            CanonWrite::Put { key: credit_key(&self.key, item), value: encode(&credit) },
+            CanonWrite::Put {
+                key: item_key(&self.key, item),
+                value: encode(&ItemRecord {
+                    payload,
+                    status: ItemStatus::Done { member },
+                    attempts,
+                }),
+            },
+            CanonWrite::Put {
+                key: credit_key(&self.key, item),
+                value: encode(&credit),
+            },
         ];
         match commit_durable(&**self.runtime.store(), writes).await {
             Ok(_) => {
@@ -461,19 +671,31 @@ impl Coordinator {
     /// A member crashed: the swarm's supervisor decides about its siblings.
     async fn supervise(&mut self, member: MemberRef, reason: String) {
         let now = self.runtime.clock().now_ms();
-        match self.supervisor.handle_child_exit(now, &member, ExitReason::Failed(reason.clone())) {
+        match self
+            .supervisor
+            .handle_child_exit(now, &member, ExitReason::Failed(reason.clone()))
+        {
             Directive::Restart { stop, .. } => {
                 // The crashed IMVU was already restarted by its tenant supervisor; siblings that
                 // the strategy restarts reload from canon.
                 for sibling in stop {
                     if let MemberRef::Imvu(id) = sibling {
-                        let _ = self.runtime.evict(&ImvuKey { tenant: self.key.tenant.clone(), id: ImvuId(id) }).await;
+                        let _ = self
+                            .runtime
+                            .evict(&ImvuKey {
+                                tenant: self.key.tenant.clone(),
+                                id: ImvuId(id),
+                            })
+                            .await;
                     }
                 }
             }
             Directive::Ignore => {}
             Directive::Escalate { reason: why, .. } => {
-                self.fail_swarm(format!("swarm supervisor: {why}; last crash of {member}: {reason}")).await;
+                self.fail_swarm(format!(
+                    "swarm supervisor: {why}; last crash of {member}: {reason}"
+                ))
+                .await;
             }
         }
     }
@@ -481,63 +703,134 @@ impl Coordinator {
     async fn fail_swarm(&mut self, reason: String) {
         tracing::warn!(swarm = %self.key, %reason, "swarm failed");
         self.core.requeue_all_in_flight();
-        self.record.status = SwarmStatus::Failed { reason: reason.clone() };
-        let _ = commit_durable(&**self.runtime.store(), vec![CanonWrite::Put { key: spec_key(&self.key), value: encode(&self.record) }]).await;
+        self.record.status = SwarmStatus::Failed {
+            reason: reason.clone(),
+        };
+        let _ = commit_durable(
+            &**self.runtime.store(),
+            vec![CanonWrite::Put {
+                key: spec_key(&self.key),
+                value: encode(&self.record),
+            }],
+        )
+        .await;
         for (_, waiters) in std::mem::take(&mut self.awaiting) {
             for waiter in waiters {
-                let _ = waiter.send(Err(ActorError::Unavailable(format!("swarm {} failed: {reason}", self.key))));
+                let _ = waiter.send(Err(ActorError::Unavailable(format!(
+                    "swarm {} failed: {reason}",
+                    self.key
+                ))));
             }
         }
     }
 
-    async fn open_vote(&mut self, id: u64, proposal: String, options: Vec<String>, quorum: Option<u32>) -> Result<VoteRecord, ActorError> {
+    async fn open_vote(
+        &mut self,
+        id: u64,
+        proposal: String,
+        options: Vec<String>,
+        quorum: Option<u32>,
+    ) -> Result<VoteRecord, ActorError> {
         if options.len() < 2 {
-            return Err(ActorError::BadRequest { field: "options".into(), reason: "a vote needs at least two options".into() });
+            return Err(ActorError::BadRequest {
+                field: "options".into(),
+                reason: "a vote needs at least two options".into(),
+            });
         }
         let members = self.record.members.len() as u32;
         let quorum = quorum.unwrap_or(members / 2 + 1);
         if quorum == 0 || quorum > members {
-            return Err(ActorError::BadRequest { field: "quorum".into(), reason: format!("must be 1..={members} (the swarm's members)") });
+            return Err(ActorError::BadRequest {
+                field: "quorum".into(),
+                reason: format!("must be 1..={members} (the swarm's members)"),
+            });
         }
-        let vote = VoteRecord { id, proposal, options, quorum, ballots: BTreeMap::new(), decision: None };
-        commit_durable(&**self.runtime.store(), vec![CanonWrite::Put { key: vote_key(&self.key, id), value: encode(&vote) }]).await?;
+        let vote = VoteRecord {
+            id,
+            proposal,
+            options,
+            quorum,
+            ballots: BTreeMap::new(),
+            decision: None,
+        };
+        commit_durable(
+            &**self.runtime.store(),
+            vec![CanonWrite::Put {
+                key: vote_key(&self.key, id),
+                value: encode(&vote),
+            }],
+        )
+        .await?;
         self.votes.insert(id, vote.clone());
         Ok(vote)
     }
 
-    async fn cast_vote(&mut self, vote: u64, member: MemberRef, choice: String) -> Result<VoteRecord, ActorError> {
+    async fn cast_vote(
+        &mut self,
+        vote: u64,
+        member: MemberRef,
+        choice: String,
+    ) -> Result<VoteRecord, ActorError> {
         if !self.record.members.contains(&member) {
-            return Err(ActorError::BadRequest { field: "member".into(), reason: format!("{member} is not a member of {}", self.key) });
+            return Err(ActorError::BadRequest {
+                field: "member".into(),
+                reason: format!("{member} is not a member of {}", self.key),
+            });
         }
-        let mut record = self.votes.get(&vote).cloned().ok_or_else(|| ActorError::not_found("vote", vote))?;
+        let mut record = self
+            .votes
+            .get(&vote)
+            .cloned()
+            .ok_or_else(|| ActorError::not_found("vote", vote))?;
         if let Some(decision) = &record.decision {
-            return Err(ActorError::Conflict(format!("vote {vote} is already decided: {decision:?}")));
+            return Err(ActorError::Conflict(format!(
+                "vote {vote} is already decided: {decision:?}"
+            )));
         }
         if !record.options.contains(&choice) {
-            return Err(ActorError::BadRequest { field: "choice".into(), reason: format!("{choice:?} is not one of {:?}", record.options) });
+            return Err(ActorError::BadRequest {
+                field: "choice".into(),
+                reason: format!("{choice:?} is not one of {:?}", record.options),
+            });
         }
         record.ballots.insert(member.to_string(), choice.clone());
         let for_choice = record.ballots.values().filter(|c| **c == choice).count() as u32;
         if for_choice >= record.quorum {
             record.decision = Some(choice);
         }
-        commit_durable(&**self.runtime.store(), vec![CanonWrite::Put { key: vote_key(&self.key, vote), value: encode(&record) }]).await?;
+        commit_durable(
+            &**self.runtime.store(),
+            vec![CanonWrite::Put {
+                key: vote_key(&self.key, vote),
+                value: encode(&record),
+            }],
+        )
+        .await?;
         self.votes.insert(vote, record.clone());
         Ok(record)
     }
 }
 
 /// Request/response helpers used by `Runtime`.
-pub(crate) async fn call<T>(tx: &mpsc::Sender<SwarmCmd>, make: impl FnOnce(Reply<T>) -> SwarmCmd) -> Result<T, ActorError> {
+pub(crate) async fn call<T>(
+    tx: &mpsc::Sender<SwarmCmd>,
+    make: impl FnOnce(Reply<T>) -> SwarmCmd,
+) -> Result<T, ActorError> {
     let (reply, rx) = oneshot::channel();
-    tx.send(make(reply)).await.map_err(|_| ActorError::Unavailable("swarm coordinator stopped".into()))?;
-    rx.await.map_err(|_| ActorError::Unavailable("swarm coordinator stopped".into()))?
+    tx.send(make(reply))
+        .await
+        .map_err(|_| ActorError::Unavailable("swarm coordinator stopped".into()))?;
+    rx.await
+        .map_err(|_| ActorError::Unavailable("swarm coordinator stopped".into()))?
 }
 
 pub(crate) async fn info(tx: &mpsc::Sender<SwarmCmd>) -> Result<SwarmInfo, ActorError> {
     let (reply, rx) = oneshot::channel();
-    tx.send(SwarmCmd::Info { reply }).await.map_err(|_| ActorError::Unavailable("swarm coordinator stopped".into()))?;
-    rx.await.map_err(|_| ActorError::Unavailable("swarm coordinator stopped".into()))
+    tx.send(SwarmCmd::Info { reply })
+        .await
+        .map_err(|_| ActorError::Unavailable("swarm coordinator stopped".into()))?;
+    rx.await
+        .map_err(|_| ActorError::Unavailable("swarm coordinator stopped".into()))
 }
 
 pub(crate) fn stop_all(registry: &Registry) {
@@ -545,4 +838,3 @@ pub(crate) fn stop_all(registry: &Registry) {
         let _ = tx.try_send(SwarmCmd::Stop);
     }
 }
-

@@ -119,13 +119,20 @@ const PULL_SCAN_MAX: usize = 64;
 
 impl SwarmCore {
     /// A coordinator over `members`.
-    pub fn new(members: impl IntoIterator<Item = MemberRef>, max_in_flight: u32, max_attempts: u32) -> Self {
+    pub fn new(
+        members: impl IntoIterator<Item = MemberRef>,
+        max_in_flight: u32,
+        max_attempts: u32,
+    ) -> Self {
         assert!(max_in_flight > 0, "a member must be able to hold one item");
         assert!(max_attempts > 0, "an item must be tried at least once");
         Self {
             items: BTreeMap::new(),
             pending: VecDeque::new(),
-            members: members.into_iter().map(|m| (m, Member::default())).collect(),
+            members: members
+                .into_iter()
+                .map(|m| (m, Member::default()))
+                .collect(),
             max_in_flight,
             max_attempts,
         }
@@ -141,13 +148,22 @@ impl SwarmCore {
         if status == ItemStatus::Pending {
             self.pending.push_back(id);
         }
-        let previous = self.items.insert(id, Item { status, attempts, last_failed_by: None });
+        let previous = self.items.insert(
+            id,
+            Item {
+                status,
+                attempts,
+                last_failed_by: None,
+            },
+        );
         assert!(previous.is_none(), "item {id} submitted twice");
     }
 
     /// Whether the member may pull now.
     pub fn may_pull(&self, member: MemberRef) -> bool {
-        self.members.get(&member).is_some_and(|m| !m.gone && (m.in_flight.len() as u32) < self.max_in_flight)
+        self.members
+            .get(&member)
+            .is_some_and(|m| !m.gone && (m.in_flight.len() as u32) < self.max_in_flight)
     }
 
     /// Whether the member has left the swarm.
@@ -166,19 +182,31 @@ impl SwarmCore {
             .iter()
             .take(PULL_SCAN_MAX)
             .position(|id| !others_alive || self.items[id].last_failed_by != Some(member))?;
-        let id = self.pending.remove(position).expect("position is within the queue");
+        let id = self
+            .pending
+            .remove(position)
+            .expect("position is within the queue");
         let item = self.items.get_mut(&id).expect("pending items exist");
         item.status = ItemStatus::InFlight { member };
         item.attempts += 1;
-        self.members.get_mut(&member).expect("checked by may_pull").in_flight.insert(id);
+        self.members
+            .get_mut(&member)
+            .expect("checked by may_pull")
+            .in_flight
+            .insert(id);
         Some(id)
     }
 
     /// The member finished the item successfully.
     pub fn complete(&mut self, id: u64, member: MemberRef) -> Completion {
-        let Some(item) = self.items.get_mut(&id) else { return Completion::Reject(format!("no item {id}")) };
+        let Some(item) = self.items.get_mut(&id) else {
+            return Completion::Reject(format!("no item {id}"));
+        };
         if item.status != (ItemStatus::InFlight { member }) {
-            return Completion::Reject(format!("item {id} is {:?}, not in flight with {member}", item.status));
+            return Completion::Reject(format!(
+                "item {id} is {:?}, not in flight with {member}",
+                item.status
+            ));
         }
         item.status = ItemStatus::Done { member };
         if let Some(m) = self.members.get_mut(&member) {
@@ -189,7 +217,9 @@ impl SwarmCore {
 
     /// The member failed the item (its handler crashed).
     pub fn fail(&mut self, id: u64, member: MemberRef, reason: &str) -> Failure {
-        let Some(item) = self.items.get_mut(&id) else { return Failure::Ignored };
+        let Some(item) = self.items.get_mut(&id) else {
+            return Failure::Ignored;
+        };
         if item.status != (ItemStatus::InFlight { member }) {
             return Failure::Ignored;
         }
@@ -198,7 +228,9 @@ impl SwarmCore {
         }
         item.last_failed_by = Some(member);
         if item.attempts >= self.max_attempts {
-            item.status = ItemStatus::DeadLettered { reason: reason.to_owned() };
+            item.status = ItemStatus::DeadLettered {
+                reason: reason.to_owned(),
+            };
             return Failure::DeadLettered;
         }
         item.status = ItemStatus::Pending;
@@ -210,7 +242,9 @@ impl SwarmCore {
     /// The member is gone (terminated, or its sub-swarm failed): its items go back to the queue.
     /// A death is not the item's fault, so the attempt is not counted.
     pub fn member_down(&mut self, member: MemberRef) -> Vec<u64> {
-        let Some(m) = self.members.get_mut(&member) else { return Vec::new() };
+        let Some(m) = self.members.get_mut(&member) else {
+            return Vec::new();
+        };
         m.gone = true;
         let ids: Vec<u64> = std::mem::take(&mut m.in_flight).into_iter().collect();
         for id in ids.iter().rev() {
@@ -225,7 +259,9 @@ impl SwarmCore {
     /// Gives an item back without counting the attempt (the member could not take it through
     /// no fault of the item: a full mailbox, a stopping node).
     pub fn release(&mut self, id: u64, member: MemberRef) {
-        let Some(item) = self.items.get_mut(&id) else { return };
+        let Some(item) = self.items.get_mut(&id) else {
+            return;
+        };
         if item.status != (ItemStatus::InFlight { member }) {
             return;
         }
@@ -264,7 +300,10 @@ impl SwarmCore {
 
     /// Counts.
     pub fn progress(&self) -> Progress {
-        let mut p = Progress { submitted: self.items.len() as u64, ..Progress::default() };
+        let mut p = Progress {
+            submitted: self.items.len() as u64,
+            ..Progress::default()
+        };
         for item in self.items.values() {
             match item.status {
                 ItemStatus::Pending => p.pending += 1,
@@ -346,7 +385,11 @@ mod tests {
         core.submit(7, ItemStatus::Pending, 0);
         assert_eq!(core.pull(a), Some(7));
         assert_eq!(core.fail(7, a, "crash"), Failure::Requeued);
-        assert_eq!(core.pull(a), None, "a failed it; b is alive and should get it");
+        assert_eq!(
+            core.pull(a),
+            None,
+            "a failed it; b is alive and should get it"
+        );
         assert_eq!(core.pull(b), Some(7));
         assert_eq!(core.complete(7, b), Completion::Credit);
     }
@@ -363,7 +406,12 @@ mod tests {
         assert_eq!(core.pull(a), None);
         assert_eq!(core.pull(b), Some(1));
         assert_eq!(core.pull(b), Some(2));
-        assert_eq!(core.complete(1, a), Completion::Reject("item 1 is InFlight { member: Imvu(2) }, not in flight with imvu-1".into()));
+        assert_eq!(
+            core.complete(1, a),
+            Completion::Reject(
+                "item 1 is InFlight { member: Imvu(2) }, not in flight with imvu-1".into()
+            )
+        );
     }
 
     #[test]

@@ -22,15 +22,18 @@ mod records;
 
 pub use self::core::{ItemStatus, MemberRef, Progress};
 pub(crate) use coordinator::{call, create, info, recover, stop_all, Registry, SwarmCmd};
-pub use records::{CreditRecord, SwarmInfo, SwarmSpec, SwarmStatus, SwarmStrategy, VoteRecord};
 pub(crate) use records::{credit_prefix, mem_key};
+pub use records::{CreditRecord, SwarmInfo, SwarmSpec, SwarmStatus, SwarmStrategy, VoteRecord};
 
 /// Validates a shared-memory key.
 pub(crate) fn check_mem_key(name: &str) -> Result<(), crate::error::ActorError> {
     if name.is_empty() || name.len() > records::SWARM_MEM_KEY_LEN_MAX || name.contains('/') {
         return Err(crate::error::ActorError::BadRequest {
             field: "key".into(),
-            reason: format!("memory keys are 1..={} bytes without '/'", records::SWARM_MEM_KEY_LEN_MAX),
+            reason: format!(
+                "memory keys are 1..={} bytes without '/'",
+                records::SWARM_MEM_KEY_LEN_MAX
+            ),
         });
     }
     Ok(())

@@ -1,0 +1,256 @@
+//! [`StateMachineStore`]: openraft's `RaftStateMachine` over [`KvState`].
+//!
+//! Persistence choice: the applied state lives in memory and is made durable by snapshots,
+//! not by writing every apply to redb. The log already holds every applied request durably,
+//! and openraft re-applies the log after the last snapshot on restart (up to the `committed`
+//! hint the log store keeps, or once the leader commits again). Writing the state on each
+//! apply would cost a second fsync per entry for nothing the log does not already guarantee.
+//! The price is replay time after a restart, bounded by openraft's snapshot policy.
+//!
+//! The current snapshot is stored in the `sm_snapshot` table of the same redb file (meta as
+//! JSON, data as bytes, one fsynced transaction), so it survives restart; [`crate::open`]
+//! restores the state from it. A snapshot's data is JSON of its last applied log id, its
+//! membership and the whole [`KvState`].
+//!
+//! [`StateReader`] serves reads (`get`, `range`, `lease`) from the applied state; it holds no
+//! database handle, so dropping the raft node closes the file.
+
+use std::fmt::Debug;
+use std::io::Cursor;
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{
+    BasicNode, Entry, EntryPayload, LogId, RaftSnapshotBuilder, SnapshotMeta, StorageError, StorageIOError,
+    StoredMembership,
+};
+use redb::{Database, Durability, ReadableDatabase, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+use crate::state::KvState;
+use crate::types::{LeaseInfo, Response};
+use crate::TypeConfig;
+
+const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_snapshot");
+const KEY_META: &str = "meta";
+const KEY_DATA: &str = "data";
+
+type StorageResult<T> = Result<T, StorageError<u64>>;
+
+/// A stored snapshot: its meta and its data.
+type StoredSnapshot = (SnapshotMeta<u64, BasicNode>, Vec<u8>);
+
+/// What has been applied: the state and where it stands in the log.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Applied {
+    last_applied: Option<LogId<u64>>,
+    membership: StoredMembership<u64, BasicNode>,
+    state: KvState,
+}
+
+/// The state machine; cloning gives another handle on the same state and database.
+#[derive(Clone)]
+pub struct StateMachineStore {
+    db: Arc<Database>,
+    applied: Arc<RwLock<Applied>>,
+}
+
+impl Debug for StateMachineStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateMachineStore").finish_non_exhaustive()
+    }
+}
+
+/// A read handle on the applied state (no database handle).
+#[derive(Clone)]
+pub struct StateReader {
+    applied: Arc<RwLock<Applied>>,
+}
+
+impl Debug for StateReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateReader").finish_non_exhaustive()
+    }
+}
+
+fn read_lock(applied: &RwLock<Applied>) -> RwLockReadGuard<'_, Applied> {
+    applied.read().expect("state lock poisoned: a panic while applying leaves no trustworthy state")
+}
+
+fn write_lock(applied: &RwLock<Applied>) -> RwLockWriteGuard<'_, Applied> {
+    applied.write().expect("state lock poisoned: a panic while applying leaves no trustworthy state")
+}
+
+impl StateReader {
+    /// The value of `key`.
+    pub fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        read_lock(&self.applied).state.get(key).map(<[u8]>::to_vec)
+    }
+
+    /// See [`KvState::range`].
+    pub fn range(&self, prefix: &[u8], after: Option<&[u8]>, limit: usize) -> Vec<(Vec<u8>, Vec<u8>)> {
+        read_lock(&self.applied).state.range(prefix, after, limit)
+    }
+
+    /// The state of lease `name`.
+    pub fn lease(&self, name: &str) -> Option<LeaseInfo> {
+        read_lock(&self.applied).state.lease(name).cloned()
+    }
+
+    /// The last applied log id.
+    pub fn last_applied(&self) -> Option<LogId<u64>> {
+        read_lock(&self.applied).last_applied
+    }
+
+    /// A copy of the whole state (for tests and checkers; it clones everything).
+    pub fn state(&self) -> KvState {
+        read_lock(&self.applied).state.clone()
+    }
+}
+
+impl StateMachineStore {
+    /// Wraps `db`, creating the snapshot table if missing and restoring the state from the
+    /// stored snapshot if there is one.
+    pub fn new(db: Arc<Database>) -> Result<Self, Error> {
+        let mut txn = db.begin_write()?;
+        txn.set_durability(Durability::Immediate)?;
+        {
+            txn.open_table(SNAPSHOT)?;
+        }
+        txn.commit()?;
+        let store = Self { db, applied: Arc::default() };
+        if let Some((meta, data)) = store.load_snapshot()? {
+            let applied = decode_body(&meta, &data)?;
+            *write_lock(&store.applied) = applied;
+        }
+        Ok(store)
+    }
+
+    /// A read handle on the applied state.
+    pub fn reader(&self) -> StateReader {
+        StateReader { applied: Arc::clone(&self.applied) }
+    }
+
+    fn load_snapshot(&self) -> Result<Option<StoredSnapshot>, Error> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(SNAPSHOT)?;
+        let (Some(meta), Some(data)) = (table.get(KEY_META)?, table.get(KEY_DATA)?) else {
+            return Ok(None);
+        };
+        let meta = serde_json::from_slice(meta.value()).map_err(|source| Error::Corrupt { what: "snapshot meta", source })?;
+        Ok(Some((meta, data.value().to_vec())))
+    }
+
+    fn store_snapshot(&self, meta: &SnapshotMeta<u64, BasicNode>, data: &[u8]) -> Result<(), Error> {
+        let meta = serde_json::to_vec(meta).map_err(|source| Error::Corrupt { what: "snapshot meta", source })?;
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(Durability::Immediate)?;
+        {
+            let mut table = txn.open_table(SNAPSHOT)?;
+            table.insert(KEY_META, meta.as_slice())?;
+            table.insert(KEY_DATA, data)?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+}
+
+/// Decodes snapshot data and checks it against its meta.
+fn decode_body(meta: &SnapshotMeta<u64, BasicNode>, data: &[u8]) -> Result<Applied, Error> {
+    let applied: Applied =
+        serde_json::from_slice(data).map_err(|source| Error::Corrupt { what: "snapshot data", source })?;
+    if applied.last_applied != meta.last_log_id || applied.membership != meta.last_membership {
+        return Err(Error::Corrupt {
+            what: "snapshot data",
+            source: serde::de::Error::custom("snapshot data disagrees with its meta"),
+        });
+    }
+    Ok(applied)
+}
+
+fn snapshot_id(last_applied: &Option<LogId<u64>>) -> String {
+    match last_applied {
+        Some(log_id) => format!("{}-{}", log_id.leader_id, log_id.index),
+        None => "empty".to_owned(),
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
+    async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
+        let (meta, data) = {
+            let applied = read_lock(&self.applied);
+            let data = serde_json::to_vec(&*applied).map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+            let meta = SnapshotMeta {
+                last_log_id: applied.last_applied,
+                last_membership: applied.membership.clone(),
+                snapshot_id: snapshot_id(&applied.last_applied),
+            };
+            (meta, data)
+        };
+        self.store_snapshot(&meta, &data)
+            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(&mut self) -> StorageResult<(Option<LogId<u64>>, StoredMembership<u64, BasicNode>)> {
+        let applied = read_lock(&self.applied);
+        Ok((applied.last_applied, applied.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> StorageResult<Vec<Response>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + Send,
+        I::IntoIter: Send,
+    {
+        let mut applied = write_lock(&self.applied);
+        let mut responses = Vec::new();
+        for entry in entries {
+            if let Some(last) = applied.last_applied {
+                assert!(entry.log_id.index > last.index, "entries are applied in log order, once");
+            }
+            applied.last_applied = Some(entry.log_id);
+            let response = match entry.payload {
+                EntryPayload::Blank => Response::Noop,
+                EntryPayload::Normal(request) => applied.state.apply(entry.log_id.index, &request),
+                EntryPayload::Membership(membership) => {
+                    applied.membership = StoredMembership::new(Some(entry.log_id), membership);
+                    Response::Noop
+                }
+            };
+            responses.push(response);
+        }
+        Ok(responses)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> StorageResult<Box<Cursor<Vec<u8>>>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<u64, BasicNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> StorageResult<()> {
+        let data = snapshot.into_inner();
+        let installed =
+            decode_body(meta, &data).map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
+        self.store_snapshot(meta, &data)
+            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        *write_lock(&self.applied) = installed;
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<TypeConfig>>> {
+        let stored = self.load_snapshot().map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+        Ok(stored.map(|(meta, data)| Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }))
+    }
+}

@@ -1,0 +1,142 @@
+//! The redb stores on disk: reopening recovers the log state, the vote, the committed hint and
+//! the snapshot; a snapshot built on one state machine installs into a fresh one identically.
+
+use std::collections::BTreeSet;
+
+use openraft::storage::{RaftLogStorage, RaftStateMachine};
+use openraft::testing::log_id;
+use openraft::{
+    Entry, EntryPayload, LogId, Membership, RaftLogReader, RaftSnapshotBuilder, StoredMembership, Vote,
+};
+use tempfile::TempDir;
+use vcos_canon_raft::{LogStore, Op, Request, StateMachineStore, TypeConfig};
+
+fn open(dir: &TempDir) -> (LogStore, StateMachineStore) {
+    vcos_canon_raft::open(dir.path()).expect("the store opens")
+}
+
+fn request(index: u64) -> Entry<TypeConfig> {
+    let op = Op::Put { key: format!("k/{index:03}").into_bytes(), value: index.to_be_bytes().to_vec() };
+    Entry { log_id: log_id(1, 1, index), payload: EntryPayload::Normal(Request { client_id: 1, seq: index, op }) }
+}
+
+fn membership(index: u64) -> Entry<TypeConfig> {
+    let voters = BTreeSet::from([1u64]);
+    Entry { log_id: log_id(1, 1, index), payload: EntryPayload::Membership(Membership::new(vec![voters], None)) }
+}
+
+/// Appends through openraft's blocking helper, which waits for the flush callback.
+async fn append(log: &mut LogStore, entries: Vec<Entry<TypeConfig>>) {
+    use openraft::storage::RaftLogStorageExt;
+    log.blocking_append(entries).await.expect("append succeeds");
+}
+
+#[tokio::test]
+async fn reopen_recovers_log_state_vote_and_committed() {
+    let dir = TempDir::new().expect("temp dir");
+    {
+        let (mut log, _sm) = open(&dir);
+        append(&mut log, vec![membership(1)]).await;
+        append(&mut log, (2..=10).map(request).collect()).await;
+        log.save_vote(&Vote::new_committed(3, 1)).await.expect("vote saved");
+        log.save_committed(Some(log_id(1, 1, 8))).await.expect("committed saved");
+        log.purge(log_id(1, 1, 4)).await.expect("purged");
+        log.truncate(log_id(1, 1, 9)).await.expect("truncated");
+    }
+    let (mut log, _sm) = open(&dir);
+    let state = log.get_log_state().await.expect("log state");
+    assert_eq!(state.last_purged_log_id, Some(log_id(1, 1, 4)));
+    assert_eq!(state.last_log_id, Some(log_id(1, 1, 8)));
+    assert_eq!(log.read_vote().await.expect("vote"), Some(Vote::new_committed(3, 1)));
+    assert_eq!(log.read_committed().await.expect("committed"), Some(log_id(1, 1, 8)));
+    let entries = log.try_get_log_entries(0..100).await.expect("entries");
+    let indexes: Vec<u64> = entries.iter().map(|e| e.log_id.index).collect();
+    assert_eq!(indexes, vec![5, 6, 7, 8]);
+    assert_eq!(entries[0], request(5));
+}
+
+#[tokio::test]
+async fn purging_everything_keeps_the_last_log_id() {
+    let dir = TempDir::new().expect("temp dir");
+    {
+        let (mut log, _sm) = open(&dir);
+        append(&mut log, (1..=3).map(request).collect()).await;
+        log.purge(log_id(1, 1, 3)).await.expect("purged");
+    }
+    let (mut log, _sm) = open(&dir);
+    let state = log.get_log_state().await.expect("log state");
+    assert_eq!(state.last_purged_log_id, Some(log_id(1, 1, 3)));
+    assert_eq!(state.last_log_id, Some(log_id(1, 1, 3)));
+}
+
+#[tokio::test]
+async fn snapshot_installs_identically_and_survives_reopen() {
+    let source_dir = TempDir::new().expect("temp dir");
+    let (_log, mut source) = open(&source_dir);
+    let mut entries = vec![membership(1)];
+    entries.extend((2..=20).map(request));
+    source.apply(entries).await.expect("applied");
+    let snapshot = source.get_snapshot_builder().await.build_snapshot().await.expect("snapshot built");
+    assert_eq!(snapshot.meta.last_log_id, Some(log_id(1, 1, 20)));
+
+    let target_dir = TempDir::new().expect("temp dir");
+    {
+        let (_log, mut target) = open(&target_dir);
+        let mut data = target.begin_receiving_snapshot().await.expect("receiving");
+        data.get_mut().extend_from_slice(snapshot.snapshot.get_ref());
+        target.install_snapshot(&snapshot.meta, data).await.expect("installed");
+        assert_eq!(target.reader().state(), source.reader().state());
+        assert_eq!(target.applied_state().await.expect("applied"), source.applied_state().await.expect("applied"));
+    }
+    // After a restart the target is restored from the stored snapshot.
+    let (_log, mut target) = open(&target_dir);
+    assert_eq!(target.reader().state(), source.reader().state());
+    let (last_applied, members): (Option<LogId<u64>>, StoredMembership<u64, _>) =
+        target.applied_state().await.expect("applied");
+    assert_eq!(last_applied, Some(log_id(1, 1, 20)));
+    assert_eq!(members.log_id(), &Some(log_id(1, 1, 1)));
+    let current = target.get_current_snapshot().await.expect("read").expect("a snapshot is stored");
+    assert_eq!(current.meta, snapshot.meta);
+    assert_eq!(target.reader().get(b"k/007"), Some(7u64.to_be_bytes().to_vec()));
+    let page = target.reader().range(b"k/", Some(b"k/018"), 10);
+    assert_eq!(page.len(), 2);
+}
+
+#[tokio::test]
+async fn corrupt_snapshot_is_refused() {
+    let source_dir = TempDir::new().expect("temp dir");
+    let (_log, mut source) = open(&source_dir);
+    source.apply((1..=3).map(request)).await.expect("applied");
+    let snapshot = source.get_snapshot_builder().await.build_snapshot().await.expect("snapshot built");
+    let mut corrupt = snapshot.snapshot.get_ref().clone();
+    corrupt.truncate(corrupt.len() / 2);
+    let result = source.install_snapshot(&snapshot.meta, Box::new(std::io::Cursor::new(corrupt))).await;
+    assert!(result.is_err());
+    // The state is unchanged.
+    assert_eq!(source.reader().get(b"k/002"), Some(2u64.to_be_bytes().to_vec()));
+}
+
+#[tokio::test]
+async fn corrupt_log_entry_on_disk_is_an_error() {
+    const LOG: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("raft_log");
+    let dir = TempDir::new().expect("temp dir");
+    {
+        let (mut log, _sm) = open(&dir);
+        append(&mut log, (1..=3).map(request).collect()).await;
+    }
+    {
+        let db = redb::Database::create(dir.path().join(vcos_canon_raft::DB_FILE_NAME)).expect("db opens");
+        let txn = db.begin_write().expect("write txn");
+        {
+            let mut table = txn.open_table(LOG).expect("log table");
+            table.insert(3u64, &b"{not json"[..]).expect("insert");
+            table.insert(2u64, serde_json::to_vec(&request(7)).expect("encodes").as_slice()).expect("insert");
+        }
+        txn.commit().expect("commit");
+    }
+    let (mut log, _sm) = open(&dir);
+    assert!(log.get_log_state().await.is_err(), "the last entry does not decode");
+    assert!(log.try_get_log_entries(3..4).await.is_err(), "an entry that does not decode");
+    assert!(log.try_get_log_entries(2..3).await.is_err(), "an entry under the wrong index");
+    assert_eq!(log.try_get_log_entries(1..2).await.expect("entry 1 is intact"), vec![request(1)]);
+}
