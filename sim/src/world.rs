@@ -290,8 +290,24 @@ fn recover(sim: &mut turmoil::Sim<'_>, node: u8, action: Recovery, crashed: &mut
     }
 }
 
-/// The software of one node: what `vcos up` runs, on the simulated disk, clock and network.
+/// The software of one node. Like the `vcos up` process, it exits when it cannot start (for
+/// example its canon fails an fsync while loading); the exit is traced, the node stays down
+/// until the plan or the heal restarts it, and the simulation goes on.
 async fn node_main(
+    name: String,
+    disk: Arc<SimDisk>,
+    faults: Arc<Mutex<NodeFaults>>,
+    trace: Trace,
+    metrics: vcos_api::PrometheusHandle,
+) -> turmoil::Result {
+    if let Err(e) = run_node(name.clone(), disk, faults, trace.clone(), metrics).await {
+        trace.record(format!("{name} exited: {e}"));
+    }
+    Ok(())
+}
+
+/// What `vcos up` runs, on the simulated disk, clock and network.
+async fn run_node(
     name: String,
     disk: Arc<SimDisk>,
     faults: Arc<Mutex<NodeFaults>>,
