@@ -5,27 +5,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
-use vcos_actors::kinds::{Counter, KvMemory, TextWorker};
+use vcos_actors::kinds::Counter;
 use vcos_actors::records::HistoryEvent;
 use vcos_actors::{
     ActorError, Caller, CanonStore, HandshakeOutcome, LifecycleState, MemoryStore, RedbStore,
     Runtime, RuntimeConfig, Stage, SystemClock, TenantId, TenantPolicy, Transition,
 };
 
+mod common;
+
 async fn start(store: Arc<dyn CanonStore>) -> Runtime {
-    let mut config = RuntimeConfig::new(store, Arc::new(SystemClock::new()));
-    config.shards_per_kind = 2;
-    let rt = Runtime::builder(config)
-        .kind(Counter)
-        .kind(KvMemory)
-        .kind(TextWorker)
-        .start()
-        .await
-        .expect("start");
-    rt.ensure_tenant(TenantId::default_tenant(), TenantPolicy::default())
-        .await
-        .expect("tenant");
-    rt
+    common::start(store, Some(2)).await
 }
 
 fn caller() -> Caller {

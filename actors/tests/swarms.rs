@@ -6,26 +6,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
-use vcos_actors::kinds::{Counter, KvMemory, TextWorker};
 use vcos_actors::swarm::{MemberRef, SwarmSpec, SwarmStatus};
 use vcos_actors::{
-    Caller, CanonStore, ImvuId, ImvuKey, MemoryStore, RedbStore, Runtime, RuntimeConfig, SwarmKey,
-    SystemClock, TenantId, TenantPolicy, Transition,
+    Caller, CanonStore, ImvuId, ImvuKey, MemoryStore, RedbStore, Runtime, SwarmKey,
+    TenantId, Transition,
 };
 
+mod common;
+
 async fn start(store: Arc<dyn CanonStore>) -> Runtime {
-    let config = RuntimeConfig::new(store, Arc::new(SystemClock::new()));
-    let rt = Runtime::builder(config)
-        .kind(Counter)
-        .kind(KvMemory)
-        .kind(TextWorker)
-        .start()
-        .await
-        .expect("start");
-    rt.ensure_tenant(TenantId::default_tenant(), TenantPolicy::default())
-        .await
-        .expect("tenant");
-    rt
+    common::start(store, None).await
 }
 
 fn spec(members: u32) -> SwarmSpec {
