@@ -5,6 +5,8 @@
 //! - `vcos sim`: the deterministic simulator.
 
 mod bench;
+mod canon_cmd;
+mod http_client;
 mod sim_cmd;
 mod up;
 
@@ -24,6 +26,8 @@ enum Command {
     Up(up::UpArgs),
     /// Run benchmarks and compare with peers measured in the same run.
     Bench(bench::BenchArgs),
+    /// Inspect and change the Canon Memory Layer of a running cluster.
+    Canon(canon_cmd::CanonArgs),
     /// Run the deterministic simulator: faults from a seed, checkers, minimal repros.
     Sim(sim_cmd::SimArgs),
 }
@@ -34,5 +38,6 @@ fn main() -> anyhow::Result<()> {
         Command::Up(args) => up::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Sim(args) => sim_cmd::run_cli(args),
+        Command::Canon(args) => canon_cmd::run(args),
     }
 }

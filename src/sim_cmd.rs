@@ -49,6 +49,8 @@ enum Bug {
     IgnoreIntensity,
     /// The canon store acknowledges before fsync.
     AckBeforeFsync,
+    /// Canon followers serve "linearizable" reads without the leader's read index.
+    StaleReads,
 }
 
 fn parse_range(text: &str) -> Result<Range<u64>, String> {
@@ -81,6 +83,7 @@ pub(crate) fn run_cli(args: SimArgs) -> anyhow::Result<()> {
     let bugs = match args.bug {
         Some(Bug::IgnoreIntensity) => PlantedBugs { ignore_intensity: true, ..PlantedBugs::default() },
         Some(Bug::AckBeforeFsync) => PlantedBugs { ack_before_fsync: true, ..PlantedBugs::default() },
+        Some(Bug::StaleReads) => PlantedBugs { stale_follower_reads: true, ..PlantedBugs::default() },
         None => PlantedBugs::default(),
     };
     let options = RunOptions { plan, bugs };

@@ -1,4 +1,8 @@
-//! `vcos up`: one node on embedded defaults.
+//! `vcos up`: one node on embedded defaults, or one node of a multi-process cluster.
+//!
+//! The node's canon is a Raft group of its region (`--region`): alone, it is that group's only
+//! voter; with `--join URL` it joins the cluster that the node at URL belongs to — as a voter
+//! of its region's group, and as a learner of every other region's group (see `canon-raft`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -7,7 +11,10 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::Args;
 use vcos_actors::kinds::{Counter, KvMemory, TextWorker};
-use vcos_actors::{RedbStore, Runtime, RuntimeConfig, SystemClock, TenantId, TenantPolicy};
+use vcos_actors::{Runtime, RuntimeConfig, SystemClock, TenantId, TenantPolicy};
+use vcos_canon_raft::{CanonNode, GroupView, NodeConfig, RaftCanonStore, TcpTransport};
+
+use crate::http_client;
 
 /// Options of `vcos up`.
 #[derive(Args, Debug)]
@@ -24,6 +31,23 @@ pub(crate) struct UpArgs {
     /// Mailbox bound of each shard.
     #[arg(long, default_value_t = 4096, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1_048_576))]
     shard_queue: u32,
+    /// This node's id, unique in the cluster.
+    #[arg(long, default_value_t = 1, value_name = "ID", value_parser = clap::value_parser!(u64).range(1..=0xf_ffff))]
+    node_id: u64,
+    /// The node's home region: its canon group (letters, digits, - and _).
+    #[arg(long, default_value = "local", value_name = "NAME")]
+    region: String,
+    /// The cluster's name; nodes of another cluster are refused.
+    #[arg(long, default_value = "vcos", value_name = "NAME")]
+    cluster: String,
+    /// Address of the canon (Raft) listener. Port 0 picks a free port: fine for a single
+    /// node; a cluster member needs a fixed one, since peers store it.
+    #[arg(long, default_value = "127.0.0.1:0", value_name = "ADDR")]
+    raft_listen: SocketAddr,
+    /// HTTP URL of any node of an existing cluster to join (first start only; a restart
+    /// rejoins from its data directory).
+    #[arg(long, value_name = "URL")]
+    join: Option<String>,
 }
 
 pub(crate) fn run(args: UpArgs) -> anyhow::Result<()> {
@@ -52,43 +76,120 @@ pub(crate) async fn start_runtime(config: RuntimeConfig) -> anyhow::Result<Runti
 }
 
 async fn serve(args: UpArgs) -> anyhow::Result<()> {
+    vcos_canon_raft::node::validate_region(&args.region).context("--region")?;
+    if let Some(join) = &args.join {
+        http_client::authority(join).context("--join")?;
+    }
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("create data directory {}", args.data_dir.display()))?;
-    let canon_path = args.data_dir.join("canon.redb");
-    let store = Arc::new(RedbStore::open(&canon_path).with_context(|| format!("open canon at {}", canon_path.display()))?);
+    let metrics = vcos_api::install_metrics_recorder();
+    let raft_listener =
+        tokio::net::TcpListener::bind(args.raft_listen).await.with_context(|| format!("canon listener on {}", args.raft_listen))?;
+    let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("listen on {}", args.listen))?;
+    let addr = listener.local_addr().context("local address")?;
+    let mut config = NodeConfig::new(args.node_id, &args.region, &args.data_dir.join("canon"));
+    config.cluster = args.cluster.clone();
+    config.info.raft_addr = raft_listener.local_addr().context("canon address")?.to_string();
+    config.info.http_addr = addr.to_string();
+    let node = CanonNode::start(config, Arc::new(TcpTransport)).await.context("open the canon")?;
+    let raft_server = tokio::spawn({
+        let node = node.clone();
+        async move { node.serve(raft_listener).await }
+    });
+    if !node.is_member().await.context("canon membership")? {
+        match &args.join {
+            Some(url) => join_cluster(&node, url).await?,
+            None => node.bootstrap().await.context("bootstrap the canon")?,
+        }
+    }
+    // Everything committed before this start is applied before the runtime reads the canon.
+    node.read_barrier(&args.region).await.context("wait for the canon leader and catch up")?;
+    let store = Arc::new(RaftCanonStore::start(node.clone()));
     let mut config = RuntimeConfig::new(store.clone(), Arc::new(SystemClock::new()));
     if let Some(shards) = args.shards {
         config.shards_per_kind = usize::from(shards);
     }
     config.shard_queue_len = args.shard_queue as usize;
-    let metrics = vcos_api::install_metrics_recorder();
     let rt = start_runtime(config).await?;
-    let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("listen on {}", args.listen))?;
-    let addr = listener.local_addr().context("local address")?;
-    tracing::info!(data_dir = %args.data_dir.display(), "canon opened");
+    tracing::info!(data_dir = %args.data_dir.display(), node_id = args.node_id, region = %args.region, "canon opened");
     // The one line scripts wait for: the URL of the facade.
     println!("v-COS node up: http://{addr}  (docs: http://{addr}/docs)");
-    let router = vcos_api::router(rt.clone(), metrics);
+    let router = vcos_api::router_with_canon(rt.clone(), metrics, (*store).clone());
+    let canon_failure = Arc::new(std::sync::Mutex::new(None::<String>));
     let stop = {
         let rt = rt.clone();
+        let node = node.clone();
+        let canon_failure = canon_failure.clone();
         async move {
             tokio::select! {
                 biased;
                 _ = tokio::signal::ctrl_c() => tracing::info!("Ctrl-C: stopping"),
                 _ = terminate_signal() => tracing::info!("SIGTERM: stopping"),
                 reason = rt.escalated() => tracing::error!(%reason, "stopping after escalation to the root supervisor"),
+                () = removed(&node) => tracing::warn!("removed from the canon group: stopping"),
+                reason = node.failed() => {
+                    tracing::error!(%reason, "the canon failed: stopping (restart the node to recover from disk)");
+                    *canon_failure.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(reason);
+                }
             }
         }
     };
     vcos_api::serve(listener, router, stop).await.context("serve HTTP")?;
     rt.shutdown().await;
-    store.close();
+    node.shutdown().await;
+    raft_server.abort();
     let escalation = rt.escalation();
     tracing::info!("node stopped; everything acknowledged is in canon");
     if let Some(reason) = escalation {
         anyhow::bail!("node stopped by escalation: {reason}");
     }
+    if let Some(reason) = canon_failure.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() {
+        anyhow::bail!("node stopped: {reason}");
+    }
     Ok(())
+}
+
+/// Resolves once this node is no longer a member of its region's group.
+async fn removed(node: &CanonNode) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+    loop {
+        tick.tick().await;
+        if node.check_removed() {
+            return;
+        }
+    }
+}
+
+/// Asks the node at `url` for the cluster's groups and joins them (retrying while the cluster
+/// elects leaders).
+async fn join_cluster(node: &CanonNode, url: &str) -> anyhow::Result<()> {
+    let mut last = None;
+    for attempt in 0..30 {
+        if attempt > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
+        let status = match http_client::request_ok(url, "GET", "/v1/canon/status", None).await {
+            Ok(text) => text,
+            Err(e) => {
+                last = Some(e);
+                continue;
+            }
+        };
+        let status: serde_json::Value = serde_json::from_str(&status).with_context(|| format!("{url}/v1/canon/status is not JSON"))?;
+        let views: Vec<GroupView> = serde_json::from_value(status.get("groups").cloned().unwrap_or_default())
+            .with_context(|| format!("{url}/v1/canon/status has no readable `groups`"))?;
+        match node.join(&views).await {
+            Ok(()) => {
+                tracing::info!(%url, regions = views.len(), "joined the cluster");
+                return Ok(());
+            }
+            Err(e) => {
+                tracing::info!(error = %e, "join not done yet; retrying");
+                last = Some(anyhow::Error::new(e));
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow::anyhow!("no attempt made"))).with_context(|| format!("join the cluster through {url}"))
 }
 
 #[cfg(unix)]

@@ -7,14 +7,14 @@
 //! process is held by a [`Proc`] guard that kills it if the test fails, and prints its output.
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
-use std::thread::JoinHandle;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+
+mod common;
+use common::{parse_up_line, Proc};
 
 /// How long `vcos up` may take to print its URL.
 const UP_DEADLINE: Duration = Duration::from_secs(30);
@@ -27,124 +27,6 @@ const BENCH_DEADLINE: Duration = Duration::from_secs(300);
 /// Longest wait for one HTTP request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A child process and everything it printed. Dropping it kills the process if it still runs;
-/// if the test is failing, its output is printed to help.
-struct Proc {
-    name: String,
-    child: Child,
-    output: Arc<Mutex<String>>,
-    /// Lines of stdout, as they come (the reader thread sends them).
-    lines: mpsc::Receiver<String>,
-    /// The threads draining stdout and stderr; they end at EOF.
-    readers: Vec<JoinHandle<()>>,
-}
-
-impl Proc {
-    /// Starts the binary with `args`, stdout and stderr captured.
-    fn spawn(args: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_vcos"))
-            .args(args)
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("the vcos binary starts");
-        let output = Arc::new(Mutex::new(String::new()));
-        let (tx, lines) = mpsc::channel();
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let stderr = child.stderr.take().expect("stderr is piped");
-        // Both pipes are drained to the end, so the child never blocks on a full pipe.
-        let out_reader = std::thread::spawn({
-            let output = output.clone();
-            move || {
-                let mut reader = BufReader::new(stdout);
-                let mut buf = Vec::new();
-                loop {
-                    buf.clear();
-                    match reader.read_until(b'\n', &mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(_) => {
-                            let line = String::from_utf8_lossy(&buf).trim_end().to_owned();
-                            push_line(&output, &line);
-                            let _ = tx.send(line);
-                        }
-                    }
-                }
-            }
-        });
-        let err_reader = std::thread::spawn({
-            let output = output.clone();
-            move || {
-                let mut reader = BufReader::new(stderr);
-                let mut buf = Vec::new();
-                loop {
-                    buf.clear();
-                    match reader.read_until(b'\n', &mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(_) => push_line(&output, String::from_utf8_lossy(&buf).trim_end()),
-                    }
-                }
-            }
-        });
-        Self { name: args.join(" "), child, output, lines, readers: vec![out_reader, err_reader] }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Everything printed so far (stdout and stderr interleaved by line).
-    fn output(&self) -> String {
-        self.output.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    /// Waits for the process to exit, at most `deadline`; `None` if it still runs.
-    fn wait_exit(&mut self, deadline: Duration) -> Option<ExitStatus> {
-        let started = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return Some(status);
-            }
-            if started.elapsed() > deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Waits for the process to exit and for its output to be read to the end.
-    fn finish(&mut self, deadline: Duration) -> (ExitStatus, String) {
-        let Some(status) = self.wait_exit(deadline) else {
-            panic!("`vcos {}` did not exit within {deadline:?}; output:\n{}", self.name, self.output());
-        };
-        // The readers reach EOF just after the exit; wait for the last lines, briefly.
-        let drained = Instant::now();
-        while !self.readers.iter().all(JoinHandle::is_finished) && drained.elapsed() < Duration::from_secs(5) {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        (status, self.output())
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-        if std::thread::panicking() {
-            eprintln!("---- output of `vcos {}` ----\n{}---- end ----", self.name, self.output());
-        }
-    }
-}
-
-fn push_line(output: &Mutex<String>, line: &str) {
-    let mut output = output.lock().unwrap_or_else(|p| p.into_inner());
-    output.push_str(line);
-    output.push('\n');
-}
-
 /// A running `vcos up` and its base URL.
 struct Node {
     proc: Proc,
@@ -156,26 +38,7 @@ impl Node {
     fn up(data_dir: &Path) -> Self {
         let dir = data_dir.to_str().expect("a UTF-8 temp path");
         let mut proc = Proc::spawn(&["up", "--data-dir", dir, "--listen", "127.0.0.1:0"]);
-        let started = Instant::now();
-        let base = loop {
-            match proc.lines.recv_timeout(Duration::from_millis(100)) {
-                Ok(line) => {
-                    if let Some(base) = parse_up_line(&line) {
-                        break base;
-                    }
-                }
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    let status = proc.wait_exit(Duration::from_secs(5));
-                    panic!("`vcos up` closed its stdout before printing its URL (exit: {status:?}); output:\n{}", proc.output());
-                }
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    if let Ok(Some(status)) = proc.child.try_wait() {
-                        panic!("`vcos up` exited ({status}) before printing its URL; output:\n{}", proc.output());
-                    }
-                }
-            }
-            assert!(started.elapsed() < UP_DEADLINE, "`vcos up` printed no URL within {UP_DEADLINE:?}; output:\n{}", proc.output());
-        };
+        let base = proc.wait_up(UP_DEADLINE);
         Self { proc, base }
     }
 
@@ -191,16 +54,6 @@ impl Node {
         assert!(status.success(), "`vcos up` stopped with {status} after SIGINT; output:\n{output}");
         output
     }
-}
-
-/// `v-COS node up: http://127.0.0.1:PORT  (docs: …)` → `http://127.0.0.1:PORT`.
-fn parse_up_line(line: &str) -> Option<String> {
-    let rest = &line[line.find("v-COS node up: ")? + "v-COS node up: ".len()..];
-    let url = rest.split_whitespace().next()?;
-    let port = url.strip_prefix("http://127.0.0.1:")?;
-    port.parse::<u16>().ok().filter(|p| *p != 0)?;
-    assert!(rest.contains("(docs: "), "the up line names the docs: {line}");
-    Some(url.to_owned())
 }
 
 /// An HTTP client for one node; every body it reads is JSON (or empty).

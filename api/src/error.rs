@@ -46,6 +46,9 @@ pub enum ApiError {
     /// The route exists but not for this method.
     #[error("{0}")]
     MethodNotAllowed(String),
+    /// The canon layer refused or failed.
+    #[error(transparent)]
+    Canon(vcos_canon_raft::CanonError),
     /// A bug in the facade (a panic in a handler of this crate).
     #[error("{0}")]
     Internal(String),
@@ -58,7 +61,8 @@ pub struct ErrorBody {
     /// Stable, machine-readable code: `bad_request`, `unauthorized`, `forbidden`,
     /// `handshake_refused`, `not_found`, `unknown_kind`, `method_not_allowed`, `conflict`,
     /// `illegal_transition`, `terminated`, `too_large`, `unsupported_media_type`, `queue_full`,
-    /// `imvu_crashed`, `store_error`, `internal`, `unavailable`.
+    /// `imvu_crashed`, `store_error`, `internal`, `unavailable`, `refused` (a canon membership
+    /// change that would lose quorum).
     pub code: String,
     /// What happened, for people; names the offending field where there is one.
     pub message: String,
@@ -77,6 +81,7 @@ impl ApiError {
             Self::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
             Self::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
             Self::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            Self::Canon(e) => canon_status(e),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -101,6 +106,18 @@ impl ApiError {
             s if s.is_client_error() => Self::BadRequest(detail),
             _ => Self::Internal(detail),
         }
+    }
+}
+
+/// The one table from canon errors to statuses and codes.
+fn canon_status(e: &vcos_canon_raft::CanonError) -> (StatusCode, &'static str) {
+    use vcos_canon_raft::CanonError;
+    match e {
+        CanonError::UnknownRegion(_) => (StatusCode::NOT_FOUND, "not_found"),
+        CanonError::InvalidRegion(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+        CanonError::Refused(_) => (StatusCode::CONFLICT, "refused"),
+        CanonError::NoLeader { .. } | CanonError::Removed(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+        CanonError::Failed(_) => (StatusCode::INTERNAL_SERVER_ERROR, "store_error"),
     }
 }
 

@@ -56,6 +56,8 @@ pub(crate) struct AppState {
     pub(crate) metrics: PrometheusHandle,
     /// Serialises tenant creation (check-then-put of names and keys).
     pub(crate) tenant_creation: Arc<tokio::sync::Mutex<()>>,
+    /// The canon cluster of this node (absent when the runtime runs on another store).
+    pub(crate) canon: Option<vcos_canon_raft::RaftCanonStore>,
 }
 
 /// Every route of the API, around `runtime`; `/metrics` renders `metrics`.
@@ -66,9 +68,16 @@ pub(crate) struct AppState {
 /// `POST …/{id}/resume`, `POST …/{id}/terminate`, `GET …/{id}/history`;
 /// `POST /v1/tenants/{tenant}/swarms`, `GET /v1/tenants/{tenant}/swarms/{id}`,
 /// `POST …/{id}/work`, `GET …/{id}/credits`, `PUT|GET …/{id}/memory/{key}`,
-/// `POST …/{id}/votes`, `POST …/{id}/votes/{vote}/ballots`.
+/// `POST …/{id}/votes`, `POST …/{id}/votes/{vote}/ballots`; the canon routes
+/// (`/v1/canon/status`, `/v1/canon/kv…`, `/v1/canon/members…`) answer 500 `store_error` here:
+/// they need [`router_with_canon`].
 pub fn router(runtime: Runtime, metrics: PrometheusHandle) -> axum::Router {
-    routes::build(AppState { runtime, metrics, tenant_creation: Arc::default() })
+    routes::build(AppState { runtime, metrics, tenant_creation: Arc::default(), canon: None })
+}
+
+/// [`router`] plus the `/v1/canon/…` routes over `canon` (status, key-value, membership).
+pub fn router_with_canon(runtime: Runtime, metrics: PrometheusHandle, canon: vcos_canon_raft::RaftCanonStore) -> axum::Router {
+    routes::build(AppState { runtime, metrics, tenant_creation: Arc::default(), canon: Some(canon) })
 }
 
 /// Serves `router` on `listener` until `shutdown` resolves, then stops accepting and waits

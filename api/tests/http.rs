@@ -384,7 +384,7 @@ async fn openapi_documents_every_route_and_docs_are_served() {
     let api = api().await;
     let (status, doc) = api.get("/openapi.json").await;
     assert_eq!(status, StatusCode::OK);
-    let expected: [(&str, &[&str]); 19] = [
+    let expected: [(&str, &[&str]); 26] = [
         ("/health", &["get"]),
         ("/metrics", &["get"]),
         ("/openapi.json", &["get"]),
@@ -404,6 +404,13 @@ async fn openapi_documents_every_route_and_docs_are_served() {
         ("/v1/tenants/{tenant}/swarms/{id}/memory/{key}", &["get", "put"]),
         ("/v1/tenants/{tenant}/swarms/{id}/votes", &["post"]),
         ("/v1/tenants/{tenant}/swarms/{id}/votes/{vote}/ballots", &["post"]),
+        ("/v1/canon/status", &["get"]),
+        ("/v1/canon/kv", &["get"]),
+        ("/v1/canon/kv/{key}", &["get", "put", "delete"]),
+        ("/v1/canon/kv/{key}/cas", &["post"]),
+        ("/v1/canon/members", &["post"]),
+        ("/v1/canon/members/{id}", &["delete"]),
+        ("/v1/canon/members/{id}/promote", &["post"]),
     ];
     for (path, methods) in expected {
         for method in methods {
@@ -413,7 +420,7 @@ async fn openapi_documents_every_route_and_docs_are_served() {
         }
     }
     let paths = doc["paths"].as_object().expect("paths").len();
-    assert_eq!(paths, 19, "exactly the routes above");
+    assert_eq!(paths, 26, "exactly the routes above");
     let messages = &doc["paths"]["/v1/tenants/{tenant}/imvus/{id}/messages"]["post"]["responses"];
     for code in ["200", "400", "401", "403", "404", "409", "413", "429", "500", "503"] {
         assert!(messages[code].is_object(), "messages lacks {code}: {messages}");

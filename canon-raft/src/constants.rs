@@ -9,7 +9,7 @@ pub const CLIENTS_MAX: usize = 65_536;
 pub const RANGE_LIMIT_MAX: usize = 10_000;
 
 /// The most operations in one `Op::Batch`, nested operations included.
-pub const BATCH_OPS_MAX: usize = 1_024;
+pub const BATCH_OPS_MAX: usize = 16_384;
 
 /// The deepest nesting of `Op::Batch` inside `Op::Batch`.
 pub const BATCH_DEPTH_MAX: usize = 4;

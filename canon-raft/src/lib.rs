@@ -23,20 +23,35 @@ use std::io::Cursor;
 use std::path::Path;
 use std::sync::Arc;
 
+pub mod canon_store;
 pub mod constants;
 pub mod error;
 pub mod log_store;
+pub mod membership;
+pub mod node;
+pub mod runtime;
+mod server;
 pub mod network;
 pub mod state;
 pub mod state_machine;
+pub mod transport;
+// rkyv's derive generates resolver types whose enum fields carry no docs; every type written
+// here is documented.
+#[allow(missing_docs)]
 pub mod types;
+#[allow(missing_docs)]
+pub mod wire;
 
+pub use canon_store::RaftCanonStore;
 pub use error::Error;
+pub use membership::{GroupView, MemberView};
+pub use node::{CanonError, CanonNode, Group, Lag, NodeConfig};
+pub use transport::{TcpTransport, Transport};
 pub use log_store::LogStore;
-pub use network::UnreachableNetwork;
+pub use network::{CanonNetwork, PeerSet, UnreachableNetwork};
 pub use state::KvState;
 pub use state_machine::{StateMachineStore, StateReader};
-pub use types::{LeaseInfo, Op, Request, Response};
+pub use types::{LeaseInfo, NodeInfo, Op, Request, Response};
 
 openraft::declare_raft_types!(
     /// The openraft type configuration of the canon layer.
@@ -44,10 +59,10 @@ openraft::declare_raft_types!(
         D = Request,
         R = Response,
         NodeId = u64,
-        Node = openraft::BasicNode,
+        Node = NodeInfo,
         Entry = openraft::Entry<TypeConfig>,
         SnapshotData = Cursor<Vec<u8>>,
-        AsyncRuntime = openraft::TokioRuntime,
+        AsyncRuntime = runtime::CanonRuntime,
 );
 
 /// The openraft node of the canon layer.
@@ -62,6 +77,11 @@ pub const DB_FILE_NAME: &str = "canon-raft.redb";
 pub fn open(dir: &Path) -> Result<(LogStore, StateMachineStore), Error> {
     std::fs::create_dir_all(dir).map_err(Error::Io)?;
     let db = redb::Database::create(dir.join(DB_FILE_NAME)).map_err(redb::Error::from)?;
+    open_db(db)
+}
+
+/// Like [`open`], on a database the caller opened (the simulator's in-memory backend).
+pub fn open_db(db: redb::Database) -> Result<(LogStore, StateMachineStore), Error> {
     let db = Arc::new(db);
     let log = LogStore::new(Arc::clone(&db))?;
     let sm = StateMachineStore::new(db)?;

@@ -37,6 +37,8 @@ pub struct KvState {
     clients: BTreeMap<u64, ClientRecord>,
     /// `(applied_index, client_id)` of every entry of `clients`: the eviction order.
     clients_by_age: BTreeSet<(u64, u64)>,
+    /// The last canon index assigned by an [`Op::Append`] (0: none yet).
+    canon_index: u64,
 }
 
 /// The encoded form of [`KvState`] (JSON maps need string keys, so byte keys travel as pairs).
@@ -45,6 +47,8 @@ struct KvStateImage {
     kv: Vec<(Vec<u8>, Vec<u8>)>,
     leases: Vec<(String, LeaseInfo)>,
     clients: Vec<(u64, ClientRecord)>,
+    #[serde(default)]
+    canon_index: u64,
 }
 
 impl From<KvState> for KvStateImage {
@@ -53,6 +57,7 @@ impl From<KvState> for KvStateImage {
             kv: state.kv.into_iter().collect(),
             leases: state.leases.into_iter().collect(),
             clients: state.clients.into_iter().collect(),
+            canon_index: state.canon_index,
         }
     }
 }
@@ -63,7 +68,7 @@ impl From<KvStateImage> for KvState {
         let leases = image.leases.into_iter().collect();
         let clients: BTreeMap<u64, ClientRecord> = image.clients.into_iter().collect();
         let clients_by_age = clients.iter().map(|(id, record)| (record.applied_index, *id)).collect();
-        Self { kv, leases, clients, clients_by_age }
+        Self { kv, leases, clients, clients_by_age, canon_index: image.canon_index }
     }
 }
 
@@ -71,6 +76,7 @@ impl From<KvStateImage> for KvState {
 enum Undo {
     Kv(Vec<u8>, Option<Vec<u8>>),
     Lease(String, Option<LeaseInfo>),
+    CanonIndex(u64),
 }
 
 impl KvState {
@@ -132,6 +138,11 @@ impl KvState {
         self.kv.is_empty()
     }
 
+    /// The last canon index assigned by an append (0: none yet).
+    pub fn canon_index(&self) -> u64 {
+        self.canon_index
+    }
+
     /// How many clients the dedup table remembers (at most [`CLIENTS_MAX`]).
     pub fn clients_len(&self) -> usize {
         self.clients.len()
@@ -161,6 +172,15 @@ impl KvState {
                 let old = self.kv.insert(key.clone(), value.clone());
                 undo.push(Undo::Kv(key.clone(), old));
                 (Response::Put, true)
+            }
+            Op::Append { prefix, value } => {
+                undo.push(Undo::CanonIndex(self.canon_index));
+                self.canon_index += 1;
+                let mut key = prefix.clone();
+                key.extend_from_slice(format!("{:020}", self.canon_index).as_bytes());
+                let old = self.kv.insert(key.clone(), value.clone());
+                undo.push(Undo::Kv(key, old));
+                (Response::Appended { index: self.canon_index }, true)
             }
             Op::Delete { key } => {
                 let old = self.kv.remove(key);
@@ -233,10 +253,10 @@ impl KvState {
                     responses.push(response);
                     if !ok {
                         self.roll_back(undo, mark);
-                        return (Response::Batch { committed: false, responses }, false);
+                        return (Response::Batch { committed: false, responses, canon_index: self.canon_index }, false);
                     }
                 }
-                (Response::Batch { committed: true, responses }, true)
+                (Response::Batch { committed: true, responses, canon_index: self.canon_index }, true)
             }
         }
     }
@@ -276,6 +296,7 @@ impl KvState {
                 Some(Undo::Lease(name, None)) => {
                     self.leases.remove(&name);
                 }
+                Some(Undo::CanonIndex(index)) => self.canon_index = index,
                 None => unreachable!("undo.len() > mark >= 0"),
             }
         }

@@ -21,7 +21,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
-    BasicNode, Entry, EntryPayload, LogId, RaftSnapshotBuilder, SnapshotMeta, StorageError, StorageIOError,
+    Entry, EntryPayload, LogId, RaftSnapshotBuilder, SnapshotMeta, StorageError, StorageIOError,
     StoredMembership,
 };
 use redb::{Database, Durability, ReadableDatabase, TableDefinition};
@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
 use crate::state::KvState;
-use crate::types::{LeaseInfo, Response};
+use crate::types::{LeaseInfo, NodeInfo, Response};
 use crate::TypeConfig;
 
 const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_snapshot");
@@ -39,13 +39,13 @@ const KEY_DATA: &str = "data";
 type StorageResult<T> = Result<T, StorageError<u64>>;
 
 /// A stored snapshot: its meta and its data.
-type StoredSnapshot = (SnapshotMeta<u64, BasicNode>, Vec<u8>);
+type StoredSnapshot = (SnapshotMeta<u64, NodeInfo>, Vec<u8>);
 
 /// What has been applied: the state and where it stands in the log.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct Applied {
     last_applied: Option<LogId<u64>>,
-    membership: StoredMembership<u64, BasicNode>,
+    membership: StoredMembership<u64, NodeInfo>,
     state: KvState,
 }
 
@@ -54,6 +54,8 @@ struct Applied {
 pub struct StateMachineStore {
     db: Arc<Database>,
     applied: Arc<RwLock<Applied>>,
+    /// Woken after every apply (see [`StateReader::wait_applied`]).
+    applied_changed: Arc<tokio::sync::Notify>,
 }
 
 impl Debug for StateMachineStore {
@@ -66,6 +68,7 @@ impl Debug for StateMachineStore {
 #[derive(Clone)]
 pub struct StateReader {
     applied: Arc<RwLock<Applied>>,
+    applied_changed: Arc<tokio::sync::Notify>,
 }
 
 impl Debug for StateReader {
@@ -103,6 +106,34 @@ impl StateReader {
         read_lock(&self.applied).last_applied
     }
 
+    /// The index applied so far (0: nothing).
+    pub fn applied_index(&self) -> u64 {
+        read_lock(&self.applied).last_applied.map_or(0, |id| id.index)
+    }
+
+    /// Waits until `index` is applied, at most `timeout`; returns whether it was.
+    ///
+    /// Waiters queue on one `Notify`, woken in order. (Not the metrics `watch` channel: tokio
+    /// spreads a watch's waiters over shards chosen at random, so their wake order is not
+    /// reproducible in the simulator.)
+    pub async fn wait_applied(&self, index: u64, timeout: std::time::Duration) -> bool {
+        let deadline = tokio::time::sleep(timeout);
+        tokio::pin!(deadline);
+        loop {
+            let notified = self.applied_changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.applied_index() >= index {
+                return true;
+            }
+            tokio::select! {
+                biased;
+                () = &mut notified => {}
+                () = &mut deadline => return self.applied_index() >= index,
+            }
+        }
+    }
+
     /// A copy of the whole state (for tests and checkers; it clones everything).
     pub fn state(&self) -> KvState {
         read_lock(&self.applied).state.clone()
@@ -119,7 +150,7 @@ impl StateMachineStore {
             txn.open_table(SNAPSHOT)?;
         }
         txn.commit()?;
-        let store = Self { db, applied: Arc::default() };
+        let store = Self { db, applied: Arc::default(), applied_changed: Arc::default() };
         if let Some((meta, data)) = store.load_snapshot()? {
             let applied = decode_body(&meta, &data)?;
             *write_lock(&store.applied) = applied;
@@ -129,7 +160,7 @@ impl StateMachineStore {
 
     /// A read handle on the applied state.
     pub fn reader(&self) -> StateReader {
-        StateReader { applied: Arc::clone(&self.applied) }
+        StateReader { applied: Arc::clone(&self.applied), applied_changed: Arc::clone(&self.applied_changed) }
     }
 
     fn load_snapshot(&self) -> Result<Option<StoredSnapshot>, Error> {
@@ -142,7 +173,7 @@ impl StateMachineStore {
         Ok(Some((meta, data.value().to_vec())))
     }
 
-    fn store_snapshot(&self, meta: &SnapshotMeta<u64, BasicNode>, data: &[u8]) -> Result<(), Error> {
+    fn store_snapshot(&self, meta: &SnapshotMeta<u64, NodeInfo>, data: &[u8]) -> Result<(), Error> {
         let meta = serde_json::to_vec(meta).map_err(|source| Error::Corrupt { what: "snapshot meta", source })?;
         let mut txn = self.db.begin_write()?;
         txn.set_durability(Durability::Immediate)?;
@@ -157,7 +188,7 @@ impl StateMachineStore {
 }
 
 /// Decodes snapshot data and checks it against its meta.
-fn decode_body(meta: &SnapshotMeta<u64, BasicNode>, data: &[u8]) -> Result<Applied, Error> {
+fn decode_body(meta: &SnapshotMeta<u64, NodeInfo>, data: &[u8]) -> Result<Applied, Error> {
     let applied: Applied =
         serde_json::from_slice(data).map_err(|source| Error::Corrupt { what: "snapshot data", source })?;
     if applied.last_applied != meta.last_log_id || applied.membership != meta.last_membership {
@@ -197,7 +228,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
 impl RaftStateMachine<TypeConfig> for StateMachineStore {
     type SnapshotBuilder = Self;
 
-    async fn applied_state(&mut self) -> StorageResult<(Option<LogId<u64>>, StoredMembership<u64, BasicNode>)> {
+    async fn applied_state(&mut self) -> StorageResult<(Option<LogId<u64>>, StoredMembership<u64, NodeInfo>)> {
         let applied = read_lock(&self.applied);
         Ok((applied.last_applied, applied.membership.clone()))
     }
@@ -224,6 +255,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             };
             responses.push(response);
         }
+        drop(applied);
+        self.applied_changed.notify_waiters();
         Ok(responses)
     }
 
@@ -237,7 +270,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 
     async fn install_snapshot(
         &mut self,
-        meta: &SnapshotMeta<u64, BasicNode>,
+        meta: &SnapshotMeta<u64, NodeInfo>,
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> StorageResult<()> {
         let data = snapshot.into_inner();
@@ -246,6 +279,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         self.store_snapshot(meta, &data)
             .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
         *write_lock(&self.applied) = installed;
+        self.applied_changed.notify_waiters();
         Ok(())
     }
 

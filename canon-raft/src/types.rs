@@ -5,8 +5,29 @@
 
 use serde::{Deserialize, Serialize};
 
+/// Where a canon node is reached and which region it serves: the openraft `Node` of the canon
+/// layer, stored in every membership entry.
+#[derive(
+    Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+    rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
+)]
+pub struct NodeInfo {
+    /// Address of the node's canon (Raft) TCP listener, `host:port`.
+    pub raft_addr: String,
+    /// Address of the node's HTTP facade, `host:port` (empty when it has none).
+    pub http_addr: String,
+    /// The node's home region.
+    pub region: String,
+}
+
+impl std::fmt::Display for NodeInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}@{} (http {})", self.region, self.raft_addr, self.http_addr)
+    }
+}
+
 /// One client request: an operation and its dedup identity.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct Request {
     /// The client that sends it.
     pub client_id: u64,
@@ -17,12 +38,31 @@ pub struct Request {
 }
 
 /// An operation on the state machine.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+// `Batch` nests operations: the derive's bounds would recurse, so they are omitted on that
+// field and the bounds its `Vec` needs are spelled out here.
+#[rkyv(serialize_bounds(
+    __S: rkyv::ser::Writer + rkyv::ser::Allocator,
+    __S::Error: rkyv::rancor::Source,
+))]
+#[rkyv(deserialize_bounds(__D::Error: rkyv::rancor::Source))]
+#[rkyv(bytecheck(bounds(
+    __C: rkyv::validation::ArchiveContext,
+    __C::Error: rkyv::rancor::Source,
+)))]
 pub enum Op {
     /// Sets `key` to `value`.
     Put {
         /// The key.
         key: Vec<u8>,
+        /// The value.
+        value: Vec<u8>,
+    },
+    /// Stores `value` under `prefix` followed by the next canon index (20 digits, zero
+    /// padded): the canon's total order, assigned by the state machine in log order.
+    Append {
+        /// The key prefix, normally ending in `/`.
+        prefix: Vec<u8>,
         /// The value.
         value: Vec<u8>,
     },
@@ -72,11 +112,11 @@ pub enum Op {
     },
     /// Applies all operations or none: if any compare-and-set or lease operation in it fails,
     /// every effect of the batch is undone.
-    Batch(Vec<Op>),
+    Batch(#[rkyv(omit_bounds)] Vec<Op>),
 }
 
 /// The state of a lease as responses report it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct LeaseInfo {
     /// The current holder; `None` when released (an expired lease keeps its last holder).
     pub holder: Option<String>,
@@ -88,12 +128,26 @@ pub struct LeaseInfo {
 }
 
 /// What applying a log entry returned.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(serialize_bounds(
+    __S: rkyv::ser::Writer + rkyv::ser::Allocator,
+    __S::Error: rkyv::rancor::Source,
+))]
+#[rkyv(deserialize_bounds(__D::Error: rkyv::rancor::Source))]
+#[rkyv(bytecheck(bounds(
+    __C: rkyv::validation::ArchiveContext,
+    __C::Error: rkyv::rancor::Source,
+)))]
 pub enum Response {
     /// A blank or membership entry: nothing applied.
     Noop,
     /// The put was applied.
     Put,
+    /// The append was applied under canon index `index`.
+    Appended {
+        /// The record's canon index.
+        index: u64,
+    },
     /// The delete was applied; `existed` says whether the key was there.
     Deleted {
         /// Whether the key existed.
@@ -118,7 +172,10 @@ pub enum Response {
         /// Whether the batch was applied (all its operations succeeded).
         committed: bool,
         /// The responses of its operations, up to and including the first failure.
+        #[rkyv(omit_bounds)]
         responses: Vec<Response>,
+        /// The last canon index assigned when the batch finished (unchanged by a failed one).
+        canon_index: u64,
     },
     /// The batch broke a limit (`BATCH_OPS_MAX`, `BATCH_DEPTH_MAX`) and was not applied.
     BatchTooLarge,

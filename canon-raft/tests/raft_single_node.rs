@@ -6,9 +6,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::{BasicNode, Config, SnapshotPolicy};
+use openraft::{Config, SnapshotPolicy};
 use tempfile::TempDir;
-use vcos_canon_raft::{CanonRaft, LeaseInfo, Op, Request, Response, StateReader, UnreachableNetwork};
+use vcos_canon_raft::{CanonRaft, LeaseInfo, NodeInfo, Op, Request, Response, StateReader, UnreachableNetwork};
 
 const NODE_ID: u64 = 1;
 const WAIT: Option<Duration> = Some(Duration::from_secs(10));
@@ -56,7 +56,7 @@ async fn single_node_writes_survive_restart() {
     let dir = TempDir::new().expect("temp dir");
     let last_index = {
         let (raft, reader) = start(dir.path()).await;
-        raft.initialize(BTreeMap::from([(NODE_ID, BasicNode::new("local"))])).await.expect("initialized");
+        raft.initialize(BTreeMap::from([(NODE_ID, NodeInfo::default())])).await.expect("initialized");
         raft.wait(WAIT).current_leader(NODE_ID, "leader elected").await.expect("becomes leader");
 
         for seq in 1..=25 {

@@ -184,7 +184,8 @@ fn batch_is_atomic() {
                 Response::Put,
                 lease(true, Some("x"), 1, 10),
                 Response::Cas { success: true, current: Some(b"1".to_vec()) }
-            ]
+            ],
+            canon_index: 0,
         }
     );
     assert_eq!(
@@ -196,7 +197,8 @@ fn batch_is_atomic() {
                 Response::Deleted { existed: true },
                 lease(true, None, 1, 10),
                 Response::Cas { success: false, current: None },
-            ]
+            ],
+            canon_index: 0,
         }
     );
     // The failed batch left nothing behind.
@@ -217,4 +219,30 @@ fn nested_batch_failure_undoes_the_outer_batch_and_depth_is_bounded() {
     let (state, responses) = run(vec![deep]);
     assert_eq!(responses[0], Response::BatchTooLarge);
     assert!(state.is_empty());
+}
+
+#[test]
+fn appends_take_consecutive_canon_indexes_and_a_failed_batch_gives_its_index_back() {
+    let append = |value: &str| Op::Append { prefix: b"log/".to_vec(), value: value.as_bytes().to_vec() };
+    let (state, responses) = run(vec![
+        append("a"),
+        Op::Batch(vec![append("b"), append("c")]),
+        Op::Batch(vec![append("lost"), cas("missing", Some("x"), None)]),
+        append("d"),
+    ]);
+    assert_eq!(responses[0], Response::Appended { index: 1 });
+    assert!(matches!(&responses[1], Response::Batch { committed: true, canon_index: 3, .. }));
+    assert!(matches!(&responses[2], Response::Batch { committed: false, canon_index: 3, .. }));
+    assert_eq!(responses[3], Response::Appended { index: 4 });
+    let keys: Vec<_> = state.range(b"log/", None, 10).into_iter().map(|(k, v)| (String::from_utf8(k).unwrap(), v)).collect();
+    assert_eq!(
+        keys,
+        vec![
+            (format!("log/{:020}", 1), b"a".to_vec()),
+            (format!("log/{:020}", 2), b"b".to_vec()),
+            (format!("log/{:020}", 3), b"c".to_vec()),
+            (format!("log/{:020}", 4), b"d".to_vec()),
+        ]
+    );
+    assert_eq!(state.canon_index(), 4);
 }

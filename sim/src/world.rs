@@ -26,6 +26,8 @@ pub struct PlantedBugs {
     pub ignore_intensity: bool,
     /// Stores acknowledge before fsync.
     pub ack_before_fsync: bool,
+    /// Canon followers answer read barriers without the leader's read index.
+    pub stale_follower_reads: bool,
 }
 
 /// How to run.
@@ -113,6 +115,10 @@ fn node_name(i: u8) -> String {
 pub fn run(scenario: &dyn Scenario, seed: u64, options: &RunOptions) -> RunReport {
     let mix = scenario.fault_mix();
     let plan = options.plan.clone().unwrap_or_else(|| FaultPlan::generate(seed, mix));
+    let plan = match scenario.run_custom(seed, options, plan) {
+        Ok(report) => return report,
+        Err(plan) => plan,
+    };
     let trace = Trace::default();
     let nodes = mix.nodes.max(1);
     let disks: Vec<Arc<SimDisk>> = (0..nodes).map(|_| Arc::new(SimDisk::default())).collect();

@@ -3,6 +3,7 @@
 //! Figures are ratios against the peer measured in this run, never against remembered numbers:
 //! the machine is shared and noisy.
 
+mod canon;
 mod erlang;
 mod local;
 
@@ -19,11 +20,15 @@ pub(crate) struct BenchArgs {
 enum Suite {
     /// The actor runtime on one node vs Erlang/OTP (tell, ask, spawn/memory, passivation, restarts).
     Local(local::LocalArgs),
+    /// Replicated canon writes on a 3-voter region vs a 3-member etcd (ops/s, p50/p99 at
+    /// c=1/16/256), and cross-region replication lag under load.
+    Canon(canon::CanonArgs),
 }
 
 pub(crate) fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.suite {
         Suite::Local(local) => local::run(local),
+        Suite::Canon(canon) => canon::run(canon),
     }
 }
 

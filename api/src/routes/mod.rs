@@ -27,6 +27,7 @@ use vcos_actors::{Caller, TenantEntry, TenantId};
 use crate::error::{ApiError, ErrorBody};
 use crate::{middleware as mw, AppState, BODY_LEN_MAX};
 
+mod canon;
 mod imvus;
 mod swarms;
 mod system;
@@ -52,6 +53,7 @@ pub(crate) const DOCS_PATH: &str = "/docs";
         (name = "system", description = "Health, metrics, the API document, kinds"),
         (name = "tenants", description = "Isolated customers and their policies"),
         (name = "imvus", description = "IMVUs: create, message, lifecycle, history"),
+        (name = "canon", description = "The Canon Memory Layer: status and lag, key-value reads and writes, membership"),
         (name = "swarms", description = "Swarms of IMVUs: work items pulled by members, credits, shared memory, votes"),
     )
 )]
@@ -92,6 +94,13 @@ pub(crate) fn build(state: AppState) -> Router {
         .routes(routes!(swarms::memory_put, swarms::memory_get))
         .routes(routes!(swarms::open_vote))
         .routes(routes!(swarms::cast_ballot))
+        .routes(routes!(canon::status))
+        .routes(routes!(canon::put, canon::get, canon::delete))
+        .routes(routes!(canon::cas))
+        .routes(routes!(canon::list))
+        .routes(routes!(canon::add_member))
+        .routes(routes!(canon::promote))
+        .routes(routes!(canon::remove_member))
         .split_for_parts();
     let swagger: Router<AppState> = SwaggerUi::new(DOCS_PATH).config(Config::new([OPENAPI_PATH])).into();
     routes

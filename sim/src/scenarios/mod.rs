@@ -2,6 +2,7 @@
 //! must hold once everything has healed. Each subsystem adds its own; see README "Simulating
 //! failures" for how.
 
+mod canon;
 mod durability;
 mod supervision;
 mod swarm;
@@ -20,6 +21,7 @@ use crate::plan::FaultMix;
 use crate::trace::Trace;
 use crate::world::PanicTargets;
 
+pub use canon::CanonScenario;
 pub use durability::Durability;
 pub use supervision::SupervisionScenario;
 pub use swarm::SwarmScenario;
@@ -32,11 +34,17 @@ pub trait Scenario: Sync {
     fn fault_mix(&self) -> FaultMix;
     /// Drives the nodes (safety phase), then checks (liveness phase); returns violations.
     fn workload(&self, ctx: WorkloadCtx) -> Pin<Box<dyn Future<Output = Vec<String>>>>;
+    /// A scenario that needs a world of its own (other hosts than the runtime's nodes) runs
+    /// it here and returns its report; the others hand the plan back.
+    fn run_custom(&self, seed: u64, options: &crate::world::RunOptions, plan: crate::plan::FaultPlan) -> Result<crate::world::RunReport, crate::plan::FaultPlan> {
+        let _ = (seed, options);
+        Err(plan)
+    }
 }
 
 /// Every scenario that ships.
-pub fn all() -> [&'static dyn Scenario; 3] {
-    [&SupervisionScenario, &SwarmScenario, &Durability]
+pub fn all() -> [&'static dyn Scenario; 4] {
+    [&SupervisionScenario, &SwarmScenario, &Durability, &CanonScenario]
 }
 
 /// A scenario by name.

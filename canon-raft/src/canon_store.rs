@@ -1,0 +1,184 @@
+//! [`RaftCanonStore`]: the actor layer's `CanonStore` on the node's home region group.
+//!
+//! Commits queue in order and are group-committed: the writer takes every commit waiting (up
+//! to [`COMMIT_OPS_MAX`] operations), sends them as one Raft entry — a batch of batches, one
+//! per commit — and completes each commit when that entry is committed on a quorum and applied
+//! here. One entry per round trip means one fsync per voter for the whole group, whatever the
+//! number of callers. Merging is safe because canon writes (put, delete, append) cannot fail
+//! individually; conditional operations (compare-and-set, leases) go through
+//! [`CanonNode::write`] on their own.
+//!
+//! Reads (`get`, `scan_prefix`) serve this node's applied state: every commit completed on this
+//! node is visible to them (the writer waits for the local apply). Reads that must reflect
+//! other nodes' writes use [`CanonNode::read_barrier`] first.
+
+use tokio::sync::mpsc;
+use vcos_actors::store::{CanonStore, CanonWrite, Completion, StoreError};
+
+use crate::node::{CanonError, CanonNode};
+use crate::types::{Op, Response};
+
+/// The most operations one group commit carries (a single larger commit travels alone).
+pub const COMMIT_OPS_MAX: usize = 4_096;
+/// How many commits may wait for the writer before `commit` answers `Overloaded`.
+pub const COMMIT_QUEUE_MAX: usize = 65_536;
+
+/// What a queued commit is answered with.
+pub enum Answer {
+    /// A `CanonStore` completion: the canon index of the commit's last record.
+    Canon(Completion),
+    /// The per-operation responses (HTTP writes).
+    Responses(tokio::sync::oneshot::Sender<Result<Vec<Response>, CanonError>>),
+}
+
+struct Job {
+    ops: Vec<Op>,
+    answer: Answer,
+}
+
+/// The `CanonStore` of a node; cloning shares the queue.
+#[derive(Clone)]
+pub struct RaftCanonStore {
+    node: CanonNode,
+    jobs: mpsc::Sender<Job>,
+}
+
+impl std::fmt::Debug for RaftCanonStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RaftCanonStore").field("node", &self.node).finish_non_exhaustive()
+    }
+}
+
+fn to_op(write: CanonWrite) -> Op {
+    match write {
+        CanonWrite::Put { key, value } => Op::Put { key: key.into_bytes(), value },
+        CanonWrite::Delete { key } => Op::Delete { key: key.into_bytes() },
+        CanonWrite::Append { prefix, value } => Op::Append { prefix: prefix.into_bytes(), value },
+    }
+}
+
+fn store_error(error: &CanonError) -> StoreError {
+    StoreError::Io(error.to_string())
+}
+
+impl RaftCanonStore {
+    /// Starts the writer task for `node`'s home group (call inside a tokio runtime).
+    pub fn start(node: CanonNode) -> Self {
+        let (jobs, rx) = mpsc::channel(COMMIT_QUEUE_MAX);
+        tokio::spawn(write_loop(node.clone(), rx));
+        Self { node, jobs }
+    }
+
+    /// The node underneath.
+    pub fn node(&self) -> &CanonNode {
+        &self.node
+    }
+
+    /// Queues unconditional operations (put, delete, append) and waits for their responses.
+    pub async fn write_ops(&self, ops: Vec<Op>) -> Result<Vec<Response>, CanonError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.jobs
+            .try_send(Job { ops, answer: Answer::Responses(tx) })
+            .map_err(|_| CanonError::Failed("canon write queue full or closed".into()))?;
+        rx.await.unwrap_or_else(|_| Err(CanonError::Failed("canon writer stopped".into())))
+    }
+}
+
+impl CanonStore for RaftCanonStore {
+    fn commit(&self, writes: Vec<CanonWrite>, done: Completion) {
+        let ops = writes.into_iter().map(to_op).collect();
+        if let Err(e) = self.jobs.try_send(Job { ops, answer: Answer::Canon(done) }) {
+            let (job, error) = match e {
+                mpsc::error::TrySendError::Full(job) => (job, StoreError::Overloaded),
+                mpsc::error::TrySendError::Closed(job) => (job, StoreError::Closed),
+            };
+            if let Answer::Canon(done) = job.answer {
+                done(Err(error));
+            }
+        }
+    }
+
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let home = self.node.home().map_err(|e| store_error(&e))?;
+        Ok(home.reader().get(key.as_bytes()))
+    }
+
+    fn scan_prefix(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let home = self.node.home().map_err(|e| store_error(&e))?;
+        home.reader()
+            .range(prefix.as_bytes(), after.map(str::as_bytes), limit)
+            .into_iter()
+            .map(|(key, value)| {
+                String::from_utf8(key)
+                    .map(|key| (key, value))
+                    .map_err(|e| StoreError::Corrupt { key: String::from_utf8_lossy(e.as_bytes()).into_owned(), reason: "key is not UTF-8".into() })
+            })
+            .collect()
+    }
+}
+
+/// Takes jobs in order, one group commit at a time.
+async fn write_loop(node: CanonNode, mut jobs: mpsc::Receiver<Job>) {
+    while let Some(first) = jobs.recv().await {
+        let mut count = first.ops.len();
+        let mut batch = vec![first];
+        while count < COMMIT_OPS_MAX {
+            match jobs.try_recv() {
+                Ok(job) => {
+                    count += job.ops.len();
+                    batch.push(job);
+                }
+                Err(_) => break,
+            }
+        }
+        let mut answers = Vec::with_capacity(batch.len());
+        let mut commits = Vec::with_capacity(batch.len());
+        for job in batch {
+            commits.push(Op::Batch(job.ops));
+            answers.push(job.answer);
+        }
+        metrics::histogram!("vcos_canon_group_commit_size").record(answers.len() as f64);
+        let region = node.region().to_owned();
+        let result = node.write(&region, Op::Batch(commits)).await;
+        deliver(answers, result);
+    }
+}
+
+/// Hands each commit of a group commit its own outcome.
+fn deliver(answers: Vec<Answer>, result: Result<(Response, u64), CanonError>) {
+    let per_commit: Result<Vec<Response>, CanonError> = match result {
+        Ok((Response::Batch { committed: true, responses, .. }, _)) if responses.len() == answers.len() => Ok(responses),
+        Ok((Response::BatchTooLarge, _)) => Err(CanonError::Refused("commit too large for one canon entry".into())),
+        Ok((other, _)) => Err(CanonError::Failed(format!("unexpected group commit response {other:?}"))),
+        Err(e) => Err(e),
+    };
+    match per_commit {
+        Ok(responses) => {
+            for (answer, response) in answers.into_iter().zip(responses) {
+                match answer {
+                    Answer::Canon(done) => match response {
+                        Response::Batch { committed: true, canon_index, .. } => done(Ok(canon_index)),
+                        other => done(Err(StoreError::Io(format!("canon commit not applied: {other:?}")))),
+                    },
+                    Answer::Responses(tx) => {
+                        let result = match response {
+                            Response::Batch { committed: true, responses, .. } => Ok(responses),
+                            other => Err(CanonError::Failed(format!("write not applied: {other:?}"))),
+                        };
+                        let _ = tx.send(result);
+                    }
+                }
+            }
+        }
+        Err(e) => {
+            for answer in answers {
+                match answer {
+                    Answer::Canon(done) => done(Err(store_error(&e))),
+                    Answer::Responses(tx) => {
+                        let _ = tx.send(Err(e.clone()));
+                    }
+                }
+            }
+        }
+    }
+}

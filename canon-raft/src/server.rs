@@ -1,0 +1,221 @@
+//! The receiving side of canon connections: frames in, replies out.
+//!
+//! Every frame is validated before it is acted on: the bytes (rkyv `bytecheck`), the cluster id
+//! (another cluster's frame closes the connection), the target node id (a frame for another
+//! node is refused with [`Refusal::WrongNode`]) and the region name (a Raft message for a region
+//! this node does not host yet creates that region's group as a learner — that is how a node
+//! receives other regions' canons; anything else for an unknown region is refused). A corrupt
+//! or oversized frame closes the connection; nothing panics.
+//!
+//! Client writes are handed to Raft in the order they arrive on a connection (so a follower's
+//! forwarded batches keep their order) and answered as they commit; everything else is
+//! answered concurrently.
+
+use futures_util::StreamExt as _;
+use openraft::error::{ClientWriteError, RaftError};
+use tokio::sync::mpsc;
+use tokio_util::codec::FramedRead;
+
+use crate::node::{validate_region, CanonError, CanonNode};
+use crate::transport::{codec, write_frames, BoxStream};
+use crate::wire::{self, Body, Frame, Refusal, Reply, Rpc};
+
+/// Frames waiting for a connection's writer.
+const REPLY_QUEUE_MAX: usize = 4096;
+
+fn rejected(reason: &'static str) {
+    metrics::counter!("vcos_canon_frames_rejected_total", "reason" => reason).increment(1);
+}
+
+impl CanonNode {
+    /// Accepts canon connections on `listener` until it fails.
+    pub async fn serve(&self, listener: tokio::net::TcpListener) -> std::io::Result<()> {
+        loop {
+            let (stream, peer) = listener.accept().await?;
+            let _ = stream.set_nodelay(true);
+            let node = self.clone();
+            tokio::spawn(async move {
+                tracing::debug!(%peer, "canon connection accepted");
+                node.serve_connection(Box::new(stream)).await;
+            });
+        }
+    }
+
+    /// Serves one connection until it closes or misbehaves.
+    pub async fn serve_connection(&self, stream: BoxStream) {
+        let (read, write) = tokio::io::split(stream);
+        let (replies, replies_rx) = mpsc::channel(REPLY_QUEUE_MAX);
+        let writer = tokio::spawn(write_frames(write, replies_rx));
+        let mut frames = FramedRead::new(read, codec());
+        while let Some(next) = frames.next().await {
+            let bytes = match next {
+                Ok(bytes) => bytes,
+                Err(e) => {
+                    rejected("unreadable");
+                    tracing::warn!(error = %e, "closing canon connection: unreadable or oversized frame");
+                    break;
+                }
+            };
+            let frame = match wire::decode(&bytes) {
+                Ok(frame) => frame,
+                Err(e) => {
+                    rejected("corrupt");
+                    tracing::warn!(error = %e, "closing canon connection");
+                    break;
+                }
+            };
+            if frame.cluster != self.inner.cluster_id {
+                rejected("unknown_cluster");
+                tracing::warn!(cluster = frame.cluster, "closing canon connection: frame from another cluster");
+                break;
+            }
+            let Body::Request { group, from, to, rpc } = frame.body else {
+                rejected("unexpected_reply");
+                tracing::warn!("closing canon connection: a reply arrived on a server connection");
+                break;
+            };
+            let id = frame.id;
+            let reply = |reply: Reply| Frame { cluster: self.inner.cluster_id, id, body: Body::Reply(reply) };
+            if to != self.inner.id {
+                rejected("wrong_node");
+                let _ = replies.send(reply(Reply::Refused(Refusal::WrongNode { actual: self.inner.id }))).await;
+                continue;
+            }
+            let handled = self.dispatch(&group, from, rpc).await;
+            match handled {
+                Dispatched::Now(answer) => {
+                    if replies.send(reply(answer)).await.is_err() {
+                        break;
+                    }
+                }
+                Dispatched::Later(pending) => {
+                    let replies = replies.clone();
+                    let cluster = self.inner.cluster_id;
+                    tokio::spawn(async move {
+                        let answer = pending.await;
+                        let _ = replies.send(Frame { cluster, id, body: Body::Reply(answer) }).await;
+                    });
+                }
+            }
+        }
+        drop(replies);
+        let _ = writer.await;
+    }
+
+    async fn dispatch(&self, region: &str, from: u64, rpc: Rpc) -> Dispatched {
+        if let Err(e) = validate_region(region) {
+            rejected("bad_region");
+            return Dispatched::Now(Reply::Refused(Refusal::Failed(e.to_string())));
+        }
+        let is_raft = matches!(rpc, Rpc::Append(_) | Rpc::Vote(_) | Rpc::Snapshot(_));
+        let group = match self.group(region) {
+            Ok(group) => group,
+            Err(CanonError::UnknownRegion(_)) if is_raft => match self.open_group(region).await {
+                Ok(group) => {
+                    tracing::info!(region, from, "hosting another region's canon as a learner");
+                    group
+                }
+                Err(e) => return Dispatched::Now(Reply::Refused(Refusal::Failed(e.to_string()))),
+            },
+            Err(e) => return Dispatched::Now(Reply::Refused(Refusal::Failed(e.to_string()))),
+        };
+        match rpc {
+            Rpc::ClientWrite(request) => {
+                // Enqueued now, in arrival order; answered when applied.
+                match group.raft().client_write_ff(request).await {
+                    Ok(receiver) => {
+                        let node = self.clone();
+                        let region = region.to_owned();
+                        Dispatched::Later(Box::pin(async move {
+                            match receiver.await {
+                                Ok(Ok(done)) => Reply::ClientWrite { response: done.data, log_index: done.log_id.index },
+                                Ok(Err(ClientWriteError::ForwardToLeader(_))) => {
+                                    Reply::Refused(Refusal::NotLeader { leader: node.group(&region).ok().and_then(|g| g.leader()) })
+                                }
+                                Ok(Err(e)) => Reply::Refused(Refusal::Failed(e.to_string())),
+                                Err(_) => Reply::Refused(Refusal::Failed("raft stopped before answering".into())),
+                            }
+                        }))
+                    }
+                    Err(e) => Dispatched::Now(Reply::Refused(Refusal::Failed(e.to_string()))),
+                }
+            }
+            Rpc::Append(append) => {
+                let commit = append.leader_commit.map_or(0, |id| id.index);
+                let group = group.clone();
+                Dispatched::Later(Box::pin(async move {
+                    match group.raft().append_entries(append.into()).await {
+                        Ok(response) => {
+                            group.record_contact(commit);
+                            Reply::Append(response.into())
+                        }
+                        Err(e) => Reply::Refused(Refusal::Failed(e.to_string())),
+                    }
+                }))
+            }
+            Rpc::Vote(vote) => {
+                let group = group.clone();
+                Dispatched::Later(Box::pin(async move {
+                    match group.raft().vote(vote.into()).await {
+                        Ok(response) => Reply::Vote(response.into()),
+                        Err(e) => Reply::Refused(Refusal::Failed(e.to_string())),
+                    }
+                }))
+            }
+            Rpc::Snapshot(snapshot) => {
+                let group = group.clone();
+                Dispatched::Later(Box::pin(async move {
+                    match group.raft().install_snapshot(snapshot.into()).await {
+                        Ok(response) => Reply::Snapshot(response.vote.into()),
+                        Err(e) => Reply::Refused(Refusal::Failed(e.to_string())),
+                    }
+                }))
+            }
+            Rpc::ReadIndex => {
+                let group = group.clone();
+                Dispatched::Later(Box::pin(async move {
+                    match group.leader_read_index().await {
+                        Ok(index) => Reply::ReadIndex(index),
+                        Err(RaftError::APIError(_)) => Reply::Refused(Refusal::NotLeader { leader: group.leader() }),
+                        Err(RaftError::Fatal(e)) => Reply::Refused(Refusal::Failed(e.to_string())),
+                    }
+                }))
+            }
+            Rpc::AddMember { node_id, info, voter } => {
+                let node = self.clone();
+                let region = region.to_owned();
+                Dispatched::Later(Box::pin(async move { membership_reply(node.add_member(&region, node_id, info, voter).await) }))
+            }
+            Rpc::Promote { node_id } => {
+                let node = self.clone();
+                let region = region.to_owned();
+                Dispatched::Later(Box::pin(async move { membership_reply(node.promote(&region, node_id).await) }))
+            }
+            Rpc::Removed => {
+                if region == self.region() {
+                    self.mark_removed(from);
+                }
+                Dispatched::Now(Reply::Done)
+            }
+            Rpc::Remove { node_id } => {
+                let node = self.clone();
+                let region = region.to_owned();
+                Dispatched::Later(Box::pin(async move { membership_reply(node.remove_member(&region, node_id).await) }))
+            }
+        }
+    }
+}
+
+fn membership_reply(result: Result<(), CanonError>) -> Reply {
+    match result {
+        Ok(()) => Reply::Done,
+        Err(CanonError::Refused(reason)) => Reply::Refused(Refusal::Membership(reason)),
+        Err(e) => Reply::Refused(Refusal::Failed(e.to_string())),
+    }
+}
+
+/// A reply now, or one that comes when its future finishes.
+enum Dispatched {
+    Now(Reply),
+    Later(std::pin::Pin<Box<dyn std::future::Future<Output = Reply> + Send>>),
+}

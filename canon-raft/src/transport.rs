@@ -1,0 +1,277 @@
+//! Byte streams between canon nodes, and the multiplexed connection that carries [`Frame`]s.
+//!
+//! [`Transport`] is the one seam between the canon layer and the network: production dials
+//! tokio TCP ([`TcpTransport`]), the simulator dials turmoil's simulated TCP. Everything above
+//! it (framing, request ids, timeouts, reconnects) is the same code in both.
+//!
+//! A [`Peer`] is the client side towards one address: one connection at a time, many requests
+//! in flight on it (each frame has an id; replies are matched by id). A request that gets no
+//! reply within its timeout fails with [`CallError::Timeout`] and retires the connection (a
+//! stalled or half-open one would swallow every later request); a connection that fails is
+//! dropped, failing its requests in flight, and the next call dials again.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt as _};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
+
+use crate::wire::{self, Body, Frame, Reply, Rpc, FRAME_LEN_MAX};
+
+/// A bidirectional byte stream to another node.
+pub trait ByteStream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> ByteStream for S {}
+
+/// A boxed stream, so that the canon node is one type whatever network it runs on.
+pub type BoxStream = Box<dyn ByteStream>;
+
+/// What dialing returns.
+pub type ConnectFuture = Pin<Box<dyn Future<Output = io::Result<BoxStream>> + Send>>;
+
+/// How a node reaches another node's address.
+pub trait Transport: Send + Sync + 'static {
+    /// Opens a stream to `addr` (`host:port`).
+    fn connect(&self, addr: &str) -> ConnectFuture;
+}
+
+/// Tokio TCP, with `TCP_NODELAY` (frames are small and latency-bound).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TcpTransport;
+
+impl Transport for TcpTransport {
+    fn connect(&self, addr: &str) -> ConnectFuture {
+        let addr = addr.to_owned();
+        Box::pin(async move {
+            let stream = tokio::net::TcpStream::connect(&addr).await?;
+            stream.set_nodelay(true)?;
+            Ok(Box::new(stream) as BoxStream)
+        })
+    }
+}
+
+/// The length-delimited codec of canon connections.
+pub fn codec() -> LengthDelimitedCodec {
+    LengthDelimitedCodec::builder().length_field_length(4).max_frame_length(FRAME_LEN_MAX).new_codec()
+}
+
+/// How dialing waits at most.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// The least time between two dials of the same address.
+pub const REDIAL_PAUSE: Duration = Duration::from_millis(200);
+/// How many frames may wait for a connection's writer.
+const WRITE_QUEUE_MAX: usize = 4096;
+
+/// Why a call failed.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum CallError {
+    /// The address could not be reached.
+    #[error("cannot reach {addr}: {reason}")]
+    Unreachable {
+        /// The address.
+        addr: String,
+        /// Why.
+        reason: String,
+    },
+    /// No reply in time.
+    #[error("no reply from {addr} within {timeout:?}")]
+    Timeout {
+        /// The address.
+        addr: String,
+        /// How long we waited.
+        timeout: Duration,
+    },
+    /// The connection closed before the reply came.
+    #[error("connection to {addr} closed before the reply")]
+    Closed {
+        /// The address.
+        addr: String,
+    },
+}
+
+type Pending = Arc<Mutex<BTreeMap<u64, oneshot::Sender<Reply>>>>;
+
+/// One live connection: its writer queue and its requests in flight.
+struct Conn {
+    frames: mpsc::Sender<Frame>,
+    pending: Pending,
+    /// Set (before the waiters are failed) when the reader or the writer stopped.
+    closed: Arc<AtomicBool>,
+}
+
+/// The client side towards one address.
+pub struct Peer {
+    addr: String,
+    cluster: u64,
+    transport: Arc<dyn Transport>,
+    conn: tokio::sync::Mutex<Slot>,
+    next_id: AtomicU64,
+}
+
+/// The current connection, and when the last dial began (dials are spaced by
+/// [`REDIAL_PAUSE`], so a peer that stopped answering is not flooded with connection attempts).
+#[derive(Default)]
+struct Slot {
+    conn: Option<Arc<Conn>>,
+    dialed_at: Option<tokio::time::Instant>,
+}
+
+impl std::fmt::Debug for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Peer").field("addr", &self.addr).finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A poisoned map of waiters is still a map of waiters.
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Peer {
+    /// A peer for `addr` in cluster `cluster`; nothing is dialed until the first call.
+    pub fn new(addr: String, cluster: u64, transport: Arc<dyn Transport>) -> Self {
+        Self { addr, cluster, transport, conn: tokio::sync::Mutex::new(Slot::default()), next_id: AtomicU64::new(1) }
+    }
+
+    /// The address.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// Sends `rpc` for `group` to node `to` and waits for the reply, at most `timeout`.
+    pub async fn call(&self, group: &str, from: u64, to: u64, rpc: Rpc, timeout: Duration) -> Result<Reply, CallError> {
+        let conn = self.connection().await?;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        lock(&conn.pending).insert(id, tx);
+        if conn.closed.load(Ordering::Acquire) {
+            // The connection died before our waiter was registered: nobody would answer it.
+            lock(&conn.pending).remove(&id);
+            self.forget(&conn).await;
+            return Err(CallError::Closed { addr: self.addr.clone() });
+        }
+        let frame = Frame { cluster: self.cluster, id, body: Body::Request { group: group.to_owned(), from, to, rpc } };
+        if conn.frames.send(frame).await.is_err() {
+            lock(&conn.pending).remove(&id);
+            self.forget(&conn).await;
+            return Err(CallError::Closed { addr: self.addr.clone() });
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(_)) => {
+                self.forget(&conn).await;
+                Err(CallError::Closed { addr: self.addr.clone() })
+            }
+            Err(_) => {
+                lock(&conn.pending).remove(&id);
+                // A connection that lost a reply may be half-open or stalled (a cut link): dial
+                // afresh next time rather than queue behind it.
+                self.forget(&conn).await;
+                Err(CallError::Timeout { addr: self.addr.clone(), timeout })
+            }
+        }
+    }
+
+    /// Drops the connection (if it is still `conn`), so the next call dials again.
+    async fn forget(&self, conn: &Arc<Conn>) {
+        let mut slot = self.conn.lock().await;
+        if slot.conn.as_ref().is_some_and(|current| Arc::ptr_eq(current, conn)) {
+            slot.conn = None;
+        }
+    }
+
+    async fn connection(&self) -> Result<Arc<Conn>, CallError> {
+        let mut slot = self.conn.lock().await;
+        if let Some(conn) = slot.conn.as_ref() {
+            if !conn.frames.is_closed() && !conn.closed.load(Ordering::Acquire) {
+                return Ok(Arc::clone(conn));
+            }
+        }
+        let unreachable = |reason: String| CallError::Unreachable { addr: self.addr.clone(), reason };
+        let now = tokio::time::Instant::now();
+        if let Some(at) = slot.dialed_at {
+            if now.duration_since(at) < REDIAL_PAUSE {
+                return Err(unreachable("reconnecting (the last attempt was just now)".into()));
+            }
+        }
+        slot.dialed_at = Some(now);
+        let stream = match tokio::time::timeout(CONNECT_TIMEOUT, self.transport.connect(&self.addr)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => return Err(unreachable(e.to_string())),
+            Err(_) => return Err(unreachable(format!("connect timed out after {CONNECT_TIMEOUT:?}"))),
+        };
+        let conn = Arc::new(start_client_conn(stream, self.addr.clone()));
+        slot.conn = Some(Arc::clone(&conn));
+        Ok(conn)
+    }
+}
+
+/// Starts the writer and reader tasks of a client connection.
+fn start_client_conn(stream: BoxStream, addr: String) -> Conn {
+    let (read, write) = tokio::io::split(stream);
+    let (frames_tx, frames_rx) = mpsc::channel(WRITE_QUEUE_MAX);
+    let pending: Pending = Arc::default();
+    let closed = Arc::new(AtomicBool::new(false));
+    let close = {
+        let pending = Arc::clone(&pending);
+        let closed = Arc::clone(&closed);
+        move || {
+            closed.store(true, Ordering::Release);
+            // Fail every request still waiting: dropping their senders wakes them with an error.
+            lock(&pending).clear();
+        }
+    };
+    let writer_close = close.clone();
+    tokio::spawn(async move {
+        write_frames(write, frames_rx).await;
+        writer_close();
+    });
+    let reader_pending = Arc::clone(&pending);
+    tokio::spawn(async move {
+        let mut frames = FramedRead::new(read, codec());
+        while let Some(next) = frames.next().await {
+            let frame = match next.map_err(|e| e.to_string()).and_then(|bytes| wire::decode(&bytes).map_err(|e| e.to_string())) {
+                Ok(frame) => frame,
+                Err(reason) => {
+                    metrics::counter!("vcos_canon_frames_rejected_total", "reason" => "corrupt").increment(1);
+                    tracing::warn!(%addr, %reason, "closing canon connection: bad frame");
+                    break;
+                }
+            };
+            let Body::Reply(reply) = frame.body else {
+                tracing::warn!(%addr, "closing canon connection: a request arrived on a client connection");
+                break;
+            };
+            if let Some(waiter) = lock(&reader_pending).remove(&frame.id) {
+                let _ = waiter.send(reply);
+            }
+        }
+        close();
+    });
+    Conn { frames: frames_tx, pending, closed }
+}
+
+/// Writes frames from `frames` until the channel or the stream closes, flushing only when the
+/// queue is empty (many frames per syscall under load).
+pub(crate) async fn write_frames<W: AsyncWrite + Send + Unpin>(write: W, mut frames: mpsc::Receiver<Frame>) {
+    let mut sink = FramedWrite::new(write, codec());
+    while let Some(frame) = frames.recv().await {
+        if sink.feed(bytes::Bytes::from(wire::encode(&frame))).await.is_err() {
+            return;
+        }
+        while let Ok(frame) = frames.try_recv() {
+            if sink.feed(bytes::Bytes::from(wire::encode(&frame))).await.is_err() {
+                return;
+            }
+        }
+        if SinkExt::<bytes::Bytes>::flush(&mut sink).await.is_err() {
+            return;
+        }
+    }
+}
