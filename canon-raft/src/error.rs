@@ -10,6 +10,14 @@ pub enum Error {
     /// redb failed.
     #[error("redb: {0}")]
     Db(#[from] redb::Error),
+    /// A stored log entry did not decode (or sits under the wrong index): the log is corrupt.
+    #[error("corrupt log entry at index {index}: {reason}")]
+    CorruptEntry {
+        /// The index it is stored under.
+        index: u64,
+        /// What was wrong.
+        reason: String,
+    },
     /// Data read from disk did not decode: the store is corrupt.
     #[error("corrupt {what}: {source}")]
     Corrupt {

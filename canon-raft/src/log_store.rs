@@ -1,7 +1,8 @@
 //! [`LogStore`]: openraft's `RaftLogStorage` (storage v2) on redb.
 //!
 //! Tables (in the one redb file [`crate::open`] creates):
-//! - `raft_log`: log index → the entry as JSON. The key is redb's `u64` key type, which orders
+//! - `raft_log`: log index → the entry in its rkyv form (`wire::encode_entry`, validated on
+//!   read). The key is redb's `u64` key type, which orders
 //!   numerically (the order of big-endian bytes), so ranges and `last()` follow the log;
 //! - `raft_meta`: `vote`, `last_purged`, `committed` → JSON.
 //!
@@ -89,17 +90,10 @@ impl LogStore {
         let mut entries = Vec::new();
         for item in table.range::<u64>((range.start_bound().cloned(), range.end_bound().cloned()))? {
             let (index, bytes) = item?;
-            let entry: Entry<TypeConfig> =
-                serde_json::from_slice(bytes.value()).map_err(|source| Error::Corrupt { what: "log entry", source })?;
-            if entry.log_id.index != index.value() {
-                return Err(Error::Corrupt {
-                    what: "log entry",
-                    source: serde::de::Error::custom(format!(
-                        "entry {} stored under index {}",
-                        entry.log_id.index,
-                        index.value()
-                    )),
-                });
+            let index = index.value();
+            let entry = crate::wire::decode_entry(bytes.value()).map_err(|e| Error::CorruptEntry { index, reason: e.to_string() })?;
+            if entry.log_id.index != index {
+                return Err(Error::CorruptEntry { index, reason: format!("holds entry {}", entry.log_id.index) });
             }
             entries.push(entry);
         }
@@ -109,11 +103,11 @@ impl LogStore {
     fn last_log_id(&self) -> Result<Option<LogId<u64>>, Error> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(LOG)?;
-        let Some((_, bytes)) = table.last()? else {
+        let Some((index, bytes)) = table.last()? else {
             return Ok(None);
         };
-        let entry: Entry<TypeConfig> =
-            serde_json::from_slice(bytes.value()).map_err(|source| Error::Corrupt { what: "log entry", source })?;
+        let index = index.value();
+        let entry = crate::wire::decode_entry(bytes.value()).map_err(|e| Error::CorruptEntry { index, reason: e.to_string() })?;
         Ok(Some(entry.log_id))
     }
 
@@ -123,9 +117,8 @@ impl LogStore {
         {
             let mut table = txn.open_table(LOG)?;
             for entry in entries {
-                let bytes =
-                    serde_json::to_vec(&entry).map_err(|source| Error::Corrupt { what: "log entry", source })?;
-                table.insert(entry.log_id.index, bytes.as_slice())?;
+                let index = entry.log_id.index;
+                table.insert(index, crate::wire::encode_entry(entry).as_slice())?;
             }
         }
         txn.commit()?;

@@ -471,8 +471,18 @@ impl CanonNode {
     pub async fn write(&self, region: &str, op: Op) -> Result<(Response, u64), CanonError> {
         let (client_id, seq) = self.take_session();
         let result = self.submit(region, Request { client_id, seq, op }).await;
-        // Reused even after a failure: a late copy of this request is then older than the
-        // session's next one and is refused as stale instead of applied out of order.
+        self.end_session(client_id, seq, result)
+    }
+
+    /// Returns a session after its request finished, and turns a stale-sequence answer into
+    /// an error. The session is reused even after a failure: a late copy of the request is
+    /// then older than the session's next one and is refused as stale, not applied out of order.
+    fn end_session(
+        &self,
+        client_id: u64,
+        seq: u64,
+        result: Result<(Response, u64), CanonError>,
+    ) -> Result<(Response, u64), CanonError> {
         lock_mutex(&self.inner.sessions).push((client_id, seq + 1));
         match result {
             Ok((Response::StaleSequence { last_seq }, _)) => Err(CanonError::Failed(format!(

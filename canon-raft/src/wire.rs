@@ -174,6 +174,23 @@ pub fn decode(bytes: &[u8]) -> Result<Frame, CorruptFrame> {
         .map_err(|e| CorruptFrame { len: bytes.len(), reason: e.to_string() })
 }
 
+/// Encodes a log entry as stored in the log (the same rkyv form as on the wire).
+pub fn encode_entry(entry: Entry<TypeConfig>) -> Vec<u8> {
+    match rkyv::to_bytes::<rkyv::rancor::Error>(&WireEntry::from(entry)) {
+        Ok(bytes) => bytes.into_vec(),
+        Err(e) => panic!("encoding a log entry failed: {e}"),
+    }
+}
+
+/// Validates and decodes a stored log entry.
+pub fn decode_entry(bytes: &[u8]) -> Result<Entry<TypeConfig>, CorruptFrame> {
+    let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(bytes.len());
+    aligned.extend_from_slice(bytes);
+    rkyv::from_bytes::<WireEntry, rkyv::rancor::Error>(&aligned)
+        .map(Entry::from)
+        .map_err(|e| CorruptFrame { len: bytes.len(), reason: e.to_string() })
+}
+
 /// A log id on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct WireLogId {
