@@ -247,7 +247,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             applied.last_applied = Some(entry.log_id);
             let response = match entry.payload {
                 EntryPayload::Blank => Response::Noop,
-                EntryPayload::Normal(request) => applied.state.apply(entry.log_id.index, &request),
+                EntryPayload::Normal(request) => applied.state.apply_owned(entry.log_id.index, request),
                 EntryPayload::Membership(membership) => {
                     applied.membership = StoredMembership::new(Some(entry.log_id), membership);
                     Response::Noop
