@@ -83,6 +83,9 @@ async fn serve(args: UpArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("create data directory {}", args.data_dir.display()))?;
     let metrics = vcos_api::install_metrics_recorder();
+    // Election timeouts must differ between nodes: seed openraft's source per process.
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    vcos_canon_raft::runtime::set_process_seed(nanos ^ (args.node_id << 32) ^ u64::from(std::process::id()));
     let raft_listener =
         tokio::net::TcpListener::bind(args.raft_listen).await.with_context(|| format!("canon listener on {}", args.raft_listen))?;
     let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("listen on {}", args.listen))?;
