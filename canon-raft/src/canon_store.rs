@@ -27,8 +27,9 @@ pub const COMMIT_QUEUE_MAX: usize = 65_536;
 pub enum Answer {
     /// A `CanonStore` completion: the canon index of the commit's last record.
     Canon(Completion),
-    /// The per-operation responses (HTTP writes).
-    Responses(tokio::sync::oneshot::Sender<Result<Vec<Response>, CanonError>>),
+    /// The per-operation responses and the log index of the entry that carried them (HTTP
+    /// writes).
+    Responses(tokio::sync::oneshot::Sender<Result<(Vec<Response>, u64), CanonError>>),
 }
 
 struct Job {
@@ -74,8 +75,9 @@ impl RaftCanonStore {
         &self.node
     }
 
-    /// Queues unconditional operations (put, delete, append) and waits for their responses.
-    pub async fn write_ops(&self, ops: Vec<Op>) -> Result<Vec<Response>, CanonError> {
+    /// Queues unconditional operations (put, delete, append) and waits for their responses;
+    /// also returns the log index of the Raft entry that carried them.
+    pub async fn write_ops(&self, ops: Vec<Op>) -> Result<(Vec<Response>, u64), CanonError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.jobs
             .try_send(Job { ops, answer: Answer::Responses(tx) })
@@ -146,6 +148,7 @@ async fn write_loop(node: CanonNode, mut jobs: mpsc::Receiver<Job>) {
 
 /// Hands each commit of a group commit its own outcome.
 fn deliver(answers: Vec<Answer>, result: Result<(Response, u64), CanonError>) {
+    let log_index = result.as_ref().map_or(0, |(_, index)| *index);
     let per_commit: Result<Vec<Response>, CanonError> = match result {
         Ok((Response::Batch { committed: true, responses, .. }, _)) if responses.len() == answers.len() => Ok(responses),
         Ok((Response::BatchTooLarge, _)) => Err(CanonError::Refused("commit too large for one canon entry".into())),
@@ -162,7 +165,7 @@ fn deliver(answers: Vec<Answer>, result: Result<(Response, u64), CanonError>) {
                     },
                     Answer::Responses(tx) => {
                         let result = match response {
-                            Response::Batch { committed: true, responses, .. } => Ok(responses),
+                            Response::Batch { committed: true, responses, .. } => Ok((responses, log_index)),
                             other => Err(CanonError::Failed(format!("write not applied: {other:?}"))),
                         };
                         let _ = tx.send(result);

@@ -82,8 +82,7 @@ pub(crate) struct WriteResult {
 pub(super) async fn put(State(state): State<AppState>, Path(key): Path<String>, ApiJson(body): ApiJson<PutBody>) -> Result<Json<WriteResult>, ApiError> {
     let store = canon(&state)?;
     let op = Op::Put { key: full_key(&key)?, value: body.value.into_bytes() };
-    store.write_ops(vec![op]).await.map_err(ApiError::Canon)?;
-    let index = store.node().home().map_err(ApiError::Canon)?.applied_index();
+    let (_, index) = store.write_ops(vec![op]).await.map_err(ApiError::Canon)?;
     Ok(Json(WriteResult { index }))
 }
 
