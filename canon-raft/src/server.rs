@@ -22,6 +22,9 @@ use crate::wire::{self, Body, Frame, Refusal, Reply, Rpc};
 
 /// Frames waiting for a connection's writer.
 const REPLY_QUEUE_MAX: usize = 4096;
+/// Requests of one connection being answered at once; past it the connection is not read
+/// until one finishes (a peer cannot make the node hold unbounded work).
+const CONNECTION_IN_FLIGHT_MAX: usize = 1024;
 
 fn rejected(reason: &'static str) {
     metrics::counter!("vcos_canon_frames_rejected_total", "reason" => reason).increment(1);
@@ -46,6 +49,7 @@ impl CanonNode {
         let (read, write) = tokio::io::split(stream);
         let (replies, replies_rx) = mpsc::channel(REPLY_QUEUE_MAX);
         let writer = tokio::spawn(write_frames(write, replies_rx));
+        let in_flight = std::sync::Arc::new(tokio::sync::Semaphore::new(CONNECTION_IN_FLIGHT_MAX));
         let mut frames = FramedRead::new(read, codec());
         while let Some(next) = frames.next().await {
             let bytes = match next {
@@ -89,11 +93,13 @@ impl CanonNode {
                     }
                 }
                 Dispatched::Later(pending) => {
+                    let Ok(permit) = std::sync::Arc::clone(&in_flight).acquire_owned().await else { break };
                     let replies = replies.clone();
                     let cluster = self.inner.cluster_id;
                     tokio::spawn(async move {
                         let answer = pending.await;
                         let _ = replies.send(Frame { cluster, id, body: Body::Reply(answer) }).await;
+                        drop(permit);
                     });
                 }
             }
