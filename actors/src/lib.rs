@@ -19,6 +19,7 @@ pub mod imvu;
 mod kind;
 pub mod kinds;
 pub mod lifecycle;
+pub mod ownership;
 pub mod records;
 mod runtime;
 mod shard_actor;

@@ -33,6 +33,8 @@ use crate::store::{commit_durable, index_of_appended_key, CanonStore, CanonWrite
 use crate::swarm::{self, CreditRecord, SwarmCmd, SwarmInfo, SwarmSpec, VoteRecord};
 use crate::tenants::{TenantEntry, TenantPolicy, Tenants};
 
+mod placed;
+
 /// Ids reserved per durable write of the allocator's high-water mark.
 pub(crate) const ID_BLOCK_LEN: u64 = 4096;
 /// Longest history returned in one read.

@@ -58,6 +58,8 @@ pub(crate) struct AppState {
     pub(crate) tenant_creation: Arc<tokio::sync::Mutex<()>>,
     /// The canon cluster of this node (absent when the runtime runs on another store).
     pub(crate) canon: Option<vcos_canon_raft::RaftCanonStore>,
+    /// Placement: IMVU requests go to their owner node (absent: everything is local).
+    pub(crate) cluster: Option<vcos_cluster::Cluster>,
 }
 
 /// Every route of the API, around `runtime`; `/metrics` renders `metrics`.
@@ -72,12 +74,23 @@ pub(crate) struct AppState {
 /// (`/v1/canon/status`, `/v1/canon/kv…`, `/v1/canon/members…`) answer 500 `store_error` here:
 /// they need [`router_with_canon`].
 pub fn router(runtime: Runtime, metrics: PrometheusHandle) -> axum::Router {
-    routes::build(AppState { runtime, metrics, tenant_creation: Arc::default(), canon: None })
+    routes::build(AppState { runtime, metrics, tenant_creation: Arc::default(), canon: None, cluster: None })
 }
 
 /// [`router`] plus the `/v1/canon/…` routes over `canon` (status, key-value, membership).
 pub fn router_with_canon(runtime: Runtime, metrics: PrometheusHandle, canon: vcos_canon_raft::RaftCanonStore) -> axum::Router {
-    routes::build(AppState { runtime, metrics, tenant_creation: Arc::default(), canon: Some(canon) })
+    routes::build(AppState { runtime, metrics, tenant_creation: Arc::default(), canon: Some(canon), cluster: None })
+}
+
+/// [`router_with_canon`] with placement: IMVU routes reach each IMVU on the node that owns it
+/// (any node accepts any request and forwards it), and `GET /v1/cluster` lists the members.
+pub fn router_with_cluster(
+    runtime: Runtime,
+    metrics: PrometheusHandle,
+    canon: vcos_canon_raft::RaftCanonStore,
+    cluster: vcos_cluster::Cluster,
+) -> axum::Router {
+    routes::build(AppState { runtime, metrics, tenant_creation: Arc::default(), canon: Some(canon), cluster: Some(cluster) })
 }
 
 /// Serves `router` on `listener` until `shutdown` resolves, then stops accepting and waits

@@ -244,6 +244,21 @@ pub struct ImvuView {
     pub state: serde_json::Value,
     /// Messages held while paused; they run in order on resume.
     pub held_messages: usize,
+    /// Where it lives, on a node that runs placement (absent on a single node).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<PlacementView>,
+}
+
+/// Where an IMVU lives in its region.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct PlacementView {
+    /// Its bucket (a hash of `tenant/id`); a bucket is held by one node at a time.
+    pub bucket: u16,
+    /// The node holding the bucket by its lease record; absent while none holds it.
+    pub owner_node: Option<u64>,
+    /// The bucket lease's fencing epoch: every canon write for the IMVU carries it, and a
+    /// write under an older epoch is refused.
+    pub lease_epoch: u64,
 }
 
 impl From<ImvuInfo> for ImvuView {
@@ -254,6 +269,7 @@ impl From<ImvuInfo> for ImvuView {
             lifecycle: i.lifecycle.into(),
             state: i.state,
             held_messages: i.held_messages,
+            placement: None,
         }
     }
 }

@@ -23,6 +23,7 @@ use std::io::Cursor;
 use std::path::Path;
 use std::sync::Arc;
 
+pub mod app;
 pub mod canon_store;
 pub mod constants;
 pub mod error;
@@ -42,6 +43,7 @@ pub mod types;
 #[allow(missing_docs)]
 pub mod wire;
 
+pub use app::{AppCallError, AppHandler};
 pub use canon_store::RaftCanonStore;
 pub use error::Error;
 pub use membership::{GroupView, MemberView};

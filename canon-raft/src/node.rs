@@ -274,6 +274,8 @@ pub(crate) struct Inner {
     client_base: u64,
     removed: AtomicBool,
     bug_stale_follower_reads: AtomicBool,
+    /// Where [`crate::wire::Rpc::App`] messages go (set once by the layer above).
+    pub(crate) app: std::sync::OnceLock<Arc<dyn crate::app::AppHandler>>,
 }
 
 /// The file that counts this node's starts: part of its client id, so that sequence numbers
@@ -347,6 +349,7 @@ impl CanonNode {
             client_base: ((config.node_id & NODE_ID_MASK) << 44) | ((incarnation & 0xf_ffff) << 24),
             removed: AtomicBool::new(false),
             bug_stale_follower_reads: AtomicBool::new(false),
+            app: std::sync::OnceLock::new(),
         });
         let node = Self { inner };
         let groups_dir = config.data_dir.join("groups");

@@ -113,6 +113,14 @@ impl CanonNode {
             rejected("bad_region");
             return Dispatched::Now(Reply::Refused(Refusal::Failed(e.to_string())));
         }
+        if let Rpc::App(payload) = rpc {
+            // App messages need no group: they go to the handler the node was given.
+            let Some(handler) = self.app_handler() else {
+                rejected("no_app_handler");
+                return Dispatched::Now(Reply::Refused(Refusal::Failed("this node takes no app messages yet".into())));
+            };
+            return Dispatched::Later(Box::pin(async move { Reply::App(handler.handle(from, payload).await) }));
+        }
         let is_raft = matches!(rpc, Rpc::Append(_) | Rpc::Vote(_) | Rpc::Snapshot(_));
         let group = match self.group(region) {
             Ok(group) => group,
@@ -203,6 +211,7 @@ impl CanonNode {
                 }
                 Dispatched::Now(Reply::Done)
             }
+            Rpc::App(_) => unreachable!("handled before the group lookup"),
             Rpc::Remove { node_id } => {
                 let node = self.clone();
                 let region = region.to_owned();

@@ -89,6 +89,9 @@ pub enum Rpc {
     /// Membership: the group's leader tells a node it was removed (it may never see the entry
     /// that removed it, since the leader stops replicating to it); the node stops serving.
     Removed,
+    /// An application message for the node's app handler (the cluster's remote IMVU messages:
+    /// one network stack for the canon and the actors). The group names the sender's region.
+    App(Vec<u8>),
 }
 
 /// The answer to an [`Rpc`].
@@ -111,6 +114,8 @@ pub enum Reply {
     ReadIndex(u64),
     /// A membership change was committed.
     Done,
+    /// Answer to [`Rpc::App`]: the app handler's bytes.
+    App(Vec<u8>),
     /// The request was refused.
     Refused(Refusal),
 }

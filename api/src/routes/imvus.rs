@@ -44,8 +44,11 @@ pub(super) async fn create_imvu(
     Auth(caller): Auth,
     ApiJson(request): ApiJson<CreateImvuRequest>,
 ) -> Result<(StatusCode, Json<ImvuView>), ApiError> {
-    let info = state.runtime.create_imvu(&tenant, &request.kind, &caller).await?;
-    Ok((StatusCode::CREATED, Json(info.into())))
+    let info = match &state.cluster {
+        Some(cluster) => cluster.create(&tenant, &request.kind, &caller).await?,
+        None => state.runtime.create_imvu(&tenant, &request.kind, &caller).await?,
+    };
+    Ok((StatusCode::CREATED, Json(with_placement(&state, info))))
 }
 
 /// State, lifecycle and held messages of an IMVU.
@@ -72,7 +75,11 @@ pub(super) async fn get_imvu(
     Auth(caller): Auth,
 ) -> Result<Json<ImvuView>, ApiError> {
     readable_tenant(&state, &key.tenant, &caller)?;
-    Ok(Json(state.runtime.inspect(&key).await?.into()))
+    let info = match &state.cluster {
+        Some(cluster) => cluster.inspect(&key, &caller).await?,
+        None => state.runtime.inspect(&key).await?,
+    };
+    Ok(Json(with_placement(&state, info)))
 }
 
 /// Sends a message and waits for the reply. A paused IMVU holds the message (the request
@@ -107,12 +114,33 @@ pub(super) async fn send_message(
     ApiJson(request): ApiJson<MessageRequest>,
 ) -> Result<Json<MessageReply>, ApiError> {
     readable_tenant(&state, &key.tenant, &caller)?;
-    let reply = state.runtime.ask_json(&key, request.message).await?;
+    let reply = match &state.cluster {
+        Some(cluster) => cluster.ask_json(&key, request.message, &caller).await?,
+        None => state.runtime.ask_json(&key, request.message).await?,
+    };
     Ok(Json(MessageReply { reply }))
 }
 
 async fn transition(state: &AppState, key: &ImvuKey, transition: Transition, caller: &vcos_actors::Caller) -> Result<Json<ImvuView>, ApiError> {
-    Ok(Json(state.runtime.transition(key, transition, caller).await?.into()))
+    let info = match &state.cluster {
+        Some(cluster) => cluster.transition(key, transition, caller).await?,
+        None => state.runtime.transition(key, transition, caller).await?,
+    };
+    Ok(Json(with_placement(state, info)))
+}
+
+/// The view of an IMVU with where it lives (when the node runs placement).
+fn with_placement(state: &AppState, info: vcos_actors::ImvuInfo) -> ImvuView {
+    let placement = state.cluster.as_ref().map(|cluster| cluster.placement(&info.key));
+    let mut view = ImvuView::from(info);
+    if let Some(placement) = placement {
+        view.placement = Some(crate::wire::PlacementView {
+            bucket: placement.bucket,
+            owner_node: placement.owner_node,
+            lease_epoch: placement.lease_epoch,
+        });
+    }
+    view
 }
 
 /// Pauses an active IMVU: messages sent while paused are held, in order.

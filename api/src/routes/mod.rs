@@ -28,6 +28,7 @@ use crate::error::{ApiError, ErrorBody};
 use crate::{middleware as mw, AppState, BODY_LEN_MAX};
 
 mod canon;
+mod cluster;
 mod imvus;
 mod swarms;
 mod system;
@@ -54,6 +55,7 @@ pub(crate) const DOCS_PATH: &str = "/docs";
         (name = "tenants", description = "Isolated customers and their policies"),
         (name = "imvus", description = "IMVUs: create, message, lifecycle, history"),
         (name = "canon", description = "The Canon Memory Layer: status and lag, key-value reads and writes, membership"),
+        (name = "cluster", description = "Members, their state and the IMVU buckets each owns"),
         (name = "swarms", description = "Swarms of IMVUs: work items pulled by members, credits, shared memory, votes"),
     )
 )]
@@ -95,6 +97,7 @@ pub(crate) fn build(state: AppState) -> Router {
         .routes(routes!(swarms::open_vote))
         .routes(routes!(swarms::cast_ballot))
         .routes(routes!(canon::status))
+        .routes(routes!(cluster::cluster))
         .routes(routes!(canon::put, canon::get, canon::delete))
         .routes(routes!(canon::cas))
         .routes(routes!(canon::list))
@@ -133,7 +136,7 @@ async fn not_found(uri: axum::http::Uri) -> ApiError {
 /// The tenant, if `caller` may read from it: open tenants are readable by anyone, tenants with
 /// a key only by callers who presented it.
 pub(crate) fn readable_tenant(state: &AppState, tenant: &TenantId, caller: &Caller) -> Result<Arc<TenantEntry>, ApiError> {
-    let entry = state.runtime.tenant(tenant)?;
+    let entry = state.runtime.tenant_or_load(tenant)?;
     if entry.policy.api_key.is_some() && caller.authenticated_tenant.as_ref() != Some(tenant) {
         return Err(ApiError::Forbidden(format!(
             "tenant {tenant} requires its API key: send `Authorization: Bearer <key>`"

@@ -1,0 +1,558 @@
+//! [`Cluster`]: the driver that puts placement to work on a node.
+//!
+//! - A lease task runs the [`Leases`] core every `tick_ms`: it reads the bucket lease records
+//!   from the local canon replica, feeds them and the alive members of the home region to the
+//!   core, performs the core's guarded writes through the `CanonStore` seam, and feeds their
+//!   outcomes back. Time comes from the injected [`Clock`].
+//! - Requests for an IMVU (from the HTTP facade or from another node) are served locally when
+//!   this node can prove it holds the IMVU's bucket, and forwarded to the holder otherwise
+//!   (the lease record names it; before any record, the intended owner by rendezvous). A
+//!   request that finds no holder waits for one up to `owner_wait_ms`, then fails with a
+//!   retryable `unavailable` error: never a hang.
+//! - Retries: a request is sent elsewhere only when it certainly was not handled (the peer
+//!   could not be reached, or answered "not the owner"); after a timeout the caller gets an
+//!   error, since the message may have been applied.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use vcos_actors::store::{CanonStore, CanonWrite, StoreError};
+use vcos_actors::ownership::{Fence, Ownership};
+use vcos_actors::{ActorError, Caller, Clock, ImvuInfo, ImvuKey, Runtime, TenantId};
+use vcos_canon_raft::app::AppFuture;
+use vcos_canon_raft::{AppCallError, AppHandler, CanonNode};
+
+use crate::members::{Member, MemberSource, MemberState};
+use crate::placement::lease::{Holder, LeaseWriteKind};
+use crate::placement::{bucket_of, LeaseAction, LeaseConfig, LeaseOutcome, LeaseRecord, Leases, BUCKETS};
+
+use crate::remote::{self, Op, RemoteReply, RemoteRequest, HOPS_MAX};
+
+/// Canon key prefix of the bucket lease records.
+pub const LEASE_PREFIX: &str = "cluster/leases/";
+/// Canon key prefix of the bucket epoch keys (the fence that IMVU writes carry).
+pub const EPOCH_PREFIX: &str = "cluster/epochs/";
+
+/// The lease record key of `bucket`.
+pub fn lease_key(bucket: u16) -> String {
+    format!("{LEASE_PREFIX}{bucket:03}")
+}
+
+/// The epoch key of `bucket`.
+pub fn epoch_key(bucket: u16) -> String {
+    format!("{EPOCH_PREFIX}{bucket:03}")
+}
+
+/// How a node takes part in placement.
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    /// This node and its incarnation.
+    pub me: Holder,
+    /// Its home region.
+    pub region: String,
+    /// Lease timing.
+    pub lease: LeaseConfig,
+    /// How often the lease task runs.
+    pub tick_ms: u64,
+    /// Deadline of a request forwarded to another node.
+    pub forward_timeout_ms: u64,
+    /// How long a request waits for its IMVU's bucket to get a holder (failover) before it
+    /// fails with a retryable error.
+    pub owner_wait_ms: u64,
+}
+
+impl ClusterConfig {
+    /// Defaults for `me` in `region`.
+    pub fn new(me: Holder, region: &str) -> Self {
+        Self {
+            me,
+            region: region.to_owned(),
+            lease: LeaseConfig::default(),
+            tick_ms: 50,
+            forward_timeout_ms: 5_000,
+            owner_wait_ms: 3_000,
+        }
+    }
+}
+
+/// Where an IMVU lives, as this node sees it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Placement {
+    /// Its bucket.
+    pub bucket: u16,
+    /// The node that holds the bucket by its lease record (`None`: not held yet).
+    pub owner_node: Option<u64>,
+    /// The lease's fencing epoch (0: never held).
+    pub lease_epoch: u64,
+    /// Whether this node serves it now.
+    pub served_here: bool,
+}
+
+/// The cluster on one node. Cloning shares it.
+#[derive(Clone)]
+pub struct Cluster {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: ClusterConfig,
+    runtime: Runtime,
+    canon: CanonNode,
+    store: Arc<dyn CanonStore>,
+    clock: Arc<dyn Clock>,
+    members: Arc<dyn MemberSource>,
+    leases: Arc<LeaseTable>,
+    stop: tokio::sync::Notify,
+}
+
+/// The node's lease core, shared by the lease task, the request path and the runtime (as its
+/// [`Ownership`]): create it first, give it to the runtime's config, then start the
+/// [`Cluster`] with it.
+pub struct LeaseTable {
+    leases: Mutex<Leases>,
+}
+
+impl std::fmt::Debug for LeaseTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeaseTable").finish_non_exhaustive()
+    }
+}
+
+impl LeaseTable {
+    /// The lease core of `me`, holding nothing yet.
+    pub fn new(me: Holder, config: LeaseConfig) -> Result<Arc<Self>, ClusterError> {
+        Ok(Arc::new(Self { leases: Mutex::new(Leases::new(me, config)?) }))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Leases> {
+        lock(&self.leases)
+    }
+}
+
+impl Ownership for LeaseTable {
+    fn fence(&self, key: &ImvuKey, now_ms: u64) -> Result<Option<Fence>, ActorError> {
+        let bucket = bucket_of(key.tenant.as_str(), key.id.0);
+        match self.lock().serving(now_ms, bucket) {
+            Some(fence) => Ok(Some(Fence { lease: bucket, epoch: fence.epoch })),
+            None => Err(ActorError::Unavailable(format!("this node does not hold {key}'s bucket {bucket} now; retry"))),
+        }
+    }
+
+    fn guard(&self, fence: Fence) -> CanonWrite {
+        CanonWrite::Expect { key: epoch_key(fence.lease), value: Some(fence.epoch.to_be_bytes().to_vec()) }
+    }
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster").field("me", &self.inner.config.me).finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Errors starting the cluster.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// The lease timing is unsafe.
+    #[error("lease config: {0}")]
+    Lease(#[from] crate::placement::lease::LeaseConfigError),
+}
+
+impl Cluster {
+    /// Starts placement on this node: the lease task and the handler of remote requests.
+    pub fn start(
+        config: ClusterConfig,
+        leases: Arc<LeaseTable>,
+        runtime: Runtime,
+        canon: CanonNode,
+        store: Arc<dyn CanonStore>,
+        clock: Arc<dyn Clock>,
+        members: Arc<dyn MemberSource>,
+    ) -> Result<Self, ClusterError> {
+        let inner = Arc::new(Inner {
+            config,
+            runtime,
+            canon: canon.clone(),
+            store,
+            clock,
+            members,
+            leases,
+            stop: tokio::sync::Notify::new(),
+        });
+        canon.set_app_handler(Arc::new(RemoteHandler { inner: Arc::downgrade(&inner) }));
+        tokio::spawn(lease_task(Arc::clone(&inner)));
+        Ok(Self { inner })
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> u64 {
+        self.inner.config.me.node
+    }
+
+    /// The runtime underneath.
+    pub fn runtime(&self) -> &Runtime {
+        &self.inner.runtime
+    }
+
+    /// Every member known, this node included.
+    pub fn members(&self) -> Vec<Member> {
+        self.inner.members.members()
+    }
+
+    /// Buckets held per node, by the lease records this node read last.
+    pub fn buckets_by_node(&self) -> BTreeMap<u64, usize> {
+        let leases = self.inner.leases.lock();
+        let mut out = BTreeMap::new();
+        for bucket in 0..BUCKETS {
+            if let Some(holder) = leases.recorded_holder(bucket) {
+                *out.entry(holder.node).or_insert(0) += 1;
+            }
+        }
+        out
+    }
+
+    /// Buckets this node can prove it holds now.
+    pub fn buckets_served(&self) -> usize {
+        self.inner.leases.lock().serving_count(self.inner.clock.now_ms())
+    }
+
+    /// Where `key` lives.
+    pub fn placement(&self, key: &ImvuKey) -> Placement {
+        let bucket = bucket_of(key.tenant.as_str(), key.id.0);
+        let now = self.inner.clock.now_ms();
+        let leases = self.inner.leases.lock();
+        let epoch = self
+            .inner
+            .store
+            .get(&lease_key(bucket))
+            .ok()
+            .flatten()
+            .and_then(|bytes| LeaseRecord::decode(&bytes).ok());
+        Placement {
+            bucket,
+            owner_node: leases.recorded_holder(bucket).map(|h| h.node),
+            lease_epoch: epoch.map_or(0, |r| r.epoch),
+            served_here: leases.serving(now, bucket).is_some(),
+        }
+    }
+
+    /// Creates an IMVU of `kind`: the id is allocated here, the IMVU is created by its owner.
+    pub async fn create(&self, tenant: &TenantId, kind: &str, caller: &Caller) -> Result<ImvuInfo, ActorError> {
+        self.inner.runtime.tenant_or_load(tenant)?;
+        let id = self.inner.runtime.allocate_id().await?;
+        let key = ImvuKey { tenant: tenant.clone(), id: vcos_actors::ImvuId(id) };
+        let reply = route(&self.inner, &key, caller, Op::Create { kind: kind.to_owned() }, 0).await?;
+        decode_json(&reply)
+    }
+
+    /// Sends a message and waits for the reply, wherever the IMVU lives.
+    pub async fn ask_json(&self, key: &ImvuKey, message: serde_json::Value, caller: &Caller) -> Result<serde_json::Value, ActorError> {
+        let message = serde_json::to_vec(&message).map_err(|e| ActorError::BadRequest { field: "message".into(), reason: e.to_string() })?;
+        let reply = route(&self.inner, key, caller, Op::Ask { message }, 0).await?;
+        decode_json(&reply)
+    }
+
+    /// Runs a lifecycle transition, wherever the IMVU lives.
+    pub async fn transition(&self, key: &ImvuKey, transition: vcos_actors::Transition, caller: &Caller) -> Result<ImvuInfo, ActorError> {
+        let name = serde_json::to_value(transition).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+        let reply = route(&self.inner, key, caller, Op::Transition { transition: name }, 0).await?;
+        decode_json(&reply)
+    }
+
+    /// State and lifecycle, wherever the IMVU lives.
+    pub async fn inspect(&self, key: &ImvuKey, caller: &Caller) -> Result<ImvuInfo, ActorError> {
+        let reply = route(&self.inner, key, caller, Op::Inspect, 0).await?;
+        decode_json(&reply)
+    }
+
+    /// Gives up every bucket (graceful leave): their next owners need not wait out the lease.
+    /// Returns once the releases were written or failed.
+    pub async fn leave(&self) {
+        self.inner.stop.notify_one();
+        let now = self.inner.clock.now_ms();
+        let mut actions = Vec::new();
+        self.inner.leases.lock().release_all(now, &mut actions);
+        let (tx, mut rx) = mpsc::channel(usize::from(BUCKETS) + 1);
+        let mut writes = 0;
+        for action in actions {
+            if let LeaseAction::Write { bucket, kind, expect, record } = action {
+                perform_write(&self.inner, bucket, kind, expect, record, tx.clone());
+                writes += 1;
+            }
+        }
+        drop(tx);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        for _ in 0..writes {
+            if tokio::time::timeout_at(deadline, rx.recv()).await.is_err() {
+                break;
+            }
+        }
+    }
+}
+
+fn decode_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ActorError> {
+    serde_json::from_slice(bytes).map_err(|e| ActorError::Unavailable(format!("unreadable reply: {e}")))
+}
+
+/// Serves `request` here (this node holds the bucket).
+async fn serve_locally(inner: &Inner, key: &ImvuKey, caller: &Caller, op: &Op) -> Result<Vec<u8>, ActorError> {
+    let runtime = &inner.runtime;
+    runtime.tenant_or_load(&key.tenant)?;
+    let json = |value: &dyn erased_json::Json| value.to_json();
+    match op {
+        Op::Create { kind } => json(&runtime.create_imvu_at(key, kind, caller).await?),
+        Op::Ask { message } => {
+            let message: serde_json::Value = serde_json::from_slice(message)
+                .map_err(|e| ActorError::BadRequest { field: "message".into(), reason: e.to_string() })?;
+            json(&runtime.ask_json(key, message).await?)
+        }
+        Op::Tell { message } => {
+            let message: serde_json::Value = serde_json::from_slice(message)
+                .map_err(|e| ActorError::BadRequest { field: "message".into(), reason: e.to_string() })?;
+            // A tell is an ask whose reply the sender does not wait for; delivering it in
+            // order with the IMVU's other messages is the shard's job.
+            runtime.ask_json(key, message).await?;
+            json(&serde_json::Value::Null)
+        }
+        Op::Transition { transition } => json(&runtime.transition(key, remote::parse_transition(transition)?, caller).await?),
+        Op::Inspect => json(&runtime.inspect(key).await?),
+    }
+}
+
+/// JSON encoding behind a trait object, so `serve_locally` has one exit shape.
+mod erased_json {
+    pub(super) trait Json {
+        fn to_json(&self) -> Result<Vec<u8>, vcos_actors::ActorError>;
+    }
+    impl<T: serde::Serialize> Json for T {
+        fn to_json(&self) -> Result<Vec<u8>, vcos_actors::ActorError> {
+            serde_json::to_vec(self).map_err(|e| vcos_actors::ActorError::Unavailable(format!("reply does not serialise: {e}")))
+        }
+    }
+}
+
+/// Where to send a request for `bucket`: the recorded holder if it is a live member, else the
+/// intended owner. `None` when that is this node (it must wait for its own claim).
+fn target(inner: &Inner, bucket: u16, members: &[Member]) -> Option<Member> {
+    let me = inner.config.me.node;
+    let alive = |node: u64| members.iter().find(|m| m.node_id == node && matches!(m.state, MemberState::Alive | MemberState::Suspect));
+    let leases = inner.leases.lock();
+    let choice = leases
+        .recorded_holder(bucket)
+        .map(|h| h.node)
+        .filter(|&node| alive(node).is_some())
+        .or_else(|| leases.intended_owner(bucket))?;
+    if choice == me {
+        return None;
+    }
+    alive(choice).cloned()
+}
+
+/// Routes one request: here if this node serves the bucket, else to the holder.
+async fn route(inner: &Arc<Inner>, key: &ImvuKey, caller: &Caller, op: Op, hops: u8) -> Result<Vec<u8>, ActorError> {
+    let bucket = bucket_of(key.tenant.as_str(), key.id.0);
+    let start = inner.clock.now_ms();
+    let wait_ms = inner.config.owner_wait_ms;
+    let mut hint: Option<u64> = None;
+    loop {
+        let now = inner.clock.now_ms();
+        if inner.leases.lock().serving(now, bucket).is_some() {
+            metrics::counter!("vcos_cluster_requests_total", "path" => "local").increment(1);
+            return serve_locally(inner, key, caller, &op).await;
+        }
+        if now >= start + wait_ms {
+            metrics::counter!("vcos_cluster_requests_total", "path" => "no_owner").increment(1);
+            return Err(ActorError::Unavailable(format!(
+                "no node serves {key} yet (bucket {bucket} is failing over); retry"
+            )));
+        }
+        let members = inner.members.members();
+        let peer = match hint.take() {
+            Some(node) if node != inner.config.me.node => members.iter().find(|m| m.node_id == node).cloned(),
+            _ => None,
+        }
+        .or_else(|| target(inner, bucket, &members));
+        let Some(peer) = peer else {
+            // This node is (or is about to be) the owner: wait for its claim.
+            tokio::time::sleep(Duration::from_millis(inner.config.tick_ms / 2 + 1)).await;
+            continue;
+        };
+        if hops >= HOPS_MAX {
+            return Err(ActorError::Unavailable(format!("{key}: forwarded {hops} times without reaching its owner; retry")));
+        }
+        let request = RemoteRequest {
+            tenant: key.tenant.as_str().to_owned(),
+            id: key.id.0,
+            caller: serde_json::to_vec(caller).unwrap_or_default(),
+            hops: hops + 1,
+            op: op.clone(),
+        };
+        let timeout = Duration::from_millis(inner.config.forward_timeout_ms);
+        metrics::counter!("vcos_cluster_requests_total", "path" => "forwarded").increment(1);
+        match inner.canon.call_app(peer.node_id, &peer.canon_addr, request.encode(), timeout).await {
+            Ok(bytes) => match RemoteReply::decode(&bytes) {
+                Ok(RemoteReply::Ok(bytes)) => return Ok(bytes),
+                Ok(RemoteReply::Err(bytes)) => return Err(remote::decode_error(&bytes)),
+                Ok(RemoteReply::NotOwner { hint: next }) => {
+                    hint = next.filter(|&n| n != peer.node_id);
+                    tokio::time::sleep(Duration::from_millis(inner.config.tick_ms / 2 + 1)).await;
+                }
+                Err(e) => return Err(ActorError::Unavailable(format!("node {}: {e}", peer.node_id))),
+            },
+            Err(AppCallError::NotDelivered { reason, .. }) => {
+                tracing::debug!(node = peer.node_id, %reason, "owner unreachable; trying again");
+                tokio::time::sleep(Duration::from_millis(inner.config.tick_ms)).await;
+            }
+            Err(e @ AppCallError::Unknown { .. }) => {
+                return Err(ActorError::Unavailable(format!("{key}: outcome unknown ({e}); check its state before retrying")));
+            }
+        }
+    }
+}
+
+/// Answers requests forwarded by other nodes.
+struct RemoteHandler {
+    inner: Weak<Inner>,
+}
+
+impl AppHandler for RemoteHandler {
+    fn handle(&self, from: u64, payload: Vec<u8>) -> AppFuture {
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            let Some(inner) = inner.upgrade() else {
+                return RemoteReply::error(&ActorError::Unavailable("node stopping".into())).encode();
+            };
+            let request = match RemoteRequest::decode(&payload) {
+                Ok(request) => request,
+                Err(e) => {
+                    metrics::counter!("vcos_cluster_remote_rejected_total", "reason" => "corrupt").increment(1);
+                    tracing::warn!(from, error = %e, "refusing a corrupt remote request");
+                    return RemoteReply::error(&ActorError::BadRequest { field: "payload".into(), reason: e.to_string() }).encode();
+                }
+            };
+            answer(&inner, request).await.encode()
+        })
+    }
+}
+
+async fn answer(inner: &Arc<Inner>, request: RemoteRequest) -> RemoteReply {
+    let (key, caller) = match (request.key(), request.caller()) {
+        (Ok(key), Ok(caller)) => (key, caller),
+        (Err(e), _) | (_, Err(e)) => return RemoteReply::error(&e),
+    };
+    let bucket = bucket_of(key.tenant.as_str(), key.id.0);
+    let now = inner.clock.now_ms();
+    let (serving, intended, holder) = {
+        let leases = inner.leases.lock();
+        (leases.serving(now, bucket).is_some(), leases.intended_owner(bucket), leases.recorded_holder(bucket))
+    };
+    let me = inner.config.me.node;
+    if !serving && intended != Some(me) {
+        let hint = holder.map(|h| h.node).filter(|&n| n != me).or(intended.filter(|&n| n != me));
+        return RemoteReply::NotOwner { hint };
+    }
+    // Served here, or about to be: `route` waits for the claim (bounded).
+    match route(inner, &key, &caller, request.op, request.hops).await {
+        Ok(bytes) => RemoteReply::Ok(bytes),
+        Err(e) => RemoteReply::error(&e),
+    }
+}
+
+/// Performs one lease write and reports its outcome on `outcomes`.
+fn perform_write(
+    inner: &Inner,
+    bucket: u16,
+    kind: LeaseWriteKind,
+    expect: Option<Vec<u8>>,
+    record: LeaseRecord,
+    outcomes: mpsc::Sender<(u16, LeaseOutcome)>,
+) {
+    let key = lease_key(bucket);
+    let mut writes = vec![CanonWrite::Expect { key: key.clone(), value: expect }, CanonWrite::Put { key, value: record.encode() }];
+    if kind == LeaseWriteKind::Claim {
+        writes.push(CanonWrite::Put { key: epoch_key(bucket), value: record.epoch.to_be_bytes().to_vec() });
+    }
+    inner.store.commit(
+        writes,
+        Box::new(move |result| {
+            let outcome = match result {
+                Ok(_) => LeaseOutcome::Applied,
+                Err(StoreError::Conflict { .. }) => LeaseOutcome::Conflict,
+                Err(_) => LeaseOutcome::Failed,
+            };
+            // The lease task may have stopped; then nobody needs the outcome.
+            let _ = outcomes.try_send((bucket, outcome));
+        }),
+    );
+}
+
+/// The lease task: see the module docs.
+async fn lease_task(inner: Arc<Inner>) {
+    let (outcomes_tx, mut outcomes) = mpsc::channel::<(u16, LeaseOutcome)>(usize::from(BUCKETS) * 2);
+    let mut tick = tokio::time::interval(Duration::from_millis(inner.config.tick_ms.max(1)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut actions = Vec::new();
+    loop {
+        tokio::select! {
+            biased;
+            () = inner.stop.notified() => return,
+            Some((bucket, outcome)) = outcomes.recv() => {
+                let now = inner.clock.now_ms();
+                inner.leases.lock().on_outcome(now, bucket, outcome, &mut actions);
+            }
+            _ = tick.tick() => {
+                let now = inner.clock.now_ms();
+                let records = read_records(&*inner.store);
+                let alive: BTreeSet<u64> = inner
+                    .members
+                    .members()
+                    .into_iter()
+                    .filter(|m| m.region == inner.config.region && matches!(m.state, MemberState::Alive | MemberState::Suspect))
+                    .map(|m| m.node_id)
+                    .collect();
+                let mut leases = inner.leases.lock();
+                leases.set_members(alive);
+                if let Some(records) = records {
+                    for bucket in 0..BUCKETS {
+                        leases.observe(now, bucket, records.get(&bucket).cloned(), &mut actions);
+                    }
+                }
+                leases.poll(now, &mut actions);
+            }
+        }
+        for action in actions.drain(..) {
+            match action {
+                LeaseAction::Write { bucket, kind, expect, record } => {
+                    perform_write(&inner, bucket, kind, expect, record, outcomes_tx.clone());
+                }
+                LeaseAction::Gained { bucket, epoch } => {
+                    metrics::counter!("vcos_cluster_buckets_gained_total").increment(1);
+                    tracing::debug!(bucket, epoch, "serving bucket");
+                }
+                LeaseAction::Lost { bucket, epoch, reason } => {
+                    metrics::counter!("vcos_cluster_buckets_lost_total", "reason" => reason).increment(1);
+                    tracing::info!(bucket, epoch, reason, "stopped serving bucket");
+                }
+            }
+        }
+        metrics::gauge!("vcos_cluster_buckets_served").set(inner.leases.lock().serving_count(inner.clock.now_ms()) as f64);
+    }
+}
+
+/// The lease records as the local replica holds them; `None` when it cannot be read (then
+/// nothing is observed this tick: an unread record is never taken for an unchanged one).
+fn read_records(store: &dyn CanonStore) -> Option<BTreeMap<u16, Vec<u8>>> {
+    let rows = store.scan_prefix(LEASE_PREFIX, None, usize::from(BUCKETS) + 1).ok()?;
+    let mut out = BTreeMap::new();
+    for (key, value) in rows {
+        if let Some(bucket) = key.strip_prefix(LEASE_PREFIX).and_then(|b| b.parse::<u16>().ok()).filter(|&b| b < BUCKETS) {
+            out.insert(bucket, value);
+        }
+    }
+    Some(out)
+}

@@ -1,0 +1,249 @@
+//! The cluster as an operator runs it: three `vcos up` processes of one region on loopback,
+//! IMVUs created and messaged through every node, at most one activation (the counter defect:
+//! a message through each node in turn must see every earlier one), `kill -9` of an owner with
+//! its IMVUs answering again from the survivors, the node restarted and taking back a share,
+//! and a node paused with SIGSTOP past its lease that must not serve stale state on SIGCONT.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::{TcpListener, UdpSocket};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::Proc;
+use serde_json::{json, Value};
+
+const UP_DEADLINE: Duration = Duration::from_secs(60);
+const CONVERGE_DEADLINE: Duration = Duration::from_secs(60);
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+struct Node {
+    id: u64,
+    http: u16,
+    raft: u16,
+    gossip: u16,
+    dir: String,
+    join: Option<String>,
+    proc: Option<Proc>,
+}
+
+impl Node {
+    fn new(id: u64, root: &Path, join: Option<String>) -> Self {
+        let dir = root.join(format!("node{id}")).to_str().expect("UTF-8 temp path").to_owned();
+        Self { id, http: free_port(), raft: free_port(), gossip: free_udp_port(), dir, join, proc: None }
+    }
+
+    fn base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http)
+    }
+
+    fn start(&mut self) {
+        let id = self.id.to_string();
+        let http = format!("127.0.0.1:{}", self.http);
+        let raft = format!("127.0.0.1:{}", self.raft);
+        let gossip = format!("127.0.0.1:{}", self.gossip);
+        let mut args = vec![
+            "up", "--data-dir", &self.dir, "--listen", &http, "--raft-listen", &raft, "--gossip-listen", &gossip, "--node-id", &id,
+            "--region", "eu",
+        ];
+        if let Some(join) = &self.join {
+            args.extend(["--join", join.as_str()]);
+        }
+        let mut proc = Proc::spawn(&args);
+        assert_eq!(proc.wait_up(UP_DEADLINE), self.base());
+        self.proc = Some(proc);
+    }
+
+    fn kill_9(&mut self) {
+        if let Some(mut proc) = self.proc.take() {
+            proc.kill_hard();
+        }
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.proc.as_ref().expect("running").pid().to_string();
+        let status = std::process::Command::new("kill").args([signal, &pid]).status().expect("kill runs");
+        assert!(status.success());
+    }
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder().timeout(Duration::from_secs(15)).build().expect("a client")
+}
+
+async fn call(http: &reqwest::Client, method: &str, url: String, body: Option<Value>) -> (u16, Value) {
+    let mut request = match method {
+        "GET" => http.get(url),
+        _ => http.post(url),
+    };
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    match request.send().await {
+        Ok(response) => {
+            let status = response.status().as_u16();
+            let bytes = response.bytes().await.unwrap_or_default();
+            (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+        }
+        Err(e) => (0, json!({ "transport_error": e.to_string() })),
+    }
+}
+
+async fn until(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let started = Instant::now();
+    while !check().await {
+        assert!(started.elapsed() < CONVERGE_DEADLINE, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Buckets owned per node id, as `base` sees them, and how many members it sees alive.
+async fn cluster_view(http: &reqwest::Client, base: &str) -> (BTreeMap<u64, u64>, usize) {
+    let (code, view) = call(http, "GET", format!("{base}/v1/cluster"), None).await;
+    if code != 200 {
+        return (BTreeMap::new(), 0);
+    }
+    let members = view["members"].as_array().cloned().unwrap_or_default();
+    let alive = members.iter().filter(|m| m["state"] == "alive").count();
+    let owned = members.iter().map(|m| (m["node_id"].as_u64().unwrap_or(0), m["buckets_owned"].as_u64().unwrap_or(0))).collect();
+    (owned, alive)
+}
+
+async fn add(http: &reqwest::Client, base: &str, id: u64, n: i64) -> (u16, Value) {
+    call(http, "POST", format!("{base}/v1/tenants/default/imvus/{id}/messages"), Some(json!({"message": {"op": "add", "n": n}}))).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn imvus_live_once_fail_over_and_never_serve_stale_state() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let mut nodes = vec![Node::new(1, root.path(), None)];
+    nodes[0].start();
+    let seed = nodes[0].base();
+    for id in 2..=3 {
+        nodes.push(Node::new(id, root.path(), Some(seed.clone())));
+        nodes[(id - 1) as usize].start();
+    }
+    let http = client();
+    let bases: Vec<String> = nodes.iter().map(Node::base).collect();
+    for base in &bases {
+        until("every node sees three members holding all 256 buckets", async || {
+            let (owned, alive) = cluster_view(&http, base).await;
+            alive == 3 && owned.values().sum::<u64>() == 256 && owned.len() == 3 && owned.values().all(|&n| n > 0)
+        })
+        .await;
+    }
+
+    // IMVUs created through every node; messages through every node in turn all land on the
+    // one activation (each reply is the running total: 1, 2, 3, ...).
+    let mut ids = Vec::new();
+    for i in 0..24 {
+        let (code, body) = call(&http, "POST", format!("{}/v1/tenants/default/imvus", bases[i % 3]), Some(json!({"kind": "counter"}))).await;
+        assert_eq!(code, 201, "{body}");
+        ids.push(body["key"]["id"].as_u64().expect("an id"));
+    }
+    let distinct: std::collections::BTreeSet<u64> = ids.iter().copied().collect();
+    assert_eq!(distinct.len(), ids.len(), "ids are unique across nodes: {ids:?}");
+    let mut totals: BTreeMap<u64, i64> = BTreeMap::new();
+    for round in 0..6 {
+        for &id in &ids {
+            let (code, body) = add(&http, &bases[(round + id as usize) % 3], id, 1).await;
+            assert_eq!(code, 200, "add to {id} through node {}: {body}", (round + id as usize) % 3 + 1);
+            let total = totals.entry(id).or_insert(0);
+            *total += 1;
+            assert_eq!(body["reply"], json!(*total), "IMVU {id}: every earlier message is seen");
+        }
+    }
+    // Where they live.
+    let mut owner_of: BTreeMap<u64, u64> = BTreeMap::new();
+    for &id in &ids {
+        let (code, body) = call(&http, "GET", format!("{}/v1/tenants/default/imvus/{id}", bases[0]), None).await;
+        assert_eq!(code, 200, "{body}");
+        assert_eq!(body["state"], json!(6));
+        let owner = body["placement"]["owner_node"].as_u64().expect("an owner node");
+        assert!(body["placement"]["lease_epoch"].as_u64().unwrap_or(0) >= 1, "{body}");
+        owner_of.insert(id, owner);
+    }
+
+    // kill -9 the owner of the most IMVUs; each of its IMVUs answers again, with its state,
+    // through a survivor.
+    let mut per_owner: BTreeMap<u64, usize> = BTreeMap::new();
+    for owner in owner_of.values() {
+        *per_owner.entry(*owner).or_insert(0) += 1;
+    }
+    let victim = per_owner.iter().max_by_key(|(_, n)| **n).map(|(node, _)| *node).expect("an owner");
+    let victim_ids: Vec<u64> = ids.iter().copied().filter(|id| owner_of[id] == victim).collect();
+    let survivor = bases[(victim as usize) % 3].clone();
+    nodes[(victim - 1) as usize].kill_9();
+    let killed = Instant::now();
+    let mut recovery_ms = Vec::new();
+    for &id in &victim_ids {
+        loop {
+            let (code, body) = add(&http, &survivor, id, 1).await;
+            if code == 200 {
+                let total = totals.entry(id).or_insert(0);
+                *total += 1;
+                assert_eq!(body["reply"], json!(*total), "IMVU {id} came back with its state from canon");
+                recovery_ms.push(killed.elapsed().as_millis());
+                break;
+            }
+            assert!(matches!(code, 503 | 0), "a failing-over IMVU answers a retryable error, got {code} {body}");
+            assert!(killed.elapsed() < Duration::from_secs(20), "IMVU {id} did not come back: {code} {body}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    eprintln!("failover after kill -9: IMVUs answering again after {recovery_ms:?} ms");
+
+    // The node restarts, rejoins under a renewed identity and takes back a share.
+    nodes[(victim - 1) as usize].start();
+    until("the restarted node holds buckets again", async || {
+        let (owned, alive) = cluster_view(&http, &survivor).await;
+        alive == 3 && owned.get(&victim).copied().unwrap_or(0) > 0 && owned.values().sum::<u64>() == 256
+    })
+    .await;
+    for &id in &ids {
+        let (code, body) = add(&http, &bases[(victim - 1) as usize], id, 1).await;
+        assert_eq!(code, 200, "{body}");
+        let total = totals.entry(id).or_insert(0);
+        *total += 1;
+        assert_eq!(body["reply"], json!(*total), "IMVU {id} after the rejoin");
+    }
+
+    // SIGSTOP a node past its lease: the others take its buckets; on SIGCONT it must not
+    // serve what it held (its lease lapsed by its own clock), and no acknowledged write is lost.
+    let paused = (victim % 3) + 1;
+    let paused_index = (paused - 1) as usize;
+    let other = bases[(paused as usize) % 3].clone();
+    nodes[paused_index].signal("-STOP");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    for &id in &ids {
+        let (code, body) = add(&http, &other, id, 1).await;
+        assert_eq!(code, 200, "IMVU {id} served by the others while node {paused} is stopped: {body}");
+        let total = totals.entry(id).or_insert(0);
+        *total += 1;
+        assert_eq!(body["reply"], json!(*total));
+    }
+    nodes[paused_index].signal("-CONT");
+    for &id in &ids {
+        let (code, body) = add(&http, &bases[paused_index], id, 1).await;
+        if code == 200 {
+            let total = totals.entry(id).or_insert(0);
+            *total += 1;
+            assert_eq!(body["reply"], json!(*total), "IMVU {id} through the resumed node: never stale");
+        } else {
+            assert_eq!(code, 503, "only a retryable error while it catches up: {body}");
+        }
+    }
+    for (&id, &total) in &totals {
+        let (code, body) = call(&http, "GET", format!("{other}/v1/tenants/default/imvus/{id}"), None).await;
+        assert_eq!(code, 200, "{body}");
+        assert_eq!(body["state"], json!(total), "IMVU {id}: every acknowledged add is in its state");
+    }
+}
