@@ -10,7 +10,7 @@
 //! | `announce_period_ms` | 5,000 | ask one member for its member list (discovers members missed at join) |
 //! | `announce_down_period_ms` | 2,000 | talk to two members we think down: heals partitions without help |
 //! | `rejoin_period_ms` | 1,000 | a node with no live member re-sends join requests to its seeds (foca issue #15) |
-//! | `max_transmissions` | foca's `4 × log10(n + 1)` | times each update is piggybacked |
+//! | `max_transmissions` | foca's `4 × log10(n + 1)`, at least 6 | times each update is piggybacked (small clusters need more than foca's 2–3 for a suspect to hear of its suspicion) |
 //!
 //! Worst-case detection of a crashed node on a quiet LAN is about one probe period to be
 //! probed, one to be suspected, then `suspect_to_down_ms` and one gossip round: about 1.3 s
@@ -23,6 +23,8 @@ use std::time::Duration;
 use crate::membership::frame::{DATAGRAM_LEN_MAX, HEADER_LEN};
 use crate::membership::identity::{NodeIdentity, REGION_LEN_MAX};
 
+/// Fewest times an update is piggybacked, whatever the cluster size.
+pub const TRANSMISSIONS_MIN: u8 = 6;
 /// Most seeds a node may list.
 pub const SEEDS_MAX: usize = 64;
 /// Largest cluster the presets are tuned for (beyond it foca still works, detection slows).
@@ -167,6 +169,9 @@ impl MembershipConfig {
         config.num_indirect_probes = nonzero(self.indirect_probes);
         config.suspect_to_down_after = Duration::from_millis(self.suspect_to_down_ms);
         // One entry per node id (identity addr), so never forgetting costs one entry per node.
+        // foca's 4 × log10(n + 1) is 2 for four nodes: a suspicion raised while the suspect is
+        // cut off is spent before it can reach the suspect, which then cannot refute.
+        config.max_transmissions = config.max_transmissions.max(std::num::NonZeroU8::new(TRANSMISSIONS_MIN).unwrap_or(std::num::NonZeroU8::MIN));
         config.remove_down_after = None;
         config.max_packet_size = nonzero(DATAGRAM_LEN_MAX - HEADER_LEN);
         config.notify_down_members = true;

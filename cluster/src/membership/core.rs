@@ -185,6 +185,12 @@ impl MembershipCore {
                 };
                 if self.duplicate(now_ms, &header.src) {
                     self.drop_datagram(DropReason::Conflict, from);
+                } else if let Some(winner) = self.superseded_by(&header.src) {
+                    // A live process with another's node id: tell it who holds the id.
+                    let mut datagram = frame::header(self.cluster, FrameKind::Conflict);
+                    datagram.extend_from_slice(&postcard_identity(&winner));
+                    self.actions.push_back(Action::Send { to: from, datagram });
+                    self.drop_datagram(DropReason::Conflict, from);
                 } else if let Err(error) = self.foca.handle_data(body, &mut self.runtime) {
                     tracing::trace!(%error, %from, "foca refused a datagram");
                     self.drop_datagram(DropReason::Malformed, from);
@@ -203,6 +209,14 @@ impl MembershipCore {
                 Some(joiner) => {
                     if let Err(error) = self.foca.announce(joiner, &mut self.runtime) {
                         tracing::debug!(%error, "announce to a joiner");
+                    }
+                }
+            },
+            Ok((FrameKind::Conflict, body)) => match decode_identity(body) {
+                None => self.drop_datagram(DropReason::Malformed, from),
+                Some(winner) => {
+                    if !self.duplicate(now_ms, &winner) {
+                        self.drop_datagram(DropReason::Malformed, from);
                     }
                 }
             },
@@ -285,11 +299,19 @@ impl MembershipCore {
             tracing::warn!(node_id = ours.node_id, ours = %ours.gossip_addr, theirs = %other.gossip_addr, we_won, "two processes claim one node id");
             self.push_event(MemberEvent::DuplicateId { ours, theirs: other.clone(), we_won });
         }
-        if !we_won {
+        if !we_won && self.quiet == Quiet::No {
             self.quiet = Quiet::LostId;
             self.refresh_view(now_ms);
         }
         true
+    }
+
+    /// The identity our view holds for `sender`'s node id when that is another live process
+    /// (another gossip address) that wins the conflict.
+    fn superseded_by(&self, sender: &NodeIdentity) -> Option<NodeIdentity> {
+        let current = &self.view.members.get(&sender.node_id)?.identity;
+        let holds = self.view.members.get(&sender.node_id).is_some_and(|m| m.state.is_active());
+        (holds && current.gossip_addr != sender.gossip_addr && current.win_addr_conflict(sender)).then(|| current.clone())
     }
 
     fn drain_runtime(&mut self, now_ms: u64) {
@@ -325,10 +347,16 @@ impl MembershipCore {
         let mut events = Vec::new();
         update_entry(&mut self.view, own, own_state, 0, now_ms, &mut events);
         let own_id = self.foca.identity().node_id;
+        let own_addr = self.foca.identity().gossip_addr;
+        let mut claimant = None;
         for member in self.foca.iter_membership_state() {
             let id = member.id();
             if id.node_id == own_id {
-                continue; // an earlier identity of ours
+                // An earlier identity of ours, or another process with our id (gossiped).
+                if id.gossip_addr != own_addr && !self.duplicates.contains(id) {
+                    claimant = Some(id.clone());
+                }
+                continue;
             }
             let state = match member.state() {
                 _ if self.left.get(&id.node_id) == Some(&id.renewal) => MemberState::Left,
@@ -343,6 +371,9 @@ impl MembershipCore {
         }
         for event in events {
             self.push_event(event);
+        }
+        if let Some(claimant) = claimant {
+            self.duplicate(now_ms, &claimant);
         }
     }
 

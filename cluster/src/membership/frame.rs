@@ -3,7 +3,7 @@
 //! ```text
 //! 0..2   magic "VM"
 //! 2      version (1)
-//! 3      kind: 0 foca payload, 1 join request, 2 leaving notice
+//! 3      kind: 0 foca payload, 1 join request, 2 leaving notice, 3 id conflict
 //! 4..12  cluster id (FNV-1a of the cluster name, little endian; the canon uses the same hash)
 //! 12..   body
 //! ```
@@ -38,6 +38,9 @@ pub enum FrameKind {
     Join = 1,
     /// "I am leaving": the body is the sender's identity (postcard); receivers mark it left.
     Leaving = 2,
+    /// "Your node id belongs to another process": the body is the winning identity
+    /// (postcard), sent by a member that holds it as current to a sender that lost to it.
+    Conflict = 3,
 }
 
 /// Why a datagram was dropped (the `reason` label of the drop counter).
@@ -108,6 +111,7 @@ pub fn parse(cluster: u64, datagram: &[u8]) -> Result<(FrameKind, &[u8]), DropRe
         0 => FrameKind::Foca,
         1 => FrameKind::Join,
         2 => FrameKind::Leaving,
+        3 => FrameKind::Conflict,
         _ => return Err(DropReason::Kind),
     };
     Ok((kind, body))

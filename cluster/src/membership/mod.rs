@@ -22,11 +22,14 @@
 //!   its own identity; the seed announces *to the joiner*, and the joiner's reply (foca's feed)
 //!   carries both views.
 //!
-//! Duplicate node ids: when a datagram's sender has our node id but another gossip address,
-//! both processes report [`MemberEvent::DuplicateId`] (and `cluster_duplicate_node_id_total`).
-//! The identity with the higher renewal wins (ties: the higher gossip address); the loser goes
-//! quiet: it stops sending and ignores input, and the winner's gossip declares it down. With
-//! renewals taken from start times, the newer process keeps the id.
+//! Duplicate node ids (two live processes, one node id, different gossip addresses): the
+//! identity with the higher renewal wins (ties: the higher gossip address), so with renewals
+//! taken from start times the newer process keeps the id. A process finds out three ways: a
+//! datagram from the other claimant, gossip naming the other claimant, or a `Conflict` frame
+//! from a member whose view already holds the winner and hears from the loser. Each
+//! claimant that learns of the other reports [`MemberEvent::DuplicateId`] once (and
+//! `cluster_duplicate_node_id_total`); the loser goes quiet (stops sending, ignores input,
+//! shows itself as left) and the winner's identity replaces it in every view.
 //!
 //! Leaving: [`MembershipCore::leave`] sends a `Leaving` frame to every live member (they mark
 //! the node [`MemberState::Left`] at once) and foca's own down-gossip, then goes quiet.
@@ -38,7 +41,7 @@ mod identity;
 mod timers;
 mod view;
 
-pub use self::config::{ConfigError, MembershipConfig, CLUSTER_SIZE_MAX, SEEDS_MAX};
+pub use self::config::{ConfigError, MembershipConfig, CLUSTER_SIZE_MAX, SEEDS_MAX, TRANSMISSIONS_MIN};
 pub use self::core::{Action, MembershipCore, Timer};
 pub use self::identity::{NodeIdentity, NodeMeta, Roles, REGION_LEN_MAX};
 pub use self::timers::{TimerQueue, TIMERS_PENDING_MAX};
