@@ -14,3 +14,8 @@
 //!   addresses): placement reads [`membership::View`] and never depends on a second protocol.
 
 pub mod membership;
+pub mod driver;
+pub mod transport;
+
+pub use driver::{spawn, MembershipHandle, EVENTS_LEN_MAX};
+pub use transport::DatagramSocket;
