@@ -6,6 +6,7 @@
 
 mod bench;
 mod canon_cmd;
+mod cluster_up;
 mod http_client;
 mod sim_cmd;
 mod up;

@@ -48,6 +48,14 @@ pub(crate) struct UpArgs {
     /// rejoins from its data directory).
     #[arg(long, value_name = "URL")]
     join: Option<String>,
+    /// Address of the gossip (SWIM membership) UDP socket. Port 0 picks a free port (others
+    /// learn it from `GET /v1/cluster`).
+    #[arg(long, default_value = "127.0.0.1:0", value_name = "ADDR")]
+    gossip_listen: SocketAddr,
+    /// Gossip addresses of other nodes to join through, comma separated (found through
+    /// `--join` and the canon's members when not given).
+    #[arg(long, value_name = "ADDR,...", value_delimiter = ',')]
+    seeds: Vec<SocketAddr>,
 }
 
 pub(crate) fn run(args: UpArgs) -> anyhow::Result<()> {
@@ -108,7 +116,11 @@ async fn serve(args: UpArgs) -> anyhow::Result<()> {
     // Everything committed before this start is applied before the runtime reads the canon.
     node.read_barrier(&args.region).await.context("wait for the canon leader and catch up")?;
     let store = Arc::new(RaftCanonStore::start(node.clone()));
-    let mut config = RuntimeConfig::new(store.clone(), Arc::new(SystemClock::new()));
+    let clock: Arc<dyn vcos_actors::Clock> = Arc::new(SystemClock::new());
+    let mut config = RuntimeConfig::new(store.clone(), clock.clone());
+    // At most one activation: the runtime serves an IMVU only under its bucket's lease.
+    let leases = crate::cluster_up::lease_table(&node)?;
+    config.ownership = leases.clone();
     if let Some(shards) = args.shards {
         config.shards_per_kind = usize::from(shards);
     }
@@ -117,7 +129,19 @@ async fn serve(args: UpArgs) -> anyhow::Result<()> {
     tracing::info!(data_dir = %args.data_dir.display(), node_id = args.node_id, region = %args.region, "canon opened");
     // The one line scripts wait for: the URL of the facade.
     println!("v-COS node up: http://{addr}  (docs: http://{addr}/docs)");
-    let router = vcos_api::router_with_canon(rt.clone(), metrics, (*store).clone());
+    let membership =
+        crate::cluster_up::start_membership(&node, &args.cluster, args.gossip_listen, &args.seeds, args.join.as_deref(), addr).await?;
+    let cluster = vcos_cluster::Cluster::start(
+        vcos_cluster::ClusterConfig::new(crate::cluster_up::holder(&node), &args.region),
+        leases,
+        rt.clone(),
+        node.clone(),
+        store.clone(),
+        clock,
+        Arc::new(membership.handle.view_receiver()),
+    )
+    .context("start placement")?;
+    let router = vcos_api::router_with_cluster(rt.clone(), metrics, (*store).clone(), cluster.clone());
     let canon_failure = Arc::new(std::sync::Mutex::new(None::<String>));
     let stop = {
         let rt = rt.clone();
@@ -138,6 +162,12 @@ async fn serve(args: UpArgs) -> anyhow::Result<()> {
         }
     };
     vcos_api::serve(listener, router, stop).await.context("serve HTTP")?;
+    // Hand the buckets over (their next owners need not wait out the leases), then say
+    // goodbye to the membership, both bounded.
+    cluster.leave().await;
+    if tokio::time::timeout(std::time::Duration::from_secs(2), membership.handle.leave()).await.is_err() {
+        tracing::warn!("leaving the membership took over 2 s; stopping anyway");
+    }
     rt.shutdown().await;
     node.shutdown().await;
     raft_server.abort();

@@ -64,6 +64,9 @@ pub struct RuntimeConfig {
     pub root_intensity: Intensity,
     /// The admission checks.
     pub handshake: Handshake,
+    /// Whether this node may serve an IMVU now, and the fence its writes carry (a single node
+    /// owns everything; in a cluster, placement decides).
+    pub ownership: Arc<dyn crate::ownership::Ownership>,
 }
 
 impl RuntimeConfig {
@@ -84,6 +87,7 @@ impl RuntimeConfig {
                 period_ms: 60_000,
             },
             handshake: Handshake::standard(),
+            ownership: Arc::new(crate::ownership::SoleOwner),
         }
     }
 }

@@ -75,3 +75,10 @@ impl CanonNode {
         }
     }
 }
+
+impl CanonNode {
+    /// This process's incarnation: it grows with every start from the same data directory.
+    pub fn incarnation(&self) -> u64 {
+        (self.inner.client_base >> 24) & 0xf_ffff
+    }
+}

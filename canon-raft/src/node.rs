@@ -271,7 +271,7 @@ pub(crate) struct Inner {
     /// The next session slot to create.
     next_slot: AtomicU64,
     /// The high bits of this node's client ids: node id and incarnation.
-    client_base: u64,
+    pub(crate) client_base: u64,
     removed: AtomicBool,
     bug_stale_follower_reads: AtomicBool,
     /// Where [`crate::wire::Rpc::App`] messages go (set once by the layer above).

@@ -37,6 +37,8 @@ pub struct Member {
     pub canon_addr: String,
     /// Its HTTP facade.
     pub http_addr: String,
+    /// Its gossip (SWIM) address.
+    pub gossip_addr: String,
     /// Liveness.
     pub state: MemberState,
 }
@@ -75,5 +77,53 @@ impl StaticMembers {
 impl MemberSource for StaticMembers {
     fn members(&self) -> Vec<Member> {
         self.members.read().unwrap_or_else(std::sync::PoisonError::into_inner).values().cloned().collect()
+    }
+}
+
+fn role_names(roles: crate::membership::Roles) -> Vec<String> {
+    use crate::membership::Roles;
+    [(Roles::HOST, "imvu"), (Roles::CANON_VOTER, "canon"), (Roles::API, "api"), (Roles::GPU, "gpu")]
+        .into_iter()
+        .filter(|(role, _)| roles.contains(*role))
+        .map(|(_, name)| name.to_owned())
+        .collect()
+}
+
+/// The SWIM membership's view as published by its driver
+/// ([`crate::driver::MembershipHandle::view_receiver`]); reading never waits.
+impl MemberSource for tokio::sync::watch::Receiver<std::sync::Arc<crate::membership::View>> {
+    fn members(&self) -> Vec<Member> {
+        let view = self.borrow().clone();
+        members_of(&view)
+    }
+}
+
+impl MemberSource for crate::driver::MembershipHandle {
+    fn members(&self) -> Vec<Member> {
+        members_of(&self.view())
+    }
+}
+
+fn members_of(view: &crate::membership::View) -> Vec<Member> {
+        use crate::membership::MemberState as Swim;
+        view
+            .members
+            .values()
+            .map(|m| Member {
+                node_id: m.identity.node_id,
+                incarnation: m.identity.renewal,
+                region: m.identity.meta.region.clone(),
+                roles: role_names(m.identity.meta.roles),
+                canon_addr: m.identity.meta.canon_addr.map(|a| a.to_string()).unwrap_or_default(),
+                http_addr: m.identity.meta.http_addr.map(|a| a.to_string()).unwrap_or_default(),
+                gossip_addr: m.identity.gossip_addr.to_string(),
+                state: match m.state {
+                    Swim::Alive => MemberState::Alive,
+                    Swim::Suspect => MemberState::Suspect,
+                    Swim::Down => MemberState::Down,
+                    Swim::Left => MemberState::Left,
+                },
+            })
+            .collect()
     }
 }

@@ -25,6 +25,8 @@ pub(crate) struct MemberView {
     http_addr: String,
     /// Its canon address (remote IMVU messages travel there).
     canon_addr: String,
+    /// Its gossip (SWIM) address: a seed for joining nodes.
+    gossip_addr: String,
     /// IMVU buckets it holds by the lease records (of 256 per region).
     buckets_owned: usize,
 }
@@ -64,6 +66,7 @@ pub(super) async fn cluster(State(state): State<AppState>) -> Result<Json<Cluste
             state: serde_json::to_value(m.state).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default(),
             http_addr: m.http_addr,
             canon_addr: m.canon_addr,
+            gossip_addr: m.gossip_addr,
         })
         .collect();
     Ok(Json(ClusterView { node_id: cluster.node_id(), buckets_served_here: cluster.buckets_served(), members }))
