@@ -4,9 +4,11 @@
 //! to [`COMMIT_OPS_MAX`] operations), sends them as one Raft entry — a batch of batches, one
 //! per commit — and completes each commit when that entry is committed on a quorum and applied
 //! here. One entry per round trip means one fsync per voter for the whole group, whatever the
-//! number of callers. Merging is safe because canon writes (put, delete, append) cannot fail
-//! individually; conditional operations (compare-and-set, leases) go through
-//! [`CanonNode::write`] on their own.
+//! number of callers. The entry is an [`Op::Group`]: each commit's batch commits or rolls back
+//! on its own, so a commit whose guard ([`CanonWrite::Expect`], sent as [`Op::Expect`] ahead
+//! of its writes, hence checked against the state before the commit) fails completes with
+//! [`StoreError::Conflict`] and the others of the group are applied. Other conditional
+//! operations (compare-and-set, leases) go through [`CanonNode::write`] on their own.
 //!
 //! Reads (`get`, `scan_prefix`) serve this node's applied state: every commit completed on this
 //! node is visible to them (the writer waits for the local apply). Reads that must reflect
@@ -34,6 +36,9 @@ pub enum Answer {
 
 struct Job {
     ops: Vec<Op>,
+    /// The keys of the commit's guards, in the order of the leading `Op::Expect`s of `ops`
+    /// (empty, unallocated, for a commit without guards).
+    guards: Vec<String>,
     answer: Answer,
 }
 
@@ -55,7 +60,26 @@ fn to_op(write: CanonWrite) -> Op {
         CanonWrite::Put { key, value } => Op::Put { key: key.into_bytes(), value },
         CanonWrite::Delete { key } => Op::Delete { key: key.into_bytes() },
         CanonWrite::Append { prefix, value } => Op::Append { prefix: prefix.into_bytes(), value },
+        CanonWrite::Expect { key, value } => Op::Expect { key: key.into_bytes(), value },
     }
+}
+
+/// A commit's operations, guards first (the seam checks guards against the state before the
+/// commit), and the keys of those guards in order.
+fn to_ops(writes: Vec<CanonWrite>) -> (Vec<Op>, Vec<String>) {
+    if !writes.iter().any(|write| matches!(write, CanonWrite::Expect { .. })) {
+        return (writes.into_iter().map(to_op).collect(), Vec::new());
+    }
+    let (guards, rest): (Vec<CanonWrite>, Vec<CanonWrite>) =
+        writes.into_iter().partition(|write| matches!(write, CanonWrite::Expect { .. }));
+    let keys = guards
+        .iter()
+        .map(|guard| match guard {
+            CanonWrite::Expect { key, .. } => key.clone(),
+            _ => unreachable!("partitioned: guards only"),
+        })
+        .collect();
+    (guards.into_iter().chain(rest).map(to_op).collect(), keys)
 }
 
 fn store_error(error: &CanonError) -> StoreError {
@@ -80,7 +104,7 @@ impl RaftCanonStore {
     pub async fn write_ops(&self, ops: Vec<Op>) -> Result<(Vec<Response>, u64), CanonError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.jobs
-            .try_send(Job { ops, answer: Answer::Responses(tx) })
+            .try_send(Job { ops, guards: Vec::new(), answer: Answer::Responses(tx) })
             .map_err(|_| CanonError::Failed("canon write queue full or closed".into()))?;
         rx.await.unwrap_or_else(|_| Err(CanonError::Failed("canon writer stopped".into())))
     }
@@ -88,8 +112,8 @@ impl RaftCanonStore {
 
 impl CanonStore for RaftCanonStore {
     fn commit(&self, writes: Vec<CanonWrite>, done: Completion) {
-        let ops = writes.into_iter().map(to_op).collect();
-        if let Err(e) = self.jobs.try_send(Job { ops, answer: Answer::Canon(done) }) {
+        let (ops, guards) = to_ops(writes);
+        if let Err(e) = self.jobs.try_send(Job { ops, guards, answer: Answer::Canon(done) }) {
             let (job, error) = match e {
                 mpsc::error::TrySendError::Full(job) => (job, StoreError::Overloaded),
                 mpsc::error::TrySendError::Closed(job) => (job, StoreError::Closed),
@@ -137,17 +161,17 @@ async fn write_loop(node: CanonNode, mut jobs: mpsc::Receiver<Job>) {
         let mut commits = Vec::with_capacity(batch.len());
         for job in batch {
             commits.push(Op::Batch(job.ops));
-            answers.push(job.answer);
+            answers.push((job.answer, job.guards));
         }
         metrics::histogram!("vcos_canon_group_commit_size").record(answers.len() as f64);
         let region = node.region().to_owned();
-        let result = node.write(&region, Op::Batch(commits)).await;
+        let result = node.write(&region, Op::Group(commits)).await;
         deliver(answers, result);
     }
 }
 
 /// Hands each commit of a group commit its own outcome.
-fn deliver(answers: Vec<Answer>, result: Result<(Response, u64), CanonError>) {
+fn deliver(answers: Vec<(Answer, Vec<String>)>, result: Result<(Response, u64), CanonError>) {
     let log_index = result.as_ref().map_or(0, |(_, index)| *index);
     let per_commit: Result<Vec<Response>, CanonError> = match result {
         Ok((Response::Batch { committed: true, responses, .. }, _)) if responses.len() == answers.len() => Ok(responses),
@@ -157,11 +181,11 @@ fn deliver(answers: Vec<Answer>, result: Result<(Response, u64), CanonError>) {
     };
     match per_commit {
         Ok(responses) => {
-            for (answer, response) in answers.into_iter().zip(responses) {
+            for ((answer, guards), response) in answers.into_iter().zip(responses) {
                 match answer {
                     Answer::Canon(done) => match response {
                         Response::Batch { committed: true, canon_index, .. } => done(Ok(canon_index)),
-                        other => done(Err(StoreError::Io(format!("canon commit not applied: {other:?}")))),
+                        other => done(Err(commit_error(&guards, other))),
                     },
                     Answer::Responses(tx) => {
                         let result = match response {
@@ -174,7 +198,7 @@ fn deliver(answers: Vec<Answer>, result: Result<(Response, u64), CanonError>) {
             }
         }
         Err(e) => {
-            for answer in answers {
+            for (answer, _) in answers {
                 match answer {
                     Answer::Canon(done) => done(Err(store_error(&e))),
                     Answer::Responses(tx) => {
@@ -184,4 +208,17 @@ fn deliver(answers: Vec<Answer>, result: Result<(Response, u64), CanonError>) {
             }
         }
     }
+}
+
+/// Why a commit's batch was not applied: [`StoreError::Conflict`] when it stopped at one of its
+/// guards (the leading operations, whose keys are `guards`), else an I/O error.
+fn commit_error(guards: &[String], response: Response) -> StoreError {
+    if let Response::Batch { committed: false, responses, .. } = &response {
+        if let (Some(Response::Expect { matched: false }), Some(at)) = (responses.last(), responses.len().checked_sub(1)) {
+            if let Some(key) = guards.get(at) {
+                return StoreError::Conflict { key: key.clone() };
+            }
+        }
+    }
+    StoreError::Io(format!("canon commit not applied: {response:?}"))
 }

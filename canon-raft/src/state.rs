@@ -106,17 +106,45 @@ impl KvState {
     /// appends only (the canon's group commits) cannot fail, so it is applied by moving keys
     /// and values into the map, with no undo log and no copies. Anything else goes through
     /// [`KvState::apply`]. Same results either way.
+    ///
+    /// A group ([`Op::Group`], the canon's group commits) takes the fast path for each of its
+    /// inner batches that is infallible; the others (those with guards, compare-and-sets,
+    /// leases) go through the general path, each with its own undo log.
     pub fn apply_owned(&mut self, index: u64, request: Request) -> Response {
-        let fast = matches!(&request.op, Op::Batch(ops) if infallible(ops, 0) && ops_count(ops, 1) <= BATCH_OPS_MAX);
+        let fast = match &request.op {
+            Op::Batch(ops) => infallible(ops, 0) && ops_count(ops, 1) <= BATCH_OPS_MAX,
+            // A group at depth 0 is within the depth limit (BATCH_DEPTH_MAX >= 1).
+            Op::Group(ops) => ops_count(ops, 1) <= BATCH_OPS_MAX,
+            _ => false,
+        };
         if !fast || self.clients.get(&request.client_id).is_some_and(|record| request.seq <= record.seq) {
             return self.apply(index, &request);
         }
-        let Request { client_id, seq, op: Op::Batch(ops) } = request else {
-            unreachable!("checked above: a batch");
+        let Request { client_id, seq, op } = request;
+        let response = match op {
+            Op::Batch(ops) => self.apply_infallible(ops),
+            Op::Group(ops) => self.apply_group_owned(ops),
+            other => unreachable!("checked above: a batch or a group, not {other:?}"),
         };
-        let response = self.apply_infallible(ops);
         self.remember(client_id, seq, index, response.clone());
         response
+    }
+
+    /// A top-level group (its operations at depth 1), limits already checked: infallible inner
+    /// batches are moved in, anything else goes through [`KvState::apply_op`] on its own.
+    fn apply_group_owned(&mut self, ops: Vec<Op>) -> Response {
+        let mut responses = Vec::with_capacity(ops.len());
+        for op in ops {
+            let response = match op {
+                Op::Batch(inner) if infallible(&inner, 1) => self.apply_infallible(inner),
+                other => {
+                    let mut undo = Vec::new();
+                    self.apply_op(&other, &mut undo, 1).0
+                }
+            };
+            responses.push(response);
+        }
+        Response::Batch { committed: true, responses, canon_index: self.canon_index }
     }
 
     fn apply_infallible(&mut self, ops: Vec<Op>) -> Response {
@@ -282,6 +310,20 @@ impl KvState {
                 };
                 self.set_lease(name, previous, granted, undo)
             }
+            Op::Expect { key, value } => {
+                let matched = self.kv.get(key) == value.as_ref();
+                (Response::Expect { matched }, matched)
+            }
+            Op::Group(ops) => {
+                if depth >= BATCH_DEPTH_MAX || ops_count(ops, depth + 1) > BATCH_OPS_MAX {
+                    return (Response::BatchTooLarge, false);
+                }
+                // Each operation stands alone: a failing inner batch has already rolled itself
+                // back, and a failing single operation had no effect. What succeeded stays in
+                // `undo`, so a batch around this group can still take the whole group back.
+                let responses = ops.iter().map(|op| self.apply_op(op, undo, depth + 1).0).collect();
+                (Response::Batch { committed: true, responses, canon_index: self.canon_index }, true)
+            }
             Op::Batch(ops) => {
                 if depth >= BATCH_DEPTH_MAX || ops_count(ops, depth + 1) > BATCH_OPS_MAX {
                     return (Response::BatchTooLarge, false);
@@ -344,7 +386,7 @@ impl KvState {
 }
 
 /// Whether every operation of `ops` (nested batches included, within the depth limit) is one
-/// that cannot fail: put, delete, append.
+/// that cannot fail: put, delete, append (a group is not: the fast path takes it apart).
 fn infallible(ops: &[Op], depth: usize) -> bool {
     depth < BATCH_DEPTH_MAX
         && ops.iter().all(|op| match op {
@@ -361,7 +403,7 @@ fn ops_count(ops: &[Op], depth: usize) -> usize {
     }
     ops.iter()
         .map(|op| match op {
-            Op::Batch(inner) => ops_count(inner, depth + 1).saturating_add(1),
+            Op::Batch(inner) | Op::Group(inner) => ops_count(inner, depth + 1).saturating_add(1),
             _ => 1,
         })
         .fold(0usize, usize::saturating_add)

@@ -110,9 +110,23 @@ pub enum Op {
         /// Who asks.
         holder: String,
     },
-    /// Applies all operations or none: if any compare-and-set or lease operation in it fails,
-    /// every effect of the batch is undone.
+    /// A guard: succeeds, with no effect, if `key` holds exactly `value` (`None`: absent);
+    /// otherwise it fails, and with it the enclosing [`Op::Batch`] (nothing of which is then
+    /// applied).
+    Expect {
+        /// The key.
+        key: Vec<u8>,
+        /// The value the key must hold; `None`: the key must be absent.
+        value: Option<Vec<u8>>,
+    },
+    /// Applies all operations or none: if any compare-and-set, lease or expect operation in it
+    /// fails, every effect of the batch is undone.
     Batch(#[rkyv(omit_bounds)] Vec<Op>),
+    /// Applies each operation on its own, in order: an inner [`Op::Batch`] commits or rolls
+    /// back by itself, and a failure never affects its neighbours. The response is
+    /// [`Response::Batch`] with `committed: true` and one response per operation. The canon's
+    /// group commits are groups of batches: one Raft entry, one outcome per commit.
+    Group(#[rkyv(omit_bounds)] Vec<Op>),
 }
 
 /// The state of a lease as responses report it.
@@ -160,6 +174,11 @@ pub enum Response {
         /// The key's value after the operation.
         current: Option<Vec<u8>>,
     },
+    /// The outcome of an expect (guard) operation.
+    Expect {
+        /// Whether the key held the expected value.
+        matched: bool,
+    },
     /// The outcome of a lease operation.
     Lease {
         /// Whether the operation was granted.
@@ -177,7 +196,8 @@ pub enum Response {
         /// The last canon index assigned when the batch finished (unchanged by a failed one).
         canon_index: u64,
     },
-    /// The batch broke a limit (`BATCH_OPS_MAX`, `BATCH_DEPTH_MAX`) and was not applied.
+    /// The batch or group broke a limit (`BATCH_OPS_MAX`, `BATCH_DEPTH_MAX`) and was not
+    /// applied.
     BatchTooLarge,
     /// `seq` is below the client's last applied sequence number: not applied.
     StaleSequence {

@@ -270,3 +270,132 @@ fn owned_fast_path_matches_the_general_path() {
     }
     assert_eq!(general, owned);
 }
+
+fn expect(key: &str, value: Option<&str>) -> Op {
+    Op::Expect { key: key.into(), value: value.map(Into::into) }
+}
+
+#[test]
+fn expect_guards_its_batch_and_has_no_effect() {
+    let (state, responses) = run(vec![
+        expect("k", None),                                     // absent: matched
+        put("k", "1"),
+        expect("k", Some("2")),                                // wrong value: not matched
+        Op::Batch(vec![put("a", "1"), expect("k", Some("2")), put("k", "2")]), // guard fails: nothing applied
+        Op::Batch(vec![expect("k", Some("1")), put("k", "2")]), // guard holds: applied
+        Op::Batch(vec![expect("gone", None)]),
+    ]);
+    assert_eq!(responses[0], Response::Expect { matched: true });
+    assert_eq!(responses[2], Response::Expect { matched: false });
+    assert_eq!(
+        responses[3],
+        Response::Batch {
+            committed: false,
+            responses: vec![Response::Put, Response::Expect { matched: false }],
+            canon_index: 0,
+        }
+    );
+    assert_eq!(
+        responses[4],
+        Response::Batch { committed: true, responses: vec![Response::Expect { matched: true }, Response::Put], canon_index: 0 }
+    );
+    assert!(matches!(responses[5], Response::Batch { committed: true, .. }));
+    assert_eq!(state.get(b"k"), Some(&b"2"[..]));
+    assert_eq!(state.get(b"a"), None);
+    assert_eq!(state.len(), 1);
+}
+
+#[test]
+fn group_applies_each_batch_on_its_own() {
+    let append = |value: &str| Op::Append { prefix: b"log/".to_vec(), value: value.as_bytes().to_vec() };
+    let (state, responses) = run(vec![
+        put("n", "0"),
+        Op::Group(vec![
+            Op::Batch(vec![expect("n", Some("0")), put("n", "a"), append("a")]),
+            Op::Batch(vec![expect("n", Some("0")), put("n", "b"), append("b")]), // lost the race
+            Op::Batch(vec![put("free", "f"), append("f")]),
+            cas("missing", Some("x"), None), // a failing single operation: no effect
+        ]),
+    ]);
+    assert_eq!(
+        responses[1],
+        Response::Batch {
+            committed: true,
+            responses: vec![
+                Response::Batch {
+                    committed: true,
+                    responses: vec![Response::Expect { matched: true }, Response::Put, Response::Appended { index: 1 }],
+                    canon_index: 1,
+                },
+                Response::Batch { committed: false, responses: vec![Response::Expect { matched: false }], canon_index: 1 },
+                Response::Batch { committed: true, responses: vec![Response::Put, Response::Appended { index: 2 }], canon_index: 2 },
+                Response::Cas { success: false, current: None },
+            ],
+            canon_index: 2,
+        }
+    );
+    assert_eq!(state.get(b"n"), Some(&b"a"[..]));
+    assert_eq!(state.get(b"free"), Some(&b"f"[..]));
+    assert_eq!(state.canon_index(), 2);
+}
+
+#[test]
+fn group_inside_a_failing_batch_is_undone_and_groups_are_bounded() {
+    let (state, responses) = run(vec![Op::Batch(vec![
+        Op::Group(vec![Op::Batch(vec![put("a", "1")]), Op::Batch(vec![expect("x", Some("1"))])]),
+        expect("a", None),
+    ])]);
+    assert!(matches!(responses[0], Response::Batch { committed: false, .. }));
+    assert!(state.is_empty(), "the failing batch took the group's applied batch back");
+    let mut deep = put("a", "1");
+    for _ in 0..=vcos_canon_raft::constants::BATCH_DEPTH_MAX {
+        deep = Op::Group(vec![deep]);
+    }
+    let (state, responses) = run(vec![deep]);
+    assert_eq!(responses[0], Response::BatchTooLarge);
+    assert!(state.is_empty());
+    let too_many = Op::Group(vec![put("a", "1"); vcos_canon_raft::constants::BATCH_OPS_MAX + 1]);
+    let (state, responses) = run(vec![too_many]);
+    assert_eq!(responses[0], Response::BatchTooLarge);
+    assert!(state.is_empty());
+}
+
+#[test]
+fn owned_fast_path_matches_the_general_path_for_groups() {
+    let append = |value: &str| Op::Append { prefix: b"ev/".to_vec(), value: value.as_bytes().to_vec() };
+    let mut deep = put("deep", "1");
+    // As deep as a batch inside a group may nest.
+    for _ in 1..vcos_canon_raft::constants::BATCH_DEPTH_MAX {
+        deep = Op::Batch(vec![deep]);
+    }
+    let requests: Vec<Op> = vec![
+        Op::Group(vec![Op::Batch(vec![put("a", "1"), append("x")]), Op::Batch(vec![append("y"), Op::Batch(vec![append("z")])])]),
+        Op::Group(vec![
+            Op::Batch(vec![expect("a", Some("1")), put("a", "2"), append("g1")]),
+            Op::Batch(vec![expect("a", Some("1")), put("a", "3"), append("lost")]),
+            Op::Batch(vec![append("g2"), Op::Delete { key: "nothing".into() }]),
+            put("single", "s"),
+            cas("single", Some("s"), Some("t")),
+            expect("single", Some("t")),
+            Op::Group(vec![Op::Batch(vec![put("inner", "1")])]),
+            deep,
+        ]),
+        Op::Group(vec![]),
+        Op::Group(vec![put("x", "1"); vcos_canon_raft::constants::BATCH_OPS_MAX + 1]),
+    ];
+    let mut general = KvState::new();
+    let mut owned = KvState::new();
+    for (i, op) in requests.into_iter().enumerate() {
+        let seq = i as u64 + 1;
+        let request = Request { client_id: 9, seq, op };
+        let a = general.apply(seq, &request);
+        let b = owned.apply_owned(seq, request.clone());
+        assert_eq!(a, b, "request {seq}");
+        assert_eq!(owned.apply_owned(seq + 100, request), b);
+    }
+    assert_eq!(general, owned);
+    assert_eq!(owned.get(b"a"), Some(&b"2"[..]));
+    assert_eq!(owned.get(b"single"), Some(&b"t"[..]));
+    assert_eq!(owned.get(b"deep"), Some(&b"1"[..]));
+    assert_eq!(owned.get(b"x"), None, "past the operations limit: refused on both paths");
+}

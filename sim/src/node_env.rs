@@ -158,9 +158,10 @@ impl SimStore {
             } else {
                 state.fsyncs += 1;
                 for p in pending {
-                    let index = state.synced.apply(p.writes);
+                    // A failed guard skips its own commit only (as the durable stores do).
+                    let outcome = state.synced.apply(p.writes);
                     if let Some(done) = p.done {
-                        callbacks.push((done, Ok(index)));
+                        callbacks.push((done, outcome));
                     }
                 }
             }

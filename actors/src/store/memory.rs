@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::Mutex;
 
-use super::{appended_key, CanonStore, CanonWrite, Completion, StoreError};
+use super::{appended_key, failed_guard, CanonStore, CanonWrite, Completion, StoreError};
 
 /// An ordered key-value map plus the canon index counter, applying [`CanonWrite`]s.
 #[derive(Clone, Debug, Default)]
@@ -17,8 +17,15 @@ pub struct OrderedKv {
 }
 
 impl OrderedKv {
-    /// Applies one commit; returns the canon index after it.
-    pub fn apply(&mut self, writes: Vec<CanonWrite>) -> u64 {
+    /// Applies one commit; returns the canon index after it, or [`StoreError::Conflict`] (and
+    /// applies nothing) when one of its guards fails.
+    pub fn apply(&mut self, writes: Vec<CanonWrite>) -> Result<u64, StoreError> {
+        let failed = failed_guard(&writes, |key, value| {
+            Ok::<_, std::convert::Infallible>(self.kv.get(key).map(Vec::as_slice) == value)
+        });
+        if let Ok(Some(key)) = failed {
+            return Err(StoreError::Conflict { key: key.to_owned() });
+        }
         for write in writes {
             match write {
                 CanonWrite::Put { key, value } => {
@@ -31,9 +38,10 @@ impl OrderedKv {
                     self.index += 1;
                     self.kv.insert(appended_key(&prefix, self.index), value);
                 }
+                CanonWrite::Expect { .. } => {}
             }
         }
-        self.index
+        Ok(self.index)
     }
 
     /// The canon index of the last appended record.
@@ -109,8 +117,8 @@ impl MemoryStore {
 
 impl CanonStore for MemoryStore {
     fn commit(&self, writes: Vec<CanonWrite>, done: Completion) {
-        let last = self.lock().apply(writes);
-        done(Ok(last));
+        let result = self.lock().apply(writes);
+        done(result);
     }
 
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {

@@ -8,6 +8,14 @@
 //! Invariant: a `Completion` is called with `Ok` only after every write of its commit is
 //! durable (fsynced, or replicated to a quorum). Callers acknowledge users from completions,
 //! never earlier.
+//!
+//! Guards: a commit may carry [`CanonWrite::Expect`]s. All of them are checked against the
+//! state *before* the commit (after every earlier commit, those of the same group commit
+//! included; never against the commit's own writes, wherever the guard sits in it). If one
+//! fails, nothing of the commit is applied and it completes with [`StoreError::Conflict`];
+//! other commits of the same group are not affected. This is what lets several nodes that
+//! share one canon region advance a shared counter without a lease (read, then write guarded
+//! by the value read, retry on conflict).
 
 mod memory;
 mod redb_store;
@@ -27,6 +35,13 @@ pub enum StoreError {
     /// The store has been closed.
     #[error("store closed")]
     Closed,
+    /// A guard ([`CanonWrite::Expect`]) of the commit failed: `key` did not hold the expected
+    /// value. Nothing of the commit was applied; read again and retry.
+    #[error("conflict: {key} changed")]
+    Conflict {
+        /// The key whose guard failed (the first one, in the commit's order).
+        key: String,
+    },
     /// A stored record could not be decoded.
     #[error("corrupt record at {key}: {reason}")]
     Corrupt {
@@ -60,6 +75,15 @@ pub enum CanonWrite {
         /// Encoded record.
         value: Vec<u8>,
     },
+    /// A guard, not a write: the commit applies only if `key` holds exactly `value` (`None`:
+    /// the key is absent) before the commit; otherwise nothing of it is applied and it
+    /// completes with [`StoreError::Conflict`].
+    Expect {
+        /// Full key.
+        key: String,
+        /// The value the key must hold; `None`: it must be absent.
+        value: Option<Vec<u8>>,
+    },
 }
 
 impl CanonWrite {
@@ -69,8 +93,25 @@ impl CanonWrite {
             Self::Put { key, value } => key.len() + value.len(),
             Self::Delete { key } => key.len(),
             Self::Append { prefix, value } => prefix.len() + 20 + value.len(),
+            Self::Expect { key, value } => key.len() + value.as_ref().map_or(0, Vec::len),
         }
     }
+}
+
+/// The first guard of `writes` that the state before the commit does not meet; `holds(key,
+/// value)` says whether `key` holds `value` there (`None`: absent).
+pub(crate) fn failed_guard<'a, E>(
+    writes: &'a [CanonWrite],
+    mut holds: impl FnMut(&str, Option<&[u8]>) -> Result<bool, E>,
+) -> Result<Option<&'a str>, E> {
+    for write in writes {
+        if let CanonWrite::Expect { key, value } = write {
+            if !holds(key, value.as_deref())? {
+                return Ok(Some(key));
+            }
+        }
+    }
+    Ok(None)
 }
 
 /// Called once with the canon index of the commit's last record, after the commit is durable.

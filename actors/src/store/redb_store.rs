@@ -5,7 +5,10 @@
 //! bytes), applies them in one redb transaction with `Durability::Immediate` (fsync), and only
 //! then calls their completions, in order. One fsync thus acknowledges many commits: the cost of
 //! durability is paid per batch, not per record. If the transaction fails, every completion of
-//! the batch gets the error and nothing of the batch is visible.
+//! the batch gets the error and nothing of the batch is visible. A commit whose guard
+//! ([`CanonWrite::Expect`]) fails inside the transaction — checked against the state including
+//! the batch's earlier commits — is skipped and completes with [`StoreError::Conflict`]; the
+//! rest of the batch goes on.
 
 use std::path::Path;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
@@ -14,7 +17,7 @@ use std::thread::JoinHandle;
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::{appended_key, CanonStore, CanonWrite, Completion, StoreError};
+use super::{appended_key, failed_guard, CanonStore, CanonWrite, Completion, StoreError};
 
 const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -124,9 +127,9 @@ fn writer_loop(db: &Database, rx: &Receiver<Job>) {
         metrics::counter!("vcos_canon_fsyncs_total").increment(1);
         metrics::counter!("vcos_canon_commits_total").increment(batch.len() as u64);
         match result {
-            Ok(last_indices) => {
-                for (job, last) in batch.drain(..).zip(last_indices) {
-                    (job.done)(Ok(last));
+            Ok(outcomes) => {
+                for (job, outcome) in batch.drain(..).zip(outcomes) {
+                    (job.done)(outcome);
                 }
             }
             Err(e) => {
@@ -139,8 +142,9 @@ fn writer_loop(db: &Database, rx: &Receiver<Job>) {
     }
 }
 
-/// Applies the batch in one transaction; returns each job's last canon index.
-fn apply_batch(db: &Database, batch: &mut [Job]) -> Result<Vec<u64>, StoreError> {
+/// Applies the batch in one transaction; returns each job's outcome: its last canon index, or
+/// the conflict that skipped it.
+fn apply_batch(db: &Database, batch: &mut [Job]) -> Result<Vec<Result<u64, StoreError>>, StoreError> {
     let mut txn = db.begin_write().map_err(io)?;
     txn.set_durability(Durability::Immediate).map_err(io)?;
     let mut lasts = Vec::with_capacity(batch.len());
@@ -149,6 +153,13 @@ fn apply_batch(db: &Database, batch: &mut [Job]) -> Result<Vec<u64>, StoreError>
         let mut meta = txn.open_table(META).map_err(io)?;
         let mut index = meta.get(META_INDEX).map_err(io)?.map_or(0, |v| v.value());
         for job in batch.iter_mut() {
+            let failed = failed_guard(&job.writes, |key, value| {
+                Ok::<_, StoreError>(kv.get(key).map_err(io)?.map(|v| v.value().to_vec()).as_deref() == value)
+            })?;
+            if let Some(key) = failed {
+                lasts.push(Err(StoreError::Conflict { key: key.to_owned() }));
+                continue;
+            }
             for write in job.writes.drain(..) {
                 match write {
                     CanonWrite::Put { key, value } => {
@@ -162,9 +173,10 @@ fn apply_batch(db: &Database, batch: &mut [Job]) -> Result<Vec<u64>, StoreError>
                         let key = appended_key(&prefix, index);
                         kv.insert(key.as_str(), value.as_slice()).map_err(io)?;
                     }
+                    CanonWrite::Expect { .. } => {}
                 }
             }
-            lasts.push(index);
+            lasts.push(Ok(index));
         }
         meta.insert(META_INDEX, index).map_err(io)?;
     }
@@ -221,5 +233,34 @@ impl CanonStore for RedbStore {
             out.push((key.to_owned(), v.value().to_vec()));
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(writes: Vec<CanonWrite>) -> Job {
+        Job { writes, done: Box::new(|_| {}) }
+    }
+
+    /// One transaction, three commits: a guard sees the batch's earlier commits, and a failed
+    /// guard skips only its own commit.
+    #[test]
+    fn a_failed_guard_fails_only_its_commit_within_one_batch() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = RedbStore::open(&dir.path().join("b.redb")).expect("open");
+        let db = store.database().expect("open database");
+        let put = |key: &str, value: &[u8]| CanonWrite::Put { key: key.into(), value: value.to_vec() };
+        let expect = |key: &str, value: Option<&[u8]>| CanonWrite::Expect { key: key.into(), value: value.map(<[u8]>::to_vec) };
+        let mut batch = vec![
+            job(vec![expect("n", None), put("n", b"1")]),
+            job(vec![expect("n", None), put("n", b"x"), put("lost", b"x")]),
+            job(vec![expect("n", Some(b"1")), put("n", b"2"), CanonWrite::Append { prefix: "log/".into(), value: vec![] }]),
+        ];
+        let outcomes = apply_batch(&db, &mut batch).expect("transaction");
+        assert_eq!(outcomes, vec![Ok(0), Err(StoreError::Conflict { key: "n".into() }), Ok(1)]);
+        assert_eq!(store.get("n").expect("get"), Some(b"2".to_vec()));
+        assert_eq!(store.get("lost").expect("get"), None);
     }
 }
