@@ -105,25 +105,24 @@ impl MemberSource for crate::driver::MembershipHandle {
 }
 
 fn members_of(view: &crate::membership::View) -> Vec<Member> {
-        use crate::membership::MemberState as Swim;
-        view
-            .members
-            .values()
-            .map(|m| Member {
-                node_id: m.identity.node_id,
-                incarnation: m.identity.renewal,
-                region: m.identity.meta.region.clone(),
-                roles: role_names(m.identity.meta.roles),
-                canon_addr: m.identity.meta.canon_addr.map(|a| a.to_string()).unwrap_or_default(),
-                http_addr: m.identity.meta.http_addr.map(|a| a.to_string()).unwrap_or_default(),
-                gossip_addr: m.identity.gossip_addr.to_string(),
-                state: match m.state {
-                    Swim::Alive => MemberState::Alive,
-                    Swim::Suspect => MemberState::Suspect,
-                    Swim::Down => MemberState::Down,
-                    Swim::Left => MemberState::Left,
-                },
-            })
-            .collect()
+    use crate::membership::MemberState as Swim;
+    view
+        .members
+        .values()
+        .map(|m| Member {
+            node_id: m.identity.node_id,
+            incarnation: m.identity.renewal,
+            region: m.identity.meta.region.clone(),
+            roles: role_names(m.identity.meta.roles),
+            canon_addr: m.identity.meta.canon_addr.map(|a| a.to_string()).unwrap_or_default(),
+            http_addr: m.identity.meta.http_addr.map(|a| a.to_string()).unwrap_or_default(),
+            gossip_addr: m.identity.gossip_addr.to_string(),
+            state: match m.state {
+                Swim::Alive => MemberState::Alive,
+                Swim::Suspect => MemberState::Suspect,
+                Swim::Down => MemberState::Down,
+                Swim::Left => MemberState::Left,
+            },
+        })
+        .collect()
     }
-}
