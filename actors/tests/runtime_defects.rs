@@ -152,11 +152,12 @@ async fn shards_restarting_at_once_do_not_stall_the_workers() {
         for _ in 0..20 {
             let mut asks = Vec::new();
             for key in &keys {
-                // Each crash makes its shard reload the IMVU after a barrier, with more
-                // commits queued behind it.
+                // The crash comes while the tell's commit is still in flight: the restart
+                // must wait for it (a barrier) before reading canon back.
                 let counters = counters.clone();
                 let key = *key;
                 asks.push(tokio::spawn(async move {
+                    counters.tell(&key, CounterMsg::Add { n: 0 }).await.expect("tell");
                     let _ = counters.ask(&key, CounterMsg::Crash).await;
                     counters.ask(&key, CounterMsg::Add { n: 0 }).await
                 }));
