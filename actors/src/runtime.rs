@@ -11,7 +11,7 @@
 
 use std::any::Any;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
 
 use ractor::{Actor, ActorRef};
@@ -29,7 +29,7 @@ use crate::kind::{ErasedKind, KindRef};
 use crate::lifecycle::Transition;
 use crate::records::{self, HistoryEvent, ImvuMeta, Stamped};
 use crate::shard_actor::{ShardActor, ShardArgs};
-use crate::store::{commit_durable, index_of_appended_key, CanonStore, CanonWrite};
+use crate::store::{commit_durable, index_of_appended_key, CanonStore, CanonWrite, StoreError};
 use crate::swarm::{self, CreditRecord, SwarmCmd, SwarmInfo, SwarmSpec, VoteRecord};
 use crate::tenants::{TenantEntry, TenantPolicy, Tenants};
 
@@ -40,6 +40,9 @@ pub(crate) const ID_BLOCK_LEN: u64 = 4096;
 /// Longest history returned in one read.
 pub(crate) const HISTORY_LEN_MAX: usize = 10_000;
 const NEXT_ID_KEY: &str = "node/next_id";
+/// Attempts to reserve an id block before giving up (each lost attempt means another node
+/// reserved a block meanwhile, so the region as a whole made progress).
+const ID_RESERVE_ATTEMPTS_MAX: usize = 64;
 /// Where the node records escalations that reached its root supervisor.
 pub const ESCALATIONS_PREFIX: &str = "node/escalations/";
 /// Tenants one node holds, at most.
@@ -135,7 +138,6 @@ impl RuntimeBuilder {
                 let args = ShardArgs {
                     env: env.clone(),
                     rx: Arc::new(tokio::sync::Mutex::new(rx)),
-                    self_tx: tx.downgrade(),
                 };
                 senders.push(tx);
                 children.push(ChildDef {
@@ -245,8 +247,7 @@ impl RuntimeBuilder {
                 kinds: by_name,
                 typed,
                 directory: Default::default(),
-                next_id: AtomicU64::new(0),
-                reserved_until: AtomicU64::new(0),
+                id_block: Mutex::new(IdBlock::default()),
                 reserve_lock: tokio::sync::Mutex::new(()),
                 root,
                 escalated,
@@ -265,6 +266,23 @@ impl RuntimeBuilder {
 
 const DIRECTORY_SHARDS: usize = 16;
 
+/// Ids `next..until` are reserved in canon for this process and not yet handed out.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct IdBlock {
+    next: u64,
+    until: u64,
+}
+
+impl IdBlock {
+    /// The next id of the block, if any is left.
+    fn take(&mut self) -> Option<u64> {
+        (self.next < self.until).then(|| {
+            self.next += 1;
+            self.next - 1
+        })
+    }
+}
+
 struct Inner {
     config: RuntimeConfig,
     tenants: Arc<Tenants>,
@@ -275,8 +293,9 @@ struct Inner {
     typed: BTreeMap<String, Arc<dyn Any + Send + Sync>>,
     /// id → kind index, a cache of what the meta records say (so routing needs no canon read).
     directory: [RwLock<HashMap<u64, u16, ahash::RandomState>>; DIRECTORY_SHARDS],
-    next_id: AtomicU64,
-    reserved_until: AtomicU64,
+    /// The reserved block of ids this process hands out from.
+    id_block: Mutex<IdBlock>,
+    /// Held while a new block is reserved in canon.
     reserve_lock: tokio::sync::Mutex<()>,
     root: ActorRef<SupervisorMsg>,
     escalated: Arc<Notify>,
@@ -453,46 +472,60 @@ impl Runtime {
 
     // ---- ids -----------------------------------------------------------------------------
 
-    /// A fresh node-unique id. Ids are reserved in blocks whose end is made durable first, so
-    /// no id is ever handed out twice, even across crashes.
+    /// A fresh id, unique across every node that shares this canon region. Ids are reserved
+    /// in blocks: the block's end is written to canon's high-water mark (`node/next_id`) with
+    /// a guard on the mark as read, so two nodes never reserve the same block (the loser of a
+    /// race reads again and retries), and the reservation is durable before any id of it is
+    /// handed out, so no id is handed out twice, even across crashes. In-process, one lock
+    /// holds the block's cursor and end together: two callers never get the same id.
     pub async fn allocate_id(&self) -> Result<u64, ActorError> {
         loop {
-            let id = self.inner.next_id.load(Ordering::Acquire);
-            if id > 0 && id < self.inner.reserved_until.load(Ordering::Acquire) {
-                if self
-                    .inner
-                    .next_id
-                    .compare_exchange(id, id + 1, Ordering::AcqRel, Ordering::Acquire)
-                    .is_ok()
-                {
-                    return Ok(id);
-                }
-                continue;
+            if let Some(id) = self.inner.id_block.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                return Ok(id);
             }
+            // One reservation at a time; whoever waited here finds the new block above.
             let _guard = self.inner.reserve_lock.lock().await;
-            let id = self.inner.next_id.load(Ordering::Acquire);
-            if id > 0 && id < self.inner.reserved_until.load(Ordering::Acquire) {
-                continue;
+            if let Some(id) = self.inner.id_block.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                return Ok(id);
             }
-            let start = match id {
-                0 => match self.store().get(NEXT_ID_KEY)? {
-                    Some(bytes) => records::decode::<u64>(NEXT_ID_KEY, &bytes)?,
-                    None => 1,
-                },
-                id => id,
+            let block = self.reserve_id_block().await?;
+            *self.inner.id_block.lock().unwrap_or_else(|p| p.into_inner()) = block;
+        }
+    }
+
+    /// Advances canon's high-water mark by one block, guarded by the value read.
+    async fn reserve_id_block(&self) -> Result<IdBlock, ActorError> {
+        for _ in 0..ID_RESERVE_ATTEMPTS_MAX {
+            let current = self.store().get(NEXT_ID_KEY)?;
+            let start = match &current {
+                Some(bytes) => records::decode::<u64>(NEXT_ID_KEY, bytes)?,
+                None => 1,
             };
-            let until = start + ID_BLOCK_LEN;
-            commit_durable(
-                &**self.store(),
-                vec![CanonWrite::Put {
+            let until = start.checked_add(ID_BLOCK_LEN).ok_or_else(|| {
+                ActorError::Unavailable("the id space is exhausted".into())
+            })?;
+            let writes = vec![
+                CanonWrite::Expect {
+                    key: NEXT_ID_KEY.into(),
+                    value: current,
+                },
+                CanonWrite::Put {
                     key: NEXT_ID_KEY.into(),
                     value: records::encode(&until),
-                }],
-            )
-            .await?;
-            self.inner.reserved_until.store(until, Ordering::Release);
-            self.inner.next_id.store(start, Ordering::Release);
+                },
+            ];
+            match commit_durable(&**self.store(), writes).await {
+                Ok(_) => return Ok(IdBlock { next: start, until }),
+                Err(StoreError::Conflict { .. }) => {
+                    // Another node (sharing this canon region) reserved a block first.
+                    metrics::counter!("vcos_id_reserve_conflicts_total").increment(1);
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
+        Err(ActorError::Unavailable(format!(
+            "id reservation lost {ID_RESERVE_ATTEMPTS_MAX} races in a row; retry"
+        )))
     }
 
     // ---- IMVUs ---------------------------------------------------------------------------

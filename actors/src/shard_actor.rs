@@ -20,7 +20,6 @@ use crate::imvu::Imvu;
 pub(crate) struct ShardArgs<I: Imvu> {
     pub env: Arc<ShardEnv<I>>,
     pub rx: Arc<Mutex<mpsc::Receiver<Command<I>>>>,
-    pub self_tx: mpsc::WeakSender<Command<I>>,
 }
 
 impl<I: Imvu> Clone for ShardArgs<I> {
@@ -28,7 +27,6 @@ impl<I: Imvu> Clone for ShardArgs<I> {
         Self {
             env: self.env.clone(),
             rx: self.rx.clone(),
-            self_tx: self.self_tx.clone(),
         }
     }
 }
@@ -56,10 +54,10 @@ impl<I: Imvu> Actor for ShardActor<I> {
         myself: ActorRef<Self::Msg>,
         args: ShardArgs<I>,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let ShardArgs { env, rx, self_tx } = args;
+        let ShardArgs { env, rx } = args;
         let work = tokio::spawn(async move {
             let mut rx = rx.lock_owned().await;
-            Shard::new(env, self_tx).run(&mut rx).await
+            Shard::new(env).run(&mut rx).await
         });
         let work_abort = work.abort_handle();
         let watcher = tokio::spawn(async move {

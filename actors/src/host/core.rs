@@ -1,0 +1,906 @@
+//! [`ShardCore`]: the decisions of one shard, as a plain struct.
+//!
+//! Inputs: [`ShardCore::set_now`] (the time, read by the driver once per batch),
+//! [`ShardCore::handle_command`], [`ShardCore::handle_committed`] (a commit's completion, by
+//! token) and [`ShardCore::handle_loaded`] (an IMVU's meta and snapshot, read from canon).
+//! Outputs: [`Effect`]s, drained with [`ShardCore::take_effects`] after each input, in order.
+//! The core reads no clock, calls no store and spawns nothing: the same inputs give the same
+//! effects, which is what its unit tests (and the simulator) rely on.
+//!
+//! Commits are pipelined: a handler's snapshot is committed and the next message runs before
+//! the commit is durable; the reply waits for the completion. A failed completion poisons the
+//! cell at once: it is evicted before the shard runs anything else, and its next message waits
+//! for a barrier (an empty commit: every earlier commit of the shard has then settled) and a
+//! reload from canon. (Messages that already ran on the unacknowledged state before the
+//! failure came back are not undone: their own commits decide what canon holds, and a caller
+//! told "failed" must treat the outcome as unknown, as with any timeout.)
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use tokio::sync::oneshot;
+use vcos_supervision::{quiet_panic, ChildSpec, Directive, ExitReason, Intensity, Strategy, Supervisor};
+
+use super::{Command, ImvuInfo, Reply, LOADING_QUEUE_LEN_MAX, PAUSED_QUEUE_LEN_MAX};
+use crate::error::ActorError;
+use crate::handshake::{bump, AdmissionRequest, Handshake, HandshakeOutcome, NodeHealth};
+use crate::ids::{Caller, ImvuId, ImvuKey, TenantId};
+use crate::imvu::{Context, Imvu, Persistence};
+use crate::lifecycle::{LifecycleState, Transition};
+use crate::records::{self, HistoryEvent, ImvuMeta, SupervisionRecord, TransitionRecord};
+use crate::store::{CanonWrite, StoreError};
+use crate::tenants::{TenantEntry, Tenants};
+
+/// Something the driver must do for the core, in the order given.
+pub(crate) enum Effect<I: Imvu> {
+    /// Commit `writes` (empty: a barrier, complete once every earlier commit is) and report
+    /// the outcome with [`ShardCore::handle_committed`]`(token, ..)`.
+    Commit { token: u64, writes: Vec<CanonWrite> },
+    /// Read `key`'s meta record and snapshot; report with [`ShardCore::handle_loaded`].
+    Load { key: ImvuKey },
+    /// Answer an ask.
+    ReplyAsk(Reply<I::Reply>, Result<I::Reply, ActorError>),
+    /// Answer a create, a transition or an inspection.
+    ReplyInfo(Reply<ImvuInfo>, Result<ImvuInfo, ActorError>),
+    /// Answer a passivation with how many IMVUs were evicted.
+    ReplyCount(oneshot::Sender<usize>, usize),
+}
+
+/// What a canon read of one IMVU returned: its meta record and its snapshot, encoded.
+pub(crate) type Loaded = Result<(Option<Vec<u8>>, Option<Vec<u8>>), StoreError>;
+
+/// What the core shares with the runtime (no store, no clock).
+pub(crate) struct CoreEnv<I: Imvu> {
+    pub behaviour: Arc<I>,
+    pub tenants: Arc<Tenants>,
+    pub handshake: Handshake,
+    pub node: Arc<NodeHealth>,
+    /// Intensity of the shard's supervisor over its tenant supervisors.
+    pub shard_intensity: Intensity,
+}
+
+/// A message held while its IMVU is paused.
+enum Held<I: Imvu> {
+    Tell(I::Msg),
+    Ask(I::Msg, Reply<I::Reply>),
+}
+
+/// One resident IMVU.
+struct Cell<S> {
+    tenant: Arc<TenantEntry>,
+    state: Box<S>,
+    /// Token of the last commit that carried this cell's state or records (0: none).
+    last_commit: u64,
+    /// Core time (ms) when it last handled something.
+    last_used_ms: u64,
+    lifecycle: LifecycleState,
+    /// From its meta record: kept in every rewrite of the meta.
+    created_unix_ms: u64,
+}
+
+/// What waits for a commit's completion.
+enum Pending<I: Imvu> {
+    /// Completed (kept until the entries before it complete too).
+    Done,
+    /// A commit for IMVU `id`; `then` is answered with its outcome.
+    Commit { id: u64, then: Then<I> },
+    /// A barrier before reloading IMVU `id`.
+    Barrier { id: u64 },
+    /// A barrier before answering a passivation.
+    Passivated { reply: oneshot::Sender<usize>, count: usize },
+}
+
+/// The answer a commit releases.
+enum Then<I: Imvu> {
+    Nothing,
+    Ask(Reply<I::Reply>, I::Reply),
+    Info(Reply<ImvuInfo>, Box<ImvuInfo>),
+}
+
+/// An IMVU being (re)loaded from canon, and the commands that wait for it.
+struct Loading<I: Imvu> {
+    key: ImvuKey,
+    /// The barrier commit it waits for first, if any.
+    barrier: Option<u64>,
+    commands: VecDeque<Command<I>>,
+}
+
+/// Counters for operators.
+struct Counters {
+    crashes: metrics::Counter,
+    restarts: metrics::Counter,
+    activations: metrics::Counter,
+    passivations: metrics::Counter,
+    poisoned: metrics::Counter,
+    resident: metrics::Gauge,
+}
+
+impl Counters {
+    fn new(kind: &'static str) -> Self {
+        Self {
+            crashes: metrics::counter!("vcos_imvu_crashes_total", "kind" => kind),
+            restarts: metrics::counter!("vcos_restarts_total", "kind" => kind),
+            activations: metrics::counter!("vcos_activations_total", "kind" => kind),
+            passivations: metrics::counter!("vcos_passivations_total", "kind" => kind),
+            poisoned: metrics::counter!("vcos_imvu_poisoned_total", "kind" => kind),
+            resident: metrics::gauge!("vcos_imvus_resident", "kind" => kind),
+        }
+    }
+}
+
+fn transition_counter(t: Transition) {
+    metrics::counter!("vcos_lifecycle_transitions_total", "transition" => t.to_string()).increment(1);
+}
+
+/// The shard's state and decisions; see the module docs.
+pub(crate) struct ShardCore<I: Imvu> {
+    env: CoreEnv<I>,
+    cells: HashMap<u64, Cell<I::State>, ahash::RandomState>,
+    held: BTreeMap<u64, VecDeque<Held<I>>>,
+    loading: BTreeMap<u64, Loading<I>>,
+    /// IMVUs not resident whose commits may not have settled: id → (last commit token,
+    /// poisoned). Their next load waits for a barrier first.
+    unsettled: BTreeMap<u64, (u64, bool)>,
+    /// One supervisor per tenant over that tenant's IMVUs (one-for-one).
+    tenant_supervisors: BTreeMap<TenantId, Supervisor<ImvuId>>,
+    /// The shard's own supervisor over the tenant supervisors.
+    shard_supervisor: Supervisor<TenantId>,
+    /// Commits in flight, by token: `pending[0]` has token `first_token`.
+    pending: VecDeque<Pending<I>>,
+    first_token: u64,
+    now_ms: u64,
+    unix_ms: u64,
+    effects: Vec<Effect<I>>,
+    counters: Counters,
+}
+
+impl<I: Imvu> ShardCore<I> {
+    pub(crate) fn new(env: CoreEnv<I>) -> Self {
+        let shard_supervisor = Supervisor::new(Strategy::OneForOne, env.shard_intensity);
+        Self {
+            env,
+            // Fixed seeds: iteration order (passivation) is the same on every run.
+            cells: HashMap::with_hasher(ahash::RandomState::with_seeds(1, 2, 3, 4)),
+            held: BTreeMap::new(),
+            loading: BTreeMap::new(),
+            unsettled: BTreeMap::new(),
+            tenant_supervisors: BTreeMap::new(),
+            shard_supervisor,
+            pending: VecDeque::new(),
+            first_token: 1,
+            now_ms: 0,
+            unix_ms: 0,
+            effects: Vec::new(),
+            counters: Counters::new(I::KIND),
+        }
+    }
+
+    // ---- inputs ----------------------------------------------------------------------------
+
+    /// The time: monotonic (supervision windows, idleness) and wall (canon records). The
+    /// driver reads its clock once per batch of commands.
+    pub(crate) fn set_now(&mut self, now_ms: u64, unix_ms: u64) {
+        self.now_ms = now_ms;
+        self.unix_ms = unix_ms;
+    }
+
+    /// Hands over the effects produced so far (swapped with `into`, which must be empty: both
+    /// buffers keep their capacity, so the hot path does not allocate).
+    pub(crate) fn take_effects(&mut self, into: &mut Vec<Effect<I>>) {
+        debug_assert!(into.is_empty());
+        std::mem::swap(&mut self.effects, into);
+    }
+
+    /// Whether commits are in flight.
+    pub(crate) fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Handles one command; `Err` is an escalation out of the shard.
+    pub(crate) fn handle_command(&mut self, command: Command<I>) -> Result<(), String> {
+        let Some(key) = command.key().copied() else {
+            if let Command::Passivate { idle_ms, reply } = command {
+                self.passivate(idle_ms, reply);
+            }
+            return Ok(());
+        };
+        let id = key.id.0;
+        // Messages for an IMVU being loaded wait behind the load, in order.
+        if let Some(loading) = self.loading.get_mut(&id) {
+            if matches!(command, Command::Evict { .. }) {
+                return Ok(());
+            }
+            if loading.commands.len() >= LOADING_QUEUE_LEN_MAX {
+                self.fail(command, ActorError::QueueFull(format!("IMVU {key} is loading and already holds {LOADING_QUEUE_LEN_MAX} messages")));
+            } else {
+                loading.commands.push_back(command);
+            }
+            return Ok(());
+        }
+        match command {
+            Command::Tell { key, msg } => self.deliver(key, msg, None),
+            Command::Ask { key, msg, reply } => self.deliver(key, msg, Some(reply)),
+            Command::Create { key, caller, reply } => {
+                self.create(key, &caller, reply);
+                Ok(())
+            }
+            Command::Evict { key } => {
+                self.evict(key.id.0);
+                Ok(())
+            }
+            command @ (Command::Lifecycle { .. } | Command::Inspect { .. }) => {
+                match self.resident(&key) {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        self.begin_load(key, Some(command));
+                        return Ok(());
+                    }
+                    Err(e) => {
+                        self.fail(command, e);
+                        return Ok(());
+                    }
+                }
+                match command {
+                    Command::Lifecycle { key, transition, caller, reply } => self.lifecycle(key, transition, &caller, reply),
+                    Command::Inspect { key, reply } => {
+                        let info = self.info(&key);
+                        self.effects.push(Effect::ReplyInfo(reply, Ok(info)));
+                    }
+                    _ => unreachable!("matched above"),
+                }
+                Ok(())
+            }
+            Command::Passivate { .. } => unreachable!("has no key: handled above"),
+        }
+    }
+
+    /// The outcome of commit `token`.
+    pub(crate) fn handle_committed(&mut self, token: u64, result: Result<u64, StoreError>) {
+        let Some(slot) = token.checked_sub(self.first_token).and_then(|at| usize::try_from(at).ok()).and_then(|at| self.pending.get_mut(at)) else {
+            debug_assert!(false, "completion of unknown commit {token}");
+            return;
+        };
+        let pending = std::mem::replace(slot, Pending::Done);
+        while matches!(self.pending.front(), Some(Pending::Done)) {
+            self.pending.pop_front();
+            self.first_token += 1;
+        }
+        match &result {
+            Ok(_) => self.env.node.store_healthy.store(true, Ordering::Relaxed),
+            Err(StoreError::Overloaded | StoreError::Conflict { .. }) => {}
+            Err(_) => self.env.node.store_healthy.store(false, Ordering::Relaxed),
+        }
+        match pending {
+            Pending::Done => debug_assert!(false, "commit {token} completed twice"),
+            Pending::Commit { id, then } => {
+                match result {
+                    Ok(_) => {
+                        if self.unsettled.get(&id).is_some_and(|(last, poisoned)| *last == token && !poisoned) {
+                            self.unsettled.remove(&id);
+                        }
+                        match then {
+                            Then::Nothing => {}
+                            Then::Ask(reply, value) => self.effects.push(Effect::ReplyAsk(reply, Ok(value))),
+                            Then::Info(reply, info) => self.effects.push(Effect::ReplyInfo(reply, Ok(*info))),
+                        }
+                    }
+                    Err(e) => {
+                        self.poison(id);
+                        let e = ActorError::from(e);
+                        match then {
+                            Then::Nothing => {}
+                            Then::Ask(reply, _) => self.effects.push(Effect::ReplyAsk(reply, Err(e))),
+                            Then::Info(reply, _) => self.effects.push(Effect::ReplyInfo(reply, Err(e))),
+                        }
+                    }
+                }
+            }
+            Pending::Barrier { id } => {
+                let Some(loading) = self.loading.get_mut(&id) else { return };
+                if loading.barrier != Some(token) {
+                    return;
+                }
+                match result {
+                    Ok(_) => {
+                        loading.barrier = None;
+                        let key = loading.key;
+                        if self.unsettled.get(&id).is_some_and(|(last, _)| *last < token) {
+                            self.unsettled.remove(&id);
+                        }
+                        self.effects.push(Effect::Load { key });
+                    }
+                    Err(e) => {
+                        // The IMVU stays unloaded (and unsettled: the next message tries again);
+                        // its callers may retry.
+                        let loading = self.loading.remove(&id).expect("present: checked above");
+                        let error = ActorError::Unavailable(format!("IMVU {} cannot be reloaded yet: {e}", loading.key));
+                        for command in loading.commands {
+                            self.fail(command, error.clone());
+                        }
+                    }
+                }
+            }
+            Pending::Passivated { reply, count } => self.effects.push(Effect::ReplyCount(reply, count)),
+        }
+    }
+
+    /// `key`'s canon records, read for a [`Effect::Load`]; runs the commands that waited for
+    /// them. `Err` is an escalation out of the shard.
+    pub(crate) fn handle_loaded(&mut self, key: ImvuKey, loaded: Loaded) -> Result<(), String> {
+        let id = key.id.0;
+        let Some(loading) = self.loading.remove(&id) else {
+            return Ok(());
+        };
+        match self.activate(&key, loaded) {
+            Ok(()) => {
+                for command in loading.commands {
+                    self.handle_command(command)?;
+                }
+            }
+            Err(error) => {
+                for command in loading.commands {
+                    // Another tenant's key for the same id was not what was read: try it alone.
+                    if command.key().is_some_and(|other| other.tenant != key.tenant) {
+                        self.handle_command(command)?;
+                    } else {
+                        self.fail(command, error.clone());
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops every resident IMVU (the shard is stopping).
+    pub(crate) fn evict_all(&mut self) {
+        let ids: Vec<u64> = self.cells.keys().copied().collect();
+        for id in ids {
+            self.held.remove(&id);
+            self.evict(id);
+        }
+    }
+
+    // ---- commits ---------------------------------------------------------------------------
+
+    /// Queues a commit for IMVU `id`; returns its token.
+    fn commit(&mut self, id: u64, writes: Vec<CanonWrite>, then: Then<I>) -> u64 {
+        self.push_commit(writes, Pending::Commit { id, then })
+    }
+
+    fn push_commit(&mut self, writes: Vec<CanonWrite>, pending: Pending<I>) -> u64 {
+        let token = self.first_token + self.pending.len() as u64;
+        self.pending.push_back(pending);
+        self.effects.push(Effect::Commit { token, writes });
+        token
+    }
+
+    fn in_flight(&self, token: u64) -> bool {
+        token
+            .checked_sub(self.first_token)
+            .and_then(|at| usize::try_from(at).ok())
+            .and_then(|at| self.pending.get(at))
+            .is_some_and(|p| !matches!(p, Pending::Done))
+    }
+
+    /// A commit of IMVU `id` failed: no later command may run on its in-memory state.
+    fn poison(&mut self, id: u64) {
+        self.counters.poisoned.increment(1);
+        let last = self.cells.get(&id).map_or(0, |c| c.last_commit);
+        if self.remove_cell(id) {
+            tracing::warn!(id, kind = I::KIND, "commit failed: IMVU evicted, reloads from canon");
+        }
+        let entry = self.unsettled.entry(id).or_insert((last, true));
+        entry.0 = entry.0.max(last);
+        entry.1 = true;
+    }
+
+    // ---- residency -------------------------------------------------------------------------
+
+    /// Whether `key` is resident (`Err`: resident under another tenant, i.e. not found).
+    fn resident(&self, key: &ImvuKey) -> Result<bool, ActorError> {
+        match self.cells.get(&key.id.0) {
+            // Ids are node-unique, but the tenant is part of the key: a cell of another
+            // tenant under this id is, for this caller, nothing.
+            Some(cell) if cell.tenant.id != key.tenant => Err(ActorError::not_found("imvu", key)),
+            Some(_) => Ok(true),
+            None => Ok(false),
+        }
+    }
+
+    /// Starts loading `key` from canon (after a barrier when its commits may not have
+    /// settled); `first` waits for it.
+    fn begin_load(&mut self, key: ImvuKey, first: Option<Command<I>>) {
+        let id = key.id.0;
+        let barrier = self.unsettled.contains_key(&id).then(|| self.push_commit(Vec::new(), Pending::Barrier { id }));
+        if barrier.is_none() {
+            self.effects.push(Effect::Load { key });
+        }
+        self.loading.insert(id, Loading { key, barrier, commands: first.into_iter().collect() });
+    }
+
+    fn activate(&mut self, key: &ImvuKey, loaded: Loaded) -> Result<(), ActorError> {
+        let (meta, snapshot) = loaded?;
+        let meta_key = records::meta_key(key);
+        let meta: ImvuMeta = match meta {
+            Some(bytes) => records::decode(&meta_key, &bytes)?,
+            None => return Err(ActorError::not_found("imvu", key)),
+        };
+        if meta.kind != I::KIND {
+            return Err(ActorError::not_found("imvu", key));
+        }
+        if meta.lifecycle == LifecycleState::Terminated {
+            return Err(ActorError::Terminated(key.to_string()));
+        }
+        let state = match snapshot {
+            Some(bytes) => records::decode(&records::snap_key(key), &bytes)?,
+            None => self.env.behaviour.genesis(),
+        };
+        let tenant = self.env.tenants.get(&key.tenant)?;
+        self.insert_cell(key.id.0, tenant, state, meta.lifecycle, meta.created_unix_ms);
+        self.counters.activations.increment(1);
+        Ok(())
+    }
+
+    fn insert_cell(&mut self, id: u64, tenant: Arc<TenantEntry>, state: I::State, lifecycle: LifecycleState, created_unix_ms: u64) {
+        let cell = Cell { tenant, state: Box::new(state), last_commit: 0, last_used_ms: self.now_ms, lifecycle, created_unix_ms };
+        if self.cells.insert(id, cell).is_none() {
+            self.env.node.resident_imvus.fetch_add(1, Ordering::Relaxed);
+            self.counters.resident.increment(1.0);
+        }
+    }
+
+    /// Evicts `id` unless it holds messages (held messages live only in memory: a paused IMVU
+    /// with held messages stays).
+    fn evict(&mut self, id: u64) {
+        if self.held.get(&id).is_some_and(|q| !q.is_empty()) {
+            return;
+        }
+        self.remove_cell(id);
+    }
+
+    /// Drops the cell; if its last commit is in flight, its next load waits for a barrier.
+    fn remove_cell(&mut self, id: u64) -> bool {
+        let Some(cell) = self.cells.remove(&id) else {
+            return false;
+        };
+        self.env.node.resident_imvus.fetch_sub(1, Ordering::Relaxed);
+        self.counters.resident.decrement(1.0);
+        if self.in_flight(cell.last_commit) {
+            let entry = self.unsettled.entry(id).or_insert((cell.last_commit, false));
+            entry.0 = entry.0.max(cell.last_commit);
+        }
+        true
+    }
+
+    fn info(&self, key: &ImvuKey) -> ImvuInfo {
+        let cell = &self.cells[&key.id.0];
+        ImvuInfo {
+            key: *key,
+            kind: I::KIND.to_owned(),
+            lifecycle: cell.lifecycle,
+            state: serde_json::to_value(&*cell.state).unwrap_or(serde_json::Value::Null),
+            held_messages: self.held.get(&key.id.0).map_or(0, VecDeque::len),
+        }
+    }
+
+    /// Answers `command` with `error`.
+    fn fail(&mut self, command: Command<I>, error: ActorError) {
+        match command {
+            Command::Ask { reply, .. } => self.effects.push(Effect::ReplyAsk(reply, Err(error))),
+            Command::Create { reply, .. } | Command::Inspect { reply, .. } => self.effects.push(Effect::ReplyInfo(reply, Err(error))),
+            Command::Lifecycle { reply, transition, .. } => {
+                let error = match error {
+                    ActorError::Terminated(_) => ActorError::IllegalTransition { transition, current: "terminated".into() },
+                    other => other,
+                };
+                self.effects.push(Effect::ReplyInfo(reply, Err(error)));
+            }
+            Command::Passivate { reply, .. } => self.effects.push(Effect::ReplyCount(reply, 0)),
+            Command::Tell { .. } | Command::Evict { .. } => {}
+        }
+    }
+
+    // ---- commands --------------------------------------------------------------------------
+
+    fn admit(&self, tenant: &TenantEntry, entity_tenant: &TenantId, transition: Transition, caller: &Caller) -> HandshakeOutcome {
+        self.env.handshake.admit(&AdmissionRequest { transition, tenant, entity_tenant, kind: I::KIND, caller, node: &self.env.node })
+    }
+
+    fn create(&mut self, key: ImvuKey, caller: &Caller, reply: Reply<ImvuInfo>) {
+        let tenant = match self.env.tenants.get(&key.tenant) {
+            Ok(tenant) => tenant,
+            Err(e) => {
+                self.effects.push(Effect::ReplyInfo(reply, Err(e)));
+                return;
+            }
+        };
+        let unix_ms = self.unix_ms;
+        let mut writes = Vec::with_capacity(4);
+        for (transition, from, to) in [
+            (Transition::Create, None, LifecycleState::Genesis),
+            (Transition::Activate, Some(LifecycleState::Genesis), LifecycleState::Active),
+        ] {
+            let outcome = self.admit(&tenant, &key.tenant, transition, caller);
+            let refused = outcome != HandshakeOutcome::Admitted;
+            let record = TransitionRecord {
+                transition,
+                from,
+                to: if refused { from } else { Some(to) },
+                handshake: outcome.clone(),
+                caller: caller.principal.clone(),
+                unix_ms,
+                final_state: None,
+            };
+            if let HandshakeOutcome::Refused { stage, reason } = outcome {
+                // Refusals are recorded durably; nothing else of the creation is written.
+                let prefix = if transition == Transition::Create { records::refused_prefix(&key.tenant) } else { records::history_prefix(&key) };
+                let writes = vec![CanonWrite::Append { prefix, value: records::encode(&HistoryEvent::Transition(record)) }];
+                self.commit(key.id.0, writes, Then::Nothing);
+                self.effects.push(Effect::ReplyInfo(reply, Err(ActorError::HandshakeRefused { stage, transition, reason })));
+                return;
+            }
+            writes.push(CanonWrite::Append {
+                prefix: records::history_prefix(&key),
+                value: records::encode(&HistoryEvent::Transition(record)),
+            });
+            transition_counter(transition);
+        }
+        let state = self.env.behaviour.genesis();
+        let genesis_snapshot = match records::encode_state(&state) {
+            Ok(snapshot) => snapshot,
+            Err(reason) => {
+                self.effects.push(Effect::ReplyInfo(reply, Err(ActorError::BadRequest { field: "kind".into(), reason })));
+                return;
+            }
+        };
+        let meta = ImvuMeta { kind: I::KIND.to_owned(), lifecycle: LifecycleState::Active, created_unix_ms: unix_ms };
+        writes.push(CanonWrite::Put { key: records::meta_key(&key), value: records::encode(&meta) });
+        writes.push(CanonWrite::Put { key: records::snap_key(&key), value: genesis_snapshot });
+        bump(&tenant.live_imvus, true);
+        self.insert_cell(key.id.0, tenant, state, LifecycleState::Active, unix_ms);
+        let info = self.info(&key);
+        let token = self.commit(key.id.0, writes, Then::Info(reply, Box::new(info)));
+        self.cells.get_mut(&key.id.0).expect("just inserted").last_commit = token;
+    }
+
+    fn deliver(&mut self, key: ImvuKey, msg: I::Msg, reply: Option<Reply<I::Reply>>) -> Result<(), String> {
+        // Fast path: resident, active, this tenant's.
+        if self.cells.get(&key.id.0).is_some_and(|c| c.lifecycle == LifecycleState::Active && c.tenant.id == key.tenant) {
+            return self.run_handler(key, msg, reply);
+        }
+        match self.resident(&key) {
+            Ok(true) => {}
+            Ok(false) => {
+                let command = match reply {
+                    Some(reply) => Command::Ask { key, msg, reply },
+                    None => Command::Tell { key, msg },
+                };
+                self.begin_load(key, Some(command));
+                return Ok(());
+            }
+            Err(e) => {
+                if let Some(reply) = reply {
+                    self.effects.push(Effect::ReplyAsk(reply, Err(e)));
+                }
+                return Ok(());
+            }
+        }
+        let id = key.id.0;
+        let lifecycle = self.cells[&id].lifecycle;
+        match lifecycle {
+            LifecycleState::Active => self.run_handler(key, msg, reply),
+            LifecycleState::Paused => {
+                let queue = self.held.entry(id).or_default();
+                if queue.len() >= PAUSED_QUEUE_LEN_MAX {
+                    if let Some(reply) = reply {
+                        let error = ActorError::QueueFull(format!("IMVU {key} is paused and already holds {PAUSED_QUEUE_LEN_MAX} messages"));
+                        self.effects.push(Effect::ReplyAsk(reply, Err(error)));
+                    }
+                } else {
+                    queue.push_back(match reply {
+                        Some(reply) => Held::Ask(msg, reply),
+                        None => Held::Tell(msg),
+                    });
+                }
+                Ok(())
+            }
+            LifecycleState::Genesis | LifecycleState::Terminated => {
+                if let Some(reply) = reply {
+                    let error = ActorError::IllegalTransition { transition: Transition::Activate, current: lifecycle.to_string() };
+                    self.effects.push(Effect::ReplyAsk(reply, Err(error)));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn run_handler(&mut self, key: ImvuKey, msg: I::Msg, reply: Option<Reply<I::Reply>>) -> Result<(), String> {
+        let behaviour = &*self.env.behaviour;
+        let cell = self.cells.get_mut(&key.id.0).expect("resident: checked by deliver");
+        cell.last_used_ms = self.now_ms;
+        let mut ctx = Context { key: &key, unix_ms: self.unix_ms, stop_requested: false };
+        let state = &mut *cell.state;
+        let every_message = behaviour.persistence() == Persistence::EveryMessage;
+        let outcome = quiet_panic::catch(|| {
+            if crate::failpoints::handler_should_panic(ctx.key) {
+                panic!("failpoint: injected handler panic");
+            }
+            let reply = behaviour.handle(state, msg, &mut ctx);
+            // Encoding runs the author's `Serialize`: inside the catch, so its failure is this
+            // IMVU's crash, like a panic in `handle`.
+            let snapshot = every_message.then(|| records::encode_state(&*state)).transpose();
+            match snapshot {
+                Ok(snapshot) => (reply, snapshot),
+                Err(reason) => panic!("{reason}"),
+            }
+        });
+        let stop_requested = ctx.stop_requested;
+        match outcome {
+            Ok((value, snapshot)) => {
+                if let Some(snapshot) = snapshot {
+                    let writes = vec![CanonWrite::Put { key: records::snap_key(&key), value: snapshot }];
+                    let then = match reply {
+                        Some(reply) => Then::Ask(reply, value),
+                        None => Then::Nothing,
+                    };
+                    let token = self.commit(key.id.0, writes, then);
+                    if let Some(cell) = self.cells.get_mut(&key.id.0) {
+                        cell.last_commit = token;
+                    }
+                } else if let Some(reply) = reply {
+                    self.effects.push(Effect::ReplyAsk(reply, Ok(value)));
+                }
+                if stop_requested {
+                    let caller = Caller::internal(&key.tenant, "self");
+                    let (tx, _rx) = oneshot::channel();
+                    self.lifecycle(key, Transition::Terminate, &caller, tx);
+                }
+                Ok(())
+            }
+            Err(reason) => {
+                self.counters.crashes.increment(1);
+                if let Some(reply) = reply {
+                    let error = ActorError::Crashed { key: key.to_string(), reason: reason.clone() };
+                    self.effects.push(Effect::ReplyAsk(reply, Err(error)));
+                }
+                self.supervise_crash(key, reason)
+            }
+        }
+    }
+
+    /// A handler panicked: ask the tenant's supervisor what to do, and do it.
+    fn supervise_crash(&mut self, key: ImvuKey, reason: String) -> Result<(), String> {
+        let now_ms = self.now_ms;
+        let tenant = self.cells[&key.id.0].tenant.clone();
+        let supervisor = self
+            .tenant_supervisors
+            .entry(key.tenant)
+            .or_insert_with(|| Supervisor::new(Strategy::OneForOne, tenant.policy.intensity()));
+        // One-for-one needs no list of siblings, so an IMVU joins its supervisor only while it
+        // is being handled: the supervisor holds the restart window, not a million children.
+        let spec = ChildSpec { id: key.id, restart: self.env.behaviour.restart(), shutdown_timeout_ms: 0 };
+        let _ = supervisor.add_child(spec);
+        let mut directive = supervisor.handle_child_exit(now_ms, &key.id, ExitReason::Failed(reason.clone()));
+        supervisor.remove_child(&key.id);
+        let restarts_in_window = match directive {
+            // An escalation's window is the one that overflowed.
+            Directive::Escalate { .. } => supervisor.intensity().max_restarts + 1,
+            _ => supervisor.restarts_in_window(now_ms),
+        };
+        if crate::failpoints::ignore_intensity() {
+            if let Directive::Escalate { .. } = directive {
+                // Planted bug (simulator only): keep restarting past the intensity.
+                directive = Directive::Restart { stop: Vec::new(), start: vec![key.id] };
+                self.tenant_supervisors.remove(&key.tenant);
+            }
+        }
+        let unix_ms = self.unix_ms;
+        let supervision = |decision: &str| {
+            HistoryEvent::Supervision(SupervisionRecord { reason: reason.clone(), decision: decision.into(), restarts_in_window, unix_ms })
+        };
+        match directive {
+            Directive::Restart { .. } => {
+                self.record(&key, supervision("restarted"));
+                // Restart = reload from the last durable snapshot: once this IMVU's commits have
+                // settled, canon is read back; its messages wait for that, in order.
+                self.remove_cell(key.id.0);
+                self.counters.restarts.increment(1);
+                self.begin_load(key, None);
+                Ok(())
+            }
+            Directive::Ignore => {
+                // Temporary (or transient exiting abnormally is restarted above): stays down,
+                // which for an entity means terminated, final state = last durable snapshot.
+                self.record(&key, supervision("stopped"));
+                self.remove_cell(key.id.0);
+                let (tx, _rx) = oneshot::channel();
+                let terminate = Command::Lifecycle {
+                    key,
+                    transition: Transition::Terminate,
+                    caller: Box::new(Caller::internal(&key.tenant, "supervisor")),
+                    reply: tx,
+                };
+                self.begin_load(key, Some(terminate));
+                Ok(())
+            }
+            Directive::Escalate { reason: why, .. } => {
+                self.record(&key, supervision("escalated"));
+                self.escalate_tenant(&key.tenant, format!("tenant {} supervisor: {why}; last crash: {reason}", key.tenant))
+            }
+        }
+    }
+
+    /// The tenant supervisor gave up: stop its IMVUs (reverse start order, which for node-unique
+    /// ids allocated in creation order is descending id), then let the shard supervisor decide.
+    fn escalate_tenant(&mut self, tenant: &TenantId, reason: String) -> Result<(), String> {
+        tracing::warn!(%tenant, kind = I::KIND, %reason, "tenant supervisor escalates");
+        let mut ids: Vec<u64> = self.cells.iter().filter(|(_, c)| &c.tenant.id == tenant).map(|(id, _)| *id).collect();
+        ids.sort_unstable_by(|a, b| b.cmp(a));
+        for id in ids {
+            self.evict(id);
+        }
+        self.tenant_supervisors.remove(tenant);
+        let _ = self.shard_supervisor.add_child(ChildSpec {
+            id: *tenant,
+            restart: vcos_supervision::RestartType::Permanent,
+            shutdown_timeout_ms: 0,
+        });
+        match self.shard_supervisor.handle_child_exit(self.now_ms, tenant, ExitReason::Failed(reason.clone())) {
+            // Restarting a tenant supervisor is a fresh restart window; its IMVUs come back
+            // from canon on their next message.
+            Directive::Restart { .. } | Directive::Ignore => Ok(()),
+            Directive::Escalate { reason: why, .. } => Err(format!("{} shard supervisor: {why}; cause: {reason}", I::KIND)),
+        }
+    }
+
+    fn record(&mut self, key: &ImvuKey, event: HistoryEvent) {
+        let writes = vec![CanonWrite::Append { prefix: records::history_prefix(key), value: records::encode(&event) }];
+        let token = self.commit(key.id.0, writes, Then::Nothing);
+        if let Some(cell) = self.cells.get_mut(&key.id.0) {
+            cell.last_commit = token;
+        }
+    }
+
+    /// A transition of a resident IMVU.
+    fn lifecycle(&mut self, key: ImvuKey, transition: Transition, caller: &Caller, reply: Reply<ImvuInfo>) {
+        let id = key.id.0;
+        let (from, tenant, created_unix_ms) = {
+            let cell = &self.cells[&id];
+            (cell.lifecycle, cell.tenant.clone(), cell.created_unix_ms)
+        };
+        let to = match LifecycleState::apply(Some(from), transition) {
+            Ok(to) => to,
+            Err(e) => {
+                self.effects.push(Effect::ReplyInfo(reply, Err(e)));
+                return;
+            }
+        };
+        let outcome = self.admit(&tenant, &key.tenant, transition, caller);
+        let mut record = TransitionRecord {
+            transition,
+            from: Some(from),
+            to: Some(to),
+            handshake: outcome.clone(),
+            caller: caller.principal.clone(),
+            unix_ms: self.unix_ms,
+            final_state: None,
+        };
+        if let HandshakeOutcome::Refused { stage, reason } = outcome {
+            record.to = Some(from);
+            self.record(&key, HistoryEvent::Transition(record));
+            self.effects.push(Effect::ReplyInfo(reply, Err(ActorError::HandshakeRefused { stage, transition, reason })));
+            return;
+        }
+        let meta = ImvuMeta { kind: I::KIND.to_owned(), lifecycle: to, created_unix_ms };
+        let now_ms = self.now_ms;
+        let behaviour = self.env.behaviour.clone();
+        let cell = self.cells.get_mut(&id).expect("resident: ensured by the caller");
+        let hook = quiet_panic::catch(|| match transition {
+            Transition::Pause => behaviour.on_pause(&mut cell.state),
+            Transition::Resume => behaviour.on_resume(&mut cell.state),
+            Transition::Terminate => behaviour.on_terminate(&mut cell.state),
+            Transition::Create | Transition::Activate => {}
+        });
+        if let Err(panic) = hook {
+            tracing::warn!(%key, %transition, %panic, "lifecycle hook panicked; transition proceeds");
+        }
+        cell.lifecycle = to;
+        cell.last_used_ms = now_ms;
+        let snapshot = match records::encode_state(&*cell.state) {
+            Ok(snapshot) => snapshot,
+            Err(reason) => {
+                self.effects.push(Effect::ReplyInfo(reply, Err(ActorError::Crashed { key: key.to_string(), reason })));
+                return;
+            }
+        };
+        if to == LifecycleState::Terminated {
+            record.final_state = serde_json::from_slice(&snapshot).ok();
+        }
+        let writes = vec![
+            CanonWrite::Append { prefix: records::history_prefix(&key), value: records::encode(&HistoryEvent::Transition(record)) },
+            CanonWrite::Put { key: records::meta_key(&key), value: records::encode(&meta) },
+            CanonWrite::Put { key: records::snap_key(&key), value: snapshot },
+        ];
+        transition_counter(transition);
+        let info = self.info(&key);
+        let token = self.commit(id, writes, Then::Info(reply, Box::new(info)));
+        if let Some(cell) = self.cells.get_mut(&id) {
+            cell.last_commit = token;
+        }
+        match to {
+            LifecycleState::Active if transition == Transition::Resume => self.release_held(&key),
+            LifecycleState::Terminated => {
+                for held in self.held.remove(&id).into_iter().flatten() {
+                    if let Held::Ask(_, reply) = held {
+                        self.effects.push(Effect::ReplyAsk(reply, Err(ActorError::Terminated(key.to_string()))));
+                    }
+                }
+                bump(&tenant.live_imvus, false);
+                self.evict(id);
+            }
+            _ => {}
+        }
+    }
+
+    /// Delivers held messages in arrival order after a resume.
+    fn release_held(&mut self, key: &ImvuKey) {
+        let Some(queue) = self.held.remove(&key.id.0) else {
+            return;
+        };
+        for held in queue {
+            // A crash while draining is supervised like any other; escalation out of a resume
+            // is reported at the next message (the shard keeps its invariants either way).
+            let _ = match held {
+                Held::Tell(msg) => self.handle_command(Command::Tell { key: *key, msg }),
+                Held::Ask(msg, reply) => self.handle_command(Command::Ask { key: *key, msg, reply }),
+            };
+        }
+    }
+
+    fn passivate(&mut self, idle_ms: u64, reply: oneshot::Sender<usize>) {
+        let now = self.now_ms;
+        let lifecycle_only = self.env.behaviour.persistence() == Persistence::LifecycleOnly;
+        let mut candidates: Vec<u64> = self
+            .cells
+            .iter()
+            .filter(|(id, c)| now.saturating_sub(c.last_used_ms) >= idle_ms && c.lifecycle != LifecycleState::Paused && !self.held.contains_key(id))
+            .map(|(id, _)| *id)
+            .collect();
+        candidates.sort_unstable();
+        if lifecycle_only {
+            // Their state is only in memory: write it before letting go. One whose state
+            // cannot be encoded stays resident.
+            let mut writable = Vec::with_capacity(candidates.len());
+            for id in candidates {
+                let cell = &self.cells[&id];
+                let key = ImvuKey { tenant: cell.tenant.id, id: ImvuId(id) };
+                match records::encode_state(&*cell.state) {
+                    Ok(snapshot) => {
+                        let token = self.commit(id, vec![CanonWrite::Put { key: records::snap_key(&key), value: snapshot }], Then::Nothing);
+                        if let Some(cell) = self.cells.get_mut(&id) {
+                            cell.last_commit = token;
+                        }
+                        writable.push(id);
+                    }
+                    Err(reason) => tracing::error!(%key, %reason, "cannot passivate"),
+                }
+            }
+            candidates = writable;
+        }
+        for id in &candidates {
+            self.evict(*id);
+        }
+        let count = candidates.len();
+        self.counters.passivations.increment(count as u64);
+        if self.has_pending() {
+            // Answer once everything written so far is durable.
+            self.push_commit(Vec::new(), Pending::Passivated { reply, count });
+        } else {
+            self.effects.push(Effect::ReplyCount(reply, count));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

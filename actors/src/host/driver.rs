@@ -1,0 +1,211 @@
+//! [`Shard`]: the tokio task that drives one [`ShardCore`].
+//!
+//! It owns what the core may not touch: the command channel, the store, the clock. Each wake it
+//! drains commit completions, reads the clock once, feeds the batch of commands (draining
+//! completions again between commands as soon as one arrives, so a failed commit poisons its
+//! IMVU before anything else runs on it), then performs the effects in order. It never waits
+//! on the store: completions are pushed by the store (from whatever thread completes them)
+//! into a queue and wake the task.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, Notify};
+use vcos_supervision::Clock;
+
+use super::core::{CoreEnv, Effect, ShardCore};
+use super::{Command, SHARD_BATCH_MAX};
+use crate::handshake::{Handshake, NodeHealth};
+use crate::imvu::Imvu;
+use crate::records;
+use crate::store::{CanonStore, StoreError};
+use crate::tenants::Tenants;
+
+/// How long a stopping shard waits for its commits in flight, so their callers get answers.
+const SHUTDOWN_DRAIN_MS_MAX: u64 = 5_000;
+
+/// What a shard shares with the runtime.
+pub(crate) struct ShardEnv<I: Imvu> {
+    pub behaviour: Arc<I>,
+    pub store: Arc<dyn CanonStore>,
+    pub tenants: Arc<Tenants>,
+    pub handshake: Handshake,
+    pub node: Arc<NodeHealth>,
+    pub clock: Arc<dyn Clock>,
+    /// Intensity of the shard's supervisor over its tenant supervisors.
+    pub shard_intensity: vcos_supervision::Intensity,
+}
+
+/// Why a shard stopped.
+#[derive(Debug)]
+pub(crate) enum ShardExit {
+    /// Its channel closed: the node is stopping.
+    Closed,
+    /// Its supervisor gave up: the parent (the node's root supervisor) must decide.
+    Escalated(String),
+}
+
+/// Commit completions on their way back to the shard task.
+#[derive(Default)]
+struct Completions {
+    queue: Mutex<Vec<(u64, Result<u64, StoreError>)>>,
+    /// Set when `queue` is not empty: checked between commands.
+    ready: AtomicBool,
+    wake: Notify,
+}
+
+impl Completions {
+    fn push(&self, token: u64, result: Result<u64, StoreError>) {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner()).push((token, result));
+        if !self.ready.swap(true, Ordering::AcqRel) {
+            self.wake.notify_one();
+        }
+    }
+}
+
+pub(crate) struct Shard<I: Imvu> {
+    env: Arc<ShardEnv<I>>,
+    core: ShardCore<I>,
+    completions: Arc<Completions>,
+    /// Reused buffers (the hot path allocates none of its own).
+    effects: Vec<Effect<I>>,
+    completed: Vec<(u64, Result<u64, StoreError>)>,
+    messages: metrics::Counter,
+}
+
+impl<I: Imvu> Shard<I> {
+    pub(crate) fn new(env: Arc<ShardEnv<I>>) -> Self {
+        let core = ShardCore::new(CoreEnv {
+            behaviour: env.behaviour.clone(),
+            tenants: env.tenants.clone(),
+            handshake: env.handshake.clone(),
+            node: env.node.clone(),
+            shard_intensity: env.shard_intensity,
+        });
+        Self {
+            env,
+            core,
+            completions: Arc::default(),
+            effects: Vec::new(),
+            completed: Vec::new(),
+            messages: metrics::counter!("vcos_messages_total", "kind" => I::KIND),
+        }
+    }
+
+    /// Runs until the channel closes or the shard's supervisor escalates.
+    pub(crate) async fn run(mut self, rx: &mut mpsc::Receiver<Command<I>>) -> ShardExit {
+        let exit = self.serve(rx).await;
+        if matches!(exit, ShardExit::Closed) {
+            self.drain_in_flight().await;
+        }
+        self.core.evict_all();
+        exit
+    }
+
+    async fn serve(&mut self, rx: &mut mpsc::Receiver<Command<I>>) -> ShardExit {
+        let mut batch = Vec::with_capacity(SHARD_BATCH_MAX);
+        loop {
+            let completions = self.completions.clone();
+            tokio::select! {
+                biased;
+                () = completions.wake.notified() => {}
+                received = rx.recv_many(&mut batch, SHARD_BATCH_MAX) => {
+                    if received == 0 {
+                        return ShardExit::Closed;
+                    }
+                }
+            }
+            if let Err(reason) = self.step(&mut batch) {
+                return ShardExit::Escalated(reason);
+            }
+        }
+    }
+
+    /// One wake: completions, the time, then each command followed by its effects (so a
+    /// commit that fails at once poisons its IMVU before the next command runs).
+    fn step(&mut self, batch: &mut Vec<Command<I>>) -> Result<(), String> {
+        self.core.set_now(self.env.clock.now_ms(), self.env.clock.unix_ms());
+        self.perform()?;
+        let handled = batch.len() as u64;
+        for command in batch.drain(..) {
+            let handled = self.core.handle_command(command);
+            // Even on an escalation: its records and its callers' answers go out first.
+            let performed = self.perform();
+            handled.and(performed)?;
+        }
+        self.messages.increment(handled);
+        Ok(())
+    }
+
+    fn drain_completions(&mut self) {
+        self.completions.ready.store(false, Ordering::Release);
+        std::mem::swap(&mut *self.completions.queue.lock().unwrap_or_else(|p| p.into_inner()), &mut self.completed);
+        for (token, result) in self.completed.drain(..) {
+            self.core.handle_committed(token, result);
+        }
+    }
+
+    /// Feeds the completions that arrived and performs the core's effects, until neither is
+    /// left (a completion or a load's result may produce more).
+    fn perform(&mut self) -> Result<(), String> {
+        loop {
+            if self.completions.ready.load(Ordering::Acquire) {
+                self.drain_completions();
+            }
+            self.core.take_effects(&mut self.effects);
+            if self.effects.is_empty() {
+                return Ok(());
+            }
+            let mut effects = std::mem::take(&mut self.effects);
+            let mut result = Ok(());
+            for effect in effects.drain(..) {
+                match effect {
+                    Effect::Commit { token, writes } => {
+                        let completions = self.completions.clone();
+                        self.env.store.commit(writes, Box::new(move |result| completions.push(token, result)));
+                    }
+                    Effect::Load { key } => {
+                        // Local reads of the node's canon replica: no waiting on anyone.
+                        let store = &*self.env.store;
+                        let loaded = store
+                            .get(&records::meta_key(&key))
+                            .and_then(|meta| Ok((meta, store.get(&records::snap_key(&key))?)));
+                        if result.is_ok() {
+                            result = self.core.handle_loaded(key, loaded);
+                        }
+                    }
+                    Effect::ReplyAsk(reply, value) => {
+                        let _ = reply.send(value);
+                    }
+                    Effect::ReplyInfo(reply, value) => {
+                        let _ = reply.send(value);
+                    }
+                    Effect::ReplyCount(reply, count) => {
+                        let _ = reply.send(count);
+                    }
+                }
+            }
+            self.effects = effects;
+            result?;
+        }
+    }
+
+    /// The channel closed: answer the callers whose commits are in flight (bounded wait).
+    async fn drain_in_flight(&mut self) {
+        let deadline = tokio::time::sleep(Duration::from_millis(SHUTDOWN_DRAIN_MS_MAX));
+        tokio::pin!(deadline);
+        let mut empty = Vec::new();
+        while self.core.has_pending() {
+            let completions = self.completions.clone();
+            tokio::select! {
+                biased;
+                () = completions.wake.notified() => {}
+                () = &mut deadline => return,
+            }
+            if self.step(&mut empty).is_err() {
+                return;
+            }
+        }
+    }
+}

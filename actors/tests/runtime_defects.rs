@@ -1,0 +1,219 @@
+//! Defects seen on a real cluster, each pinned by a test: ids shared between nodes of one canon
+//! region, records stamped with time zero, shards blocking worker threads on the durability
+//! barrier, and commands running on the state of a failed commit.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::json;
+use vcos_actors::kinds::{Counter, CounterMsg};
+use vcos_actors::records::{HistoryEvent, ImvuMeta};
+use vcos_actors::store::Completion;
+use vcos_actors::{
+    ActorError, Caller, CanonStore, CanonWrite, Clock, ManualClock, MemoryStore, Runtime, RuntimeConfig, StoreError,
+    TenantId, TenantPolicy,
+};
+
+async fn start(store: Arc<dyn CanonStore>, clock: Arc<dyn Clock>, shards: usize) -> Runtime {
+    let mut config = RuntimeConfig::new(store, clock);
+    config.shards_per_kind = shards;
+    let rt = Runtime::builder(config).kind(Counter).start().await.expect("start");
+    rt.ensure_tenant(TenantId::default_tenant(), TenantPolicy::default()).await.expect("tenant");
+    rt
+}
+
+fn caller() -> Caller {
+    Caller::anonymous("test")
+}
+
+/// Two nodes (runtimes) share one canon region and allocate concurrently, past several id
+/// blocks each, from several tasks each: every id is handed out once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_on_one_canon_never_allocate_the_same_id() {
+    let store: Arc<dyn CanonStore> = Arc::new(MemoryStore::new());
+    let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(0));
+    let nodes = [start(store.clone(), clock.clone(), 1).await, start(store.clone(), clock.clone(), 1).await];
+    let mut tasks = Vec::new();
+    for node in &nodes {
+        for _ in 0..4 {
+            let node = node.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut ids = Vec::with_capacity(3_000);
+                for _ in 0..3_000 {
+                    ids.push(node.allocate_id().await.expect("allocate"));
+                    if ids.len() % 64 == 0 {
+                        tokio::task::yield_now().await;
+                    }
+                }
+                ids
+            }));
+        }
+    }
+    let mut seen = BTreeSet::new();
+    for task in tasks {
+        for id in task.await.expect("task") {
+            assert!(seen.insert(id), "id {id} handed out twice");
+        }
+    }
+    assert_eq!(seen.len(), 2 * 4 * 3_000);
+    for node in nodes {
+        node.shutdown().await;
+    }
+}
+
+/// Lifecycle and supervision records and the meta's creation time carry the injected clock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_carry_the_injected_clock() {
+    const T0: u64 = 1_767_225_600_000;
+    let store: Arc<dyn CanonStore> = Arc::new(MemoryStore::new());
+    let clock = ManualClock::new(T0);
+    let rt = start(store.clone(), Arc::new(clock.clone()), 1).await;
+    let t = TenantId::default_tenant();
+    let key = rt.create_imvu(&t, "counter", &caller()).await.expect("create").key;
+    clock.advance(5_000);
+    let err = rt.ask_json(&key, json!({"op":"crash"})).await.unwrap_err();
+    assert!(matches!(err, ActorError::Crashed { .. }), "{err}");
+    // The restart record is written before the IMVU answers again.
+    assert_eq!(rt.ask_json(&key, json!({"op":"get"})).await.expect("get"), json!(0));
+    let stamps: Vec<(String, u64)> = rt
+        .history(&key)
+        .expect("history")
+        .into_iter()
+        .map(|e| match e.record {
+            HistoryEvent::Transition(t) => (t.transition.to_string(), t.unix_ms),
+            HistoryEvent::Supervision(s) => (s.decision, s.unix_ms),
+        })
+        .collect();
+    assert_eq!(
+        stamps,
+        vec![("create".to_owned(), T0), ("activate".to_owned(), T0), ("restarted".to_owned(), T0 + 5_000)]
+    );
+    let meta_key = vcos_actors::records::meta_key(&key);
+    let meta: ImvuMeta =
+        vcos_actors::records::decode(&meta_key, &store.get(&meta_key).expect("get").expect("meta")).expect("decode");
+    assert_eq!(meta.created_unix_ms, T0);
+    rt.shutdown().await;
+}
+
+/// A store whose commits complete on a tokio task, in order, as the Raft store's do: a shard
+/// that blocks its worker thread waiting for one starves the task that would complete it.
+struct TaskStore {
+    inner: Arc<MemoryStore>,
+    jobs: tokio::sync::mpsc::Sender<(Vec<CanonWrite>, Completion)>,
+}
+
+impl TaskStore {
+    fn start(inner: Arc<MemoryStore>) -> Arc<Self> {
+        let (jobs, mut rx) = tokio::sync::mpsc::channel::<(Vec<CanonWrite>, Completion)>(65_536);
+        let store = inner.clone();
+        tokio::spawn(async move {
+            while let Some((writes, done)) = rx.recv().await {
+                tokio::task::yield_now().await;
+                store.commit(writes, done);
+            }
+        });
+        Arc::new(Self { inner, jobs })
+    }
+}
+
+impl CanonStore for TaskStore {
+    fn commit(&self, writes: Vec<CanonWrite>, done: Completion) {
+        if let Err(e) = self.jobs.try_send((writes, done)) {
+            let (_, done) = e.into_inner();
+            done(Err(StoreError::Overloaded));
+        }
+    }
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.get(key)
+    }
+    fn scan_prefix(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.inner.scan_prefix(prefix, after, limit)
+    }
+}
+
+/// Two shards restart crashed IMVUs at the same time on a runtime with two worker threads:
+/// neither may block its thread on the durability barrier.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shards_restarting_at_once_do_not_stall_the_workers() {
+    let store = TaskStore::start(Arc::new(MemoryStore::new()));
+    let rt = start(store, Arc::new(ManualClock::new(0)), 2).await;
+    let t = TenantId::default_tenant();
+    let mut keys = Vec::new();
+    while keys.len() < 8 {
+        keys.push(rt.create_imvu(&t, "counter", &caller()).await.expect("create").key);
+    }
+    let counters = rt.kind_ref::<Counter>().expect("counter kind");
+    for key in &keys {
+        counters.ask(key, CounterMsg::Add { n: 7 }).await.expect("add");
+    }
+    let round = async {
+        for _ in 0..20 {
+            let mut asks = Vec::new();
+            for key in &keys {
+                // The crash comes while the tell's commit is still in flight: the restart
+                // must wait for it (a barrier) before reading canon back.
+                let counters = counters.clone();
+                let key = *key;
+                asks.push(tokio::spawn(async move {
+                    counters.tell(&key, CounterMsg::Add { n: 0 }).await.expect("tell");
+                    let _ = counters.ask(&key, CounterMsg::Crash).await;
+                    counters.ask(&key, CounterMsg::Add { n: 0 }).await
+                }));
+            }
+            for ask in asks {
+                assert_eq!(ask.await.expect("task").expect("ask after restart"), 7);
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), round).await.expect("the shards stalled");
+    rt.shutdown().await;
+}
+
+/// A store that fails the commits whose number (from 1) is in `fail`.
+struct FlakyStore {
+    inner: MemoryStore,
+    commits: AtomicUsize,
+    fail: Mutex<BTreeSet<usize>>,
+}
+
+impl CanonStore for FlakyStore {
+    fn commit(&self, writes: Vec<CanonWrite>, done: Completion) {
+        let n = self.commits.fetch_add(1, Ordering::SeqCst) + 1;
+        if self.fail.lock().expect("lock").remove(&n) {
+            done(Err(StoreError::Io("injected failure".into())));
+        } else {
+            self.inner.commit(writes, done);
+        }
+    }
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.get(key)
+    }
+    fn scan_prefix(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.inner.scan_prefix(prefix, after, limit)
+    }
+}
+
+/// After a failed commit, the next message (already queued behind it) must not run on the
+/// unacknowledged state: the IMVU is reloaded from canon first. (One thread: both asks are in
+/// the shard's channel before the shard runs.)
+#[tokio::test(flavor = "current_thread")]
+async fn a_failed_commit_is_not_made_durable_by_the_next_message() {
+    let store = Arc::new(FlakyStore { inner: MemoryStore::new(), commits: AtomicUsize::new(0), fail: Mutex::default() });
+    let rt = start(store.clone(), Arc::new(ManualClock::new(0)), 1).await;
+    let t = TenantId::default_tenant();
+    let key = rt.create_imvu(&t, "counter", &caller()).await.expect("create").key;
+    let counters = rt.kind_ref::<Counter>().expect("counter kind");
+    assert_eq!(counters.ask(&key, CounterMsg::Add { n: 1 }).await.expect("add"), 1);
+    let next = store.commits.load(Ordering::SeqCst) + 1;
+    store.fail.lock().expect("lock").insert(next);
+    // Both in the shard's channel before it runs either: the second must not see the first.
+    let failed = counters.ask(&key, CounterMsg::Add { n: 100 });
+    let after = counters.ask(&key, CounterMsg::Add { n: 10 });
+    let (failed, after) = tokio::join!(failed, after);
+    assert!(matches!(failed, Err(ActorError::Store(_))), "{failed:?}");
+    assert_eq!(after.expect("after"), 11, "ran on canon's state, not on the failed one");
+    assert_eq!(counters.ask(&key, CounterMsg::Get).await.expect("get"), 11);
+    rt.shutdown().await;
+}
