@@ -105,6 +105,10 @@ impl From<crate::store::StoreError> for ActorError {
             crate::store::StoreError::Overloaded => {
                 Self::QueueFull("canon store write queue is full".into())
             }
+            // A guarded write found its guard changed: for an IMVU, its ownership moved.
+            crate::store::StoreError::Conflict { key } => {
+                Self::Unavailable(format!("not applied: {key} changed under the write (ownership moved); retry"))
+            }
             other => Self::Store(other.to_string()),
         }
     }

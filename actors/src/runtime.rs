@@ -129,6 +129,7 @@ impl RuntimeBuilder {
                 node: inst.node.clone(),
                 clock: inst.config.clock.clone(),
                 shard_intensity: inst.config.shard_intensity,
+                ownership: inst.config.ownership.clone(),
             });
             let description = env.behaviour.description();
             let mut senders = Vec::new();

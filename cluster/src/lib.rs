@@ -21,6 +21,7 @@
 pub mod members;
 pub mod node;
 pub mod placement;
+#[allow(missing_docs)] // rkyv's generated archived types carry no docs
 pub mod remote;
 pub mod membership;
 pub mod driver;

@@ -125,4 +125,4 @@ fn members_of(view: &crate::membership::View) -> Vec<Member> {
             },
         })
         .collect()
-    }
+}

@@ -28,6 +28,7 @@ use crate::handshake::{bump, AdmissionRequest, Handshake, HandshakeOutcome, Node
 use crate::ids::{Caller, ImvuId, ImvuKey, TenantId};
 use crate::imvu::{Context, Imvu, Persistence};
 use crate::lifecycle::{LifecycleState, Transition};
+use crate::ownership::{Fence, Ownership};
 use crate::records::{self, HistoryEvent, ImvuMeta, SupervisionRecord, TransitionRecord};
 use crate::store::{CanonWrite, StoreError};
 use crate::tenants::{TenantEntry, Tenants};
@@ -58,6 +59,8 @@ pub(crate) struct CoreEnv<I: Imvu> {
     pub node: Arc<NodeHealth>,
     /// Intensity of the shard's supervisor over its tenant supervisors.
     pub shard_intensity: Intensity,
+    /// Whether this node may serve an IMVU now, and the fence its commits carry.
+    pub ownership: Arc<dyn Ownership>,
 }
 
 /// A message held while its IMVU is paused.
@@ -77,6 +80,8 @@ struct Cell<S> {
     lifecycle: LifecycleState,
     /// From its meta record: kept in every rewrite of the meta.
     created_unix_ms: u64,
+    /// The ownership fence it was activated under; every commit for it carries its guard.
+    fence: Option<Fence>,
 }
 
 /// What waits for a commit's completion.
@@ -113,6 +118,8 @@ struct Counters {
     activations: metrics::Counter,
     passivations: metrics::Counter,
     poisoned: metrics::Counter,
+    /// Cells dropped because ownership moved or lapsed under them.
+    fenced: metrics::Counter,
     resident: metrics::Gauge,
 }
 
@@ -124,6 +131,7 @@ impl Counters {
             activations: metrics::counter!("vcos_activations_total", "kind" => kind),
             passivations: metrics::counter!("vcos_passivations_total", "kind" => kind),
             poisoned: metrics::counter!("vcos_imvu_poisoned_total", "kind" => kind),
+            fenced: metrics::counter!("vcos_imvu_fenced_total", "kind" => kind),
             resident: metrics::gauge!("vcos_imvus_resident", "kind" => kind),
         }
     }
@@ -206,6 +214,23 @@ impl<I: Imvu> ShardCore<I> {
             return Ok(());
         };
         let id = key.id.0;
+        // At most one activation: serve only what this node owns now, and only from memory
+        // that was loaded under the current fence (another node may have served the IMVU
+        // while the fence was someone else's).
+        if !matches!(command, Command::Evict { .. }) {
+            match self.env.ownership.fence(&key, self.now_ms) {
+                Err(error) => {
+                    self.drop_stale(id);
+                    self.fail(command, error);
+                    return Ok(());
+                }
+                Ok(fence) => {
+                    if self.cells.get(&id).is_some_and(|cell| cell.fence != fence) {
+                        self.drop_stale(id);
+                    }
+                }
+            }
+        }
         // Messages for an IMVU being loaded wait behind the load, in order.
         if let Some(loading) = self.loading.get_mut(&id) {
             if matches!(command, Command::Evict { .. }) {
@@ -363,9 +388,29 @@ impl<I: Imvu> ShardCore<I> {
 
     // ---- commits ---------------------------------------------------------------------------
 
-    /// Queues a commit for IMVU `id`; returns its token.
-    fn commit(&mut self, id: u64, writes: Vec<CanonWrite>, then: Then<I>) -> u64 {
+    /// Queues a commit for IMVU `id`, guarded by the fence it was activated under; returns
+    /// its token.
+    fn commit(&mut self, id: u64, mut writes: Vec<CanonWrite>, then: Then<I>) -> u64 {
+        if let Some(fence) = self.cells.get(&id).and_then(|cell| cell.fence) {
+            writes.push(self.env.ownership.guard(fence));
+        }
         self.push_commit(writes, Pending::Commit { id, then })
+    }
+
+    /// Drops a cell that may no longer be served from memory (ownership moved or lapsed);
+    /// messages it held (paused) fail with a retryable error, since they were never handled.
+    fn drop_stale(&mut self, id: u64) {
+        if !self.cells.contains_key(&id) {
+            return;
+        }
+        for held in self.held.remove(&id).unwrap_or_default() {
+            if let Held::Ask(_, reply) = held {
+                let error = ActorError::Unavailable(format!("IMVU {id} moved to another node while paused; send again"));
+                self.effects.push(Effect::ReplyAsk(reply, Err(error)));
+            }
+        }
+        self.counters.fenced.increment(1);
+        self.remove_cell(id);
     }
 
     fn push_commit(&mut self, writes: Vec<CanonWrite>, pending: Pending<I>) -> u64 {
@@ -437,13 +482,14 @@ impl<I: Imvu> ShardCore<I> {
             None => self.env.behaviour.genesis(),
         };
         let tenant = self.env.tenants.get(&key.tenant)?;
-        self.insert_cell(key.id.0, tenant, state, meta.lifecycle, meta.created_unix_ms);
+        let fence = self.env.ownership.fence(key, self.now_ms)?;
+        self.insert_cell(key.id.0, tenant, state, meta.lifecycle, meta.created_unix_ms, fence);
         self.counters.activations.increment(1);
         Ok(())
     }
 
-    fn insert_cell(&mut self, id: u64, tenant: Arc<TenantEntry>, state: I::State, lifecycle: LifecycleState, created_unix_ms: u64) {
-        let cell = Cell { tenant, state: Box::new(state), last_commit: 0, last_used_ms: self.now_ms, lifecycle, created_unix_ms };
+    fn insert_cell(&mut self, id: u64, tenant: Arc<TenantEntry>, state: I::State, lifecycle: LifecycleState, created_unix_ms: u64, fence: Option<Fence>) {
+        let cell = Cell { tenant, state: Box::new(state), last_commit: 0, last_used_ms: self.now_ms, lifecycle, created_unix_ms, fence };
         if self.cells.insert(id, cell).is_none() {
             self.env.node.resident_imvus.fetch_add(1, Ordering::Relaxed);
             self.counters.resident.increment(1.0);
@@ -557,8 +603,15 @@ impl<I: Imvu> ShardCore<I> {
         let meta = ImvuMeta { kind: I::KIND.to_owned(), lifecycle: LifecycleState::Active, created_unix_ms: unix_ms };
         writes.push(CanonWrite::Put { key: records::meta_key(&key), value: records::encode(&meta) });
         writes.push(CanonWrite::Put { key: records::snap_key(&key), value: genesis_snapshot });
+        let fence = match self.env.ownership.fence(&key, self.now_ms) {
+            Ok(fence) => fence,
+            Err(e) => {
+                self.effects.push(Effect::ReplyInfo(reply, Err(e)));
+                return;
+            }
+        };
         bump(&tenant.live_imvus, true);
-        self.insert_cell(key.id.0, tenant, state, LifecycleState::Active, unix_ms);
+        self.insert_cell(key.id.0, tenant, state, LifecycleState::Active, unix_ms, fence);
         let info = self.info(&key);
         let token = self.commit(key.id.0, writes, Then::Info(reply, Box::new(info)));
         self.cells.get_mut(&key.id.0).expect("just inserted").last_commit = token;

@@ -35,6 +35,8 @@ pub(crate) struct ShardEnv<I: Imvu> {
     pub clock: Arc<dyn Clock>,
     /// Intensity of the shard's supervisor over its tenant supervisors.
     pub shard_intensity: vcos_supervision::Intensity,
+    /// Placement's answer: may this node serve an IMVU now, under which fence.
+    pub ownership: Arc<dyn crate::ownership::Ownership>,
 }
 
 /// Why a shard stopped.
@@ -82,6 +84,7 @@ impl<I: Imvu> Shard<I> {
             handshake: env.handshake.clone(),
             node: env.node.clone(),
             shard_intensity: env.shard_intensity,
+            ownership: env.ownership.clone(),
         });
         Self {
             env,

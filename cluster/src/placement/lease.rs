@@ -96,13 +96,13 @@ pub struct LeaseRecord {
 
 /// A lease record that does not decode.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("lease record is not 34 bytes of version 1 (got {len} bytes)")]
+#[error("lease record is not 35 bytes of version 1 (got {len} bytes)")]
 pub struct BadLeaseRecord {
     /// Its length.
     pub len: usize,
 }
 
-const RECORD_LEN: usize = 34;
+const RECORD_LEN: usize = 35;
 const RECORD_VERSION: u8 = 1;
 
 impl LeaseRecord {

@@ -55,6 +55,7 @@ impl Harness {
             handshake: Handshake::standard(),
             node: NodeHealth::new(1_000),
             shard_intensity: Intensity { max_restarts: 1, period_ms: 1_000 },
+            ownership: Arc::new(crate::ownership::SoleOwner),
         });
         Self { core, canon: OrderedKv::default(), in_flight: VecDeque::new(), answers: Vec::new(), out: String::new() }
     }
