@@ -516,7 +516,7 @@ async fn lease_task(inner: Arc<Inner>) {
                     .map(|m| m.node_id)
                     .collect();
                 let mut leases = inner.leases.lock();
-                leases.set_members(alive);
+                leases.set_members(now, alive);
                 if let Some(records) = records {
                     for bucket in 0..BUCKETS {
                         leases.observe(now, bucket, records.get(&bucket).cloned(), &mut actions);

@@ -16,9 +16,9 @@
 //!   and acting on it; a paused process (SIGSTOP) sees its monotonic clock jump on resume and
 //!   stops serving before it handles anything.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
-use super::rendezvous::{owner_of, BUCKETS};
+use super::rendezvous::{owner_of, score, BUCKETS};
 
 /// Timing of bucket leases.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,13 +29,25 @@ pub struct LeaseConfig {
     pub renew_every_ms: u64,
     /// How much earlier than `lease_ms` the holder stops trusting a renewal.
     pub margin_ms: u64,
+    /// A holder hands a bucket to its intended owner only once that owner has been alive (in
+    /// the holder's view) this long: a member that flaps does not pull buckets back and forth.
+    pub handover_stable_ms: u64,
+    /// A holder keeps a bucket at least this long after claiming it before handing it over.
+    pub min_hold_ms: u64,
+    /// Liveness when views disagree: a bucket nobody claims (free, or its holder silent) is
+    /// claimed by the member ranked `r` in the bucket's rendezvous order after
+    /// `r * fallback_step_ms` more (rank 0, the intended owner, does not wait).
+    pub fallback_step_ms: u64,
+    /// How long a bucket claimed by the fallback is kept before it may be handed over: views
+    /// that disagree for long must not move it back and forth.
+    pub fallback_hold_ms: u64,
 }
 
 impl Default for LeaseConfig {
     /// Sized for failover under 2 s on a LAN: the membership declares a dead node within about
     /// a second, and a contender needs one lease period of silence.
     fn default() -> Self {
-        Self { lease_ms: 1_000, renew_every_ms: 150, margin_ms: 250 }
+        Self { lease_ms: 1_000, renew_every_ms: 150, margin_ms: 250, handover_stable_ms: 2_000, min_hold_ms: 3_000, fallback_step_ms: 700, fallback_hold_ms: 30_000 }
     }
 }
 
@@ -205,6 +217,8 @@ pub enum LeaseOutcome {
 
 #[derive(Clone, Debug)]
 struct Held {
+    /// Not handed over before this time.
+    hold_until_ms: u64,
     epoch: u64,
     record: LeaseRecord,
     valid_until_ms: u64,
@@ -213,6 +227,8 @@ struct Held {
 
 #[derive(Clone, Debug)]
 struct InFlight {
+    /// A claim made by the fallback (this node was not the intended owner).
+    fallback: bool,
     kind: LeaseWriteKind,
     sent_at_ms: u64,
     record: LeaseRecord,
@@ -234,6 +250,8 @@ pub struct Leases {
     me: Holder,
     config: LeaseConfig,
     members: BTreeSet<u64>,
+    /// When each member of `members` entered it (this core's time).
+    alive_since_ms: BTreeMap<u64, u64>,
     buckets: Vec<Bucket>,
 }
 
@@ -241,7 +259,13 @@ impl Leases {
     /// A core for `me`, holding nothing yet.
     pub fn new(me: Holder, config: LeaseConfig) -> Result<Self, LeaseConfigError> {
         config.validate()?;
-        Ok(Self { me, config, members: BTreeSet::new(), buckets: vec![Bucket::default(); usize::from(BUCKETS)] })
+        Ok(Self {
+            me,
+            config,
+            members: BTreeSet::new(),
+            alive_since_ms: BTreeMap::new(),
+            buckets: vec![Bucket::default(); usize::from(BUCKETS)],
+        })
     }
 
     /// This node.
@@ -254,10 +278,21 @@ impl Leases {
         self.config
     }
 
-    /// The alive members of the home region (this node included when it considers itself
-    /// alive). Takes effect at the next [`Leases::poll`].
-    pub fn set_members(&mut self, members: BTreeSet<u64>) {
+    /// The alive members of the home region at `now_ms` (this node included when it
+    /// considers itself alive). Takes effect at the next [`Leases::poll`].
+    pub fn set_members(&mut self, now_ms: u64, members: BTreeSet<u64>) {
+        self.alive_since_ms.retain(|node, _| members.contains(node));
+        for &node in &members {
+            self.alive_since_ms.entry(node).or_insert(now_ms);
+        }
         self.members = members;
+    }
+
+    /// This node's rank in `bucket`'s rendezvous order among the alive members (0: the
+    /// intended owner); `None` when this node is not among them.
+    fn rank(&self, bucket: u16) -> Option<u64> {
+        let mine = (score(bucket, self.me.node), self.me.node);
+        self.members.contains(&self.me.node).then(|| self.members.iter().filter(|&&n| (score(bucket, n), n) > mine).count() as u64)
     }
 
     /// The alive members as last set.
@@ -320,7 +355,9 @@ impl Leases {
                 slot.observed = Some(Some(flight.record.encode()));
                 slot.observed_since_ms = now_ms;
                 if now_ms < trusted_until {
+                    let hold_ms = if flight.fallback { config.fallback_hold_ms } else { config.min_hold_ms };
                     slot.held = Some(Held {
+                        hold_until_ms: now_ms + hold_ms,
                         epoch: flight.record.epoch,
                         record: flight.record,
                         valid_until_ms: trusted_until,
@@ -357,6 +394,10 @@ impl Leases {
         let config = self.config;
         for bucket in 0..BUCKETS {
             let intended = owner_of(bucket, self.members.iter().copied());
+            let intended_stable = intended
+                .and_then(|node| self.alive_since_ms.get(&node))
+                .is_some_and(|&since| now_ms >= since + config.handover_stable_ms);
+            let rank = self.rank(bucket);
             let me = self.me;
             let slot = &mut self.buckets[usize::from(bucket)];
             if let Some(held) = &slot.held {
@@ -370,44 +411,46 @@ impl Leases {
                 continue;
             }
             if let Some(held) = &mut slot.held {
-                if intended != Some(me.node) {
+                if intended != Some(me.node) && intended_stable && now_ms >= held.hold_until_ms {
                     // Stop serving first, then give the bucket to its intended owner.
                     let (epoch, current) = (held.epoch, held.record);
                     slot.held = None;
                     actions.push(LeaseAction::Lost { bucket, epoch, reason: "handed over" });
                     let record = LeaseRecord { holder: None, epoch, beat: current.beat + 1 };
-                    slot.in_flight = Some(InFlight { kind: LeaseWriteKind::Release, sent_at_ms: now_ms, record });
+                    slot.in_flight = Some(InFlight { fallback: false, kind: LeaseWriteKind::Release, sent_at_ms: now_ms, record });
                     actions.push(LeaseAction::Write { bucket, kind: LeaseWriteKind::Release, expect: Some(current.encode()), record });
                 } else if now_ms >= held.last_renew_sent_ms + config.renew_every_ms {
                     held.last_renew_sent_ms = now_ms;
                     let record = LeaseRecord { beat: held.record.beat + 1, ..held.record };
-                    slot.in_flight = Some(InFlight { kind: LeaseWriteKind::Renew, sent_at_ms: now_ms, record });
+                    slot.in_flight = Some(InFlight { fallback: false, kind: LeaseWriteKind::Renew, sent_at_ms: now_ms, record });
                     actions.push(LeaseAction::Write { bucket, kind: LeaseWriteKind::Renew, expect: Some(held.record.encode()), record });
                 }
                 continue;
             }
-            if intended != Some(me.node) {
-                continue;
-            }
+            let Some(rank) = rank else { continue };
             let Some(observed) = &slot.observed else { continue };
+            let fallback_ms = rank * config.fallback_step_ms;
             let current = match observed.as_deref().map(LeaseRecord::decode) {
                 None => None,
                 Some(Ok(record)) => Some(record),
                 // An unreadable record is never claimed over: that needs an operator.
                 Some(Err(_)) => continue,
             };
+            let waited_ms = now_ms.saturating_sub(slot.observed_since_ms);
             let claimable = match current {
-                None => true,
-                Some(LeaseRecord { holder: None, .. }) => true,
+                // Free (never held, or released): the intended owner takes it at once, the
+                // others in rank order if it does not.
+                None | Some(LeaseRecord { holder: None, .. }) => waited_ms >= fallback_ms,
                 // Our own incarnation's record: nobody else can have served since.
-                Some(LeaseRecord { holder: Some(h), .. }) if h == me => true,
-                Some(_) => now_ms >= slot.observed_since_ms + config.lease_ms,
+                Some(LeaseRecord { holder: Some(h), .. }) if h == me => waited_ms >= fallback_ms,
+                // Held by another: only after a whole lease of silence.
+                Some(_) => waited_ms >= config.lease_ms + fallback_ms,
             };
             if claimable {
                 let epoch = current.map_or(1, |r| r.epoch + 1);
                 let beat = current.map_or(0, |r| r.beat + 1);
                 let record = LeaseRecord { holder: Some(me), epoch, beat };
-                slot.in_flight = Some(InFlight { kind: LeaseWriteKind::Claim, sent_at_ms: now_ms, record });
+                slot.in_flight = Some(InFlight { fallback: rank > 0, kind: LeaseWriteKind::Claim, sent_at_ms: now_ms, record });
                 actions.push(LeaseAction::Write { bucket, kind: LeaseWriteKind::Claim, expect: observed.clone(), record });
             }
         }
@@ -422,7 +465,7 @@ impl Leases {
             actions.push(LeaseAction::Lost { bucket, epoch: held.epoch, reason: "leaving" });
             if slot.in_flight.is_none() {
                 let record = LeaseRecord { holder: None, epoch: held.epoch, beat: held.record.beat + 1 };
-                slot.in_flight = Some(InFlight { kind: LeaseWriteKind::Release, sent_at_ms: now_ms, record });
+                slot.in_flight = Some(InFlight { fallback: false, kind: LeaseWriteKind::Release, sent_at_ms: now_ms, record });
                 actions.push(LeaseAction::Write { bucket, kind: LeaseWriteKind::Release, expect: Some(held.record.encode()), record });
             }
         }
