@@ -33,6 +33,7 @@ use serde::Serialize;
 
 use vcos_supervision::RestartType;
 
+use crate::error::ActorError;
 use crate::ids::ImvuKey;
 
 /// When an IMVU's state is written to canon.
@@ -73,6 +74,23 @@ pub trait Imvu: Send + Sync + 'static {
     /// Called on → Terminated; the state after it is recorded as the final state.
     fn on_terminate(&self, _state: &mut Self::State) {}
 
+    /// The answer to [`Context::ask`] (or [`Context::create_child`]) number `correlation`,
+    /// or the error that stood for it (the target failed, did not exist, or did not answer
+    /// within the runtime's ask timeout). It arrives as a message: in mailbox order, one at a
+    /// time, persisted like any other. Default: ignored.
+    fn on_reply(
+        &self,
+        _state: &mut Self::State,
+        _correlation: u64,
+        _reply: Result<serde_json::Value, ActorError>,
+        _ctx: &mut Context<'_>,
+    ) {
+    }
+
+    /// Timer `timer_id` set with [`Context::set_timer`] fired. Timers live in memory: one set
+    /// before a crash, a passivation or a node restart does not fire. Default: ignored.
+    fn on_timer(&self, _state: &mut Self::State, _timer_id: u64, _ctx: &mut Context<'_>) {}
+
     /// When state is written to canon. Default: after every message.
     fn persistence(&self) -> Persistence {
         Persistence::EveryMessage
@@ -89,11 +107,57 @@ pub trait Imvu: Send + Sync + 'static {
     }
 }
 
+/// Where an ask's answer goes: the asking IMVU and the number it will be answered under.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AskToken {
+    /// The IMVU that asked.
+    pub from: ImvuKey,
+    /// The number [`Context::ask`] returned; the answer comes to [`Imvu::on_reply`] with it.
+    pub correlation: u64,
+}
+
+/// Something a handler asked the runtime to do once its message is committed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outgoing {
+    /// A message to another IMVU (`correlation`: an ask, answered to `on_reply`).
+    Send {
+        /// The target.
+        to: ImvuKey,
+        /// The message, as the target's kind reads it from JSON.
+        msg: serde_json::Value,
+        /// `Some` for an ask.
+        correlation: Option<u64>,
+    },
+    /// A new IMVU of `kind` in the same tenant; its key comes back to `on_reply`.
+    CreateChild {
+        /// Kind name.
+        kind: String,
+        /// The number the answer comes under.
+        correlation: u64,
+    },
+    /// Call `on_timer(timer_id)` in `after_ms`.
+    Timer {
+        /// The timer's number.
+        timer_id: u64,
+        /// Delay, on the node's clock.
+        after_ms: u64,
+    },
+}
+
 /// What a handler may know and ask of the runtime while it runs.
+///
+/// Requests to other IMVUs (tell, ask, create a child) and timers are *recorded* here, not
+/// performed: the runtime performs them after the handler's message is committed (a message
+/// whose commit fails sends nothing), and answers come back later as messages. A handler never
+/// waits, so its shard never does. See ARCHITECTURE.md, "Messages between IMVUs".
 pub struct Context<'a> {
     pub(crate) key: &'a ImvuKey,
     pub(crate) unix_ms: u64,
     pub(crate) stop_requested: bool,
+    pub(crate) outgoing: Vec<Outgoing>,
+    /// The last correlation or timer number handed out (the shard's counter: unique per
+    /// shard run).
+    pub(crate) next_number: u64,
 }
 
 impl<'a> Context<'a> {
@@ -103,7 +167,48 @@ impl<'a> Context<'a> {
             key,
             unix_ms,
             stop_requested: false,
+            outgoing: Vec::new(),
+            next_number: 0,
         }
+    }
+
+    fn number(&mut self) -> u64 {
+        self.next_number += 1;
+        self.next_number
+    }
+
+    /// Sends `msg` to `to` after this message is committed; no answer.
+    pub fn tell(&mut self, to: ImvuKey, msg: serde_json::Value) {
+        self.outgoing.push(Outgoing::Send { to, msg, correlation: None });
+    }
+
+    /// Asks `to` after this message is committed; returns the number the answer will come
+    /// back under, to [`Imvu::on_reply`].
+    pub fn ask(&mut self, to: ImvuKey, msg: serde_json::Value) -> u64 {
+        let correlation = self.number();
+        self.outgoing.push(Outgoing::Send { to, msg, correlation: Some(correlation) });
+        correlation
+    }
+
+    /// Creates an IMVU of `kind` in this IMVU's tenant after this message is committed; its
+    /// key (as JSON: `{"tenant":…,"id":…}`) comes back to [`Imvu::on_reply`] under the
+    /// returned number.
+    pub fn create_child(&mut self, kind: &str) -> u64 {
+        let correlation = self.number();
+        self.outgoing.push(Outgoing::CreateChild { kind: kind.to_owned(), correlation });
+        correlation
+    }
+
+    /// Calls [`Imvu::on_timer`] in `after_ms` (node clock); returns the timer's number.
+    pub fn set_timer(&mut self, after_ms: u64) -> u64 {
+        let timer_id = self.number();
+        self.outgoing.push(Outgoing::Timer { timer_id, after_ms });
+        timer_id
+    }
+
+    /// What this handler asked for so far, in order (for tests of behaviours).
+    pub fn outgoing(&self) -> &[Outgoing] {
+        &self.outgoing
     }
 
     /// This instance's key.

@@ -171,6 +171,15 @@ pub trait ErasedKind: Send + Sync + 'static {
     fn passivate(&self, idle_ms: u64) -> BoxFuture<'_, usize>;
     /// Drops the in-memory copy of one IMVU (it reloads from canon).
     fn evict(&self, key: ImvuKey) -> BoxFuture<'_, ()>;
+    /// Sends a JSON message without waiting for a reply (waits for room in the mailbox).
+    fn tell_json(&self, key: ImvuKey, msg: serde_json::Value) -> BoxFuture<'_, Result<(), ActorError>>;
+    /// Hands an IMVU the answer to one of its asks (to its `on_reply`, in mailbox order).
+    fn reply(
+        &self,
+        key: ImvuKey,
+        correlation: u64,
+        reply: Result<serde_json::Value, ActorError>,
+    ) -> BoxFuture<'_, Result<(), ActorError>>;
 }
 
 impl<I: Imvu> ErasedKind for KindRef<I> {
@@ -233,6 +242,27 @@ impl<I: Imvu> ErasedKind for KindRef<I> {
     fn evict(&self, key: ImvuKey) -> BoxFuture<'_, ()> {
         Box::pin(async move {
             let _ = self.shard(&key).send(Command::Evict { key }).await;
+        })
+    }
+
+    fn tell_json(&self, key: ImvuKey, msg: serde_json::Value) -> BoxFuture<'_, Result<(), ActorError>> {
+        Box::pin(async move {
+            let msg: I::Msg = serde_json::from_value(msg).map_err(|e| ActorError::BadRequest {
+                field: "message".into(),
+                reason: format!("not a valid {} message: {e}", I::KIND),
+            })?;
+            self.tell(&key, msg).await
+        })
+    }
+
+    fn reply(
+        &self,
+        key: ImvuKey,
+        correlation: u64,
+        reply: Result<serde_json::Value, ActorError>,
+    ) -> BoxFuture<'_, Result<(), ActorError>> {
+        Box::pin(async move {
+            self.send(&key, Command::Reply { key, correlation, reply: Box::new(reply) }).await
         })
     }
 }

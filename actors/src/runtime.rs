@@ -12,7 +12,7 @@
 use std::any::Any;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use ractor::{Actor, ActorRef};
 use tokio::sync::{mpsc, Notify};
@@ -24,10 +24,11 @@ use crate::handshake::{Handshake, NodeHealth};
 use crate::host::{ImvuInfo, ShardEnv};
 use crate::ids::SwarmKey;
 use crate::ids::{Caller, ImvuId, ImvuKey, TenantId};
-use crate::imvu::Imvu;
+use crate::imvu::{AskToken, Imvu};
 use crate::kind::{ErasedKind, KindRef};
 use crate::lifecycle::Transition;
 use crate::records::{self, HistoryEvent, ImvuMeta, Stamped};
+use crate::router::{Router, ASK_TIMEOUT_MS_DEFAULT};
 use crate::shard_actor::{ShardActor, ShardArgs};
 use crate::store::{commit_durable, index_of_appended_key, CanonStore, CanonWrite, StoreError};
 use crate::swarm::{self, CreditRecord, SwarmCmd, SwarmInfo, SwarmSpec, VoteRecord};
@@ -109,15 +110,24 @@ struct Installer {
     config: RuntimeConfig,
     tenants: Arc<Tenants>,
     node: Arc<NodeHealth>,
+    router: Arc<OnceLock<Arc<dyn Router>>>,
 }
 
 /// Collects kinds, then starts the runtime.
 pub struct RuntimeBuilder {
     config: RuntimeConfig,
     kinds: Vec<(&'static str, KindInstaller)>,
+    router: Option<Arc<dyn Router>>,
 }
 
 impl RuntimeBuilder {
+    /// Routes messages between IMVUs through `router` instead of this runtime alone (the
+    /// cluster's remote delivery).
+    pub fn router(mut self, router: Arc<dyn Router>) -> Self {
+        self.router = Some(router);
+        self
+    }
+
     /// Registers kind `I` with its behaviour value.
     pub fn kind<I: Imvu>(mut self, behaviour: I) -> Self {
         let installer: KindInstaller = Box::new(move |inst: &Installer| {
@@ -130,6 +140,7 @@ impl RuntimeBuilder {
                 clock: inst.config.clock.clone(),
                 shard_intensity: inst.config.shard_intensity,
                 ownership: inst.config.ownership.clone(),
+                router: inst.router.clone(),
             });
             let description = env.behaviour.description();
             let mut senders = Vec::new();
@@ -172,13 +183,15 @@ impl RuntimeBuilder {
     /// Loads tenants and the id allocator from canon, starts the supervision tree.
     pub async fn start(self) -> Result<Runtime, ActorError> {
         vcos_supervision::quiet_panic::install();
-        let RuntimeBuilder { config, kinds } = self;
+        let RuntimeBuilder { config, kinds, router } = self;
         let tenants = Arc::new(Tenants::default());
         let node = NodeHealth::new(config.resident_imvus_max);
+        let router_slot: Arc<OnceLock<Arc<dyn Router>>> = Arc::default();
         let installer = Installer {
             config: config.clone(),
             tenants: tenants.clone(),
             node: node.clone(),
+            router: router_slot.clone(),
         };
         let mut by_name = BTreeMap::new();
         let mut typed = BTreeMap::new();
@@ -256,6 +269,10 @@ impl RuntimeBuilder {
                 swarms: swarm::Registry::default(),
             }),
         };
+        let router = router.unwrap_or_else(|| Arc::new(LocalRouter { inner: Arc::downgrade(&runtime.inner) }));
+        if router_slot.set(router).is_err() {
+            unreachable!("the router slot is set once, here");
+        }
         runtime.load_tenants().await?;
         let swarms = swarm::recover(&runtime).await?;
         if swarms > 0 {
@@ -266,6 +283,55 @@ impl RuntimeBuilder {
 }
 
 const DIRECTORY_SHARDS: usize = 16;
+
+/// The default [`Router`]: every IMVU lives in this runtime. Each request runs as its own
+/// task, so the shard that sent it never waits; an ask waits at most
+/// [`ASK_TIMEOUT_MS_DEFAULT`] (tokio time: simulated under the simulator).
+struct LocalRouter {
+    /// Weak: the runtime owns its shards, which own this router.
+    inner: std::sync::Weak<Inner>,
+}
+
+impl Router for LocalRouter {
+    fn route(&self, from: ImvuKey, to: ImvuKey, msg: serde_json::Value, ask: Option<AskToken>) {
+        let Some(inner) = self.inner.upgrade() else { return };
+        let runtime = Runtime { inner };
+        tokio::spawn(async move {
+            match ask {
+                None => {
+                    let sent = match runtime.route(&to) {
+                        Ok(kind) => kind.tell_json(to, msg).await,
+                        Err(e) => Err(e),
+                    };
+                    if let Err(e) = sent {
+                        tracing::debug!(%from, %to, error = %e, "tell between IMVUs not delivered");
+                    }
+                }
+                Some(token) => {
+                    let timeout = std::time::Duration::from_millis(ASK_TIMEOUT_MS_DEFAULT);
+                    let answer = tokio::time::timeout(timeout, runtime.ask_json(&to, msg))
+                        .await
+                        .unwrap_or_else(|_| Err(ActorError::Unavailable(format!("{to} did not answer within {ASK_TIMEOUT_MS_DEFAULT} ms"))));
+                    runtime.deliver_reply(token, answer).await;
+                }
+            }
+        });
+    }
+
+    fn create_child(&self, parent: ImvuKey, kind: &str, ask: AskToken) {
+        let Some(inner) = self.inner.upgrade() else { return };
+        let runtime = Runtime { inner };
+        let kind = kind.to_owned();
+        tokio::spawn(async move {
+            let caller = Caller::internal(&parent.tenant, "parent");
+            let created = runtime
+                .create_imvu(&parent.tenant, &kind, &caller)
+                .await
+                .and_then(|info| serde_json::to_value(info.key).map_err(|e| ActorError::Store(e.to_string())));
+            runtime.deliver_reply(ask, created).await;
+        });
+    }
+}
 
 /// Ids `next..until` are reserved in canon for this process and not yet handed out.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -325,6 +391,7 @@ impl Runtime {
         RuntimeBuilder {
             config,
             kinds: Vec::new(),
+            router: None,
         }
     }
 
@@ -530,6 +597,18 @@ impl Runtime {
     }
 
     // ---- IMVUs ---------------------------------------------------------------------------
+
+    /// Hands the answer to one of an IMVU's asks back to it (its `on_reply`, in mailbox
+    /// order). Routers call it when an answer arrives; an IMVU that is gone drops it.
+    pub async fn deliver_reply(&self, token: AskToken, reply: Result<serde_json::Value, ActorError>) {
+        let delivered = match self.route(&token.from) {
+            Ok(kind) => kind.reply(token.from, token.correlation, reply).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = delivered {
+            tracing::debug!(key = %token.from, correlation = token.correlation, error = %e, "answer not delivered");
+        }
+    }
 
     fn directory_shard(&self, id: u64) -> &RwLock<HashMap<u64, u16, ahash::RandomState>> {
         &self.inner.directory[(id % DIRECTORY_SHARDS as u64) as usize]

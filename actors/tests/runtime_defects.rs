@@ -217,3 +217,47 @@ async fn a_failed_commit_is_not_made_durable_by_the_next_message() {
     assert_eq!(counters.ask(&key, CounterMsg::Get).await.expect("get"), 11);
     rt.shutdown().await;
 }
+
+/// A store that drops the completions of the commits whose number is in `drop`, without
+/// calling them (as a writer that stopped does).
+struct DroppingStore {
+    inner: MemoryStore,
+    commits: AtomicUsize,
+    drop: Mutex<BTreeSet<usize>>,
+}
+
+impl CanonStore for DroppingStore {
+    fn commit(&self, writes: Vec<CanonWrite>, done: Completion) {
+        let n = self.commits.fetch_add(1, Ordering::SeqCst) + 1;
+        if self.drop.lock().expect("lock").remove(&n) {
+            drop(done);
+        } else {
+            self.inner.commit(writes, done);
+        }
+    }
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.get(key)
+    }
+    fn scan_prefix(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.inner.scan_prefix(prefix, after, limit)
+    }
+}
+
+/// A completion dropped by the store answers its caller with an error instead of leaving it
+/// waiting, and the IMVU reloads from canon.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_completion_answers_instead_of_hanging() {
+    let store = Arc::new(DroppingStore { inner: MemoryStore::new(), commits: AtomicUsize::new(0), drop: Mutex::default() });
+    let rt = start(store.clone(), Arc::new(ManualClock::new(0)), 1).await;
+    let t = TenantId::default_tenant();
+    let key = rt.create_imvu(&t, "counter", &caller()).await.expect("create").key;
+    let counters = rt.kind_ref::<Counter>().expect("counter kind");
+    let next = store.commits.load(Ordering::SeqCst) + 1;
+    store.drop.lock().expect("lock").insert(next);
+    let lost = tokio::time::timeout(Duration::from_secs(10), counters.ask(&key, CounterMsg::Add { n: 3 }))
+        .await
+        .expect("answered, not left waiting");
+    assert!(matches!(lost, Err(ActorError::Store(_))), "{lost:?}");
+    assert_eq!(counters.ask(&key, CounterMsg::Get).await.expect("get"), 0);
+    rt.shutdown().await;
+}

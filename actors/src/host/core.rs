@@ -22,11 +22,11 @@ use std::sync::Arc;
 use tokio::sync::oneshot;
 use vcos_supervision::{quiet_panic, ChildSpec, Directive, ExitReason, Intensity, Strategy, Supervisor};
 
-use super::{Command, ImvuInfo, Reply, LOADING_QUEUE_LEN_MAX, PAUSED_QUEUE_LEN_MAX};
+use super::{Command, ImvuInfo, Reply, LOADING_QUEUE_LEN_MAX, PAUSED_QUEUE_LEN_MAX, SHARD_TIMERS_MAX};
 use crate::error::ActorError;
 use crate::handshake::{bump, AdmissionRequest, Handshake, HandshakeOutcome, NodeHealth};
 use crate::ids::{Caller, ImvuId, ImvuKey, TenantId};
-use crate::imvu::{Context, Imvu, Persistence};
+use crate::imvu::{AskToken, Context, Imvu, Outgoing, Persistence};
 use crate::lifecycle::{LifecycleState, Transition};
 use crate::ownership::{Fence, Ownership};
 use crate::records::{self, HistoryEvent, ImvuMeta, SupervisionRecord, TransitionRecord};
@@ -46,6 +46,11 @@ pub(crate) enum Effect<I: Imvu> {
     ReplyInfo(Reply<ImvuInfo>, Result<ImvuInfo, ActorError>),
     /// Answer a passivation with how many IMVUs were evicted.
     ReplyCount(oneshot::Sender<usize>, usize),
+    /// Deliver a message of IMVU `from` to `to` (through the runtime's `Router`); `ask`: the
+    /// answer goes back to `from` as a [`Command::Reply`].
+    Route { from: ImvuKey, to: ImvuKey, msg: serde_json::Value, ask: Option<AskToken> },
+    /// Create an IMVU of `kind` in `ask.from`'s tenant; its key goes back as a reply.
+    CreateChild { kind: String, ask: AskToken },
 }
 
 /// What a canon read of one IMVU returned: its meta record and its snapshot, encoded.
@@ -63,11 +68,27 @@ pub(crate) struct CoreEnv<I: Imvu> {
     pub ownership: Arc<dyn Ownership>,
 }
 
-/// A message held while its IMVU is paused.
-enum Held<I: Imvu> {
-    Tell(I::Msg),
-    Ask(I::Msg, Reply<I::Reply>),
+/// What reaches a handler: a message, the answer to one of its asks, or one of its timers.
+enum Delivery<I: Imvu> {
+    Msg(I::Msg),
+    Reply(u64, Box<Result<serde_json::Value, ActorError>>),
+    Timer(u64),
 }
+
+impl<I: Imvu> Delivery<I> {
+    /// Back into the command it came as.
+    fn into_command(self, key: ImvuKey, reply: Option<Reply<I::Reply>>) -> Command<I> {
+        match (self, reply) {
+            (Self::Msg(msg), Some(reply)) => Command::Ask { key, msg, reply },
+            (Self::Msg(msg), None) => Command::Tell { key, msg },
+            (Self::Reply(correlation, reply), _) => Command::Reply { key, correlation, reply },
+            (Self::Timer(timer_id), _) => Command::Timer { key, timer_id },
+        }
+    }
+}
+
+/// A message held while its IMVU is paused.
+struct Held<I: Imvu>(Delivery<I>, Option<Reply<I::Reply>>);
 
 /// One resident IMVU.
 struct Cell<S> {
@@ -88,8 +109,9 @@ struct Cell<S> {
 enum Pending<I: Imvu> {
     /// Completed (kept until the entries before it complete too).
     Done,
-    /// A commit for IMVU `id`; `then` is answered with its outcome.
-    Commit { id: u64, then: Then<I> },
+    /// A commit for IMVU `id`; `then` is answered with its outcome, and what its handler
+    /// asked to send is sent once it is durable.
+    Commit { key: ImvuKey, then: Then<I>, outgoing: Vec<Outgoing> },
     /// A barrier before reloading IMVU `id`.
     Barrier { id: u64 },
     /// A barrier before answering a passivation.
@@ -160,6 +182,10 @@ pub(crate) struct ShardCore<I: Imvu> {
     now_ms: u64,
     unix_ms: u64,
     effects: Vec<Effect<I>>,
+    /// Timers set by handlers: (due ms, number) → (IMVU, timer number).
+    timers: BTreeMap<(u64, u64), ImvuKey>,
+    /// The last correlation or timer number handed to a handler.
+    last_number: u64,
     counters: Counters,
 }
 
@@ -180,6 +206,8 @@ impl<I: Imvu> ShardCore<I> {
             now_ms: 0,
             unix_ms: 0,
             effects: Vec::new(),
+            timers: BTreeMap::new(),
+            last_number: 0,
             counters: Counters::new(I::KIND),
         }
     }
@@ -244,8 +272,10 @@ impl<I: Imvu> ShardCore<I> {
             return Ok(());
         }
         match command {
-            Command::Tell { key, msg } => self.deliver(key, msg, None),
-            Command::Ask { key, msg, reply } => self.deliver(key, msg, Some(reply)),
+            Command::Tell { key, msg } => self.deliver(key, Delivery::Msg(msg), None),
+            Command::Ask { key, msg, reply } => self.deliver(key, Delivery::Msg(msg), Some(reply)),
+            Command::Reply { key, correlation, reply } => self.deliver(key, Delivery::Reply(correlation, reply), None),
+            Command::Timer { key, timer_id } => self.deliver(key, Delivery::Timer(timer_id), None),
             Command::Create { key, caller, reply } => {
                 self.create(key, &caller, reply);
                 Ok(())
@@ -298,9 +328,11 @@ impl<I: Imvu> ShardCore<I> {
         }
         match pending {
             Pending::Done => debug_assert!(false, "commit {token} completed twice"),
-            Pending::Commit { id, then } => {
+            Pending::Commit { key, then, outgoing } => {
+                let id = key.id.0;
                 match result {
                     Ok(_) => {
+                        self.dispatch(key, outgoing);
                         if self.unsettled.get(&id).is_some_and(|(last, poisoned)| *last == token && !poisoned) {
                             self.unsettled.remove(&id);
                         }
@@ -395,6 +427,9 @@ impl<I: Imvu> ShardCore<I> {
             writes.push(self.env.ownership.guard(fence));
         }
         self.push_commit(writes, Pending::Commit { id, then })
+    /// Queues a commit for IMVU `key`; returns its token.
+    fn commit(&mut self, key: &ImvuKey, writes: Vec<CanonWrite>, then: Then<I>) -> u64 {
+        self.push_commit(writes, Pending::Commit { key: *key, then, outgoing: Vec::new() })
     }
 
     /// Drops a cell that may no longer be served from memory (ownership moved or lapsed);
@@ -438,6 +473,47 @@ impl<I: Imvu> ShardCore<I> {
         let entry = self.unsettled.entry(id).or_insert((last, true));
         entry.0 = entry.0.max(last);
         entry.1 = true;
+    }
+
+    /// Performs what a handler of `from` asked for, now that its message is durable.
+    fn dispatch(&mut self, from: ImvuKey, outgoing: Vec<Outgoing>) {
+        for request in outgoing {
+            match request {
+                Outgoing::Send { to, msg, correlation } => {
+                    let ask = correlation.map(|correlation| AskToken { from, correlation });
+                    self.effects.push(Effect::Route { from, to, msg, ask });
+                }
+                Outgoing::CreateChild { kind, correlation } => {
+                    self.effects.push(Effect::CreateChild { kind, ask: AskToken { from, correlation } });
+                }
+                Outgoing::Timer { timer_id, after_ms } => {
+                    if self.timers.len() >= SHARD_TIMERS_MAX {
+                        metrics::counter!("vcos_timers_dropped_total", "kind" => I::KIND).increment(1);
+                        tracing::warn!(key = %from, timer_id, "shard timer table full: timer dropped");
+                        continue;
+                    }
+                    self.timers.insert((self.now_ms.saturating_add(after_ms), timer_id), from);
+                }
+            }
+        }
+    }
+
+    /// When the next timer is due (core time, ms), if any is set.
+    pub(crate) fn next_timer_ms(&self) -> Option<u64> {
+        self.timers.first_key_value().map(|((due_ms, _), _)| *due_ms)
+    }
+
+    /// Fires every timer due at the current time (see [`ShardCore::set_now`]); `Err` is an
+    /// escalation out of the shard.
+    pub(crate) fn handle_timers(&mut self) -> Result<(), String> {
+        while let Some(entry) = self.timers.first_entry() {
+            if entry.key().0 > self.now_ms {
+                break;
+            }
+            let ((_, timer_id), key) = entry.remove_entry();
+            self.handle_command(Command::Timer { key, timer_id })?;
+        }
+        Ok(())
     }
 
     // ---- residency -------------------------------------------------------------------------
@@ -543,7 +619,10 @@ impl<I: Imvu> ShardCore<I> {
                 self.effects.push(Effect::ReplyInfo(reply, Err(error)));
             }
             Command::Passivate { reply, .. } => self.effects.push(Effect::ReplyCount(reply, 0)),
-            Command::Tell { .. } | Command::Evict { .. } => {}
+            Command::Reply { key, correlation, .. } => {
+                tracing::debug!(%key, correlation, %error, "answer for an IMVU that is gone: dropped");
+            }
+            Command::Tell { .. } | Command::Evict { .. } | Command::Timer { .. } => {}
         }
     }
 
@@ -582,7 +661,7 @@ impl<I: Imvu> ShardCore<I> {
                 // Refusals are recorded durably; nothing else of the creation is written.
                 let prefix = if transition == Transition::Create { records::refused_prefix(&key.tenant) } else { records::history_prefix(&key) };
                 let writes = vec![CanonWrite::Append { prefix, value: records::encode(&HistoryEvent::Transition(record)) }];
-                self.commit(key.id.0, writes, Then::Nothing);
+                self.commit(&key, writes, Then::Nothing);
                 self.effects.push(Effect::ReplyInfo(reply, Err(ActorError::HandshakeRefused { stage, transition, reason })));
                 return;
             }
@@ -613,23 +692,19 @@ impl<I: Imvu> ShardCore<I> {
         bump(&tenant.live_imvus, true);
         self.insert_cell(key.id.0, tenant, state, LifecycleState::Active, unix_ms, fence);
         let info = self.info(&key);
-        let token = self.commit(key.id.0, writes, Then::Info(reply, Box::new(info)));
+        let token = self.commit(&key, writes, Then::Info(reply, Box::new(info)));
         self.cells.get_mut(&key.id.0).expect("just inserted").last_commit = token;
     }
 
-    fn deliver(&mut self, key: ImvuKey, msg: I::Msg, reply: Option<Reply<I::Reply>>) -> Result<(), String> {
+    fn deliver(&mut self, key: ImvuKey, delivery: Delivery<I>, reply: Option<Reply<I::Reply>>) -> Result<(), String> {
         // Fast path: resident, active, this tenant's.
         if self.cells.get(&key.id.0).is_some_and(|c| c.lifecycle == LifecycleState::Active && c.tenant.id == key.tenant) {
-            return self.run_handler(key, msg, reply);
+            return self.run_handler(key, delivery, reply);
         }
         match self.resident(&key) {
             Ok(true) => {}
             Ok(false) => {
-                let command = match reply {
-                    Some(reply) => Command::Ask { key, msg, reply },
-                    None => Command::Tell { key, msg },
-                };
-                self.begin_load(key, Some(command));
+                self.begin_load(key, Some(delivery.into_command(key, reply)));
                 return Ok(());
             }
             Err(e) => {
@@ -642,7 +717,7 @@ impl<I: Imvu> ShardCore<I> {
         let id = key.id.0;
         let lifecycle = self.cells[&id].lifecycle;
         match lifecycle {
-            LifecycleState::Active => self.run_handler(key, msg, reply),
+            LifecycleState::Active => self.run_handler(key, delivery, reply),
             LifecycleState::Paused => {
                 let queue = self.held.entry(id).or_default();
                 if queue.len() >= PAUSED_QUEUE_LEN_MAX {
@@ -651,10 +726,7 @@ impl<I: Imvu> ShardCore<I> {
                         self.effects.push(Effect::ReplyAsk(reply, Err(error)));
                     }
                 } else {
-                    queue.push_back(match reply {
-                        Some(reply) => Held::Ask(msg, reply),
-                        None => Held::Tell(msg),
-                    });
+                    queue.push_back(Held(delivery, reply));
                 }
                 Ok(())
             }
@@ -668,18 +740,28 @@ impl<I: Imvu> ShardCore<I> {
         }
     }
 
-    fn run_handler(&mut self, key: ImvuKey, msg: I::Msg, reply: Option<Reply<I::Reply>>) -> Result<(), String> {
+    fn run_handler(&mut self, key: ImvuKey, delivery: Delivery<I>, reply: Option<Reply<I::Reply>>) -> Result<(), String> {
         let behaviour = &*self.env.behaviour;
         let cell = self.cells.get_mut(&key.id.0).expect("resident: checked by deliver");
         cell.last_used_ms = self.now_ms;
-        let mut ctx = Context { key: &key, unix_ms: self.unix_ms, stop_requested: false };
+        let mut ctx = Context { key: &key, unix_ms: self.unix_ms, stop_requested: false, outgoing: Vec::new(), next_number: self.last_number };
         let state = &mut *cell.state;
         let every_message = behaviour.persistence() == Persistence::EveryMessage;
         let outcome = quiet_panic::catch(|| {
             if crate::failpoints::handler_should_panic(ctx.key) {
                 panic!("failpoint: injected handler panic");
             }
-            let reply = behaviour.handle(state, msg, &mut ctx);
+            let reply = match delivery {
+                Delivery::Msg(msg) => Some(behaviour.handle(state, msg, &mut ctx)),
+                Delivery::Reply(correlation, answer) => {
+                    behaviour.on_reply(state, correlation, *answer, &mut ctx);
+                    None
+                }
+                Delivery::Timer(timer_id) => {
+                    behaviour.on_timer(state, timer_id, &mut ctx);
+                    None
+                }
+            };
             // Encoding runs the author's `Serialize`: inside the catch, so its failure is this
             // IMVU's crash, like a panic in `handle`.
             let snapshot = every_message.then(|| records::encode_state(&*state)).transpose();
@@ -689,20 +771,26 @@ impl<I: Imvu> ShardCore<I> {
             }
         });
         let stop_requested = ctx.stop_requested;
+        self.last_number = ctx.next_number;
+        let outgoing = ctx.outgoing;
         match outcome {
             Ok((value, snapshot)) => {
                 if let Some(snapshot) = snapshot {
                     let writes = vec![CanonWrite::Put { key: records::snap_key(&key), value: snapshot }];
-                    let then = match reply {
-                        Some(reply) => Then::Ask(reply, value),
-                        None => Then::Nothing,
+                    let then = match (reply, value) {
+                        (Some(reply), Some(value)) => Then::Ask(reply, value),
+                        _ => Then::Nothing,
                     };
-                    let token = self.commit(key.id.0, writes, then);
+                    // What the handler asked to send goes out once its message is durable.
+                    let token = self.push_commit(writes, Pending::Commit { key, then, outgoing });
                     if let Some(cell) = self.cells.get_mut(&key.id.0) {
                         cell.last_commit = token;
                     }
-                } else if let Some(reply) = reply {
-                    self.effects.push(Effect::ReplyAsk(reply, Ok(value)));
+                } else {
+                    if let (Some(reply), Some(value)) = (reply, value) {
+                        self.effects.push(Effect::ReplyAsk(reply, Ok(value)));
+                    }
+                    self.dispatch(key, outgoing);
                 }
                 if stop_requested {
                     let caller = Caller::internal(&key.tenant, "self");
@@ -809,7 +897,7 @@ impl<I: Imvu> ShardCore<I> {
 
     fn record(&mut self, key: &ImvuKey, event: HistoryEvent) {
         let writes = vec![CanonWrite::Append { prefix: records::history_prefix(key), value: records::encode(&event) }];
-        let token = self.commit(key.id.0, writes, Then::Nothing);
+        let token = self.commit(&key, writes, Then::Nothing);
         if let Some(cell) = self.cells.get_mut(&key.id.0) {
             cell.last_commit = token;
         }
@@ -877,15 +965,15 @@ impl<I: Imvu> ShardCore<I> {
         ];
         transition_counter(transition);
         let info = self.info(&key);
-        let token = self.commit(id, writes, Then::Info(reply, Box::new(info)));
+        let token = self.commit(&key, writes, Then::Info(reply, Box::new(info)));
         if let Some(cell) = self.cells.get_mut(&id) {
             cell.last_commit = token;
         }
         match to {
             LifecycleState::Active if transition == Transition::Resume => self.release_held(&key),
             LifecycleState::Terminated => {
-                for held in self.held.remove(&id).into_iter().flatten() {
-                    if let Held::Ask(_, reply) = held {
+                for Held(_, reply) in self.held.remove(&id).into_iter().flatten() {
+                    if let Some(reply) = reply {
                         self.effects.push(Effect::ReplyAsk(reply, Err(ActorError::Terminated(key.to_string()))));
                     }
                 }
@@ -901,13 +989,10 @@ impl<I: Imvu> ShardCore<I> {
         let Some(queue) = self.held.remove(&key.id.0) else {
             return;
         };
-        for held in queue {
+        for Held(delivery, reply) in queue {
             // A crash while draining is supervised like any other; escalation out of a resume
             // is reported at the next message (the shard keeps its invariants either way).
-            let _ = match held {
-                Held::Tell(msg) => self.handle_command(Command::Tell { key: *key, msg }),
-                Held::Ask(msg, reply) => self.handle_command(Command::Ask { key: *key, msg, reply }),
-            };
+            let _ = self.handle_command(delivery.into_command(*key, reply));
         }
     }
 
@@ -930,7 +1015,7 @@ impl<I: Imvu> ShardCore<I> {
                 let key = ImvuKey { tenant: cell.tenant.id, id: ImvuId(id) };
                 match records::encode_state(&*cell.state) {
                     Ok(snapshot) => {
-                        let token = self.commit(id, vec![CanonWrite::Put { key: records::snap_key(&key), value: snapshot }], Then::Nothing);
+                        let token = self.commit(&key, vec![CanonWrite::Put { key: records::snap_key(&key), value: snapshot }], Then::Nothing);
                         if let Some(cell) = self.cells.get_mut(&id) {
                             cell.last_commit = token;
                         }

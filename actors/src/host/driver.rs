@@ -8,7 +8,7 @@
 //! into a queue and wake the task.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, Notify};
@@ -19,6 +19,7 @@ use super::{Command, SHARD_BATCH_MAX};
 use crate::handshake::{Handshake, NodeHealth};
 use crate::imvu::Imvu;
 use crate::records;
+use crate::router::Router;
 use crate::store::{CanonStore, StoreError};
 use crate::tenants::Tenants;
 
@@ -37,6 +38,8 @@ pub(crate) struct ShardEnv<I: Imvu> {
     pub shard_intensity: vcos_supervision::Intensity,
     /// Placement's answer: may this node serve an IMVU now, under which fence.
     pub ownership: Arc<dyn crate::ownership::Ownership>,
+    /// Where messages between IMVUs go (set once the runtime exists).
+    pub router: Arc<OnceLock<Arc<dyn Router>>>,
 }
 
 /// Why a shard stopped.
@@ -62,6 +65,29 @@ impl Completions {
         self.queue.lock().unwrap_or_else(|p| p.into_inner()).push((token, result));
         if !self.ready.swap(true, Ordering::AcqRel) {
             self.wake.notify_one();
+        }
+    }
+}
+
+/// Reports a commit's outcome to the shard; a completion the store drops without calling it
+/// (a writer that stopped) reports [`StoreError::Closed`], so no caller waits forever.
+struct CompletionGuard {
+    completions: Option<Arc<Completions>>,
+    token: u64,
+}
+
+impl CompletionGuard {
+    fn complete(mut self, result: Result<u64, StoreError>) {
+        if let Some(completions) = self.completions.take() {
+            completions.push(self.token, result);
+        }
+    }
+}
+
+impl Drop for CompletionGuard {
+    fn drop(&mut self) {
+        if let Some(completions) = self.completions.take() {
+            completions.push(self.token, Err(StoreError::Closed));
         }
     }
 }
@@ -110,9 +136,19 @@ impl<I: Imvu> Shard<I> {
         let mut batch = Vec::with_capacity(SHARD_BATCH_MAX);
         loop {
             let completions = self.completions.clone();
+            // Sleep until the core's next timer (tokio time: simulated under the simulator);
+            // the due time is on the injected clock.
+            let timer_in_ms = self.core.next_timer_ms().map(|due_ms| due_ms.saturating_sub(self.env.clock.now_ms()));
+            let timer = async move {
+                match timer_in_ms {
+                    Some(ms) => tokio::time::sleep(Duration::from_millis(ms)).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 biased;
                 () = completions.wake.notified() => {}
+                () = timer => {}
                 received = rx.recv_many(&mut batch, SHARD_BATCH_MAX) => {
                     if received == 0 {
                         return ShardExit::Closed;
@@ -130,6 +166,9 @@ impl<I: Imvu> Shard<I> {
     fn step(&mut self, batch: &mut Vec<Command<I>>) -> Result<(), String> {
         self.core.set_now(self.env.clock.now_ms(), self.env.clock.unix_ms());
         self.perform()?;
+        let fired = self.core.handle_timers();
+        let performed = self.perform();
+        fired.and(performed)?;
         let handled = batch.len() as u64;
         for command in batch.drain(..) {
             let handled = self.core.handle_command(command);
@@ -165,8 +204,8 @@ impl<I: Imvu> Shard<I> {
             for effect in effects.drain(..) {
                 match effect {
                     Effect::Commit { token, writes } => {
-                        let completions = self.completions.clone();
-                        self.env.store.commit(writes, Box::new(move |result| completions.push(token, result)));
+                        let guard = CompletionGuard { completions: Some(self.completions.clone()), token };
+                        self.env.store.commit(writes, Box::new(move |result| guard.complete(result)));
                     }
                     Effect::Load { key } => {
                         // Local reads of the node's canon replica: no waiting on anyone.
@@ -187,6 +226,14 @@ impl<I: Imvu> Shard<I> {
                     Effect::ReplyCount(reply, count) => {
                         let _ = reply.send(count);
                     }
+                    Effect::Route { from, to, msg, ask } => match self.env.router.get() {
+                        Some(router) => router.route(from, to, msg, ask),
+                        None => tracing::warn!(%from, %to, "no router yet: message dropped"),
+                    },
+                    Effect::CreateChild { kind, ask } => match self.env.router.get() {
+                        Some(router) => router.create_child(ask.from, &kind, ask),
+                        None => tracing::warn!(from = %ask.from, "no router yet: child not created"),
+                    },
                 }
             }
             self.effects = effects;

@@ -19,7 +19,13 @@
 //!   from canon, reply to this caller). No tokio task, no clock, no store: unit-tested directly.
 //! - [`driver::Shard`], the tokio task: it owns the channel, the store and the clock, feeds
 //!   the core and performs its effects. It never blocks its thread: commit completions come
-//!   back through a queue it drains between commands.
+//!   back through a queue it drains between commands, and it sleeps (tokio time, simulated
+//!   under the simulator) until the core's next timer.
+//!
+//! Messages between IMVUs (`Context::tell`, `ask`, `create_child`, `set_timer`) are effects
+//! too: recorded by the handler, performed after its commit through the runtime's
+//! [`crate::Router`]; answers and timers come back as [`Command::Reply`] and
+//! [`Command::Timer`], in mailbox order.
 //!
 //! Invariant: canon is the truth. Anything that could make memory and canon disagree (a failed
 //! commit, a crash) evicts the cell at once, in the shard; the next message waits until the
@@ -44,6 +50,8 @@ pub const PAUSED_QUEUE_LEN_MAX: usize = 1024;
 pub(crate) const LOADING_QUEUE_LEN_MAX: usize = PAUSED_QUEUE_LEN_MAX;
 /// Commands a shard takes from its channel per wake-up.
 pub(crate) const SHARD_BATCH_MAX: usize = 256;
+/// Timers one shard keeps set, at most; past it a new timer is dropped (and counted).
+pub(crate) const SHARD_TIMERS_MAX: usize = 65_536;
 
 /// Where a command's answer goes (an opaque handle to the core: the driver sends on it).
 pub(crate) type Reply<T> = oneshot::Sender<Result<T, ActorError>>;
@@ -101,6 +109,17 @@ pub(crate) enum Command<I: Imvu> {
     Evict {
         key: ImvuKey,
     },
+    /// The answer to an ask (or a child creation) the IMVU made: for `Imvu::on_reply`.
+    Reply {
+        key: ImvuKey,
+        correlation: u64,
+        reply: Box<Result<serde_json::Value, ActorError>>,
+    },
+    /// A timer the IMVU set fired: for `Imvu::on_timer`.
+    Timer {
+        key: ImvuKey,
+        timer_id: u64,
+    },
 }
 
 impl<I: Imvu> Command<I> {
@@ -112,7 +131,9 @@ impl<I: Imvu> Command<I> {
             | Self::Ask { key, .. }
             | Self::Lifecycle { key, .. }
             | Self::Inspect { key, .. }
-            | Self::Evict { key } => Some(key),
+            | Self::Evict { key }
+            | Self::Reply { key, .. }
+            | Self::Timer { key, .. } => Some(key),
             Self::Passivate { .. } => None,
         }
     }

@@ -168,6 +168,9 @@ impl Harness {
                     Effect::ReplyCount(reply, count) => {
                         let _ = reply.send(count);
                     }
+                    Effect::Route { .. } | Effect::CreateChild { .. } => {
+                        unreachable!("counters send nothing to other IMVUs")
+                    }
                 }
             }
         }
