@@ -105,6 +105,7 @@ impl From<crate::store::StoreError> for ActorError {
             crate::store::StoreError::Overloaded => {
                 Self::QueueFull("canon store write queue is full".into())
             }
+            crate::store::StoreError::Unavailable(reason) => Self::Unavailable(reason),
             other => Self::Store(other.to_string()),
         }
     }

@@ -26,6 +26,7 @@ use std::sync::Arc;
 pub mod canon_store;
 pub mod constants;
 pub mod error;
+pub mod health;
 pub mod log_store;
 pub mod membership;
 pub mod node;
@@ -44,6 +45,7 @@ pub mod wire;
 
 pub use canon_store::RaftCanonStore;
 pub use error::Error;
+pub use health::{CanonHealth, GroupHealth};
 pub use membership::{GroupView, MemberView};
 pub use node::{CanonError, CanonNode, Group, Lag, NodeConfig};
 pub use transport::{TcpTransport, Transport};
