@@ -3,15 +3,21 @@
 //! The node's canon is a Raft group of its region (`--region`): alone, it is that group's only
 //! voter; with `--join URL` it joins the cluster that the node at URL belongs to — as a voter
 //! of its region's group, and as a learner of every other region's group (see `canon-raft`).
+//!
+//! Start-up never waits for a quorum without end: a restarted node whose region has no quorum
+//! (the other voters down) still serves HTTP — `/health` answers 503 `degraded`, canon writes
+//! 503 `canon_unavailable` — and creates what it must create in canon once the quorum is back.
+//! Stopping is bounded too ([`STOP_MAX`]), whatever the canon does.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
 use vcos_actors::kinds::{Counter, KvMemory, TextWorker};
-use vcos_actors::{Runtime, RuntimeConfig, SystemClock, TenantId, TenantPolicy};
+use vcos_actors::{ActorError, Runtime, RuntimeConfig, SystemClock, TenantId, TenantPolicy};
 use vcos_canon_raft::{CanonNode, GroupView, NodeConfig, RaftCanonStore, TcpTransport};
 
 use crate::http_client;
@@ -58,10 +64,26 @@ pub(crate) struct UpArgs {
     seeds: Vec<SocketAddr>,
 }
 
+/// The longest a node takes to stop once asked (signal, escalation, removal, canon failure):
+/// past it the process exits at once, whatever is still running (requests draining, the
+/// runtime's passivation, Raft). Everything acknowledged is durable already; only work in
+/// flight is cut. Covers the HTTP drain of requests that each end by the canon request
+/// deadline (5 s), the runtime's stop ([`RUNTIME_STOP_MAX`]) and the canon's (3 s).
+pub(crate) const STOP_MAX: Duration = Duration::from_secs(15);
+/// How long the actor runtime may take to stop (its passivation writes to canon).
+const RUNTIME_STOP_MAX: Duration = Duration::from_secs(5);
+/// How long tokio's blocking threads may take to finish after the node stopped.
+const BLOCKING_STOP_MAX: Duration = Duration::from_secs(1);
+/// Pause between attempts to create the default tenant while the canon has no quorum.
+const TENANT_RETRY_PAUSE: Duration = Duration::from_secs(1);
+
 pub(crate) fn run(args: UpArgs) -> anyhow::Result<()> {
     init_tracing();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("start tokio")?;
-    runtime.block_on(serve(args))
+    let result = runtime.block_on(serve(args));
+    // Tasks that never finish (Raft waiting for a quorum, a blocked disk) must not hold the exit.
+    runtime.shutdown_timeout(BLOCKING_STOP_MAX);
+    result
 }
 
 pub(crate) fn init_tracing() {
@@ -70,16 +92,48 @@ pub(crate) fn init_tracing() {
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).try_init();
 }
 
-/// Builds the node's runtime with the kinds that ship with the binary.
-pub(crate) async fn start_runtime(config: RuntimeConfig) -> anyhow::Result<Runtime> {
-    let rt = Runtime::builder(config)
+/// Builds the node's runtime with the kinds that ship with the binary. If the default tenant
+/// cannot be created because the canon has no quorum, the runtime is returned anyway and a
+/// task keeps trying (see the module docs).
+pub(crate) async fn start_runtime(config: RuntimeConfig, router: Option<Arc<dyn vcos_actors::router::Router>>) -> anyhow::Result<Runtime> {
+    let mut builder = Runtime::builder(config);
+    if let Some(router) = router {
+        builder = builder.router(router);
+    }
+    let rt = builder
         .kind(Counter)
         .kind(KvMemory)
         .kind(TextWorker)
         .start()
         .await
         .context("start the actor runtime")?;
-    rt.ensure_tenant(TenantId::default_tenant(), TenantPolicy::default()).await.context("create the default tenant")?;
+    match rt.ensure_tenant(TenantId::default_tenant(), TenantPolicy::default()).await {
+        Ok(_) => {}
+        Err(ActorError::Unavailable(reason)) => {
+            tracing::warn!(%reason, "the canon has no quorum: serving without the default tenant; creating it once the quorum is back");
+            let rt = rt.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(TENANT_RETRY_PAUSE).await;
+                    if rt.node().shutting_down.load(std::sync::atomic::Ordering::Relaxed) {
+                        return;
+                    }
+                    match rt.ensure_tenant(TenantId::default_tenant(), TenantPolicy::default()).await {
+                        Ok(_) => {
+                            tracing::info!("the canon has a quorum again: default tenant created");
+                            return;
+                        }
+                        Err(ActorError::Unavailable(_)) => {}
+                        Err(e) => {
+                            tracing::error!(error = %e, "creating the default tenant failed");
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+        Err(e) => return Err(anyhow::Error::new(e).context("create the default tenant")),
+    }
     Ok(rt)
 }
 
@@ -113,8 +167,17 @@ async fn serve(args: UpArgs) -> anyhow::Result<()> {
             None => node.bootstrap().await.context("bootstrap the canon")?,
         }
     }
-    // Everything committed before this start is applied before the runtime reads the canon.
-    node.read_barrier(&args.region).await.context("wait for the canon leader and catch up")?;
+    // Everything committed before this start is applied before the runtime reads the canon —
+    // when the region has a quorum. Without one the node serves anyway (health degraded,
+    // canon writes 503) from what its replica holds.
+    match node.read_barrier(&args.region).await {
+        Ok(_) => {}
+        Err(e) if e.is_retryable() => tracing::warn!(
+            error = %e,
+            "the canon region has no quorum: serving HTTP anyway (/health degraded, canon writes answer 503) from this node's replica, which may lag"
+        ),
+        Err(e) => return Err(anyhow::Error::new(e).context("wait for the canon leader and catch up")),
+    }
     let store = Arc::new(RaftCanonStore::start(node.clone()));
     let clock: Arc<dyn vcos_actors::Clock> = Arc::new(SystemClock::new());
     let mut config = RuntimeConfig::new(store.clone(), clock.clone());
@@ -125,7 +188,9 @@ async fn serve(args: UpArgs) -> anyhow::Result<()> {
         config.shards_per_kind = usize::from(shards);
     }
     config.shard_queue_len = args.shard_queue as usize;
-    let rt = start_runtime(config).await?;
+    // Messages between IMVUs go through placement: to whichever node owns the target.
+    let imvu_router = Arc::new(vcos_cluster::ClusterRouter::default());
+    let rt = start_runtime(config, Some(imvu_router.clone())).await?;
     tracing::info!(data_dir = %args.data_dir.display(), node_id = args.node_id, region = %args.region, "canon opened");
     // The one line scripts wait for: the URL of the facade.
     println!("v-COS node up: http://{addr}  (docs: http://{addr}/docs)");
@@ -141,6 +206,7 @@ async fn serve(args: UpArgs) -> anyhow::Result<()> {
         Arc::new(membership.handle.view_receiver()),
     )
     .context("start placement")?;
+    imvu_router.bind(&cluster);
     let router = vcos_api::router_with_cluster(rt.clone(), metrics, (*store).clone(), cluster.clone());
     let canon_failure = Arc::new(std::sync::Mutex::new(None::<String>));
     let stop = {
@@ -159,16 +225,22 @@ async fn serve(args: UpArgs) -> anyhow::Result<()> {
                     *canon_failure.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(reason);
                 }
             }
+            rt.node().shutting_down.store(true, std::sync::atomic::Ordering::SeqCst);
+            arm_stop_watchdog();
         }
     };
     vcos_api::serve(listener, router, stop).await.context("serve HTTP")?;
     // Hand the buckets over (their next owners need not wait out the leases), then say
     // goodbye to the membership, both bounded.
-    cluster.leave().await;
+    if tokio::time::timeout(std::time::Duration::from_secs(3), cluster.leave()).await.is_err() {
+        tracing::warn!("handing the buckets over took over 3 s; stopping anyway");
+    }
     if tokio::time::timeout(std::time::Duration::from_secs(2), membership.handle.leave()).await.is_err() {
         tracing::warn!("leaving the membership took over 2 s; stopping anyway");
     }
-    rt.shutdown().await;
+    if tokio::time::timeout(RUNTIME_STOP_MAX, rt.shutdown()).await.is_err() {
+        tracing::warn!(waited_s = RUNTIME_STOP_MAX.as_secs(), "the actor runtime did not stop in time (canon without quorum?); stopping anyway");
+    }
     node.shutdown().await;
     raft_server.abort();
     let escalation = rt.escalation();
@@ -180,6 +252,19 @@ async fn serve(args: UpArgs) -> anyhow::Result<()> {
         anyhow::bail!("node stopped: {reason}");
     }
     Ok(())
+}
+
+/// Exits the process if stopping takes longer than [`STOP_MAX`] from now (a plain thread: it
+/// must fire even if every tokio worker is stuck).
+fn arm_stop_watchdog() {
+    let spawned = std::thread::Builder::new().name("stop-watchdog".into()).spawn(|| {
+        std::thread::sleep(STOP_MAX);
+        eprintln!("vcos: the node did not stop within {} s; exiting without waiting further", STOP_MAX.as_secs());
+        std::process::exit(1);
+    });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "no stop watchdog thread; the stop is bounded by its parts only");
+    }
 }
 
 /// Resolves once this node is no longer a member of its region's group.

@@ -109,6 +109,7 @@ impl From<crate::store::StoreError> for ActorError {
             crate::store::StoreError::Conflict { key } => {
                 Self::Unavailable(format!("not applied: {key} changed under the write (ownership moved); retry"))
             }
+            crate::store::StoreError::Unavailable(reason) => Self::Unavailable(reason),
             other => Self::Store(other.to_string()),
         }
     }

@@ -62,7 +62,8 @@ pub struct ErrorBody {
     /// `handshake_refused`, `not_found`, `unknown_kind`, `method_not_allowed`, `conflict`,
     /// `illegal_transition`, `terminated`, `too_large`, `unsupported_media_type`, `queue_full`,
     /// `imvu_crashed`, `store_error`, `internal`, `unavailable`, `refused` (a canon membership
-    /// change that would lose quorum).
+    /// change that would lose quorum), `canon_unavailable` (the canon has no quorum now: retry
+    /// after `Retry-After`), `learner_not_promoted` (a node added as a voter stayed a learner).
     pub code: String,
     /// What happened, for people; names the offending field where there is one.
     pub message: String,
@@ -116,10 +117,15 @@ fn canon_status(e: &vcos_canon_raft::CanonError) -> (StatusCode, &'static str) {
         CanonError::UnknownRegion(_) => (StatusCode::NOT_FOUND, "not_found"),
         CanonError::InvalidRegion(_) => (StatusCode::BAD_REQUEST, "bad_request"),
         CanonError::Refused(_) => (StatusCode::CONFLICT, "refused"),
-        CanonError::NoLeader { .. } | CanonError::Removed(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+        CanonError::NotPromoted(_) => (StatusCode::CONFLICT, "learner_not_promoted"),
+        CanonError::NoLeader { .. } | CanonError::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "canon_unavailable"),
+        CanonError::Removed(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
         CanonError::Failed(_) => (StatusCode::INTERNAL_SERVER_ERROR, "store_error"),
     }
 }
+
+/// Seconds a client should wait before retrying a 503 (`Retry-After`).
+pub const RETRY_AFTER_S: u64 = 1;
 
 /// The one table from runtime errors to statuses.
 fn actor_status(e: &ActorError) -> StatusCode {
@@ -144,6 +150,10 @@ impl IntoResponse for ApiError {
             tracing::warn!(code, error = %self, "request failed");
         } else {
             tracing::debug!(code, error = %self, "request refused");
+        }
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            // Retryable: no quorum now, or the node is stopping (another node may answer).
+            return (status, [(axum::http::header::RETRY_AFTER, RETRY_AFTER_S.to_string())], Json(self.body())).into_response();
         }
         (status, Json(self.body())).into_response()
     }
@@ -180,6 +190,28 @@ mod tests {
         check(ActorError::TooLarge("t".into()), 413, "too_large");
         check(ActorError::Store("s".into()), 500, "store_error");
         check(ActorError::Unavailable("u".into()), 503, "unavailable");
+    }
+
+    #[test]
+    fn canon_errors_have_their_status_and_retryable_ones_a_retry_after() {
+        use vcos_canon_raft::CanonError;
+        let unavailable = CanonError::Unavailable { region: "eu".into(), deadline_ms: 5_000, reason: "no leader known".into() };
+        let cases = [
+            (unavailable, 503, "canon_unavailable"),
+            (CanonError::NoLeader { region: "eu".into(), waited: std::time::Duration::ZERO, last: "x".into() }, 503, "canon_unavailable"),
+            (CanonError::NotPromoted("node 9 stayed a learner".into()), 409, "learner_not_promoted"),
+            (CanonError::Refused("quorum".into()), 409, "refused"),
+            (CanonError::Failed("disk".into()), 500, "store_error"),
+        ];
+        for (error, status, code) in cases {
+            let error = ApiError::Canon(error);
+            let (s, c) = error.status_and_code();
+            assert_eq!((s.as_u16(), c), (status, code));
+            let response = error.into_response();
+            assert_eq!(response.headers().get("retry-after").is_some(), status == 503, "{code}");
+        }
+        let store_unavailable = ActorError::from(vcos_actors::store::StoreError::Unavailable("no quorum".into()));
+        check(store_unavailable, 503, "unavailable");
     }
 
     #[test]

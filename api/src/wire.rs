@@ -20,11 +20,19 @@ use vcos_actors::{ImvuInfo, KindInfo, LifecycleState, TenantEntry, TenantPolicy,
 /// `GET /health`.
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct Health {
-    /// `ok`, or `stopping` while the node shuts down (then the status is 503).
+    /// `ok`; `degraded` when the node's canon group has no leader with a quorum (writes then
+    /// answer 503 `canon_unavailable`); `stopping` while the node shuts down. 503 unless `ok`.
     #[schema(example = "ok")]
     pub status: String,
     /// IMVUs resident in memory on this node.
     pub imvus_resident: u64,
+    /// The canon's state (absent when the node runs without a canon cluster): `ok` (the home
+    /// group has a leader that heard a quorum recently), the home `region`, and per group its
+    /// `region`, this node's `role`, `leader_id`, `quorum`, `quorum_ack_age_ms` (on the leader),
+    /// `leader_contact_age_ms` and `voters`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub canon: Option<vcos_canon_raft::CanonHealth>,
 }
 
 /// One IMVU kind the node serves.

@@ -10,6 +10,11 @@
 //! [`StoreError::Conflict`] and the others of the group are applied. Other conditional
 //! operations (compare-and-set, leases) go through [`CanonNode::write`] on their own.
 //!
+//! Deadline: each commit must end by the node's request deadline from when it was queued; a
+//! group commit is sent with the earliest deadline of its commits, and a commit whose deadline
+//! passed while it waited is answered unavailable without being sent (`StoreError::Unavailable`,
+//! `CanonError::Unavailable`).
+//!
 //! Reads (`get`, `scan_prefix`) serve this node's applied state: every commit completed on this
 //! node is visible to them (the writer waits for the local apply). Reads that must reflect
 //! other nodes' writes use [`CanonNode::read_barrier`] first.
@@ -40,6 +45,7 @@ struct Job {
     /// (empty, unallocated, for a commit without guards).
     guards: Vec<String>,
     answer: Answer,
+    deadline: tokio::time::Instant,
 }
 
 /// The `CanonStore` of a node; cloning shares the queue.
@@ -83,7 +89,11 @@ fn to_ops(writes: Vec<CanonWrite>) -> (Vec<Op>, Vec<String>) {
 }
 
 fn store_error(error: &CanonError) -> StoreError {
-    StoreError::Io(error.to_string())
+    if error.is_retryable() {
+        StoreError::Unavailable(error.to_string())
+    } else {
+        StoreError::Io(error.to_string())
+    }
 }
 
 impl RaftCanonStore {
@@ -104,7 +114,7 @@ impl RaftCanonStore {
     pub async fn write_ops(&self, ops: Vec<Op>) -> Result<(Vec<Response>, u64), CanonError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.jobs
-            .try_send(Job { ops, guards: Vec::new(), answer: Answer::Responses(tx) })
+            .try_send(Job { ops, guards: Vec::new(), answer: Answer::Responses(tx), deadline: self.node.deadline() })
             .map_err(|_| CanonError::Failed("canon write queue full or closed".into()))?;
         rx.await.unwrap_or_else(|_| Err(CanonError::Failed("canon writer stopped".into())))
     }
@@ -113,7 +123,7 @@ impl RaftCanonStore {
 impl CanonStore for RaftCanonStore {
     fn commit(&self, writes: Vec<CanonWrite>, done: Completion) {
         let (ops, guards) = to_ops(writes);
-        if let Err(e) = self.jobs.try_send(Job { ops, guards, answer: Answer::Canon(done) }) {
+        if let Err(e) = self.jobs.try_send(Job { ops, guards, answer: Answer::Canon(done), deadline: self.node.deadline() }) {
             let (job, error) = match e {
                 mpsc::error::TrySendError::Full(job) => (job, StoreError::Overloaded),
                 mpsc::error::TrySendError::Closed(job) => (job, StoreError::Closed),
@@ -157,6 +167,12 @@ async fn write_loop(node: CanonNode, mut jobs: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
+        let (batch, expired): (Vec<Job>, Vec<Job>) = batch.into_iter().partition(|job| job.deadline > tokio::time::Instant::now());
+        if !expired.is_empty() {
+            let reason = "the commit waited in the queue past its deadline; it was not sent".to_owned();
+            deliver(expired.into_iter().map(|job| (job.answer, job.guards)).collect(), Err(node.unavailable(node.region(), reason)));
+        }
+        let Some(deadline) = batch.iter().map(|job| job.deadline).min() else { continue };
         let mut answers = Vec::with_capacity(batch.len());
         let mut commits = Vec::with_capacity(batch.len());
         for job in batch {
@@ -165,7 +181,7 @@ async fn write_loop(node: CanonNode, mut jobs: mpsc::Receiver<Job>) {
         }
         metrics::histogram!("vcos_canon_group_commit_size").record(answers.len() as f64);
         let region = node.region().to_owned();
-        let result = node.write(&region, Op::Group(commits)).await;
+        let result = node.write_by(&region, Op::Group(commits), deadline).await;
         deliver(answers, result);
     }
 }

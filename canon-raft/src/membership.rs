@@ -6,8 +6,16 @@
 //! - removing a voter when the voters the leader has heard from recently
 //!   ([`HEALTHY_CONTACT_MAX`]) are not a majority of the current voter set and of the new one
 //!   (the change commits through a joint configuration that needs both);
-//! - promoting a learner that is more than [`PROMOTE_LAG_MAX`] entries behind (it would join
-//!   the quorum before it can acknowledge anything, stalling writes).
+//! - promoting a learner that is more than [`PROMOTE_LAG_MAX`] entries behind, or that has not
+//!   answered the leader in the last [`HEALTHY_CONTACT_MAX`] (it would join the quorum before
+//!   it can acknowledge anything, stalling writes).
+//!
+//! A node is never added straight as a voter: adding one "as a voter" adds it as a learner,
+//! waits up to [`PROMOTE_CATCH_UP_MS`] for it to answer and catch up, and only then promotes it;
+//! otherwise it stays a learner and the caller gets [`CanonError::NotPromoted`] with the reason.
+//! A learner is outside the quorum, so one at a dead address never blocks a write, and removing
+//! a learner is never refused for quorum. Every change ends by the request deadline
+//! ([`CanonError::Unavailable`] when the voters have no quorum).
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -16,6 +24,9 @@ use openraft::error::{ClientWriteError, RaftError};
 use openraft::ChangeMembers;
 use serde::{Deserialize, Serialize};
 
+use tokio::time::Instant;
+
+use crate::constants::PROMOTE_CATCH_UP_MS;
 use crate::node::{CanonError, CanonNode, Group, MEMBERSHIP_CALL_MAX};
 use crate::types::NodeInfo;
 use crate::wire::{Refusal, Reply, Rpc};
@@ -106,18 +117,64 @@ impl CanonNode {
         }
     }
 
-    /// Adds `node_id` to `region`'s group as a learner (waiting until it caught up), then, when
-    /// `voter`, promotes it. Idempotent: adding a member again changes nothing.
+    /// Adds `node_id` to `region`'s group as a learner; when `voter`, waits up to
+    /// [`PROMOTE_CATCH_UP_MS`] for it to answer and catch up, then promotes it. A node that does
+    /// not catch up in time stays a learner and the call answers [`CanonError::NotPromoted`].
+    /// Idempotent: adding a member again changes nothing.
     pub async fn add_member(&self, region: &str, node_id: u64, info: NodeInfo, voter: bool) -> Result<(), CanonError> {
         crate::node::validate_region(&info.region)?;
         let group = self.group(region)?;
         if !self.leads(&group) {
             return self.forward(&group, Rpc::AddMember { node_id, info, voter }).await;
         }
-        tracing::info!(region, node_id, %info, voter, "adding a canon member");
-        group.raft().add_learner(node_id, info, true).await.map_err(change_failed)?;
-        if voter {
-            group.raft().change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([node_id])), false).await.map_err(change_failed)?;
+        let is_voter = group.raft().metrics().borrow().membership_config.membership().voter_ids().any(|id| id == node_id);
+        if is_voter {
+            return Ok(());
+        }
+        tracing::info!(region, node_id, %info, voter, "adding a canon member as a learner");
+        let addr = info.raft_addr.clone();
+        let deadline = self.deadline();
+        match tokio::time::timeout_at(deadline, group.raft().add_learner(node_id, info, false)).await {
+            Ok(result) => result.map_err(change_failed)?,
+            Err(_) => return Err(self.unavailable(region, "the learner's membership entry was not committed in time".into())),
+        };
+        if !voter {
+            return Ok(());
+        }
+        let catch_up = Instant::now() + Duration::from_millis(PROMOTE_CATCH_UP_MS);
+        let mut reason = self.catch_up_state(&group, node_id);
+        while let Err(why) = &reason {
+            if Instant::now() >= catch_up {
+                tracing::warn!(region, node_id, %addr, reason = %why, "new member did not catch up: left a learner");
+                metrics::counter!("vcos_canon_members_not_promoted_total").increment(1);
+                return Err(CanonError::NotPromoted(format!(
+                    "node {node_id} was added to region {region} as a learner but not promoted to voter: within {PROMOTE_CATCH_UP_MS} ms {why}. \
+                     It stays a learner, outside the quorum (writes are unaffected); promote it once it answers and has caught up, or remove it"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            reason = self.catch_up_state(&group, node_id);
+        }
+        self.promote(region, node_id).await
+    }
+
+    /// Whether learner `node_id` of `group` (led here) may become a voter: it answered the
+    /// leader recently and is at most [`PROMOTE_LAG_MAX`] entries behind; else why not.
+    fn catch_up_state(&self, group: &Group, node_id: u64) -> Result<(), String> {
+        let metrics = group.raft().metrics().borrow().clone();
+        let addr = metrics.membership_config.membership().get_node(&node_id).map(|info| info.raft_addr.clone()).unwrap_or_default();
+        let last = metrics.last_log_index.unwrap_or(0);
+        let matched = match metrics.replication.as_ref().and_then(|r| r.get(&node_id).copied()) {
+            None => return Err("the leader has not started replicating to it".into()),
+            Some(None) => return Err(format!("it acknowledged no entry (does anything answer at {addr}?)")),
+            Some(Some(log_id)) => log_id.index,
+        };
+        if !self.inner.peers.heard_within(group.region(), node_id, HEALTHY_CONTACT_MAX) {
+            return Err(format!("it did not answer the leader in the last {} s (at {addr})", HEALTHY_CONTACT_MAX.as_secs()));
+        }
+        let behind = last.saturating_sub(matched);
+        if behind > PROMOTE_LAG_MAX {
+            return Err(format!("it is {behind} entries behind the leader (at most {PROMOTE_LAG_MAX})"));
         }
         Ok(())
     }
@@ -136,16 +193,22 @@ impl CanonNode {
         if membership.voter_ids().any(|id| id == node_id) {
             return Ok(());
         }
-        let last = metrics.last_log_index.unwrap_or(0);
-        let matched = metrics.replication.as_ref().and_then(|r| r.get(&node_id).copied()).flatten().map_or(0, |id| id.index);
-        let behind = last.saturating_sub(matched);
-        if behind > PROMOTE_LAG_MAX {
+        if let Err(why) = self.catch_up_state(&group, node_id) {
             return Err(CanonError::Refused(format!(
-                "learner {node_id} is {behind} entries behind the leader (at most {PROMOTE_LAG_MAX}); promoting it now would stall the quorum until it catches up"
+                "learner {node_id} cannot be promoted yet: {why}; promoting it now would stall the quorum until it catches up"
             )));
         }
-        group.raft().change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([node_id])), false).await.map_err(change_failed)?;
+        self.change(&group, ChangeMembers::AddVoterIds(BTreeSet::from([node_id]))).await?;
+        tracing::info!(region, node_id, "canon learner promoted to voter");
         Ok(())
+    }
+
+    /// Commits a membership change by the request deadline.
+    async fn change(&self, group: &Group, change: ChangeMembers<u64, NodeInfo>) -> Result<(), CanonError> {
+        match tokio::time::timeout_at(self.deadline(), group.raft().change_membership(change, false)).await {
+            Ok(result) => result.map(drop).map_err(change_failed),
+            Err(_) => Err(self.unavailable(group.region(), "the membership change was not committed in time".into())),
+        }
     }
 
     /// Removes `node_id` (voter or learner) from `region`'s group, unless that loses quorum.
@@ -186,10 +249,10 @@ impl CanonNode {
                     )));
                 }
             }
-            group.raft().change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([node_id])), false).await.map_err(change_failed)?;
+            self.change(&group, ChangeMembers::RemoveVoters(BTreeSet::from([node_id]))).await?;
         }
         let removed_info = membership.get_node(&node_id).cloned();
-        group.raft().change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([node_id])), false).await.map_err(change_failed)?;
+        self.change(&group, ChangeMembers::RemoveNodes(BTreeSet::from([node_id]))).await?;
         tracing::info!(region, node_id, "canon member removed");
         if let Some(info) = removed_info.filter(|info| info.region == region) {
             // Best effort: the node may be down; it then learns on its return that the group
@@ -240,7 +303,7 @@ impl CanonNode {
         let rpc = Rpc::AddMember { node_id: self.id(), info: self.info().clone(), voter };
         match self.call(&addr, region, to, rpc, MEMBERSHIP_CALL_MAX).await {
             Ok(Reply::Done) => Ok(()),
-            Ok(Reply::Refused(Refusal::Membership(reason))) => Err(CanonError::Refused(reason)),
+            Ok(Reply::Refused(Refusal::Membership(reason))) => Err(untag_error(region, reason)),
             Ok(other) => Err(CanonError::Failed(format!("joining region {region} through node {to}: {other:?}"))),
             Err(e) => Err(CanonError::Failed(format!("joining region {region} through node {to}: {e}"))),
         }
@@ -256,11 +319,40 @@ impl CanonNode {
             .ok_or_else(|| CanonError::NoLeader { region: group.region().to_owned(), waited: Duration::ZERO, last: "no leader known".into() })?;
         match self.call(&info.raft_addr, group.region(), leader, rpc, MEMBERSHIP_CALL_MAX).await {
             Ok(Reply::Done) => Ok(()),
-            Ok(Reply::Refused(Refusal::Membership(reason))) => Err(CanonError::Refused(reason)),
+            Ok(Reply::Refused(Refusal::Membership(reason))) => Err(untag_error(group.region(), reason)),
             Ok(Reply::Refused(refusal)) => Err(CanonError::Failed(refusal.to_string())),
             Ok(other) => Err(CanonError::Failed(format!("unexpected reply {other:?}"))),
-            Err(e) => Err(CanonError::Failed(e.to_string())),
+            Err(e) => Err(self.unavailable(group.region(), format!("the leader (node {leader}) did not answer: {e}"))),
         }
+    }
+}
+
+/// Marks of membership errors that travel as `Refusal::Membership` text between nodes.
+const NOT_PROMOTED_TAG: &str = "[not_promoted] ";
+const UNAVAILABLE_TAG: &str = "[unavailable] ";
+
+/// A membership error as the text of `Refusal::Membership`, so that the forwarding node
+/// answers its caller with the same variant ([`untag_error`] reads it back).
+pub(crate) fn tag_error(error: &CanonError) -> String {
+    match error {
+        CanonError::NotPromoted(reason) => format!("{NOT_PROMOTED_TAG}{reason}"),
+        CanonError::Unavailable { reason, .. } => format!("{UNAVAILABLE_TAG}{reason}"),
+        other => other.to_string(),
+    }
+}
+
+/// The error that the text of a `Refusal::Membership` stands for (see [`tag_error`]).
+fn untag_error(region: &str, text: String) -> CanonError {
+    if let Some(reason) = text.strip_prefix(NOT_PROMOTED_TAG) {
+        CanonError::NotPromoted(reason.to_owned())
+    } else if let Some(reason) = text.strip_prefix(UNAVAILABLE_TAG) {
+        CanonError::Unavailable {
+            region: region.to_owned(),
+            deadline_ms: crate::constants::CANON_REQUEST_DEADLINE_MS,
+            reason: format!("on the leader: {reason}"),
+        }
+    } else {
+        CanonError::Refused(text)
     }
 }
 

@@ -111,6 +111,12 @@ impl PeerSet {
         heard.get(&(group.to_owned(), node)).is_some_and(|at| at.elapsed() <= window)
     }
 
+    /// How long ago `node` last answered a Raft RPC of `group` (`None`: never).
+    pub fn heard_age(&self, group: &str, node: u64) -> Option<Duration> {
+        let heard = self.heard.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        heard.get(&(group.to_owned(), node)).map(|at| at.elapsed())
+    }
+
     /// The peer for `addr` (created on first use).
     pub fn get(&self, addr: &str) -> Arc<Peer> {
         let mut peers = self.peers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);

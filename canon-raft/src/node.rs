@@ -17,6 +17,11 @@
 //! returns its commit index; the reading node waits until it has applied that far. No leader
 //! lease is used, so correctness does not depend on clock drift. Stale reads skip the barrier
 //! and report the replica's lag ([`CanonNode::lag`]).
+//!
+//! Deadlines: every write and read barrier ends by the node's request deadline
+//! ([`NodeConfig::request_deadline`], default [`CANON_REQUEST_DEADLINE_MS`]); a region without
+//! a quorum answers [`CanonError::Unavailable`] then, never a wait without end. The leader
+//! bounds forwarded writes and read-index rounds by the same deadline.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -28,14 +33,13 @@ use openraft::error::{ClientWriteError, RaftError};
 use openraft::{ServerState, SnapshotPolicy};
 use tokio::time::Instant;
 
+use crate::constants::{CANON_REQUEST_DEADLINE_MS, CANON_SHUTDOWN_MAX_MS};
 use crate::network::{CanonNetwork, PeerSet};
 use crate::transport::{CallError, Transport};
 use crate::types::{NodeInfo, Op, Request, Response};
 use crate::wire::{Refusal, Reply, Rpc};
 use crate::{CanonRaft, StateReader};
 
-/// How long a write keeps retrying (leader elections, unreachable leaders) before failing.
-pub const WRITE_RETRY_MAX: Duration = Duration::from_secs(10);
 /// How long a forwarded membership change may take (adding a learner waits for it to catch up).
 pub const MEMBERSHIP_CALL_MAX: Duration = Duration::from_secs(60);
 /// How long one forwarded request waits for the leader's answer before trying again (the
@@ -74,6 +78,28 @@ pub enum CanonError {
     /// This node was removed from its region's group and serves no more.
     #[error("this node was removed from the canon group of region {0} and no longer serves")]
     Removed(String),
+    /// The region's group did not answer within the request deadline: no leader, or a leader
+    /// without a quorum. Retryable; a write that ended so may still be applied later (once).
+    #[error("region {region}: canon unavailable, no quorum answered within {deadline_ms} ms ({reason}); retry later")]
+    Unavailable {
+        /// The region.
+        region: String,
+        /// The deadline that passed.
+        deadline_ms: u64,
+        /// What the last attempt saw.
+        reason: String,
+    },
+    /// A node asked to be a voter was added as a learner but not promoted (it did not catch
+    /// up in time); it stays a learner, which never blocks writes.
+    #[error("{0}")]
+    NotPromoted(String),
+}
+
+impl CanonError {
+    /// Whether retrying the same request later may succeed (no quorum, no leader).
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Unavailable { .. } | Self::NoLeader { .. })
+    }
 }
 
 /// Checks a region name (it becomes a directory name and a frame field).
@@ -110,6 +136,8 @@ pub struct NodeConfig {
     pub storage: Option<DbOpener>,
     /// This start's number instead of the count kept in `data_dir` (the simulator).
     pub incarnation: Option<u64>,
+    /// The server-side deadline of every canon request (see [`CANON_REQUEST_DEADLINE_MS`]).
+    pub request_deadline: Duration,
 }
 
 impl std::fmt::Debug for NodeConfig {
@@ -120,6 +148,7 @@ impl std::fmt::Debug for NodeConfig {
             .field("info", &self.info)
             .field("data_dir", &self.data_dir)
             .field("custom_storage", &self.storage.is_some())
+            .field("request_deadline", &self.request_deadline)
             .finish_non_exhaustive()
     }
 }
@@ -150,6 +179,7 @@ impl NodeConfig {
             raft,
             storage: None,
             incarnation: None,
+            request_deadline: Duration::from_millis(CANON_REQUEST_DEADLINE_MS),
         }
     }
 }
@@ -276,6 +306,7 @@ pub(crate) struct Inner {
     bug_stale_follower_reads: AtomicBool,
     /// Where [`crate::wire::Rpc::App`] messages go (set once by the layer above).
     pub(crate) app: std::sync::OnceLock<Arc<dyn crate::app::AppHandler>>,
+    pub(crate) request_deadline: Duration,
 }
 
 /// The file that counts this node's starts: part of its client id, so that sequence numbers
@@ -350,6 +381,7 @@ impl CanonNode {
             removed: AtomicBool::new(false),
             bug_stale_follower_reads: AtomicBool::new(false),
             app: std::sync::OnceLock::new(),
+            request_deadline: config.request_deadline.max(Duration::from_millis(1)),
         });
         let node = Self { inner };
         let groups_dir = config.data_dir.join("groups");
@@ -370,6 +402,22 @@ impl CanonNode {
     /// This node's id.
     pub fn id(&self) -> u64 {
         self.inner.id
+    }
+
+    /// The server-side deadline of every canon request on this node.
+    pub fn request_deadline(&self) -> Duration {
+        self.inner.request_deadline
+    }
+
+    /// The instant by which a request starting now must end.
+    pub fn deadline(&self) -> Instant {
+        Instant::now() + self.inner.request_deadline
+    }
+
+    pub(crate) fn unavailable(&self, region: &str, reason: String) -> CanonError {
+        metrics::counter!("vcos_canon_unavailable_total").increment(1);
+        let deadline_ms = u64::try_from(self.inner.request_deadline.as_millis()).unwrap_or(u64::MAX);
+        CanonError::Unavailable { region: region.to_owned(), deadline_ms, reason }
     }
 
     /// Where this node is reached, and its home region.
@@ -471,9 +519,17 @@ impl CanonNode {
     /// is only sound for a client with one request in flight, so each write borrows a *session*
     /// (a client id of this node) for its duration: concurrent writes use distinct sessions,
     /// and a session's sequence numbers increase write after write.
+    ///
+    /// Ends by the request deadline ([`CanonNode::request_deadline`]) with
+    /// [`CanonError::Unavailable`] when the region has no quorum.
     pub async fn write(&self, region: &str, op: Op) -> Result<(Response, u64), CanonError> {
+        self.write_by(region, op, self.deadline()).await
+    }
+
+    /// [`CanonNode::write`] ending by `deadline` instead of the request deadline from now.
+    pub async fn write_by(&self, region: &str, op: Op, deadline: Instant) -> Result<(Response, u64), CanonError> {
         let (client_id, seq) = self.take_session();
-        let result = self.submit(region, Request { client_id, seq, op }).await;
+        let result = self.submit_by(region, Request { client_id, seq, op }, deadline).await;
         self.end_session(client_id, seq, result)
     }
 
@@ -503,32 +559,43 @@ impl CanonNode {
         (self.inner.client_base | slot, 1)
     }
 
-    /// Sends `request` to `region`'s leader until it is applied, or [`WRITE_RETRY_MAX`] passes.
+    /// Sends `request` to `region`'s leader until it is applied, or the request deadline
+    /// passes ([`CanonError::Unavailable`]).
     pub async fn submit(&self, region: &str, request: Request) -> Result<(Response, u64), CanonError> {
+        self.submit_by(region, request, self.deadline()).await
+    }
+
+    /// [`CanonNode::submit`] ending by `deadline`.
+    pub async fn submit_by(&self, region: &str, request: Request, deadline: Instant) -> Result<(Response, u64), CanonError> {
         let group = self.group(region)?;
-        let started = Instant::now();
-        let mut last: String;
+        let mut last = String::from("no attempt finished");
         loop {
-            match self.try_submit(&group, &request).await {
-                Ok((response, log_index)) => {
+            if Instant::now() >= deadline {
+                return Err(self.unavailable(region, last));
+            }
+            // The attempt itself is bounded: a local leader without a quorum never answers.
+            match tokio::time::timeout_at(deadline, self.try_submit(&group, &request, deadline)).await {
+                Ok(Ok((response, log_index))) => {
                     // Applied on the leader; wait for it here too, so a local read sees it.
-                    let remaining = WRITE_RETRY_MAX.saturating_sub(started.elapsed());
+                    let remaining = deadline.saturating_duration_since(Instant::now());
                     if !group.wait_applied(log_index, remaining.max(Duration::from_millis(100))).await {
                         tracing::warn!(region, log_index, "write committed but not yet applied on this node");
                     }
                     return Ok((response, log_index));
                 }
-                Err(Attempt::Retry(reason)) => last = reason,
-                Err(Attempt::Fail(error)) => return Err(error),
+                Ok(Err(Attempt::Retry(reason))) => last = reason,
+                Ok(Err(Attempt::Fail(error))) => return Err(error),
+                Err(_) => {
+                    last = "the leader did not commit it in time (it may still apply)".into();
+                    return Err(self.unavailable(region, last));
+                }
             }
-            if started.elapsed() >= WRITE_RETRY_MAX {
-                return Err(CanonError::NoLeader { region: region.to_owned(), waited: WRITE_RETRY_MAX, last });
-            }
-            tokio::time::sleep(RETRY_PAUSE).await;
+            tokio::time::sleep_until((Instant::now() + RETRY_PAUSE).min(deadline)).await;
         }
     }
 
-    async fn try_submit(&self, group: &Group, request: &Request) -> Result<(Response, u64), Attempt> {
+    async fn try_submit(&self, group: &Group, request: &Request, deadline: Instant) -> Result<(Response, u64), Attempt> {
+        let attempt_max = FORWARD_ATTEMPT_MAX.min(deadline.saturating_duration_since(Instant::now())).max(Duration::from_millis(1));
         match group.leader() {
             Some((leader, _)) if leader == self.inner.id => match group.raft.client_write(request.clone()).await {
                 Ok(done) => Ok((done.data, done.log_id.index)),
@@ -537,7 +604,7 @@ impl CanonNode {
             },
             Some((leader, info)) => {
                 let reply = self
-                    .call(&info.raft_addr, &group.region, leader, Rpc::ClientWrite(request.clone()), FORWARD_ATTEMPT_MAX)
+                    .call(&info.raft_addr, &group.region, leader, Rpc::ClientWrite(request.clone()), attempt_max)
                     .await
                     .map_err(|e| Attempt::Retry(e.to_string()))?;
                 match reply {
@@ -554,20 +621,30 @@ impl CanonNode {
     }
 
     /// A read barrier for linearizable reads of `region`: returns once this node applied
-    /// everything committed before the call (read index confirmed by a quorum).
+    /// everything committed before the call (read index confirmed by a quorum), or
+    /// [`CanonError::Unavailable`] when that cannot happen by the request deadline.
     pub async fn read_barrier(&self, region: &str) -> Result<u64, CanonError> {
+        self.read_barrier_by(region, self.deadline()).await
+    }
+
+    /// [`CanonNode::read_barrier`] ending by `deadline`.
+    pub async fn read_barrier_by(&self, region: &str, deadline: Instant) -> Result<u64, CanonError> {
         let group = self.group(region)?;
-        let started = Instant::now();
-        let mut last: String;
+        let mut last = String::from("no attempt finished");
         loop {
+            if Instant::now() >= deadline {
+                return Err(self.unavailable(region, last));
+            }
+            let attempt_max = FORWARD_ATTEMPT_MAX.min(deadline.saturating_duration_since(Instant::now())).max(Duration::from_millis(1));
             let attempt = match group.leader() {
-                Some((leader, _)) if leader == self.inner.id => match group.leader_read_index().await {
-                    Ok(index) => Ok(index),
-                    Err(RaftError::APIError(e)) => Err(Attempt::Retry(e.to_string())),
-                    Err(RaftError::Fatal(e)) => Err(Attempt::Fail(CanonError::Failed(e.to_string()))),
+                Some((leader, _)) if leader == self.inner.id => match tokio::time::timeout_at(deadline, group.leader_read_index()).await {
+                    Ok(Ok(index)) => Ok(index),
+                    Ok(Err(RaftError::APIError(e))) => Err(Attempt::Retry(e.to_string())),
+                    Ok(Err(RaftError::Fatal(e))) => Err(Attempt::Fail(CanonError::Failed(e.to_string()))),
+                    Err(_) => Err(Attempt::Retry("this leader heard no quorum in time".into())),
                 },
                 Some(_) if self.inner.bug_stale_follower_reads.load(Ordering::Relaxed) => return Ok(group.applied_index()),
-                Some((leader, info)) => match self.call(&info.raft_addr, region, leader, Rpc::ReadIndex, FORWARD_ATTEMPT_MAX).await {
+                Some((leader, info)) => match self.call(&info.raft_addr, region, leader, Rpc::ReadIndex, attempt_max).await {
                     Ok(Reply::ReadIndex(index)) => Ok(index),
                     Ok(other) => Err(Attempt::Retry(format!("{other:?}"))),
                     Err(e) => Err(Attempt::Retry(e.to_string())),
@@ -576,7 +653,7 @@ impl CanonNode {
             };
             match attempt {
                 Ok(index) => {
-                    let remaining = WRITE_RETRY_MAX.saturating_sub(started.elapsed());
+                    let remaining = deadline.saturating_duration_since(Instant::now());
                     if group.wait_applied(index, remaining).await {
                         return Ok(index);
                     }
@@ -585,10 +662,7 @@ impl CanonNode {
                 Err(Attempt::Retry(reason)) => last = reason,
                 Err(Attempt::Fail(error)) => return Err(error),
             }
-            if started.elapsed() >= WRITE_RETRY_MAX {
-                return Err(CanonError::NoLeader { region: region.to_owned(), waited: WRITE_RETRY_MAX, last });
-            }
-            tokio::time::sleep(RETRY_PAUSE).await;
+            tokio::time::sleep_until((Instant::now() + RETRY_PAUSE).min(deadline)).await;
         }
     }
 
@@ -658,13 +732,19 @@ impl CanonNode {
         }
     }
 
-    /// Stops every group's Raft (the node answers nothing afterwards).
+    /// Stops every group's Raft (the node answers nothing afterwards). Bounded: a group
+    /// whose Raft does not stop within [`CANON_SHUTDOWN_MAX_MS`] is left behind (its tasks end
+    /// with the process); the groups stop concurrently, so the whole call takes at most that.
     pub async fn shutdown(&self) {
-        for group in self.groups() {
-            if let Err(e) = group.raft.shutdown().await {
-                tracing::warn!(region = %group.region, error = %e, "raft shutdown");
+        let max = Duration::from_millis(CANON_SHUTDOWN_MAX_MS);
+        let stops = self.groups().into_iter().map(|group| async move {
+            match tokio::time::timeout(max, group.raft.shutdown()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(region = %group.region, error = %e, "raft shutdown"),
+                Err(_) => tracing::warn!(region = %group.region, waited_ms = CANON_SHUTDOWN_MAX_MS, "raft did not stop in time; leaving it"),
             }
-        }
+        });
+        futures_util::future::join_all(stops).await;
     }
 }
 

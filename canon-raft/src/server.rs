@@ -140,8 +140,14 @@ impl CanonNode {
                     Ok(receiver) => {
                         let node = self.clone();
                         let region = region.to_owned();
+                        let deadline = self.request_deadline();
                         Dispatched::Later(Box::pin(async move {
-                            match receiver.await {
+                            // Bounded: a leader without a quorum never commits; the sender
+                            // retries (the request is deduplicated) until its own deadline.
+                            let Ok(answer) = tokio::time::timeout(deadline, receiver).await else {
+                                return Reply::Refused(Refusal::Failed(format!("not committed within {deadline:?}: no quorum answered")));
+                            };
+                            match answer {
                                 Ok(Ok(done)) => Reply::ClientWrite { response: done.data, log_index: done.log_id.index },
                                 Ok(Err(ClientWriteError::ForwardToLeader(_))) => {
                                     Reply::Refused(Refusal::NotLeader { leader: node.group(&region).ok().and_then(|g| g.leader()) })
@@ -187,11 +193,13 @@ impl CanonNode {
             }
             Rpc::ReadIndex => {
                 let group = group.clone();
+                let deadline = self.request_deadline();
                 Dispatched::Later(Box::pin(async move {
-                    match group.leader_read_index().await {
-                        Ok(index) => Reply::ReadIndex(index),
-                        Err(RaftError::APIError(_)) => Reply::Refused(Refusal::NotLeader { leader: group.leader() }),
-                        Err(RaftError::Fatal(e)) => Reply::Refused(Refusal::Failed(e.to_string())),
+                    match tokio::time::timeout(deadline, group.leader_read_index()).await {
+                        Ok(Ok(index)) => Reply::ReadIndex(index),
+                        Ok(Err(RaftError::APIError(_))) => Reply::Refused(Refusal::NotLeader { leader: group.leader() }),
+                        Ok(Err(RaftError::Fatal(e))) => Reply::Refused(Refusal::Failed(e.to_string())),
+                        Err(_) => Reply::Refused(Refusal::Failed(format!("no quorum confirmed the leadership within {deadline:?}"))),
                     }
                 }))
             }
@@ -225,6 +233,7 @@ fn membership_reply(result: Result<(), CanonError>) -> Reply {
     match result {
         Ok(()) => Reply::Done,
         Err(CanonError::Refused(reason)) => Reply::Refused(Refusal::Membership(reason)),
+        Err(e @ (CanonError::NotPromoted(_) | CanonError::Unavailable { .. })) => Reply::Refused(Refusal::Membership(crate::membership::tag_error(&e))),
         Err(e) => Reply::Refused(Refusal::Failed(e.to_string())),
     }
 }

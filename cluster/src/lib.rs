@@ -31,4 +31,4 @@ pub use driver::{spawn, MembershipHandle, EVENTS_LEN_MAX};
 pub use transport::DatagramSocket;
 
 pub use members::{Member, MemberSource, MemberState, StaticMembers};
-pub use node::{Cluster, ClusterConfig, LeaseTable, Placement};
+pub use node::{Cluster, ClusterConfig, ClusterRouter, LeaseTable, Placement};

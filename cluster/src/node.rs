@@ -19,7 +19,9 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 use vcos_actors::store::{CanonStore, CanonWrite, StoreError};
+use vcos_actors::imvu::AskToken;
 use vcos_actors::ownership::{Fence, Ownership};
+use vcos_actors::router::{Router, ASK_TIMEOUT_MS_DEFAULT};
 use vcos_actors::{ActorError, Caller, Clock, ImvuInfo, ImvuKey, Runtime, TenantId};
 use vcos_canon_raft::app::AppFuture;
 use vcos_canon_raft::{AppCallError, AppHandler, CanonNode};
@@ -314,9 +316,7 @@ async fn serve_locally(inner: &Inner, key: &ImvuKey, caller: &Caller, op: &Op) -
         Op::Tell { message } => {
             let message: serde_json::Value = serde_json::from_slice(message)
                 .map_err(|e| ActorError::BadRequest { field: "message".into(), reason: e.to_string() })?;
-            // A tell is an ask whose reply the sender does not wait for; delivering it in
-            // order with the IMVU's other messages is the shard's job.
-            runtime.ask_json(key, message).await?;
+            runtime.tell_json(key, message).await?;
             json(&serde_json::Value::Null)
         }
         Op::Transition { transition } => json(&runtime.transition(key, remote::parse_transition(transition)?, caller).await?),
@@ -555,4 +555,78 @@ fn read_records(store: &dyn CanonStore) -> Option<BTreeMap<u16, Vec<u8>>> {
         }
     }
     Some(out)
+}
+
+/// The runtime's [`Router`] in a cluster: messages between IMVUs reach their targets on
+/// whichever node owns them. Build it before the runtime
+/// ([`vcos_actors::RuntimeBuilder::router`]); it routes once [`Cluster::start`] bound it.
+#[derive(Default)]
+pub struct ClusterRouter {
+    cluster: std::sync::OnceLock<Weak<Inner>>,
+}
+
+impl std::fmt::Debug for ClusterRouter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterRouter").field("bound", &self.cluster.get().is_some()).finish()
+    }
+}
+
+impl ClusterRouter {
+    /// Routes through `cluster` from now on (the first call wins).
+    pub fn bind(&self, cluster: &Cluster) {
+        let _ = self.cluster.set(Arc::downgrade(&cluster.inner));
+    }
+
+    fn cluster(&self) -> Option<Arc<Inner>> {
+        self.cluster.get().and_then(Weak::upgrade)
+    }
+}
+
+impl Router for ClusterRouter {
+    fn route(&self, from: ImvuKey, to: ImvuKey, msg: serde_json::Value, ask: Option<AskToken>) {
+        let Some(inner) = self.cluster() else {
+            tracing::warn!(%from, %to, "message between IMVUs before the cluster started: dropped");
+            return;
+        };
+        tokio::spawn(async move {
+            let caller = Caller::internal(&from.tenant, "imvu");
+            let message = match serde_json::to_vec(&msg) {
+                Ok(message) => message,
+                Err(e) => return tracing::warn!(%from, %to, error = %e, "message does not serialise"),
+            };
+            match ask {
+                None => {
+                    if let Err(e) = route(&inner, &to, &caller, Op::Tell { message }, 0).await {
+                        tracing::debug!(%from, %to, error = %e, "tell between IMVUs not delivered");
+                    }
+                }
+                Some(token) => {
+                    let timeout = Duration::from_millis(ASK_TIMEOUT_MS_DEFAULT);
+                    let answer = match tokio::time::timeout(timeout, route(&inner, &to, &caller, Op::Ask { message }, 0)).await {
+                        Ok(Ok(bytes)) => decode_json(&bytes),
+                        Ok(Err(e)) => Err(e),
+                        Err(_) => Err(ActorError::Unavailable(format!("{to} did not answer within {ASK_TIMEOUT_MS_DEFAULT} ms"))),
+                    };
+                    inner.runtime.deliver_reply(token, answer).await;
+                }
+            }
+        });
+    }
+
+    fn create_child(&self, parent: ImvuKey, kind: &str, ask: AskToken) {
+        let Some(inner) = self.cluster() else {
+            tracing::warn!(%parent, "child creation before the cluster started: dropped");
+            return;
+        };
+        let kind = kind.to_owned();
+        tokio::spawn(async move {
+            let caller = Caller::internal(&parent.tenant, "parent");
+            let cluster = Cluster { inner: Arc::clone(&inner) };
+            let created = cluster
+                .create(&parent.tenant, &kind, &caller)
+                .await
+                .and_then(|info| serde_json::to_value(info.key).map_err(|e| ActorError::Store(e.to_string())));
+            inner.runtime.deliver_reply(ask, created).await;
+        });
+    }
 }

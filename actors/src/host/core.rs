@@ -422,13 +422,10 @@ impl<I: Imvu> ShardCore<I> {
 
     /// Queues a commit for IMVU `id`, guarded by the fence it was activated under; returns
     /// its token.
-    fn commit(&mut self, id: u64, mut writes: Vec<CanonWrite>, then: Then<I>) -> u64 {
-        if let Some(fence) = self.cells.get(&id).and_then(|cell| cell.fence) {
+    fn commit(&mut self, key: &ImvuKey, mut writes: Vec<CanonWrite>, then: Then<I>) -> u64 {
+        if let Some(fence) = self.cells.get(&key.id.0).and_then(|cell| cell.fence) {
             writes.push(self.env.ownership.guard(fence));
         }
-        self.push_commit(writes, Pending::Commit { id, then })
-    /// Queues a commit for IMVU `key`; returns its token.
-    fn commit(&mut self, key: &ImvuKey, writes: Vec<CanonWrite>, then: Then<I>) -> u64 {
         self.push_commit(writes, Pending::Commit { key: *key, then, outgoing: Vec::new() })
     }
 
@@ -439,7 +436,7 @@ impl<I: Imvu> ShardCore<I> {
             return;
         }
         for held in self.held.remove(&id).unwrap_or_default() {
-            if let Held::Ask(_, reply) = held {
+            if let Held(_, Some(reply)) = held {
                 let error = ActorError::Unavailable(format!("IMVU {id} moved to another node while paused; send again"));
                 self.effects.push(Effect::ReplyAsk(reply, Err(error)));
             }

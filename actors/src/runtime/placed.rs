@@ -41,3 +41,11 @@ impl Runtime {
         Ok(self.inner.tenants.upsert(id.clone(), policy, 0))
     }
 }
+
+impl Runtime {
+    /// Delivers a JSON message to a local IMVU without waiting for it to be handled (at most
+    /// once; in the IMVU's mailbox order).
+    pub async fn tell_json(&self, key: &ImvuKey, message: serde_json::Value) -> Result<(), ActorError> {
+        self.route(key)?.tell_json(*key, message).await
+    }
+}

@@ -42,6 +42,10 @@ pub enum StoreError {
         /// The key whose guard failed (the first one, in the commit's order).
         key: String,
     },
+    /// The replicated store has no quorum right now (the commit did not complete by its
+    /// deadline): retry later. A commit that ended so may still be applied.
+    #[error("canon unavailable: {0}")]
+    Unavailable(String),
     /// A stored record could not be decoded.
     #[error("corrupt record at {key}: {reason}")]
     Corrupt {

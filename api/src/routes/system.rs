@@ -14,26 +14,37 @@ use crate::error::ErrorBody;
 use crate::wire::{Health, Kind, KindList};
 use crate::AppState;
 
-/// Liveness and readiness: 200 while serving, 503 once the node has begun to stop.
+/// Liveness and readiness: 200 while serving with a canon that can commit; 503 `degraded`
+/// while the node's canon group has no leader with a quorum (it still serves reads of its
+/// replica and answers writes with 503 `canon_unavailable`), 503 `stopping` once it stops.
 #[utoipa::path(
     get,
     path = "/health",
     tag = "system",
     responses(
         (status = 200, description = "Serving", body = Health,
-            example = json!({"status": "ok", "imvus_resident": 3})),
-        (status = 503, description = "Stopping: the node takes no new work", body = Health,
-            example = json!({"status": "stopping", "imvus_resident": 3})),
+            example = json!({"status": "ok", "imvus_resident": 3, "canon": {"region": "local", "ok": true, "groups": [
+                {"region": "local", "role": "leader", "leader_id": 1, "quorum": true, "quorum_ack_age_ms": 0,
+                 "leader_contact_age_ms": 0, "voters": 1}]}})),
+        (status = 503, description = "Degraded (no canon quorum) or stopping: the node takes no new writes", body = Health,
+            example = json!({"status": "degraded", "imvus_resident": 3, "canon": {"region": "local", "ok": false, "groups": [
+                {"region": "local", "role": "candidate", "leader_id": null, "quorum": false, "quorum_ack_age_ms": null,
+                 "leader_contact_age_ms": 5200, "voters": 2}]}})),
     )
 )]
 pub(super) async fn health(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
     let node = state.runtime.node();
     let imvus_resident = node.resident_imvus.load(Ordering::Relaxed);
-    if node.shutting_down.load(Ordering::Relaxed) {
-        (StatusCode::SERVICE_UNAVAILABLE, Json(Health { status: "stopping".into(), imvus_resident }))
+    let canon = state.canon.as_ref().map(|store| store.node().health());
+    let status = if node.shutting_down.load(Ordering::Relaxed) {
+        "stopping"
+    } else if canon.as_ref().is_some_and(|canon| !canon.ok) {
+        "degraded"
     } else {
-        (StatusCode::OK, Json(Health { status: "ok".into(), imvus_resident }))
-    }
+        "ok"
+    };
+    let code = if status == "ok" { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (code, Json(Health { status: status.into(), imvus_resident, canon }))
 }
 
 /// Prometheus metrics of the node (runtime and HTTP), in the text exposition format.
