@@ -2,13 +2,15 @@
 //!
 //! - `vcos up`: a local node (canon on disk, IMVU hosts, HTTP facade) on embedded defaults;
 //! - `vcos bench local`: the actor runtime measured against Erlang/OTP in the same run;
-//! - `vcos sim`: the deterministic simulator.
+//! - `vcos sim`: the deterministic simulator;
+//! - `vcos status`, `vcos canon`: a running cluster's members and canon.
 
 mod bench;
 mod canon_cmd;
 mod cluster_up;
 mod http_client;
 mod sim_cmd;
+mod status_cmd;
 mod up;
 
 use clap::{Parser, Subcommand};
@@ -36,6 +38,8 @@ enum Command {
     Canon(canon_cmd::CanonArgs),
     /// Run the deterministic simulator: faults from a seed, checkers, minimal repros.
     Sim(sim_cmd::SimArgs),
+    /// The cluster's members as a node sees them: region, roles, state, IMVU buckets owned.
+    Status(status_cmd::StatusArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -45,5 +49,6 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(args) => bench::run(args),
         Command::Sim(args) => sim_cmd::run_cli(args),
         Command::Canon(args) => canon_cmd::run(args),
+        Command::Status(args) => status_cmd::run(args),
     }
 }

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
-use vcos_actors::kinds::{Counter, KvMemory, TextWorker};
+use vcos_actors::kinds::{Counter, KvMemory, Relay, TextWorker};
 use vcos_actors::{ActorError, Runtime, RuntimeConfig, SystemClock, TenantId, TenantPolicy};
 use vcos_canon_raft::{CanonNode, GroupView, NodeConfig, RaftCanonStore, TcpTransport};
 
@@ -103,6 +103,7 @@ pub(crate) async fn start_runtime(config: RuntimeConfig, router: Option<Arc<dyn 
     let rt = builder
         .kind(Counter)
         .kind(KvMemory)
+        .kind(Relay)
         .kind(TextWorker)
         .start()
         .await

@@ -181,6 +181,12 @@ async fn imvus_live_once_fail_over_and_never_serve_stale_state() {
         .await;
     }
 
+    // `vcos status` shows the members as an operator reads them.
+    let mut status = Proc::spawn(&["status", "--node", &bases[1]]);
+    let (exit, output) = status.finish(Duration::from_secs(30));
+    assert!(exit.success(), "{output}");
+    assert_eq!(output.lines().filter(|l| l.contains(" alive ") && l.contains(" eu ")).count(), 3, "{output}");
+
     // IMVUs created through every node; messages through every node in turn all land on the
     // one activation (each reply is the running total: 1, 2, 3, ...).
     let mut ids = Vec::new();
@@ -206,6 +212,32 @@ async fn imvus_live_once_fail_over_and_never_serve_stale_state() {
         assert!(body["placement"]["lease_epoch"].as_u64().unwrap_or(0) >= 1, "{body}");
         owner_of.insert(id, owner);
     }
+
+    // IMVUs talk to IMVUs across nodes: a relay asks counters owned by other nodes.
+    let (code, relay) = call(&http, "POST", format!("{}/v1/tenants/default/imvus", bases[0]), Some(json!({"kind": "relay"}))).await;
+    assert_eq!(code, 201, "{relay}");
+    let relay_id = relay["key"]["id"].as_u64().expect("an id");
+    let relay_owner = read_imvu(&http, &bases[0], relay_id).await["placement"]["owner_node"].as_u64().expect("an owner");
+    let remote: Vec<u64> = ids.iter().copied().filter(|id| owner_of[id] != relay_owner).take(3).collect();
+    assert!(!remote.is_empty(), "some counter lives on another node than the relay");
+    for &id in &remote {
+        let message = json!({"message": {"op": "ask", "to": id, "message": {"op": "get"}}});
+        let (code, body) = call(&http, "POST", format!("{}/v1/tenants/default/imvus/{relay_id}/messages", bases[1]), Some(message)).await;
+        assert_eq!(code, 200, "{body}");
+    }
+    until("the relay got every answer from the other nodes", async || {
+        let message = json!({"message": {"op": "answers"}});
+        let (code, body) = call(&http, "POST", format!("{}/v1/tenants/default/imvus/{relay_id}/messages", bases[2]), Some(message)).await;
+        let answers = body["reply"].as_array().cloned().unwrap_or_default();
+        code == 200 && answers.len() == remote.len()
+    })
+    .await;
+    let (_, body) = call(&http, "POST", format!("{}/v1/tenants/default/imvus/{relay_id}/messages", bases[0]), Some(json!({"message": {"op": "answers"}}))).await;
+    let mut got: Vec<i64> = body["reply"].as_array().into_iter().flatten().filter_map(|a| a["reply"]["Ok"].as_i64()).collect();
+    let mut want: Vec<i64> = remote.iter().map(|id| totals[id]).collect();
+    got.sort_unstable();
+    want.sort_unstable();
+    assert_eq!(got, want, "answers from counters on other nodes: {body}");
 
     // kill -9 the owner of the most IMVUs; each of its IMVUs answers again, with its state,
     // through a survivor.

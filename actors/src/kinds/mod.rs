@@ -2,8 +2,10 @@
 
 mod counter;
 mod kv_memory;
+mod relay;
 mod text_worker;
 
 pub use counter::{Counter, CounterMsg};
 pub use kv_memory::{KvMemory, KvMsg, KvReply};
+pub use relay::{Relay, RelayAnswer, RelayMsg, RelayState, RELAY_ANSWERS_MAX};
 pub use text_worker::{TextOp, TextWorker, TextWorkerState};
