@@ -18,11 +18,12 @@
 //! partitioned follower serves old values as linearizable; the linearizability checker
 //! catches it.
 //!
-//! Determinism: openraft draws election timeouts from the seeded `CanonRuntime`, and nothing
-//! on the canon's path waits on a tokio `watch` (whose waiters tokio shards at random). A seed
-//! replays identically in a fresh process (`vcos sim --scenario canon --seed N`); replaying it
-//! twice *in one process* still diverges on some seeds by a millisecond after the heal, from
-//! process-wide state not yet found — `--check-determinism` reports those seeds.
+//! Determinism: openraft draws election timeouts from the seeded `CanonRuntime`, nothing on
+//! the canon's path waits on a tokio `watch` (whose waiters tokio shards at random), and a
+//! host's TCP streams close in the order they were opened when the plan crashes or restarts it
+//! (`crate::sockets`: tokio would drop them in an order set by process-global task ids). A
+//! seed replays identically in a fresh process and run after run in one process
+//! (`vcos sim --scenario canon --seed N --check-determinism`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
