@@ -63,7 +63,22 @@ fn parse_range(text: &str) -> Result<Range<u64>, String> {
     Ok(a..b)
 }
 
+/// Stamps log lines with the simulated time of the host that logs (empty outside a host).
+struct SimTime;
+
+impl tracing_subscriber::fmt::time::FormatTime for SimTime {
+    fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
+        write!(w, "{:>8}", vcos_sim::node_env::sim_now_ms())
+    }
+}
+
 pub(crate) fn run_cli(args: SimArgs) -> anyhow::Result<()> {
+    // `RUST_LOG` logs the simulated nodes (openraft, turmoil's network, ours) to stderr, stamped
+    // with simulated time: two runs of one seed can be diffed to find where they part.
+    if std::env::var_os("RUST_LOG").is_some() {
+        let filter = tracing_subscriber::EnvFilter::from_default_env();
+        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_timer(SimTime).with_ansi(false).with_writer(std::io::stderr).try_init();
+    }
     let chosen: Vec<&'static dyn Scenario> = if args.scenario == "all" {
         scenarios::all().to_vec()
     } else {
@@ -137,6 +152,7 @@ fn single(scenario: &dyn Scenario, seed: u64, args: &SimArgs, options: &RunOptio
     );
     let mut failed = false;
     if args.check_determinism {
+        tracing::info!(seed, "second run");
         let again = run(scenario, seed, options);
         if again.trace_hash == report.trace_hash {
             println!("determinism: same hash on a second run");

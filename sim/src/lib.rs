@@ -18,6 +18,7 @@ pub mod node_env;
 pub mod plan;
 pub mod scenarios;
 pub mod shrink;
+pub mod sockets;
 pub mod trace;
 pub mod world;
 

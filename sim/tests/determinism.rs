@@ -9,9 +9,9 @@ const SEEDS: u64 = 150;
 /// Every how many seeds the run is repeated to compare hashes.
 const REPLAY_EVERY: u64 = 5;
 
-fn sweep(scenario: &dyn Scenario) {
+fn sweep(scenario: &dyn Scenario, seeds: u64) {
     let mut failures = Vec::new();
-    for seed in 0..SEEDS {
+    for seed in 0..seeds {
         let report = run(scenario, seed, &RunOptions::default());
         if !report.passed() {
             failures.push(format!("seed {seed}: {:?} (plan {})", report.violations, report.plan));
@@ -31,17 +31,17 @@ fn sweep(scenario: &dyn Scenario) {
 
 #[test]
 fn supervision_seeds_pass_and_replay() {
-    sweep(scenarios::by_name("supervision").expect("scenario"));
+    sweep(scenarios::by_name("supervision").expect("scenario"), SEEDS);
 }
 
 #[test]
 fn swarm_seeds_pass_and_replay() {
-    sweep(scenarios::by_name("swarm").expect("scenario"));
+    sweep(scenarios::by_name("swarm").expect("scenario"), SEEDS);
 }
 
 #[test]
 fn durability_seeds_pass_and_replay() {
-    sweep(scenarios::by_name("durability").expect("scenario"));
+    sweep(scenarios::by_name("durability").expect("scenario"), SEEDS);
 }
 
 /// First seed (of `limit`) on which `bugs` make `scenario` fail.
@@ -73,18 +73,15 @@ fn planted_store_acking_before_fsync_is_caught_and_shrunk() {
 }
 
 #[test]
-fn canon_seeds_pass() {
-    // The canon scenario's in-process replays can diverge by a millisecond after the heal
-    // (see the scenario's docs); each seed is checked, not replayed.
-    let scenario = scenarios::by_name("canon").expect("scenario");
-    for seed in 0..CANON_SEEDS {
-        let report = run(scenario, seed, &RunOptions::default());
-        assert!(report.passed(), "canon seed {seed} failed: {:?}\nrepro: vcos sim --scenario canon --seed {seed}", report.violations);
-    }
+fn canon_seeds_pass_and_replay() {
+    // Runs next to the other sweeps: replays hold however many tasks other threads spawned
+    // (tokio's task ids are process-global; see `vcos_sim::sockets`).
+    sweep(scenarios::by_name("canon").expect("scenario"), CANON_SEEDS);
 }
 
-/// Seeds of the canon scenario in the default suite (each runs three Raft nodes).
-const CANON_SEEDS: u64 = 40;
+/// Seeds of the canon scenario in the default suite (each runs three Raft nodes); one in
+/// `REPLAY_EVERY` is run twice.
+const CANON_SEEDS: u64 = 36;
 
 #[test]
 fn planted_stale_follower_reads_are_caught_by_the_linearizability_checker() {

@@ -18,11 +18,12 @@
 //! partitioned follower serves old values as linearizable; the linearizability checker
 //! catches it.
 //!
-//! Determinism: openraft draws election timeouts from the seeded `CanonRuntime`, and nothing
-//! on the canon's path waits on a tokio `watch` (whose waiters tokio shards at random). A seed
-//! replays identically in a fresh process (`vcos sim --scenario canon --seed N`); replaying it
-//! twice *in one process* still diverges on some seeds by a millisecond after the heal, from
-//! process-wide state not yet found — `--check-determinism` reports those seeds.
+//! Determinism: openraft draws election timeouts from the seeded `CanonRuntime`, nothing on
+//! the canon's path waits on a tokio `watch` (whose waiters tokio shards at random), and a
+//! host's TCP streams close in the order they were opened when the plan crashes or restarts it
+//! (`crate::sockets`: tokio would drop them in an order set by process-global task ids). A
+//! seed replays identically in a fresh process and run after run in one process
+//! (`vcos sim --scenario canon --seed N --check-determinism`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -40,6 +41,7 @@ use vcos_canon_raft::{CanonNode, NodeConfig, NodeInfo, Op, Response};
 use super::Scenario;
 use crate::linearizability::{self, KvInput, KvOutput, Operation, Verdict};
 use crate::plan::{FaultKind, FaultMix, FaultPlan};
+use crate::sockets::HostSockets;
 use crate::trace::{hash_events, Trace};
 use crate::world::{RunOptions, RunReport};
 
@@ -75,16 +77,19 @@ impl Scenario for CanonScenario {
     }
 }
 
-/// Turmoil's TCP as the canon's transport.
-#[derive(Debug, Clone, Copy)]
-struct SimTransport;
+/// Turmoil's TCP as the canon's transport; the host's streams close in opening order when it
+/// goes down (see `sockets`).
+#[derive(Debug, Clone)]
+struct SimTransport {
+    sockets: Arc<HostSockets>,
+}
 
 impl Transport for SimTransport {
     fn connect(&self, addr: &str) -> ConnectFuture {
-        let addr = addr.to_owned();
+        let (addr, sockets) = (addr.to_owned(), self.sockets.clone());
         Box::pin(async move {
             let stream = turmoil::net::TcpStream::connect(addr).await?;
-            Ok(Box::new(stream) as BoxStream)
+            Ok(Box::new(sockets.wrap(stream)) as BoxStream)
         })
     }
 }
@@ -214,13 +219,15 @@ fn run(name: &'static str, mix: FaultMix, seed: u64, options: &RunOptions, plan:
         .simulation_duration(Duration::from_secs(3600))
         .build();
     let incarnations: Vec<Arc<AtomicU64>> = (0..NODES).map(|_| Arc::new(AtomicU64::new(0))).collect();
+    let sockets: Vec<Arc<HostSockets>> = (0..NODES).map(|_| Arc::default()).collect();
     for i in 0..NODES {
         let (disk, shared, incarnation) = (disks[usize::from(i)].clone(), shared.clone(), incarnations[usize::from(i)].clone());
+        let host_sockets = sockets[usize::from(i)].clone();
         sim.host(node_name(i).as_str(), move || {
-            let (disk, shared) = (disk.clone(), shared.clone());
+            let (disk, shared, sockets) = (disk.clone(), shared.clone(), host_sockets.clone());
             let incarnation = incarnation.fetch_add(1, Ordering::Relaxed) + 1;
             async move {
-                if let Err(e) = node_main(i, incarnation, disk, shared.clone(), seed).await {
+                if let Err(e) = node_main(i, incarnation, disk, shared.clone(), sockets, seed).await {
                     shared.trace.record(format!("{} exited: {e}", node_name(i)));
                 }
                 Ok(())
@@ -247,12 +254,12 @@ fn run(name: &'static str, mix: FaultMix, seed: u64, options: &RunOptions, plan:
         while let Some(fault) = plan.faults.get(next_fault).filter(|f| f.at_ms <= now && !healed) {
             next_fault += 1;
             trace.record_at(now, format!("fault {}", fault.kind));
-            apply(&mut sim, &fault.kind, now, &disks, &mut crashed, &mut due);
+            apply(&mut sim, &fault.kind, now, &disks, &sockets, &mut crashed, &mut due);
         }
         let ready: Vec<u64> = due.range(..=now).map(|(t, _)| *t).collect();
         for t in ready {
             for (node, action) in due.remove(&t).unwrap_or_default() {
-                recover(&mut sim, node, action, &mut crashed, &trace, now);
+                recover(&mut sim, node, action, &sockets, &mut crashed, &trace, now);
             }
         }
         if !healed && now >= mix.duration_ms {
@@ -260,14 +267,14 @@ fn run(name: &'static str, mix: FaultMix, seed: u64, options: &RunOptions, plan:
             trace.record_at(now, "heal: restart crashed nodes, repair links, disks recover");
             for (_, actions) in std::mem::take(&mut due) {
                 for (node, action) in actions {
-                    recover(&mut sim, node, action, &mut crashed, &trace, now);
+                    recover(&mut sim, node, action, &sockets, &mut crashed, &trace, now);
                 }
             }
             for i in 0..NODES {
                 disks[usize::from(i)].fail_fsync_until_ms.store(0, Ordering::Relaxed);
                 let name = node_name(i);
                 if !sim.is_host_running(name.as_str()) {
-                    sim.bounce(name.as_str());
+                    bounce(&mut sim, i, &sockets);
                     trace.record_at(now, format!("restart {name}"));
                 }
             }
@@ -278,7 +285,7 @@ fn run(name: &'static str, mix: FaultMix, seed: u64, options: &RunOptions, plan:
             for i in 0..NODES {
                 let name = node_name(i);
                 if !sim.is_host_running(name.as_str()) {
-                    sim.bounce(name.as_str());
+                    bounce(&mut sim, i, &sockets);
                     trace.record_at(now, format!("restart {name} (stopped after the heal)"));
                 }
             }
@@ -317,11 +324,19 @@ fn others(node: u8) -> impl Iterator<Item = String> {
     (0..NODES).filter(move |j| *j != node).map(node_name)
 }
 
+/// Restarts a node's host. Its old runtime, dropped now, may still hold streams (a node that
+/// stopped leaves its connection tasks behind): they close in opening order.
+fn bounce(sim: &mut turmoil::Sim<'_>, node: u8, sockets: &[Arc<HostSockets>]) {
+    sockets[usize::from(node)].going_down();
+    sim.bounce(node_name(node).as_str());
+}
+
 fn apply(
     sim: &mut turmoil::Sim<'_>,
     fault: &FaultKind,
     now: u64,
     disks: &[Arc<SimDb>],
+    sockets: &[Arc<HostSockets>],
     crashed: &mut [bool],
     due: &mut BTreeMap<u64, Vec<(u8, Recovery)>>,
 ) {
@@ -330,7 +345,13 @@ fn apply(
             let i = usize::from(node % NODES);
             if !crashed[i] {
                 crashed[i] = true;
-                sim.crash(node_name(node % NODES).as_str());
+                // A host still running drops its runtime now: its streams close in opening
+                // order. (A stopped host's crash is a no-op in turmoil; its bounce closes them.)
+                let name = node_name(node % NODES);
+                if sim.is_host_running(name.as_str()) {
+                    sockets[i].going_down();
+                }
+                sim.crash(name.as_str());
                 due.entry(now + down_ms).or_default().push((node % NODES, Recovery::Restart));
             }
         }
@@ -361,13 +382,13 @@ fn apply(
     }
 }
 
-fn recover(sim: &mut turmoil::Sim<'_>, node: u8, action: Recovery, crashed: &mut [bool], trace: &Trace, now: u64) {
+fn recover(sim: &mut turmoil::Sim<'_>, node: u8, action: Recovery, sockets: &[Arc<HostSockets>], crashed: &mut [bool], trace: &Trace, now: u64) {
     let name = node_name(node);
     match action {
         Recovery::Restart => {
             if crashed[usize::from(node)] {
                 crashed[usize::from(node)] = false;
-                sim.bounce(name.as_str());
+                bounce(sim, node, sockets);
                 trace.record_at(now, format!("restart {name}"));
             }
         }
@@ -378,7 +399,9 @@ fn recover(sim: &mut turmoil::Sim<'_>, node: u8, action: Recovery, crashed: &mut
 }
 
 /// One host: a canon node, its listener, and (during the fault phase) its clients.
-async fn node_main(i: u8, incarnation: u64, disk: Arc<SimDb>, shared: Arc<Shared>, seed: u64) -> Result<(), String> {
+async fn node_main(i: u8, incarnation: u64, disk: Arc<SimDb>, shared: Arc<Shared>, sockets: Arc<HostSockets>, seed: u64) -> Result<(), String> {
+    // Outlives this function (a stopped node's tasks linger until the host restarts).
+    tokio::task::spawn_local(sockets.closer());
     let mut config = NodeConfig::new(u64::from(i) + 1, REGION, std::path::Path::new("/sim"));
     config.info = node_info(i);
     config.incarnation = Some(incarnation);
@@ -391,7 +414,7 @@ async fn node_main(i: u8, incarnation: u64, disk: Arc<SimDb>, shared: Arc<Shared
     config.storage = Some(Arc::new(move |_region: &str| {
         redb::Database::builder().create_with_backend(SharedDb::take(&disk_for_open)?).map_err(|e| e.to_string())
     }));
-    let node = CanonNode::start(config, Arc::new(SimTransport)).await.map_err(|e| e.to_string())?;
+    let node = CanonNode::start(config, Arc::new(SimTransport { sockets: sockets.clone() })).await.map_err(|e| e.to_string())?;
     node.plant_bug_follower_reads_without_read_index(shared.stale_reads_bug);
     let listener = turmoil::net::TcpListener::bind(("0.0.0.0", RAFT_PORT)).await.map_err(|e| e.to_string())?;
     lock(&shared.nodes).insert(i, node.clone());
@@ -401,7 +424,7 @@ async fn node_main(i: u8, incarnation: u64, disk: Arc<SimDb>, shared: Arc<Shared
         async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else { return };
-                let node = node.clone();
+                let (node, stream) = (node.clone(), sockets.wrap(stream));
                 tokio::spawn(async move { node.serve_connection(Box::new(stream)).await });
             }
         }
