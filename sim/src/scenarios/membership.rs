@@ -340,9 +340,12 @@ fn run(scenario: &MembershipScenario, seed: u64, plan: FaultPlan) -> RunReport {
 }
 
 /// `None` when every running member's view lists exactly the running members as alive, each
-/// under the renewal it runs with; otherwise the first disagreement.
+/// under the identity it currently holds; otherwise the first disagreement.
 fn agreement(views: &BTreeMap<u16, (u64, Arc<View>)>, running: &[u16]) -> Option<String> {
-    let expected: BTreeMap<u64, u64> = running.iter().filter_map(|i| views.get(i).map(|(r, _)| (u64::from(*i), *r))).collect();
+    // Each member's current renewal is what its own view says (foca renews an identity the
+    // cluster declared down, so it may have grown since the process started).
+    let expected: BTreeMap<u64, u64> =
+        running.iter().filter_map(|i| views.get(i).and_then(|(_, v)| v.get(u64::from(*i))).map(|m| (m.identity.node_id, m.identity.renewal))).collect();
     for i in running {
         let Some((_, view)) = views.get(i) else { return Some(format!("m{i} has no view")) };
         let alive: BTreeMap<u64, u64> = view.members.iter().filter(|(_, m)| m.state == MemberState::Alive).map(|(id, m)| (*id, m.identity.renewal)).collect();
