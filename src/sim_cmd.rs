@@ -14,7 +14,8 @@ use vcos_sim::{run, FaultPlan, PlantedBugs, RunOptions, RunReport};
 /// Options of `vcos sim`.
 #[derive(Args, Debug)]
 pub(crate) struct SimArgs {
-    /// Scenario: supervision, swarm, durability, or all.
+    /// Scenario: supervision, swarm, durability, canon, membership, membership-200 (by name
+    /// only: 200 members), or all.
     #[arg(long, default_value = "all")]
     scenario: String,
     /// One seed.
@@ -150,6 +151,10 @@ fn single(scenario: &dyn Scenario, seed: u64, args: &SimArgs, options: &RunOptio
         wall.as_secs_f64() * 1e3,
         report.sim_ms as f64 / (wall.as_secs_f64() * 1e3).max(1e-3)
     );
+    // Scenarios that measure something (membership: detection, convergence) say so in the trace.
+    for line in report.trace.iter().filter(|l| l.trim_start().split_once(' ').is_some_and(|(_, e)| e.starts_with("summary:"))) {
+        println!("{}", line.trim_start().split_once(' ').map_or(line.as_str(), |(_, e)| e));
+    }
     let mut failed = false;
     if args.check_determinism {
         tracing::info!(seed, "second run");

@@ -3,8 +3,8 @@
 //!
 //! - Time is `tokio::time` (simulated under turmoil), read as milliseconds since the task
 //!   started; the core never sees a clock.
-//! - The loop's `select!` is `biased;`: shutdown, then one datagram, then due timers; each wake
-//!   handles one input and flushes its actions.
+//! - The loop's `select!` is `biased;`: shutdown, then due timers (a flood of datagrams must not
+//!   starve probes), then one datagram; each wake handles one input and flushes its actions.
 //! - The view is published through a `tokio::sync::watch` channel; readers take the latest
 //!   value ([`MembershipHandle::view`]) without waiting on the channel (tokio wakes watch
 //!   waiters in random order, which the simulator avoids).
@@ -30,7 +30,8 @@ pub const EVENTS_LEN_MAX: usize = 1_024;
 /// Pause after a failed receive (a broken socket must not spin the task).
 const RECV_ERROR_PAUSE_MS: u64 = 10;
 
-/// A running membership driver.
+/// A running membership driver. Dropping it leaves the cluster as [`Self::leave`] does,
+/// without waiting for the farewell to be sent.
 pub struct MembershipHandle {
     view: watch::Receiver<Arc<View>>,
     stop: Option<oneshot::Sender<()>>,
@@ -109,17 +110,17 @@ async fn drive<S: DatagramSocket>(
                 flush(&socket, &mut core, &mut timers, &view, &events).await;
                 return;
             }
+            _ = sleep_until(deadline) => {
+                let now = now_ms();
+                for (_, timer) in timers.pop_due(now) {
+                    core.handle_timer(now, timer);
+                }
+            }
             received = socket.recv_from(&mut buf) => match received {
                 Ok((len, from)) => core.handle_datagram(now_ms(), from, &buf[..len.min(buf.len())]),
                 Err(error) => {
                     tracing::debug!(%error, "membership socket receive");
                     tokio::time::sleep(Duration::from_millis(RECV_ERROR_PAUSE_MS)).await;
-                }
-            },
-            _ = sleep_until(deadline) => {
-                let now = now_ms();
-                for (_, timer) in timers.pop_due(now) {
-                    core.handle_timer(now, timer);
                 }
             }
         }

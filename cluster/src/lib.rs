@@ -10,6 +10,8 @@
 //! - [`transport`]: the datagram seam ([`transport::DatagramSocket`]): tokio UDP in
 //!   production, turmoil UDP under the simulator (feature `sim`).
 //! - [`driver`]: the tokio task that owns a socket and a core, publishes the view, sends events.
+//! - [`dynamic`]: dynamic node state (load, capacity, IMVUs owned, version) over chitchat, in
+//!   production only.
 //!
 //! Design decisions:
 //! - **foca is the only failure detector.** Whatever else gossips (chitchat, below) has its
@@ -17,6 +19,14 @@
 //!   foca on turmoil's network, tests exactly what decides.
 //! - **Static placement inputs ride in foca's identity** (region, roles, HTTP and canon
 //!   addresses): placement reads [`membership::View`] and never depends on a second protocol.
+//! - **chitchat carries only dynamic state, only in production** ([`dynamic::DynamicState`],
+//!   `vcos up`, its own UDP port). Its liveness output is ignored and its per-node state is
+//!   joined with the view by node id and renewal. It is not run in the simulator (chitchat
+//!   0.13 draws from the thread RNG), so nothing it carries may be needed for correctness:
+//!   load is a hint for placement, never an input to membership.
+//! - **Sans IO.** [`membership::MembershipCore`] takes `now_ms`, datagrams and timers and
+//!   returns actions; it reads no clock, spawns nothing, and draws randomness only from foca's
+//!   RNG seeded from its config. The driver is the only async code.
 
 pub mod members;
 pub mod node;
@@ -25,6 +35,7 @@ pub mod placement;
 pub mod remote;
 pub mod membership;
 pub mod driver;
+pub mod dynamic;
 pub mod transport;
 
 pub use driver::{spawn, MembershipHandle, EVENTS_LEN_MAX};

@@ -194,6 +194,12 @@ impl MembershipCore {
                 } else if let Err(error) = self.foca.handle_data(body, &mut self.runtime) {
                     tracing::trace!(%error, %from, "foca refused a datagram");
                     self.drop_datagram(DropReason::Malformed, from);
+                } else if header.message == foca::Message::Announce && self.seeds.contains(&from) {
+                    // A seed answering our join: announce back, so that its reply (a feed)
+                    // lists the members it knows instead of only itself.
+                    if let Err(error) = self.foca.announce(header.src, &mut self.runtime) {
+                        tracing::debug!(%error, "announce to a seed");
+                    }
                 }
             }
             Ok((FrameKind::Join, body)) => match decode_identity(body) {

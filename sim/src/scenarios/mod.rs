@@ -4,6 +4,7 @@
 
 mod canon;
 mod durability;
+mod membership;
 mod supervision;
 mod swarm;
 
@@ -23,6 +24,7 @@ use crate::world::PanicTargets;
 
 pub use canon::CanonScenario;
 pub use durability::Durability;
+pub use membership::{MembershipScenario, MEMBERSHIP, MEMBERSHIP_200};
 pub use supervision::SupervisionScenario;
 pub use swarm::SwarmScenario;
 
@@ -43,13 +45,18 @@ pub trait Scenario: Sync {
 }
 
 /// Every scenario that ships.
-pub fn all() -> [&'static dyn Scenario; 4] {
-    [&SupervisionScenario, &SwarmScenario, &Durability, &CanonScenario]
+pub fn all() -> [&'static dyn Scenario; 5] {
+    [&SupervisionScenario, &SwarmScenario, &Durability, &CanonScenario, &MEMBERSHIP]
+}
+
+/// Scenarios run only by name (too slow for `all`): `membership-200`.
+pub fn by_name_only() -> [&'static dyn Scenario; 1] {
+    [&MEMBERSHIP_200]
 }
 
 /// A scenario by name.
 pub fn by_name(name: &str) -> Option<&'static dyn Scenario> {
-    all().into_iter().find(|s| s.name() == name)
+    all().into_iter().chain(by_name_only()).find(|s| s.name() == name)
 }
 
 /// What a workload gets.
