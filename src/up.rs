@@ -208,6 +208,18 @@ async fn serve(args: UpArgs) -> anyhow::Result<()> {
     )
     .context("start placement")?;
     imvu_router.bind(&cluster);
+    // A node that is alone in its region serves every IMVU once it holds its buckets: wait for
+    // that (a restart waits out its previous incarnation's leases, about a second) before
+    // announcing, so that the first request after the up line is served at once. In a cluster
+    // requests are forwarded meanwhile, and a request for a bucket in transit waits for it.
+    let claim_deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(3);
+    while cluster.buckets_served() == 0 && tokio::time::Instant::now() < claim_deadline {
+        let others = cluster.members().iter().any(|m| m.node_id != args.node_id && m.state == vcos_cluster::MemberState::Alive);
+        if others {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     let router = vcos_api::router_with_cluster(rt.clone(), metrics, (*store).clone(), cluster.clone());
     let canon_failure = Arc::new(std::sync::Mutex::new(None::<String>));
     let stop = {

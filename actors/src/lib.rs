@@ -38,7 +38,7 @@ pub use imvu::{AskToken, Context, Imvu, Outgoing, Persistence};
 pub use kind::{BoxFuture, ErasedKind, KindRef};
 pub use lifecycle::{LifecycleState, Transition};
 pub use router::Router;
-pub use runtime::{KindInfo, Runtime, RuntimeBuilder, RuntimeConfig, ESCALATIONS_PREFIX};
+pub use runtime::{KindInfo, Placement, Runtime, RuntimeBuilder, RuntimeConfig, ESCALATIONS_PREFIX};
 pub use store::{CanonStore, CanonWrite, MemoryStore, RedbStore, StoreError};
 pub use tenants::{TenantEntry, TenantPolicy};
 pub use vcos_supervision::{Clock, ManualClock, RestartType, SystemClock};

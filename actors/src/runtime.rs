@@ -35,6 +35,7 @@ use crate::swarm::{self, CreditRecord, SwarmCmd, SwarmInfo, SwarmSpec, VoteRecor
 use crate::tenants::{TenantEntry, TenantPolicy, Tenants};
 
 mod placed;
+pub use placed::Placement;
 
 /// Ids reserved per durable write of the allocator's high-water mark.
 pub(crate) const ID_BLOCK_LEN: u64 = 4096;
@@ -267,6 +268,7 @@ impl RuntimeBuilder {
                 escalated,
                 escalation,
                 swarms: swarm::Registry::default(),
+                placement: std::sync::OnceLock::new(),
             }),
         };
         let router = router.unwrap_or_else(|| Arc::new(LocalRouter { inner: Arc::downgrade(&runtime.inner) }));
@@ -368,6 +370,8 @@ struct Inner {
     escalated: Arc<Notify>,
     escalation: Arc<Mutex<Option<String>>>,
     swarms: swarm::Registry,
+    /// Where IMVUs live when this node is part of a cluster (unset: all are local).
+    placement: std::sync::OnceLock<std::sync::Weak<dyn placed::Placement>>,
 }
 
 /// Kinds the node serves, for listings.

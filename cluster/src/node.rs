@@ -107,6 +107,8 @@ struct Inner {
     members: Arc<dyn MemberSource>,
     leases: Arc<LeaseTable>,
     stop: tokio::sync::Notify,
+    /// Itself, weakly: the runtime's `Placement` calls come back through it.
+    me: std::sync::OnceLock<Weak<Inner>>,
 }
 
 /// The node's lease core, shared by the lease task, the request path and the runtime (as its
@@ -185,7 +187,11 @@ impl Cluster {
             members,
             leases,
             stop: tokio::sync::Notify::new(),
+            me: std::sync::OnceLock::new(),
         });
+        let _ = inner.me.set(Arc::downgrade(&inner));
+        let placement: Weak<dyn vcos_actors::Placement> = Arc::downgrade(&inner) as Weak<dyn vcos_actors::Placement>;
+        inner.runtime.set_placement(placement);
         canon.set_app_handler(Arc::new(RemoteHandler { inner: Arc::downgrade(&inner) }));
         tokio::spawn(lease_task(Arc::clone(&inner)));
         Ok(Self { inner })
@@ -628,5 +634,32 @@ impl Router for ClusterRouter {
                 .and_then(|info| serde_json::to_value(info.key).map_err(|e| ActorError::Store(e.to_string())));
             inner.runtime.deliver_reply(ask, created).await;
         });
+    }
+}
+
+impl vcos_actors::Placement for Inner {
+    fn create<'a>(&'a self, tenant: &'a TenantId, kind: &'a str, caller: &'a Caller) -> vcos_actors::BoxFuture<'a, Result<ImvuInfo, ActorError>> {
+        Box::pin(async move {
+            let id = self.runtime.allocate_id().await?;
+            let key = ImvuKey { tenant: *tenant, id: vcos_actors::ImvuId(id) };
+            let inner = self.me.get().and_then(Weak::upgrade).ok_or_else(|| ActorError::Unavailable("node stopping".into()))?;
+            decode_json(&route(&inner, &key, caller, Op::Create { kind: kind.to_owned() }, 0).await?)
+        })
+    }
+
+    fn ask_json<'a>(&'a self, key: &'a ImvuKey, message: serde_json::Value, caller: &'a Caller) -> vcos_actors::BoxFuture<'a, Result<serde_json::Value, ActorError>> {
+        Box::pin(async move {
+            let message = serde_json::to_vec(&message).map_err(|e| ActorError::BadRequest { field: "message".into(), reason: e.to_string() })?;
+            let inner = self.me.get().and_then(Weak::upgrade).ok_or_else(|| ActorError::Unavailable("node stopping".into()))?;
+            decode_json(&route(&inner, key, caller, Op::Ask { message }, 0).await?)
+        })
+    }
+
+    fn transition<'a>(&'a self, key: &'a ImvuKey, transition: vcos_actors::Transition, caller: &'a Caller) -> vcos_actors::BoxFuture<'a, Result<ImvuInfo, ActorError>> {
+        Box::pin(async move {
+            let inner = self.me.get().and_then(Weak::upgrade).ok_or_else(|| ActorError::Unavailable("node stopping".into()))?;
+            let name = serde_json::to_value(transition).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+            decode_json(&route(&inner, key, caller, Op::Transition { transition: name }, 0).await?)
+        })
     }
 }

@@ -1,12 +1,14 @@
 //! What the cluster needs of a runtime: creating an IMVU under an id allocated on another
 //! node, and tenants created through another node.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use super::Runtime;
 use crate::error::ActorError;
 use crate::host::ImvuInfo;
 use crate::ids::{Caller, ImvuKey, TenantId};
+use crate::kind::BoxFuture;
+use crate::lifecycle::Transition;
 use crate::records;
 use crate::tenants::{TenantEntry, TenantPolicy};
 
@@ -47,5 +49,53 @@ impl Runtime {
     /// once; in the IMVU's mailbox order).
     pub async fn tell_json(&self, key: &ImvuKey, message: serde_json::Value) -> Result<(), ActorError> {
         self.route(key)?.tell_json(*key, message).await
+    }
+}
+
+/// Where IMVUs live in a cluster: requests that the runtime itself makes for other IMVUs (a
+/// swarm's members) go through it to whichever node owns them. The cluster crate implements
+/// it and binds it with [`Runtime::set_placement`].
+pub trait Placement: Send + Sync + 'static {
+    /// Creates an IMVU of `kind` on the node that will own it.
+    fn create<'a>(&'a self, tenant: &'a TenantId, kind: &'a str, caller: &'a Caller) -> BoxFuture<'a, Result<ImvuInfo, ActorError>>;
+    /// Asks `key`, wherever it lives.
+    fn ask_json<'a>(&'a self, key: &'a ImvuKey, message: serde_json::Value, caller: &'a Caller) -> BoxFuture<'a, Result<serde_json::Value, ActorError>>;
+    /// Runs a lifecycle transition on `key`, wherever it lives.
+    fn transition<'a>(&'a self, key: &'a ImvuKey, transition: Transition, caller: &'a Caller) -> BoxFuture<'a, Result<ImvuInfo, ActorError>>;
+}
+
+impl Runtime {
+    /// Routes the runtime's own requests for other IMVUs through `placement` from now on
+    /// (the first call wins; a weak reference, since the cluster holds the runtime).
+    pub fn set_placement(&self, placement: Weak<dyn Placement>) {
+        let _ = self.inner.placement.set(placement);
+    }
+
+    fn placement(&self) -> Option<Arc<dyn Placement>> {
+        self.inner.placement.get().and_then(Weak::upgrade)
+    }
+
+    /// Creates an IMVU where placement puts it (here on a single node).
+    pub async fn create_placed(&self, tenant: &TenantId, kind: &str, caller: &Caller) -> Result<ImvuInfo, ActorError> {
+        match self.placement() {
+            Some(placement) => placement.create(tenant, kind, caller).await,
+            None => self.create_imvu(tenant, kind, caller).await,
+        }
+    }
+
+    /// Asks an IMVU wherever it lives.
+    pub async fn ask_placed(&self, key: &ImvuKey, message: serde_json::Value, caller: &Caller) -> Result<serde_json::Value, ActorError> {
+        match self.placement() {
+            Some(placement) => placement.ask_json(key, message, caller).await,
+            None => self.ask_json(key, message).await,
+        }
+    }
+
+    /// Runs a transition on an IMVU wherever it lives.
+    pub async fn transition_placed(&self, key: &ImvuKey, transition: Transition, caller: &Caller) -> Result<ImvuInfo, ActorError> {
+        match self.placement() {
+            Some(placement) => placement.transition(key, transition, caller).await,
+            None => self.transition(key, transition, caller).await,
+        }
     }
 }

@@ -186,7 +186,7 @@ pub(crate) async fn create(
     }
     if let Some(kind) = &spec.member_kind {
         for _ in 0..spec.members {
-            match runtime.create_imvu(tenant, kind, caller).await {
+            match runtime.create_placed(tenant, kind, caller).await {
                 Ok(info) => members.push(MemberRef::Imvu(info.key.id.0)),
                 Err(e) => {
                     // No half-made swarms: terminate the members created so far.
@@ -197,7 +197,7 @@ pub(crate) async fn create(
                                 id: ImvuId(*id),
                             };
                             let _ = runtime
-                                .transition(&key, crate::lifecycle::Transition::Terminate, caller)
+                                .transition_placed(&key, crate::lifecycle::Transition::Terminate, caller)
                                 .await;
                         }
                     }
@@ -392,7 +392,8 @@ async fn run_item(
                 tenant: tenant.clone(),
                 id: ImvuId(id),
             };
-            match runtime.ask_json(&key, payload).await {
+            let caller = crate::ids::Caller::internal(tenant, "swarm");
+            match runtime.ask_placed(&key, payload, &caller).await {
                 Ok(result) => Outcome::Done(result),
                 Err(ActorError::Crashed { reason, .. }) => Outcome::Crashed(reason),
                 // The item is not a valid message for the member's kind: its own fault.
