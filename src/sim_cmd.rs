@@ -14,7 +14,7 @@ use vcos_sim::{run, FaultPlan, PlantedBugs, RunOptions, RunReport};
 /// Options of `vcos sim`.
 #[derive(Args, Debug)]
 pub(crate) struct SimArgs {
-    /// Scenario: supervision, swarm, durability, or all.
+    /// Scenario: supervision, swarm, durability, canon, durability-raft, or all.
     #[arg(long, default_value = "all")]
     scenario: String,
     /// One seed.
