@@ -14,8 +14,8 @@ use vcos_sim::{run, FaultPlan, PlantedBugs, RunOptions, RunReport};
 /// Options of `vcos sim`.
 #[derive(Args, Debug)]
 pub(crate) struct SimArgs {
-    /// Scenario: supervision, swarm, durability, canon, membership, membership-200 (by name
-    /// only: 200 members), or all.
+    /// Scenario: supervision, swarm, durability, canon, membership, durability-raft,
+    /// membership-200 (by name only: 200 members), or all.
     #[arg(long, default_value = "all")]
     scenario: String,
     /// One seed.

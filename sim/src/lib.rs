@@ -16,6 +16,7 @@ pub mod linearizability;
 pub mod net;
 pub mod node_env;
 pub mod plan;
+mod raft_env;
 pub mod scenarios;
 pub mod shrink;
 pub mod sockets;

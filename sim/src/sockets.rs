@@ -149,3 +149,31 @@ impl AsyncWrite for OrderedStream {
         self.stream.as_ref().is_some_and(AsyncWrite::is_write_vectored)
     }
 }
+
+/// turmoil's listener for `axum::serve`, whose accepted streams close in opening order when
+/// their host goes down.
+pub struct OrderedListener {
+    /// The listener.
+    pub listener: turmoil::net::TcpListener,
+    /// The host's streams.
+    pub sockets: Arc<HostSockets>,
+}
+
+impl axum::serve::Listener for OrderedListener {
+    type Io = OrderedStream;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            match self.listener.accept().await {
+                Ok((stream, addr)) => return (self.sockets.wrap(stream), addr),
+                // A refused or reset accept on a simulated network: try again shortly.
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(1)).await,
+            }
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        self.listener.local_addr()
+    }
+}

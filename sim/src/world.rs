@@ -16,8 +16,33 @@ use vcos_actors::{failpoints, ImvuKey, Runtime, RuntimeConfig, TenantId, TenantP
 use crate::net::{SimListener, HTTP_PORT};
 use crate::node_env::{NodeFaults, SimClock, SimDisk, SimStore};
 use crate::plan::{FaultKind, FaultPlan};
+use crate::raft_env::{SharedDb, SimDb, SimTransport};
 use crate::scenarios::{Scenario, WorkloadCtx};
+use crate::sockets::{HostSockets, OrderedListener};
 use crate::trace::{hash_events, Trace};
+
+/// Which canon store a world's runtimes run on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WorldStore {
+    /// Each node its own `SimStore` (one disk, no replication).
+    Sim,
+    /// Every node a voter of one Raft group (`RaftCanonStore` over a `CanonNode`), on redb
+    /// disks that outlive crashes; a slow disk is treated as a failing one.
+    Raft,
+}
+
+/// The Raft group's region in a `WorldStore::Raft` world.
+const RAFT_REGION: &str = "sim";
+/// Port of every node's canon listener.
+const RAFT_PORT: u16 = 7000;
+
+/// What the fault loop reaches on every host besides the software.
+struct Hosts {
+    /// Raft worlds: each node's redb disk.
+    raft_disks: Vec<Arc<SimDb>>,
+    /// Each node's streams (closed in opening order when the host goes down).
+    sockets: Vec<Arc<HostSockets>>,
+}
 
 /// Planted bugs, to prove the checkers catch them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -127,6 +152,15 @@ pub fn run(scenario: &dyn Scenario, seed: u64, options: &RunOptions) -> RunRepor
         .collect();
     let targets = Arc::new(Mutex::new(PanicTargets::default()));
     let metrics = vcos_api::install_metrics_recorder();
+    let store = scenario.store();
+    if store == WorldStore::Raft {
+        // openraft's election timeouts come from this thread's seeded source: reseed per run.
+        vcos_canon_raft::runtime::reseed_this_thread(seed ^ 0xca70_0000);
+    }
+    let hosts = Hosts {
+        raft_disks: (0..nodes).map(|_| Arc::default()).collect(),
+        sockets: (0..nodes).map(|_| Arc::default()).collect(),
+    };
 
     let mut sim = turmoil::Builder::new()
         .rng_seed(seed)
@@ -139,6 +173,25 @@ pub fn run(scenario: &dyn Scenario, seed: u64, options: &RunOptions) -> RunRepor
         let (disk, node_faults, trace, metrics) = (disks[i as usize].clone(), faults[i as usize].clone(), trace.clone(), metrics.clone());
         let name = node_name(i);
         let host_name = name.clone();
+        if store == WorldStore::Raft {
+            let raft = RaftHost {
+                index: i,
+                nodes,
+                disk: hosts.raft_disks[usize::from(i)].clone(),
+                sockets: hosts.sockets[usize::from(i)].clone(),
+                incarnation: Arc::default(),
+            };
+            sim.host(host_name.as_str(), move || {
+                let (raft, node_faults, trace, metrics, name) = (raft.clone(), node_faults.clone(), trace.clone(), metrics.clone(), name.clone());
+                async move {
+                    if let Err(e) = run_raft_node(&raft, node_faults, trace.clone(), metrics).await {
+                        trace.record(format!("{name} exited: {e}"));
+                    }
+                    Ok(())
+                }
+            });
+            continue;
+        }
         sim.host(host_name.as_str(), move || {
             let (disk, node_faults, trace, metrics, name) = (disk.clone(), node_faults.clone(), trace.clone(), metrics.clone(), name.clone());
             async move { node_main(name, disk, node_faults, trace, metrics).await }
@@ -177,12 +230,12 @@ pub fn run(scenario: &dyn Scenario, seed: u64, options: &RunOptions) -> RunRepor
         while let Some(fault) = plan.faults.get(next_fault).filter(|f| f.at_ms <= now && !healed) {
             next_fault += 1;
             trace.record_at(now, format!("fault {}", fault.kind));
-            apply(&mut sim, &fault.kind, now, &faults, &disks, &targets, &mut crashed, &mut due);
+            apply(&mut sim, &fault.kind, now, &faults, &disks, &hosts, &targets, &mut crashed, &mut due);
         }
         let ready: Vec<u64> = due.range(..=now).map(|(t, _)| *t).collect();
         for t in ready {
             for (node, action) in due.remove(&t).unwrap_or_default() {
-                recover(&mut sim, node, action, &mut crashed, &trace, now);
+                recover(&mut sim, node, action, &hosts, &mut crashed, &trace, now);
             }
         }
         if !healed && now >= mix.duration_ms {
@@ -191,15 +244,17 @@ pub fn run(scenario: &dyn Scenario, seed: u64, options: &RunOptions) -> RunRepor
             for (t, actions) in std::mem::take(&mut due) {
                 let _ = t;
                 for (node, action) in actions {
-                    recover(&mut sim, node, action, &mut crashed, &trace, now);
+                    recover(&mut sim, node, action, &hosts, &mut crashed, &trace, now);
                 }
             }
             for i in 0..nodes {
                 let name = node_name(i);
                 if !sim.is_host_running(name.as_str()) {
+                    hosts.sockets[usize::from(i)].going_down();
                     sim.bounce(name.as_str());
                     trace.record_at(now, format!("restart {name}"));
                 }
+                hosts.raft_disks[usize::from(i)].fail_fsync_until_ms.store(0, std::sync::atomic::Ordering::Relaxed);
                 let mut f = faults[i as usize].lock().unwrap_or_else(|p| p.into_inner());
                 f.disk_fail_until_ms = 0;
                 f.disk_slow = (0, 0);
@@ -245,6 +300,7 @@ fn apply(
     now: u64,
     faults: &[Arc<Mutex<NodeFaults>>],
     disks: &[Arc<SimDisk>],
+    hosts: &Hosts,
     targets: &Arc<Mutex<PanicTargets>>,
     crashed: &mut [bool],
     due: &mut BTreeMap<u64, Vec<(u8, Recovery)>>,
@@ -256,7 +312,11 @@ fn apply(
             if !crashed[i] {
                 crashed[i] = true;
                 disks[i].crash();
-                sim.crash(node_name(i as u8).as_str());
+                let name = node_name(i as u8);
+                if sim.is_host_running(name.as_str()) {
+                    hosts.sockets[i].going_down();
+                }
+                sim.crash(name.as_str());
                 due.entry(now + down_ms).or_default().push((i as u8, Recovery::Restart));
             }
         }
@@ -273,19 +333,32 @@ fn apply(
             due.entry(now + ms).or_default().push((node, Recovery::Release));
         }
         FaultKind::ClockJump { node, jump_ms } => node_faults(node).clock_offset_ms += jump_ms,
-        FaultKind::DiskFail { node, ms } => node_faults(node).disk_fail_until_ms = now + ms,
-        FaultKind::DiskSlow { node, fsync_ms, ms } => node_faults(node).disk_slow = (fsync_ms, now + ms),
+        FaultKind::DiskFail { node, ms } => {
+            node_faults(node).disk_fail_until_ms = now + ms;
+            raft_disk_fails(hosts, node, now + ms);
+        }
+        FaultKind::DiskSlow { node, fsync_ms, ms } => {
+            node_faults(node).disk_slow = (fsync_ms, now + ms);
+            // The Raft canon's disks have no slow-disk model: a slow fsync fails.
+            raft_disk_fails(hosts, node, now + ms);
+        }
         FaultKind::HandlerPanic { imvu, count } => targets.lock().unwrap_or_else(|p| p.into_inner()).arm(imvu, count),
     }
 }
 
-fn recover(sim: &mut turmoil::Sim<'_>, node: u8, action: Recovery, crashed: &mut [bool], trace: &Trace, now: u64) {
+fn raft_disk_fails(hosts: &Hosts, node: u8, until_ms: u64) {
+    let disk = &hosts.raft_disks[usize::from(node) % hosts.raft_disks.len()];
+    disk.fail_fsync_until_ms.store(until_ms, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn recover(sim: &mut turmoil::Sim<'_>, node: u8, action: Recovery, hosts: &Hosts, crashed: &mut [bool], trace: &Trace, now: u64) {
     let i = usize::from(node) % crashed.len();
     let name = node_name(i as u8);
     match action {
         Recovery::Restart => {
             if crashed[i] {
                 crashed[i] = false;
+                hosts.sockets[i].going_down();
                 sim.bounce(name.as_str());
                 trace.record_at(now, format!("restart {name}"));
             }
@@ -336,6 +409,102 @@ async fn run_node(
             Ok(())
         }
         served = axum::serve(SimListener(listener), router) => {
+            served?;
+            Ok(())
+        }
+    }
+}
+
+/// What a node's host keeps across its incarnations in a `WorldStore::Raft` world.
+#[derive(Clone)]
+struct RaftHost {
+    index: u8,
+    nodes: u8,
+    disk: Arc<SimDb>,
+    sockets: Arc<HostSockets>,
+    incarnation: Arc<std::sync::atomic::AtomicU64>,
+}
+
+fn raft_node_info(i: u8) -> vcos_canon_raft::NodeInfo {
+    vcos_canon_raft::NodeInfo {
+        raft_addr: format!("{}:{RAFT_PORT}", node_name(i)),
+        http_addr: format!("{}:{HTTP_PORT}", node_name(i)),
+        region: RAFT_REGION.into(),
+    }
+}
+
+/// What `vcos up` runs in a cluster, on simulated disks, clock and network: a canon node (a
+/// voter of the one group; node 0 initialises it with every node as a voter), the runtime on a
+/// `RaftCanonStore`, the HTTP facade. Like `vcos up`, it exits when its canon fails.
+async fn run_raft_node(host: &RaftHost, faults: Arc<Mutex<NodeFaults>>, trace: Trace, metrics: vcos_api::PrometheusHandle) -> turmoil::Result {
+    use vcos_canon_raft::{CanonNode, NodeConfig};
+
+    // Outlives this function (a stopped node's tasks linger until the host restarts).
+    tokio::task::spawn_local(host.sockets.closer());
+    let incarnation = host.incarnation.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+    let mut config = NodeConfig::new(u64::from(host.index) + 1, RAFT_REGION, std::path::Path::new("/sim"));
+    config.info = raft_node_info(host.index);
+    config.incarnation = Some(incarnation);
+    config.raft.heartbeat_interval = 50;
+    config.raft.election_timeout_min = 300;
+    config.raft.election_timeout_max = 600;
+    let disk = host.disk.clone();
+    config.storage = Some(Arc::new(move |_region: &str| {
+        redb::Database::builder().create_with_backend(SharedDb::take(&disk)?).map_err(|e| e.to_string())
+    }));
+    let node = CanonNode::start(config, Arc::new(SimTransport { sockets: host.sockets.clone() })).await?;
+    let raft_listener = turmoil::net::TcpListener::bind(("0.0.0.0", RAFT_PORT)).await?;
+    // Accept before anything that may wait on peers.
+    let raft_server = tokio::spawn({
+        let (node, sockets) = (node.clone(), host.sockets.clone());
+        async move {
+            loop {
+                let Ok((stream, _)) = raft_listener.accept().await else { return };
+                let (node, stream) = (node.clone(), sockets.wrap(stream));
+                tokio::spawn(async move { node.serve_connection(Box::new(stream)).await });
+            }
+        }
+    });
+    // A failed canon stops the node wherever it is, starting included (`vcos up` exits).
+    let result = tokio::select! {
+        biased;
+        reason = node.failed() => Err(reason.into()),
+        result = serve_raft_node(host, &node, faults, &trace, metrics) => result,
+    };
+    raft_server.abort();
+    node.shutdown().await;
+    result
+}
+
+async fn serve_raft_node(
+    host: &RaftHost,
+    node: &vcos_canon_raft::CanonNode,
+    faults: Arc<Mutex<NodeFaults>>,
+    trace: &Trace,
+    metrics: vcos_api::PrometheusHandle,
+) -> turmoil::Result {
+    if host.index == 0 {
+        node.bootstrap_with((0..host.nodes).map(|j| (u64::from(j) + 1, raft_node_info(j))).collect()).await?;
+    }
+    // Everything committed before this start is applied before the runtime reads the canon.
+    node.read_barrier(RAFT_REGION).await?;
+    let store = vcos_canon_raft::RaftCanonStore::start(node.clone());
+    let mut config = RuntimeConfig::new(Arc::new(store.clone()), Arc::new(SimClock::new(faults)));
+    config.shards_per_kind = 1;
+    config.shard_queue_len = 1024;
+    let runtime = Runtime::builder(config).kind(Counter).kind(KvMemory).kind(TextWorker).start().await?;
+    runtime.ensure_tenant(TenantId::default_tenant(), TenantPolicy::default()).await?;
+    let listener = turmoil::net::TcpListener::bind(("0.0.0.0", HTTP_PORT)).await?;
+    let router = vcos_api::router_with_canon(runtime.clone(), metrics, store);
+    let name = node_name(host.index);
+    tokio::select! {
+        biased;
+        reason = runtime.escalated() => {
+            trace.record(format!("{name} stopped by escalation: {reason}"));
+            runtime.shutdown().await;
+            Ok(())
+        }
+        served = axum::serve(OrderedListener { listener, sockets: host.sockets.clone() }, router) => {
             served?;
             Ok(())
         }

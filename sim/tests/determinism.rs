@@ -44,6 +44,15 @@ fn durability_seeds_pass_and_replay() {
     sweep(scenarios::by_name("durability").expect("scenario"), SEEDS);
 }
 
+#[test]
+fn durability_on_raft_seeds_pass_and_replay() {
+    // The actor runtime of three nodes on one Raft group (`RaftCanonStore`), not `SimStore`.
+    sweep(scenarios::by_name("durability-raft").expect("scenario"), RAFT_WORLD_SEEDS);
+}
+
+/// Seeds of the actor scenarios run on the Raft canon.
+const RAFT_WORLD_SEEDS: u64 = 20;
+
 /// First seed (of `limit`) on which `bugs` make `scenario` fail.
 fn first_failure(scenario: &str, bugs: PlantedBugs, limit: u64) -> Option<vcos_sim::RunReport> {
     let scenario = scenarios::by_name(scenario).expect("scenario");

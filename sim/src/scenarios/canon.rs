@@ -34,13 +34,12 @@ use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use redb::StorageBackend;
-use vcos_canon_raft::transport::{BoxStream, ConnectFuture, Transport};
 use vcos_canon_raft::{CanonNode, NodeConfig, NodeInfo, Op, Response};
 
 use super::Scenario;
 use crate::linearizability::{self, KvInput, KvOutput, Operation, Verdict};
 use crate::plan::{FaultKind, FaultMix, FaultPlan};
+use crate::raft_env::{SharedDb, SimDb, SimTransport};
 use crate::sockets::HostSockets;
 use crate::trace::{hash_events, Trace};
 use crate::world::{RunOptions, RunReport};
@@ -74,89 +73,6 @@ impl Scenario for CanonScenario {
 
     fn run_custom(&self, seed: u64, options: &RunOptions, plan: FaultPlan) -> Result<RunReport, FaultPlan> {
         Ok(run(self.name(), self.fault_mix(), seed, options, plan))
-    }
-}
-
-/// Turmoil's TCP as the canon's transport; the host's streams close in opening order when it
-/// goes down (see `sockets`).
-#[derive(Debug, Clone)]
-struct SimTransport {
-    sockets: Arc<HostSockets>,
-}
-
-impl Transport for SimTransport {
-    fn connect(&self, addr: &str) -> ConnectFuture {
-        let (addr, sockets) = (addr.to_owned(), self.sockets.clone());
-        Box::pin(async move {
-            let stream = turmoil::net::TcpStream::connect(addr).await?;
-            Ok(Box::new(sockets.wrap(stream)) as BoxStream)
-        })
-    }
-}
-
-/// A node's disk: a redb in-memory backend that survives the node's crash, whose fsyncs fail
-/// while the plan says so.
-#[derive(Debug)]
-struct SimDb {
-    bytes: redb::backends::InMemoryBackend,
-    fail_fsync_until_ms: AtomicU64,
-    /// Whether a database is open on it (a disk is opened by one process at a time).
-    open: std::sync::atomic::AtomicBool,
-}
-
-#[derive(Debug)]
-struct SharedDb(Arc<SimDb>);
-
-impl SharedDb {
-    /// Takes the disk, or says who still holds it.
-    fn take(disk: &Arc<SimDb>) -> Result<Self, String> {
-        if disk.open.swap(true, Ordering::AcqRel) {
-            return Err("the disk is still held by the node's previous instance".into());
-        }
-        Ok(Self(disk.clone()))
-    }
-}
-
-impl SharedDb {
-    fn failing(&self) -> bool {
-        crate::node_env::sim_now_ms() < self.0.fail_fsync_until_ms.load(Ordering::Relaxed)
-    }
-}
-
-impl Drop for SharedDb {
-    fn drop(&mut self) {
-        self.0.open.store(false, Ordering::Release);
-    }
-}
-
-impl StorageBackend for SharedDb {
-    fn len(&self) -> Result<u64, std::io::Error> {
-        self.0.bytes.len()
-    }
-
-    fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), std::io::Error> {
-        self.0.bytes.read(offset, out)
-    }
-
-    fn set_len(&self, len: u64) -> Result<(), std::io::Error> {
-        self.0.bytes.set_len(len)
-    }
-
-    fn sync_data(&self) -> Result<(), std::io::Error> {
-        if self.failing() {
-            return Err(std::io::Error::other("simulated fsync failure"));
-        }
-        self.0.bytes.sync_data()
-    }
-
-    fn write(&self, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
-        // A failing disk fails writes too (EIO): a commit dies before it half-lands. (With
-        // writes landing and only the fsync failing, a reopened redb sometimes lost its log
-        // table; see the issue 5 note.)
-        if self.failing() {
-            return Err(std::io::Error::other("simulated write failure"));
-        }
-        self.0.bytes.write(offset, data)
     }
 }
 
@@ -194,13 +110,7 @@ fn run(name: &'static str, mix: FaultMix, seed: u64, options: &RunOptions, plan:
     // openraft's election timeouts come from this thread's seeded source: reseed per run.
     vcos_canon_raft::runtime::reseed_this_thread(seed ^ 0xca70_0000);
     let trace = Trace::default();
-    let disks: Vec<Arc<SimDb>> = (0..NODES)
-        .map(|_| Arc::new(SimDb {
-            bytes: redb::backends::InMemoryBackend::new(),
-            fail_fsync_until_ms: AtomicU64::new(0),
-            open: std::sync::atomic::AtomicBool::new(false),
-        }))
-        .collect();
+    let disks: Vec<Arc<SimDb>> = (0..NODES).map(|_| Arc::default()).collect();
     let shared = Arc::new(Shared {
         history: Mutex::default(),
         written: Mutex::default(),
