@@ -352,7 +352,15 @@ fn agreement(views: &BTreeMap<u16, (u64, Arc<View>)>, running: &[u16]) -> Option
         if alive != expected {
             let missing: Vec<&u64> = expected.keys().filter(|k| alive.get(k) != expected.get(k)).collect();
             let extra: Vec<&u64> = alive.keys().filter(|k| !expected.contains_key(k)).collect();
-            return Some(format!("m{i} sees {} alive (wrong or missing: {missing:?}, extra: {extra:?})", alive.len()));
+            let detail: Vec<String> = missing
+                .iter()
+                .take(3)
+                .map(|k| {
+                    let seen = view.get(**k).map_or("unknown".to_owned(), |m| format!("{}@{}", m.state.as_str(), m.identity.renewal));
+                    format!("m{k}: {seen}, holds @{}", expected.get(k).copied().unwrap_or(0))
+                })
+                .collect();
+            return Some(format!("m{i} sees {} alive (wrong or missing: {missing:?} [{}], extra: {extra:?})", alive.len(), detail.join("; ")));
         }
     }
     None
