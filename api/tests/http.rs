@@ -384,7 +384,7 @@ async fn openapi_documents_every_route_and_docs_are_served() {
     let api = api().await;
     let (status, doc) = api.get("/openapi.json").await;
     assert_eq!(status, StatusCode::OK);
-    let expected: [(&str, &[&str]); 26] = [
+    let expected: [(&str, &[&str]); 27] = [
         ("/health", &["get"]),
         ("/metrics", &["get"]),
         ("/openapi.json", &["get"]),
@@ -411,6 +411,7 @@ async fn openapi_documents_every_route_and_docs_are_served() {
         ("/v1/canon/members", &["post"]),
         ("/v1/canon/members/{id}", &["delete"]),
         ("/v1/canon/members/{id}/promote", &["post"]),
+        ("/v1/cluster", &["get"]),
     ];
     for (path, methods) in expected {
         for method in methods {
@@ -420,7 +421,7 @@ async fn openapi_documents_every_route_and_docs_are_served() {
         }
     }
     let paths = doc["paths"].as_object().expect("paths").len();
-    assert_eq!(paths, 26, "exactly the routes above");
+    assert_eq!(paths, 27, "exactly the routes above");
     let messages = &doc["paths"]["/v1/tenants/{tenant}/imvus/{id}/messages"]["post"]["responses"];
     for code in ["200", "400", "401", "403", "404", "409", "413", "429", "500", "503"] {
         assert!(messages[code].is_object(), "messages lacks {code}: {messages}");

@@ -27,7 +27,7 @@ use vcos_canon_raft::app::AppFuture;
 use vcos_canon_raft::{AppCallError, AppHandler, CanonNode};
 
 use crate::members::{Member, MemberSource, MemberState};
-use crate::placement::lease::{Holder, LeaseWriteKind};
+use crate::placement::lease::{Holder, LeaseKey, LeaseOp, LeaseTarget};
 use crate::placement::{bucket_of, LeaseAction, LeaseConfig, LeaseOutcome, LeaseRecord, Leases, BUCKETS};
 
 use crate::remote::{self, Op, RemoteReply, RemoteRequest, HOPS_MAX};
@@ -36,6 +36,13 @@ use crate::remote::{self, Op, RemoteReply, RemoteRequest, HOPS_MAX};
 pub const LEASE_PREFIX: &str = "cluster/leases/";
 /// Canon key prefix of the bucket epoch keys (the fence that IMVU writes carry).
 pub const EPOCH_PREFIX: &str = "cluster/epochs/";
+/// Canon key prefix of the nodes' heartbeats.
+pub const HEARTBEAT_PREFIX: &str = "cluster/heartbeats/";
+
+/// The heartbeat key of `node`.
+pub fn heartbeat_key(node: u64) -> String {
+    format!("{HEARTBEAT_PREFIX}{node}")
+}
 
 /// The lease record key of `bucket`.
 pub fn lease_key(bucket: u16) -> String {
@@ -282,14 +289,13 @@ impl Cluster {
     /// Returns once the releases were written or failed.
     pub async fn leave(&self) {
         self.inner.stop.notify_one();
-        let now = self.inner.clock.now_ms();
         let mut actions = Vec::new();
-        self.inner.leases.lock().release_all(now, &mut actions);
+        self.inner.leases.lock().release_all(&mut actions);
         let (tx, mut rx) = mpsc::channel(usize::from(BUCKETS) + 1);
         let mut writes = 0;
         for action in actions {
-            if let LeaseAction::Write { bucket, kind, expect, record } = action {
-                perform_write(&self.inner, bucket, kind, expect, record, tx.clone());
+            if let LeaseAction::Write { target, ops } = action {
+                perform_write(&self.inner, target, ops, tx.clone());
                 writes += 1;
             }
         }
@@ -469,20 +475,24 @@ async fn answer(inner: &Arc<Inner>, request: RemoteRequest) -> RemoteReply {
     }
 }
 
-/// Performs one lease write and reports its outcome on `outcomes`.
-fn perform_write(
-    inner: &Inner,
-    bucket: u16,
-    kind: LeaseWriteKind,
-    expect: Option<Vec<u8>>,
-    record: LeaseRecord,
-    outcomes: mpsc::Sender<(u16, LeaseOutcome)>,
-) {
-    let key = lease_key(bucket);
-    let mut writes = vec![CanonWrite::Expect { key: key.clone(), value: expect }, CanonWrite::Put { key, value: record.encode() }];
-    if kind == LeaseWriteKind::Claim {
-        writes.push(CanonWrite::Put { key: epoch_key(bucket), value: record.epoch.to_be_bytes().to_vec() });
+/// The canon key of a lease record.
+fn canon_key(key: LeaseKey) -> String {
+    match key {
+        LeaseKey::Bucket(bucket) => lease_key(bucket),
+        LeaseKey::Epoch(bucket) => epoch_key(bucket),
+        LeaseKey::Heartbeat(node) => heartbeat_key(node),
     }
+}
+
+/// Performs one lease write and reports its outcome on `outcomes`.
+fn perform_write(inner: &Inner, target: LeaseTarget, ops: Vec<LeaseOp>, outcomes: mpsc::Sender<(LeaseTarget, LeaseOutcome)>) {
+    let writes = ops
+        .into_iter()
+        .map(|op| match op {
+            LeaseOp::Expect(key, value) => CanonWrite::Expect { key: canon_key(key), value },
+            LeaseOp::Put(key, value) => CanonWrite::Put { key: canon_key(key), value },
+        })
+        .collect();
     inner.store.commit(
         writes,
         Box::new(move |result| {
@@ -492,14 +502,14 @@ fn perform_write(
                 Err(_) => LeaseOutcome::Failed,
             };
             // The lease task may have stopped; then nobody needs the outcome.
-            let _ = outcomes.try_send((bucket, outcome));
+            let _ = outcomes.try_send((target, outcome));
         }),
     );
 }
 
 /// The lease task: see the module docs.
 async fn lease_task(inner: Arc<Inner>) {
-    let (outcomes_tx, mut outcomes) = mpsc::channel::<(u16, LeaseOutcome)>(usize::from(BUCKETS) * 2);
+    let (outcomes_tx, mut outcomes) = mpsc::channel::<(LeaseTarget, LeaseOutcome)>(usize::from(BUCKETS) * 2);
     let mut tick = tokio::time::interval(Duration::from_millis(inner.config.tick_ms.max(1)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut actions = Vec::new();
@@ -507,13 +517,14 @@ async fn lease_task(inner: Arc<Inner>) {
         tokio::select! {
             biased;
             () = inner.stop.notified() => return,
-            Some((bucket, outcome)) = outcomes.recv() => {
+            Some((target, outcome)) = outcomes.recv() => {
                 let now = inner.clock.now_ms();
-                inner.leases.lock().on_outcome(now, bucket, outcome, &mut actions);
+                inner.leases.lock().on_outcome(now, target, outcome, &mut actions);
             }
             _ = tick.tick() => {
                 let now = inner.clock.now_ms();
-                let records = read_records(&*inner.store);
+                let records = read_records(&*inner.store, LEASE_PREFIX);
+                let heartbeats = read_records(&*inner.store, HEARTBEAT_PREFIX);
                 let alive: BTreeSet<u64> = inner
                     .members
                     .members()
@@ -523,9 +534,16 @@ async fn lease_task(inner: Arc<Inner>) {
                     .collect();
                 let mut leases = inner.leases.lock();
                 leases.set_members(now, alive);
-                if let Some(records) = records {
+                if let (Some(records), Some(heartbeats)) = (records, heartbeats) {
                     for bucket in 0..BUCKETS {
-                        leases.observe(now, bucket, records.get(&bucket).cloned(), &mut actions);
+                        leases.observe_bucket(now, bucket, records.get(&u64::from(bucket)).cloned(), &mut actions);
+                    }
+                    // Every node named by a bucket record or alive, this one included.
+                    let mut nodes: BTreeSet<u64> = leases.members().clone();
+                    nodes.insert(inner.config.me.node);
+                    nodes.extend((0..BUCKETS).filter_map(|b| leases.recorded_holder(b)).map(|h| h.node));
+                    for node in nodes {
+                        leases.observe_heartbeat(now, node, heartbeats.get(&node).cloned(), &mut actions);
                     }
                 }
                 leases.poll(now, &mut actions);
@@ -533,9 +551,7 @@ async fn lease_task(inner: Arc<Inner>) {
         }
         for action in actions.drain(..) {
             match action {
-                LeaseAction::Write { bucket, kind, expect, record } => {
-                    perform_write(&inner, bucket, kind, expect, record, outcomes_tx.clone());
-                }
+                LeaseAction::Write { target, ops } => perform_write(&inner, target, ops, outcomes_tx.clone()),
                 LeaseAction::Gained { bucket, epoch } => {
                     metrics::counter!("vcos_cluster_buckets_gained_total").increment(1);
                     tracing::debug!(bucket, epoch, "serving bucket");
@@ -550,18 +566,22 @@ async fn lease_task(inner: Arc<Inner>) {
     }
 }
 
-/// The lease records as the local replica holds them; `None` when it cannot be read (then
-/// nothing is observed this tick: an unread record is never taken for an unchanged one).
-fn read_records(store: &dyn CanonStore) -> Option<BTreeMap<u16, Vec<u8>>> {
-    let rows = store.scan_prefix(LEASE_PREFIX, None, usize::from(BUCKETS) + 1).ok()?;
+/// Records under `prefix` by their numeric suffix, as the local replica holds them; `None` when
+/// they cannot be read (then nothing is observed this tick: an unread record is never taken for
+/// an unchanged one).
+fn read_records(store: &dyn CanonStore, prefix: &str) -> Option<BTreeMap<u64, Vec<u8>>> {
+    let rows = store.scan_prefix(prefix, None, RECORDS_READ_MAX).ok()?;
     let mut out = BTreeMap::new();
     for (key, value) in rows {
-        if let Some(bucket) = key.strip_prefix(LEASE_PREFIX).and_then(|b| b.parse::<u16>().ok()).filter(|&b| b < BUCKETS) {
-            out.insert(bucket, value);
+        if let Some(n) = key.strip_prefix(prefix).and_then(|b| b.parse::<u64>().ok()) {
+            out.insert(n, value);
         }
     }
     Some(out)
 }
+
+/// Most lease or heartbeat records read per tick (256 buckets; nodes well under it).
+const RECORDS_READ_MAX: usize = 4_096;
 
 /// The runtime's [`Router`] in a cluster: messages between IMVUs reach their targets on
 /// whichever node owns them. Build it before the runtime

@@ -2,16 +2,23 @@
 //!
 //! Fed the alive members of the region, observations of the lease records (read from the local
 //! canon replica), the outcomes of its own writes and the monotonic time; it returns
-//! [`LeaseAction`]s: canon writes to make (claim, renew, release, each guarded by the record it
-//! expects) and the buckets gained and lost. It reads no clock and does no I/O.
+//! [`LeaseAction`]s: guarded canon writes to make and the buckets gained and lost. It reads no
+//! clock and does no I/O.
+//!
+//! Records: one *heartbeat* per node (`holders/{node}`: incarnation, beat, revoked), renewed by
+//! its node every `renew_every_ms`; one record per bucket (`leases/{bucket}`: holder, epoch),
+//! written only when the bucket changes hands; one *epoch key* per bucket (the fence that IMVU
+//! writes carry). A renewal is one small write per node, whatever the number of buckets: the
+//! Raft log grows by a few hundred bytes per second, not by a record per bucket.
 //!
 //! Safety argument (no clock is compared across nodes):
-//! - a holder trusts a renewal until `sent_at + lease_ms - margin_ms` by its own clock, where
-//!   `sent_at` is read *before* the renewal is sent;
-//! - a contender claims only a record it has observed unchanged (same bytes) for `lease_ms` by
-//!   its own clock, and its claim is guarded by those bytes. The renewal it observed was applied
-//!   after it was sent, so the holder stopped trusting it before the contender's claim; a later
-//!   renewal changes the bytes and fails the guarded claim;
+//! - a node trusts its heartbeat until `sent_at + lease_ms - margin_ms` by its own clock
+//!   (`sent_at` read *before* the renewal was sent), and serves a bucket only while the bucket
+//!   record names it and its heartbeat is trusted;
+//! - a contender claims a bucket of a live-looking holder only after seeing the holder's
+//!   heartbeat unchanged (same bytes) for `lease_ms` by its own clock, with a claim guarded by
+//!   those bytes and by the bucket record; the claim also *revokes* the heartbeat, so the
+//!   holder's next renewal fails and it drops every bucket before it could serve one it lost;
 //! - `margin_ms` absorbs clock-rate differences and scheduling delay between reading the clock
 //!   and acting on it; a paused process (SIGSTOP) sees its monotonic clock jump on resume and
 //!   stops serving before it handles anything.
@@ -150,6 +157,52 @@ impl LeaseRecord {
     }
 }
 
+/// A node's heartbeat record: its incarnation and a counter, or revoked by a claimer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Heartbeat {
+    /// The incarnation that writes it.
+    pub incarnation: u64,
+    /// Grows with every renewal.
+    pub beat: u64,
+    /// Set by a node that claimed one of its buckets after a lease of silence: the holder's
+    /// renewals fail from then on, and it must register again.
+    pub revoked: bool,
+}
+
+/// A heartbeat record that does not decode.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("heartbeat record is not 19 bytes of version 1 (got {len} bytes)")]
+pub struct BadHeartbeat {
+    /// Its length.
+    pub len: usize,
+}
+
+const HEARTBEAT_LEN: usize = 19;
+
+impl Heartbeat {
+    /// The fixed encoding: `H`, version, revoked flag, incarnation, beat (big endian).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(HEARTBEAT_LEN);
+        out.extend_from_slice(&[b'H', RECORD_VERSION, u8::from(self.revoked)]);
+        out.extend_from_slice(&self.incarnation.to_be_bytes());
+        out.extend_from_slice(&self.beat.to_be_bytes());
+        out
+    }
+
+    /// Decodes [`Heartbeat::encode`]'s bytes.
+    pub fn decode(bytes: &[u8]) -> Result<Self, BadHeartbeat> {
+        if bytes.len() != HEARTBEAT_LEN || bytes[0] != b'H' || bytes[1] != RECORD_VERSION || bytes[2] > 1 {
+            return Err(BadHeartbeat { len: bytes.len() });
+        }
+        let word = |at: usize| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&bytes[at..at + 8]);
+            u64::from_be_bytes(b)
+        };
+        Ok(Self { incarnation: word(3), beat: word(11), revoked: bytes[2] == 1 })
+    }
+}
+
 /// Proof that this node serves a bucket now: the epoch its canon writes must carry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Fence {
@@ -159,32 +212,45 @@ pub struct Fence {
     pub epoch: u64,
 }
 
-/// Which lease write.
+/// A record the lease core reads and writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LeaseKey {
+    /// A bucket's lease record.
+    Bucket(u16),
+    /// A bucket's epoch key (the fence).
+    Epoch(u16),
+    /// A node's heartbeat.
+    Heartbeat(u64),
+}
+
+/// One part of a guarded write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LeaseOp {
+    /// The key must hold exactly these bytes (`None`: absent).
+    Expect(LeaseKey, Option<Vec<u8>>),
+    /// Set the key.
+    Put(LeaseKey, Vec<u8>),
+}
+
+/// Which write, for [`Leases::on_outcome`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LeaseWriteKind {
-    /// Take the bucket (new epoch; also writes the epoch key).
-    Claim,
-    /// Extend our hold.
-    Renew,
-    /// Give the bucket up (its intended owner is another node).
-    Release,
+pub enum LeaseTarget {
+    /// This node's heartbeat (register or renew).
+    Heartbeat,
+    /// A bucket (claim or release).
+    Bucket(u16),
 }
 
 /// What the core asks of its driver, in order.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LeaseAction {
-    /// Write `record` to the bucket's lease key if the key holds exactly `expect` (`None`:
-    /// absent); a claim also sets the bucket's epoch key to `record.epoch`. Report the outcome
-    /// with [`Leases::on_outcome`].
+    /// Apply `ops` atomically (all guards hold, or nothing is written); report the outcome
+    /// with [`Leases::on_outcome`]`(target, ..)`.
     Write {
-        /// The bucket.
-        bucket: u16,
-        /// Which write.
-        kind: LeaseWriteKind,
-        /// The guard: the bytes the lease key must hold.
-        expect: Option<Vec<u8>>,
-        /// The new record.
-        record: LeaseRecord,
+        /// What the write is for.
+        target: LeaseTarget,
+        /// Guards first, then puts.
+        ops: Vec<LeaseOp>,
     },
     /// This node serves `bucket` from now on, under `epoch`.
     Gained {
@@ -209,37 +275,59 @@ pub enum LeaseAction {
 pub enum LeaseOutcome {
     /// Applied.
     Applied,
-    /// The guard failed: the record had changed.
+    /// A guard failed: a record had changed.
     Conflict,
     /// Unknown (timeout, no quorum): it may or may not have been applied.
     Failed,
+}
+
+/// Bytes as read, and since when (this core's time).
+#[derive(Clone, Debug, Default)]
+struct Seen {
+    /// `None`: never read; `Some(None)`: absent.
+    bytes: Option<Option<Vec<u8>>>,
+    since_ms: u64,
+}
+
+impl Seen {
+    fn update(&mut self, now_ms: u64, bytes: Option<Vec<u8>>) {
+        if self.bytes.as_ref() != Some(&bytes) {
+            self.bytes = Some(bytes);
+            self.since_ms = now_ms;
+        }
+    }
+}
+
+/// This node's own heartbeat.
+#[derive(Clone, Debug, Default)]
+struct OwnBeat {
+    /// The bytes we last wrote successfully (`None`: not registered).
+    current: Option<Heartbeat>,
+    /// Trusted until.
+    valid_until_ms: u64,
+    last_sent_ms: u64,
+    /// A write in flight: when sent, and what.
+    in_flight: Option<(u64, Heartbeat)>,
 }
 
 #[derive(Clone, Debug)]
 struct Held {
     /// Not handed over before this time.
     hold_until_ms: u64,
-    epoch: u64,
     record: LeaseRecord,
-    valid_until_ms: u64,
-    last_renew_sent_ms: u64,
 }
 
 #[derive(Clone, Debug)]
 struct InFlight {
     /// A claim made by the fallback (this node was not the intended owner).
     fallback: bool,
-    kind: LeaseWriteKind,
-    sent_at_ms: u64,
+    claim: bool,
     record: LeaseRecord,
 }
 
 #[derive(Clone, Debug, Default)]
 struct Bucket {
-    /// The record's bytes as last read (`None`: absent), once read at all.
-    observed: Option<Option<Vec<u8>>>,
-    /// When those bytes were first seen.
-    observed_since_ms: u64,
+    seen: Seen,
     held: Option<Held>,
     in_flight: Option<InFlight>,
 }
@@ -253,6 +341,8 @@ pub struct Leases {
     /// When each member of `members` entered it (this core's time).
     alive_since_ms: BTreeMap<u64, u64>,
     buckets: Vec<Bucket>,
+    heartbeats: BTreeMap<u64, Seen>,
+    beat: OwnBeat,
 }
 
 impl Leases {
@@ -265,6 +355,8 @@ impl Leases {
             members: BTreeSet::new(),
             alive_since_ms: BTreeMap::new(),
             buckets: vec![Bucket::default(); usize::from(BUCKETS)],
+            heartbeats: BTreeMap::new(),
+            beat: OwnBeat::default(),
         })
     }
 
@@ -288,13 +380,6 @@ impl Leases {
         self.members = members;
     }
 
-    /// This node's rank in `bucket`'s rendezvous order among the alive members (0: the
-    /// intended owner); `None` when this node is not among them.
-    fn rank(&self, bucket: u16) -> Option<u64> {
-        let mine = (score(bucket, self.me.node), self.me.node);
-        self.members.contains(&self.me.node).then(|| self.members.iter().filter(|&&n| (score(bucket, n), n) > mine).count() as u64)
-    }
-
     /// The alive members as last set.
     pub fn members(&self) -> &BTreeSet<u64> {
         &self.members
@@ -305,93 +390,155 @@ impl Leases {
         owner_of(bucket, self.members.iter().copied())
     }
 
+    /// This node's rank in `bucket`'s rendezvous order among the alive members (0: the
+    /// intended owner); `None` when this node is not among them.
+    fn rank(&self, bucket: u16) -> Option<u64> {
+        let mine = (score(bucket, self.me.node), self.me.node);
+        self.members.contains(&self.me.node).then(|| self.members.iter().filter(|&&n| (score(bucket, n), n) > mine).count() as u64)
+    }
+
+    fn bucket_record(&self, bucket: u16) -> Option<LeaseRecord> {
+        let bytes = self.buckets.get(usize::from(bucket))?.seen.bytes.as_ref()?.as_ref()?;
+        LeaseRecord::decode(bytes).ok()
+    }
+
     /// The holder named by the record as last read (it may have lapsed).
     pub fn recorded_holder(&self, bucket: u16) -> Option<Holder> {
-        let bytes = self.buckets.get(usize::from(bucket))?.observed.as_ref()?.as_ref()?;
-        LeaseRecord::decode(bytes).ok()?.holder
+        self.bucket_record(bucket)?.holder
+    }
+
+    /// Whether this node's heartbeat is trusted at `now_ms`.
+    fn beating(&self, now_ms: u64) -> bool {
+        self.beat.current.is_some_and(|b| !b.revoked) && now_ms < self.beat.valid_until_ms
     }
 
     /// The fence under which this node serves `bucket` at `now_ms`, if it can prove its hold.
     pub fn serving(&self, now_ms: u64, bucket: u16) -> Option<Fence> {
         let held = self.buckets.get(usize::from(bucket))?.held.as_ref()?;
-        (now_ms < held.valid_until_ms).then_some(Fence { bucket, epoch: held.epoch })
+        self.beating(now_ms).then_some(Fence { bucket, epoch: held.record.epoch })
     }
 
     /// Buckets this node serves at `now_ms`.
     pub fn serving_count(&self, now_ms: u64) -> usize {
-        (0..BUCKETS).filter(|&b| self.serving(now_ms, b).is_some()).count()
+        if !self.beating(now_ms) {
+            return 0;
+        }
+        self.buckets.iter().filter(|b| b.held.is_some()).count()
     }
 
     /// The record of `bucket` as read from the local replica at `now_ms` (`None`: absent).
-    pub fn observe(&mut self, now_ms: u64, bucket: u16, bytes: Option<Vec<u8>>, actions: &mut Vec<LeaseAction>) {
+    pub fn observe_bucket(&mut self, now_ms: u64, bucket: u16, bytes: Option<Vec<u8>>, actions: &mut Vec<LeaseAction>) {
         let Some(slot) = self.buckets.get_mut(usize::from(bucket)) else { return };
-        if slot.observed.as_ref() != Some(&bytes) {
-            slot.observed_since_ms = now_ms;
-            slot.observed = Some(bytes.clone());
-        }
+        slot.seen.update(now_ms, bytes.clone());
         // The local replica includes every write of ours that completed, so a record that is
         // not ours while we hold the bucket means another node took it.
         if let Some(held) = &slot.held {
-            let ours = bytes
-                .as_deref()
-                .and_then(|b| LeaseRecord::decode(b).ok())
-                .is_some_and(|r| r.holder == Some(self.me) && r.epoch == held.epoch);
-            if !ours {
-                let epoch = held.epoch;
+            let ours = bytes.as_deref().and_then(|b| LeaseRecord::decode(b).ok()) == Some(held.record);
+            if !ours && slot.in_flight.is_none() {
+                let epoch = held.record.epoch;
                 slot.held = None;
                 actions.push(LeaseAction::Lost { bucket, epoch, reason: "taken over" });
             }
         }
     }
 
-    /// The outcome of the write this core asked for on `bucket`.
-    pub fn on_outcome(&mut self, now_ms: u64, bucket: u16, outcome: LeaseOutcome, actions: &mut Vec<LeaseAction>) {
-        let config = self.config;
-        let Some(slot) = self.buckets.get_mut(usize::from(bucket)) else { return };
-        let Some(flight) = slot.in_flight.take() else { return };
-        let trusted_until = flight.sent_at_ms + config.lease_ms - config.margin_ms;
-        match (flight.kind, outcome) {
-            (LeaseWriteKind::Claim, LeaseOutcome::Applied) => {
-                slot.observed = Some(Some(flight.record.encode()));
-                slot.observed_since_ms = now_ms;
-                if now_ms < trusted_until {
-                    let hold_ms = if flight.fallback { config.fallback_hold_ms } else { config.min_hold_ms };
-                    slot.held = Some(Held {
-                        hold_until_ms: now_ms + hold_ms,
-                        epoch: flight.record.epoch,
-                        record: flight.record,
-                        valid_until_ms: trusted_until,
-                        last_renew_sent_ms: flight.sent_at_ms,
-                    });
-                    actions.push(LeaseAction::Gained { bucket, epoch: flight.record.epoch });
-                }
-                // A claim that took longer than it may be trusted is held by the record but
-                // not served; the next poll claims again (the record names us).
-            }
-            (LeaseWriteKind::Renew, LeaseOutcome::Applied) => {
-                slot.observed = Some(Some(flight.record.encode()));
-                slot.observed_since_ms = now_ms;
-                if let Some(held) = &mut slot.held {
-                    held.record = flight.record;
-                    held.valid_until_ms = held.valid_until_ms.max(trusted_until);
+    /// The heartbeat of `node` as read from the local replica at `now_ms` (`None`: absent).
+    pub fn observe_heartbeat(&mut self, now_ms: u64, node: u64, bytes: Option<Vec<u8>>, actions: &mut Vec<LeaseAction>) {
+        self.heartbeats.entry(node).or_default().update(now_ms, bytes.clone());
+        if node == self.me.node && self.beat.in_flight.is_none() {
+            if let Some(current) = self.beat.current {
+                if bytes != Some(current.encode()) {
+                    // Revoked (or overwritten): every bucket we held may have been taken.
+                    self.drop_all(actions, "heartbeat revoked");
+                    self.beat.current = None;
                 }
             }
-            (LeaseWriteKind::Renew, LeaseOutcome::Conflict | LeaseOutcome::Failed) => {
-                // Conflict: someone else wrote the record. Failed: we no longer know its bytes.
-                // Either way, stop serving; a record that still names us is claimed again.
-                if let Some(held) = slot.held.take() {
-                    let reason = if outcome == LeaseOutcome::Conflict { "renewal refused" } else { "renewal failed" };
-                    actions.push(LeaseAction::Lost { bucket, epoch: held.epoch, reason });
-                }
-            }
-            (LeaseWriteKind::Claim, LeaseOutcome::Conflict | LeaseOutcome::Failed)
-            | (LeaseWriteKind::Release, _) => {}
         }
     }
 
-    /// Decides what to do at `now_ms`: expiries, releases, renewals and claims.
+    fn drop_all(&mut self, actions: &mut Vec<LeaseAction>, reason: &'static str) {
+        for (bucket, slot) in self.buckets.iter_mut().enumerate() {
+            if let Some(held) = slot.held.take() {
+                actions.push(LeaseAction::Lost { bucket: bucket as u16, epoch: held.record.epoch, reason });
+            }
+        }
+    }
+
+    /// The outcome of the write this core asked for on `target`.
+    pub fn on_outcome(&mut self, now_ms: u64, target: LeaseTarget, outcome: LeaseOutcome, actions: &mut Vec<LeaseAction>) {
+        let config = self.config;
+        match target {
+            LeaseTarget::Heartbeat => {
+                let Some((sent_at_ms, written)) = self.beat.in_flight.take() else { return };
+                match outcome {
+                    LeaseOutcome::Applied => {
+                        self.beat.current = Some(written);
+                        self.beat.valid_until_ms = self.beat.valid_until_ms.max(sent_at_ms + config.lease_ms - config.margin_ms);
+                    }
+                    LeaseOutcome::Conflict | LeaseOutcome::Failed => {
+                        // Revoked by a claimer, or unknown: stop serving everything and register
+                        // again (buckets still naming this incarnation are claimed back).
+                        let reason = if outcome == LeaseOutcome::Conflict { "heartbeat refused" } else { "heartbeat failed" };
+                        self.drop_all(actions, reason);
+                        self.beat.current = None;
+                    }
+                }
+            }
+            LeaseTarget::Bucket(bucket) => {
+                let beating = self.beating(now_ms);
+                let Some(slot) = self.buckets.get_mut(usize::from(bucket)) else { return };
+                let Some(flight) = slot.in_flight.take() else { return };
+                if flight.claim && outcome == LeaseOutcome::Applied {
+                    slot.seen.update(now_ms, Some(flight.record.encode()));
+                    let hold_ms = if flight.fallback { config.fallback_hold_ms } else { config.min_hold_ms };
+                    slot.held = Some(Held { hold_until_ms: now_ms + hold_ms, record: flight.record });
+                    if beating {
+                        actions.push(LeaseAction::Gained { bucket, epoch: flight.record.epoch });
+                    }
+                } else if !flight.claim && outcome == LeaseOutcome::Applied {
+                    slot.seen.update(now_ms, Some(flight.record.encode()));
+                }
+            }
+        }
+    }
+
+    /// Decides what to do at `now_ms`: the heartbeat, expiries, releases and claims.
     pub fn poll(&mut self, now_ms: u64, actions: &mut Vec<LeaseAction>) {
         let config = self.config;
+        // The heartbeat first: nothing is served or claimed without it.
+        if self.beat.current.is_some() && now_ms >= self.beat.valid_until_ms && self.buckets.iter().any(|b| b.held.is_some()) {
+            self.drop_all(actions, "lease lapsed");
+        }
+        if self.beat.in_flight.is_none() {
+            let due = match self.beat.current {
+                None => true,
+                Some(_) => now_ms >= self.beat.last_sent_ms + config.renew_every_ms,
+            };
+            let mine = self.heartbeats.get(&self.me.node).and_then(|seen| seen.bytes.clone());
+            if due {
+                if let Some(observed) = mine {
+                    let next = match self.beat.current {
+                        Some(current) => Heartbeat { beat: current.beat + 1, ..current },
+                        None => {
+                            let last = observed.as_deref().and_then(|b| Heartbeat::decode(b).ok()).map_or(0, |h| h.beat);
+                            Heartbeat { incarnation: self.me.incarnation, beat: last + 1, revoked: false }
+                        }
+                    };
+                    let expect = match self.beat.current {
+                        Some(current) => Some(current.encode()),
+                        None => observed,
+                    };
+                    self.beat.last_sent_ms = now_ms;
+                    self.beat.in_flight = Some((now_ms, next));
+                    let key = LeaseKey::Heartbeat(self.me.node);
+                    actions.push(LeaseAction::Write {
+                        target: LeaseTarget::Heartbeat,
+                        ops: vec![LeaseOp::Expect(key, expect), LeaseOp::Put(key, next.encode())],
+                    });
+                }
+            }
+        }
+        let beating = self.beating(now_ms);
         for bucket in 0..BUCKETS {
             let intended = owner_of(bucket, self.members.iter().copied());
             let intended_stable = intended
@@ -399,36 +546,36 @@ impl Leases {
                 .is_some_and(|&since| now_ms >= since + config.handover_stable_ms);
             let rank = self.rank(bucket);
             let me = self.me;
-            let slot = &mut self.buckets[usize::from(bucket)];
-            if let Some(held) = &slot.held {
-                if now_ms >= held.valid_until_ms {
-                    let epoch = held.epoch;
-                    slot.held = None;
-                    actions.push(LeaseAction::Lost { bucket, epoch, reason: "lease lapsed" });
-                }
-            }
+            let slot = &self.buckets[usize::from(bucket)];
             if slot.in_flight.is_some() {
                 continue;
             }
-            if let Some(held) = &mut slot.held {
+            if let Some(held) = &slot.held {
                 if intended != Some(me.node) && intended_stable && now_ms >= held.hold_until_ms {
                     // Stop serving first, then give the bucket to its intended owner.
-                    let (epoch, current) = (held.epoch, held.record);
+                    let current = held.record;
+                    let record = LeaseRecord { holder: None, epoch: current.epoch, beat: current.beat + 1 };
+                    let slot = &mut self.buckets[usize::from(bucket)];
                     slot.held = None;
-                    actions.push(LeaseAction::Lost { bucket, epoch, reason: "handed over" });
-                    let record = LeaseRecord { holder: None, epoch, beat: current.beat + 1 };
-                    slot.in_flight = Some(InFlight { fallback: false, kind: LeaseWriteKind::Release, sent_at_ms: now_ms, record });
-                    actions.push(LeaseAction::Write { bucket, kind: LeaseWriteKind::Release, expect: Some(current.encode()), record });
-                } else if now_ms >= held.last_renew_sent_ms + config.renew_every_ms {
-                    held.last_renew_sent_ms = now_ms;
-                    let record = LeaseRecord { beat: held.record.beat + 1, ..held.record };
-                    slot.in_flight = Some(InFlight { fallback: false, kind: LeaseWriteKind::Renew, sent_at_ms: now_ms, record });
-                    actions.push(LeaseAction::Write { bucket, kind: LeaseWriteKind::Renew, expect: Some(held.record.encode()), record });
+                    actions.push(LeaseAction::Lost { bucket, epoch: current.epoch, reason: "handed over" });
+                    slot.in_flight = Some(InFlight { fallback: false, claim: false, record });
+                    actions.push(LeaseAction::Write {
+                        target: LeaseTarget::Bucket(bucket),
+                        ops: vec![
+                            LeaseOp::Expect(LeaseKey::Bucket(bucket), Some(current.encode())),
+                            LeaseOp::Put(LeaseKey::Bucket(bucket), record.encode()),
+                        ],
+                    });
                 }
                 continue;
             }
+            // Claims need our own heartbeat trusted: a claimed bucket is served at once.
+            if !beating {
+                continue;
+            }
             let Some(rank) = rank else { continue };
-            let Some(observed) = &slot.observed else { continue };
+            let Some(observed) = slot.seen.bytes.clone() else { continue };
+            let waited_ms = now_ms.saturating_sub(slot.seen.since_ms);
             let fallback_ms = rank * config.fallback_step_ms;
             let current = match observed.as_deref().map(LeaseRecord::decode) {
                 None => None,
@@ -436,37 +583,64 @@ impl Leases {
                 // An unreadable record is never claimed over: that needs an operator.
                 Some(Err(_)) => continue,
             };
-            let waited_ms = now_ms.saturating_sub(slot.observed_since_ms);
-            let claimable = match current {
+            let mut ops = vec![LeaseOp::Expect(LeaseKey::Bucket(bucket), observed.clone())];
+            let claimable = match current.and_then(|r| r.holder) {
                 // Free (never held, or released): the intended owner takes it at once, the
                 // others in rank order if it does not.
-                None | Some(LeaseRecord { holder: None, .. }) => waited_ms >= fallback_ms,
+                None => waited_ms >= fallback_ms,
                 // Our own incarnation's record: nobody else can have served since.
-                Some(LeaseRecord { holder: Some(h), .. }) if h == me => waited_ms >= fallback_ms,
-                // Held by another: only after a whole lease of silence.
-                Some(_) => waited_ms >= config.lease_ms + fallback_ms,
+                Some(h) if h == me => waited_ms >= fallback_ms,
+                Some(holder) => {
+                    let seen = self.heartbeats.get(&holder.node).cloned().unwrap_or_default();
+                    let Some(hb_bytes) = seen.bytes else { continue };
+                    let hb = hb_bytes.as_deref().and_then(|b| Heartbeat::decode(b).ok());
+                    let dead = match hb {
+                        // Absent, another incarnation's, or revoked: that holder is gone.
+                        None => true,
+                        Some(hb) => hb.revoked || hb.incarnation != holder.incarnation,
+                    };
+                    let silent_ms = now_ms.saturating_sub(seen.since_ms);
+                    let ok = if dead { waited_ms >= fallback_ms } else { silent_ms >= config.lease_ms + fallback_ms };
+                    if ok {
+                        let key = LeaseKey::Heartbeat(holder.node);
+                        ops.push(LeaseOp::Expect(key, hb_bytes.clone()));
+                        if let (Some(hb), false) = (hb, dead) {
+                            // Revoke it: the silent holder's next renewal fails.
+                            ops.push(LeaseOp::Put(key, Heartbeat { revoked: true, ..hb }.encode()));
+                        }
+                    }
+                    ok
+                }
             };
             if claimable {
                 let epoch = current.map_or(1, |r| r.epoch + 1);
                 let beat = current.map_or(0, |r| r.beat + 1);
                 let record = LeaseRecord { holder: Some(me), epoch, beat };
-                slot.in_flight = Some(InFlight { fallback: rank > 0, kind: LeaseWriteKind::Claim, sent_at_ms: now_ms, record });
-                actions.push(LeaseAction::Write { bucket, kind: LeaseWriteKind::Claim, expect: observed.clone(), record });
+                ops.push(LeaseOp::Put(LeaseKey::Bucket(bucket), record.encode()));
+                ops.push(LeaseOp::Put(LeaseKey::Epoch(bucket), epoch.to_be_bytes().to_vec()));
+                self.buckets[usize::from(bucket)].in_flight = Some(InFlight { fallback: rank > 0, claim: true, record });
+                actions.push(LeaseAction::Write { target: LeaseTarget::Bucket(bucket), ops });
             }
         }
     }
 
     /// Stops serving everything (shutdown): every held bucket is lost, and released so that its
     /// next owner need not wait out the lease.
-    pub fn release_all(&mut self, now_ms: u64, actions: &mut Vec<LeaseAction>) {
+    pub fn release_all(&mut self, actions: &mut Vec<LeaseAction>) {
         for bucket in 0..BUCKETS {
             let slot = &mut self.buckets[usize::from(bucket)];
             let Some(held) = slot.held.take() else { continue };
-            actions.push(LeaseAction::Lost { bucket, epoch: held.epoch, reason: "leaving" });
+            actions.push(LeaseAction::Lost { bucket, epoch: held.record.epoch, reason: "leaving" });
             if slot.in_flight.is_none() {
-                let record = LeaseRecord { holder: None, epoch: held.epoch, beat: held.record.beat + 1 };
-                slot.in_flight = Some(InFlight { fallback: false, kind: LeaseWriteKind::Release, sent_at_ms: now_ms, record });
-                actions.push(LeaseAction::Write { bucket, kind: LeaseWriteKind::Release, expect: Some(held.record.encode()), record });
+                let record = LeaseRecord { holder: None, epoch: held.record.epoch, beat: held.record.beat + 1 };
+                slot.in_flight = Some(InFlight { fallback: false, claim: false, record });
+                actions.push(LeaseAction::Write {
+                    target: LeaseTarget::Bucket(bucket),
+                    ops: vec![
+                        LeaseOp::Expect(LeaseKey::Bucket(bucket), Some(held.record.encode())),
+                        LeaseOp::Put(LeaseKey::Bucket(bucket), record.encode()),
+                    ],
+                });
             }
         }
     }

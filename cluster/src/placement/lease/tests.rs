@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::*;
 
 struct World {
-    records: BTreeMap<u16, Vec<u8>>,
+    records: BTreeMap<LeaseKey, Vec<u8>>,
     nodes: Vec<Leases>,
     /// Nodes that are stopped (crashed or paused): they neither poll nor observe.
     stopped: BTreeSet<usize>,
@@ -47,25 +47,44 @@ impl World {
         }
     }
 
+    /// Applies `ops` atomically: every guard holds, or nothing is written.
+    fn apply(&mut self, ops: &[LeaseOp]) -> LeaseOutcome {
+        for op in ops {
+            if let LeaseOp::Expect(key, value) = op {
+                if self.records.get(key) != value.as_ref() {
+                    return LeaseOutcome::Conflict;
+                }
+            }
+        }
+        for op in ops {
+            if let LeaseOp::Put(key, value) = op {
+                self.records.insert(*key, value.clone());
+            }
+        }
+        LeaseOutcome::Applied
+    }
+
+    fn observe_all(&mut self, i: usize, now: u64, actions: &mut Vec<LeaseAction>) {
+        for bucket in 0..BUCKETS {
+            self.nodes[i].observe_bucket(now, bucket, self.records.get(&LeaseKey::Bucket(bucket)).cloned(), actions);
+        }
+        for node in 1..=self.nodes.len() as u64 {
+            self.nodes[i].observe_heartbeat(now, node, self.records.get(&LeaseKey::Heartbeat(node)).cloned(), actions);
+        }
+    }
+
     fn step(&mut self, i: usize) {
         let now = self.now_ms;
         let mut actions = Vec::new();
-        for bucket in 0..BUCKETS {
-            self.nodes[i].observe(now, bucket, self.records.get(&bucket).cloned(), &mut actions);
-        }
+        self.observe_all(i, now, &mut actions);
         self.nodes[i].poll(now, &mut actions);
         let mut queue: std::collections::VecDeque<LeaseAction> = actions.into();
         while let Some(action) = queue.pop_front() {
             match action {
-                LeaseAction::Write { bucket, expect, record, .. } => {
-                    let outcome = if self.records.get(&bucket) == expect.as_ref() {
-                        self.records.insert(bucket, record.encode());
-                        LeaseOutcome::Applied
-                    } else {
-                        LeaseOutcome::Conflict
-                    };
+                LeaseAction::Write { target, ops } => {
+                    let outcome = self.apply(&ops);
                     let mut more = Vec::new();
-                    self.nodes[i].on_outcome(now, bucket, outcome, &mut more);
+                    self.nodes[i].on_outcome(now, target, outcome, &mut more);
                     queue.extend(more);
                 }
                 LeaseAction::Gained { bucket, epoch } => self.gained.push((i, bucket, epoch)),
@@ -83,7 +102,7 @@ impl World {
                 .collect();
             assert!(serving.len() <= 1, "bucket {bucket} served by {serving:?} at {} ms", self.now_ms);
             if let Some((_, fence)) = serving.first() {
-                let record = LeaseRecord::decode(&self.records[&bucket]).expect("valid record");
+                let record = LeaseRecord::decode(&self.records[&LeaseKey::Bucket(bucket)]).expect("valid record");
                 assert_eq!(record.epoch, fence.epoch);
             }
         }
@@ -151,7 +170,7 @@ fn a_crashed_holder_is_replaced_after_one_lease_and_the_epoch_grows() {
     let taken_ms = taken_ms.expect("all buckets served again");
     assert!(taken_ms <= 1_400, "failover took {taken_ms} ms");
     for b in held_by_2 {
-        let record = LeaseRecord::decode(&world.records[&b]).expect("record");
+        let record = LeaseRecord::decode(&world.records[&LeaseKey::Bucket(b)]).expect("record");
         assert_eq!(record.epoch, 2, "a takeover is a new epoch");
     }
 }
@@ -194,31 +213,56 @@ fn a_join_hands_buckets_over_without_waiting_out_the_lease() {
 fn a_partitioned_holder_that_cannot_renew_stops_serving() {
     let mut world = World::new(2);
     world.run(500);
-    let held = world.served_by(1);
-    assert!(held > 0);
-    // Node 2 keeps running but its writes cannot commit: model by freezing the records it
-    // would write (it loses quorum). It observes only its own stale replica.
+    assert!(world.served_by(1) > 0);
+    // Node 2 keeps running but none of its writes commits (it lost its quorum); it reads only
+    // its own stale replica.
     let frozen = world.records.clone();
-    let mut actions = Vec::new();
     let start = world.now_ms;
     let mut now = start;
     while now < start + 2_000 {
         now += 50;
+        let mut actions = Vec::new();
         for b in 0..BUCKETS {
-            world.nodes[1].observe(now, b, frozen.get(&b).cloned(), &mut actions);
+            world.nodes[1].observe_bucket(now, b, frozen.get(&LeaseKey::Bucket(b)).cloned(), &mut actions);
+        }
+        for node in 1..=2 {
+            world.nodes[1].observe_heartbeat(now, node, frozen.get(&LeaseKey::Heartbeat(node)).cloned(), &mut actions);
         }
         world.nodes[1].poll(now, &mut actions);
-        for action in std::mem::take(&mut actions) {
-            if let LeaseAction::Write { bucket, .. } = action {
+        for action in actions {
+            if let LeaseAction::Write { target, .. } = action {
                 let mut more = Vec::new();
-                world.nodes[1].on_outcome(now, bucket, LeaseOutcome::Failed, &mut more);
-                actions.extend(more.into_iter().filter(|a| !matches!(a, LeaseAction::Write { .. })));
+                world.nodes[1].on_outcome(now, target, LeaseOutcome::Failed, &mut more);
             }
         }
         if now >= start + 1_000 {
             assert_eq!(world.nodes[1].serving_count(now), 0, "no quorum, no proof, no service at {now}");
         }
     }
+}
+
+#[test]
+fn renewals_write_one_record_per_node_not_per_bucket() {
+    let mut world = World::new(3);
+    world.run(1_000);
+    let mut writes = 0usize;
+    let before = world.records.clone();
+    for _ in 0..20 {
+        world.run(50);
+    }
+    for (key, value) in &world.records {
+        if before.get(key) != Some(value) {
+            writes += 1;
+        }
+    }
+    assert!(writes <= 3, "a second of renewals changed {writes} records: one heartbeat per node expected");
+}
+
+#[test]
+fn heartbeats_round_trip() {
+    let hb = Heartbeat { incarnation: 3, beat: 99, revoked: true };
+    assert_eq!(Heartbeat::decode(&hb.encode()), Ok(hb));
+    assert!(Heartbeat::decode(b"H").is_err());
 }
 
 #[test]
@@ -230,6 +274,7 @@ fn buckets_are_claimed_even_when_views_disagree() {
     // thinks node 3 is), yet they are served again, by the fallback ranks.
     world.stopped.insert(2);
     world.nodes[0].set_members(world.now_ms, [1, 2, 3].into());
+    // (Node 3's heartbeat stops; nodes 1 and 2 revoke it when they claim its buckets.)
     world.nodes[1].set_members(world.now_ms, [1, 2].into());
     world.run(4_000);
     assert_eq!(world.served_by(0) + world.served_by(1), usize::from(BUCKETS));
