@@ -69,6 +69,7 @@ pub struct MembershipCore {
     cluster: u64,
     seeds: Vec<SocketAddr>,
     rejoin_period_ms: u64,
+    suspect_to_down_ms: u64,
     actions: VecDeque<Action>,
     view: View,
     /// Identities (node id → renewal) that announced they left.
@@ -95,6 +96,7 @@ impl MembershipCore {
             cluster: frame::cluster_id(&config.cluster_name),
             seeds,
             rejoin_period_ms: config.rejoin_period_ms,
+            suspect_to_down_ms: config.suspect_to_down_ms,
             actions: VecDeque::new(),
             view: View::default(),
             left: BTreeMap::new(),
@@ -260,6 +262,22 @@ impl MembershipCore {
                 if self.foca.num_members() == 0 {
                     tracing::debug!(seeds = self.seeds.len(), "alone: asking the seeds again");
                     self.send_joins();
+                }
+                // A suspicion can outlive its timer in foca (seen in simulation: a member stuck
+                // suspect for 30 s). Past twice the suspicion time it is declared down here, which
+                // makes the member renew and rejoin instead of staying half-seen.
+                let overdue: Vec<Member<NodeIdentity>> = self
+                    .view
+                    .members
+                    .values()
+                    .filter(|m| m.state == MemberState::Suspect && now_ms.saturating_sub(m.since_ms) > 2 * self.suspect_to_down_ms)
+                    .map(|m| Member::new(m.identity.clone(), m.incarnation, State::Down))
+                    .collect();
+                if !overdue.is_empty() {
+                    tracing::debug!(count = overdue.len(), "declaring overdue suspects down");
+                    if let Err(error) = self.foca.apply_many(overdue.into_iter(), true, &mut self.runtime) {
+                        tracing::debug!(%error, "declaring overdue suspects down");
+                    }
                 }
                 self.actions.push_back(Action::Schedule { at_ms: now_ms + self.rejoin_period_ms, timer: Timer(TimerKind::Rejoin) });
             }

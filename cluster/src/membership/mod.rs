@@ -17,6 +17,10 @@
 //! - **A quick restart goes unseen** (#34): a restarted process starts with a higher renewal
 //!   (its start time in unix ms), so its first datagram wins the address conflict and the
 //!   others see `Renewed`, even if they never noticed it was down.
+//! - **A suspicion that never ends**: in simulation a member stayed suspect in one view for
+//!   30 s (neither refuted nor declared down). Every `rejoin_period_ms` the core declares down
+//!   any member suspect for more than twice `suspect_to_down_ms`; that member then renews and
+//!   rejoins.
 //! - **Seeds known only by address**: foca accepts an announce only when addressed to the
 //!   receiver's identity, which a joiner does not know. The joiner sends a `Join` frame with
 //!   its own identity; the seed announces *to the joiner*, and the joiner's reply (foca's feed)
