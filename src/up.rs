@@ -62,6 +62,9 @@ pub(crate) struct UpArgs {
     /// `--join` and the canon's members when not given).
     #[arg(long, value_name = "ADDR,...", value_delimiter = ',')]
     seeds: Vec<SocketAddr>,
+    /// Also register the kinds of `vcos bench cluster` (`bench-echo`, `bench-driver`).
+    #[arg(long, hide = true)]
+    bench_kinds: bool,
 }
 
 /// The longest a node takes to stop once asked (signal, escalation, removal, canon failure):
@@ -95,10 +98,17 @@ pub(crate) fn init_tracing() {
 /// Builds the node's runtime with the kinds that ship with the binary. If the default tenant
 /// cannot be created because the canon has no quorum, the runtime is returned anyway and a
 /// task keeps trying (see the module docs).
-pub(crate) async fn start_runtime(config: RuntimeConfig, router: Option<Arc<dyn vcos_actors::router::Router>>) -> anyhow::Result<Runtime> {
+pub(crate) async fn start_runtime(
+    config: RuntimeConfig,
+    router: Option<Arc<dyn vcos_actors::router::Router>>,
+    bench_kinds: bool,
+) -> anyhow::Result<Runtime> {
     let mut builder = Runtime::builder(config);
     if let Some(router) = router {
         builder = builder.router(router);
+    }
+    if bench_kinds {
+        builder = builder.kind(crate::bench::BenchEcho).kind(crate::bench::BenchDriver);
     }
     let rt = builder
         .kind(Counter)
@@ -191,7 +201,7 @@ async fn serve(args: UpArgs) -> anyhow::Result<()> {
     config.shard_queue_len = args.shard_queue as usize;
     // Messages between IMVUs go through placement: to whichever node owns the target.
     let imvu_router = Arc::new(vcos_cluster::ClusterRouter::default());
-    let rt = start_runtime(config, Some(imvu_router.clone())).await?;
+    let rt = start_runtime(config, Some(imvu_router.clone()), args.bench_kinds).await?;
     tracing::info!(data_dir = %args.data_dir.display(), node_id = args.node_id, region = %args.region, "canon opened");
     // The one line scripts wait for: the URL of the facade.
     println!("v-COS node up: http://{addr}  (docs: http://{addr}/docs)");

@@ -155,7 +155,7 @@ fn parse_result(line: &str) -> anyhow::Result<WrkResult> {
 }
 
 /// Runs a command to completion in a blocking task; its output.
-async fn blocking_output(mut cmd: Command) -> anyhow::Result<std::process::Output> {
+pub(super) async fn blocking_output(mut cmd: Command) -> anyhow::Result<std::process::Output> {
     Ok(tokio::task::spawn_blocking(move || cmd.output()).await.context("blocking task")??)
 }
 
@@ -256,16 +256,18 @@ fn parse_etcd_bench(text: &str) -> anyhow::Result<Vec<(u32, WrkResult)>> {
 // The v-COS region
 
 /// The nodes' processes; killed and waited for when dropped.
-struct Cluster {
-    dir: Option<tempfile::TempDir>,
-    keep: bool,
-    nodes: Vec<Node>,
+pub(super) struct Cluster {
+    pub(super) dir: Option<tempfile::TempDir>,
+    pub(super) keep: bool,
+    pub(super) nodes: Vec<Node>,
+    /// Further arguments of every `vcos up` (the cluster bench's `--bench-kinds`).
+    pub(super) extra_args: Vec<String>,
 }
 
-struct Node {
-    id: u32,
-    http: String,
-    child: Child,
+pub(super) struct Node {
+    pub(super) id: u32,
+    pub(super) http: String,
+    pub(super) child: Child,
     stdout: PathBuf,
     stderr: PathBuf,
 }
@@ -285,12 +287,12 @@ impl Drop for Cluster {
 }
 
 impl Cluster {
-    fn root(&self) -> anyhow::Result<&Path> {
+    pub(super) fn root(&self) -> anyhow::Result<&Path> {
         self.dir.as_ref().map(tempfile::TempDir::path).context("cluster directory gone")
     }
 
     /// Starts `vcos up` for node `id`; returns once it printed its `v-COS node up` line.
-    async fn start(&mut self, id: u32, region: &str, ports: (u16, u16), join: Option<&str>, timeout: Duration) -> anyhow::Result<()> {
+    pub(super) async fn start(&mut self, id: u32, region: &str, ports: (u16, u16), join: Option<&str>, timeout: Duration) -> anyhow::Result<()> {
         let (http_port, raft_port) = ports;
         // `VCOS_BENCH_EXE` replaces this binary (for checking the harness against a stand-in).
         let exe = match std::env::var_os("VCOS_BENCH_EXE") {
@@ -313,6 +315,7 @@ impl Cluster {
         if let Some(join) = join {
             cmd.args(["--join", &format!("http://{join}")]);
         }
+        cmd.args(&self.extra_args);
         cmd.stdin(Stdio::null())
             .stdout(std::fs::File::create(&stdout).with_context(|| format!("create {}", stdout.display()))?)
             .stderr(std::fs::File::create(&stderr).with_context(|| format!("create {}", stderr.display()))?);
@@ -340,7 +343,7 @@ impl Cluster {
     }
 
     /// Fails (with the node's logs) if a node has exited.
-    fn check_alive(&mut self) -> anyhow::Result<()> {
+    pub(super) fn check_alive(&mut self) -> anyhow::Result<()> {
         let mut dead = None;
         for node in &mut self.nodes {
             if let Ok(Some(status)) = node.child.try_wait() {
@@ -355,7 +358,7 @@ impl Cluster {
     }
 
     /// The tails of a node's stdout and stderr, for error messages.
-    fn node_logs(&self, id: u32) -> String {
+    pub(super) fn node_logs(&self, id: u32) -> String {
         let Some(node) = self.nodes.iter().find(|n| n.id == id) else { return String::new() };
         let mut s = String::new();
         for (name, path) in [("stdout", &node.stdout), ("stderr", &node.stderr)] {
@@ -370,7 +373,7 @@ impl Cluster {
         s
     }
 
-    fn http_of(&self, id: u32) -> anyhow::Result<String> {
+    pub(super) fn http_of(&self, id: u32) -> anyhow::Result<String> {
         self.nodes.iter().find(|n| n.id == id).map(|n| n.http.clone()).with_context(|| format!("node {id} not started"))
     }
 
@@ -433,7 +436,7 @@ impl Group {
 }
 
 /// Free loopback ports: all bound at once (so they differ), then released.
-fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
+pub(super) fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
     let listeners = (0..n)
         .map(|_| std::net::TcpListener::bind("127.0.0.1:0").context("bind a free loopback port"))
         .collect::<anyhow::Result<Vec<_>>>()?;
@@ -471,7 +474,7 @@ impl LagFigures {
 
 async fn measure_vcos(args: &CanonArgs) -> anyhow::Result<VcosFigures> {
     let dir = tempfile::Builder::new().prefix("vcos-bench-canon-").tempdir().context("temporary directory")?;
-    let mut cluster = Cluster { dir: Some(dir), keep: args.keep_dirs, nodes: Vec::new() };
+    let mut cluster = Cluster { dir: Some(dir), keep: args.keep_dirs, nodes: Vec::new(), extra_args: Vec::new() };
     let ports = free_ports(8)?;
     let (http, raft) = ports.split_at(4);
     let ready_timeout = Duration::from_secs(args.ready_timeout_s);
@@ -597,17 +600,17 @@ async fn one_probe(leader: String, node4: String, i: u64) -> anyhow::Result<Resu
 // A minimal HTTP/1.1 client over a kept-alive TcpStream (the root crate has no HTTP client
 // among its normal dependencies).
 
-struct Http {
+pub(super) struct Http {
     addr: String,
     conn: Option<BufReader<TcpStream>>,
 }
 
 impl Http {
-    fn new(addr: &str) -> Self {
+    pub(super) fn new(addr: &str) -> Self {
         Self { addr: addr.to_owned(), conn: None }
     }
 
-    async fn get_json<T: serde::de::DeserializeOwned>(&mut self, path: &str) -> anyhow::Result<T> {
+    pub(super) async fn get_json<T: serde::de::DeserializeOwned>(&mut self, path: &str) -> anyhow::Result<T> {
         let (code, body) = self.request("GET", path, None).await?;
         ensure!(code == 200, "GET {path} on {}: HTTP {code}: {}", self.addr, String::from_utf8_lossy(&body));
         serde_json::from_slice(&body)
@@ -615,7 +618,7 @@ impl Http {
     }
 
     /// One exchange; a kept-alive connection that fails is replaced once.
-    async fn request(&mut self, method: &str, path: &str, body: Option<&str>) -> anyhow::Result<(u16, Vec<u8>)> {
+    pub(super) async fn request(&mut self, method: &str, path: &str, body: Option<&str>) -> anyhow::Result<(u16, Vec<u8>)> {
         let reused = self.conn.is_some();
         match tokio::time::timeout(HTTP_TIMEOUT, self.exchange(method, path, body)).await {
             Ok(Ok(r)) => return Ok(r),

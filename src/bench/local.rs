@@ -52,6 +52,21 @@ pub(crate) struct LocalArgs {
 }
 
 impl LocalArgs {
+    /// `vcos bench local --quick` (with the Erlang peer unless `no_peer`): the small sizes that
+    /// `vcos bench cluster --local` prints beside its own figures.
+    pub(super) fn quick(no_peer: bool) -> Self {
+        Self {
+            quick: true,
+            no_peer,
+            messages: 1_000_000,
+            spawn: 1_000_000,
+            restarts: 100_000,
+            runs: 3,
+            workers: None,
+            only: None,
+        }
+    }
+
     fn wants(&self, part: &str) -> bool {
         self.only.as_deref().is_none_or(|only| only == part)
     }

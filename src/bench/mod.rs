@@ -4,8 +4,12 @@
 //! the machine is shared and noisy.
 
 mod canon;
+mod cluster;
 mod erlang;
+mod kinds;
 mod local;
+
+pub(crate) use kinds::{BenchDriver, BenchEcho};
 
 use clap::{Args, Subcommand};
 
@@ -23,12 +27,16 @@ enum Suite {
     /// Replicated canon writes on a 3-voter region vs a 3-member etcd (ops/s, p50/p99 at
     /// c=1/16/256), and cross-region replication lag under load.
     Canon(canon::CanonArgs),
+    /// IMVUs across three `vcos up` processes: failover after kill -9 (p50/p99/max), remote
+    /// ask round trips and tell throughput node to node vs two Erlang nodes (distribution).
+    Cluster(cluster::ClusterArgs),
 }
 
 pub(crate) fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.suite {
         Suite::Local(local) => local::run(local),
         Suite::Canon(canon) => canon::run(canon),
+        Suite::Cluster(cluster) => cluster::run(cluster),
     }
 }
 
