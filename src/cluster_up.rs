@@ -17,11 +17,6 @@ use crate::http_client;
 /// How long start-up spends finding gossip seeds through other nodes' HTTP facades.
 const SEED_DISCOVERY_MAX: Duration = Duration::from_secs(3);
 
-/// The membership of this node, started.
-pub(crate) struct Membership {
-    pub(crate) handle: MembershipHandle,
-}
-
 /// This node's lease holder identity: its id and its canon incarnation (a restart is a new
 /// holder, which must wait out its previous incarnation's leases).
 pub(crate) fn holder(node: &CanonNode) -> Holder {
@@ -71,7 +66,7 @@ pub(crate) async fn start_membership(
     seeds: &[SocketAddr],
     join: Option<&str>,
     http_addr: SocketAddr,
-) -> anyhow::Result<Membership> {
+) -> anyhow::Result<MembershipHandle> {
     let socket = tokio::net::UdpSocket::bind(gossip_listen).await.with_context(|| format!("gossip listener on {gossip_listen}"))?;
     let gossip_addr = socket.local_addr().context("gossip address")?;
     let canon_addr: SocketAddr = node.info().raft_addr.parse().context("canon address")?;
@@ -101,5 +96,5 @@ pub(crate) async fn start_membership(
             tracing::info!(?event, "membership");
         }
     });
-    Ok(Membership { handle })
+    Ok(handle)
 }

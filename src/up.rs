@@ -214,7 +214,7 @@ async fn serve(args: UpArgs) -> anyhow::Result<()> {
         node.clone(),
         store.clone(),
         clock,
-        Arc::new(membership.handle.view_receiver()),
+        Arc::new(membership.view_receiver()),
     )
     .context("start placement")?;
     imvu_router.bind(&cluster);
@@ -258,7 +258,7 @@ async fn serve(args: UpArgs) -> anyhow::Result<()> {
     if tokio::time::timeout(std::time::Duration::from_secs(3), cluster.leave()).await.is_err() {
         tracing::warn!("handing the buckets over took over 3 s; stopping anyway");
     }
-    if tokio::time::timeout(std::time::Duration::from_secs(2), membership.handle.leave()).await.is_err() {
+    if tokio::time::timeout(std::time::Duration::from_secs(2), membership.leave()).await.is_err() {
         tracing::warn!("leaving the membership took over 2 s; stopping anyway");
     }
     if tokio::time::timeout(RUNTIME_STOP_MAX, rt.shutdown()).await.is_err() {

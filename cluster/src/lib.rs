@@ -41,5 +41,5 @@ pub mod transport;
 pub use driver::{spawn, MembershipHandle, EVENTS_LEN_MAX};
 pub use transport::DatagramSocket;
 
-pub use members::{Member, MemberSource, MemberState, StaticMembers};
+pub use members::{Member, MemberSource, MemberState};
 pub use node::{Cluster, ClusterConfig, ClusterRouter, LeaseTable, Placement};

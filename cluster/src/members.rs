@@ -1,10 +1,7 @@
 //! The members view that placement reads: who is alive, where, and how to reach them.
 //!
 //! Placement takes the view through [`MemberSource`] so that it does not care who maintains
-//! it: the SWIM membership in `vcos up` and the simulator, a fixed list in tests.
-
-use std::collections::BTreeMap;
-use std::sync::RwLock;
+//! it (today the SWIM membership's view).
 
 use serde::Serialize;
 
@@ -47,37 +44,6 @@ pub struct Member {
 pub trait MemberSource: Send + Sync + 'static {
     /// Every member known, in node id order, this node included.
     fn members(&self) -> Vec<Member>;
-}
-
-/// A view set by hand (tests, or a node that runs no failure detector).
-#[derive(Debug, Default)]
-pub struct StaticMembers {
-    members: RwLock<BTreeMap<u64, Member>>,
-}
-
-impl StaticMembers {
-    /// A view of `members`.
-    pub fn new(members: impl IntoIterator<Item = Member>) -> Self {
-        Self { members: RwLock::new(members.into_iter().map(|m| (m.node_id, m)).collect()) }
-    }
-
-    /// Adds or replaces a member.
-    pub fn upsert(&self, member: Member) {
-        self.members.write().unwrap_or_else(std::sync::PoisonError::into_inner).insert(member.node_id, member);
-    }
-
-    /// Sets a member's state.
-    pub fn set_state(&self, node_id: u64, state: MemberState) {
-        if let Some(member) = self.members.write().unwrap_or_else(std::sync::PoisonError::into_inner).get_mut(&node_id) {
-            member.state = state;
-        }
-    }
-}
-
-impl MemberSource for StaticMembers {
-    fn members(&self) -> Vec<Member> {
-        self.members.read().unwrap_or_else(std::sync::PoisonError::into_inner).values().cloned().collect()
-    }
 }
 
 fn role_names(roles: crate::membership::Roles) -> Vec<String> {

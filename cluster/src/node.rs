@@ -28,7 +28,7 @@ use vcos_canon_raft::{AppCallError, AppHandler, CanonNode};
 
 use crate::members::{Member, MemberSource, MemberState};
 use crate::placement::lease::{Holder, LeaseKey, LeaseOp, LeaseTarget};
-use crate::placement::{bucket_of, LeaseAction, LeaseConfig, LeaseOutcome, LeaseRecord, Leases, BUCKETS};
+use crate::placement::{bucket_of, LeaseAction, LeaseConfig, LeaseOutcome, Leases, BUCKETS};
 
 use crate::remote::{self, Op, RemoteReply, RemoteRequest, HOPS_MAX};
 
@@ -241,48 +241,33 @@ impl Cluster {
         let bucket = bucket_of(key.tenant.as_str(), key.id.0);
         let now = self.inner.clock.now_ms();
         let leases = self.inner.leases.lock();
-        let epoch = self
-            .inner
-            .store
-            .get(&lease_key(bucket))
-            .ok()
-            .flatten()
-            .and_then(|bytes| LeaseRecord::decode(&bytes).ok());
+        let record = leases.recorded(bucket);
         Placement {
             bucket,
-            owner_node: leases.recorded_holder(bucket).map(|h| h.node),
-            lease_epoch: epoch.map_or(0, |r| r.epoch),
+            owner_node: record.and_then(|r| r.holder).map(|h| h.node),
+            lease_epoch: record.map_or(0, |r| r.epoch),
             served_here: leases.serving(now, bucket).is_some(),
         }
     }
 
     /// Creates an IMVU of `kind`: the id is allocated here, the IMVU is created by its owner.
     pub async fn create(&self, tenant: &TenantId, kind: &str, caller: &Caller) -> Result<ImvuInfo, ActorError> {
-        self.inner.runtime.tenant_or_load(tenant)?;
-        let id = self.inner.runtime.allocate_id().await?;
-        let key = ImvuKey { tenant: tenant.clone(), id: vcos_actors::ImvuId(id) };
-        let reply = route(&self.inner, &key, caller, Op::Create { kind: kind.to_owned() }, 0).await?;
-        decode_json(&reply)
+        create(&self.inner, tenant, kind, caller).await
     }
 
     /// Sends a message and waits for the reply, wherever the IMVU lives.
     pub async fn ask_json(&self, key: &ImvuKey, message: serde_json::Value, caller: &Caller) -> Result<serde_json::Value, ActorError> {
-        let message = serde_json::to_vec(&message).map_err(|e| ActorError::BadRequest { field: "message".into(), reason: e.to_string() })?;
-        let reply = route(&self.inner, key, caller, Op::Ask { message }, 0).await?;
-        decode_json(&reply)
+        ask(&self.inner, key, &message, caller).await
     }
 
     /// Runs a lifecycle transition, wherever the IMVU lives.
     pub async fn transition(&self, key: &ImvuKey, transition: vcos_actors::Transition, caller: &Caller) -> Result<ImvuInfo, ActorError> {
-        let name = serde_json::to_value(transition).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
-        let reply = route(&self.inner, key, caller, Op::Transition { transition: name }, 0).await?;
-        decode_json(&reply)
+        transition_on(&self.inner, key, transition, caller).await
     }
 
     /// State and lifecycle, wherever the IMVU lives.
     pub async fn inspect(&self, key: &ImvuKey, caller: &Caller) -> Result<ImvuInfo, ActorError> {
-        let reply = route(&self.inner, key, caller, Op::Inspect, 0).await?;
-        decode_json(&reply)
+        decode_json(&route(&self.inner, key, caller, Op::Inspect, 0).await?)
     }
 
     /// Gives up every bucket (graceful leave): their next owners need not wait out the lease.
@@ -313,38 +298,51 @@ fn decode_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ActorE
     serde_json::from_slice(bytes).map_err(|e| ActorError::Unavailable(format!("unreadable reply: {e}")))
 }
 
+fn to_json<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, ActorError> {
+    serde_json::to_vec(value).map_err(|e| ActorError::Unavailable(format!("reply does not serialise: {e}")))
+}
+
+fn message_bytes(message: &serde_json::Value) -> Result<Vec<u8>, ActorError> {
+    serde_json::to_vec(message).map_err(|e| ActorError::BadRequest { field: "message".into(), reason: e.to_string() })
+}
+
+fn message_value(message: &[u8]) -> Result<serde_json::Value, ActorError> {
+    serde_json::from_slice(message).map_err(|e| ActorError::BadRequest { field: "message".into(), reason: e.to_string() })
+}
+
+// The routed operations, shared by `Cluster` (the HTTP facade), the runtime's `Placement`
+// (swarm members) and `ClusterRouter` (messages between IMVUs).
+
+/// Creates an IMVU of `kind`: the id is allocated here, the IMVU is created by its owner.
+async fn create(inner: &Arc<Inner>, tenant: &TenantId, kind: &str, caller: &Caller) -> Result<ImvuInfo, ActorError> {
+    inner.runtime.tenant_or_load(tenant)?;
+    let id = inner.runtime.allocate_id().await?;
+    let key = ImvuKey { tenant: *tenant, id: vcos_actors::ImvuId(id) };
+    decode_json(&route(inner, &key, caller, Op::Create { kind: kind.to_owned() }, 0).await?)
+}
+
+async fn ask(inner: &Arc<Inner>, key: &ImvuKey, message: &serde_json::Value, caller: &Caller) -> Result<serde_json::Value, ActorError> {
+    decode_json(&route(inner, key, caller, Op::Ask { message: message_bytes(message)? }, 0).await?)
+}
+
+async fn transition_on(inner: &Arc<Inner>, key: &ImvuKey, transition: vcos_actors::Transition, caller: &Caller) -> Result<ImvuInfo, ActorError> {
+    let name = serde_json::to_value(transition).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+    decode_json(&route(inner, key, caller, Op::Transition { transition: name }, 0).await?)
+}
+
 /// Serves `request` here (this node holds the bucket).
 async fn serve_locally(inner: &Inner, key: &ImvuKey, caller: &Caller, op: &Op) -> Result<Vec<u8>, ActorError> {
     let runtime = &inner.runtime;
     runtime.tenant_or_load(&key.tenant)?;
-    let json = |value: &dyn erased_json::Json| value.to_json();
     match op {
-        Op::Create { kind } => json(&runtime.create_imvu_at(key, kind, caller).await?),
-        Op::Ask { message } => {
-            let message: serde_json::Value = serde_json::from_slice(message)
-                .map_err(|e| ActorError::BadRequest { field: "message".into(), reason: e.to_string() })?;
-            json(&runtime.ask_json(key, message).await?)
-        }
+        Op::Create { kind } => to_json(&runtime.create_imvu_at(key, kind, caller).await?),
+        Op::Ask { message } => to_json(&runtime.ask_json(key, message_value(message)?).await?),
         Op::Tell { message } => {
-            let message: serde_json::Value = serde_json::from_slice(message)
-                .map_err(|e| ActorError::BadRequest { field: "message".into(), reason: e.to_string() })?;
-            runtime.tell_json(key, message).await?;
-            json(&serde_json::Value::Null)
+            runtime.tell_json(key, message_value(message)?).await?;
+            to_json(&serde_json::Value::Null)
         }
-        Op::Transition { transition } => json(&runtime.transition(key, remote::parse_transition(transition)?, caller).await?),
-        Op::Inspect => json(&runtime.inspect(key).await?),
-    }
-}
-
-/// JSON encoding behind a trait object, so `serve_locally` has one exit shape.
-mod erased_json {
-    pub(super) trait Json {
-        fn to_json(&self) -> Result<Vec<u8>, vcos_actors::ActorError>;
-    }
-    impl<T: serde::Serialize> Json for T {
-        fn to_json(&self) -> Result<Vec<u8>, vcos_actors::ActorError> {
-            serde_json::to_vec(self).map_err(|e| vcos_actors::ActorError::Unavailable(format!("reply does not serialise: {e}")))
-        }
+        Op::Transition { transition } => to_json(&runtime.transition(key, remote::parse_transition(transition)?, caller).await?),
+        Op::Inspect => to_json(&runtime.inspect(key).await?),
     }
 }
 
@@ -586,9 +584,20 @@ const RECORDS_READ_MAX: usize = 4_096;
 /// The runtime's [`Router`] in a cluster: messages between IMVUs reach their targets on
 /// whichever node owns them. Build it before the runtime
 /// ([`vcos_actors::RuntimeBuilder::router`]); it routes once [`Cluster::start`] bound it.
-#[derive(Default)]
 pub struct ClusterRouter {
     cluster: std::sync::OnceLock<Weak<Inner>>,
+    /// Messages between IMVUs being delivered at once, at most [`ROUTED_IN_FLIGHT_MAX`]:
+    /// past it a tell is dropped (counted) and an ask answered `queue_full` at once.
+    in_flight: Arc<tokio::sync::Semaphore>,
+}
+
+/// Messages between IMVUs in delivery at once on one node.
+pub const ROUTED_IN_FLIGHT_MAX: usize = 16_384;
+
+impl Default for ClusterRouter {
+    fn default() -> Self {
+        Self { cluster: std::sync::OnceLock::new(), in_flight: Arc::new(tokio::sync::Semaphore::new(ROUTED_IN_FLIGHT_MAX)) }
+    }
 }
 
 impl std::fmt::Debug for ClusterRouter {
@@ -614,9 +623,18 @@ impl Router for ClusterRouter {
             tracing::warn!(%from, %to, "message between IMVUs before the cluster started: dropped");
             return;
         };
+        let Ok(permit) = Arc::clone(&self.in_flight).try_acquire_owned() else {
+            metrics::counter!("vcos_cluster_routed_refused_total").increment(1);
+            if let Some(token) = ask {
+                let error = ActorError::QueueFull(format!("{ROUTED_IN_FLIGHT_MAX} messages between IMVUs in flight on this node"));
+                tokio::spawn(async move { inner.runtime.deliver_reply(token, Err(error)).await });
+            }
+            return;
+        };
         tokio::spawn(async move {
+            let _permit = permit;
             let caller = Caller::internal(&from.tenant, "imvu");
-            let message = match serde_json::to_vec(&msg) {
+            let message = match message_bytes(&msg) {
                 Ok(message) => message,
                 Err(e) => return tracing::warn!(%from, %to, error = %e, "message does not serialise"),
             };
@@ -647,9 +665,7 @@ impl Router for ClusterRouter {
         let kind = kind.to_owned();
         tokio::spawn(async move {
             let caller = Caller::internal(&parent.tenant, "parent");
-            let cluster = Cluster { inner: Arc::clone(&inner) };
-            let created = cluster
-                .create(&parent.tenant, &kind, &caller)
+            let created = create(&inner, &parent.tenant, &kind, &caller)
                 .await
                 .and_then(|info| serde_json::to_value(info.key).map_err(|e| ActorError::Store(e.to_string())));
             inner.runtime.deliver_reply(ask, created).await;
@@ -657,29 +673,22 @@ impl Router for ClusterRouter {
     }
 }
 
+impl Inner {
+    fn this(&self) -> Result<Arc<Inner>, ActorError> {
+        self.me.get().and_then(Weak::upgrade).ok_or_else(|| ActorError::Unavailable("node stopping".into()))
+    }
+}
+
 impl vcos_actors::Placement for Inner {
     fn create<'a>(&'a self, tenant: &'a TenantId, kind: &'a str, caller: &'a Caller) -> vcos_actors::BoxFuture<'a, Result<ImvuInfo, ActorError>> {
-        Box::pin(async move {
-            let id = self.runtime.allocate_id().await?;
-            let key = ImvuKey { tenant: *tenant, id: vcos_actors::ImvuId(id) };
-            let inner = self.me.get().and_then(Weak::upgrade).ok_or_else(|| ActorError::Unavailable("node stopping".into()))?;
-            decode_json(&route(&inner, &key, caller, Op::Create { kind: kind.to_owned() }, 0).await?)
-        })
+        Box::pin(async move { create(&self.this()?, tenant, kind, caller).await })
     }
 
     fn ask_json<'a>(&'a self, key: &'a ImvuKey, message: serde_json::Value, caller: &'a Caller) -> vcos_actors::BoxFuture<'a, Result<serde_json::Value, ActorError>> {
-        Box::pin(async move {
-            let message = serde_json::to_vec(&message).map_err(|e| ActorError::BadRequest { field: "message".into(), reason: e.to_string() })?;
-            let inner = self.me.get().and_then(Weak::upgrade).ok_or_else(|| ActorError::Unavailable("node stopping".into()))?;
-            decode_json(&route(&inner, key, caller, Op::Ask { message }, 0).await?)
-        })
+        Box::pin(async move { ask(&self.this()?, key, &message, caller).await })
     }
 
     fn transition<'a>(&'a self, key: &'a ImvuKey, transition: vcos_actors::Transition, caller: &'a Caller) -> vcos_actors::BoxFuture<'a, Result<ImvuInfo, ActorError>> {
-        Box::pin(async move {
-            let inner = self.me.get().and_then(Weak::upgrade).ok_or_else(|| ActorError::Unavailable("node stopping".into()))?;
-            let name = serde_json::to_value(transition).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
-            decode_json(&route(&inner, key, caller, Op::Transition { transition: name }, 0).await?)
-        })
+        Box::pin(async move { transition_on(&self.this()?, key, transition, caller).await })
     }
 }

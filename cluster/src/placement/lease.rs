@@ -397,14 +397,15 @@ impl Leases {
         self.members.contains(&self.me.node).then(|| self.members.iter().filter(|&&n| (score(bucket, n), n) > mine).count() as u64)
     }
 
-    fn bucket_record(&self, bucket: u16) -> Option<LeaseRecord> {
+    /// The record of `bucket` as last read (its holder may have lapsed).
+    pub fn recorded(&self, bucket: u16) -> Option<LeaseRecord> {
         let bytes = self.buckets.get(usize::from(bucket))?.seen.bytes.as_ref()?.as_ref()?;
         LeaseRecord::decode(bytes).ok()
     }
 
     /// The holder named by the record as last read (it may have lapsed).
     pub fn recorded_holder(&self, bucket: u16) -> Option<Holder> {
-        self.bucket_record(bucket)?.holder
+        self.recorded(bucket)?.holder
     }
 
     /// Whether this node's heartbeat is trusted at `now_ms`.
