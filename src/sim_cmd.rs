@@ -15,7 +15,7 @@ use vcos_sim::{run, FaultPlan, PlantedBugs, RunOptions, RunReport};
 #[derive(Args, Debug)]
 pub(crate) struct SimArgs {
     /// Scenario: supervision, swarm, durability, canon, membership, durability-raft,
-    /// membership-200 (by name only: 200 members), or all.
+    /// placement, membership-200 (by name only: 200 members), or all.
     #[arg(long, default_value = "all")]
     scenario: String,
     /// One seed.
@@ -52,6 +52,10 @@ enum Bug {
     AckBeforeFsync,
     /// Canon followers serve "linearizable" reads without the leader's read index.
     StaleReads,
+    /// Nodes serve any IMVU without checking their lease (placement).
+    SkipLeaseCheck,
+    /// Nodes keep serving their buckets after their lease lapsed (placement).
+    IgnoreLeaseExpiry,
 }
 
 fn parse_range(text: &str) -> Result<Range<u64>, String> {
@@ -100,6 +104,8 @@ pub(crate) fn run_cli(args: SimArgs) -> anyhow::Result<()> {
         Some(Bug::IgnoreIntensity) => PlantedBugs { ignore_intensity: true, ..PlantedBugs::default() },
         Some(Bug::AckBeforeFsync) => PlantedBugs { ack_before_fsync: true, ..PlantedBugs::default() },
         Some(Bug::StaleReads) => PlantedBugs { stale_follower_reads: true, ..PlantedBugs::default() },
+        Some(Bug::SkipLeaseCheck) => PlantedBugs { skip_lease_check: true, ..PlantedBugs::default() },
+        Some(Bug::IgnoreLeaseExpiry) => PlantedBugs { ignore_lease_expiry: true, ..PlantedBugs::default() },
         None => PlantedBugs::default(),
     };
     let options = RunOptions { plan, bugs };

@@ -107,6 +107,10 @@ pub trait Imvu: Send + Sync + 'static {
     }
 }
 
+/// Low bits of correlation and timer numbers: the shard's counter (it wraps after 2^32
+/// numbers under one epoch, far beyond the life of any ask or timer).
+const NUMBER_LOW_MASK: u64 = 0xFFFF_FFFF;
+
 /// Where an ask's answer goes: the asking IMVU and the number it will be answered under.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AskToken {
@@ -158,6 +162,10 @@ pub struct Context<'a> {
     /// The last correlation or timer number handed out (the shard's counter: unique per
     /// shard run).
     pub(crate) next_number: u64,
+    /// High bits of every number handed out: the fencing epoch the IMVU is served under, so
+    /// that numbers stay unique when the IMVU moves to another node (whose shard counts on
+    /// its own) and a late answer to an earlier activation's ask cannot be taken for a new one.
+    pub(crate) number_base: u64,
 }
 
 impl<'a> Context<'a> {
@@ -169,12 +177,13 @@ impl<'a> Context<'a> {
             stop_requested: false,
             outgoing: Vec::new(),
             next_number: 0,
+            number_base: 0,
         }
     }
 
     fn number(&mut self) -> u64 {
         self.next_number += 1;
-        self.next_number
+        self.number_base | (self.next_number & NUMBER_LOW_MASK)
     }
 
     /// Sends `msg` to `to` after this message is committed; no answer.
@@ -183,7 +192,7 @@ impl<'a> Context<'a> {
     }
 
     /// Asks `to` after this message is committed; returns the number the answer will come
-    /// back under, to [`Imvu::on_reply`].
+    /// back under, to [`Imvu::on_reply`] (unique for this IMVU, across nodes it moves to).
     pub fn ask(&mut self, to: ImvuKey, msg: serde_json::Value) -> u64 {
         let correlation = self.number();
         self.outgoing.push(Outgoing::Send { to, msg, correlation: Some(correlation) });

@@ -8,7 +8,10 @@
 //! in flight on it (each frame has an id; replies are matched by id). A request that gets no
 //! reply within its timeout fails with [`CallError::Timeout`] and retires the connection (a
 //! stalled or half-open one would swallow every later request); a connection that fails is
-//! dropped, failing its requests in flight, and the next call dials again.
+//! dropped, failing its requests in flight, and the next call dials again. A call abandoned by
+//! its caller (the future dropped, say when an HTTP client hung up first) leaves its deadline
+//! behind: once it passes without a reply, the connection is retired just the same, so that
+//! callers that always give up early cannot keep a dead connection alive.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -96,11 +99,37 @@ pub enum CallError {
 }
 
 type Pending = Arc<Mutex<BTreeMap<u64, oneshot::Sender<Reply>>>>;
+type Abandoned = Arc<Mutex<BTreeMap<u64, tokio::time::Instant>>>;
+
+/// Records a call's deadline on its connection if the call is dropped while waiting.
+struct AbandonGuard<'a> {
+    conn: &'a Conn,
+    id: u64,
+    deadline: tokio::time::Instant,
+    waiting: bool,
+}
+
+impl Drop for AbandonGuard<'_> {
+    fn drop(&mut self) {
+        if self.waiting {
+            lock(&self.conn.abandoned).insert(self.id, self.deadline);
+        }
+    }
+}
+
+impl Conn {
+    /// Whether a request abandoned by its caller has outlived its deadline without a reply.
+    fn overdue(&self, now: tokio::time::Instant) -> bool {
+        lock(&self.abandoned).values().any(|deadline| *deadline <= now)
+    }
+}
 
 /// One live connection: its writer queue and its requests in flight.
 struct Conn {
     frames: mpsc::Sender<Frame>,
     pending: Pending,
+    /// Requests whose callers stopped waiting: id → the deadline they had.
+    abandoned: Abandoned,
     /// Set (before the waiters are failed) when the reader or the writer stopped.
     closed: Arc<AtomicBool>,
 }
@@ -162,7 +191,11 @@ impl Peer {
             self.forget(&conn).await;
             return Err(CallError::Closed { addr: self.addr.clone() });
         }
-        match tokio::time::timeout(timeout, rx).await {
+        let mut guard = AbandonGuard { conn: &conn, id, deadline: tokio::time::Instant::now() + timeout, waiting: true };
+        let answered = tokio::time::timeout(timeout, rx).await;
+        guard.waiting = false;
+        drop(guard);
+        match answered {
             Ok(Ok(reply)) => Ok(reply),
             Ok(Err(_)) => {
                 self.forget(&conn).await;
@@ -190,7 +223,11 @@ impl Peer {
         let mut slot = self.conn.lock().await;
         if let Some(conn) = slot.conn.as_ref() {
             if !conn.frames.is_closed() && !conn.closed.load(Ordering::Acquire) {
-                return Ok(Arc::clone(conn));
+                if !conn.overdue(tokio::time::Instant::now()) {
+                    return Ok(Arc::clone(conn));
+                }
+                tracing::debug!(addr = %self.addr, "retiring a canon connection: an abandoned request got no reply in time");
+                slot.conn = None;
             }
         }
         let unreachable = |reason: String| CallError::Unreachable { addr: self.addr.clone(), reason };
@@ -232,7 +269,9 @@ fn start_client_conn(stream: BoxStream, addr: String) -> Conn {
         write_frames(write, frames_rx).await;
         writer_close();
     });
+    let abandoned: Abandoned = Arc::default();
     let reader_pending = Arc::clone(&pending);
+    let reader_abandoned = Arc::clone(&abandoned);
     tokio::spawn(async move {
         let mut frames = FramedRead::new(read, codec());
         while let Some(next) = frames.next().await {
@@ -249,12 +288,14 @@ fn start_client_conn(stream: BoxStream, addr: String) -> Conn {
                 break;
             };
             if let Some(waiter) = lock(&reader_pending).remove(&frame.id) {
-                let _ = waiter.send(reply);
+                if waiter.send(reply).is_err() {
+                    lock(&reader_abandoned).remove(&frame.id);
+                }
             }
         }
         close();
     });
-    Conn { frames: frames_tx, pending, closed }
+    Conn { frames: frames_tx, pending, abandoned, closed }
 }
 
 /// Writes frames from `frames` until the channel or the stream closes, flushing only when the
@@ -273,5 +314,47 @@ pub(crate) async fn write_frames<W: AsyncWrite + Send + Unpin>(write: W, mut fra
         if SinkExt::<bytes::Bytes>::flush(&mut sink).await.is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Dials streams whose far end is kept open and never answers (a half-open connection),
+    /// counting the dials.
+    #[derive(Default)]
+    struct Silent {
+        dials: Arc<AtomicU64>,
+        far_ends: Arc<Mutex<Vec<tokio::io::DuplexStream>>>,
+    }
+
+    impl Transport for Silent {
+        fn connect(&self, _addr: &str) -> ConnectFuture {
+            self.dials.fetch_add(1, Ordering::Relaxed);
+            let (near, far) = tokio::io::duplex(1 << 20);
+            lock(&self.far_ends).push(far);
+            Box::pin(async move { Ok(Box::new(near) as BoxStream) })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connection_whose_abandoned_request_outlived_its_deadline_is_dialled_afresh() {
+        let transport = Arc::new(Silent::default());
+        let dials = transport.dials.clone();
+        let peer = Peer::new("silent:1".into(), 7, transport);
+        // The caller gives up (50 ms) before the call's own deadline (100 ms).
+        let call = peer.call("r", 1, 2, Rpc::App(Vec::new()), Duration::from_millis(100));
+        assert!(tokio::time::timeout(Duration::from_millis(50), call).await.is_err(), "nobody answers");
+        assert_eq!(dials.load(Ordering::Relaxed), 1);
+        // Within that deadline the connection is still trusted...
+        let call = peer.call("r", 1, 2, Rpc::App(Vec::new()), Duration::from_millis(100));
+        assert!(tokio::time::timeout(Duration::from_millis(10), call).await.is_err());
+        assert_eq!(dials.load(Ordering::Relaxed), 1, "not retired before the deadline passed");
+        // ...past it (and past the redial pause), the next call dials a new one.
+        tokio::time::sleep(REDIAL_PAUSE + Duration::from_millis(100)).await;
+        let call = peer.call("r", 1, 2, Rpc::App(Vec::new()), Duration::from_millis(100));
+        assert!(tokio::time::timeout(Duration::from_millis(10), call).await.is_err());
+        assert_eq!(dials.load(Ordering::Relaxed), 2, "the half-open connection was retired");
     }
 }

@@ -12,6 +12,7 @@
 //! the workload draw from seeded ChaCha RNGs; node state uses ordered maps or fixed-seed
 //! hashers; ractor's global actor ids never reach the trace. See ARCHITECTURE.md.
 
+pub mod cluster_env;
 pub mod linearizability;
 pub mod net;
 pub mod node_env;

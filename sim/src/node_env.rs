@@ -24,6 +24,8 @@ pub struct NodeFaults {
     pub disk_slow: (u64, u64),
     /// Planted bug: the store acknowledges commits before they are fsynced.
     pub ack_before_fsync: bool,
+    /// Paused (SIGSTOP) since this simulated time: the node's clock stands still there.
+    pub paused_at_ms: Option<u64>,
 }
 
 /// Simulated time, ms.
@@ -45,12 +47,13 @@ impl SimClock {
 
 impl Clock for SimClock {
     fn now_ms(&self) -> u64 {
-        sim_now_ms()
+        lock(&self.faults).paused_at_ms.unwrap_or_else(sim_now_ms)
     }
 
     fn unix_ms(&self) -> u64 {
-        let offset = lock(&self.faults).clock_offset_ms;
-        EPOCH_UNIX_MS.saturating_add(sim_now_ms()).saturating_add_signed(offset)
+        let faults = lock(&self.faults);
+        let now = faults.paused_at_ms.unwrap_or_else(sim_now_ms);
+        EPOCH_UNIX_MS.saturating_add(now).saturating_add_signed(faults.clock_offset_ms)
     }
 }
 

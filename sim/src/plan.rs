@@ -30,6 +30,12 @@ pub enum FaultKind {
     DiskSlow { node: u8, fsync_ms: u64, ms: u64 },
     /// The next `count` messages to the workload's IMVU number `imvu` panic in the handler.
     HandlerPanic { imvu: u32, count: u32 },
+    /// Cut the node off from the other nodes (not from the client) both ways for `ms`: a
+    /// partitioned minority that clients still reach.
+    Isolate { node: u8, ms: u64 },
+    /// Stop the node as SIGSTOP does for `ms`: its clock stands still and nothing reaches it
+    /// or leaves it (held, delivered on SIGCONT), then time jumps ahead.
+    Pause { node: u8, ms: u64 },
 }
 
 /// A fault and its time (simulated ms since start).
@@ -67,6 +73,8 @@ pub struct FaultMix {
     pub network: bool,
     /// Allow handler panics (weight: how many draws out of 10).
     pub panics: u32,
+    /// Allow faults between nodes of a cluster (isolation, pauses).
+    pub cluster: bool,
 }
 
 impl FaultPlan {
@@ -91,6 +99,10 @@ impl FaultPlan {
                     options.push(FaultKind::PartitionReplies { node, ms });
                     options.push(FaultKind::Delay { node, ms: ms / 3 });
                     options.push(FaultKind::ClockJump { node, jump_ms: rng.random_range(-5_000..60_000) });
+                }
+                if mix.cluster {
+                    options.push(FaultKind::Isolate { node, ms });
+                    options.push(FaultKind::Pause { node, ms });
                 }
                 if mix.disk {
                     options.push(FaultKind::DiskFail { node, ms });
@@ -129,6 +141,8 @@ impl fmt::Display for FaultKind {
             Self::DiskFail { node, ms } => write!(f, "disk_fail(n{node},{ms})"),
             Self::DiskSlow { node, fsync_ms, ms } => write!(f, "disk_slow(n{node},{fsync_ms},{ms})"),
             Self::HandlerPanic { imvu, count } => write!(f, "panic({imvu},{count})"),
+            Self::Isolate { node, ms } => write!(f, "isolate(n{node},{ms})"),
+            Self::Pause { node, ms } => write!(f, "pause(n{node},{ms})"),
         }
     }
 }
@@ -185,6 +199,8 @@ impl FromStr for FaultPlan {
                 "partition" => { want(2)?; FaultKind::Partition { node: node(0)?, ms: num(1)? } }
                 "partition_replies" => { want(2)?; FaultKind::PartitionReplies { node: node(0)?, ms: num(1)? } }
                 "delay" => { want(2)?; FaultKind::Delay { node: node(0)?, ms: num(1)? } }
+                "isolate" => { want(2)?; FaultKind::Isolate { node: node(0)?, ms: num(1)? } }
+                "pause" => { want(2)?; FaultKind::Pause { node: node(0)?, ms: num(1)? } }
                 "clock_jump" => {
                     want(2)?;
                     let jump_ms = args.get(1).and_then(|a| a.parse().ok()).ok_or_else(|| err("expected a signed number"))?;
@@ -213,7 +229,7 @@ mod tests {
 
     #[test]
     fn plans_print_and_parse_back() {
-        let mix = FaultMix { nodes: 3, duration_ms: 10_000, count: 40, imvus: 5, crashes: true, disk: true, network: true, panics: 3 };
+        let mix = FaultMix { nodes: 3, duration_ms: 10_000, count: 40, imvus: 5, crashes: true, disk: true, network: true, panics: 3, cluster: true };
         for seed in 0..50 {
             let plan = FaultPlan::generate(seed, mix);
             let again: FaultPlan = plan.to_string().parse().expect("parses");

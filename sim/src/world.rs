@@ -29,6 +29,16 @@ pub enum WorldStore {
     /// Every node a voter of one Raft group (`RaftCanonStore` over a `CanonNode`), on redb
     /// disks that outlive crashes; a slow disk is treated as a failing one.
     Raft,
+    /// `Raft`, plus the cluster of `vcos up`: SWIM membership on turmoil's UDP, bucket leases,
+    /// placement and forwarding, the IMVU router; the facade routes IMVU requests through it.
+    Cluster,
+}
+
+impl WorldStore {
+    /// Whether the nodes run the Raft canon.
+    fn raft(self) -> bool {
+        matches!(self, Self::Raft | Self::Cluster)
+    }
 }
 
 /// The Raft group's region in a `WorldStore::Raft` world.
@@ -53,6 +63,10 @@ pub struct PlantedBugs {
     pub ack_before_fsync: bool,
     /// Canon followers answer read barriers without the leader's read index.
     pub stale_follower_reads: bool,
+    /// Nodes serve every IMVU they are asked for without checking their lease.
+    pub skip_lease_check: bool,
+    /// Nodes keep serving the buckets they held after their lease lapsed.
+    pub ignore_lease_expiry: bool,
 }
 
 /// How to run.
@@ -153,7 +167,8 @@ pub fn run(scenario: &dyn Scenario, seed: u64, options: &RunOptions) -> RunRepor
     let targets = Arc::new(Mutex::new(PanicTargets::default()));
     let metrics = vcos_api::install_metrics_recorder();
     let store = scenario.store();
-    if store == WorldStore::Raft {
+    let observations = Arc::new(crate::cluster_env::Observations::default());
+    if store.raft() {
         // openraft's election timeouts come from this thread's seeded source: reseed per run.
         vcos_canon_raft::runtime::reseed_this_thread(seed ^ 0xca70_0000);
     }
@@ -173,13 +188,14 @@ pub fn run(scenario: &dyn Scenario, seed: u64, options: &RunOptions) -> RunRepor
         let (disk, node_faults, trace, metrics) = (disks[i as usize].clone(), faults[i as usize].clone(), trace.clone(), metrics.clone());
         let name = node_name(i);
         let host_name = name.clone();
-        if store == WorldStore::Raft {
+        if store.raft() {
             let raft = RaftHost {
                 index: i,
                 nodes,
                 disk: hosts.raft_disks[usize::from(i)].clone(),
                 sockets: hosts.sockets[usize::from(i)].clone(),
                 incarnation: Arc::default(),
+                cluster: (store == WorldStore::Cluster).then(|| ClusterHost { seed, observations: observations.clone() }),
             };
             sim.host(host_name.as_str(), move || {
                 let (raft, node_faults, trace, metrics, name) = (raft.clone(), node_faults.clone(), trace.clone(), metrics.clone(), name.clone());
@@ -205,6 +221,7 @@ pub fn run(scenario: &dyn Scenario, seed: u64, options: &RunOptions) -> RunRepor
             trace: trace.clone(),
             targets: targets.clone(),
             fault_phase_ms: mix.duration_ms,
+            observations: observations.clone(),
         };
         let violations = violations.clone();
         let workload = scenario.workload(ctx);
@@ -218,6 +235,10 @@ pub fn run(scenario: &dyn Scenario, seed: u64, options: &RunOptions) -> RunRepor
     let hook_targets = targets.clone();
     failpoints::set_handler_panic(Some(Box::new(move |key| hook_targets.lock().unwrap_or_else(|p| p.into_inner()).take(key))));
     failpoints::set_ignore_intensity(options.bugs.ignore_intensity);
+    failpoints::set_skip_lease_check(options.bugs.skip_lease_check);
+    failpoints::set_ignore_lease_expiry(options.bugs.ignore_lease_expiry);
+    let served = observations.clone();
+    failpoints::set_served_observer(Some(Box::new(move |key, epoch| served.record_served(key, epoch))));
 
     let mut next_fault = 0;
     // Recovery actions due at a time: (node, what).
@@ -235,7 +256,7 @@ pub fn run(scenario: &dyn Scenario, seed: u64, options: &RunOptions) -> RunRepor
         let ready: Vec<u64> = due.range(..=now).map(|(t, _)| *t).collect();
         for t in ready {
             for (node, action) in due.remove(&t).unwrap_or_default() {
-                recover(&mut sim, node, action, &hosts, &mut crashed, &trace, now);
+                recover(&mut sim, node, action, &hosts, &faults, &mut crashed, &trace, now);
             }
         }
         if !healed && now >= mix.duration_ms {
@@ -244,7 +265,7 @@ pub fn run(scenario: &dyn Scenario, seed: u64, options: &RunOptions) -> RunRepor
             for (t, actions) in std::mem::take(&mut due) {
                 let _ = t;
                 for (node, action) in actions {
-                    recover(&mut sim, node, action, &hosts, &mut crashed, &trace, now);
+                    recover(&mut sim, node, action, &hosts, &faults, &mut crashed, &trace, now);
                 }
             }
             for i in 0..nodes {
@@ -258,6 +279,7 @@ pub fn run(scenario: &dyn Scenario, seed: u64, options: &RunOptions) -> RunRepor
                 let mut f = faults[i as usize].lock().unwrap_or_else(|p| p.into_inner());
                 f.disk_fail_until_ms = 0;
                 f.disk_slow = (0, 0);
+                f.paused_at_ms = None;
             }
             targets.lock().unwrap_or_else(|p| p.into_inner()).clear();
         }
@@ -272,6 +294,9 @@ pub fn run(scenario: &dyn Scenario, seed: u64, options: &RunOptions) -> RunRepor
     }
     failpoints::set_handler_panic(None);
     failpoints::set_ignore_intensity(false);
+    failpoints::set_skip_lease_check(false);
+    failpoints::set_ignore_lease_expiry(false);
+    failpoints::set_served_observer(None);
     let sim_ms = u64::try_from(sim.elapsed().as_millis()).unwrap_or(u64::MAX);
     drop(sim);
     let mut found = std::mem::take(&mut *violations.lock().unwrap_or_else(|p| p.into_inner()));
@@ -291,6 +316,10 @@ enum Recovery {
     Repair,
     RepairReplies,
     Release,
+    /// End an isolation: links to the other nodes repaired.
+    Rejoin,
+    /// SIGCONT: the clock runs again, held messages both ways are delivered.
+    Resume,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -343,7 +372,31 @@ fn apply(
             raft_disk_fails(hosts, node, now + ms);
         }
         FaultKind::HandlerPanic { imvu, count } => targets.lock().unwrap_or_else(|p| p.into_inner()).arm(imvu, count),
+        FaultKind::Isolate { node, ms } => {
+            let i = node % crashed.len() as u8;
+            for other in other_nodes(i, crashed.len()) {
+                sim.partition(node_name(i).as_str(), other.as_str());
+            }
+            due.entry(now + ms).or_default().push((i, Recovery::Rejoin));
+        }
+        FaultKind::Pause { node, ms } => {
+            let i = node % crashed.len() as u8;
+            let mut f = node_faults(i);
+            if f.paused_at_ms.is_none() {
+                f.paused_at_ms = Some(now);
+                drop(f);
+                for other in other_nodes(i, crashed.len()).chain(["client".to_owned()]) {
+                    sim.hold(node_name(i).as_str(), other.as_str());
+                }
+                due.entry(now + ms).or_default().push((i, Recovery::Resume));
+            }
+        }
     }
+}
+
+/// The other nodes' host names.
+fn other_nodes(node: u8, nodes: usize) -> impl Iterator<Item = String> {
+    (0..nodes as u8).filter(move |j| *j != node).map(node_name)
 }
 
 fn raft_disk_fails(hosts: &Hosts, node: u8, until_ms: u64) {
@@ -351,7 +404,17 @@ fn raft_disk_fails(hosts: &Hosts, node: u8, until_ms: u64) {
     disk.fail_fsync_until_ms.store(until_ms, std::sync::atomic::Ordering::Relaxed);
 }
 
-fn recover(sim: &mut turmoil::Sim<'_>, node: u8, action: Recovery, hosts: &Hosts, crashed: &mut [bool], trace: &Trace, now: u64) {
+#[allow(clippy::too_many_arguments)]
+fn recover(
+    sim: &mut turmoil::Sim<'_>,
+    node: u8,
+    action: Recovery,
+    hosts: &Hosts,
+    faults: &[Arc<Mutex<NodeFaults>>],
+    crashed: &mut [bool],
+    trace: &Trace,
+    now: u64,
+) {
     let i = usize::from(node) % crashed.len();
     let name = node_name(i as u8);
     match action {
@@ -366,6 +429,13 @@ fn recover(sim: &mut turmoil::Sim<'_>, node: u8, action: Recovery, hosts: &Hosts
         Recovery::Repair => sim.repair("client", name.as_str()),
         Recovery::RepairReplies => sim.repair_oneway(name.as_str(), "client"),
         Recovery::Release => sim.release("client", name.as_str()),
+        Recovery::Rejoin => other_nodes(i as u8, crashed.len()).for_each(|o| sim.repair(name.as_str(), o.as_str())),
+        Recovery::Resume => {
+            faults[i].lock().unwrap_or_else(|p| p.into_inner()).paused_at_ms = None;
+            for other in other_nodes(i as u8, crashed.len()).chain(["client".to_owned()]) {
+                sim.release(name.as_str(), other.as_str());
+            }
+        }
     }
 }
 
@@ -423,6 +493,15 @@ struct RaftHost {
     disk: Arc<SimDb>,
     sockets: Arc<HostSockets>,
     incarnation: Arc<std::sync::atomic::AtomicU64>,
+    /// `WorldStore::Cluster`: what the node's cluster needs.
+    cluster: Option<ClusterHost>,
+}
+
+/// What a node of a `WorldStore::Cluster` world needs besides its canon.
+#[derive(Clone)]
+struct ClusterHost {
+    seed: u64,
+    observations: Arc<crate::cluster_env::Observations>,
 }
 
 fn raft_node_info(i: u8) -> vcos_canon_raft::NodeInfo {
@@ -469,7 +548,7 @@ async fn run_raft_node(host: &RaftHost, faults: Arc<Mutex<NodeFaults>>, trace: T
     let result = tokio::select! {
         biased;
         reason = node.failed() => Err(reason.into()),
-        result = serve_raft_node(host, &node, faults, &trace, metrics) => result,
+        result = serve_raft_node(host, &node, incarnation, faults, &trace, metrics) => result,
     };
     raft_server.abort();
     node.shutdown().await;
@@ -479,6 +558,7 @@ async fn run_raft_node(host: &RaftHost, faults: Arc<Mutex<NodeFaults>>, trace: T
 async fn serve_raft_node(
     host: &RaftHost,
     node: &vcos_canon_raft::CanonNode,
+    incarnation: u64,
     faults: Arc<Mutex<NodeFaults>>,
     trace: &Trace,
     metrics: vcos_api::PrometheusHandle,
@@ -489,13 +569,71 @@ async fn serve_raft_node(
     // Everything committed before this start is applied before the runtime reads the canon.
     node.read_barrier(RAFT_REGION).await?;
     let store = vcos_canon_raft::RaftCanonStore::start(node.clone());
-    let mut config = RuntimeConfig::new(Arc::new(store.clone()), Arc::new(SimClock::new(faults)));
+    let clock: Arc<dyn vcos_actors::Clock> = Arc::new(SimClock::new(faults));
+    let Some(cluster_host) = &host.cluster else {
+        let mut config = RuntimeConfig::new(Arc::new(store.clone()), clock);
+        config.shards_per_kind = 1;
+        config.shard_queue_len = 1024;
+        let runtime = Runtime::builder(config).kind(Counter).kind(KvMemory).kind(TextWorker).start().await?;
+        runtime.ensure_tenant(TenantId::default_tenant(), TenantPolicy::default()).await?;
+        let router = vcos_api::router_with_canon(runtime.clone(), metrics, store);
+        return serve_http(host, runtime, router, trace).await;
+    };
+    // As `vcos up` wires it (src/up.rs), on the simulated network and clock.
+    let node_id = u64::from(host.index) + 1;
+    let observed: Arc<dyn vcos_actors::CanonStore> = Arc::new(crate::cluster_env::ObservedStore {
+        inner: Arc::new(store.clone()),
+        node: host.index,
+        observations: cluster_host.observations.clone(),
+    });
+    let holder = crate::cluster_env::holder(node_id, incarnation);
+    let leases = crate::cluster_env::lease_table(holder)?;
+    let mut config = RuntimeConfig::new(observed.clone(), clock.clone());
     config.shards_per_kind = 1;
     config.shard_queue_len = 1024;
-    let runtime = Runtime::builder(config).kind(Counter).kind(KvMemory).kind(TextWorker).start().await?;
+    config.ownership = leases.clone();
+    let imvu_router = Arc::new(vcos_cluster::ClusterRouter::default());
+    let runtime = Runtime::builder(config)
+        .kind(Counter)
+        .kind(KvMemory)
+        .kind(TextWorker)
+        .kind(vcos_actors::kinds::Relay)
+        .kind(crate::cluster_env::Tally)
+        .router(imvu_router.clone())
+        .start()
+        .await?;
     runtime.ensure_tenant(TenantId::default_tenant(), TenantPolicy::default()).await?;
+    let names: Vec<String> = (0..host.nodes).map(node_name).collect();
+    let membership = crate::cluster_env::start_membership(
+        &names,
+        usize::from(host.index),
+        node_id,
+        incarnation,
+        RAFT_REGION,
+        HTTP_PORT,
+        RAFT_PORT,
+        cluster_host.seed,
+    )
+    .await?;
+    let cluster = vcos_cluster::Cluster::start(
+        vcos_cluster::ClusterConfig::new(holder, RAFT_REGION),
+        leases,
+        runtime.clone(),
+        node.clone(),
+        observed,
+        clock,
+        Arc::new(membership.view_receiver()),
+    )?;
+    imvu_router.bind(&cluster);
+    let router = vcos_api::router_with_cluster(runtime.clone(), metrics, store, cluster);
+    let served = serve_http(host, runtime, router, trace).await;
+    membership.abort();
+    served
+}
+
+/// Serves the facade until the runtime escalates (then it stops, as `vcos up` does).
+async fn serve_http(host: &RaftHost, runtime: Runtime, router: axum::Router, trace: &Trace) -> turmoil::Result {
     let listener = turmoil::net::TcpListener::bind(("0.0.0.0", HTTP_PORT)).await?;
-    let router = vcos_api::router_with_canon(runtime.clone(), metrics, store);
     let name = node_name(host.index);
     tokio::select! {
         biased;

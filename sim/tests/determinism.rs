@@ -98,3 +98,27 @@ fn planted_stale_follower_reads_are_caught_by_the_linearizability_checker() {
     let caught = first_failure("canon", bugs, 10).expect("the linearizability checker catches stale follower reads within 10 seeds");
     assert!(caught.violations.iter().any(|v| v.contains("not linearizable")), "{:?}", caught.violations);
 }
+
+#[test]
+fn placement_seeds_pass_and_replay() {
+    // Three `vcos up` nodes (Raft canon, SWIM membership, bucket leases, forwarding) under
+    // crashes, isolation, pauses and lost links.
+    sweep(scenarios::by_name("placement").expect("scenario"), PLACEMENT_SEEDS);
+}
+
+/// Seeds of the placement scenario in the default suite (one in `REPLAY_EVERY` run twice).
+const PLACEMENT_SEEDS: u64 = 6;
+
+#[test]
+fn planted_activation_without_lease_check_is_caught() {
+    let bugs = PlantedBugs { skip_lease_check: true, ..PlantedBugs::default() };
+    let caught = first_failure("placement", bugs, 3).expect("the placement checkers catch activation without a lease check within 3 seeds");
+    assert!(caught.violations.iter().any(|v| v.starts_with("unfenced commit")), "{:?}", caught.violations);
+}
+
+#[test]
+fn planted_serving_after_lease_lapse_is_caught() {
+    let bugs = PlantedBugs { ignore_lease_expiry: true, ..PlantedBugs::default() };
+    let caught = first_failure("placement", bugs, 4).expect("the placement checkers catch serving after the lease lapsed within 4 seeds");
+    assert!(caught.violations.iter().any(|v| v.starts_with("two activations")), "{:?}", caught.violations);
+}

@@ -741,7 +741,8 @@ impl<I: Imvu> ShardCore<I> {
         let behaviour = &*self.env.behaviour;
         let cell = self.cells.get_mut(&key.id.0).expect("resident: checked by deliver");
         cell.last_used_ms = self.now_ms;
-        let mut ctx = Context { key: &key, unix_ms: self.unix_ms, stop_requested: false, outgoing: Vec::new(), next_number: self.last_number };
+        let number_base = cell.fence.map_or(0, |fence| fence.epoch << 32);
+        let mut ctx = Context { key: &key, unix_ms: self.unix_ms, stop_requested: false, outgoing: Vec::new(), next_number: self.last_number, number_base };
         let state = &mut *cell.state;
         let every_message = behaviour.persistence() == Persistence::EveryMessage;
         let outcome = quiet_panic::catch(|| {
@@ -773,7 +774,12 @@ impl<I: Imvu> ShardCore<I> {
         match outcome {
             Ok((value, snapshot)) => {
                 if let Some(snapshot) = snapshot {
-                    let writes = vec![CanonWrite::Put { key: records::snap_key(&key), value: snapshot }];
+                    let mut writes = vec![CanonWrite::Put { key: records::snap_key(&key), value: snapshot }];
+                    // Fenced like every commit of an activation: a node that lost the IMVU's
+                    // lease after this message was admitted cannot make its snapshot durable.
+                    if let Some(fence) = self.cells.get(&key.id.0).and_then(|cell| cell.fence) {
+                        writes.push(self.env.ownership.guard(fence));
+                    }
                     let then = match (reply, value) {
                         (Some(reply), Some(value)) => Then::Ask(reply, value),
                         _ => Then::Nothing,
@@ -785,6 +791,8 @@ impl<I: Imvu> ShardCore<I> {
                     }
                 } else {
                     if let (Some(reply), Some(value)) = (reply, value) {
+                        let epoch = self.cells.get(&key.id.0).and_then(|cell| cell.fence).map(|fence| fence.epoch);
+                        crate::failpoints::served_from_memory(&key, epoch);
                         self.effects.push(Effect::ReplyAsk(reply, Ok(value)));
                     }
                     self.dispatch(key, outgoing);

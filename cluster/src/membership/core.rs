@@ -185,6 +185,10 @@ impl MembershipCore {
                     self.drop_datagram(DropReason::Malformed, from);
                     return;
                 };
+                // Whether the sender is a seed we do not know as a member yet (joining).
+                let unknown_seed = header.message == foca::Message::Announce
+                    && self.seeds.contains(&from)
+                    && !self.foca.iter_members().any(|m| m.id().gossip_addr == from);
                 if self.duplicate(now_ms, &header.src) {
                     self.drop_datagram(DropReason::Conflict, from);
                 } else if let Some(winner) = self.superseded_by(&header.src) {
@@ -196,9 +200,12 @@ impl MembershipCore {
                 } else if let Err(error) = self.foca.handle_data(body, &mut self.runtime) {
                     tracing::trace!(%error, %from, "foca refused a datagram");
                     self.drop_datagram(DropReason::Malformed, from);
-                } else if header.message == foca::Message::Announce && self.seeds.contains(&from) {
+                } else if unknown_seed {
                     // A seed answering our join: announce back, so that its reply (a feed)
-                    // lists the members it knows instead of only itself.
+                    // lists the members it knows instead of only itself. Only while it is not
+                    // a member yet: when nodes list each other as seeds (`vcos up` discovers
+                    // every member as one), answering every announce with one made two nodes
+                    // announce to each other forever, thousands of datagrams a second.
                     if let Err(error) = self.foca.announce(header.src, &mut self.runtime) {
                         tracing::debug!(%error, "announce to a seed");
                     }

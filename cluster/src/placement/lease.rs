@@ -410,7 +410,13 @@ impl Leases {
 
     /// Whether this node's heartbeat is trusted at `now_ms`.
     fn beating(&self, now_ms: u64) -> bool {
-        self.beat.current.is_some_and(|b| !b.revoked) && now_ms < self.beat.valid_until_ms
+        self.beat.current.is_some_and(|b| !b.revoked) && !self.lapsed(now_ms)
+    }
+
+    /// Whether the heartbeat can no longer be proven at `now_ms`. (The simulator's planted bug
+    /// "serving after the lease lapsed" makes it never lapse, nor fail.)
+    fn lapsed(&self, now_ms: u64) -> bool {
+        now_ms >= self.beat.valid_until_ms && !vcos_actors::failpoints::ignore_lease_expiry()
     }
 
     /// The fence under which this node serves `bucket` at `now_ms`, if it can prove its hold.
@@ -476,6 +482,9 @@ impl Leases {
                         self.beat.current = Some(written);
                         self.beat.valid_until_ms = self.beat.valid_until_ms.max(sent_at_ms + config.lease_ms - config.margin_ms);
                     }
+                    // The simulator's planted bug "serving after the lease lapsed": a renewal
+                    // that failed is taken as one that may still land.
+                    LeaseOutcome::Failed if vcos_actors::failpoints::ignore_lease_expiry() => {}
                     LeaseOutcome::Conflict | LeaseOutcome::Failed => {
                         // Revoked by a claimer, or unknown: stop serving everything and register
                         // again (buckets still naming this incarnation are claimed back).
@@ -507,7 +516,7 @@ impl Leases {
     pub fn poll(&mut self, now_ms: u64, actions: &mut Vec<LeaseAction>) {
         let config = self.config;
         // The heartbeat first: nothing is served or claimed without it.
-        if self.beat.current.is_some() && now_ms >= self.beat.valid_until_ms && self.buckets.iter().any(|b| b.held.is_some()) {
+        if self.beat.current.is_some() && self.lapsed(now_ms) && self.buckets.iter().any(|b| b.held.is_some()) {
             self.drop_all(actions, "lease lapsed");
         }
         if self.beat.in_flight.is_none() {

@@ -63,7 +63,7 @@ impl Scenario for CanonScenario {
     }
 
     fn fault_mix(&self) -> FaultMix {
-        FaultMix { nodes: NODES, duration_ms: 6_000, count: 10, imvus: 0, crashes: true, disk: true, network: true, panics: 0 }
+        FaultMix { nodes: NODES, duration_ms: 6_000, count: 10, imvus: 0, crashes: true, disk: true, network: true, panics: 0, cluster: false }
     }
 
     fn workload(&self, _ctx: super::WorkloadCtx) -> Pin<Box<dyn Future<Output = Vec<String>>>> {
@@ -265,7 +265,7 @@ fn apply(
                 due.entry(now + down_ms).or_default().push((node % NODES, Recovery::Restart));
             }
         }
-        FaultKind::Partition { node, ms } => {
+        FaultKind::Partition { node, ms } | FaultKind::Isolate { node, ms } => {
             for other in others(node % NODES) {
                 sim.partition(node_name(node % NODES).as_str(), other.as_str());
             }
@@ -277,7 +277,7 @@ fn apply(
             }
             due.entry(now + ms).or_default().push((node % NODES, Recovery::RepairOneway));
         }
-        FaultKind::Delay { node, ms } => {
+        FaultKind::Delay { node, ms } | FaultKind::Pause { node, ms } => {
             for other in others(node % NODES) {
                 sim.hold(node_name(node % NODES).as_str(), other.as_str());
             }

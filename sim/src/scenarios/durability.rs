@@ -25,7 +25,7 @@ impl Scenario for Durability {
     }
 
     fn fault_mix(&self) -> FaultMix {
-        FaultMix { nodes: 3, duration_ms: 8_000, count: 12, imvus: 6, crashes: true, disk: true, network: true, panics: 1 }
+        FaultMix { nodes: 3, duration_ms: 8_000, count: 12, imvus: 6, crashes: true, disk: true, network: true, panics: 1, cluster: false }
     }
 
     fn workload(&self, ctx: WorkloadCtx) -> Pin<Box<dyn Future<Output = Vec<String>>>> {

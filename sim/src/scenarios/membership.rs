@@ -67,7 +67,7 @@ impl Scenario for MembershipScenario {
     }
 
     fn fault_mix(&self) -> FaultMix {
-        FaultMix { nodes: self.nodes, duration_ms: 12_000, count: 8, imvus: 0, crashes: true, disk: false, network: true, panics: 0 }
+        FaultMix { nodes: self.nodes, duration_ms: 12_000, count: 8, imvus: 0, crashes: true, disk: false, network: true, panics: 0, cluster: false }
     }
 
     fn workload(&self, _ctx: super::WorkloadCtx) -> Pin<Box<dyn Future<Output = Vec<String>>>> {
@@ -400,7 +400,8 @@ fn apply(sim: &mut turmoil::Sim<'_>, fault: &FaultKind, nodes: u16, now: u64, cr
                 due.entry(now + down_ms).or_default().push((i, Recovery::Restart));
             }
         }
-        FaultKind::Partition { node, ms } => {
+        // Every member is a node: isolating one is partitioning it.
+        FaultKind::Partition { node, ms } | FaultKind::Isolate { node, ms } => {
             let i = pick(node);
             others(i, nodes).for_each(|o| sim.partition(host_name(i).as_str(), o.as_str()));
             due.entry(now + ms).or_default().push((i, Recovery::Repair));
@@ -410,7 +411,7 @@ fn apply(sim: &mut turmoil::Sim<'_>, fault: &FaultKind, nodes: u16, now: u64, cr
             others(i, nodes).for_each(|o| sim.partition_oneway(host_name(i).as_str(), o.as_str()));
             due.entry(now + ms).or_default().push((i, Recovery::RepairOneway));
         }
-        FaultKind::Delay { node, ms } => {
+        FaultKind::Delay { node, ms } | FaultKind::Pause { node, ms } => {
             let i = pick(node);
             others(i, nodes).for_each(|o| sim.hold(host_name(i).as_str(), o.as_str()));
             due.entry(now + ms).or_default().push((i, Recovery::Release));

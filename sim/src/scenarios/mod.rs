@@ -5,6 +5,7 @@
 mod canon;
 mod durability;
 mod membership;
+mod placement;
 mod supervision;
 mod swarm;
 
@@ -25,6 +26,7 @@ use crate::world::{PanicTargets, WorldStore};
 pub use canon::CanonScenario;
 pub use durability::Durability;
 pub use membership::{MembershipScenario, MEMBERSHIP, MEMBERSHIP_200};
+pub use placement::PlacementScenario;
 pub use supervision::SupervisionScenario;
 pub use swarm::SwarmScenario;
 
@@ -79,8 +81,8 @@ impl Scenario for OnRaft {
 pub static DURABILITY_RAFT: OnRaft = OnRaft { name: "durability-raft", inner: &Durability };
 
 /// Every scenario that ships.
-pub fn all() -> [&'static dyn Scenario; 6] {
-    [&SupervisionScenario, &SwarmScenario, &Durability, &CanonScenario, &MEMBERSHIP, &DURABILITY_RAFT]
+pub fn all() -> [&'static dyn Scenario; 7] {
+    [&SupervisionScenario, &SwarmScenario, &Durability, &CanonScenario, &MEMBERSHIP, &DURABILITY_RAFT, &PlacementScenario]
 }
 
 /// Scenarios run only by name (too slow for `all`): `membership-200`.
@@ -105,6 +107,8 @@ pub struct WorkloadCtx {
     pub targets: Arc<Mutex<PanicTargets>>,
     /// When the faults stop and healing begins.
     pub fault_phase_ms: u64,
+    /// What the nodes' canon stores and runtimes were seen doing (cluster worlds).
+    pub observations: Arc<crate::cluster_env::Observations>,
 }
 
 impl WorkloadCtx {
@@ -125,7 +129,12 @@ impl WorkloadCtx {
 
     /// One traced request.
     pub async fn call(&self, node: &str, method: &str, path: &str, body: Option<Value>) -> Response {
-        let response = request(node, method, path, body.as_ref(), Duration::from_millis(REQUEST_DEADLINE_MS)).await;
+        self.call_within(node, method, path, body, REQUEST_DEADLINE_MS).await
+    }
+
+    /// One traced request, given up after `deadline_ms`.
+    pub async fn call_within(&self, node: &str, method: &str, path: &str, body: Option<Value>, deadline_ms: u64) -> Response {
+        let response = request(node, method, path, body.as_ref(), Duration::from_millis(deadline_ms)).await;
         let summary = match &response {
             Response::Http { status, body } => {
                 format!("{status} {:016x}", crate::trace::hash_events(&[body.to_string()]))

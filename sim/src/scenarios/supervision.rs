@@ -37,7 +37,7 @@ impl Scenario for SupervisionScenario {
     }
 
     fn fault_mix(&self) -> FaultMix {
-        FaultMix { nodes: 2, duration_ms: 8_000, count: 12, imvus: 6, crashes: true, disk: true, network: true, panics: 5 }
+        FaultMix { nodes: 2, duration_ms: 8_000, count: 12, imvus: 6, crashes: true, disk: true, network: true, panics: 5, cluster: false }
     }
 
     fn workload(&self, ctx: WorkloadCtx) -> Pin<Box<dyn Future<Output = Vec<String>>>> {

@@ -25,7 +25,7 @@ impl Scenario for SwarmScenario {
     }
 
     fn fault_mix(&self) -> FaultMix {
-        FaultMix { nodes: 2, duration_ms: 8_000, count: 10, imvus: 6, crashes: true, disk: true, network: true, panics: 3 }
+        FaultMix { nodes: 2, duration_ms: 8_000, count: 10, imvus: 6, crashes: true, disk: true, network: true, panics: 3, cluster: false }
     }
 
     fn workload(&self, ctx: WorkloadCtx) -> Pin<Box<dyn Future<Output = Vec<String>>>> {
