@@ -341,6 +341,13 @@ fn apply(
             if !crashed[i] {
                 crashed[i] = true;
                 disks[i].crash();
+                // A paused process that is killed is no longer paused: it restarts running.
+                if node_faults(i as u8).paused_at_ms.take().is_some() {
+                    let name = node_name(i as u8);
+                    for other in other_nodes(i as u8, crashed.len()).chain(["client".to_owned()]) {
+                        sim.release(name.as_str(), other.as_str());
+                    }
+                }
                 let name = node_name(i as u8);
                 if sim.is_host_running(name.as_str()) {
                     hosts.sockets[i].going_down();
@@ -434,6 +441,18 @@ fn recover(
             faults[i].lock().unwrap_or_else(|p| p.into_inner()).paused_at_ms = None;
             for other in other_nodes(i as u8, crashed.len()).chain(["client".to_owned()]) {
                 sim.release(name.as_str(), other.as_str());
+            }
+            return;
+        }
+    }
+    // A paused node stays cut off until it resumes, whatever other fault ended meanwhile on
+    // one of its links (a stopped process reads nothing, whatever the network does; turmoil
+    // keeps one state per link, so a repair or release would end the hold too).
+    for (j, node_faults) in faults.iter().enumerate() {
+        if node_faults.lock().unwrap_or_else(|p| p.into_inner()).paused_at_ms.is_some() {
+            let paused = node_name(j as u8);
+            for other in other_nodes(j as u8, crashed.len()).chain(["client".to_owned()]) {
+                sim.hold(paused.as_str(), other.as_str());
             }
         }
     }
