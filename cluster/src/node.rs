@@ -11,7 +11,9 @@
 //!   retryable `unavailable` error: never a hang.
 //! - Retries: a request is sent elsewhere only when it certainly was not handled (the peer
 //!   could not be reached, or answered "not the owner"); after a timeout the caller gets an
-//!   error, since the message may have been applied.
+//!   error, since the message may have been applied. The same error comes early when the
+//!   bucket's lease record names another node while a forwarded request waits (its old
+//!   owner can no longer commit, but may have); a read is sent again to the new holder.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, Weak};
@@ -408,7 +410,27 @@ async fn route(inner: &Arc<Inner>, key: &ImvuKey, caller: &Caller, op: Op, hops:
         };
         let timeout = Duration::from_millis(inner.config.forward_timeout_ms);
         metrics::counter!("vcos_cluster_requests_total", "path" => "forwarded").increment(1);
-        match inner.canon.call_app(peer.node_id, &peer.canon_addr, request.encode(), timeout).await {
+        let holder_at_send = inner.leases.lock().recorded_holder(bucket).map(|h| h.node);
+        let call = inner.canon.call_app(peer.node_id, &peer.canon_addr, request.encode(), timeout);
+        let answered = tokio::select! {
+            biased;
+            answered = call => answered,
+            moved_to = holder_moved(inner, bucket, holder_at_send, peer.node_id) => {
+                metrics::counter!("vcos_cluster_forwards_overtaken_total").increment(1);
+                // The node we sent to lost the bucket: it can no longer commit for it, but it
+                // may have before. A read is sent again to the new holder; anything else
+                // answers at once that its outcome is unknown, instead of waiting out the
+                // forward deadline on a node that may be dead.
+                if matches!(op, Op::Inspect) {
+                    continue;
+                }
+                return Err(ActorError::Unavailable(format!(
+                    "{key}: its owner changed (node {} to node {moved_to}) while the request was in flight; outcome unknown, check its state before retrying",
+                    peer.node_id
+                )));
+            }
+        };
+        match answered {
             Ok(bytes) => match RemoteReply::decode(&bytes) {
                 Ok(RemoteReply::Ok(bytes)) => return Ok(bytes),
                 Ok(RemoteReply::Err(bytes)) => return Err(remote::decode_error(&bytes)),
@@ -426,6 +448,19 @@ async fn route(inner: &Arc<Inner>, key: &ImvuKey, caller: &Caller, op: Op, hops:
             Err(e @ AppCallError::Unknown { .. }) => {
                 return Err(ActorError::Unavailable(format!("{key}: outcome unknown ({e}); check its state before retrying")));
             }
+        }
+    }
+}
+
+/// Resolves with the new holder once the lease record of `bucket` names a node other than
+/// `sent_to` that it did not name when the request was sent (`at_send`); checked every lease
+/// tick, from the local replica.
+async fn holder_moved(inner: &Inner, bucket: u16, at_send: Option<u64>, sent_to: u64) -> u64 {
+    loop {
+        tokio::time::sleep(Duration::from_millis(inner.config.tick_ms.max(1))).await;
+        let now = inner.leases.lock().recorded_holder(bucket).map(|h| h.node);
+        if let Some(node) = now.filter(|&n| n != sent_to && Some(n) != at_send) {
+            return node;
         }
     }
 }

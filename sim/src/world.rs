@@ -442,12 +442,12 @@ fn recover(
             for other in other_nodes(i as u8, crashed.len()).chain(["client".to_owned()]) {
                 sim.release(name.as_str(), other.as_str());
             }
-            return;
         }
     }
     // A paused node stays cut off until it resumes, whatever other fault ended meanwhile on
-    // one of its links (a stopped process reads nothing, whatever the network does; turmoil
-    // keeps one state per link, so a repair or release would end the hold too).
+    // one of its links, another node's pause included (a stopped process reads nothing,
+    // whatever the network does; turmoil keeps one state per link, so a repair or release
+    // would end the hold too).
     for (j, node_faults) in faults.iter().enumerate() {
         if node_faults.lock().unwrap_or_else(|p| p.into_inner()).paused_at_ms.is_some() {
             let paused = node_name(j as u8);
