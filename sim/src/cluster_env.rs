@@ -222,13 +222,12 @@ pub(crate) fn lease_table(holder: Holder) -> Result<Arc<LeaseTable>, String> {
     LeaseTable::new(holder, vcos_cluster::placement::LeaseConfig::default()).map_err(|e| e.to_string())
 }
 
-/// Starts SWIM membership on turmoil's UDP as `vcos up` does on a real socket: every other node
-/// is a seed; the renewal is above every renewal of earlier incarnations; the RNG comes from
-/// the run's seed.
+/// Starts SWIM membership for node `index` (node id `index + 1`) on turmoil's UDP as `vcos up`
+/// does on a real socket: every other node is a seed; the renewal is above every renewal of
+/// earlier incarnations; the RNG comes from the run's seed.
 pub(crate) async fn start_membership(
     names: &[String],
     index: usize,
-    node_id: u64,
     incarnation: u64,
     region: &str,
     http_port: u16,
@@ -236,6 +235,8 @@ pub(crate) async fn start_membership(
     seed: u64,
 ) -> Result<MembershipHandle, String> {
     let socket = turmoil::net::UdpSocket::bind(("0.0.0.0", GOSSIP_PORT)).await.map_err(|e| e.to_string())?;
+    // Node ids are 1-based, as the world numbers its canon nodes.
+    let node_id = index as u64 + 1;
     let me = &names[index];
     let ip = turmoil::lookup(me.as_str());
     let seeds = names.iter().enumerate().filter(|(j, _)| *j != index).map(|(_, n)| gossip_addr(n)).collect();

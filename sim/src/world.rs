@@ -626,7 +626,6 @@ async fn serve_raft_node(
     let membership = crate::cluster_env::start_membership(
         &names,
         usize::from(host.index),
-        node_id,
         incarnation,
         RAFT_REGION,
         HTTP_PORT,
