@@ -245,6 +245,7 @@ pub fn run(scenario: &dyn Scenario, seed: u64, options: &RunOptions) -> RunRepor
     let mut due: BTreeMap<u64, Vec<(u8, Recovery)>> = BTreeMap::new();
     let mut crashed = vec![false; nodes as usize];
     let mut healed = false;
+    let mut next_exit_check_ms = 0;
     let mut failure: Option<String> = None;
     loop {
         let now = u64::try_from(sim.elapsed().as_millis()).unwrap_or(u64::MAX);
@@ -283,6 +284,19 @@ pub fn run(scenario: &dyn Scenario, seed: u64, options: &RunOptions) -> RunRepor
             }
             targets.lock().unwrap_or_else(|p| p.into_inner()).clear();
         }
+        // After the heal a node whose software exits (a fault that struck as the heal began)
+        // is restarted, as a service manager would: the liveness phase checks a healed world.
+        if healed && now >= next_exit_check_ms {
+            next_exit_check_ms = now + EXITED_RESTART_CHECK_MS;
+            for i in 0..nodes {
+                let name = node_name(i);
+                if !sim.is_host_running(name.as_str()) {
+                    hosts.sockets[usize::from(i)].going_down();
+                    sim.bounce(name.as_str());
+                    trace.record_at(now, format!("restart {name} (exited after the heal)"));
+                }
+            }
+        }
         match sim.step() {
             Ok(true) => break,
             Ok(false) => {}
@@ -309,6 +323,9 @@ pub fn run(scenario: &dyn Scenario, seed: u64, options: &RunOptions) -> RunRepor
     let events = trace.events();
     RunReport { scenario: scenario.name(), seed, plan, trace_hash: hash_events(&events), trace: events, violations: found, sim_ms }
 }
+
+/// How often, after the heal, the world looks for nodes whose software exited.
+const EXITED_RESTART_CHECK_MS: u64 = 500;
 
 #[derive(Clone, Copy, Debug)]
 enum Recovery {
