@@ -195,6 +195,8 @@ async fn serve(args: UpArgs) -> anyhow::Result<()> {
     // At most one activation: the runtime serves an IMVU only under its bucket's lease.
     let leases = crate::cluster_up::lease_table(&node)?;
     config.ownership = leases.clone();
+    // Ids carry the region's tag: any node of any region routes them to their home.
+    config.region_tag = vcos_cluster::region_tag(&args.region);
     if let Some(shards) = args.shards {
         config.shards_per_kind = usize::from(shards);
     }

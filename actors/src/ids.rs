@@ -95,6 +95,28 @@ impl<'de> Deserialize<'de> for TenantId {
 #[serde(transparent)]
 pub struct ImvuId(pub u64);
 
+impl ImvuId {
+    /// Bits of an id below its region tag: the sequence its home region hands out.
+    pub const SEQUENCE_BITS: u32 = 40;
+    /// The largest region tag. Tag and sequence together stay below 2^53, so an id is exact
+    /// in every JSON client (JavaScript reads numbers as doubles).
+    pub const REGION_TAG_MAX: u16 = (1 << 13) - 1;
+
+    /// The id numbered `sequence` by the region tagged `region_tag` (0: untagged, a node that
+    /// is not in a cluster of regions). `None` when either is out of range.
+    pub fn tagged(region_tag: u16, sequence: u64) -> Option<Self> {
+        (region_tag <= Self::REGION_TAG_MAX && sequence < (1 << Self::SEQUENCE_BITS))
+            .then(|| Self((u64::from(region_tag) << Self::SEQUENCE_BITS) | sequence))
+    }
+
+    /// The tag of the region that created this id, whose canon holds the IMVU: 0 for an id
+    /// made before tags (its region is the one asked). An id from outside may carry a tag no
+    /// region has, up to `u16::MAX`; it names no IMVU.
+    pub fn region_tag(self) -> u16 {
+        u16::try_from(self.0 >> Self::SEQUENCE_BITS).unwrap_or(u16::MAX)
+    }
+}
+
 impl fmt::Display for ImvuId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.0)

@@ -19,6 +19,9 @@ use crate::lifecycle::Transition;
 /// A boxed future, for the object-safe [`ErasedKind`].
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// The future of an enqueued ask's JSON reply ([`ErasedKind::ask_json_enqueued`]).
+pub type JsonReply = BoxFuture<'static, Result<serde_json::Value, ActorError>>;
+
 /// Typed handle to the shards of kind `I`.
 pub struct KindRef<I: Imvu> {
     shards: Arc<[mpsc::Sender<Command<I>>]>,
@@ -173,6 +176,10 @@ pub trait ErasedKind: Send + Sync + 'static {
     fn evict(&self, key: ImvuKey) -> BoxFuture<'_, ()>;
     /// Sends a JSON message without waiting for a reply (waits for room in the mailbox).
     fn tell_json(&self, key: ImvuKey, msg: serde_json::Value) -> BoxFuture<'_, Result<(), ActorError>>;
+    /// Enqueues a JSON ask (waits for room in the mailbox) and returns the future of its
+    /// reply: a caller delivering messages in order enqueues the next one without waiting
+    /// for this one to be handled.
+    fn ask_json_enqueued(&self, key: ImvuKey, msg: serde_json::Value) -> BoxFuture<'_, Result<JsonReply, ActorError>>;
     /// Hands an IMVU the answer to one of its asks (to its `on_reply`, in mailbox order).
     fn reply(
         &self,
@@ -242,6 +249,22 @@ impl<I: Imvu> ErasedKind for KindRef<I> {
     fn evict(&self, key: ImvuKey) -> BoxFuture<'_, ()> {
         Box::pin(async move {
             let _ = self.shard(&key).send(Command::Evict { key }).await;
+        })
+    }
+
+    fn ask_json_enqueued(&self, key: ImvuKey, msg: serde_json::Value) -> BoxFuture<'_, Result<JsonReply, ActorError>> {
+        Box::pin(async move {
+            let msg: I::Msg = serde_json::from_value(msg).map_err(|e| ActorError::BadRequest {
+                field: "message".into(),
+                reason: format!("not a valid {} message: {e}", I::KIND),
+            })?;
+            let (reply, rx) = oneshot::channel();
+            self.send(&key, Command::Ask { key, msg, reply }).await?;
+            let answer: JsonReply = Box::pin(async move {
+                let reply = rx.await.map_err(unavailable)??;
+                serde_json::to_value(reply).map_err(|e| ActorError::Store(format!("reply does not serialise: {e}")))
+            });
+            Ok(answer)
         })
     }
 

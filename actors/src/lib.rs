@@ -35,7 +35,7 @@ pub use handshake::{
 pub use host::{ImvuInfo, PAUSED_QUEUE_LEN_MAX};
 pub use ids::{Caller, ImvuId, ImvuKey, SwarmId, SwarmKey, TenantId};
 pub use imvu::{AskToken, Context, Imvu, Outgoing, Persistence};
-pub use kind::{BoxFuture, ErasedKind, KindRef};
+pub use kind::{BoxFuture, ErasedKind, JsonReply, KindRef};
 pub use lifecycle::{LifecycleState, Transition};
 pub use router::Router;
 pub use runtime::{KindInfo, Placement, Runtime, RuntimeBuilder, RuntimeConfig, ESCALATIONS_PREFIX};

@@ -72,6 +72,10 @@ pub struct RuntimeConfig {
     /// Whether this node may serve an IMVU now, and the fence its writes carry (a single node
     /// owns everything; in a cluster, placement decides).
     pub ownership: Arc<dyn crate::ownership::Ownership>,
+    /// The tag of the node's region, carried in the high bits of every id it allocates (see
+    /// [`ImvuId::tagged`]) so that any node can tell an IMVU's home region from its id; 0
+    /// outside a cluster of regions.
+    pub region_tag: u16,
 }
 
 impl RuntimeConfig {
@@ -93,6 +97,7 @@ impl RuntimeConfig {
             },
             handshake: Handshake::standard(),
             ownership: Arc::new(crate::ownership::SoleOwner),
+            region_tag: 0,
         }
     }
 }
@@ -550,19 +555,26 @@ impl Runtime {
     /// race reads again and retries), and the reservation is durable before any id of it is
     /// handed out, so no id is handed out twice, even across crashes. In-process, one lock
     /// holds the block's cursor and end together: two callers never get the same id.
+    /// The region's tag sits in the id's high bits (see [`ImvuId::tagged`]).
     pub async fn allocate_id(&self) -> Result<u64, ActorError> {
         loop {
-            if let Some(id) = self.inner.id_block.lock().unwrap_or_else(|p| p.into_inner()).take() {
-                return Ok(id);
+            if let Some(sequence) = self.inner.id_block.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                return self.tagged(sequence);
             }
             // One reservation at a time; whoever waited here finds the new block above.
             let _guard = self.inner.reserve_lock.lock().await;
-            if let Some(id) = self.inner.id_block.lock().unwrap_or_else(|p| p.into_inner()).take() {
-                return Ok(id);
+            if let Some(sequence) = self.inner.id_block.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                return self.tagged(sequence);
             }
             let block = self.reserve_id_block().await?;
             *self.inner.id_block.lock().unwrap_or_else(|p| p.into_inner()) = block;
         }
+    }
+
+    fn tagged(&self, sequence: u64) -> Result<u64, ActorError> {
+        ImvuId::tagged(self.inner.config.region_tag, sequence)
+            .map(|id| id.0)
+            .ok_or_else(|| ActorError::Unavailable("the id space is exhausted".into()))
     }
 
     /// Advances canon's high-water mark by one block, guarded by the value read.
@@ -573,7 +585,7 @@ impl Runtime {
                 Some(bytes) => records::decode::<u64>(NEXT_ID_KEY, bytes)?,
                 None => 1,
             };
-            let until = start.checked_add(ID_BLOCK_LEN).ok_or_else(|| {
+            let until = start.checked_add(ID_BLOCK_LEN).filter(|&until| until <= 1 << ImvuId::SEQUENCE_BITS).ok_or_else(|| {
                 ActorError::Unavailable("the id space is exhausted".into())
             })?;
             let writes = vec![

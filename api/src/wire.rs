@@ -257,9 +257,12 @@ pub struct ImvuView {
     pub placement: Option<PlacementView>,
 }
 
-/// Where an IMVU lives in its region.
+/// Where an IMVU lives: its home region, and the node of it that holds it.
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct PlacementView {
+    /// Its home region (the id carries its tag): the region whose canon holds it and whose
+    /// nodes serve it; any node of any region forwards to them.
+    pub region: String,
     /// Its bucket (a hash of `tenant/id`); a bucket is held by one node at a time.
     pub bucket: u16,
     /// The node holding the bucket by its lease record; absent while none holds it.

@@ -2,6 +2,7 @@
 //!
 //! - [`node`]: [`Cluster`], the driver: leases held through the canon, requests served here or
 //!   forwarded to the IMVU's owner over the canon's connections ([`remote`]).
+//! - [`region`]: region tags in IMVU ids: any node routes to an IMVU's home region.
 //! - [`members`]: the view of the members that placement reads ([`MemberSource`]).
 //! - [`placement`]: buckets, rendezvous hashing and the bucket-lease core that gives at most
 //!   one activation of an IMVU in a region.
@@ -31,6 +32,7 @@
 pub mod members;
 pub mod node;
 pub mod placement;
+pub mod region;
 #[allow(missing_docs)] // rkyv's generated archived types carry no docs
 pub mod remote;
 pub mod membership;
@@ -42,4 +44,5 @@ pub use driver::{spawn, MembershipHandle, EVENTS_LEN_MAX};
 pub use transport::DatagramSocket;
 
 pub use members::{Member, MemberSource, MemberState};
+pub use region::{region_tag, Home};
 pub use node::{Cluster, ClusterConfig, ClusterRouter, LeaseTable, Placement};

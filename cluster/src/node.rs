@@ -23,16 +23,19 @@ use tokio::sync::mpsc;
 use vcos_actors::store::{CanonStore, CanonWrite, StoreError};
 use vcos_actors::imvu::AskToken;
 use vcos_actors::ownership::{Fence, Ownership};
-use vcos_actors::router::{Router, ASK_TIMEOUT_MS_DEFAULT};
+use vcos_actors::router::Router;
 use vcos_actors::{ActorError, Caller, Clock, ImvuInfo, ImvuKey, Runtime, TenantId};
 use vcos_canon_raft::app::AppFuture;
 use vcos_canon_raft::{AppCallError, AppHandler, CanonNode};
 
 use crate::members::{Member, MemberSource, MemberState};
-use crate::placement::lease::{Holder, LeaseKey, LeaseOp, LeaseTarget};
+use crate::placement::lease::{Holder, LeaseKey, LeaseOp, LeaseRecord, LeaseTarget};
+use crate::region::{self, Home};
 use crate::placement::{bucket_of, LeaseAction, LeaseConfig, LeaseOutcome, Leases, BUCKETS};
 
-use crate::remote::{self, Op, RemoteReply, RemoteRequest, HOPS_MAX};
+use crate::remote::{self, Op, RemoteFrame, RemoteReply, RemoteRequest, HOPS_MAX};
+
+mod links;
 
 /// Canon key prefix of the bucket lease records.
 pub const LEASE_PREFIX: &str = "cluster/leases/";
@@ -91,6 +94,8 @@ impl ClusterConfig {
 /// Where an IMVU lives, as this node sees it.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Placement {
+    /// Its home region (from the tag in its id), whose canon holds it.
+    pub region: String,
     /// Its bucket.
     pub bucket: u16,
     /// The node that holds the bucket by its lease record (`None`: not held yet).
@@ -115,6 +120,10 @@ struct Inner {
     clock: Arc<dyn Clock>,
     members: Arc<dyn MemberSource>,
     leases: Arc<LeaseTable>,
+    /// The tag of `config.region` in IMVU ids.
+    region_tag: u16,
+    /// Messages between IMVUs: per-node queues and the asks waiting for answers.
+    links: links::Links,
     stop: tokio::sync::Notify,
     /// Itself, weakly: the runtime's `Placement` calls come back through it.
     me: std::sync::OnceLock<Weak<Inner>>,
@@ -177,6 +186,14 @@ pub enum ClusterError {
     /// The lease timing is unsafe.
     #[error("lease config: {0}")]
     Lease(#[from] crate::placement::lease::LeaseConfigError),
+    /// The region's name hashes to the tag another region already has in IMVU ids.
+    #[error("region {region:?} has the same id tag as region {other:?} (a hash of the name): name this region differently")]
+    RegionTag {
+        /// This node's region.
+        region: String,
+        /// The region it collides with.
+        other: String,
+    },
 }
 
 impl Cluster {
@@ -190,7 +207,13 @@ impl Cluster {
         clock: Arc<dyn Clock>,
         members: Arc<dyn MemberSource>,
     ) -> Result<Self, ClusterError> {
+        let region_tag = region::region_tag(&config.region);
+        if let Some(other) = region::tag_collision(&config.region, canon.groups().iter().map(|g| g.region())) {
+            return Err(ClusterError::RegionTag { region: config.region.clone(), other: other.to_owned() });
+        }
         let inner = Arc::new(Inner {
+            region_tag,
+            links: links::Links::new(config.me.incarnation),
             config,
             runtime,
             canon: canon.clone(),
@@ -206,6 +229,7 @@ impl Cluster {
         inner.runtime.set_placement(placement);
         canon.set_app_handler(Arc::new(RemoteHandler { inner: Arc::downgrade(&inner) }));
         tokio::spawn(lease_task(Arc::clone(&inner)));
+        tokio::spawn(links::sweep_asks(Arc::downgrade(&inner)));
         Ok(Self { inner })
     }
 
@@ -243,15 +267,36 @@ impl Cluster {
 
     /// Where `key` lives.
     pub fn placement(&self, key: &ImvuKey) -> Placement {
+        let inner = &self.inner;
         let bucket = bucket_of(key.tenant.as_str(), key.id.0);
-        let now = self.inner.clock.now_ms();
-        let leases = self.inner.leases.lock();
-        let record = leases.recorded(bucket);
-        Placement {
-            bucket,
-            owner_node: record.and_then(|r| r.holder).map(|h| h.node),
-            lease_epoch: record.map_or(0, |r| r.epoch),
-            served_here: leases.serving(now, bucket).is_some(),
+        match home(inner, key) {
+            Ok(Home::Here) | Err(_) => {
+                let now = inner.clock.now_ms();
+                let leases = inner.leases.lock();
+                let record = leases.recorded(bucket);
+                Placement {
+                    region: inner.config.region.clone(),
+                    bucket,
+                    owner_node: record.and_then(|r| r.holder).map(|h| h.node),
+                    lease_epoch: record.map_or(0, |r| r.epoch),
+                    served_here: leases.serving(now, bucket).is_some(),
+                }
+            }
+            Ok(Home::Region(region)) => {
+                let record = inner
+                    .canon
+                    .group(&region)
+                    .ok()
+                    .and_then(|group| group.reader().get(lease_key(bucket).as_bytes()))
+                    .and_then(|bytes| LeaseRecord::decode(&bytes).ok());
+                Placement {
+                    region,
+                    bucket,
+                    owner_node: record.and_then(|r| r.holder).map(|h| h.node),
+                    lease_epoch: record.map_or(0, |r| r.epoch),
+                    served_here: false,
+                }
+            }
         }
     }
 
@@ -368,33 +413,86 @@ fn target(inner: &Inner, bucket: u16, members: &[Member]) -> Option<Member> {
     alive(choice).cloned()
 }
 
-/// Routes one request: here if this node serves the bucket, else to the holder.
+/// The home region of `key`'s IMVU, from the tag in its id.
+fn home(inner: &Inner, key: &ImvuKey) -> Result<Home, ActorError> {
+    let tag = key.id.region_tag();
+    if tag == 0 || tag == inner.region_tag {
+        return Ok(Home::Here);
+    }
+    let groups = inner.canon.groups();
+    let members = inner.members.members();
+    let known = groups.iter().map(|g| g.region()).chain(members.iter().map(|m| m.region.as_str()));
+    region::home_of(key.id, &inner.config.region, known).ok_or_else(|| ActorError::NotFound {
+        what: "imvu",
+        key: format!("{key} (its id names region tag {tag}, which no region of this cluster has)"),
+    })
+}
+
+/// The node whose lease record holds `bucket` in `home`, as this node's replica of that
+/// region's canon says.
+fn recorded_holder(inner: &Inner, home: &Home, bucket: u16) -> Option<u64> {
+    match home {
+        Home::Here => inner.leases.lock().recorded_holder(bucket).map(|h| h.node),
+        Home::Region(region) => {
+            let group = inner.canon.group(region).ok()?;
+            let bytes = group.reader().get(lease_key(bucket).as_bytes())?;
+            LeaseRecord::decode(&bytes).ok()?.holder.map(|h| h.node)
+        }
+    }
+}
+
+/// Where to send a request for `bucket` of another region: the node its lease record names
+/// if it is a live member, else the region's intended owner by rendezvous over its live
+/// members (which forwards on, or answers "not the owner" with a hint). `None` when no member
+/// of that region is alive.
+fn foreign_target(inner: &Inner, region: &str, bucket: u16, members: &[Member]) -> Option<Member> {
+    let alive: Vec<&Member> = members
+        .iter()
+        .filter(|m| m.region == region && matches!(m.state, MemberState::Alive | MemberState::Suspect))
+        .collect();
+    let home = Home::Region(region.to_owned());
+    let choice = recorded_holder(inner, &home, bucket)
+        .filter(|&node| alive.iter().any(|m| m.node_id == node))
+        .or_else(|| crate::placement::rendezvous::owner_of(bucket, alive.iter().map(|m| m.node_id)))?;
+    alive.into_iter().find(|m| m.node_id == choice).cloned()
+}
+
+/// Routes one request: here if this node serves the bucket, else to the holder, in this
+/// region or in the IMVU's home region.
 async fn route(inner: &Arc<Inner>, key: &ImvuKey, caller: &Caller, op: Op, hops: u8) -> Result<Vec<u8>, ActorError> {
     let bucket = bucket_of(key.tenant.as_str(), key.id.0);
+    let home = home(inner, key)?;
     let start = inner.clock.now_ms();
     let wait_ms = inner.config.owner_wait_ms;
     let mut hint: Option<u64> = None;
     loop {
         let now = inner.clock.now_ms();
-        if inner.leases.lock().serving(now, bucket).is_some() || vcos_actors::failpoints::skip_lease_check() {
+        if home == Home::Here && (inner.leases.lock().serving(now, bucket).is_some() || vcos_actors::failpoints::skip_lease_check()) {
             metrics::counter!("vcos_cluster_requests_total", "path" => "local").increment(1);
             return serve_locally(inner, key, caller, &op).await;
         }
         if now >= start + wait_ms {
             metrics::counter!("vcos_cluster_requests_total", "path" => "no_owner").increment(1);
-            return Err(ActorError::Unavailable(format!(
-                "no node serves {key} yet (bucket {bucket} is failing over); retry"
-            )));
+            return Err(ActorError::Unavailable(match &home {
+                Home::Here => format!("no node serves {key} yet (bucket {bucket} is failing over); retry"),
+                Home::Region(region) => format!("no live node of {key}'s home region {region} answered for it; retry"),
+            }));
         }
         let members = inner.members.members();
         let peer = match hint.take() {
             Some(node) if node != inner.config.me.node => members.iter().find(|m| m.node_id == node).cloned(),
             _ => None,
         }
-        .or_else(|| target(inner, bucket, &members));
+        .or_else(|| match &home {
+            Home::Here => target(inner, bucket, &members),
+            Home::Region(region) => foreign_target(inner, region, bucket, &members),
+        });
         let Some(peer) = peer else {
-            tracing::debug!(%key, bucket, "waiting for this node's own claim");
-            // This node is (or is about to be) the owner: wait for its claim.
+            match &home {
+                // This node is (or is about to be) the owner: wait for its claim.
+                Home::Here => tracing::debug!(%key, bucket, "waiting for this node's own claim"),
+                Home::Region(region) => tracing::debug!(%key, %region, "waiting for a live node of the IMVU's home region"),
+            }
             tokio::time::sleep(Duration::from_millis(inner.config.tick_ms / 2 + 1)).await;
             continue;
         };
@@ -410,12 +508,12 @@ async fn route(inner: &Arc<Inner>, key: &ImvuKey, caller: &Caller, op: Op, hops:
         };
         let timeout = Duration::from_millis(inner.config.forward_timeout_ms);
         metrics::counter!("vcos_cluster_requests_total", "path" => "forwarded").increment(1);
-        let holder_at_send = inner.leases.lock().recorded_holder(bucket).map(|h| h.node);
-        let call = inner.canon.call_app(peer.node_id, &peer.canon_addr, request.encode(), timeout);
+        let holder_at_send = recorded_holder(inner, &home, bucket);
+        let call = inner.canon.call_app(peer.node_id, &peer.canon_addr, RemoteFrame::Request(request).encode(), timeout);
         let answered = tokio::select! {
             biased;
             answered = call => answered,
-            moved_to = holder_moved(inner, bucket, holder_at_send, peer.node_id) => {
+            moved_to = holder_moved(inner, &home, bucket, holder_at_send, peer.node_id) => {
                 metrics::counter!("vcos_cluster_forwards_overtaken_total").increment(1);
                 // The node we sent to lost the bucket: it can no longer commit for it, but it
                 // may have before. A read is sent again to the new holder; anything else
@@ -455,10 +553,10 @@ async fn route(inner: &Arc<Inner>, key: &ImvuKey, caller: &Caller, op: Op, hops:
 /// Resolves with the new holder once the lease record of `bucket` names a node other than
 /// `sent_to` that it did not name when the request was sent (`at_send`); checked every lease
 /// tick, from the local replica.
-async fn holder_moved(inner: &Inner, bucket: u16, at_send: Option<u64>, sent_to: u64) -> u64 {
+async fn holder_moved(inner: &Inner, home: &Home, bucket: u16, at_send: Option<u64>, sent_to: u64) -> u64 {
     loop {
         tokio::time::sleep(Duration::from_millis(inner.config.tick_ms.max(1))).await;
-        let now = inner.leases.lock().recorded_holder(bucket).map(|h| h.node);
+        let now = recorded_holder(inner, home, bucket);
         if let Some(node) = now.filter(|&n| n != sent_to && Some(n) != at_send) {
             return node;
         }
@@ -477,8 +575,12 @@ impl AppHandler for RemoteHandler {
             let Some(inner) = inner.upgrade() else {
                 return RemoteReply::error(&ActorError::Unavailable("node stopping".into())).encode();
             };
-            let request = match RemoteRequest::decode(&payload) {
-                Ok(request) => request,
+            let request = match RemoteFrame::decode(&payload) {
+                Ok(RemoteFrame::Request(request)) => request,
+                Ok(RemoteFrame::Batch(items)) => {
+                    links::deliver(&inner, items).await;
+                    return RemoteReply::Ok(Vec::new()).encode();
+                }
                 Err(e) => {
                     metrics::counter!("vcos_cluster_remote_rejected_total", "reason" => "corrupt").increment(1);
                     tracing::warn!(from, error = %e, "refusing a corrupt remote request");
@@ -496,6 +598,13 @@ async fn answer(inner: &Arc<Inner>, request: RemoteRequest) -> RemoteReply {
         (Err(e), _) | (_, Err(e)) => return RemoteReply::error(&e),
     };
     let bucket = bucket_of(key.tenant.as_str(), key.id.0);
+    if !matches!(home(inner, &key), Ok(Home::Here)) {
+        // Another region's IMVU (or an unknown tag): routed on from here, within the hop limit.
+        return match route(inner, &key, &caller, request.op, request.hops).await {
+            Ok(bytes) => RemoteReply::Ok(bytes),
+            Err(e) => RemoteReply::error(&e),
+        };
+    }
     let now = inner.clock.now_ms();
     let (serving, intended, holder) = {
         let leases = inner.leases.lock();
@@ -624,21 +733,16 @@ const RECORDS_READ_MAX: usize = 4_096;
 /// The runtime's [`Router`] in a cluster: messages between IMVUs reach their targets on
 /// whichever node owns them. Build it before the runtime
 /// ([`vcos_actors::RuntimeBuilder::router`]); it routes once [`Cluster::start`] bound it.
+///
+/// Messages travel batched and in order through per-node queues (see `node/links.rs`).
+#[derive(Default)]
 pub struct ClusterRouter {
     cluster: std::sync::OnceLock<Weak<Inner>>,
-    /// Messages between IMVUs being delivered at once, at most [`ROUTED_IN_FLIGHT_MAX`]:
-    /// past it a tell is dropped (counted) and an ask answered `queue_full` at once.
-    in_flight: Arc<tokio::sync::Semaphore>,
 }
 
-/// Messages between IMVUs in delivery at once on one node.
+/// Messages between IMVUs waiting for their IMVU's owner at once on one node (failover): past
+/// it a tell is dropped (counted) and an ask answered `queue_full` at once.
 pub const ROUTED_IN_FLIGHT_MAX: usize = 16_384;
-
-impl Default for ClusterRouter {
-    fn default() -> Self {
-        Self { cluster: std::sync::OnceLock::new(), in_flight: Arc::new(tokio::sync::Semaphore::new(ROUTED_IN_FLIGHT_MAX)) }
-    }
-}
 
 impl std::fmt::Debug for ClusterRouter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -663,38 +767,15 @@ impl Router for ClusterRouter {
             tracing::warn!(%from, %to, "message between IMVUs before the cluster started: dropped");
             return;
         };
-        let Ok(permit) = Arc::clone(&self.in_flight).try_acquire_owned() else {
-            metrics::counter!("vcos_cluster_routed_refused_total").increment(1);
-            if let Some(token) = ask {
-                let error = ActorError::QueueFull(format!("{ROUTED_IN_FLIGHT_MAX} messages between IMVUs in flight on this node"));
-                tokio::spawn(async move { inner.runtime.deliver_reply(token, Err(error)).await });
-            }
-            return;
-        };
-        tokio::spawn(async move {
-            let _permit = permit;
-            let caller = Caller::internal(&from.tenant, "imvu");
-            let message = match message_bytes(&msg) {
-                Ok(message) => message,
-                Err(e) => return tracing::warn!(%from, %to, error = %e, "message does not serialise"),
-            };
-            match ask {
-                None => {
-                    if let Err(e) = route(&inner, &to, &caller, Op::Tell { message }, 0).await {
-                        tracing::debug!(%from, %to, error = %e, "tell between IMVUs not delivered");
-                    }
-                }
-                Some(token) => {
-                    let timeout = Duration::from_millis(ASK_TIMEOUT_MS_DEFAULT);
-                    let answer = match tokio::time::timeout(timeout, route(&inner, &to, &caller, Op::Ask { message }, 0)).await {
-                        Ok(Ok(bytes)) => decode_json(&bytes),
-                        Ok(Err(e)) => Err(e),
-                        Err(_) => Err(ActorError::Unavailable(format!("{to} did not answer within {ASK_TIMEOUT_MS_DEFAULT} ms"))),
-                    };
-                    inner.runtime.deliver_reply(token, answer).await;
+        match message_bytes(&msg) {
+            Ok(message) => links::send(&inner, &to, message, ask),
+            Err(e) => {
+                tracing::warn!(%from, %to, error = %e, "message does not serialise");
+                if let Some(token) = ask {
+                    tokio::spawn(async move { inner.runtime.deliver_reply(token, Err(e)).await });
                 }
             }
-        });
+        }
     }
 
     fn create_child(&self, parent: ImvuKey, kind: &str, ask: AskToken) {

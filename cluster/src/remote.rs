@@ -7,7 +7,8 @@
 //!
 //! Delivery: an ask is answered exactly once or fails with a retryable error when its deadline
 //! passes; a tell is delivered at most once (it is not retried after a timeout, since it may
-//! have been applied).
+//! have been applied). Messages between IMVUs travel in [`RemoteFrame::Batch`]es, one batch in
+//! flight per pair of nodes, so that they arrive in the order they were sent.
 
 use serde::{Deserialize, Serialize};
 use vcos_actors::{ActorError, Caller, ImvuKey, TenantId, Transition};
@@ -58,6 +59,98 @@ pub struct RemoteRequest {
     pub hops: u8,
     /// What to do.
     pub op: Op,
+}
+
+/// What one node sends another: a request for one IMVU (answered in the call's reply), or a
+/// batch of messages between IMVUs (acknowledged as a whole; asks are answered later by
+/// [`BatchItem::Answer`]s in a batch going the other way).
+#[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub enum RemoteFrame {
+    /// One request, answered in the reply.
+    Request(RemoteRequest),
+    /// Messages between IMVUs, to be delivered in this order.
+    Batch(Vec<BatchItem>),
+}
+
+/// One message between IMVUs in a [`RemoteFrame::Batch`].
+#[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub enum BatchItem {
+    /// A tell (at most once).
+    Tell {
+        /// The target's tenant.
+        tenant: String,
+        /// The target's id.
+        id: u64,
+        /// The message (JSON).
+        message: Vec<u8>,
+        /// How many nodes passed it on so far.
+        hops: u8,
+    },
+    /// An ask: its answer goes to node `reply_to` as an [`BatchItem::Answer`] under `ask`.
+    Ask {
+        /// The target's tenant.
+        tenant: String,
+        /// The target's id.
+        id: u64,
+        /// The message (JSON).
+        message: Vec<u8>,
+        /// How many nodes passed it on so far.
+        hops: u8,
+        /// The asking node.
+        reply_to: u64,
+        /// The ask's number on the asking node.
+        ask: u64,
+    },
+    /// The answer to ask `ask` of the receiving node.
+    Answer {
+        /// The ask's number on the receiving node.
+        ask: u64,
+        /// The reply (JSON) if `ok`, else the error (JSON of [`WireError`]).
+        ok: bool,
+        /// Its bytes.
+        body: Vec<u8>,
+    },
+}
+
+impl RemoteFrame {
+    /// Its bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        to_bytes(self)
+    }
+
+    /// Validates and decodes.
+    pub fn decode(bytes: &[u8]) -> Result<Self, BadPayload> {
+        rkyv::from_bytes::<Self, rkyv::rancor::Error>(&aligned(bytes)?)
+            .map_err(|e| BadPayload { len: bytes.len(), reason: e.to_string() })
+    }
+}
+
+impl BatchItem {
+    /// The item's size on the wire, roughly (to bound a batch's bytes).
+    pub fn weight(&self) -> usize {
+        match self {
+            Self::Tell { tenant, message, .. } | Self::Ask { tenant, message, .. } => 48 + tenant.len() + message.len(),
+            Self::Answer { body, .. } => 32 + body.len(),
+        }
+    }
+
+    /// The answer item for `ask` carrying `result`.
+    pub fn answer(ask: u64, result: &Result<serde_json::Value, ActorError>) -> Self {
+        match result.as_ref().map(serde_json::to_vec) {
+            Ok(Ok(body)) => Self::Answer { ask, ok: true, body },
+            Ok(Err(e)) => Self::answer(ask, &Err(ActorError::Unavailable(format!("reply does not serialise: {e}")))),
+            Err(e) => Self::Answer { ask, ok: false, body: serde_json::to_vec(&WireError::from(e)).unwrap_or_default() },
+        }
+    }
+
+    /// An answer item's result.
+    pub fn answer_result(ok: bool, body: &[u8]) -> Result<serde_json::Value, ActorError> {
+        if ok {
+            serde_json::from_slice(body).map_err(|e| ActorError::Unavailable(format!("unreadable remote answer: {e}")))
+        } else {
+            Err(decode_error(body))
+        }
+    }
 }
 
 /// The answer.
@@ -254,6 +347,33 @@ mod tests {
         assert_eq!(request.key().expect("valid key").id.0, 42);
         let reply = RemoteReply::json(&serde_json::json!({"reply": 5}));
         assert_eq!(RemoteReply::decode(&reply.encode()), Ok(reply));
+    }
+
+    #[test]
+    fn batches_round_trip_and_answers_keep_their_result() {
+        let frame = RemoteFrame::Batch(vec![
+            BatchItem::Tell { tenant: "acme".into(), id: 7, message: br#"{"op":"ping"}"#.to_vec(), hops: 1 },
+            BatchItem::Ask { tenant: "acme".into(), id: 8, message: br#"{"op":"get"}"#.to_vec(), hops: 1, reply_to: 3, ask: 99 },
+            BatchItem::answer(5, &Ok(serde_json::json!(12))),
+            BatchItem::answer(6, &Err(ActorError::Terminated("acme/8".into()))),
+        ]);
+        let decoded = RemoteFrame::decode(&frame.encode()).expect("decodes");
+        assert_eq!(decoded, frame);
+        let RemoteFrame::Batch(items) = decoded else { panic!("a batch") };
+        let results: Vec<_> = items[2..]
+            .iter()
+            .map(|item| match item {
+                BatchItem::Answer { ok, body, .. } => BatchItem::answer_result(*ok, body),
+                other => panic!("an answer, got {other:?}"),
+            })
+            .collect();
+        assert_eq!(results, vec![Ok(serde_json::json!(12)), Err(ActorError::Terminated("acme/8".into()))]);
+        let bytes = frame.encode();
+        for i in 0..bytes.len() {
+            let mut bad = bytes.clone();
+            bad[i] ^= 0xff;
+            let _ = RemoteFrame::decode(&bad);
+        }
     }
 
     #[test]

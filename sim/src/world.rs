@@ -628,6 +628,7 @@ async fn serve_raft_node(
     config.shards_per_kind = 1;
     config.shard_queue_len = 1024;
     config.ownership = leases.clone();
+    config.region_tag = vcos_cluster::region_tag(RAFT_REGION);
     let imvu_router = Arc::new(vcos_cluster::ClusterRouter::default());
     let runtime = Runtime::builder(config)
         .kind(Counter)

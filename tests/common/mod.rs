@@ -3,6 +3,8 @@
 
 #![allow(dead_code)] // each test crate uses a different part
 
+pub(crate) mod cluster;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{mpsc, Arc, Mutex};

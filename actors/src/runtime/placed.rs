@@ -50,6 +50,12 @@ impl Runtime {
     pub async fn tell_json(&self, key: &ImvuKey, message: serde_json::Value) -> Result<(), ActorError> {
         self.route(key)?.tell_json(*key, message).await
     }
+
+    /// Enqueues an ask to a local IMVU (in its mailbox order) and returns the future of its
+    /// reply, so that the next message can be enqueued before this one is handled.
+    pub async fn ask_json_enqueued(&self, key: &ImvuKey, message: serde_json::Value) -> Result<crate::kind::JsonReply, ActorError> {
+        self.route(key)?.ask_json_enqueued(*key, message).await
+    }
 }
 
 /// Where IMVUs live in a cluster: requests that the runtime itself makes for other IMVUs (a

@@ -135,6 +135,7 @@ fn with_placement(state: &AppState, info: vcos_actors::ImvuInfo) -> ImvuView {
     let mut view = ImvuView::from(info);
     if let Some(placement) = placement {
         view.placement = Some(crate::wire::PlacementView {
+            region: placement.region,
             bucket: placement.bucket,
             owner_node: placement.owner_node,
             lease_epoch: placement.lease_epoch,

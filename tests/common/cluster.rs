@@ -1,0 +1,166 @@
+//! A cluster of `vcos up` processes on loopback, as the end-to-end cluster tests drive it:
+//! nodes with free ports, HTTP calls that never panic on a transport error, and the counter
+//! IMVU's `add`, read and reconciliation while buckets fail over.
+
+use std::collections::BTreeMap;
+use std::net::{TcpListener, UdpSocket};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use super::Proc;
+
+pub(crate) const UP_DEADLINE: Duration = Duration::from_secs(60);
+pub(crate) const CONVERGE_DEADLINE: Duration = Duration::from_secs(60);
+
+pub(crate) fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+pub(crate) fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+pub(crate) struct Node {
+    pub(crate) id: u64,
+    pub(crate) region: &'static str,
+    pub(crate) http: u16,
+    raft: u16,
+    gossip: u16,
+    dir: String,
+    join: Option<String>,
+    proc: Option<Proc>,
+}
+
+impl Node {
+    /// Node `id` of region `eu`, its data under `root`, joining through `join`.
+    pub(crate) fn new(id: u64, root: &Path, join: Option<String>) -> Self {
+        Self::in_region(id, "eu", root, join)
+    }
+
+    /// Node `id` of `region`.
+    pub(crate) fn in_region(id: u64, region: &'static str, root: &Path, join: Option<String>) -> Self {
+        let dir = root.join(format!("node{id}")).to_str().expect("UTF-8 temp path").to_owned();
+        Self { id, region, http: free_port(), raft: free_port(), gossip: free_udp_port(), dir, join, proc: None }
+    }
+
+    pub(crate) fn base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http)
+    }
+
+    pub(crate) fn start(&mut self) {
+        let id = self.id.to_string();
+        let http = format!("127.0.0.1:{}", self.http);
+        let raft = format!("127.0.0.1:{}", self.raft);
+        let gossip = format!("127.0.0.1:{}", self.gossip);
+        let mut args = vec![
+            "up", "--data-dir", &self.dir, "--listen", &http, "--raft-listen", &raft, "--gossip-listen", &gossip, "--node-id", &id,
+            "--region", self.region,
+        ];
+        if let Some(join) = &self.join {
+            args.extend(["--join", join.as_str()]);
+        }
+        let mut proc = Proc::spawn(&args);
+        assert_eq!(proc.wait_up(UP_DEADLINE), self.base());
+        self.proc = Some(proc);
+    }
+
+    pub(crate) fn kill_9(&mut self) {
+        if let Some(mut proc) = self.proc.take() {
+            proc.kill_hard();
+        }
+    }
+
+    pub(crate) fn signal(&self, signal: &str) {
+        let pid = self.proc.as_ref().expect("running").pid().to_string();
+        let status = std::process::Command::new("kill").args([signal, &pid]).status().expect("kill runs");
+        assert!(status.success());
+    }
+}
+
+pub(crate) fn client() -> reqwest::Client {
+    reqwest::Client::builder().timeout(Duration::from_secs(15)).build().expect("a client")
+}
+
+pub(crate) async fn call(http: &reqwest::Client, method: &str, url: String, body: Option<Value>) -> (u16, Value) {
+    let mut request = match method {
+        "GET" => http.get(url),
+        _ => http.post(url),
+    };
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    match request.send().await {
+        Ok(response) => {
+            let status = response.status().as_u16();
+            let bytes = response.bytes().await.unwrap_or_default();
+            (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+        }
+        Err(e) => (0, json!({ "transport_error": e.to_string() })),
+    }
+}
+
+pub(crate) async fn until(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let started = Instant::now();
+    while !check().await {
+        assert!(started.elapsed() < CONVERGE_DEADLINE, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Buckets owned per node id, as `base` sees them, and how many members it sees alive.
+pub(crate) async fn cluster_view(http: &reqwest::Client, base: &str) -> (BTreeMap<u64, u64>, usize) {
+    let (code, view) = call(http, "GET", format!("{base}/v1/cluster"), None).await;
+    if code != 200 {
+        return (BTreeMap::new(), 0);
+    }
+    let members = view["members"].as_array().cloned().unwrap_or_default();
+    let alive = members.iter().filter(|m| m["state"] == "alive").count();
+    let owned = members.iter().map(|m| (m["node_id"].as_u64().unwrap_or(0), m["buckets_owned"].as_u64().unwrap_or(0))).collect();
+    (owned, alive)
+}
+
+pub(crate) async fn add(http: &reqwest::Client, base: &str, id: u64, n: i64) -> (u16, Value) {
+    call(http, "POST", format!("{base}/v1/tenants/default/imvus/{id}/messages"), Some(json!({"message": {"op": "add", "n": n}}))).await
+}
+
+/// `GET` an IMVU, retrying while its bucket fails over (503).
+pub(crate) async fn read_imvu(http: &reqwest::Client, base: &str, id: u64) -> Value {
+    let started = Instant::now();
+    loop {
+        let (code, body) = call(http, "GET", format!("{base}/v1/tenants/default/imvus/{id}"), None).await;
+        if code == 200 {
+            return body;
+        }
+        assert!(matches!(code, 503 | 0), "only retryable errors while failing over: {code} {body}");
+        assert!(started.elapsed() < CONVERGE_DEADLINE, "IMVU {id} unreadable: {code} {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Sends `add 1` and checks the reply is the running total, retrying while the IMVU's bucket
+/// fails over (a 503 that says the message was not applied). An answer whose outcome is
+/// unknown (a timeout between nodes) is reconciled by reading the state.
+pub(crate) async fn add_one(http: &reqwest::Client, base: &str, id: u64, totals: &mut BTreeMap<u64, i64>) {
+    let started = Instant::now();
+    let total = totals.entry(id).or_insert(0);
+    loop {
+        let (code, body) = add(http, base, id, 1).await;
+        if code == 200 {
+            *total += 1;
+            assert_eq!(body["reply"], json!(*total), "IMVU {id} through {base}: every earlier message is seen, once");
+            return;
+        }
+        let message = body["message"].as_str().unwrap_or_default();
+        if code == 0 || message.contains("outcome unknown") {
+            let state = read_imvu(http, base, id).await["state"].as_i64().expect("a counter");
+            assert!(state == *total || state == *total + 1, "IMVU {id}: {state} after an unknown outcome at {total}");
+            *total = state;
+            return;
+        }
+        assert_eq!(code, 503, "only retryable errors while failing over: {code} {body}");
+        assert!(started.elapsed() < CONVERGE_DEADLINE, "IMVU {id} did not answer: {code} {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
