@@ -1,7 +1,8 @@
 //! Two regions as an operator runs them: five `vcos up` processes on loopback, three in `eu`
 //! and two in `us`. IMVUs are created in both regions (each id carries its home region's tag),
 //! every node answers for every IMVU (forwarded across regions to the home region's owner),
-//! an IMVU in one region asks IMVUs in the other, and after `kill -9` of an `eu` owner its
+//! an IMVU in one region asks IMVUs in the other and tells one a sequence that arrives in
+//! order, and after `kill -9` of an `eu` owner its
 //! IMVUs answer again through the `us` nodes, with their state from `eu`'s canon.
 
 mod common;
@@ -105,6 +106,21 @@ async fn imvus_of_two_regions_answer_through_every_node_and_fail_over() {
     got.sort_unstable();
     want.sort_unstable();
     assert_eq!(got, want, "answers from the other region");
+
+    // Order between two IMVUs on nodes of different regions: a relay in eu tells a relay in
+    // us 300 notes from one handler; they arrive in the order sent.
+    let noter = create(&http, &bases[4], "relay").await["key"]["id"].as_u64().expect("an id");
+    let sender = create(&http, &bases[0], "relay").await["key"]["id"].as_u64().expect("an id");
+    let notes: Vec<Value> = (1..=300).map(|i| json!({"op": "note", "value": i})).collect();
+    let message = json!({"message": {"op": "tell_each", "to": noter, "messages": notes}});
+    let (code, body) = call(&http, "POST", format!("{}/v1/tenants/default/imvus/{sender}/messages", bases[2]), Some(message)).await;
+    assert_eq!((code, &body["reply"]["sent"]), (200, &json!(300)), "{body}");
+    let noted = async || {
+        let (_, body) = call(&http, "POST", format!("{}/v1/tenants/default/imvus/{noter}/messages", bases[3]), Some(json!({"message": {"op": "notes"}}))).await;
+        body["reply"].as_array().cloned().unwrap_or_default()
+    };
+    until("the relay in us noted all 300", async || noted().await.len() == 300).await;
+    assert_eq!(noted().await, (1..=300).map(|i| json!(i)).collect::<Vec<_>>(), "notes arrive in the order sent");
 
     // kill -9 the eu node owning the most eu IMVUs: each answers again through a us node.
     let mut per_owner: BTreeMap<u64, usize> = BTreeMap::new();

@@ -204,7 +204,7 @@ async fn bench(args: &ClusterArgs) -> anyhow::Result<Figures> {
     let mut failovers = Vec::new();
     if args.kills > 0 {
         let ids = create_counters(&cluster, args.imvus).await?;
-        let mut totals: BTreeMap<u64, i64> = ids.iter().map(|&id| (id, 0)).collect();
+        let mut totals: BTreeMap<u64, Tally> = ids.iter().map(|&id| (id, Tally::default())).collect();
         for round in 1..=args.kills {
             let failover = kill_round(&mut cluster, &ids, &mut totals, round, &ports_of, ready).await?;
             failovers.push(failover);
@@ -400,10 +400,27 @@ async fn create_counters(cluster: &Cluster, n: u64) -> anyhow::Result<Vec<u64>> 
     Ok(ids)
 }
 
+/// What a counter must hold: `total` acknowledged adds, and up to `unknown` more whose outcome
+/// was unknown (such an add may still land later: it may be on its way through another node).
+#[derive(Clone, Copy, Debug, Default)]
+struct Tally {
+    total: i64,
+    unknown: i64,
+}
+
+impl Tally {
+    /// After a state or reply `seen` that counts `extra` more adds than acknowledged
+    /// (`seen = total + acknowledged_now + landed`); `None` if it cannot be.
+    fn after(self, seen: i64, acknowledged_now: i64) -> Option<Tally> {
+        let landed = seen - self.total - acknowledged_now;
+        (0..=self.unknown).contains(&landed).then_some(Tally { total: seen, unknown: self.unknown - landed })
+    }
+}
+
 /// What one `add 1` came to.
 enum Added {
-    /// Answered with the total it must have; the new total.
-    Correct(i64),
+    /// Answered with a total it may have; what the counter must hold now.
+    Correct(Tally),
     /// Retryable: 503 or no answer.
     Retry(String),
     /// Answered with a wrong total, or an error that is not retryable.
@@ -412,23 +429,24 @@ enum Added {
 
 /// `add 1` to counter `id`, whose total is `total`; an outcome-unknown answer is reconciled by
 /// reading the state.
-async fn add_one(http: &mut Http, id: u64, total: i64) -> Added {
+async fn add_one(http: &mut Http, id: u64, tally: Tally) -> Added {
     let (code, body) = match send(http, id, json!({"op": "add", "n": 1})).await {
         Ok(r) => r,
         Err(e) => return Added::Retry(format!("{e:#}")),
     };
     let message = body["message"].as_str().unwrap_or_default();
     if code == 200 {
-        return match body["reply"].as_i64() {
-            Some(t) if t == total + 1 => Added::Correct(t),
-            _ => Added::Wrong(format!("IMVU {id} answered {} after {total}", body["reply"])),
+        return match body["reply"].as_i64().and_then(|t| tally.after(t, 1)) {
+            Some(next) => Added::Correct(next),
+            None => Added::Wrong(format!("IMVU {id} answered {} after {tally:?}", body["reply"])),
         };
     }
     if message.contains("outcome unknown") {
+        let tally = Tally { unknown: tally.unknown + 1, ..tally };
         return match read_imvu(http, id).await {
-            Ok(state) => match state["state"].as_i64() {
-                Some(s) if s == total || s == total + 1 => Added::Correct(s),
-                _ => Added::Wrong(format!("IMVU {id}: state {} after an unknown outcome at {total}", state["state"])),
+            Ok(state) => match state["state"].as_i64().and_then(|s| tally.after(s, 0)) {
+                Some(next) => Added::Correct(next),
+                None => Added::Wrong(format!("IMVU {id}: state {} after an unknown outcome, with {tally:?}", state["state"])),
             },
             Err(e) => Added::Wrong(format!("{e:#}")),
         };
@@ -441,13 +459,13 @@ async fn add_one(http: &mut Http, id: u64, total: i64) -> Added {
 
 /// Warms every counter (`add 1` through every node in turn) and reads where each lives, as
 /// node `reader` sees it.
-async fn warm_and_place(bases: &[String], reader: &str, ids: &[u64], totals: &mut BTreeMap<u64, i64>) -> anyhow::Result<BTreeMap<u64, u32>> {
+async fn warm_and_place(bases: &[String], reader: &str, ids: &[u64], totals: &mut BTreeMap<u64, Tally>) -> anyhow::Result<BTreeMap<u64, u32>> {
     let mut tasks = tokio::task::JoinSet::new();
     let chunk = ids.len().div_ceil(SETUP_IN_FLIGHT).max(1);
     for (w, part) in ids.chunks(chunk).enumerate() {
         let base = bases[w % bases.len()].clone();
         let reader = reader.to_owned();
-        let part: Vec<(u64, i64)> = part.iter().map(|id| (*id, totals[id])).collect();
+        let part: Vec<(u64, Tally)> = part.iter().map(|id| (*id, totals[id])).collect();
         tasks.spawn(async move {
             let mut http = Http::new(&base);
             let mut at_reader = Http::new(&reader);
@@ -480,7 +498,7 @@ async fn warm_and_place(bases: &[String], reader: &str, ids: &[u64], totals: &mu
 async fn kill_round(
     cluster: &mut Cluster,
     ids: &[u64],
-    totals: &mut BTreeMap<u64, i64>,
+    totals: &mut BTreeMap<u64, Tally>,
     round: u64,
     ports_of: &impl Fn(u32) -> (u16, u16),
     ready: Duration,
@@ -547,7 +565,8 @@ async fn kill_round(
         let mut http = Http::new(&survivors[0]);
         for &id in &victims {
             let state = read_imvu(&mut http, id).await?;
-            totals.insert(id, state["state"].as_i64().with_context(|| format!("IMVU {id} is not a counter: {state}"))?);
+            let total = state["state"].as_i64().with_context(|| format!("IMVU {id} is not a counter: {state}"))?;
+            totals.insert(id, Tally { total, unknown: 0 });
         }
     }
 

@@ -10,6 +10,10 @@ use crate::imvu::{Context, Imvu};
 
 /// Answers kept, at most (the oldest are dropped first).
 pub const RELAY_ANSWERS_MAX: usize = 64;
+/// Notes kept, at most (the oldest are dropped first).
+pub const RELAY_NOTES_MAX: usize = 4_096;
+/// Messages one `tell_each` may send.
+pub const RELAY_TELL_EACH_MAX: usize = 4_096;
 
 /// The `relay` kind.
 pub struct Relay;
@@ -32,8 +36,23 @@ pub enum RelayMsg {
         /// The message.
         message: serde_json::Value,
     },
+    /// Tell IMVU `to` each of `messages`, in this order (they arrive in it: one sender, one
+    /// receiver).
+    TellEach {
+        /// The target's id.
+        to: u64,
+        /// The messages, at most [`RELAY_TELL_EACH_MAX`].
+        messages: Vec<serde_json::Value>,
+    },
     /// The answers received so far.
     Answers,
+    /// Keeps `value` (what another relay's `tell_each` sends, say).
+    Note {
+        /// Any JSON value.
+        value: serde_json::Value,
+    },
+    /// The values noted so far, oldest first.
+    Notes,
 }
 
 /// One answer the relay received.
@@ -52,6 +71,9 @@ pub struct RelayState {
     pub asked: u64,
     /// Answers received, oldest first.
     pub answers: Vec<RelayAnswer>,
+    /// Values noted, oldest first.
+    #[serde(default)]
+    pub notes: Vec<serde_json::Value>,
 }
 
 impl Imvu for Relay {
@@ -76,7 +98,25 @@ impl Imvu for Relay {
                 ctx.tell(ImvuKey { tenant, id: ImvuId(to) }, message);
                 serde_json::Value::Null
             }
+            RelayMsg::TellEach { to, messages } => {
+                if messages.len() > RELAY_TELL_EACH_MAX {
+                    return serde_json::json!({ "error": format!("tell_each sends at most {RELAY_TELL_EACH_MAX} messages, got {}", messages.len()) });
+                }
+                let sent = messages.len();
+                for message in messages {
+                    ctx.tell(ImvuKey { tenant, id: ImvuId(to) }, message);
+                }
+                serde_json::json!({ "sent": sent })
+            }
             RelayMsg::Answers => serde_json::to_value(&state.answers).unwrap_or_default(),
+            RelayMsg::Note { value } => {
+                if state.notes.len() >= RELAY_NOTES_MAX {
+                    state.notes.remove(0);
+                }
+                state.notes.push(value);
+                serde_json::json!(state.notes.len())
+            }
+            RelayMsg::Notes => serde_json::Value::Array(state.notes.clone()),
         }
     }
 
@@ -88,6 +128,6 @@ impl Imvu for Relay {
     }
 
     fn description(&self) -> &'static str {
-        "asks or tells other IMVUs of its tenant (any node) and keeps their answers: {op: ask|tell, to, message} | {op: answers}"
+        "asks or tells other IMVUs of its tenant (any node) and keeps their answers: {op: ask|tell, to, message} | {op: tell_each, to, messages} | {op: answers} | {op: note, value} | {op: notes}"
     }
 }
