@@ -62,9 +62,36 @@ pub(crate) struct UpArgs {
     /// `--join` and the canon's members when not given).
     #[arg(long, value_name = "ADDR,...", value_delimiter = ',')]
     seeds: Vec<SocketAddr>,
+    /// Passivate an IMVU after this many seconds without a message (its state stays in canon;
+    /// its next message activates it again, on whichever node owns it then); 0: never.
+    #[arg(long, default_value_t = 300, value_name = "SECS", value_parser = clap::value_parser!(u64).range(0..=31_536_000))]
+    passivate_after: u64,
     /// Also register the kinds of `vcos bench cluster` (`bench-echo`, `bench-driver`).
     #[arg(long, hide = true)]
     bench_kinds: bool,
+}
+
+/// Passivates IMVUs idle for `after_ms`, checking every half of it (at most every 10 s): the
+/// shards decide by their injected clocks; this task only asks.
+fn spawn_passivation(rt: &Runtime, after_ms: u64) {
+    if after_ms == 0 {
+        return;
+    }
+    let rt = rt.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis((after_ms / 2).clamp(100, 10_000)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if rt.node().shutting_down.load(std::sync::atomic::Ordering::SeqCst) {
+                return;
+            }
+            let passivated = rt.passivate_idle(after_ms).await;
+            if passivated > 0 {
+                tracing::debug!(passivated, idle_ms = after_ms, "passivated idle IMVUs");
+            }
+        }
+    });
 }
 
 /// The longest a node takes to stop once asked (signal, escalation, removal, canon failure):
@@ -220,6 +247,7 @@ async fn serve(args: UpArgs) -> anyhow::Result<()> {
     )
     .context("start placement")?;
     imvu_router.bind(&cluster);
+    spawn_passivation(&rt, args.passivate_after.saturating_mul(1_000));
     // A node that is alone in its region serves every IMVU once it holds its buckets: wait for
     // that (a restart waits out its previous incarnation's leases, about a second) before
     // announcing, so that the first request after the up line is served at once. In a cluster

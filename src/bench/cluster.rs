@@ -104,6 +104,9 @@ pub(crate) struct ClusterArgs {
     /// Seconds to wait for the cluster to form (or a restarted node to hold buckets).
     #[arg(long, default_value_t = 60)]
     ready_timeout_s: u64,
+    /// IMVUs created for the remote activation figure (0: skip it).
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(0..=100_000))]
+    activations: u64,
 }
 
 pub(crate) fn run(mut args: ClusterArgs) -> anyhow::Result<()> {
@@ -113,6 +116,7 @@ pub(crate) fn run(mut args: ClusterArgs) -> anyhow::Result<()> {
         args.runs = 1;
         args.asks = args.asks.min(2_000);
         args.tells = args.tells.min(10_000);
+        args.activations = args.activations.min(60);
     }
     if cfg!(debug_assertions) {
         eprintln!("warning: a debug build of vcos: its figures are not comparable (use --release)");
@@ -144,6 +148,8 @@ struct Figures {
     tells: Vec<f64>,
     /// One per kill.
     failovers: Vec<Failover>,
+    /// Remote activations of passivated IMVUs, if measured.
+    activation: Option<Activation>,
     /// Erlang distribution: (asks/s, tells/s) per run; `None` when skipped or unavailable.
     peer: Option<(Vec<f64>, Vec<f64>)>,
     peer_note: Option<String>,
@@ -186,7 +192,9 @@ async fn bench(args: &ClusterArgs) -> anyhow::Result<Figures> {
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     eprintln!("load average before the runs: {}", load.trim());
     let dir = tempfile::Builder::new().prefix("vcos-bench-cluster-").tempdir().context("temporary directory")?;
-    let mut cluster = Cluster { dir: Some(dir), keep: args.keep_dirs, nodes: Vec::new(), extra_args: vec!["--bench-kinds".to_owned()] };
+    // IMVUs idle for a second are passivated, so that the activation figure can wait for it.
+    let extra_args = ["--bench-kinds", "--passivate-after", "1"].map(str::to_owned).to_vec();
+    let mut cluster = Cluster { dir: Some(dir), keep: args.keep_dirs, nodes: Vec::new(), extra_args };
     let ports = free_ports(2 * NODES as usize)?;
     let (http_ports, raft_ports) = ports.split_at(NODES as usize);
     let ports_of = |id: u32| (http_ports[(id - 1) as usize], raft_ports[(id - 1) as usize]);
@@ -201,6 +209,7 @@ async fn bench(args: &ClusterArgs) -> anyhow::Result<Figures> {
     eprintln!("v-COS: {NODES} members alive, {BUCKETS} buckets held");
 
     let (asks, tells) = remote_runs(&mut cluster, args).await?;
+    let activation = if args.activations > 0 { Some(activations(&cluster, args.activations).await?) } else { None };
     let mut failovers = Vec::new();
     if args.kills > 0 {
         let ids = create_counters(&cluster, args.imvus).await?;
@@ -225,7 +234,7 @@ async fn bench(args: &ClusterArgs) -> anyhow::Result<Figures> {
             }
         }
     };
-    Ok(Figures { asks, tells, failovers, peer, peer_note })
+    Ok(Figures { asks, tells, failovers, activation, peer, peer_note })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -310,6 +319,89 @@ async fn send(http: &mut Http, id: u64, message: Value) -> anyhow::Result<(u16, 
     let body = json!({ "message": message }).to_string();
     let (code, bytes) = http.request("POST", &format!("{}/messages", imvus_path(id)), Some(&body)).await?;
     Ok((code, serde_json::from_slice(&bytes).unwrap_or(Value::Null)))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Remote activation
+
+/// Per IMVU, milliseconds through node 1 to an echo owned by another node: the first message
+/// after it was passivated (`cold`: activation from the owner's canon replica + the round
+/// trip) and the next one (`warm`: the round trip), sorted; `extra`: cold - warm, per IMVU.
+struct Activation {
+    cold: Vec<f64>,
+    warm: Vec<f64>,
+    extra: Vec<f64>,
+}
+
+/// Sum of `vcos_passivations_total` for the bench echo over every node's `/metrics`.
+async fn echo_passivations(cluster: &Cluster) -> anyhow::Result<f64> {
+    let mut total = 0.0;
+    for node in &cluster.nodes {
+        let (code, body) = Http::new(&node.http).request("GET", "/metrics", None).await?;
+        ensure!(code == 200, "GET /metrics: HTTP {code}");
+        total += String::from_utf8_lossy(&body)
+            .lines()
+            .filter(|l| l.starts_with("vcos_passivations_total{") && l.contains("kind=\"bench-echo\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>();
+    }
+    Ok(total)
+}
+
+/// Milliseconds for a `get` to echo `id` through `http`.
+async fn timed_get(http: &mut Http, id: u64) -> anyhow::Result<f64> {
+    let t0 = Instant::now();
+    let (code, body) = send(http, id, json!({"op": "get"})).await?;
+    ensure!(code == 200, "echo {id}: HTTP {code}: {body}");
+    Ok(t0.elapsed().as_secs_f64() * 1e3)
+}
+
+/// Creates `n` echoes through node 1, keeps those another node owns, touches them, waits
+/// until they were passivated (the nodes passivate after 1 s idle, as the metrics show), then
+/// sends each `get` twice in a row through node 1, timing both.
+async fn activations(cluster: &Cluster, n: u64) -> anyhow::Result<Activation> {
+    let node1 = cluster.http_of(1)?;
+    let mut http = Http::new(&node1);
+    let mut remote = Vec::new();
+    for _ in 0..n {
+        let id = create(&mut http, "bench-echo").await?;
+        if owner_of(&mut http, id).await? != 1 {
+            remote.push(id);
+        }
+    }
+    ensure!(!remote.is_empty(), "no echo of {n} landed on another node than node 1");
+    for &id in &remote {
+        let (code, body) = send(&mut http, id, json!({"op": "get"})).await?;
+        ensure!(code == 200, "echo {id}: HTTP {code}: {body}");
+    }
+    let before = echo_passivations(cluster).await?;
+    let started = Instant::now();
+    while echo_passivations(cluster).await? < before + remote.len() as f64 {
+        ensure!(started.elapsed() < Duration::from_secs(30), "the echoes were not passivated within 30 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (mut cold, mut warm, mut extra) = (Vec::new(), Vec::new(), Vec::new());
+    for &id in &remote {
+        let c = timed_get(&mut http, id).await?;
+        let w = timed_get(&mut http, id).await?;
+        cold.push(c);
+        warm.push(w);
+        extra.push(c - w);
+    }
+    for v in [&mut cold, &mut warm, &mut extra] {
+        v.sort_by(f64::total_cmp);
+    }
+    eprintln!(
+        "remote activation of {} passivated echoes through node 1: first message p50 {:.3} ms p99 {:.3} ms; next p50 {:.3} ms p99 {:.3} ms; difference p50 {:.3} ms p99 {:.3} ms",
+        remote.len(),
+        pct(&cold, 0.5),
+        pct(&cold, 0.99),
+        pct(&warm, 0.5),
+        pct(&warm, 0.99),
+        pct(&extra, 0.5),
+        pct(&extra, 0.99)
+    );
+    Ok(Activation { cold, warm, extra })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -666,6 +758,25 @@ fn print_report(args: &ClusterArgs, f: &Figures) {
     }
     if let Some(note) = &f.peer_note {
         println!("peer: {note}");
+    }
+    if let Some(a) = &f.activation {
+        println!();
+        println!(
+            "remote activation: {} passivated bench-echo IMVUs owned by nodes 2-3, `get` through node 1's HTTP facade twice in a row (ms; the second is the round trip without activation)",
+            a.cold.len()
+        );
+        println!("{:<40} {:>12} {:>12} {:>10}  verdict", "metric", "p50", "p99", "target");
+        println!("{:<40} {:>12.3} {:>12.3} {:>10}", "first message after passivation", pct(&a.cold, 0.5), pct(&a.cold, 0.99), "-");
+        println!("{:<40} {:>12.3} {:>12.3} {:>10}", "next message (round trip)", pct(&a.warm, 0.5), pct(&a.warm, 0.99), "-");
+        let p99 = pct(&a.extra, 0.99);
+        println!(
+            "{:<40} {:>12.3} {:>12.3} {:>10}  {}",
+            "activation (first - next, per IMVU)",
+            pct(&a.extra, 0.5),
+            p99,
+            "p99 <1",
+            if p99 < 1.0 { "met" } else { "MISSED" }
+        );
     }
     if f.failovers.is_empty() {
         return;
