@@ -809,6 +809,11 @@ impl Runtime {
         &self.inner.swarms
     }
 
+    /// Whether this node may serve an IMVU (or a swarm) now, and under which fence.
+    pub(crate) fn ownership(&self) -> &Arc<dyn crate::ownership::Ownership> {
+        &self.inner.config.ownership
+    }
+
     /// Creates a swarm: its member IMVUs (through the handshake), its record, its coordinator.
     pub async fn create_swarm(
         &self,
@@ -820,13 +825,27 @@ impl Runtime {
         swarm::create(self, tenant, spec, caller).await
     }
 
+    /// Runs `call` on this node's coordinator of `key` (see [`swarm::SwarmCall`]); the answer
+    /// as JSON. Refused with a retryable error when another node coordinates the swarm.
+    pub async fn swarm_call(&self, key: &SwarmKey, call: swarm::SwarmCall) -> Result<serde_json::Value, ActorError> {
+        let json = |v: Result<serde_json::Value, serde_json::Error>| v.map_err(|e| ActorError::Store(format!("swarm answer does not serialise: {e}")));
+        match call {
+            swarm::SwarmCall::Info => json(serde_json::to_value(self.swarm_info(key).await?)),
+            swarm::SwarmCall::Submit { items } => json(serde_json::to_value(self.submit_work(key, items).await?)),
+            swarm::SwarmCall::OpenVote { proposal, options, quorum } => {
+                json(serde_json::to_value(self.open_vote(key, proposal, options, quorum).await?))
+            }
+            swarm::SwarmCall::CastVote { vote, member, choice } => json(serde_json::to_value(self.cast_vote(key, vote, member, choice).await?)),
+        }
+    }
+
     /// Queues work items (each a message for the member kind); durable before it returns.
     pub async fn submit_work(
         &self,
         key: &SwarmKey,
         items: Vec<serde_json::Value>,
     ) -> Result<Vec<u64>, ActorError> {
-        let tx = self.inner.swarms.get(key)?;
+        let tx = swarm::coordinator(self, key).await?;
         let mut with_ids = Vec::with_capacity(items.len());
         for item in items {
             with_ids.push((self.allocate_id().await?, item));
@@ -845,7 +864,7 @@ impl Runtime {
         item: serde_json::Value,
     ) -> Result<serde_json::Value, ActorError> {
         let ids = self.submit_work(key, vec![item]).await?;
-        let tx = self.inner.swarms.get(key)?;
+        let tx = swarm::coordinator(self, key).await?;
         let id = ids
             .first()
             .copied()
@@ -855,12 +874,12 @@ impl Runtime {
 
     /// Spec, members, status and progress.
     pub async fn swarm_info(&self, key: &SwarmKey) -> Result<SwarmInfo, ActorError> {
-        swarm::info(&self.inner.swarms.get(key)?).await
+        swarm::info(&swarm::coordinator(self, key).await?).await
     }
 
     /// Who did what, in item order.
     pub fn swarm_credits(&self, key: &SwarmKey) -> Result<Vec<CreditRecord>, ActorError> {
-        self.inner.swarms.get(key)?;
+        swarm::exists(self, key)?;
         let prefix = crate::swarm::credit_prefix(key);
         let mut out = Vec::new();
         let mut after: Option<String> = None;
@@ -882,7 +901,7 @@ impl Runtime {
         name: &str,
         value: serde_json::Value,
     ) -> Result<(), ActorError> {
-        self.inner.swarms.get(key)?;
+        swarm::exists(self, key)?;
         swarm::check_mem_key(name)?;
         commit_durable(
             &**self.store(),
@@ -901,7 +920,7 @@ impl Runtime {
         key: &SwarmKey,
         name: &str,
     ) -> Result<Option<serde_json::Value>, ActorError> {
-        self.inner.swarms.get(key)?;
+        swarm::exists(self, key)?;
         swarm::check_mem_key(name)?;
         let k = swarm::mem_key(key, name);
         Ok(self
@@ -919,7 +938,7 @@ impl Runtime {
         options: Vec<String>,
         quorum: Option<u32>,
     ) -> Result<VoteRecord, ActorError> {
-        let tx = self.inner.swarms.get(key)?;
+        let tx = swarm::coordinator(self, key).await?;
         let id = self.allocate_id().await?;
         swarm::call(&tx, |reply| SwarmCmd::OpenVote {
             id,
@@ -939,7 +958,7 @@ impl Runtime {
         member: swarm::MemberRef,
         choice: String,
     ) -> Result<VoteRecord, ActorError> {
-        let tx = self.inner.swarms.get(key)?;
+        let tx = swarm::coordinator(self, key).await?;
         swarm::call(&tx, |reply| SwarmCmd::CastVote {
             vote,
             member,

@@ -320,6 +320,14 @@ impl Cluster {
         decode_json(&route(&self.inner, key, caller, Op::Inspect, 0).await?)
     }
 
+    /// A call to a swarm's coordinator, on the node that holds the swarm's bucket (swarms are
+    /// placed like the IMVU with their id): it starts there from canon when the bucket moved.
+    pub async fn swarm(&self, key: &vcos_actors::SwarmKey, call: &vcos_actors::swarm::SwarmCall, caller: &Caller) -> Result<serde_json::Value, ActorError> {
+        let call = serde_json::to_vec(call).map_err(|e| ActorError::BadRequest { field: "call".into(), reason: e.to_string() })?;
+        let as_imvu = ImvuKey { tenant: key.tenant, id: vcos_actors::ImvuId(key.id.0) };
+        decode_json(&route(&self.inner, &as_imvu, caller, Op::Swarm { call }, 0).await?)
+    }
+
     /// Gives up every bucket (graceful leave): their next owners need not wait out the lease.
     /// Returns once the releases were written or failed.
     pub async fn leave(&self) {
@@ -393,6 +401,11 @@ async fn serve_locally(inner: &Inner, key: &ImvuKey, caller: &Caller, op: &Op) -
         }
         Op::Transition { transition } => to_json(&runtime.transition(key, remote::parse_transition(transition)?, caller).await?),
         Op::Inspect => to_json(&runtime.inspect(key).await?),
+        Op::Swarm { call } => {
+            let call = serde_json::from_slice(call).map_err(|e| ActorError::BadRequest { field: "call".into(), reason: e.to_string() })?;
+            let swarm = vcos_actors::SwarmKey { tenant: key.tenant, id: vcos_actors::SwarmId(key.id.0) };
+            to_json(&runtime.swarm_call(&swarm, call).await?)
+        }
     }
 }
 

@@ -44,6 +44,12 @@ pub enum Op {
     },
     /// The IMVU's state and lifecycle.
     Inspect,
+    /// A call to the coordinator of the swarm with this id (JSON of
+    /// [`vcos_actors::swarm::SwarmCall`]); swarms are placed like the IMVU with their id.
+    Swarm {
+        /// The call (JSON).
+        call: Vec<u8>,
+    },
 }
 
 /// A request for the owner of `tenant/id`.

@@ -15,7 +15,8 @@ use crate::error::ActorError;
 use crate::ids::{Caller, ImvuId, ImvuKey, SwarmId, SwarmKey, TenantId};
 use crate::records::{decode, encode};
 use crate::runtime::Runtime;
-use crate::store::{commit_durable, CanonWrite};
+use crate::ownership::Fence;
+use crate::store::{commit_durable, CanonWrite, StoreError};
 
 /// Commands queued for a coordinator, at most.
 const SWARM_QUEUE_LEN_MAX: usize = 1024;
@@ -71,24 +72,26 @@ pub(crate) enum SwarmCmd {
 /// The node's swarms, by key.
 #[derive(Default)]
 pub(crate) struct Registry {
-    swarms: RwLock<BTreeMap<SwarmKey, mpsc::Sender<SwarmCmd>>>,
+    /// The coordinators running here, with the fence each writes under.
+    swarms: RwLock<BTreeMap<SwarmKey, (mpsc::Sender<SwarmCmd>, Option<Fence>)>>,
+    /// One recovery at a time: two requests racing for a swarm start one coordinator.
+    recovering: tokio::sync::Mutex<()>,
 }
 
 impl Registry {
-    pub(crate) fn get(&self, key: &SwarmKey) -> Result<mpsc::Sender<SwarmCmd>, ActorError> {
-        self.swarms
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(key)
-            .cloned()
-            .ok_or_else(|| ActorError::not_found("swarm", key))
+    fn entry(&self, key: &SwarmKey) -> Option<(mpsc::Sender<SwarmCmd>, Option<Fence>)> {
+        self.swarms.read().unwrap_or_else(|p| p.into_inner()).get(key).cloned()
     }
 
-    fn insert(&self, key: SwarmKey, tx: mpsc::Sender<SwarmCmd>) {
+    fn insert(&self, key: SwarmKey, tx: mpsc::Sender<SwarmCmd>, fence: Option<Fence>) {
         self.swarms
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(key, tx);
+            .insert(key, (tx, fence));
+    }
+
+    fn remove(&self, key: &SwarmKey) {
+        self.swarms.write().unwrap_or_else(|p| p.into_inner()).remove(key);
     }
 
     pub(crate) fn all(&self) -> Vec<mpsc::Sender<SwarmCmd>> {
@@ -96,9 +99,61 @@ impl Registry {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .values()
-            .cloned()
+            .map(|(tx, _)| tx.clone())
             .collect()
     }
+}
+
+/// The fence a coordinator of `key` writes under on this node: a swarm is placed like the
+/// IMVU with its id (swarm ids share the IMVU id space), so in a cluster only the node holding
+/// that bucket may coordinate it, and a coordinator whose node lost the bucket can commit
+/// nothing more (the canon refuses its stale epoch). An error: this node does not hold it.
+pub(crate) fn fence_of(runtime: &Runtime, key: &SwarmKey) -> Result<Option<Fence>, ActorError> {
+    let as_imvu = ImvuKey { tenant: key.tenant, id: ImvuId(key.id.0) };
+    runtime.ownership().fence(&as_imvu, runtime.clock().now_ms()).map_err(|e| match e {
+        ActorError::Unavailable(reason) => ActorError::Unavailable(format!("swarm {key}: {reason}")),
+        other => other,
+    })
+}
+
+/// Whether swarm `key` exists (its record is in canon; any node of the region can read it).
+pub(crate) fn exists(runtime: &Runtime, key: &SwarmKey) -> Result<(), ActorError> {
+    if runtime.swarms().entry(key).is_some() || runtime.store().get(&spec_key(key))?.is_some() {
+        return Ok(());
+    }
+    Err(ActorError::not_found("swarm", key))
+}
+
+/// The coordinator of `key` on this node: the running one if it still writes under the fence
+/// this node holds now; else (recovered here from canon, or moved elsewhere) it is started
+/// from canon when this node holds the swarm's bucket, and refused with a retryable error
+/// when it does not.
+pub(crate) async fn coordinator(runtime: &Runtime, key: &SwarmKey) -> Result<mpsc::Sender<SwarmCmd>, ActorError> {
+    let fence = fence_of(runtime, key);
+    if let Some((tx, held)) = runtime.swarms().entry(key) {
+        if fence.as_ref().is_ok_and(|now| *now == held) && !tx.is_closed() {
+            return Ok(tx);
+        }
+        // The bucket moved (or came back under a new epoch): this coordinator can no longer
+        // commit; stop it before anything else is handed out from its memory.
+        let _ = tx.try_send(SwarmCmd::Stop);
+        runtime.swarms().remove(key);
+    }
+    let fence = fence?;
+    let _one_at_a_time = runtime.swarms().recovering.lock().await;
+    if let Some((tx, held)) = runtime.swarms().entry(key) {
+        if held == fence && !tx.is_closed() {
+            return Ok(tx);
+        }
+    }
+    let spec = spec_key(key);
+    let Some(bytes) = runtime.store().get(&spec)? else {
+        return Err(ActorError::not_found("swarm", key));
+    };
+    let record: SwarmRecord = decode(&spec, &bytes)?;
+    restart(runtime, key.clone(), record, fence)?;
+    tracing::info!(swarm = %key, "swarm coordinator started from canon on this node");
+    runtime.swarms().entry(key).map(|(tx, _)| tx).ok_or_else(|| ActorError::not_found("swarm", key))
 }
 
 struct Coordinator {
@@ -111,6 +166,10 @@ struct Coordinator {
     awaiting: BTreeMap<u64, Vec<Reply<serde_json::Value>>>,
     supervisor: Supervisor<MemberRef>,
     votes: BTreeMap<u64, VoteRecord>,
+    /// The bucket fence every write carries (`None`: a node that owns everything).
+    fence: Option<Fence>,
+    /// A write was refused for a stale fence: another node coordinates the swarm now.
+    fenced_out: bool,
 }
 
 fn strategy(s: SwarmStrategy) -> Strategy {
@@ -176,7 +235,7 @@ pub(crate) async fn create(
             tenant: tenant.clone(),
             id: SwarmId(*sub),
         };
-        runtime.swarms().get(&sub_key).map_err(|_| {
+        exists(runtime, &sub_key).map_err(|_| {
             bad(
                 "member_swarms",
                 format!("no swarm {sub} in tenant {tenant}"),
@@ -206,9 +265,16 @@ pub(crate) async fn create(
             }
         }
     }
-    let key = SwarmKey {
-        tenant: tenant.clone(),
-        id: SwarmId(runtime.allocate_id().await?),
+    // Coordinated here: its id must fall in a bucket this node holds (a few tries in a
+    // cluster of N nodes, about N; ids are plentiful).
+    let mut attempt = 0;
+    let (key, fence) = loop {
+        let key = SwarmKey { tenant: *tenant, id: SwarmId(runtime.allocate_id().await?) };
+        match fence_of(runtime, &key) {
+            Ok(fence) => break (key, fence),
+            Err(e) if attempt >= SWARM_ID_ATTEMPTS_MAX => return Err(e),
+            Err(_) => attempt += 1,
+        }
     };
     let record = SwarmRecord {
         spec,
@@ -216,22 +282,20 @@ pub(crate) async fn create(
         status: SwarmStatus::Running,
         created_unix_ms: runtime.clock().unix_ms(),
     };
-    commit_durable(
-        &**runtime.store(),
-        vec![CanonWrite::Put {
-            key: spec_key(&key),
-            value: encode(&record),
-        }],
-    )
-    .await?;
+    let mut writes = vec![CanonWrite::Put { key: spec_key(&key), value: encode(&record) }];
+    writes.extend(fence.map(|f| runtime.ownership().guard(f)));
+    commit_durable(&**runtime.store(), writes).await?;
     let core = SwarmCore::new(
         record.members.iter().copied(),
         record.spec.max_in_flight_per_member,
         record.spec.max_attempts,
     );
-    let info = start(runtime, key, record, core, BTreeMap::new(), BTreeMap::new());
+    let info = start(runtime, key, record, core, BTreeMap::new(), BTreeMap::new(), fence);
     Ok(info)
 }
+
+/// Ids drawn, at most, looking for one in a bucket this node holds.
+const SWARM_ID_ATTEMPTS_MAX: usize = 256;
 
 fn start(
     runtime: &Runtime,
@@ -240,6 +304,7 @@ fn start(
     core: SwarmCore,
     payloads: BTreeMap<u64, serde_json::Value>,
     votes: BTreeMap<u64, VoteRecord>,
+    fence: Option<Fence>,
 ) -> SwarmInfo {
     let (tx, rx) = mpsc::channel(SWARM_QUEUE_LEN_MAX);
     let mut supervisor = Supervisor::new(
@@ -275,6 +340,8 @@ fn start(
         awaiting: BTreeMap::new(),
         supervisor,
         votes,
+        fence,
+        fenced_out: false,
     };
     if running {
         for member in &coordinator.record.members {
@@ -283,7 +350,7 @@ fn start(
             }
         }
     }
-    runtime.swarms().insert(key, tx);
+    runtime.swarms().insert(key, tx, fence);
     tokio::spawn(coordinator.run(rx));
     info
 }
@@ -313,46 +380,45 @@ pub(crate) async fn recover(runtime: &Runtime) -> Result<usize, ActorError> {
             }
         }
         for (id, record) in specs {
-            let key = SwarmKey {
-                tenant: tenant.id.clone(),
-                id: SwarmId(id),
-            };
-            let mut core = SwarmCore::new(
-                record.members.iter().copied(),
-                record.spec.max_in_flight_per_member,
-                record.spec.max_attempts,
-            );
-            let mut payloads = BTreeMap::new();
-            let item_prefix = format!("{}item/", swarm_prefix(&key));
-            let mut after: Option<String> = None;
-            loop {
-                let page = store.scan_prefix(&item_prefix, after.as_deref(), 4096)?;
-                let Some((last, _)) = page.last() else { break };
-                after = Some(last.clone());
-                for (k, bytes) in page {
-                    let item: u64 = k[item_prefix.len()..]
-                        .parse()
-                        .map_err(|_| ActorError::Store(format!("bad item key {k}")))?;
-                    let rec: ItemRecord = decode(&k, &bytes)?;
-                    if matches!(
-                        rec.status,
-                        ItemStatus::Pending | ItemStatus::InFlight { .. }
-                    ) {
-                        payloads.insert(item, rec.payload);
-                    }
-                    core.submit(item, rec.status, rec.attempts);
-                }
-            }
-            let votes = store
-                .scan_prefix(&format!("{}vote/", swarm_prefix(&key)), None, 10_000)?
-                .into_iter()
-                .map(|(k, b)| decode::<VoteRecord>(&k, &b).map(|v| (v.id, v)))
-                .collect::<Result<BTreeMap<_, _>, _>>()?;
-            start(runtime, key, record, core, payloads, votes);
+            let key = SwarmKey { tenant: tenant.id, id: SwarmId(id) };
+            // In a cluster a node holds no bucket yet at start: its swarms start on their
+            // owners, on the first request for them (`coordinator`).
+            let Ok(fence) = fence_of(runtime, &key) else { continue };
+            restart(runtime, key, record, fence)?;
             count += 1;
         }
     }
     Ok(count)
+}
+
+/// Starts the coordinator of `key` from its records in canon: its items (pending and in
+/// flight are handed out again; credits stay) and its votes.
+fn restart(runtime: &Runtime, key: SwarmKey, record: SwarmRecord, fence: Option<Fence>) -> Result<(), ActorError> {
+    let store = runtime.store().clone();
+    let mut core = SwarmCore::new(record.members.iter().copied(), record.spec.max_in_flight_per_member, record.spec.max_attempts);
+    let mut payloads = BTreeMap::new();
+    let item_prefix = format!("{}item/", swarm_prefix(&key));
+    let mut after: Option<String> = None;
+    loop {
+        let page = store.scan_prefix(&item_prefix, after.as_deref(), 4096)?;
+        let Some((last, _)) = page.last() else { break };
+        after = Some(last.clone());
+        for (k, bytes) in page {
+            let item: u64 = k[item_prefix.len()..].parse().map_err(|_| ActorError::Store(format!("bad item key {k}")))?;
+            let rec: ItemRecord = decode(&k, &bytes)?;
+            if matches!(rec.status, ItemStatus::Pending | ItemStatus::InFlight { .. }) {
+                payloads.insert(item, rec.payload);
+            }
+            core.submit(item, rec.status, rec.attempts);
+        }
+    }
+    let votes = store
+        .scan_prefix(&format!("{}vote/", swarm_prefix(&key)), None, 10_000)?
+        .into_iter()
+        .map(|(k, b)| decode::<VoteRecord>(&k, &b).map(|v| (v.id, v)))
+        .collect::<Result<BTreeMap<_, _>, _>>()?;
+    start(runtime, key, record, core, payloads, votes, fence);
+    Ok(())
 }
 
 /// One pull loop of a member: ask for an item, do it, report, repeat.
@@ -433,6 +499,12 @@ impl Coordinator {
                 break;
             }
             self.handle(cmd).await;
+            if self.fenced_out {
+                tracing::warn!(swarm = %self.key, "another node coordinates this swarm now (its bucket moved): stopping here");
+                metrics::counter!("vcos_swarm_coordinators_fenced_total").increment(1);
+                self.runtime.swarms().remove(&self.key);
+                break;
+            }
             self.dispatch();
         }
         // Pullers waiting for work learn that there is none.
@@ -489,6 +561,19 @@ impl Coordinator {
         }
     }
 
+    /// Commits `writes` under the swarm's bucket fence; a refusal for a stale fence means the
+    /// bucket moved, and this coordinator stops after the current command.
+    async fn commit(&mut self, mut writes: Vec<CanonWrite>) -> Result<u64, StoreError> {
+        if let Some(fence) = self.fence {
+            writes.push(self.runtime.ownership().guard(fence));
+        }
+        let result = commit_durable(&**self.runtime.store(), writes).await;
+        if self.fence.is_some() && matches!(result, Err(StoreError::Conflict { .. })) {
+            self.fenced_out = true;
+        }
+        result
+    }
+
     fn info(&self) -> SwarmInfo {
         SwarmInfo {
             key: self.key.clone(),
@@ -537,7 +622,7 @@ impl Coordinator {
                 }),
             })
             .collect();
-        commit_durable(&**self.runtime.store(), writes).await?;
+        self.commit(writes).await?;
         let ids = items.iter().map(|(id, _)| *id).collect();
         for (id, payload) in items {
             self.core.submit(id, ItemStatus::Pending, 0);
@@ -599,8 +684,7 @@ impl Coordinator {
                             },
                             attempts: self.core.attempts(item),
                         };
-                        let _ = commit_durable(
-                            &**self.runtime.store(),
+                        let _ = self.commit(
                             vec![CanonWrite::Put {
                                 key: item_key(&self.key, item),
                                 value: encode(&rec),
@@ -652,7 +736,7 @@ impl Coordinator {
                 value: encode(&credit),
             },
         ];
-        match commit_durable(&**self.runtime.store(), writes).await {
+        match self.commit(writes).await {
             Ok(_) => {
                 let decided = self.core.complete(item, member);
                 debug_assert_eq!(decided, Completion::Credit);
@@ -707,8 +791,7 @@ impl Coordinator {
         self.record.status = SwarmStatus::Failed {
             reason: reason.clone(),
         };
-        let _ = commit_durable(
-            &**self.runtime.store(),
+        let _ = self.commit(
             vec![CanonWrite::Put {
                 key: spec_key(&self.key),
                 value: encode(&self.record),
@@ -754,8 +837,7 @@ impl Coordinator {
             ballots: BTreeMap::new(),
             decision: None,
         };
-        commit_durable(
-            &**self.runtime.store(),
+        self.commit(
             vec![CanonWrite::Put {
                 key: vote_key(&self.key, id),
                 value: encode(&vote),
@@ -799,8 +881,7 @@ impl Coordinator {
         if for_choice >= record.quorum {
             record.decision = Some(choice);
         }
-        commit_durable(
-            &**self.runtime.store(),
+        self.commit(
             vec![CanonWrite::Put {
                 key: vote_key(&self.key, vote),
                 value: encode(&record),

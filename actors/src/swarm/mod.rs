@@ -21,9 +21,41 @@ pub mod core;
 mod records;
 
 pub use self::core::{ItemStatus, MemberRef, Progress};
-pub(crate) use coordinator::{call, create, info, recover, stop_all, Registry, SwarmCmd};
+pub(crate) use coordinator::{call, coordinator, create, exists, info, recover, stop_all, Registry, SwarmCmd};
 pub(crate) use records::{credit_prefix, mem_key};
 pub use records::{CreditRecord, SwarmInfo, SwarmSpec, SwarmStatus, SwarmStrategy, VoteRecord};
+
+/// What a swarm's coordinator is asked, wherever it runs (a node that does not coordinate the
+/// swarm sends it to the one that does, as it does messages for IMVUs).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "call", rename_all = "snake_case")]
+pub enum SwarmCall {
+    /// Spec, members, status and progress ([`SwarmInfo`]).
+    Info,
+    /// Queue work items; answers their ids.
+    Submit {
+        /// The items (messages for the member kind).
+        items: Vec<serde_json::Value>,
+    },
+    /// Open a vote; answers the [`VoteRecord`].
+    OpenVote {
+        /// What is voted on.
+        proposal: String,
+        /// The choices.
+        options: Vec<String>,
+        /// Ballots needed for a decision (default: a majority of the members).
+        quorum: Option<u32>,
+    },
+    /// Cast a member's ballot; answers the [`VoteRecord`].
+    CastVote {
+        /// The vote's id.
+        vote: u64,
+        /// The member voting.
+        member: MemberRef,
+        /// Its choice.
+        choice: String,
+    },
+}
 
 /// Validates a shared-memory key.
 pub(crate) fn check_mem_key(name: &str) -> Result<(), crate::error::ActorError> {

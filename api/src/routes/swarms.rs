@@ -20,6 +20,18 @@ use crate::wire::{
     VoteView,
 };
 use crate::AppState;
+use vcos_actors::swarm::{SwarmCall, SwarmInfo, VoteRecord};
+use vcos_actors::{Caller, SwarmKey};
+
+/// Runs `call` on the swarm's coordinator: on this node, or (in a cluster) on the node that
+/// holds the swarm's bucket, which starts it from canon if the bucket moved there.
+async fn coordinator_call<T: serde::de::DeserializeOwned>(state: &AppState, key: &SwarmKey, call: SwarmCall, caller: &Caller) -> Result<T, ApiError> {
+    let answer = match &state.cluster {
+        Some(cluster) => cluster.swarm(key, &call, caller).await?,
+        None => state.runtime.swarm_call(key, call).await?,
+    };
+    serde_json::from_value(answer).map_err(|e| ApiError::Internal(format!("unreadable swarm answer: {e}")))
+}
 
 /// Most work items one request may submit.
 pub(crate) const WORK_ITEMS_PER_REQUEST_MAX: usize = 10_000;
@@ -86,7 +98,8 @@ pub(super) async fn get_swarm(
     Auth(caller): Auth,
 ) -> Result<Json<SwarmView>, ApiError> {
     readable_tenant(&state, &key.tenant, &caller)?;
-    Ok(Json(state.runtime.swarm_info(&key).await?.into()))
+    let info: SwarmInfo = coordinator_call(&state, &key, SwarmCall::Info, &caller).await?;
+    Ok(Json(info.into()))
 }
 
 /// Queues work items, each a message for the member kind; durable before the reply. Members
@@ -125,7 +138,7 @@ pub(super) async fn submit_work(
             "field `items`: 1..={WORK_ITEMS_PER_REQUEST_MAX} items per request (got {count})"
         )));
     }
-    let item_ids = state.runtime.submit_work(&key, request.items).await?;
+    let item_ids: Vec<u64> = coordinator_call(&state, &key, SwarmCall::Submit { items: request.items }, &caller).await?;
     Ok((StatusCode::ACCEPTED, Json(SubmittedWork { item_ids })))
 }
 
@@ -258,7 +271,8 @@ pub(super) async fn open_vote(
     ApiJson(request): ApiJson<OpenVoteRequest>,
 ) -> Result<(StatusCode, Json<VoteView>), ApiError> {
     readable_tenant(&state, &key.tenant, &caller)?;
-    let vote = state.runtime.open_vote(&key, request.proposal, request.options, request.quorum).await?;
+    let call = SwarmCall::OpenVote { proposal: request.proposal, options: request.options, quorum: request.quorum };
+    let vote: VoteRecord = coordinator_call(&state, &key, call, &caller).await?;
     Ok((StatusCode::CREATED, Json(vote.into())))
 }
 
@@ -297,6 +311,7 @@ pub(super) async fn cast_ballot(
     ApiJson(request): ApiJson<BallotRequest>,
 ) -> Result<Json<VoteView>, ApiError> {
     readable_tenant(&state, &key.tenant, &caller)?;
-    let record = state.runtime.cast_vote(&key, vote, request.member.into(), request.choice).await?;
+    let call = SwarmCall::CastVote { vote, member: request.member.into(), choice: request.choice };
+    let record: VoteRecord = coordinator_call(&state, &key, call, &caller).await?;
     Ok(Json(record.into()))
 }
