@@ -9,29 +9,16 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::cluster::{add, add_one, call, client, cluster_view, read_imvu, until, Node};
+use common::cluster::{add, add_one, call, client, cluster_view, read_imvu, start_region, until, Node};
 use common::Proc;
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn imvus_live_once_fail_over_and_never_serve_stale_state() {
     let root = tempfile::tempdir().expect("temp dir");
-    let mut nodes = vec![Node::new(1, root.path(), None)];
-    nodes[0].start();
-    let seed = nodes[0].base();
-    for id in 2..=3 {
-        nodes.push(Node::new(id, root.path(), Some(seed.clone())));
-        nodes[(id - 1) as usize].start();
-    }
     let http = client();
+    let mut nodes = start_region(root.path(), 3, &http).await;
     let bases: Vec<String> = nodes.iter().map(Node::base).collect();
-    for base in &bases {
-        until("every node sees three members holding all 256 buckets", async || {
-            let (owned, alive) = cluster_view(&http, base).await;
-            alive == 3 && owned.values().sum::<u64>() == 256 && owned.len() == 3 && owned.values().all(|&n| n > 0)
-        })
-        .await;
-    }
 
     // `vcos status` shows the members as an operator reads them.
     let mut status = Proc::spawn(&["status", "--node", &bases[1]]);

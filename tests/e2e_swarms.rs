@@ -10,7 +10,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use common::cluster::{call, client, cluster_view, until, Node};
+use common::cluster::{call, client, start_region, until, Node};
 use serde_json::{json, Value};
 
 /// The swarm's info through `base`, retrying while its bucket fails over (503).
@@ -36,23 +36,9 @@ async fn submit(http: &reqwest::Client, base: &str, swarm: u64, items: &[Value])
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn swarm_coordinators_fail_over_with_exactly_once_credit() {
     let root = tempfile::tempdir().expect("temp dir");
-    let mut nodes = vec![Node::new(1, root.path(), None)];
-    nodes[0].start();
-    let seed = nodes[0].base();
-    for id in 2..=3 {
-        let mut node = Node::new(id, root.path(), Some(seed.clone()));
-        node.start();
-        nodes.push(node);
-    }
     let http = client();
+    let mut nodes = start_region(root.path(), 3, &http).await;
     let bases: Vec<String> = nodes.iter().map(Node::base).collect();
-    for base in &bases {
-        until("every node sees three members holding all 256 buckets", async || {
-            let (owned, alive) = cluster_view(&http, base).await;
-            alive == 3 && owned.values().sum::<u64>() == 256 && owned.len() == 3 && owned.values().all(|&n| n > 0)
-        })
-        .await;
-    }
 
     // Created through node 1 (its coordinator runs there: the id is drawn in a bucket node 1
     // holds), fed and read through the others.

@@ -164,3 +164,25 @@ pub(crate) async fn add_one(http: &reqwest::Client, base: &str, id: u64, totals:
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Starts `n` nodes of region `eu` under `root` (the first bootstraps, the others join it) and
+/// waits until every node sees them all alive, each holding some of the 256 buckets.
+pub(crate) async fn start_region(root: &Path, n: u64, http: &reqwest::Client) -> Vec<Node> {
+    let mut nodes = vec![Node::new(1, root, None)];
+    nodes[0].start();
+    let seed = nodes[0].base();
+    for id in 2..=n {
+        let mut node = Node::new(id, root, Some(seed.clone()));
+        node.start();
+        nodes.push(node);
+    }
+    let n = n as usize;
+    for node in &nodes {
+        until("every node sees every member alive, each holding buckets, all 256 held", async || {
+            let (owned, alive) = cluster_view(http, &node.base()).await;
+            alive == n && owned.values().sum::<u64>() == 256 && owned.len() == n && owned.values().all(|&b| b > 0)
+        })
+        .await;
+    }
+    nodes
+}
