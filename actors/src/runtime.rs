@@ -291,6 +291,9 @@ impl RuntimeBuilder {
 
 const DIRECTORY_SHARDS: usize = 16;
 
+/// Credit records read per page by [`Runtime::swarm_credits`].
+pub(crate) const CREDITS_PAGE_LEN: usize = 1_024;
+
 /// The default [`Router`]: every IMVU lives in this runtime. Each request runs as its own
 /// task, so the shard that sent it never waits; an ask waits at most
 /// [`ASK_TIMEOUT_MS_DEFAULT`] (tokio time: simulated under the simulator).
@@ -877,19 +880,23 @@ impl Runtime {
         swarm::info(&swarm::coordinator(self, key).await?).await
     }
 
-    /// Who did what, in item order.
-    pub fn swarm_credits(&self, key: &SwarmKey) -> Result<Vec<CreditRecord>, ActorError> {
+    /// Who did what, in item order. A scan of up to every item of the swarm, by pages of
+    /// [`CREDITS_PAGE_LEN`], yielding between pages so that other tasks of the worker run
+    /// (not on a blocking thread: under the simulator that would race real threads against
+    /// simulated time).
+    pub async fn swarm_credits(&self, key: &SwarmKey) -> Result<Vec<CreditRecord>, ActorError> {
         swarm::exists(self, key)?;
         let prefix = crate::swarm::credit_prefix(key);
         let mut out = Vec::new();
         let mut after: Option<String> = None;
         loop {
-            let page = self.store().scan_prefix(&prefix, after.as_deref(), 4096)?;
+            let page = self.store().scan_prefix(&prefix, after.as_deref(), CREDITS_PAGE_LEN)?;
             let Some((last, _)) = page.last() else { break };
             after = Some(last.clone());
             for (k, bytes) in page {
                 out.push(records::decode(&k, &bytes)?);
             }
+            tokio::task::yield_now().await;
         }
         Ok(out)
     }

@@ -86,7 +86,7 @@ async fn every_item_credited_exactly_once_despite_crashes_and_a_death() {
     assert_eq!(progress.completed, 60, "{progress:?}");
     assert_eq!(progress.dead_lettered, 2);
     assert_eq!(progress.pending + progress.in_flight, 0);
-    let credits = rt.swarm_credits(&swarm.key).expect("credits");
+    let credits = rt.swarm_credits(&swarm.key).await.expect("credits");
     let credited: BTreeSet<u64> = credits.iter().map(|c| c.item).collect();
     assert_eq!(credits.len(), 60);
     assert_eq!(credited.len(), 60, "an item was credited twice");
@@ -135,13 +135,13 @@ async fn nested_swarm_memory_and_vote() {
         .await
         .expect("submit");
     wait_done(&rt, &outer.key, ids.len() as u64).await;
-    let credits = rt.swarm_credits(&outer.key).expect("credits");
+    let credits = rt.swarm_credits(&outer.key).await.expect("credits");
     assert_eq!(credits.len(), 20);
     let by_inner = credits
         .iter()
         .filter(|c| c.member == MemberRef::Swarm(inner.key.id.0))
         .count();
-    let inner_credits = rt.swarm_credits(&inner.key).expect("inner credits").len();
+    let inner_credits = rt.swarm_credits(&inner.key).await.expect("inner credits").len();
     assert_eq!(
         by_inner, inner_credits,
         "each item done by the sub-swarm is credited in both, once"
@@ -244,7 +244,7 @@ async fn submitted_items_survive_a_node_restart() {
     };
     let rt = start(Arc::new(RedbStore::open(&path).expect("reopen"))).await;
     wait_done(&rt, &key, 40).await;
-    let credits = rt.swarm_credits(&key).expect("credits");
+    let credits = rt.swarm_credits(&key).await.expect("credits");
     assert_eq!(credits.len(), 40);
     assert_eq!(
         credits

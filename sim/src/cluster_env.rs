@@ -40,6 +40,17 @@ pub struct CommitSeen {
     pub epoch: Option<u64>,
 }
 
+/// One swarm credit the canon applied (a completion: item done + its credit record).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CreditSeen {
+    /// The credit record's key (`t/{tenant}/swarm/{id}/credit/{item}`).
+    pub key: String,
+    /// The node whose coordinator committed it.
+    pub node: u8,
+    /// The fencing epoch its guard expected; `None` when it carried no fence.
+    pub epoch: Option<u64>,
+}
+
 /// One answer released from memory.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServedSeen {
@@ -73,6 +84,7 @@ struct Seen {
     commits: Vec<CommitSeen>,
     served: Vec<ServedSeen>,
     claims: Vec<ClaimSeen>,
+    credits: Vec<CreditSeen>,
 }
 
 impl Observations {
@@ -88,6 +100,11 @@ impl Observations {
     /// Bucket claims committed so far, in time order.
     pub fn claims(&self) -> Vec<ClaimSeen> {
         self.lock().claims.clone()
+    }
+
+    /// Swarm credits applied so far, in the order they completed.
+    pub fn credits(&self) -> Vec<CreditSeen> {
+        self.lock().credits.clone()
     }
 
     /// Answers released from memory so far, in time order.
@@ -147,6 +164,22 @@ impl CanonStore for ObservedStore {
                     if result.is_ok() {
                         let at_ms = crate::node_env::sim_now_ms();
                         observations.lock().claims.push(ClaimSeen { at_ms, bucket, epoch });
+                    }
+                    done(result);
+                }),
+            );
+        }
+        let credit = writes.iter().find_map(|write| match write {
+            CanonWrite::Put { key, .. } if key.contains("/swarm/") && key.contains("/credit/") => Some(key.clone()),
+            _ => None,
+        });
+        if let Some(key) = credit {
+            let (node, observations) = (self.node, self.observations.clone());
+            return self.inner.commit(
+                writes,
+                Box::new(move |result: Result<u64, StoreError>| {
+                    if result.is_ok() {
+                        observations.lock().credits.push(CreditSeen { key, node, epoch });
                     }
                     done(result);
                 }),

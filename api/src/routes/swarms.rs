@@ -164,11 +164,7 @@ pub(super) async fn credits(
     Auth(caller): Auth,
 ) -> Result<Json<Credits>, ApiError> {
     readable_tenant(&state, &key.tenant, &caller)?;
-    // A canon scan of up to every item of the swarm: off the async workers.
-    let runtime = state.runtime.clone();
-    let records = tokio::task::spawn_blocking(move || runtime.swarm_credits(&key))
-        .await
-        .map_err(|e| ApiError::Internal(format!("credits read failed: {e}")))??;
+    let records = state.runtime.swarm_credits(&key).await?;
     Ok(Json(Credits { credits: records.into_iter().map(CreditEntry::from).collect() }))
 }
 

@@ -19,7 +19,11 @@
 //! - **one answer per add**: acknowledged totals of a counter are all different (two
 //!   activations applying adds from the same state give the same total twice);
 //! - **reads are current**: a `get` returns at least every total acknowledged before it began;
-//! - **asks answered at most once**: a relay never holds two answers for one correlation.
+//! - **asks answered at most once**: a relay never holds two answers for one correlation;
+//! - **swarms credit exactly once**: clients also submit work to a swarm of text workers
+//!   through random nodes; every credit the canon applied is for a distinct item and carries a
+//!   fence, and after the heal every acknowledged item is done and credited (the coordinator
+//!   moves with its bucket and is started from canon by the holder).
 //!
 //! Planted bugs it catches: `skip-lease-check` (activation without a lease check) and
 //! `ignore-lease-expiry` (serving after the lease lapsed).
@@ -90,12 +94,15 @@ struct History {
     ops: Vec<CounterOp>,
     /// Relay asks sent, per relay (acknowledged or not: an unacknowledged one may have gone).
     relay_sent: BTreeMap<usize, u64>,
+    /// Swarm items whose submission was acknowledged.
+    items: BTreeSet<u64>,
 }
 
 struct Imvus {
     counters: Vec<u64>,
     tallies: Vec<u64>,
     relays: Vec<u64>,
+    swarm: u64,
 }
 
 async fn create(ctx: &WorkloadCtx, kind: &str, i: usize) -> Option<u64> {
@@ -107,7 +114,22 @@ async fn create(ctx: &WorkloadCtx, kind: &str, i: usize) -> Option<u64> {
 }
 
 async fn run(ctx: WorkloadCtx) -> Vec<String> {
-    let mut ids = Imvus { counters: Vec::new(), tallies: Vec::new(), relays: Vec::new() };
+    // Through each node in turn (faults start at once: a node may be paused or cut off).
+    let swarm_spec = json!({"member_kind": "text-worker", "members": SWARM_MEMBERS});
+    let mut swarm = None;
+    for attempt in 0..SETUP_ATTEMPTS_MAX {
+        let node = &ctx.nodes[attempt % ctx.nodes.len()];
+        let created = ctx.call(node, "POST", "/v1/tenants/default/swarms", Some(swarm_spec.clone())).await;
+        swarm = created.ok().and_then(|b| b["key"]["id"].as_u64());
+        if swarm.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(super::RETRY_PAUSE_MS)).await;
+    }
+    let Some(swarm) = swarm else {
+        return vec!["setup: the swarm was never created".into()];
+    };
+    let mut ids = Imvus { counters: Vec::new(), tallies: Vec::new(), relays: Vec::new(), swarm };
     for i in 0..COUNTERS + TALLIES + RELAYS {
         let kind = if i < COUNTERS { "counter" } else if i < COUNTERS + TALLIES { "tally" } else { "relay" };
         let Some(id) = create(&ctx, kind, i).await else {
@@ -158,6 +180,12 @@ async fn client(ctx: &WorkloadCtx, ids: &Imvus, history: &RefCell<History>, seed
             let response = ctx.call_within(node, "POST", &messages(ids.counters[counter]), Some(json!({ "message": message })), CLIENT_DEADLINE_MS).await;
             let total = response.ok().and_then(|b| b["reply"].as_i64());
             history.borrow_mut().ops.push(CounterOp { counter, start_ms, end_ms: ctx.now_ms(), total, add });
+        } else if roll < 58 {
+            let text = format!("item {}", rng.random::<u32>());
+            let work = json!({"items": [{"op": "upper", "text": text}]});
+            let response = ctx.call_within(node, "POST", &format!("/v1/tenants/default/swarms/{}/work", ids.swarm), Some(work), CLIENT_DEADLINE_MS).await;
+            let acked = response.ok().and_then(|b| b["item_ids"].as_array().cloned()).unwrap_or_default();
+            history.borrow_mut().items.extend(acked.iter().filter_map(serde_json::Value::as_u64));
         } else if roll < 85 {
             let tally = ids.tallies[rng.random_range(0..TALLIES)];
             ctx.call_within(node, "POST", &messages(tally), Some(json!({"message": {"op": "add", "n": 1}})), CLIENT_DEADLINE_MS).await;
@@ -183,6 +211,7 @@ async fn check(ctx: &WorkloadCtx, ids: &Imvus, history: &History) -> Vec<String>
     ));
     violations.extend(check_commits(&commits));
     violations.extend(check_served(&served, &ctx.observations.claims()));
+    violations.extend(check_swarm(ctx, ids.swarm, &history.items).await);
     // Relays' answers: per relay, correlation → totals answered `Ok`.
     let mut relay_totals: BTreeMap<usize, Vec<i64>> = BTreeMap::new();
     for (r, relay) in ids.relays.iter().enumerate() {
@@ -221,6 +250,55 @@ async fn check(ctx: &WorkloadCtx, ids: &Imvus, history: &History) -> Vec<String>
         let ops: Vec<&CounterOp> = history.ops.iter().filter(|op| op.counter == c).collect();
         violations.extend(check_counter(*counter, total, &ops, relay_totals.get(&c).map_or(&[][..], Vec::as_slice), history.relay_sent.get(&c).copied().unwrap_or(0)));
     }
+    violations
+}
+
+/// Tries at creating the swarm, through the nodes in turn.
+const SETUP_ATTEMPTS_MAX: usize = 200;
+
+/// Text workers in the scenario's swarm.
+const SWARM_MEMBERS: u32 = 3;
+
+/// Credits applied once per item, each under a fence; after the heal every acknowledged item
+/// done and credited.
+async fn check_swarm(ctx: &WorkloadCtx, swarm: u64, acked: &BTreeSet<u64>) -> Vec<String> {
+    let mut violations = Vec::new();
+    let mut credited = BTreeSet::new();
+    for credit in ctx.observations.credits() {
+        if credit.epoch.is_none() {
+            violations.push(format!("unfenced swarm credit {} by node {}", credit.key, credit.node));
+        }
+        if !credited.insert(credit.key.clone()) {
+            violations.push(format!("swarm credit {} applied twice (last by node {})", credit.key, credit.node));
+        }
+    }
+    // Every node reaches the swarm; its open items drain.
+    let path = format!("/v1/tenants/default/swarms/{swarm}");
+    let until = ctx.now_ms() + CHECK_WITHIN_MS;
+    let mut drained = false;
+    while ctx.now_ms() < until && !drained {
+        let node = &ctx.nodes[(ctx.now_ms() / 100) as usize % ctx.nodes.len()];
+        let response = ctx.call(node, "GET", &path, None).await;
+        drained = response.ok().is_some_and(|b| b["progress"]["pending"] == 0 && b["progress"]["in_flight"] == 0);
+        if !drained {
+            tokio::time::sleep(Duration::from_millis(super::RETRY_PAUSE_MS)).await;
+        }
+    }
+    if !drained {
+        violations.push(format!("liveness: swarm {swarm} still had open items {CHECK_WITHIN_MS} ms after the heal"));
+        return violations;
+    }
+    let response = ctx.call(&ctx.nodes[0], "GET", &format!("{path}/credits"), None).await;
+    let Some(credits) = response.ok().and_then(|b| b["credits"].as_array().cloned()) else {
+        violations.push(format!("liveness: swarm {swarm}'s credits unreadable after the heal"));
+        return violations;
+    };
+    let done: BTreeSet<u64> = credits.iter().filter_map(|c| c["item"].as_u64()).collect();
+    let missing: Vec<&u64> = acked.difference(&done).take(VIOLATIONS_PER_CHECK_MAX).collect();
+    if !missing.is_empty() {
+        violations.push(format!("swarm {swarm}: acknowledged items never credited: {missing:?}"));
+    }
+    ctx.trace.record(format!("swarm {swarm}: {} items acknowledged, {} credited, {} credit commits", acked.len(), done.len(), credited.len()));
     violations
 }
 
