@@ -44,5 +44,5 @@ pub use driver::{spawn, MembershipHandle, EVENTS_LEN_MAX};
 pub use transport::DatagramSocket;
 
 pub use members::{Member, MemberSource, MemberState};
-pub use region::{region_tag, Home};
+pub use region::{region_tag, Home, UNTAGGED_REGION};
 pub use node::{Cluster, ClusterConfig, ClusterRouter, LeaseTable, Placement};

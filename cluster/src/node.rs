@@ -429,7 +429,7 @@ fn target(inner: &Inner, bucket: u16, members: &[Member]) -> Option<Member> {
 /// The home region of `key`'s IMVU, from the tag in its id.
 fn home(inner: &Inner, key: &ImvuKey) -> Result<Home, ActorError> {
     let tag = key.id.region_tag();
-    if tag == 0 || tag == inner.region_tag {
+    if tag == inner.region_tag {
         return Ok(Home::Here);
     }
     let groups = inner.canon.groups();

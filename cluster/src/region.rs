@@ -9,8 +9,15 @@
 
 use vcos_actors::ImvuId;
 
-/// The tag of `region`: 1 ..= [`ImvuId::REGION_TAG_MAX`] (0 is "untagged").
+/// The region whose ids carry no tag (tag 0): `vcos up`'s default, so that a lone node
+/// numbers its IMVUs 1, 2, 3, …
+pub const UNTAGGED_REGION: &str = "local";
+
+/// The tag of `region`: 0 for [`UNTAGGED_REGION`], else 1 ..= [`ImvuId::REGION_TAG_MAX`].
 pub fn region_tag(region: &str) -> u16 {
+    if region == UNTAGGED_REGION {
+        return 0;
+    }
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for byte in region.bytes() {
         hash ^= u64::from(byte);
@@ -37,13 +44,19 @@ pub enum Home {
 }
 
 /// The home of `id` for a node of region `here`, among the `known` region names (this node's
-/// canon groups and the members' regions). `None`: no known region has the id's tag.
+/// canon groups and the members' regions). `None`: no known region has the id's tag. An
+/// untagged id belongs to [`UNTAGGED_REGION`] if the cluster has one, else to the region asked
+/// (ids made before tags).
 pub fn home_of<'a>(id: ImvuId, here: &str, known: impl IntoIterator<Item = &'a str>) -> Option<Home> {
     let tag = id.region_tag();
-    if tag == 0 || tag == region_tag(here) {
+    if tag == region_tag(here) {
         return Some(Home::Here);
     }
-    known.into_iter().find(|region| region_tag(region) == tag).map(|region| Home::Region(region.to_owned()))
+    let found = known.into_iter().find(|region| region_tag(region) == tag).map(|region| Home::Region(region.to_owned()));
+    if tag == 0 {
+        return Some(found.unwrap_or(Home::Here));
+    }
+    found
 }
 
 #[cfg(test)]
@@ -52,7 +65,7 @@ mod tests {
 
     #[test]
     fn tags_are_in_range_and_stable() {
-        for name in ["eu", "us", "ap-south-1", "a", "region_with_a_long_name_0123456789"] {
+        for name in ["eu", "us", "ap-south-1", "a", "region_with_a_long_name_0123456789", "locals"] {
             let tag = region_tag(name);
             assert!((1..=ImvuId::REGION_TAG_MAX).contains(&tag), "{name}: {tag}");
             assert_eq!(tag, region_tag(name));
@@ -68,6 +81,9 @@ mod tests {
         assert_eq!(home_of(us, "eu", known), Some(Home::Region("us".into())));
         assert_eq!(home_of(eu, "eu", known), Some(Home::Here));
         assert_eq!(home_of(ImvuId(7), "eu", known), Some(Home::Here), "untagged ids belong to the region asked");
+        assert_eq!(home_of(ImvuId(7), "eu", ["eu", "local"]), Some(Home::Region("local".into())), "…or to `local`, if there is one");
+        assert_eq!(home_of(ImvuId(7), "local", ["eu", "local"]), Some(Home::Here));
+        assert_eq!(region_tag(UNTAGGED_REGION), 0);
         let nowhere = ImvuId::tagged(region_tag("ap"), 7).expect("in range");
         assert_eq!(home_of(nowhere, "eu", known), None);
         assert_eq!(home_of(ImvuId(u64::MAX), "eu", known), None, "an id from outside with a tag out of range");
