@@ -69,17 +69,20 @@ pub(crate) enum SwarmCmd {
     Stop,
 }
 
+/// A running coordinator: its queue and the fence it writes under.
+type Running = (mpsc::Sender<SwarmCmd>, Option<Fence>);
+
 /// The node's swarms, by key.
 #[derive(Default)]
 pub(crate) struct Registry {
     /// The coordinators running here, with the fence each writes under.
-    swarms: RwLock<BTreeMap<SwarmKey, (mpsc::Sender<SwarmCmd>, Option<Fence>)>>,
+    swarms: RwLock<BTreeMap<SwarmKey, Running>>,
     /// One recovery at a time: two requests racing for a swarm start one coordinator.
     recovering: tokio::sync::Mutex<()>,
 }
 
 impl Registry {
-    fn entry(&self, key: &SwarmKey) -> Option<(mpsc::Sender<SwarmCmd>, Option<Fence>)> {
+    fn entry(&self, key: &SwarmKey) -> Option<Running> {
         self.swarms.read().unwrap_or_else(|p| p.into_inner()).get(key).cloned()
     }
 
@@ -151,7 +154,7 @@ pub(crate) async fn coordinator(runtime: &Runtime, key: &SwarmKey) -> Result<mps
         return Err(ActorError::not_found("swarm", key));
     };
     let record: SwarmRecord = decode(&spec, &bytes)?;
-    restart(runtime, key.clone(), record, fence)?;
+    restart(runtime, *key, record, fence)?;
     tracing::info!(swarm = %key, "swarm coordinator started from canon on this node");
     runtime.swarms().entry(key).map(|(tx, _)| tx).ok_or_else(|| ActorError::not_found("swarm", key))
 }
