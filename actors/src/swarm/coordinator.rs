@@ -132,22 +132,28 @@ pub(crate) fn exists(runtime: &Runtime, key: &SwarmKey) -> Result<(), ActorError
 /// from canon when this node holds the swarm's bucket, and refused with a retryable error
 /// when it does not.
 pub(crate) async fn coordinator(runtime: &Runtime, key: &SwarmKey) -> Result<mpsc::Sender<SwarmCmd>, ActorError> {
-    let fence = fence_of(runtime, key);
+    let fence = fence_of(runtime, key)?;
     if let Some((tx, held)) = runtime.swarms().entry(key) {
-        if fence.as_ref().is_ok_and(|now| *now == held) && !tx.is_closed() {
+        if fence == held && !tx.is_closed() {
+            return Ok(tx);
+        }
+    }
+    // One at a time from here: two requests racing for a swarm start one coordinator.
+    let _one_at_a_time = runtime.swarms().recovering.lock().await;
+    if let Some((tx, held)) = runtime.swarms().entry(key) {
+        if fence == held && !tx.is_closed() {
             return Ok(tx);
         }
         // The bucket moved (or came back under a new epoch): this coordinator can no longer
-        // commit; stop it before anything else is handed out from its memory.
+        // commit. It must be gone before another starts from canon: a successor reading canon
+        // while a credit of its predecessor is in flight would hand that item out again. (A
+        // lease that cannot be proven for a moment is no reason: the request is refused above
+        // and the coordinator kept.)
         let _ = tx.try_send(SwarmCmd::Stop);
-        runtime.swarms().remove(key);
-    }
-    let fence = fence?;
-    let _one_at_a_time = runtime.swarms().recovering.lock().await;
-    if let Some((tx, held)) = runtime.swarms().entry(key) {
-        if held == fence && !tx.is_closed() {
-            return Ok(tx);
+        if tokio::time::timeout(COORDINATOR_STOP_MAX, tx.closed()).await.is_err() {
+            return Err(ActorError::Unavailable(format!("swarm {key}: its previous coordinator on this node is still stopping; retry")));
         }
+        runtime.swarms().remove(key);
     }
     let spec = spec_key(key);
     let Some(bytes) = runtime.store().get(&spec)? else {
@@ -296,6 +302,9 @@ pub(crate) async fn create(
     let info = start(runtime, key, record, core, BTreeMap::new(), BTreeMap::new(), fence);
     Ok(info)
 }
+
+/// How long a coordinator whose bucket moved may take to stop before its successor starts.
+const COORDINATOR_STOP_MAX: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Ids drawn, at most, looking for one in a bucket this node holds.
 const SWARM_ID_ATTEMPTS_MAX: usize = 256;
@@ -503,9 +512,10 @@ impl Coordinator {
             }
             self.handle(cmd).await;
             if self.fenced_out {
+                // Its registry entry stays (its queue now closed) until `coordinator` replaces
+                // it, under the recovery lock: removing it here could remove a successor's.
                 tracing::warn!(swarm = %self.key, "another node coordinates this swarm now (its bucket moved): stopping here");
                 metrics::counter!("vcos_swarm_coordinators_fenced_total").increment(1);
-                self.runtime.swarms().remove(&self.key);
                 break;
             }
             self.dispatch();

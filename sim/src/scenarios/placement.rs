@@ -263,13 +263,16 @@ const SWARM_MEMBERS: u32 = 3;
 /// done and credited.
 async fn check_swarm(ctx: &WorkloadCtx, swarm: u64, acked: &BTreeSet<u64>) -> Vec<String> {
     let mut violations = Vec::new();
-    let mut credited = BTreeSet::new();
+    let mut credited: BTreeMap<String, (u8, Option<u64>)> = BTreeMap::new();
     for credit in ctx.observations.credits() {
         if credit.epoch.is_none() {
             violations.push(format!("unfenced swarm credit {} by node {}", credit.key, credit.node));
         }
-        if !credited.insert(credit.key.clone()) {
-            violations.push(format!("swarm credit {} applied twice (last by node {})", credit.key, credit.node));
+        if let Some((node, epoch)) = credited.insert(credit.key.clone(), (credit.node, credit.epoch)) {
+            violations.push(format!(
+                "swarm credit {} applied twice: by node {node} under epoch {epoch:?}, then by node {} under epoch {:?}",
+                credit.key, credit.node, credit.epoch
+            ));
         }
     }
     // Every node reaches the swarm; its open items drain.
