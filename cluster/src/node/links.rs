@@ -44,6 +44,8 @@ pub(super) const QUEUE_LEN_MAX: usize = 65_536;
 pub(super) const BATCH_ITEMS_MAX: usize = 2_048;
 /// Bytes in one batch, about, at most.
 pub(super) const BATCH_BYTES_MAX: usize = 1 << 20;
+/// Asks this node waits on at once, at most; past it an ask is answered `queue_full` at once.
+pub(super) const PENDING_ASKS_MAX: usize = 1 << 20;
 /// How long a batch waits for its acknowledgement.
 const BATCH_ACK_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often the deadlines of pending asks are checked.
@@ -102,6 +104,13 @@ pub(super) fn send(inner: &Arc<Inner>, to: &ImvuKey, message: Vec<u8>, ask: Opti
     let item = match ask {
         None => BatchItem::Tell { tenant, id: to.id.0, message, hops: 0 },
         Some(token) => {
+            if inner.links.pending_len() >= PENDING_ASKS_MAX {
+                metrics::counter!("vcos_cluster_link_refused_total").increment(1);
+                let error = ActorError::QueueFull(format!("{PENDING_ASKS_MAX} asks between IMVUs wait for answers on this node"));
+                let inner = Arc::clone(inner);
+                tokio::spawn(async move { inner.runtime.deliver_reply(token, Err(error)).await });
+                return;
+            }
             let number = inner.links.next_ask.fetch_add(1, Ordering::Relaxed);
             let deadline_ms = inner.clock.now_ms() + ASK_TIMEOUT_MS_DEFAULT;
             lock(&inner.links.pending).insert(number, PendingAsk { token, deadline_ms });
@@ -373,7 +382,10 @@ async fn answer_to(inner: &Arc<Inner>, reply_to: u64, ask: u64, answer: &Result<
     if reply_to == inner.config.me.node {
         return complete(inner, ask, answer.clone()).await;
     }
-    let addr = inner.members.members().into_iter().find(|m| m.node_id == reply_to).map(|m| m.canon_addr);
+    // The queue towards the asking node usually exists (its ask came that way round): no
+    // look at the members on this path.
+    let queued = lock(&inner.links.queues).get(&reply_to).filter(|q| !q.tx.is_closed()).map(|q| q.addr.clone());
+    let addr = queued.or_else(|| inner.members.members().into_iter().find(|m| m.node_id == reply_to).map(|m| m.canon_addr));
     match addr {
         Some(addr) => enqueue(inner, reply_to, Some(&addr), BatchItem::answer(ask, answer)),
         // The asking node is gone; so is its ask.
