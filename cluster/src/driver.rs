@@ -30,11 +30,20 @@ pub const EVENTS_LEN_MAX: usize = 1_024;
 /// Pause after a failed receive (a broken socket must not spin the task).
 const RECV_ERROR_PAUSE_MS: u64 = 10;
 
+/// How the driver is told to end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stop {
+    /// Tell the members and send the farewell (also what a dropped handle means).
+    Leave,
+    /// End at once, silently, as a crash would.
+    Crash,
+}
+
 /// A running membership driver. Dropping it leaves the cluster as [`Self::leave`] does,
 /// without waiting for the farewell to be sent.
 pub struct MembershipHandle {
     view: watch::Receiver<Arc<View>>,
-    stop: Option<oneshot::Sender<()>>,
+    stop: Option<oneshot::Sender<Stop>>,
     task: JoinHandle<()>,
     identity: NodeIdentity,
 }
@@ -64,13 +73,19 @@ impl MembershipHandle {
     /// Leaves the cluster gracefully and waits for the driver to send its farewell.
     pub async fn leave(mut self) {
         if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
+            let _ = stop.send(Stop::Leave);
         }
         let _ = (&mut self.task).await;
     }
 
     /// Stops at once, without telling anyone (a crash, for tests).
-    pub fn abort(self) {
+    ///
+    /// The driver is told first: aborting alone would drop the stop sender, and a driver
+    /// polled on another worker at that moment would read the drop as a graceful leave.
+    pub fn abort(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(Stop::Crash);
+        }
         self.task.abort();
     }
 }
@@ -93,7 +108,7 @@ async fn drive<S: DatagramSocket>(
     mut core: MembershipCore,
     view: watch::Sender<Arc<View>>,
     events: mpsc::Sender<MemberEvent>,
-    mut stop: oneshot::Receiver<()>,
+    mut stop: oneshot::Receiver<Stop>,
 ) {
     let started = Instant::now();
     let now_ms = || u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX / 2);
@@ -105,7 +120,10 @@ async fn drive<S: DatagramSocket>(
         let deadline = timers.next_at_ms().map(|at| started + Duration::from_millis(at));
         tokio::select! {
             biased;
-            _ = &mut stop => {
+            how = &mut stop => {
+                if how == Ok(Stop::Crash) {
+                    return;
+                }
                 core.leave(now_ms());
                 flush(&socket, &mut core, &mut timers, &view, &events).await;
                 return;
