@@ -89,7 +89,9 @@ pub(crate) async fn start_membership(
     let rng_seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
         ^ u64::from(std::process::id());
     tracing::info!(%gossip_addr, seeds = seeds.len(), cluster_size, "membership starting");
-    let config = MembershipConfig::lan(cluster_name, identity, seeds, cluster_size, rng_seed);
+    let mut config = MembershipConfig::lan(cluster_name, identity, seeds, cluster_size, rng_seed);
+    // Gossip is tagged with the cluster secret the canon connections prove.
+    config.secret = node.secret().map(Arc::new);
     let (handle, mut events) = vcos_cluster::driver::spawn(socket, config).context("membership configuration")?;
     tokio::spawn(async move {
         while let Some(event) = events.recv().await {

@@ -24,6 +24,11 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Parser, Debug)]
 #[command(name = "vcos", version, about, long_about = None, propagate_version = true)]
 struct Cli {
+    /// File holding the API key that CLI commands send (default: `$VCOS_API_KEY`, else
+    /// `vcos-data/admin.key`, the key `vcos up` writes on its first start). `vcos up --join`
+    /// sends it to the node it joins through.
+    #[arg(long, global = true, value_name = "FILE")]
+    api_key_file: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -44,6 +49,7 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    http_client::set_key_source(cli.api_key_file);
     match cli.command {
         Command::Up(args) => up::run(args),
         Command::Bench(args) => bench::run(args),

@@ -32,13 +32,16 @@ struct Member {
     raft: u16,
     dir: String,
     join: Option<String>,
+    /// The first member's admin key, which a joining member sends.
+    join_key: String,
     proc: Option<Proc>,
 }
 
 impl Member {
     fn new(id: u64, region: &'static str, root: &Path, join: Option<String>) -> Self {
         let dir = root.join(format!("node{id}")).to_str().expect("UTF-8 temp path").to_owned();
-        Self { id, region, http: free_port(), raft: free_port(), dir, join, proc: None }
+        let join_key = common::admin_key_file(root.join("node1")).to_str().expect("UTF-8 temp path").to_owned();
+        Self { id, region, http: free_port(), raft: free_port(), dir, join, join_key, proc: None }
     }
 
     fn base(&self) -> String {
@@ -49,7 +52,7 @@ impl Member {
         let (id, http, raft) = (self.id.to_string(), format!("127.0.0.1:{}", self.http), format!("127.0.0.1:{}", self.raft));
         let mut args = vec!["up", "--data-dir", &self.dir, "--listen", &http, "--raft-listen", &raft, "--node-id", &id, "--region", self.region];
         if let Some(join) = &self.join {
-            args.extend(["--join", join.as_str()]);
+            args.extend(["--join", join.as_str(), "--api-key-file", self.join_key.as_str()]);
         }
         let mut proc = Proc::spawn(&args);
         let base = proc.wait_up(UP_DEADLINE);
@@ -64,8 +67,8 @@ impl Member {
     }
 }
 
-fn client() -> reqwest::Client {
-    reqwest::Client::builder().timeout(REQUEST_TIMEOUT).build().expect("a client")
+fn client(root: &Path) -> reqwest::Client {
+    common::keyed_client(root.join("node1"), REQUEST_TIMEOUT)
 }
 
 async fn json_of(response: reqwest::Response) -> (u16, Value) {
@@ -107,7 +110,7 @@ async fn three_voters_survive_kill_9_of_a_voter_and_the_leader() {
         members.push(Member::new(id, "eu", root.path(), Some(seed.clone())));
         members[(id - 1) as usize].start();
     }
-    let http = client();
+    let http = client(root.path());
     until("three voters", async || {
         let view = status(&http, &seed).await;
         group(&view, "eu")["members"].as_array().is_some_and(|m| m.iter().filter(|m| m["role"] == "voter").count() == 3)
@@ -209,7 +212,8 @@ async fn three_voters_survive_kill_9_of_a_voter_and_the_leader() {
         code == 200 && body["value"] == value.as_str()
     })
     .await;
-    let (ok, out) = vcos(&["canon", "status", "--node", &replica.base()]);
+    let key_file = common::admin_key_file(root.path().join("node1")).to_str().expect("UTF-8 temp path").to_owned();
+    let (ok, out) = vcos(&["canon", "status", "--node", &replica.base(), "--api-key-file", &key_file]);
     assert!(ok && out.contains("eu") && out.contains("learner") && out.contains("us"), "{out}");
 
     // Membership from the CLI: removing the leader is refused with the reason; removing a
@@ -217,14 +221,14 @@ async fn three_voters_survive_kill_9_of_a_voter_and_the_leader() {
     let view = status(&http, &replica.base()).await;
     let leader = group(&view, "eu")["leader_id"].as_u64().expect("leader");
     let at_leader = members.iter().find(|m| m.id == leader).map(Member::base).expect("the leader is a member");
-    let (ok, out) = vcos(&["canon", "members", "remove", &leader.to_string(), "--node", &at_leader]);
+    let (ok, out) = vcos(&["canon", "members", "remove", &leader.to_string(), "--node", &at_leader, "--api-key-file", &key_file]);
     assert!(!ok && out.contains("current leader"), "{out}");
     let victim = members.iter_mut().find(|m| m.id != leader).expect("a follower");
-    let (ok, out) = vcos(&["canon", "members", "remove", &victim.id.to_string(), "--node", &at_leader]);
+    let (ok, out) = vcos(&["canon", "members", "remove", &victim.id.to_string(), "--node", &at_leader, "--api-key-file", &key_file]);
     assert!(ok, "{out}");
     let proc = victim.proc.as_mut().expect("running");
     assert!(proc.wait_exit(Duration::from_secs(30)).is_some(), "a removed node stops serving; output:\n{}", proc.output());
-    let (ok, out) = vcos(&["canon", "members", "list", "--node", &at_leader]);
+    let (ok, out) = vcos(&["canon", "members", "list", "--node", &at_leader, "--api-key-file", &key_file]);
     assert!(ok && out.contains("voter"), "{out}");
     // Two voters left. With the other one killed, removing it is refused: the change itself
     // would need that dead voter's acknowledgement.
@@ -236,7 +240,7 @@ async fn three_voters_survive_kill_9_of_a_voter_and_the_leader() {
     let other_id = other.id;
     other.kill_9();
     tokio::time::sleep(Duration::from_secs(4)).await;
-    let (ok, out) = vcos(&["canon", "members", "remove", &other_id.to_string(), "--node", &at_leader]);
+    let (ok, out) = vcos(&["canon", "members", "remove", &other_id.to_string(), "--node", &at_leader, "--api-key-file", &key_file]);
     assert!(!ok && out.contains("lose quorum"), "{out}");
 }
 

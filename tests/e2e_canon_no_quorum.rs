@@ -35,12 +35,14 @@ struct Member {
     raft: u16,
     dir: String,
     join: Option<String>,
+    join_key: String,
 }
 
 impl Member {
     fn new(id: u64, root: &Path, join: Option<String>) -> Self {
         let dir = root.join(format!("node{id}")).to_str().expect("UTF-8 temp path").to_owned();
-        Self { id, http: free_port(), raft: free_port(), dir, join }
+        let join_key = common::admin_key_file(root.join("node1")).to_str().expect("UTF-8 temp path").to_owned();
+        Self { id, http: free_port(), raft: free_port(), dir, join, join_key }
     }
 
     fn base(&self) -> String {
@@ -51,7 +53,7 @@ impl Member {
         let (id, http, raft) = (self.id.to_string(), format!("127.0.0.1:{}", self.http), format!("127.0.0.1:{}", self.raft));
         let mut args = vec!["up", "--data-dir", &self.dir, "--listen", &http, "--raft-listen", &raft, "--node-id", &id, "--region", "eu"];
         if let Some(join) = &self.join {
-            args.extend(["--join", join.as_str()]);
+            args.extend(["--join", join.as_str(), "--api-key-file", self.join_key.as_str()]);
         }
         let mut proc = Proc::spawn(&args);
         assert_eq!(proc.wait_up(UP_DEADLINE), self.base());
@@ -108,10 +110,10 @@ async fn until(what: &str, within: Duration, mut check: impl AsyncFnMut() -> boo
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_bogus_voter_and_a_lost_quorum_leave_the_node_serving_and_stoppable() {
     let root = tempfile::tempdir().expect("temp dir");
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("client");
     let one = Member::new(1, root.path(), None);
     let base = one.base();
     let mut proc1 = one.start();
+    let http = common::keyed_client(root.path().join("node1"), Duration::from_secs(30));
 
     // The mistake: a voter at an address where nothing listens.
     let bogus = json!({"node_id": 9, "raft_addr": format!("127.0.0.1:{}", free_port()),

@@ -9,19 +9,19 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::cluster::{add, add_one, call, client, cluster_view, read_imvu, start_region, until, Node};
+use common::cluster::{add, add_one, call, cluster_view, read_imvu, start_region, until, Node};
 use common::Proc;
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn imvus_live_once_fail_over_and_never_serve_stale_state() {
     let root = tempfile::tempdir().expect("temp dir");
-    let http = client();
-    let mut nodes = start_region(root.path(), 3, &http).await;
+    let (mut nodes, http) = start_region(root.path(), 3).await;
     let bases: Vec<String> = nodes.iter().map(Node::base).collect();
 
     // `vcos status` shows the members as an operator reads them.
-    let mut status = Proc::spawn(&["status", "--node", &bases[1]]);
+    let key_file = common::admin_key_file(root.path().join("node1"));
+    let mut status = Proc::spawn(&["status", "--node", &bases[1], "--api-key-file", key_file.to_str().expect("UTF-8")]);
     let (exit, output) = status.finish(Duration::from_secs(30));
     assert!(exit.success(), "{output}");
     assert_eq!(output.lines().filter(|l| l.contains(" alive ") && l.contains(" eu ")).count(), 3, "{output}");

@@ -46,7 +46,7 @@ async fn imvus_of_two_regions_answer_through_every_node_and_fail_over() {
         node.start();
         nodes.push(node);
     }
-    let http = client();
+    let http = client(root.path());
     let bases: Vec<String> = nodes.iter().map(Node::base).collect();
     let region_nodes = |region: &str| -> BTreeSet<u64> { nodes.iter().filter(|n| n.region == region).map(|n| n.id).collect() };
     let (eu, us) = (region_nodes("eu"), region_nodes("us"));

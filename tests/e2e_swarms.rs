@@ -10,7 +10,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use common::cluster::{call, client, start_region, until, Node};
+use common::cluster::{call, start_region, until, Node};
 use serde_json::{json, Value};
 
 /// The swarm's info through `base`, retrying while its bucket fails over (503).
@@ -36,8 +36,7 @@ async fn submit(http: &reqwest::Client, base: &str, swarm: u64, items: &[Value])
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn swarm_coordinators_fail_over_with_exactly_once_credit() {
     let root = tempfile::tempdir().expect("temp dir");
-    let http = client();
-    let mut nodes = start_region(root.path(), 3, &http).await;
+    let (mut nodes, http) = start_region(root.path(), 3).await;
     let bases: Vec<String> = nodes.iter().map(Node::base).collect();
 
     // Created through node 1 (its coordinator runs there: the id is drawn in a bucket node 1

@@ -62,8 +62,9 @@ struct Client {
 }
 
 impl Client {
-    fn new() -> Self {
-        Self { http: reqwest::Client::builder().timeout(REQUEST_TIMEOUT).build().expect("a client") }
+    /// A client with the cluster-admin key the node wrote under `data_dir`.
+    fn new(data_dir: &Path) -> Self {
+        Self { http: common::keyed_client(data_dir, REQUEST_TIMEOUT) }
     }
 
     async fn send(&self, request: reqwest::RequestBuilder) -> (u16, Value) {
@@ -138,14 +139,14 @@ fn messages_path(node: &Node, url: &str) -> String {
 /// POSTs a JSON body of `len` bytes the way curl sends large bodies: headers first with
 /// `Expect: 100-continue`, the body only if the server asks for it. (A client that streams the
 /// body regardless races the server's early 413 and may see a reset instead.)
-async fn post_oversized(path: &str, len: usize, node: &Node) -> (u16, Value) {
+async fn post_oversized(path: &str, len: usize, node: &Node, key: &str) -> (u16, Value) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let addr = node.base.strip_prefix("http://").expect("an http URL");
     let exchange = async {
         let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
         let head = format!(
-            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {len}\r\n\
-             Expect: 100-continue\r\nConnection: close\r\n\r\n"
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\n\
+             Content-Length: {len}\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n"
         );
         stream.write_all(head.as_bytes()).await.expect("headers sent");
         let mut response = Vec::new();
@@ -201,8 +202,20 @@ fn durable_view(view: &Value) -> Value {
 async fn readme_walkthrough_then_restart_recovers_from_disk() {
     let data = tempfile::tempdir().expect("a temp dir");
     let node = Node::up(data.path());
-    let client = Client::new();
+    let client = Client::new(data.path());
     let mut ids_seen = BTreeSet::new();
+
+    // Secure by default: the first start wrote a cluster-admin key only its owner can read;
+    // without it, only /health (and /metrics, on loopback) answer.
+    use std::os::unix::fs::PermissionsExt as _;
+    let key_file = common::admin_key_file(data.path());
+    let mode = std::fs::metadata(&key_file).expect("the admin key file").permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "{}", key_file.display());
+    assert!(node.proc.output().contains(key_file.to_str().expect("UTF-8")), "the node says where its key is");
+    let anonymous = Client { http: reqwest::Client::builder().timeout(REQUEST_TIMEOUT).build().expect("a client") };
+    check_error(anonymous.get(&node.url("/v1/kinds")).await, 401, "key_missing");
+    check_error(anonymous.post(&node.url("/v1/tenants/default/imvus"), json!({"kind": "counter"})).await, 401, "key_missing");
+    assert_eq!(anonymous.get(&node.url("/health")).await.0, 200);
 
     // Health and kinds.
     let (status, health) = client.get(&node.url("/health")).await;
@@ -276,7 +289,7 @@ async fn readme_walkthrough_then_restart_recovers_from_disk() {
     // Bad input gets a JSON error naming the problem.
     check_error(client.post(&node.url("/v1/tenants/default/imvus"), json!({"kind": "nope"})).await, 400, "unknown_kind");
     check_error(client.post_raw(&format!("{counter}/messages"), r#"{"message":{"op":"add""#.into()).await, 400, "bad_request");
-    check_error(post_oversized(&messages_path(&node, &counter), 2 * 1024 * 1024, &node).await, 413, "too_large");
+    check_error(post_oversized(&messages_path(&node, &counter), 2 * 1024 * 1024, &node, &common::admin_key(data.path())).await, 413, "too_large");
     check_error(client.get(&node.url("/v1/tenants/default/imvus/987654321")).await, 404, "not_found");
     check_error(client.get(&node.url("/v1/tenants/default/swarms/987654321")).await, 404, "not_found");
 

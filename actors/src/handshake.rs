@@ -202,13 +202,15 @@ impl AdmissionStage for ComplianceCheck {
     }
 
     fn check(&self, r: &AdmissionRequest<'_>) -> Result<(), String> {
-        if r.tenant.policy.api_key.is_some()
-            && r.caller.authenticated_tenant.as_ref() != Some(&r.tenant.id)
-        {
-            return Err(format!(
-                "caller {:?} is not authorised for tenant {}",
-                r.caller.principal, r.tenant.id
-            ));
+        let needed = r.transition.permission();
+        if !r.caller.may(&r.tenant.id, needed) {
+            return Err(match r.caller.role {
+                None => format!("caller {:?} presented no key for tenant {}", r.caller.principal, r.tenant.id),
+                Some(role) if r.caller.authenticated_tenant.as_ref() == Some(&r.tenant.id) => {
+                    format!("caller {:?} is {role}; `{}` needs a role with `{needed}`", r.caller.principal, r.transition)
+                }
+                Some(_) => format!("caller {:?} is not authorised for tenant {}", r.caller.principal, r.tenant.id),
+            });
         }
         if r.transition == Transition::Create {
             let live = r.tenant.live_imvus.load(Ordering::Relaxed);

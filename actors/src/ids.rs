@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 
 use crate::error::ActorError;
+use crate::auth::{Permission, Role};
 
 /// Longest tenant name accepted. Short enough that a tenant id is a 32-byte `Copy` value:
 /// every message carries its target's tenant, and a heap string there would cost an
@@ -164,20 +165,26 @@ impl fmt::Display for SwarmKey {
     }
 }
 
-/// Who is asking: the tenant the caller proved it belongs to (by key), if any.
+/// Who is asking: the tenant the caller proved it acts for (by key), and the role it holds.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Caller {
-    /// Tenant whose key the caller presented; `None` for an anonymous caller.
+    /// Tenant the caller acts for; `None` for an anonymous caller. A cluster admin acting on a
+    /// tenant carries that tenant here.
     pub authenticated_tenant: Option<TenantId>,
-    /// A name for logs and records ("http", "swarm-7", "bench").
+    /// The role of its key (in-process callers: `tenant_admin` of their tenant); `None` for an
+    /// anonymous caller.
+    pub role: Option<Role>,
+    /// A name for logs and records (`key:<id>`, "swarm-7", "bench").
     pub principal: String,
 }
 
 impl Caller {
-    /// An in-process caller acting for `tenant` (embedders, swarms, tests).
+    /// An in-process caller acting for `tenant` with every right on it (embedders, swarms,
+    /// IMVU-to-IMVU messages, tests).
     pub fn internal(tenant: &TenantId, principal: &str) -> Self {
         Self {
             authenticated_tenant: Some(tenant.clone()),
+            role: Some(Role::TenantAdmin),
             principal: principal.to_owned(),
         }
     }
@@ -186,7 +193,26 @@ impl Caller {
     pub fn anonymous(principal: &str) -> Self {
         Self {
             authenticated_tenant: None,
+            role: None,
             principal: principal.to_owned(),
+        }
+    }
+
+    /// A caller authenticated by key `key_id` with `role`, acting on `tenant`.
+    pub fn keyed(tenant: &TenantId, role: Role, key_id: &str) -> Self {
+        Self {
+            authenticated_tenant: Some(tenant.clone()),
+            role: Some(role),
+            principal: format!("key:{key_id}"),
+        }
+    }
+
+    /// Whether the caller may do what `permission` covers on `tenant`.
+    pub fn may(&self, tenant: &TenantId, permission: Permission) -> bool {
+        match self.role {
+            Some(Role::ClusterAdmin) => true,
+            Some(role) => self.authenticated_tenant.as_ref() == Some(tenant) && role.grants(permission),
+            None => false,
         }
     }
 }

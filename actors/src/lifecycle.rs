@@ -49,6 +49,17 @@ pub enum Transition {
     Terminate,
 }
 
+impl Transition {
+    /// What a caller needs to ask for it (the compliance stage, 45).
+    pub fn permission(self) -> crate::auth::Permission {
+        use crate::auth::Permission;
+        match self {
+            Self::Create | Self::Activate => Permission::Use,
+            Self::Pause | Self::Resume | Self::Terminate => Permission::Operate,
+        }
+    }
+}
+
 impl fmt::Display for Transition {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {

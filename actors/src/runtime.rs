@@ -19,6 +19,7 @@ use tokio::sync::{mpsc, Notify};
 use vcos_supervision::ractor_driver::{ChildDef, SupervisorActor, SupervisorArgs, SupervisorMsg};
 use vcos_supervision::{ChildSpec, Clock, Intensity, RestartType, Strategy};
 
+use crate::auth::{KeyRegistry, OsSecrets, SecretSource};
 use crate::error::ActorError;
 use crate::handshake::{Handshake, NodeHealth};
 use crate::host::{ImvuInfo, ShardEnv};
@@ -76,6 +77,9 @@ pub struct RuntimeConfig {
     /// [`ImvuId::tagged`]) so that any node can tell an IMVU's home region from its id; 0
     /// outside a cluster of regions.
     pub region_tag: u16,
+    /// Random bytes for API keys (injected: the OS in production, a seeded source in the
+    /// simulator).
+    pub secrets: Arc<dyn SecretSource>,
 }
 
 impl RuntimeConfig {
@@ -98,6 +102,7 @@ impl RuntimeConfig {
             handshake: Handshake::standard(),
             ownership: Arc::new(crate::ownership::SoleOwner),
             region_tag: 0,
+            secrets: Arc::new(OsSecrets),
         }
     }
 }
@@ -260,6 +265,7 @@ impl RuntimeBuilder {
         .map_err(|e| ActorError::Unavailable(format!("root supervisor did not start: {e}")))?;
         let runtime = Runtime {
             inner: Arc::new(Inner {
+                keys: KeyRegistry::new(config.store.clone(), config.clock.clone(), config.secrets.clone()),
                 config,
                 tenants,
                 node,
@@ -380,6 +386,8 @@ struct Inner {
     swarms: swarm::Registry,
     /// Where IMVUs live when this node is part of a cluster (unset: all are local).
     placement: std::sync::OnceLock<std::sync::Weak<dyn placed::Placement>>,
+    /// API keys, over canon.
+    keys: KeyRegistry,
 }
 
 /// Kinds the node serves, for listings.
@@ -545,9 +553,9 @@ impl Runtime {
         self.inner.tenants.list()
     }
 
-    /// Resolves a presented API key to its tenant.
-    pub fn tenant_by_key(&self, key: &str) -> Option<Arc<TenantEntry>> {
-        self.inner.tenants.by_key(key)
+    /// The API keys: issue, list, rotate, revoke, authenticate.
+    pub fn keys(&self) -> &KeyRegistry {
+        &self.inner.keys
     }
 
     // ---- ids -----------------------------------------------------------------------------

@@ -16,8 +16,10 @@ use crate::lifecycle::Transition;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TenantPolicy {
-    /// Callers must present this key (`Authorization: Bearer …`); `None` = open tenant.
-    pub api_key: Option<String>,
+    /// Read from records written before keys were issued by the server (a plain-text key
+    /// chosen by the client), ignored, and dropped when the policy is next written.
+    #[serde(rename = "api_key", skip_serializing)]
+    pub legacy_api_key: Option<String>,
     /// Most IMVUs alive (not terminated) at once.
     pub max_imvus: u64,
     /// Transitions the tenant forbids (stage 17).
@@ -33,7 +35,7 @@ pub struct TenantPolicy {
 impl Default for TenantPolicy {
     fn default() -> Self {
         Self {
-            api_key: None,
+            legacy_api_key: None,
             max_imvus: 10_000_000,
             denied_transitions: Vec::new(),
             allowed_kinds: None,
@@ -57,16 +59,6 @@ impl TenantPolicy {
             return Err(ActorError::BadRequest {
                 field: "policy.restart_period_ms".into(),
                 reason: "must be positive".into(),
-            });
-        }
-        if self
-            .api_key
-            .as_ref()
-            .is_some_and(|k| k.len() < 8 || k.len() > 256)
-        {
-            return Err(ActorError::BadRequest {
-                field: "policy.api_key".into(),
-                reason: "8..=256 characters".into(),
             });
         }
         Ok(())
@@ -124,14 +116,6 @@ impl Tenants {
     /// Names of all tenants, sorted.
     pub fn list(&self) -> Vec<Arc<TenantEntry>> {
         self.read().values().cloned().collect()
-    }
-
-    /// Finds the tenant whose key is `key`.
-    pub fn by_key(&self, key: &str) -> Option<Arc<TenantEntry>> {
-        self.read()
-            .values()
-            .find(|t| t.policy.api_key.as_deref() == Some(key))
-            .cloned()
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<TenantId, Arc<TenantEntry>>> {

@@ -25,7 +25,7 @@ async fn start(store: Arc<dyn CanonStore>, clock: Arc<dyn Clock>, shards: usize)
 }
 
 fn caller() -> Caller {
-    Caller::anonymous("test")
+    Caller::internal(&TenantId::default_tenant(), "test")
 }
 
 /// Two nodes (runtimes) share one canon region and allocate concurrently, past several id

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
+use vcos_actors::auth::Role;
 use vcos_actors::kinds::Counter;
 use vcos_actors::records::HistoryEvent;
 use vcos_actors::{
@@ -19,7 +20,7 @@ async fn start(store: Arc<dyn CanonStore>) -> Runtime {
 }
 
 fn caller() -> Caller {
-    Caller::anonymous("test")
+    Caller::internal(&TenantId::default_tenant(), "test")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -106,7 +107,6 @@ async fn handshake_refusals_name_the_stage_and_are_recorded() {
     rt.put_tenant(
         locked.clone(),
         TenantPolicy {
-            api_key: Some("sekrit-key".into()),
             max_imvus: 1,
             denied_transitions: vec![Transition::Pause],
             ..Default::default()
@@ -114,21 +114,29 @@ async fn handshake_refusals_name_the_stage_and_are_recorded() {
     )
     .await
     .expect("tenant");
-    // 45: not authorised.
-    let err = rt
-        .create_imvu(&locked, "counter", &Caller::anonymous("stranger"))
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            ActorError::HandshakeRefused {
-                stage: Stage::Compliance,
-                ..
-            }
-        ),
-        "{err}"
-    );
+    // 45: not authorised — no key, another tenant's key, or a role without `use`.
+    let other = TenantId::new("other").expect("name");
+    for stranger in [
+        Caller::anonymous("stranger"),
+        Caller::keyed(&other, Role::TenantAdmin, "0123456789abcdef"),
+        Caller::keyed(&locked, Role::Viewer, "0123456789abcdef"),
+        Caller::keyed(&locked, Role::Operator, "0123456789abcdef"),
+    ] {
+        let err = rt
+            .create_imvu(&locked, "counter", &stranger)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ActorError::HandshakeRefused {
+                    stage: Stage::Compliance,
+                    ..
+                }
+            ),
+            "{stranger:?}: {err}"
+        );
+    }
     let member = Caller::internal(&locked, "owner");
     let key = rt
         .create_imvu(&locked, "counter", &member)

@@ -50,7 +50,7 @@ fn words(i: usize) -> serde_json::Value {
 async fn every_item_credited_exactly_once_despite_crashes_and_a_death() {
     let rt = start(Arc::new(MemoryStore::new())).await;
     let t = TenantId::default_tenant();
-    let caller = Caller::anonymous("test");
+    let caller = Caller::internal(&TenantId::default_tenant(), "test");
     let swarm = rt
         .create_swarm(
             &t,
@@ -117,7 +117,7 @@ async fn every_item_credited_exactly_once_despite_crashes_and_a_death() {
 async fn nested_swarm_memory_and_vote() {
     let rt = start(Arc::new(MemoryStore::new())).await;
     let t = TenantId::default_tenant();
-    let caller = Caller::anonymous("test");
+    let caller = Caller::internal(&TenantId::default_tenant(), "test");
     let inner = rt.create_swarm(&t, spec(2), &caller).await.expect("inner");
     let outer = rt
         .create_swarm(
@@ -198,7 +198,7 @@ async fn swarm_fails_past_its_intensity() {
                 max_attempts: 10,
                 ..spec(2)
             },
-            &Caller::anonymous("t"),
+            &Caller::internal(&t, "t"),
         )
         .await
         .expect("swarm");
@@ -231,7 +231,7 @@ async fn submitted_items_survive_a_node_restart() {
         let store = Arc::new(RedbStore::open(&path).expect("open"));
         let rt = start(store.clone()).await;
         let swarm = rt
-            .create_swarm(&t, spec(2), &Caller::anonymous("t"))
+            .create_swarm(&t, spec(2), &Caller::internal(&t, "t"))
             .await
             .expect("swarm");
         rt.submit_work(&swarm.key, (0..40).map(words).collect())

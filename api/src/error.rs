@@ -25,9 +25,19 @@ pub enum ApiError {
     /// The request itself is malformed (body, path, header); the message names the problem.
     #[error("{0}")]
     BadRequest(String),
-    /// The bearer key is missing where required, malformed, or unknown.
+    /// The bearer key is missing where required, malformed, or unknown (a bare 401 made
+    /// outside our handlers).
     #[error("{0}")]
     Unauthorized(String),
+    /// No valid key: `code` says why (`key_missing`, `key_malformed`, `key_unknown`,
+    /// `key_revoked`, `key_expired`, `key_in_url`).
+    #[error("{message}")]
+    Unauthenticated {
+        /// Stable code.
+        code: &'static str,
+        /// For people; never repeats the key.
+        message: String,
+    },
     /// The caller is not authenticated for the tenant it reads from.
     #[error("{0}")]
     Forbidden(String),
@@ -58,7 +68,8 @@ pub enum ApiError {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[schema(example = json!({"code": "not_found", "message": "imvu default/7 not found"}))]
 pub struct ErrorBody {
-    /// Stable, machine-readable code: `bad_request`, `unauthorized`, `forbidden`,
+    /// Stable, machine-readable code: `bad_request`, `unauthorized`, `key_missing`,
+    /// `key_malformed`, `key_unknown`, `key_revoked`, `key_expired`, `key_in_url`, `forbidden`,
     /// `handshake_refused`, `not_found`, `unknown_kind`, `method_not_allowed`, `conflict`,
     /// `illegal_transition`, `terminated`, `too_large`, `unsupported_media_type`, `queue_full`,
     /// `imvu_crashed`, `store_error`, `internal`, `unavailable`, `refused` (a canon membership
@@ -76,6 +87,7 @@ impl ApiError {
             Self::Actor(e) => (actor_status(e), e.code()),
             Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             Self::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            Self::Unauthenticated { code, .. } => (StatusCode::UNAUTHORIZED, code),
             Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Self::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
@@ -154,6 +166,9 @@ impl IntoResponse for ApiError {
         if status == StatusCode::SERVICE_UNAVAILABLE {
             // Retryable: no quorum now, or the node is stopping (another node may answer).
             return (status, [(axum::http::header::RETRY_AFTER, RETRY_AFTER_S.to_string())], Json(self.body())).into_response();
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            return (status, [(axum::http::header::WWW_AUTHENTICATE, "Bearer")], Json(self.body())).into_response();
         }
         (status, Json(self.body())).into_response()
     }

@@ -3,27 +3,23 @@
 //! - [`ApiJson`]: the body as JSON, bounded by the body limit; syntax errors, wrong types,
 //!   missing and unknown fields are 400s whose message names the field path; an oversized body
 //!   is a 413.
-//! - [`Auth`]: who the caller is, from `Authorization: Bearer <key>`.
+//! - [`Auth`] / [`Who`]: the caller and the key's principal, as the authorisation middleware
+//!   established them.
 //! - [`TenantPath`] / [`ImvuPath`] / [`SwarmPath`] / [`VotePath`] / [`MemoryKeyPath`]: path
 //!   segments validated into runtime ids (400 naming the segment otherwise).
 
 use axum::body::Bytes;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
-use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
+use axum::http::header::CONTENT_TYPE;
 use axum::http::request::Parts;
 use axum::http::StatusCode;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
+use vcos_actors::auth::Principal;
 use vcos_actors::{Caller, ImvuId, ImvuKey, SwarmId, SwarmKey, TenantId};
 
 use crate::error::ApiError;
-use crate::AppState;
-
-/// Longest bearer key accepted (longer ones cannot belong to a tenant).
-pub(crate) const API_KEY_LEN_MAX: usize = 256;
-/// Shortest key a tenant may be given.
-pub(crate) const API_KEY_LEN_MIN: usize = 8;
 
 /// A JSON body of type `T`.
 #[derive(Debug)]
@@ -80,30 +76,27 @@ fn cause(e: &(dyn std::error::Error + 'static)) -> String {
     e.source().map_or_else(|| e.to_string(), ToString::to_string)
 }
 
-/// The caller, as its bearer key (or its absence) says.
+/// The caller, as the authorisation middleware (`auth.rs`) established it from the key.
 #[derive(Clone, Debug)]
 pub(crate) struct Auth(pub(crate) Caller);
 
-impl FromRequestParts<AppState> for Auth {
+impl<S: Send + Sync> FromRequestParts<S> for Auth {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let Some(value) = parts.headers.get(AUTHORIZATION) else {
-            return Ok(Self(Caller::anonymous("http")));
-        };
-        let malformed = || ApiError::Unauthorized("the Authorization header must be `Bearer <key>`".into());
-        let value = value.to_str().map_err(|_| malformed())?;
-        let (scheme, key) = value.split_once(' ').ok_or_else(malformed)?;
-        let key = key.trim();
-        if !scheme.eq_ignore_ascii_case("bearer") || key.is_empty() {
-            return Err(malformed());
-        }
-        let unknown = || ApiError::Unauthorized("unknown API key".into());
-        if key.len() > API_KEY_LEN_MAX {
-            return Err(unknown());
-        }
-        let tenant = state.runtime.tenant_by_key(key).ok_or_else(unknown)?;
-        Ok(Self(Caller { authenticated_tenant: Some(tenant.id), principal: format!("http:{}", tenant.id) }))
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        parts.extensions.get::<Caller>().cloned().map(Self).ok_or_else(|| ApiError::Internal("no caller: the route has no access rule".into()))
+    }
+}
+
+/// The key's principal (set by the authorisation middleware).
+#[derive(Clone, Debug)]
+pub(crate) struct Who(pub(crate) Principal);
+
+impl<S: Send + Sync> FromRequestParts<S> for Who {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        parts.extensions.get::<Principal>().cloned().map(Self).ok_or_else(|| ApiError::Internal("no principal: the route has no access rule".into()))
     }
 }
 

@@ -12,10 +12,11 @@
 //! including axum's own rejections, 405s and the body-limit 413; request bodies are bounded
 //! by [`BODY_LEN_MAX`]; metric labels are bounded (route templates, not raw paths).
 //!
+//! Every route but `/health` needs a server-issued API key (`auth.rs`: one table of what each
+//! route needs, one middleware that checks it, the same table annotating the document).
+//!
 //! Deliberate absences: no business logic (lifecycle, admission and authorisation of
-//! transitions are the runtime's handshake); no TLS (terminate it in front of the node); no
-//! admin authentication for creating tenants yet (any caller may create one; none may
-//! overwrite one).
+//! transitions are the runtime's handshake); no TLS (terminate it in front of the node).
 
 use std::future::{Future, IntoFuture};
 use std::sync::{Arc, OnceLock};
@@ -24,6 +25,7 @@ use std::time::Duration;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use vcos_actors::Runtime;
 
+mod auth;
 pub mod error;
 mod extract;
 mod middleware;
@@ -116,6 +118,11 @@ pub async fn serve(
     let signal = async move {
         shutdown.await;
         let _ = asked.send(());
+    };
+    // The authorisation middleware opens `/metrics` only to a node bound to loopback.
+    let router = match listener.local_addr() {
+        Ok(addr) => router.layer(axum::Extension(auth::ListenAddr(addr))),
+        Err(_) => router,
     };
     let server = axum::serve(listener, router).with_graceful_shutdown(signal).into_future();
     let drain_expired = async move {

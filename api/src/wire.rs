@@ -15,6 +15,7 @@ use utoipa::ToSchema;
 use vcos_actors::handshake::{HandshakeOutcome, Stage};
 use vcos_actors::records::{HistoryEvent, Stamped, SupervisionRecord, TransitionRecord};
 use vcos_actors::swarm::{CreditRecord, MemberRef, Progress, SwarmInfo, SwarmSpec, SwarmStatus, SwarmStrategy, VoteRecord};
+use vcos_actors::auth::{KeyRecord, Role};
 use vcos_actors::{ImvuInfo, KindInfo, LifecycleState, TenantEntry, TenantPolicy, Transition};
 
 /// `GET /health`.
@@ -135,9 +136,6 @@ impl From<LifecycleState> for Lifecycle {
 #[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct TenantPolicyRequest {
-    /// Callers must present this key as `Authorization: Bearer <key>`; absent = open tenant.
-    /// 8..=256 visible ASCII characters, unique across tenants.
-    pub api_key: Option<String>,
     /// Most IMVUs alive (not terminated) at once (default 10 000 000).
     pub max_imvus: Option<u64>,
     /// Transitions the tenant forbids (handshake stage 17).
@@ -162,11 +160,9 @@ pub struct CreateTenantRequest {
     pub policy: TenantPolicyRequest,
 }
 
-/// A tenant's policy as shown to clients: everything but the key itself.
+/// A tenant's policy as shown to clients.
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct TenantPolicyView {
-    /// Whether callers must present a key.
-    pub requires_api_key: bool,
     /// Most IMVUs alive at once.
     pub max_imvus: u64,
     /// Transitions the tenant forbids.
@@ -182,7 +178,6 @@ pub struct TenantPolicyView {
 impl From<&TenantPolicy> for TenantPolicyView {
     fn from(p: &TenantPolicy) -> Self {
         Self {
-            requires_api_key: p.api_key.is_some(),
             max_imvus: p.max_imvus,
             denied_transitions: p.denied_transitions.iter().copied().map(Into::into).collect(),
             allowed_kinds: p.allowed_kinds.clone(),
@@ -192,30 +187,186 @@ impl From<&TenantPolicy> for TenantPolicyView {
     }
 }
 
-/// `POST /v1/tenants` → 201: the tenant, and its key this once.
+/// `POST /v1/tenants` → 201: the tenant, and the key of its first tenant admin, this once.
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct CreatedTenant {
     /// Tenant name.
     pub name: String,
-    /// The policy (without the key).
+    /// The policy.
     pub policy: TenantPolicyView,
     /// IMVUs alive.
     pub live_imvus: u64,
-    /// The key, returned on creation only and never again; absent for an open tenant.
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub api_key: Option<String>,
+    /// A `tenant_admin` key of the new tenant: the secret is shown here only.
+    pub admin_key: IssuedKey,
 }
 
 impl CreatedTenant {
-    /// The creation response for `entry` (the only place the key is echoed).
-    pub fn new(entry: &TenantEntry) -> Self {
+    /// The creation response for `entry`, with its first key.
+    pub fn new(entry: &TenantEntry, admin_key: IssuedKey) -> Self {
         Self {
             name: entry.id.to_string(),
             policy: TenantPolicyView::from(&entry.policy),
             live_imvus: entry.live_imvus.load(std::sync::atomic::Ordering::Relaxed),
-            api_key: entry.policy.api_key.clone(),
+            admin_key,
         }
     }
+}
+
+/// A role (see the role table in the README): what a key may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RoleName {
+    /// Read only, one tenant.
+    Viewer,
+    /// Create IMVUs and swarms, send messages; one tenant.
+    App,
+    /// Pause, resume, terminate, read; one tenant.
+    Operator,
+    /// Everything of one tenant: keys, policy, audit, export.
+    TenantAdmin,
+    /// Everything, every tenant, the cluster.
+    ClusterAdmin,
+    /// Scrape `/metrics` only.
+    Metrics,
+}
+
+impl From<Role> for RoleName {
+    fn from(r: Role) -> Self {
+        match r {
+            Role::Viewer => Self::Viewer,
+            Role::App => Self::App,
+            Role::Operator => Self::Operator,
+            Role::TenantAdmin => Self::TenantAdmin,
+            Role::ClusterAdmin => Self::ClusterAdmin,
+            Role::Metrics => Self::Metrics,
+        }
+    }
+}
+
+impl From<RoleName> for Role {
+    fn from(r: RoleName) -> Self {
+        match r {
+            RoleName::Viewer => Self::Viewer,
+            RoleName::App => Self::App,
+            RoleName::Operator => Self::Operator,
+            RoleName::TenantAdmin => Self::TenantAdmin,
+            RoleName::ClusterAdmin => Self::ClusterAdmin,
+            RoleName::Metrics => Self::Metrics,
+        }
+    }
+}
+
+/// `POST /v1/tenants/{tenant}/keys` and `POST /v1/keys`.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IssueKeyRequest {
+    /// Tenant keys: viewer, app, operator, tenant_admin; cluster keys: cluster_admin, metrics.
+    /// Never a role with a right the issuing key lacks.
+    pub role: RoleName,
+    /// A label, 1..=128 characters.
+    #[serde(default)]
+    #[schema(example = "billing-service")]
+    pub name: Option<String>,
+    /// Valid for this many seconds (absent: until revoked), 1..=315 360 000.
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 315_360_000)]
+    pub expires_in_s: Option<u64>,
+}
+
+/// `POST …/keys/{key_id}/rotate`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct RotateKeyRequest {
+    /// How long the old key stays valid beside the new one, seconds (default 3 600; 0: ends
+    /// now), at most 2 592 000 (30 days).
+    #[schema(minimum = 0, maximum = 2_592_000)]
+    pub overlap_s: Option<u64>,
+    /// Validity of the new key, seconds (absent: until revoked).
+    #[schema(minimum = 1, maximum = 315_360_000)]
+    pub expires_in_s: Option<u64>,
+}
+
+/// A key as listed: never its secret nor its hash.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct KeyView {
+    /// Public id: the `<id>` in `vcos_<id>_…`.
+    #[schema(example = "3f9a0c1be2d47a65")]
+    pub id: String,
+    /// Its tenant; null for a cluster key.
+    pub tenant: Option<String>,
+    /// Its role.
+    pub role: RoleName,
+    /// Label.
+    pub name: Option<String>,
+    /// Issued at, unix ms.
+    pub created_ms: u64,
+    /// Invalid from then on, unix ms.
+    pub expires_ms: Option<u64>,
+    /// Revoked at, unix ms.
+    pub revoked_ms: Option<u64>,
+    /// The key that replaced it by rotation.
+    pub replaced_by: Option<String>,
+    /// The key that issued it (null: the node, at bootstrap).
+    pub issued_by: Option<String>,
+    /// Whether it authenticates now.
+    pub active: bool,
+}
+
+impl KeyView {
+    /// The view of `record` at `now_ms` (unix).
+    pub fn new(record: &KeyRecord, now_ms: u64) -> Self {
+        Self {
+            id: record.id.clone(),
+            tenant: record.tenant.as_ref().map(ToString::to_string),
+            role: record.role.into(),
+            name: record.name.clone(),
+            created_ms: record.created_ms,
+            expires_ms: record.expires_ms,
+            revoked_ms: record.revoked_ms,
+            replaced_by: record.replaced_by.clone(),
+            issued_by: record.issued_by.clone(),
+            active: record.is_active(now_ms),
+        }
+    }
+}
+
+/// A key just issued: the secret, this once.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct IssuedKey {
+    /// The whole key: send it as `Authorization: Bearer <key>`. Shown once; the server keeps
+    /// only its SHA-256.
+    #[schema(example = "vcos_3f9a0c1be2d47a65_…")]
+    pub key: String,
+    /// What it is.
+    #[serde(flatten)]
+    pub record: KeyView,
+}
+
+/// `GET …/keys`.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct KeyList {
+    /// Keys, by id.
+    pub keys: Vec<KeyView>,
+}
+
+/// `POST …/keys/{key_id}/rotate` → 201.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct RotatedKey {
+    /// The old key, now ending at `expires_ms`.
+    pub old: KeyView,
+    /// Its replacement, secret included (this once).
+    pub new: IssuedKey,
+}
+
+/// `GET /v1/whoami`: the presented key.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct WhoAmI {
+    /// Key id.
+    pub key_id: String,
+    /// Its tenant; null for a cluster key.
+    pub tenant: Option<String>,
+    /// Its role.
+    pub role: RoleName,
 }
 
 /// `POST /v1/tenants/{tenant}/imvus`.

@@ -17,7 +17,12 @@ use vcos_actors::{CanonStore, MemoryStore, RedbStore, Runtime, RuntimeConfig, Sy
 struct Api {
     router: axum::Router,
     runtime: Runtime,
+    /// A cluster-admin key: what every request sends unless it names another (or [`NO_KEY`]).
+    admin: String,
 }
+
+/// Passed as the key: send no Authorization header.
+const NO_KEY: &str = "";
 
 async fn start(store: Arc<dyn CanonStore>) -> Api {
     // Before the runtime: its metrics bind to the recorder present when they are registered.
@@ -26,7 +31,8 @@ async fn start(store: Arc<dyn CanonStore>) -> Api {
     config.shards_per_kind = 2;
     let runtime = Runtime::builder(config).kind(Counter).kind(KvMemory).kind(TextWorker).start().await.expect("runtime starts");
     runtime.ensure_tenant(TenantId::default_tenant(), TenantPolicy::default()).await.expect("default tenant");
-    Api { router: vcos_api::router(runtime.clone(), metrics), runtime }
+    let (_, admin) = runtime.keys().bootstrap().await.expect("bootstrap").expect("the first cluster-admin key");
+    Api { router: vcos_api::router(runtime.clone(), metrics), runtime, admin: admin.expose().to_owned() }
 }
 
 async fn api() -> Api {
@@ -34,8 +40,13 @@ async fn api() -> Api {
 }
 
 impl Api {
-    /// Sends one request; returns status, headers and the raw body.
-    async fn raw(&self, request: Request<Body>) -> (StatusCode, HeaderMap, Bytes) {
+    /// Sends one request (with the admin key unless it has an Authorization header); returns
+    /// status, headers and the raw body.
+    async fn raw(&self, mut request: Request<Body>) -> (StatusCode, HeaderMap, Bytes) {
+        if !request.headers().contains_key(header::AUTHORIZATION) {
+            let admin = format!("Bearer {}", self.admin).parse().expect("header value");
+            request.headers_mut().insert(header::AUTHORIZATION, admin);
+        }
         let response = self.router.clone().oneshot(request).await.expect("the router is infallible");
         let status = response.status();
         let headers = response.headers().clone();
@@ -43,19 +54,33 @@ impl Api {
         (status, headers, body)
     }
 
-    /// Sends `body` (if any) as JSON with an optional bearer key; returns status and JSON body.
+    /// Sends `body` (if any) as JSON with `key` (default: the admin key; [`NO_KEY`]: none);
+    /// returns status and JSON body.
     async fn call(&self, method: Method, path: &str, body: Option<Value>, key: Option<&str>) -> (StatusCode, Value) {
         let mut request = Request::builder().method(method).uri(path);
-        if let Some(key) = key {
-            request = request.header(header::AUTHORIZATION, format!("Bearer {key}"));
+        match key {
+            Some(NO_KEY) => request = request.header("x-no-key", "1"),
+            Some(key) => request = request.header(header::AUTHORIZATION, format!("Bearer {key}")),
+            None => {}
         }
         let request = match body {
             Some(body) => request.header(header::CONTENT_TYPE, "application/json").body(Body::from(body.to_string())),
             None => request.body(Body::empty()),
         }
         .expect("valid request");
-        let (status, headers, bytes) = self.raw(request).await;
+        let (status, headers, bytes) = self.raw_keyed(request).await;
         (status, json_body(&headers, &bytes))
+    }
+
+    /// [`Self::raw`], but a request marked `x-no-key` goes without any key.
+    async fn raw_keyed(&self, mut request: Request<Body>) -> (StatusCode, HeaderMap, Bytes) {
+        if request.headers_mut().remove("x-no-key").is_some() {
+            let response = self.router.clone().oneshot(request).await.expect("the router is infallible");
+            let (status, headers) = (response.status(), response.headers().clone());
+            let body = axum::body::to_bytes(response.into_body(), 64 * 1024 * 1024).await.expect("body reads");
+            return (status, headers, body);
+        }
+        self.raw(request).await
     }
 
     async fn get(&self, path: &str) -> (StatusCode, Value) {
@@ -264,55 +289,90 @@ async fn a_crash_is_a_500_and_the_counter_keeps_its_durable_total() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tenants_with_a_key_need_it() {
+async fn keys_are_issued_by_the_server_and_roles_decide() {
     let api = api().await;
-    let key = "acme-secret-key";
-    let (status, created) = api.post("/v1/tenants", json!({"name": "acme", "policy": {"api_key": key, "max_imvus": 10}})).await;
+    let (status, created) = api.post("/v1/tenants", json!({"name": "acme", "policy": {"max_imvus": 10}})).await;
     assert_eq!(status, StatusCode::CREATED, "{created}");
-    assert_eq!(created["name"], "acme");
-    assert_eq!(created["api_key"], key, "the key is returned on creation");
-    assert_eq!(created["policy"]["requires_api_key"], true);
     assert_eq!(created["policy"]["max_imvus"], 10);
+    assert_eq!(created["admin_key"]["role"], "tenant_admin");
+    let acme_admin = created["admin_key"]["key"].as_str().expect("the first key, once").to_owned();
+    assert!(acme_admin.starts_with("vcos_"));
 
-    let (status, tenants) = api.get("/v1/tenants").await;
-    assert_eq!(status, StatusCode::OK);
-    assert_eq!(tenants, json!({"tenants": ["acme", "default"]}));
-    assert!(!tenants.to_string().contains(key));
+    // The tenant admin issues keys of its tenant; secrets are shown once, never listed.
+    let issue = |role: &str| json!({"role": role, "name": format!("{role} key")});
+    let mut keys = std::collections::BTreeMap::new();
+    for role in ["app", "viewer", "operator"] {
+        let (status, issued) = api.call(Method::POST, "/v1/tenants/acme/keys", Some(issue(role)), Some(&acme_admin)).await;
+        assert_eq!(status, StatusCode::CREATED, "{issued}");
+        keys.insert(role, (issued["id"].as_str().expect("id").to_owned(), issued["key"].as_str().expect("key").to_owned()));
+    }
+    let (status, listed) = api.call(Method::GET, "/v1/tenants/acme/keys", None, Some(&acme_admin)).await;
+    assert_eq!(status, StatusCode::OK, "{listed}");
+    assert_eq!(listed["keys"].as_array().expect("keys").len(), 4);
+    for (_, secret) in keys.values() {
+        assert!(!listed.to_string().contains(&secret[22..]), "a listing shows no secret");
+    }
+    let (app, viewer, operator) = (&keys["app"].1, &keys["viewer"].1, &keys["operator"].1);
 
+    // Roles: app creates and messages, viewer reads, operator pauses; none does more.
     let imvus = "/v1/tenants/acme/imvus";
-    let refused = api.call(Method::POST, imvus, Some(json!({"kind": "counter"})), None).await;
-    check_error(refused, 403, "handshake_refused", &["stage 45"]);
-    let wrong = api.call(Method::POST, imvus, Some(json!({"kind": "counter"})), Some("not-the-key")).await;
-    check_error(wrong, 401, "unauthorized", &["unknown API key"]);
-    let (status, info) = api.call(Method::POST, imvus, Some(json!({"kind": "counter"})), Some(key)).await;
+    let (status, info) = api.call(Method::POST, imvus, Some(json!({"kind": "counter"})), Some(app)).await;
     assert_eq!(status, StatusCode::CREATED, "{info}");
     let imvu = format!("{imvus}/{}", info["key"]["id"]);
+    let add = json!({"message": {"op": "add", "n": 2}});
+    assert_eq!(api.call(Method::POST, &format!("{imvu}/messages"), Some(add.clone()), Some(app)).await.1, json!({"reply": 2}));
+    assert_eq!(api.call(Method::GET, &imvu, None, Some(viewer)).await.1["state"], 2);
+    check_error(api.call(Method::POST, &format!("{imvu}/messages"), Some(add.clone()), Some(viewer)).await, 403, "forbidden", &["viewer", "use"]);
+    check_error(api.call(Method::POST, &format!("{imvu}/pause"), None, Some(app)).await, 403, "forbidden", &["operate"]);
+    assert_eq!(api.call(Method::POST, &format!("{imvu}/pause"), None, Some(operator)).await.0, StatusCode::OK);
+    assert_eq!(api.call(Method::POST, &format!("{imvu}/resume"), None, Some(operator)).await.0, StatusCode::OK);
+    check_error(api.call(Method::POST, "/v1/tenants/acme/keys", Some(issue("viewer")), Some(app)).await, 403, "forbidden", &["administer"]);
+    // No key raises its rights: a tenant admin cannot issue a cluster key or reach the cluster.
+    check_error(api.call(Method::POST, "/v1/tenants/acme/keys", Some(issue("cluster_admin")), Some(&acme_admin)).await, 403, "forbidden", &["cluster_admin"]);
+    check_error(api.call(Method::POST, "/v1/keys", Some(issue("metrics")), Some(&acme_admin)).await, 403, "forbidden", &[]);
+    check_error(api.call(Method::GET, "/v1/canon/kv", None, Some(&acme_admin)).await, 403, "forbidden", &[]);
+    check_error(api.call(Method::POST, "/v1/tenants", Some(json!({"name": "mine"})), Some(&acme_admin)).await, 403, "forbidden", &[]);
+    assert_eq!(api.call(Method::GET, "/v1/tenants", None, Some(viewer)).await.1, json!({"tenants": ["acme"]}));
+    assert_eq!(api.get("/v1/tenants").await.1, json!({"tenants": ["acme", "default"]}));
 
-    check_error(api.get(&imvu).await, 403, "forbidden", &["acme"]);
-    check_error(api.send(&imvu, json!({"op": "get"})).await, 403, "forbidden", &[]);
-    check_error(api.get(&format!("{imvu}/history")).await, 403, "forbidden", &[]);
-    check_error(api.post(&format!("{imvu}/pause"), json!(null)).await, 403, "handshake_refused", &["45"]);
-    let message = json!({"message": {"op": "add", "n": 2}});
-    assert_eq!(api.call(Method::POST, &format!("{imvu}/messages"), Some(message), Some(key)).await.1, json!({"reply": 2}));
-    assert_eq!(api.call(Method::GET, &imvu, None, Some(key)).await.1["state"], 2);
+    // Another tenant's key is no key for acme, and says nothing of what acme holds.
+    let (_, globex) = api.post("/v1/tenants", json!({"name": "globex"})).await;
+    let globex_admin = globex["admin_key"]["key"].as_str().expect("key").to_owned();
+    let foreign = api.call(Method::GET, &imvu, None, Some(&globex_admin)).await;
+    check_error(foreign.clone(), 403, "forbidden", &[]);
+    let missing = api.call(Method::GET, "/v1/tenants/acme/imvus/999999", None, Some(&globex_admin)).await;
+    assert_eq!(foreign, missing, "an existing and a missing IMVU of another tenant look the same");
+    assert!(!foreign.1.to_string().contains("acme"));
+    let acme_app_id = &keys["app"].0;
+    check_error(api.call(Method::DELETE, &format!("/v1/tenants/globex/keys/{acme_app_id}"), None, Some(&globex_admin)).await, 404, "not_found", &[]);
 
-    // Another tenant's key is no key for acme.
-    let (status, _) = api.post("/v1/tenants", json!({"name": "globex", "policy": {"api_key": "globex-secret"}})).await;
-    assert_eq!(status, StatusCode::CREATED);
-    check_error(api.call(Method::GET, &imvu, None, Some("globex-secret")).await, 403, "forbidden", &[]);
-    // Open tenants need no key, but a wrong key is still refused.
-    assert_eq!(api.call(Method::GET, "/v1/kinds", None, Some("whatever")).await.0, StatusCode::OK);
-    check_error(
-        api.call(Method::POST, "/v1/tenants/default/imvus", Some(json!({"kind": "counter"})), Some("whatever-key")).await,
-        401,
-        "unauthorized",
-        &[],
-    );
+    // No key, a malformed one, one in the URL, an unknown one, a revoked one: 401, each its code.
+    check_error(api.call(Method::GET, &imvu, None, Some(NO_KEY)).await, 401, "key_missing", &["Authorization"]);
+    check_error(api.call(Method::GET, &imvu, None, Some("acme-secret-key")).await, 401, "key_malformed", &["vcos_"]);
+    let truncated = &app[..app.len() - 1];
+    check_error(api.call(Method::GET, &imvu, None, Some(truncated)).await, 401, "key_malformed", &[]);
+    let forged = vcos_actors::auth::KeyText::generate(&vcos_actors::auth::OsSecrets);
+    check_error(api.call(Method::GET, &imvu, None, Some(forged.expose())).await, 401, "key_unknown", &[]);
+    check_error(api.call(Method::GET, &format!("{imvu}?api_key={app}"), None, Some(app)).await, 401, "key_in_url", &["header"]);
+    let (status, revoked) = api.call(Method::DELETE, &format!("/v1/tenants/acme/keys/{}", keys["viewer"].0), None, Some(&acme_admin)).await;
+    assert_eq!((status, revoked["active"].clone()), (StatusCode::OK, json!(false)), "{revoked}");
+    check_error(api.call(Method::GET, &imvu, None, Some(viewer)).await, 401, "key_revoked", &[]);
 
+    // Rotation: the old key works during the overlap, the new one from now on.
+    let rotate = format!("/v1/tenants/acme/keys/{}/rotate", keys["app"].0);
+    let (status, rotated) = api.call(Method::POST, &rotate, Some(json!({"overlap_s": 60})), Some(&acme_admin)).await;
+    assert_eq!(status, StatusCode::CREATED, "{rotated}");
+    assert_eq!(rotated["old"]["replaced_by"], rotated["new"]["id"]);
+    let new_app = rotated["new"]["key"].as_str().expect("new key");
+    assert_eq!(api.call(Method::GET, &imvu, None, Some(app)).await.0, StatusCode::OK);
+    assert_eq!(api.call(Method::GET, &imvu, None, Some(new_app)).await.0, StatusCode::OK);
+    let (_, who) = api.call(Method::GET, "/v1/whoami", None, Some(new_app)).await;
+    assert_eq!((who["tenant"].as_str(), who["role"].as_str()), (Some("acme"), Some("app")));
+
+    // Tenant creation: names and policies checked; clients never choose keys.
     check_error(api.post("/v1/tenants", json!({"name": "acme"})).await, 409, "conflict", &["acme"]);
-    check_error(api.post("/v1/tenants", json!({"name": "initech", "policy": {"api_key": key}})).await, 409, "conflict", &["api_key"]);
+    check_error(api.post("/v1/tenants", json!({"name": "initech", "policy": {"api_key": "my-own-key"}})).await, 400, "bad_request", &["api_key"]);
     check_error(api.post("/v1/tenants", json!({"name": "Bad Name"})).await, 400, "bad_request", &["name"]);
-    check_error(api.post("/v1/tenants", json!({"name": "x", "policy": {"api_key": "short"}})).await, 400, "bad_request", &["api_key"]);
     check_error(api.post("/v1/tenants", json!({"name": "x", "policy": {"max_imvus": "many"}})).await, 400, "bad_request", &["policy.max_imvus"]);
     check_error(api.post("/v1/tenants", json!({"name": "x", "policy": {"maximum": 1}})).await, 400, "bad_request", &["maximum"]);
 }
@@ -335,7 +395,7 @@ async fn history_records_every_transition_with_its_verdict() {
     for e in events {
         assert_eq!(e["event"], "transition");
         assert_eq!(e["handshake"], json!({"outcome": "admitted"}), "{e}");
-        assert_eq!(e["caller"], "http");
+        assert!(e["caller"].as_str().is_some_and(|c| c.starts_with("key:")), "the caller is the key's id: {e}");
     }
     assert_eq!(events[4]["to"], "terminated");
     assert_eq!(events[4]["final_state"], 0);
@@ -384,12 +444,19 @@ async fn openapi_documents_every_route_and_docs_are_served() {
     let api = api().await;
     let (status, doc) = api.get("/openapi.json").await;
     assert_eq!(status, StatusCode::OK);
-    let expected: [(&str, &[&str]); 27] = [
+    let expected: [(&str, &[&str]); 35] = [
         ("/health", &["get"]),
         ("/metrics", &["get"]),
         ("/openapi.json", &["get"]),
         ("/v1/kinds", &["get"]),
+        ("/v1/whoami", &["get"]),
         ("/v1/tenants", &["get", "post"]),
+        ("/v1/tenants/{tenant}/keys", &["get", "post"]),
+        ("/v1/tenants/{tenant}/keys/{key_id}", &["get", "delete"]),
+        ("/v1/tenants/{tenant}/keys/{key_id}/rotate", &["post"]),
+        ("/v1/keys", &["get", "post"]),
+        ("/v1/keys/{key_id}", &["get", "delete"]),
+        ("/v1/keys/{key_id}/rotate", &["post"]),
         ("/v1/tenants/{tenant}/imvus", &["post"]),
         ("/v1/tenants/{tenant}/imvus/{id}", &["get"]),
         ("/v1/tenants/{tenant}/imvus/{id}/messages", &["post"]),
@@ -412,6 +479,7 @@ async fn openapi_documents_every_route_and_docs_are_served() {
         ("/v1/canon/members/{id}", &["delete"]),
         ("/v1/canon/members/{id}/promote", &["post"]),
         ("/v1/cluster", &["get"]),
+        ("/v1/cluster/secret", &["get"]),
     ];
     for (path, methods) in expected {
         for method in methods {
@@ -421,7 +489,7 @@ async fn openapi_documents_every_route_and_docs_are_served() {
         }
     }
     let paths = doc["paths"].as_object().expect("paths").len();
-    assert_eq!(paths, 27, "exactly the routes above");
+    assert_eq!(paths, 35, "exactly the routes above");
     let messages = &doc["paths"]["/v1/tenants/{tenant}/imvus/{id}/messages"]["post"]["responses"];
     for code in ["200", "400", "401", "403", "404", "409", "413", "429", "500", "503"] {
         assert!(messages[code].is_object(), "messages lacks {code}: {messages}");
@@ -460,8 +528,14 @@ async fn serves_over_tcp_and_stops_gracefully() {
     let server = tokio::spawn(vcos_api::serve(listener, api.router.clone(), async move {
         let _ = stopped.await;
     }));
-    let client = reqwest::Client::new();
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {}", api.admin).parse().expect("header"));
+    let client = reqwest::Client::builder().default_headers(headers).build().expect("client");
+    let anonymous = reqwest::Client::new();
     let base = format!("http://{addr}");
+    // On loopback, /metrics is open to scrapers; the rest needs a key.
+    assert_eq!(anonymous.get(format!("{base}/metrics")).send().await.expect("metrics").status().as_u16(), 200);
+    assert_eq!(anonymous.get(format!("{base}/v1/kinds")).send().await.expect("kinds").status().as_u16(), 401);
     let created: Value = client
         .post(format!("{base}/v1/tenants/default/imvus"))
         .json(&json!({"kind": "kv-memory"}))
@@ -496,4 +570,109 @@ async fn serves_over_tcp_and_stops_gracefully() {
     let result = tokio::time::timeout(Duration::from_secs(10), server).await.expect("stops").expect("no panic");
     assert!(result.is_ok(), "{result:?}");
     assert!(client.get(format!("{base}/health")).send().await.is_err(), "no longer listening");
+}
+
+/// A value for a path parameter of the matrix's requests.
+fn sample(param: &str, key_id: &str) -> String {
+    match param {
+        "tenant" => "acme".into(),
+        "key_id" => key_id.into(),
+        "key" => "k".into(),
+        _ => "1".into(),
+    }
+}
+
+/// The authorisation matrix, generated from the OpenAPI document: for every operation, no key,
+/// a malformed key, a revoked key, another tenant's key, a role without the permission, and the
+/// right key; 401 / 401 / 401 / 403 / 403 / anything else. An operation without a declared
+/// rule fails it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorization_matrix_from_the_document() {
+    let api = api().await;
+    let (_, doc) = api.get("/openapi.json").await;
+    let (_, acme) = api.post("/v1/tenants", json!({"name": "acme"})).await;
+    let (_, globex) = api.post("/v1/tenants", json!({"name": "globex"})).await;
+    let acme_admin = acme["admin_key"]["key"].as_str().expect("key").to_owned();
+    let globex_admin = globex["admin_key"]["key"].as_str().expect("key").to_owned();
+    let mut role_keys = std::collections::BTreeMap::new();
+    for role in ["viewer", "app", "operator"] {
+        let (_, issued) = api.call(Method::POST, "/v1/tenants/acme/keys", Some(json!({"role": role})), Some(&acme_admin)).await;
+        role_keys.insert(role.to_owned(), issued["key"].as_str().expect("key").to_owned());
+    }
+    role_keys.insert("tenant_admin".into(), acme_admin.clone());
+    let (_, metrics) = api.post("/v1/keys", json!({"role": "metrics"})).await;
+    role_keys.insert("metrics".into(), metrics["key"].as_str().expect("key").to_owned());
+    let (_, doomed) = api.call(Method::POST, "/v1/tenants/acme/keys", Some(json!({"role": "app"})), Some(&acme_admin)).await;
+    let revoked = doomed["key"].as_str().expect("key").to_owned();
+    api.call(Method::DELETE, &format!("/v1/tenants/acme/keys/{}", doomed["id"].as_str().expect("id")), None, Some(&acme_admin)).await;
+    // A key id that exists for the key routes; the revoked one will do.
+    let key_id = doomed["id"].as_str().expect("id").to_owned();
+
+    let mut cases = 0;
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for (method, op) in item.as_object().expect("operations") {
+            let security = op["security"].as_array().unwrap_or_else(|| panic!("{method} {path} declares no access rule"));
+            let open = security.iter().all(|s| s.as_object().is_some_and(|o| o.is_empty()));
+            let roles: Vec<String> = security
+                .iter()
+                .filter_map(|s| s["bearer"].as_array())
+                .flatten()
+                .filter_map(|r| r.as_str().map(str::to_owned))
+                .collect();
+            let uri = path
+                .split('/')
+                .map(|seg| match seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+                    Some(param) => sample(param, &key_id),
+                    None => seg.to_owned(),
+                })
+                .collect::<Vec<_>>()
+                .join("/");
+            let method: Method = method.to_uppercase().parse().expect("method");
+            let body = matches!(method, Method::POST | Method::PUT).then(|| json!({}));
+            let status = |key: String| {
+                let (api, method, uri, body) = (&api, method.clone(), uri.clone(), body.clone());
+                async move {
+                    let mut request = Request::builder().method(method).uri(&uri);
+                    request = if key == NO_KEY { request.header("x-no-key", "1") } else { request.header(header::AUTHORIZATION, format!("Bearer {key}")) };
+                    let request = match body {
+                        Some(body) => request.header(header::CONTENT_TYPE, "application/json").body(Body::from(body.to_string())),
+                        None => request.body(Body::empty()),
+                    };
+                    api.raw_keyed(request.expect("request")).await.0.as_u16()
+                }
+            };
+            if open {
+                assert_ne!(status(NO_KEY.into()).await, 401, "{method} {path} is open");
+                cases += 1;
+                continue;
+            }
+            let scoped = path.starts_with("/v1/tenants/{tenant}");
+            let metrics_route = path == "/metrics";
+            if !metrics_route {
+                assert_eq!(status(NO_KEY.into()).await, 401, "{method} {path} without a key");
+                assert_eq!(status("vcos_nonsense".into()).await, 401, "{method} {path} with a malformed key");
+                assert_eq!(status(revoked.clone()).await, 401, "{method} {path} with a revoked key");
+                cases += 3;
+            }
+            if scoped {
+                assert_eq!(status(globex_admin.clone()).await, 403, "{method} {path} with another tenant's key");
+                cases += 1;
+            }
+            let any_key = roles.is_empty();
+            if !any_key {
+                for (role, key) in &role_keys {
+                    if !roles.contains(role) {
+                        assert_eq!(status(key.clone()).await, 403, "{method} {path} with a {role} key (allowed: {roles:?})");
+                        cases += 1;
+                    }
+                }
+            }
+            let right = if any_key || roles.contains(&"tenant_admin".to_owned()) && scoped { acme_admin.clone() } else { api.admin.clone() };
+            let got = status(right).await;
+            assert!(got != 401 && got != 403, "{method} {path} with the right key answered {got}");
+            cases += 1;
+        }
+    }
+    eprintln!("authorisation matrix: {cases} cases");
+    assert!(cases > 150, "the matrix covers every route ({cases} cases)");
 }

@@ -17,6 +17,8 @@ const WORK_DEADLINE: Duration = Duration::from_secs(20);
 
 struct Api {
     router: axum::Router,
+    /// The cluster-admin key every request sends unless it names another.
+    admin: String,
 }
 
 async fn api() -> Api {
@@ -25,17 +27,16 @@ async fn api() -> Api {
     config.shards_per_kind = 2;
     let runtime = Runtime::builder(config).kind(Counter).kind(KvMemory).kind(TextWorker).start().await.expect("runtime starts");
     runtime.ensure_tenant(TenantId::default_tenant(), TenantPolicy::default()).await.expect("default tenant");
-    Api { router: vcos_api::router(runtime, metrics) }
+    let (_, admin) = runtime.keys().bootstrap().await.expect("bootstrap").expect("the first cluster-admin key");
+    Api { router: vcos_api::router(runtime, metrics), admin: admin.expose().to_owned() }
 }
 
 impl Api {
-    /// Sends `body` (if any) as JSON with an optional bearer key; returns status and JSON body
-    /// (`null` for an empty body).
+    /// Sends `body` (if any) as JSON with `key` (default: the admin key); returns status and
+    /// JSON body (`null` for an empty body).
     async fn call(&self, method: Method, path: &str, body: Option<Value>, key: Option<&str>) -> (StatusCode, Value) {
-        let mut request = Request::builder().method(method).uri(path);
-        if let Some(key) = key {
-            request = request.header(header::AUTHORIZATION, format!("Bearer {key}"));
-        }
+        let key = key.unwrap_or(&self.admin);
+        let request = Request::builder().method(method).uri(path).header(header::AUTHORIZATION, format!("Bearer {key}"));
         let request = match body {
             Some(body) => request.header(header::CONTENT_TYPE, "application/json").body(Body::from(body.to_string())),
             None => request.body(Body::empty()),
@@ -329,26 +330,31 @@ async fn votes_reach_a_decision_at_quorum() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn swarms_of_a_keyed_tenant_need_its_key() {
+async fn swarms_of_a_tenant_need_its_key() {
     let api = api().await;
-    let key = "acme-secret-key";
-    let (status, _) = api.post("/v1/tenants", json!({"name": "acme", "policy": {"api_key": key}})).await;
+    let (status, acme) = api.post("/v1/tenants", json!({"name": "acme"})).await;
     assert_eq!(status, StatusCode::CREATED);
+    let acme_admin = acme["admin_key"]["key"].as_str().expect("key").to_owned();
+    let (_, app) = api.call(Method::POST, "/v1/tenants/acme/keys", Some(json!({"role": "app"})), Some(&acme_admin)).await;
+    let key = app["key"].as_str().expect("an app key");
+    let (_, globex) = api.post("/v1/tenants", json!({"name": "globex"})).await;
+    let stranger = globex["admin_key"]["key"].as_str().expect("key").to_owned();
     let swarms = "/v1/tenants/acme/swarms";
     let spec = json!({"member_kind": "text-worker", "members": 2});
-    check_error(api.call(Method::POST, swarms, Some(spec.clone()), None).await, 403, "forbidden", &["acme"]);
-    check_error(api.call(Method::POST, swarms, Some(spec.clone()), Some("not-the-key")).await, 401, "unauthorized", &[]);
+    check_error(api.call(Method::POST, swarms, Some(spec.clone()), Some(&stranger)).await, 403, "forbidden", &[]);
+    check_error(api.call(Method::POST, swarms, Some(spec.clone()), Some("not-the-key")).await, 401, "key_malformed", &[]);
     let (status, view) = api.call(Method::POST, swarms, Some(spec), Some(key)).await;
     assert_eq!(status, StatusCode::CREATED, "{view}");
     let swarm = format!("{swarms}/{}", view["key"]["id"]);
     let member = view["members"][0].clone();
 
-    check_error(api.get(&swarm).await, 403, "forbidden", &[]);
-    check_error(api.get(&format!("{swarm}/credits")).await, 403, "forbidden", &[]);
-    check_error(api.get(&format!("{swarm}/memory/k")).await, 403, "forbidden", &[]);
-    check_error(api.post(&format!("{swarm}/work"), json!({"items": [{"op": "upper", "text": "x"}]})).await, 403, "forbidden", &[]);
-    check_error(api.put(&format!("{swarm}/memory/k"), json!({"value": 1})).await, 403, "forbidden", &[]);
-    check_error(api.post(&format!("{swarm}/votes"), json!({"proposal": "p", "options": ["a", "b"]})).await, 403, "forbidden", &[]);
+    let s = Some(stranger.as_str());
+    check_error(api.call(Method::GET, &swarm, None, s).await, 403, "forbidden", &[]);
+    check_error(api.call(Method::GET, &format!("{swarm}/credits"), None, s).await, 403, "forbidden", &[]);
+    check_error(api.call(Method::GET, &format!("{swarm}/memory/k"), None, s).await, 403, "forbidden", &[]);
+    check_error(api.call(Method::POST, &format!("{swarm}/work"), Some(json!({"items": [{"op": "upper", "text": "x"}]})), s).await, 403, "forbidden", &[]);
+    check_error(api.call(Method::PUT, &format!("{swarm}/memory/k"), Some(json!({"value": 1})), s).await, 403, "forbidden", &[]);
+    check_error(api.call(Method::POST, &format!("{swarm}/votes"), Some(json!({"proposal": "p", "options": ["a", "b"]})), s).await, 403, "forbidden", &[]);
 
     let (status, body) =
         api.call(Method::POST, &format!("{swarm}/work"), Some(json!({"items": [{"op": "upper", "text": "x"}]})), Some(key)).await;
@@ -360,7 +366,7 @@ async fn swarms_of_a_keyed_tenant_need_its_key() {
         api.call(Method::POST, &format!("{swarm}/votes"), Some(json!({"proposal": "p", "options": ["a", "b"]})), Some(key)).await;
     assert_eq!(status, StatusCode::CREATED, "{vote}");
     let ballots = format!("{swarm}/votes/{}/ballots", vote["id"]);
-    check_error(api.post(&ballots, json!({"member": member, "choice": "a"})).await, 403, "forbidden", &[]);
+    check_error(api.call(Method::POST, &ballots, Some(json!({"member": member, "choice": "a"})), s).await, 403, "forbidden", &[]);
     let (status, v) = api.call(Method::POST, &ballots, Some(json!({"member": member, "choice": "a"})), Some(key)).await;
     assert_eq!(status, StatusCode::OK, "{v}");
     let started = Instant::now();

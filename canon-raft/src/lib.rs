@@ -24,6 +24,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 pub mod app;
+pub mod auth;
 pub mod canon_store;
 pub mod constants;
 pub mod error;

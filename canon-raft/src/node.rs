@@ -138,6 +138,10 @@ pub struct NodeConfig {
     pub incarnation: Option<u64>,
     /// The server-side deadline of every canon request (see [`CANON_REQUEST_DEADLINE_MS`]).
     pub request_deadline: Duration,
+    /// The cluster secret every connection proves (see [`crate::auth`]); `None` accepts any
+    /// peer that names the cluster, for tests of this crate only (`vcos up` and the simulator
+    /// always set one; the node warns at start without it).
+    pub secret: Option<crate::auth::ClusterSecret>,
 }
 
 impl std::fmt::Debug for NodeConfig {
@@ -180,6 +184,7 @@ impl NodeConfig {
             storage: None,
             incarnation: None,
             request_deadline: Duration::from_millis(CANON_REQUEST_DEADLINE_MS),
+            secret: None,
         }
     }
 }
@@ -286,6 +291,8 @@ impl std::fmt::Debug for CanonNode {
 }
 
 pub(crate) struct Inner {
+    /// What peers must prove on every connection.
+    pub(crate) secret: Option<Arc<crate::auth::ClusterSecret>>,
     pub(crate) id: u64,
     pub(crate) cluster_id: u64,
     pub(crate) info: NodeInfo,
@@ -365,7 +372,16 @@ impl CanonNode {
                 .map_err(|e| CanonError::Failed(format!("incarnation file in {}: {e}", config.data_dir.display())))?,
         };
         let cluster = cluster_id(&config.cluster);
+        let secret = config.secret.clone().map(Arc::new);
+        let transport: Arc<dyn Transport> = match &secret {
+            Some(secret) => Arc::new(crate::auth::AuthTransport { inner: transport, secret: Arc::clone(secret) }),
+            None => {
+                tracing::warn!("no cluster secret: canon connections are not authenticated (tests only)");
+                transport
+            }
+        };
         let inner = Arc::new(Inner {
+            secret,
             id: config.node_id,
             cluster_id: cluster,
             info: config.info.clone(),
@@ -397,6 +413,11 @@ impl CanonNode {
             node.open_group(&region).await?;
         }
         Ok(node)
+    }
+
+    /// The cluster secret connections prove (`None`: unauthenticated, tests only).
+    pub fn secret(&self) -> Option<crate::auth::ClusterSecret> {
+        self.inner.secret.as_deref().cloned()
     }
 
     /// This node's id.

@@ -44,8 +44,15 @@ impl CanonNode {
         }
     }
 
-    /// Serves one connection until it closes or misbehaves.
-    pub async fn serve_connection(&self, stream: BoxStream) {
+    /// Serves one connection until it closes or misbehaves; a peer that does not prove the
+    /// cluster secret first is refused before any frame is read.
+    pub async fn serve_connection(&self, mut stream: BoxStream) {
+        if let Some(secret) = &self.inner.secret {
+            if let Err(reason) = crate::auth::server_handshake(&mut stream, secret).await {
+                tracing::warn!(%reason, "canon connection refused: the peer did not prove the cluster secret");
+                return;
+            }
+        }
         let (read, write) = tokio::io::split(stream);
         let (replies, replies_rx) = mpsc::channel(REPLY_QUEUE_MAX);
         let writer = tokio::spawn(write_frames(write, replies_rx));

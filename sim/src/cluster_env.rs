@@ -286,7 +286,8 @@ pub(crate) async fn start_membership(
     };
     let cluster_size = u32::try_from(names.len()).unwrap_or(u32::MAX).max(3);
     let rng_seed = seed ^ (node_id << 40) ^ incarnation;
-    let config = MembershipConfig::lan("sim", identity, seeds, cluster_size, rng_seed);
+    let mut config = MembershipConfig::lan("sim", identity, seeds, cluster_size, rng_seed);
+    config.secret = Some(Arc::new(crate::keys::cluster_secret(seed)));
     let (handle, mut events) = vcos_cluster::spawn(socket, config).map_err(|e| e.to_string())?;
     // Events are for operators; the view is what placement reads. Drain them.
     tokio::spawn(async move { while events.recv().await.is_some() {} });

@@ -83,6 +83,9 @@ async fn request_inner(host: &str, method: &str, path: &str, body: Option<&serde
     });
     let bytes = body.map(|b| Bytes::from(serde_json::to_vec(b).unwrap_or_default())).unwrap_or_default();
     let mut builder = Request::builder().method(method).uri(path).header("host", host);
+    if let Some(key) = crate::keys::admin_for(host) {
+        builder = builder.header("authorization", format!("Bearer {key}"));
+    }
     if body.is_some() {
         builder = builder.header("content-type", "application/json");
     }

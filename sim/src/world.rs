@@ -167,6 +167,7 @@ pub fn run(scenario: &dyn Scenario, seed: u64, options: &RunOptions) -> RunRepor
     let targets = Arc::new(Mutex::new(PanicTargets::default()));
     let metrics = vcos_api::install_metrics_recorder();
     let store = scenario.store();
+    crate::keys::reset(seed);
     let observations = Arc::new(crate::cluster_env::Observations::default());
     if store.raft() {
         // openraft's election timeouts come from this thread's seeded source: reseed per run.
@@ -195,6 +196,7 @@ pub fn run(scenario: &dyn Scenario, seed: u64, options: &RunOptions) -> RunRepor
                 disk: hosts.raft_disks[usize::from(i)].clone(),
                 sockets: hosts.sockets[usize::from(i)].clone(),
                 incarnation: Arc::default(),
+                seed,
                 cluster: (store == WorldStore::Cluster).then(|| ClusterHost { seed, observations: observations.clone() }),
             };
             sim.host(host_name.as_str(), move || {
@@ -503,8 +505,10 @@ async fn run_node(
     let mut config = RuntimeConfig::new(store, Arc::new(SimClock::new(faults)));
     config.shards_per_kind = 1;
     config.shard_queue_len = 1024;
+    config.secrets = crate::keys::secrets_for(&name);
     let runtime = Runtime::builder(config).kind(Counter).kind(KvMemory).kind(TextWorker).start().await?;
     runtime.ensure_tenant(TenantId::default_tenant(), TenantPolicy::default()).await?;
+    bootstrap_key(&runtime, &name).await?;
     let listener = turmoil::net::TcpListener::bind(("0.0.0.0", HTTP_PORT)).await?;
     let router = vcos_api::router(runtime.clone(), metrics);
     tokio::select! {
@@ -529,6 +533,8 @@ struct RaftHost {
     disk: Arc<SimDb>,
     sockets: Arc<HostSockets>,
     incarnation: Arc<std::sync::atomic::AtomicU64>,
+    /// The run's seed (the cluster secret derives from it).
+    seed: u64,
     /// `WorldStore::Cluster`: what the node's cluster needs.
     cluster: Option<ClusterHost>,
 }
@@ -558,6 +564,7 @@ async fn run_raft_node(host: &RaftHost, faults: Arc<Mutex<NodeFaults>>, trace: T
     tokio::task::spawn_local(host.sockets.closer());
     let incarnation = host.incarnation.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
     let mut config = NodeConfig::new(u64::from(host.index) + 1, RAFT_REGION, std::path::Path::new("/sim"));
+    config.secret = Some(crate::keys::cluster_secret(host.seed));
     config.info = raft_node_info(host.index);
     config.incarnation = Some(incarnation);
     config.raft.heartbeat_interval = 50;
@@ -610,8 +617,10 @@ async fn serve_raft_node(
         let mut config = RuntimeConfig::new(Arc::new(store.clone()), clock);
         config.shards_per_kind = 1;
         config.shard_queue_len = 1024;
+        config.secrets = crate::keys::secrets_for(&node_name(host.index));
         let runtime = Runtime::builder(config).kind(Counter).kind(KvMemory).kind(TextWorker).start().await?;
         runtime.ensure_tenant(TenantId::default_tenant(), TenantPolicy::default()).await?;
+        bootstrap_key(&runtime, &node_name(host.index)).await?;
         let router = vcos_api::router_with_canon(runtime.clone(), metrics, store);
         return serve_http(host, runtime, router, trace).await;
     };
@@ -629,6 +638,7 @@ async fn serve_raft_node(
     config.shard_queue_len = 1024;
     config.ownership = leases.clone();
     config.region_tag = vcos_cluster::region_tag(RAFT_REGION);
+    config.secrets = crate::keys::secrets_for(&node_name(host.index));
     let imvu_router = Arc::new(vcos_cluster::ClusterRouter::default());
     let runtime = Runtime::builder(config)
         .kind(Counter)
@@ -640,6 +650,7 @@ async fn serve_raft_node(
         .start()
         .await?;
     runtime.ensure_tenant(TenantId::default_tenant(), TenantPolicy::default()).await?;
+    bootstrap_key(&runtime, &node_name(host.index)).await?;
     let names: Vec<String> = (0..host.nodes).map(node_name).collect();
     let membership = crate::cluster_env::start_membership(
         &names,
@@ -665,6 +676,15 @@ async fn serve_raft_node(
     let served = serve_http(host, runtime, router, trace).await;
     membership.abort();
     served
+}
+
+/// Issues the canon's first cluster-admin key, as `vcos up` does, and hands it to the
+/// workload's client (once per canon: a node that finds one issued hands nothing).
+async fn bootstrap_key(runtime: &Runtime, host: &str) -> Result<(), vcos_actors::ActorError> {
+    if let Some((_, key)) = runtime.keys().bootstrap().await? {
+        crate::keys::remember_admin(host, key.expose());
+    }
+    Ok(())
 }
 
 /// Serves the facade until the runtime escalates (then it stops, as `vcos up` does).

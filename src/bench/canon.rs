@@ -171,6 +171,9 @@ async fn run_wrk(script: &Path, url: &str, connections: u32, duration_s: u64) ->
         .args(["--timeout", "10s", "-s"])
         .arg(script)
         .arg(url);
+    if let Some(key) = admin_key() {
+        cmd.env("VCOS_API_KEY", key);
+    }
     let out = blocking_output(cmd).await.context("run wrk (apt-get install -y wrk)")?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let Some(line) = stdout.lines().find(|l| l.starts_with("RESULT")) else {
@@ -262,6 +265,20 @@ pub(super) struct Cluster {
     pub(super) nodes: Vec<Node>,
     /// Further arguments of every `vcos up` (the cluster bench's `--bench-kinds`).
     pub(super) extra_args: Vec<String>,
+    /// The admin key the first node wrote (joining nodes send it).
+    pub(super) key_file: Option<PathBuf>,
+}
+
+/// The cluster-admin key of the cluster under test: every [`Http`] made after it is known
+/// sends it (one cluster runs at a time).
+static ADMIN_KEY: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+fn set_admin_key(key: &str) {
+    *ADMIN_KEY.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(key.to_owned());
+}
+
+fn admin_key() -> Option<String> {
+    ADMIN_KEY.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
 }
 
 pub(super) struct Node {
@@ -305,6 +322,11 @@ impl Cluster {
         let stderr = root.join(format!("node{id}.stderr.log"));
         let http = format!("127.0.0.1:{http_port}");
         let mut cmd = Command::new(&exe);
+        // Joining nodes authenticate with the key the first node wrote.
+        if join.is_some() {
+            let key_file = self.key_file.clone().context("a node joins before the first one issued its admin key")?;
+            cmd.arg("--api-key-file").arg(key_file);
+        }
         cmd.arg("up")
             .arg("--data-dir")
             .arg(&data)
@@ -331,6 +353,12 @@ impl Cluster {
                     if let Some(node) = self.nodes.last_mut() {
                         node.http = addr.to_owned();
                     }
+                }
+                if join.is_none() {
+                    let key_file = data.join("admin.key");
+                    let key = std::fs::read_to_string(&key_file).with_context(|| format!("node {id}'s admin key {}", key_file.display()))?;
+                    set_admin_key(key.trim());
+                    self.key_file = Some(key_file);
                 }
                 return Ok(());
             }
@@ -474,7 +502,7 @@ impl LagFigures {
 
 async fn measure_vcos(args: &CanonArgs) -> anyhow::Result<VcosFigures> {
     let dir = tempfile::Builder::new().prefix("vcos-bench-canon-").tempdir().context("temporary directory")?;
-    let mut cluster = Cluster { dir: Some(dir), keep: args.keep_dirs, nodes: Vec::new(), extra_args: Vec::new() };
+    let mut cluster = Cluster { dir: Some(dir), keep: args.keep_dirs, nodes: Vec::new(), extra_args: Vec::new(), key_file: None };
     let ports = free_ports(8)?;
     let (http, raft) = ports.split_at(4);
     let ready_timeout = Duration::from_secs(args.ready_timeout_s);
@@ -603,11 +631,13 @@ async fn one_probe(leader: String, node4: String, i: u64) -> anyhow::Result<Resu
 pub(super) struct Http {
     addr: String,
     conn: Option<BufReader<TcpStream>>,
+    key: Option<String>,
 }
 
 impl Http {
+    /// A client of `addr` sending the cluster's admin key.
     pub(super) fn new(addr: &str) -> Self {
-        Self { addr: addr.to_owned(), conn: None }
+        Self { addr: addr.to_owned(), conn: None, key: admin_key() }
     }
 
     pub(super) async fn get_json<T: serde::de::DeserializeOwned>(&mut self, path: &str) -> anyhow::Result<T> {
@@ -655,6 +685,9 @@ impl Http {
         }
         let conn = self.conn.as_mut().context("connection")?;
         let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {}\r\n", self.addr);
+        if let Some(key) = &self.key {
+            let _ = write!(req, "Authorization: Bearer {key}\r\n");
+        }
         if let Some(body) = body {
             let _ = write!(req, "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len());
         } else {

@@ -14,6 +14,10 @@ end
 local counter = 0
 wrk.method = "PUT"
 wrk.headers["Content-Type"] = "application/json"
+local key = os.getenv("VCOS_API_KEY")
+if key then
+  wrk.headers["Authorization"] = "Bearer " .. key
+end
 
 function request()
   counter = counter + 1

@@ -30,6 +30,8 @@ pub(crate) struct Node {
     gossip: u16,
     dir: String,
     join: Option<String>,
+    /// The first node's admin key, which a joining node sends.
+    join_key: String,
     proc: Option<Proc>,
 }
 
@@ -42,7 +44,8 @@ impl Node {
     /// Node `id` of `region`.
     pub(crate) fn in_region(id: u64, region: &'static str, root: &Path, join: Option<String>) -> Self {
         let dir = root.join(format!("node{id}")).to_str().expect("UTF-8 temp path").to_owned();
-        Self { id, region, http: free_port(), raft: free_port(), gossip: free_udp_port(), dir, join, proc: None }
+        let join_key = super::admin_key_file(root.join("node1")).to_str().expect("UTF-8 temp path").to_owned();
+        Self { id, region, http: free_port(), raft: free_port(), gossip: free_udp_port(), dir, join, join_key, proc: None }
     }
 
     pub(crate) fn base(&self) -> String {
@@ -59,7 +62,7 @@ impl Node {
             "--region", self.region,
         ];
         if let Some(join) = &self.join {
-            args.extend(["--join", join.as_str()]);
+            args.extend(["--join", join.as_str(), "--api-key-file", self.join_key.as_str()]);
         }
         let mut proc = Proc::spawn(&args);
         assert_eq!(proc.wait_up(UP_DEADLINE), self.base());
@@ -79,8 +82,9 @@ impl Node {
     }
 }
 
-pub(crate) fn client() -> reqwest::Client {
-    reqwest::Client::builder().timeout(Duration::from_secs(15)).build().expect("a client")
+/// A client sending the admin key of the cluster whose first node's data is under `root`.
+pub(crate) fn client(root: &Path) -> reqwest::Client {
+    super::keyed_client(root.join("node1"), Duration::from_secs(15))
 }
 
 pub(crate) async fn call(http: &reqwest::Client, method: &str, url: String, body: Option<Value>) -> (u16, Value) {
@@ -166,10 +170,13 @@ pub(crate) async fn add_one(http: &reqwest::Client, base: &str, id: u64, totals:
 }
 
 /// Starts `n` nodes of region `eu` under `root` (the first bootstraps, the others join it) and
-/// waits until every node sees them all alive, each holding some of the 256 buckets.
-pub(crate) async fn start_region(root: &Path, n: u64, http: &reqwest::Client) -> Vec<Node> {
+/// waits until every node sees them all alive, each holding some of the 256 buckets. Returns
+/// them and a client with the cluster's admin key.
+pub(crate) async fn start_region(root: &Path, n: u64) -> (Vec<Node>, reqwest::Client) {
     let mut nodes = vec![Node::new(1, root, None)];
     nodes[0].start();
+    let client = client(root);
+    let http = &client;
     let seed = nodes[0].base();
     for id in 2..=n {
         let mut node = Node::new(id, root, Some(seed.clone()));
@@ -184,5 +191,5 @@ pub(crate) async fn start_region(root: &Path, n: u64, http: &reqwest::Client) ->
         })
         .await;
     }
-    nodes
+    (nodes, client)
 }

@@ -6,10 +6,30 @@
 pub(crate) mod cluster;
 
 use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+/// The cluster-admin key file `vcos up` writes in its data directory on a first start.
+pub(crate) fn admin_key_file(data_dir: impl AsRef<Path>) -> PathBuf {
+    data_dir.as_ref().join("admin.key")
+}
+
+/// The cluster-admin key `vcos up` wrote under `data_dir`.
+pub(crate) fn admin_key(data_dir: impl AsRef<Path>) -> String {
+    let path = admin_key_file(data_dir);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).trim().to_owned()
+}
+
+/// An HTTP client that sends the cluster-admin key of the node whose data is in `data_dir`.
+pub(crate) fn keyed_client(data_dir: impl AsRef<Path>, timeout: Duration) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    let value = format!("Bearer {}", admin_key(data_dir)).parse().expect("a header value");
+    headers.insert(reqwest::header::AUTHORIZATION, value);
+    reqwest::Client::builder().timeout(timeout).default_headers(headers).build().expect("a client")
+}
 
 /// A child process and everything it printed. Dropping it kills the process if it still runs;
 /// if the test is failing, its output is printed to help.

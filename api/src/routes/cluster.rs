@@ -71,3 +71,26 @@ pub(super) async fn cluster(State(state): State<AppState>) -> Result<Json<Cluste
         .collect();
     Ok(Json(ClusterView { node_id: cluster.node_id(), buckets_served_here: cluster.buckets_served(), members }))
 }
+
+/// The cluster secret, for a node joining through this one.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub(crate) struct ClusterSecretView {
+    /// The secret file's text: one hex line per secret, the active one first.
+    secret: String,
+}
+
+/// The cluster secret that node-to-node connections prove (`vcos up --join` fetches it with a
+/// cluster-admin key and keeps it in its data directory).
+#[utoipa::path(get, path = "/v1/cluster/secret", tag = "cluster",
+    responses(
+        (status = 200, description = "The secret file's text", body = ClusterSecretView),
+        (status = 404, description = "`not_found`: this node runs without a canon cluster", body = ErrorBody),
+    ))]
+pub(super) async fn cluster_secret(State(state): State<AppState>) -> Result<Json<ClusterSecretView>, ApiError> {
+    let secret = state.canon.as_ref().and_then(|c| c.node().secret());
+    let Some(secret) = secret else {
+        return Err(ApiError::NotFound("this node has no cluster secret".into()));
+    };
+    tracing::info!("cluster secret handed out (a node joins)");
+    Ok(Json(ClusterSecretView { secret: secret.to_text() }))
+}

@@ -30,6 +30,7 @@ use crate::{middleware as mw, AppState, BODY_LEN_MAX};
 mod canon;
 mod cluster;
 mod imvus;
+mod keys;
 mod swarms;
 mod system;
 mod tenants;
@@ -45,14 +46,17 @@ pub(crate) const DOCS_PATH: &str = "/docs";
         title = "v-COS swarm",
         description = "HTTP facade of the v-COS actor runtime. Errors are always JSON: \
             `{\"code\": \"...\", \"message\": \"...\"}` (see the ErrorBody schema for the codes). \
-            Tenants with an API key require `Authorization: Bearer <key>` for every call on them; \
-            an unknown key is 401 on any route."
+            Every route but `/health` needs `Authorization: Bearer <key>` (keys are issued by the \
+            server: `vcos up` writes the first cluster-admin key to `<data-dir>/admin.key`); each \
+            operation says which roles may call it. No valid key: 401; a key of another tenant or \
+            a role without the permission: 403."
     ),
     modifiers(&BearerAuth),
     components(schemas(ErrorBody)),
     tags(
         (name = "system", description = "Health, metrics, the API document, kinds"),
         (name = "tenants", description = "Isolated customers and their policies"),
+        (name = "keys", description = "API keys: issue, list, rotate, revoke (secrets are shown once, stored hashed)"),
         (name = "imvus", description = "IMVUs: create, message, lifecycle, history"),
         (name = "canon", description = "The Canon Memory Layer: status and lag, key-value reads and writes, membership"),
         (name = "cluster", description = "Members, their state and the IMVU buckets each owns"),
@@ -81,7 +85,14 @@ pub(crate) fn build(state: AppState) -> Router {
         .routes(routes!(system::metrics))
         .routes(routes!(system::openapi_json))
         .routes(routes!(system::kinds))
+        .routes(routes!(system::whoami))
         .routes(routes!(tenants::list_tenants, tenants::create_tenant))
+        .routes(routes!(keys::issue_tenant_key, keys::list_tenant_keys))
+        .routes(routes!(keys::get_tenant_key, keys::revoke_tenant_key))
+        .routes(routes!(keys::rotate_tenant_key))
+        .routes(routes!(keys::issue_cluster_key, keys::list_cluster_keys))
+        .routes(routes!(keys::get_cluster_key, keys::revoke_cluster_key))
+        .routes(routes!(keys::rotate_cluster_key))
         .routes(routes!(imvus::create_imvu))
         .routes(routes!(imvus::get_imvu))
         .routes(routes!(imvus::send_message))
@@ -98,6 +109,7 @@ pub(crate) fn build(state: AppState) -> Router {
         .routes(routes!(swarms::cast_ballot))
         .routes(routes!(canon::status))
         .routes(routes!(cluster::cluster))
+        .routes(routes!(cluster::cluster_secret))
         .routes(routes!(canon::put, canon::get, canon::delete))
         .routes(routes!(canon::cas))
         .routes(routes!(canon::list))
@@ -105,6 +117,8 @@ pub(crate) fn build(state: AppState) -> Router {
         .routes(routes!(canon::promote))
         .routes(routes!(canon::remove_member))
         .split_for_parts();
+    let mut openapi = openapi;
+    crate::auth::annotate(&mut openapi);
     let swagger: Router<AppState> = SwaggerUi::new(DOCS_PATH).config(Config::new([OPENAPI_PATH])).into();
     routes
         .merge(swagger)
@@ -112,6 +126,7 @@ pub(crate) fn build(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(BODY_LEN_MAX))
         .layer(RequestBodyLimitLayer::new(BODY_LEN_MAX))
         .layer(CatchPanicLayer::new())
+        .layer(middleware::from_fn_with_state(state.clone(), crate::auth::authorize))
         .layer(middleware::from_fn(mw::json_errors))
         .layer(middleware::from_fn(mw::observe))
         .layer(Extension(OpenApiJson(openapi_bytes(&openapi))))
@@ -133,14 +148,9 @@ async fn not_found(uri: axum::http::Uri) -> ApiError {
     ApiError::NotFound(format!("no route {}; see {OPENAPI_PATH}", uri.path()))
 }
 
-/// The tenant, if `caller` may read from it: open tenants are readable by anyone, tenants with
-/// a key only by callers who presented it.
+/// The tenant a request addresses. The middleware already checked that the caller's key acts
+/// for it (`auth.rs`); this loads its entry (404 if there is none).
 pub(crate) fn readable_tenant(state: &AppState, tenant: &TenantId, caller: &Caller) -> Result<Arc<TenantEntry>, ApiError> {
-    let entry = state.runtime.tenant_or_load(tenant)?;
-    if entry.policy.api_key.is_some() && caller.authenticated_tenant.as_ref() != Some(tenant) {
-        return Err(ApiError::Forbidden(format!(
-            "tenant {tenant} requires its API key: send `Authorization: Bearer <key>`"
-        )));
-    }
-    Ok(entry)
+    debug_assert!(caller.may(tenant, vcos_actors::auth::Permission::Read) || caller.role == Some(vcos_actors::auth::Role::Metrics));
+    Ok(state.runtime.tenant_or_load(tenant)?)
 }

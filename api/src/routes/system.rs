@@ -11,7 +11,7 @@ use axum::{Extension, Json};
 
 use super::OpenApiJson;
 use crate::error::ErrorBody;
-use crate::wire::{Health, Kind, KindList};
+use crate::wire::{Health, Kind, KindList, WhoAmI};
 use crate::AppState;
 
 /// Liveness and readiness: 200 while serving with a canon that can commit; 503 `degraded`
@@ -71,6 +71,17 @@ pub(super) async fn metrics(State(state): State<AppState>) -> impl IntoResponse 
 )]
 pub(super) async fn openapi_json(Extension(doc): Extension<OpenApiJson>) -> impl IntoResponse {
     ([(CONTENT_TYPE, "application/json")], doc.0)
+}
+
+/// Who the presented key is: its id, tenant and role.
+#[utoipa::path(
+    get,
+    path = "/v1/whoami",
+    tag = "system",
+    responses((status = 200, description = "The key's principal", body = WhoAmI))
+)]
+pub(super) async fn whoami(crate::extract::Who(who): crate::extract::Who) -> Json<WhoAmI> {
+    Json(WhoAmI { key_id: who.key_id, tenant: who.tenant.map(|t| t.to_string()), role: who.role.into() })
 }
 
 /// The IMVU kinds this node serves.

@@ -1,9 +1,9 @@
-//! Tenant routes. Creation is the only place a tenant's key is ever returned; listings show
-//! names only, and policies are shown without the key.
+//! Tenant routes. A cluster admin creates tenants; the answer carries the new tenant's first
+//! `tenant_admin` key (its secret shown this once). Listing shows a cluster key every tenant,
+//! a tenant key its own.
 //!
-//! Creating a tenant that exists is a 409, not a policy replacement: otherwise any anonymous
-//! caller could overwrite (and so remove) another tenant's key. Creations are serialised by a
-//! lock so that two racing creations of one name cannot both succeed.
+//! Creating a tenant that exists is a 409, not a policy replacement. Creations are serialised
+//! by a lock so that two racing creations of one name on this node cannot both succeed.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -11,8 +11,8 @@ use axum::Json;
 use vcos_actors::{TenantId, TenantPolicy, Transition};
 
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::{ApiJson, API_KEY_LEN_MAX, API_KEY_LEN_MIN};
-use crate::wire::{CreateTenantRequest, CreatedTenant, TenantList, TenantPolicyRequest};
+use crate::extract::{ApiJson, Who};
+use crate::wire::{CreateTenantRequest, CreatedTenant, IssueKeyRequest, RoleName, TenantList, TenantPolicyRequest};
 use crate::AppState;
 
 /// Most kinds a tenant's `allowed_kinds` may list.
@@ -20,7 +20,8 @@ const ALLOWED_KINDS_LEN_MAX: usize = 64;
 /// Longest kind name in `allowed_kinds`.
 const KIND_NAME_LEN_MAX: usize = 64;
 
-/// Names of all tenants, sorted.
+/// Names of the tenants the key may see, sorted: every one for a cluster key, its own for a
+/// tenant key.
 #[utoipa::path(
     get,
     path = "/v1/tenants",
@@ -30,8 +31,9 @@ const KIND_NAME_LEN_MAX: usize = 64;
         (status = 500, description = "`internal`: a bug in the facade", body = ErrorBody),
     )
 )]
-pub(super) async fn list_tenants(State(state): State<AppState>) -> Json<TenantList> {
-    Json(TenantList { tenants: state.runtime.tenants().iter().map(|t| t.id.to_string()).collect() })
+pub(super) async fn list_tenants(State(state): State<AppState>, Who(who): Who) -> Json<TenantList> {
+    let visible = |t: &TenantId| who.tenant.as_ref().is_none_or(|own| own == t);
+    Json(TenantList { tenants: state.runtime.tenants().iter().filter(|t| visible(&t.id)).map(|t| t.id.to_string()).collect() })
 }
 
 /// Creates a tenant. The response carries its API key, this once.
@@ -41,7 +43,7 @@ pub(super) async fn list_tenants(State(state): State<AppState>) -> Json<TenantLi
     tag = "tenants",
     request_body = CreateTenantRequest,
     responses(
-        (status = 201, description = "Created; `api_key` is returned this once", body = CreatedTenant),
+        (status = 201, description = "Created; `admin_key.key` is returned this once", body = CreatedTenant),
         (status = 400, description = "`bad_request`: malformed JSON, a wrong or unknown field, an invalid name or policy", body = ErrorBody),
         (status = 409, description = "`conflict`: the name or the key is taken", body = ErrorBody),
         (status = 413, description = "`too_large`: body over 1 MiB", body = ErrorBody),
@@ -53,6 +55,7 @@ pub(super) async fn list_tenants(State(state): State<AppState>) -> Json<TenantLi
 )]
 pub(super) async fn create_tenant(
     State(state): State<AppState>,
+    Who(who): Who,
     ApiJson(request): ApiJson<CreateTenantRequest>,
 ) -> Result<(StatusCode, Json<CreatedTenant>), ApiError> {
     let id = TenantId::new(&request.name).map_err(|e| match e {
@@ -64,29 +67,17 @@ pub(super) async fn create_tenant(
     if state.runtime.tenant(&id).is_ok() {
         return Err(ApiError::Conflict(format!("tenant {id} exists")));
     }
-    if let Some(key) = &policy.api_key {
-        if state.runtime.tenant_by_key(key).is_some() {
-            return Err(ApiError::Conflict("field `policy.api_key`: this key is taken; choose another".into()));
-        }
-    }
     let entry = state.runtime.put_tenant(id, policy).await?;
-    tracing::info!(tenant = %entry.id, keyed = entry.policy.api_key.is_some(), "tenant created");
-    Ok((StatusCode::CREATED, Json(CreatedTenant::new(&entry))))
+    let first = IssueKeyRequest { role: RoleName::TenantAdmin, name: Some("first tenant admin".into()), expires_in_s: None };
+    let admin_key = super::keys::issue(&state, Some(&entry.id), &who, first).await?;
+    tracing::info!(tenant = %entry.id, by = %who.key_id, "tenant created");
+    Ok((StatusCode::CREATED, Json(CreatedTenant::new(&entry, admin_key))))
 }
 
 /// The runtime policy of a request: defaults for what is absent, every field bounded.
 fn policy(request: TenantPolicyRequest) -> Result<TenantPolicy, ApiError> {
     let bad = |field: &str, reason: String| ApiError::BadRequest(format!("field `policy.{field}`: {reason}"));
     let mut policy = TenantPolicy::default();
-    if let Some(key) = request.api_key {
-        if !(API_KEY_LEN_MIN..=API_KEY_LEN_MAX).contains(&key.len()) {
-            return Err(bad("api_key", format!("keys are {API_KEY_LEN_MIN}..={API_KEY_LEN_MAX} characters")));
-        }
-        if !key.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(bad("api_key", "keys are visible ASCII characters (no spaces)".into()));
-        }
-        policy.api_key = Some(key);
-    }
     if let Some(max_imvus) = request.max_imvus {
         policy.max_imvus = max_imvus;
     }
@@ -136,8 +127,6 @@ mod tests {
 
     #[test]
     fn bad_policies_name_their_field() {
-        refused(TenantPolicyRequest { api_key: Some("short".into()), ..Default::default() }, "api_key");
-        refused(TenantPolicyRequest { api_key: Some("with a space".into()), ..Default::default() }, "api_key");
         refused(TenantPolicyRequest { restart_period_ms: Some(0), ..Default::default() }, "restart_period_ms");
         refused(TenantPolicyRequest { allowed_kinds: Some(vec![String::new()]), ..Default::default() }, "allowed_kinds");
         let many = (0..=ALLOWED_KINDS_LEN_MAX).map(|i| format!("k{i}")).collect();

@@ -20,7 +20,7 @@ use std::net::SocketAddr;
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::time::Duration;
 
-use crate::membership::frame::{DATAGRAM_LEN_MAX, HEADER_LEN};
+use crate::membership::frame::{DATAGRAM_LEN_MAX, HEADER_LEN, TAG_LEN};
 use crate::membership::identity::{NodeIdentity, REGION_LEN_MAX};
 
 /// Fewest times an update is piggybacked, whatever the cluster size.
@@ -35,6 +35,9 @@ pub const CLUSTER_SIZE_MAX: u32 = 10_000;
 pub struct MembershipConfig {
     /// The cluster's name; its hash tags every datagram.
     pub cluster_name: String,
+    /// The cluster secret: every datagram carries an HMAC tag made with it, and one without a
+    /// valid tag is dropped (`reason="unauthenticated"`). `None`: tests of this crate only.
+    pub secret: Option<std::sync::Arc<vcos_canon_raft::auth::ClusterSecret>>,
     /// This process's identity.
     pub identity: NodeIdentity,
     /// Gossip addresses to join through (this node's own address is skipped).
@@ -106,6 +109,7 @@ impl MembershipConfig {
         let log2 = f64::from(cluster_size.max(1)).log2();
         Self {
             cluster_name: cluster_name.into(),
+            secret: None,
             identity,
             seeds,
             rng_seed,
@@ -173,7 +177,7 @@ impl MembershipConfig {
         // cut off is spent before it can reach the suspect, which then cannot refute.
         config.max_transmissions = config.max_transmissions.max(std::num::NonZeroU8::new(TRANSMISSIONS_MIN).unwrap_or(std::num::NonZeroU8::MIN));
         config.remove_down_after = None;
-        config.max_packet_size = nonzero(DATAGRAM_LEN_MAX - HEADER_LEN);
+        config.max_packet_size = nonzero(DATAGRAM_LEN_MAX - HEADER_LEN - TAG_LEN);
         config.notify_down_members = true;
         config.periodic_announce = Some(foca::PeriodicParams {
             frequency: Duration::from_millis(self.announce_period_ms),

@@ -64,6 +64,8 @@ type FocaT = Foca<NodeIdentity, PostcardCodec, SmallRng, NoCustomBroadcast>;
 
 /// One member's membership state machine. See the module docs.
 pub struct MembershipCore {
+    /// Tags sent datagrams and checks received ones (see `frame`).
+    secret: Option<std::sync::Arc<vcos_canon_raft::auth::ClusterSecret>>,
     foca: FocaT,
     runtime: AccumulatingRuntime<NodeIdentity>,
     cluster: u64,
@@ -94,6 +96,7 @@ impl MembershipCore {
             foca,
             runtime: AccumulatingRuntime::new(),
             cluster: frame::cluster_id(&config.cluster_name),
+            secret: config.secret.clone(),
             seeds,
             rejoin_period_ms: config.rejoin_period_ms,
             suspect_to_down_ms: config.suspect_to_down_ms,
@@ -160,7 +163,7 @@ impl MembershipCore {
         for to in targets {
             let mut datagram = frame::header(self.cluster, FrameKind::Leaving);
             datagram.extend_from_slice(&body);
-            self.actions.push_back(Action::Send { to, datagram });
+            self.send(to, datagram);
         }
         if let Err(error) = self.foca.leave_cluster(&mut self.runtime) {
             tracing::debug!(%error, "foca leave_cluster");
@@ -170,6 +173,15 @@ impl MembershipCore {
         self.refresh_view(now_ms);
     }
 
+    /// Queues `datagram` for `to`, tagged with the cluster secret when there is one.
+    fn send(&mut self, to: SocketAddr, mut datagram: Vec<u8>) {
+        if let Some(secret) = &self.secret {
+            let tag = secret.mac(&[&datagram]);
+            datagram.extend_from_slice(&tag[..frame::TAG_LEN]);
+        }
+        self.actions.push_back(Action::Send { to, datagram });
+    }
+
     // ---- inputs ----
 
     /// One datagram from `from`. Bad ones are dropped and counted, never answered.
@@ -177,6 +189,21 @@ impl MembershipCore {
         if self.is_quiet() {
             return;
         }
+        let datagram = match &self.secret {
+            None => datagram,
+            Some(secret) => {
+                if datagram.len() > frame::DATAGRAM_LEN_MAX {
+                    return self.drop_datagram(DropReason::Oversized, from);
+                }
+                let Some((signed, tag)) = datagram.len().checked_sub(frame::TAG_LEN).map(|at| datagram.split_at(at)) else {
+                    return self.drop_datagram(DropReason::Short, from);
+                };
+                if secret.verify(&[signed], tag).is_none() {
+                    return self.drop_datagram(DropReason::Unauthenticated, from);
+                }
+                signed
+            }
+        };
         match frame::parse(self.cluster, datagram) {
             Err(reason) => self.drop_datagram(reason, from),
             Ok((FrameKind::Foca, body)) => {
@@ -195,7 +222,7 @@ impl MembershipCore {
                     // A live process with another's node id: tell it who holds the id.
                     let mut datagram = frame::header(self.cluster, FrameKind::Conflict);
                     datagram.extend_from_slice(&postcard_identity(&winner));
-                    self.actions.push_back(Action::Send { to: from, datagram });
+                    self.send(from, datagram);
                     self.drop_datagram(DropReason::Conflict, from);
                 } else if let Err(error) = self.foca.handle_data(body, &mut self.runtime) {
                     tracing::trace!(%error, %from, "foca refused a datagram");
@@ -307,7 +334,7 @@ impl MembershipCore {
         for to in self.seeds.clone() {
             let mut datagram = frame::header(self.cluster, FrameKind::Join);
             datagram.extend_from_slice(&body);
-            self.actions.push_back(Action::Send { to, datagram });
+            self.send(to, datagram);
         }
     }
 
@@ -352,7 +379,7 @@ impl MembershipCore {
             }
             let mut datagram = frame::header(self.cluster, FrameKind::Foca);
             datagram.extend_from_slice(&payload);
-            self.actions.push_back(Action::Send { to: to.gossip_addr, datagram });
+            self.send(to.gossip_addr, datagram);
         }
         while let Some((after, timer)) = self.runtime.to_schedule() {
             let at_ms = now_ms + u64::try_from(after.as_millis()).unwrap_or(u64::MAX / 2);

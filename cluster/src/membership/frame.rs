@@ -6,6 +6,7 @@
 //! 3      kind: 0 foca payload, 1 join request, 2 leaving notice, 3 id conflict
 //! 4..12  cluster id (FNV-1a of the cluster name, little endian; the canon uses the same hash)
 //! 12..   body
+//! -16..  HMAC-SHA256 tag of all the above under the cluster secret (truncated to 16 bytes)
 //! ```
 //!
 //! A datagram that is too short, too long, of another magic, version or cluster, or of an
@@ -14,6 +15,9 @@
 
 /// Bytes of the header.
 pub const HEADER_LEN: usize = 12;
+/// Bytes of the HMAC tag that ends every datagram of a cluster with a secret (HMAC-SHA256 of
+/// header and body under the cluster secret, truncated).
+pub const TAG_LEN: usize = 16;
 /// Largest datagram sent or accepted, header included (fits a 1,500-byte MTU with room to spare).
 pub const DATAGRAM_LEN_MAX: usize = 1_400;
 /// The two bytes every frame starts with.
@@ -62,6 +66,8 @@ pub enum DropReason {
     Malformed,
     /// From a node whose identity lost a duplicate-id conflict, or to a core that lost one.
     Conflict,
+    /// No valid tag: sent without the cluster secret (or altered on the way).
+    Unauthenticated,
 }
 
 impl DropReason {
@@ -76,6 +82,7 @@ impl DropReason {
             Self::Kind => "kind",
             Self::Malformed => "malformed",
             Self::Conflict => "conflict",
+            Self::Unauthenticated => "unauthenticated",
         }
     }
 }

@@ -41,17 +41,31 @@ struct Net {
     /// Addresses whose traffic (both ways) is dropped.
     cut: BTreeSet<SocketAddr>,
     events: Vec<(u64, SocketAddr, MemberEvent)>,
+    /// The cluster secret of each node id that has one.
+    secrets: BTreeMap<u64, std::sync::Arc<vcos_canon_raft::auth::ClusterSecret>>,
 }
 
 impl Net {
     fn new() -> Self {
-        Self { now_ms: 0, latency_ms: 1, cores: BTreeMap::new(), timers: BTreeMap::new(), flight: BTreeMap::new(), seq: 0, cut: BTreeSet::new(), events: Vec::new() }
+        Self {
+            now_ms: 0,
+            latency_ms: 1,
+            cores: BTreeMap::new(),
+            timers: BTreeMap::new(),
+            flight: BTreeMap::new(),
+            seq: 0,
+            cut: BTreeSet::new(),
+            events: Vec::new(),
+            secrets: BTreeMap::new(),
+        }
     }
 
     /// Starts a node that joins through `seeds`.
     fn start(&mut self, id: NodeIdentity, seeds: &[u64], size: u32) {
         let at = id.gossip_addr;
-        let mut core = MembershipCore::new(&config(id, seeds.iter().map(|s| addr(*s)).collect(), size)).expect("valid config");
+        let mut config = config(id.clone(), seeds.iter().map(|s| addr(*s)).collect(), size);
+        config.secret = self.secrets.get(&id.node_id).cloned();
+        let mut core = MembershipCore::new(&config).expect("valid config");
         core.join(self.now_ms);
         self.cores.insert(at, core);
         self.timers.insert(at, TimerQueue::default());
@@ -253,6 +267,30 @@ fn a_node_that_leaves_is_marked_left() {
     assert!(net.core(2).is_quiet());
     net.run_until(net.now_ms + 3_000);
     assert!(net.all_see(&[1, 3], 2, MemberState::Left), "stays left, not down");
+}
+
+#[test]
+fn with_a_cluster_secret_members_join_and_strangers_are_dropped() {
+    use vcos_canon_raft::auth::ClusterSecret;
+    let ours = std::sync::Arc::new(ClusterSecret::generate(|b| b.fill(1)));
+    let theirs = std::sync::Arc::new(ClusterSecret::generate(|b| b.fill(2)));
+    let mut net = Net::new();
+    for i in 1..=3 {
+        net.secrets.insert(i, ours.clone());
+    }
+    net.secrets.insert(4, theirs);
+    for i in 1..=4 {
+        net.start(identity(i, 1), &[1], 4);
+    }
+    net.run_until_true(5_000, |n| converged(n, &[1, 2, 3])).expect("members with the secret converge");
+    net.run_until(net.now_ms + 3_000);
+    assert!(net.core(1).view().get(4).is_none(), "a node with another secret never joins");
+    assert!(net.core(1).dropped(frame::DropReason::Unauthenticated) > 0, "its datagrams are dropped and counted");
+    // A well-formed datagram without a tag is no better.
+    let before = net.core(1).dropped(frame::DropReason::Unauthenticated);
+    let untagged = [frame::header(frame::cluster_id(CLUSTER), frame::FrameKind::Join), vec![0; 40]].concat();
+    net.inject(1, SocketAddr::from(([192, 168, 1, 1], 9)), &untagged);
+    assert_eq!(net.core(1).dropped(frame::DropReason::Unauthenticated), before + 1);
 }
 
 #[test]

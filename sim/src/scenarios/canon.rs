@@ -313,6 +313,7 @@ async fn node_main(i: u8, incarnation: u64, disk: Arc<SimDb>, shared: Arc<Shared
     // Outlives this function (a stopped node's tasks linger until the host restarts).
     tokio::task::spawn_local(sockets.closer());
     let mut config = NodeConfig::new(u64::from(i) + 1, REGION, std::path::Path::new("/sim"));
+    config.secret = Some(crate::keys::cluster_secret(seed));
     config.info = node_info(i);
     config.incarnation = Some(incarnation);
     config.raft.heartbeat_interval = 50;

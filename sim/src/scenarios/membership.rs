@@ -165,7 +165,8 @@ async fn member_main(i: u16, nodes: u16, renewal: u64, seed: u64, loss_per_mille
         meta: NodeMeta { region: format!("r{}", i % 3), roles: Roles::HOST, http_addr: None, canon_addr: None },
     };
     let node_seed = seed ^ (u64::from(i) << 32) ^ (renewal << 16);
-    let config = MembershipConfig::lan("sim", identity, seeds, u32::from(nodes), node_seed);
+    let mut config = MembershipConfig::lan("sim", identity, seeds, u32::from(nodes), node_seed);
+    config.secret = Some(Arc::new(crate::keys::cluster_secret(seed)));
     let rng = Mutex::new(ChaCha8Rng::seed_from_u64(node_seed ^ 0xfa07_50c7));
     let socket = FaultySocket { inner: Arc::new(socket), rng, loss_per_mille };
     let (handle, mut events) = vcos_cluster::spawn(socket, config).map_err(|e| e.to_string())?;
