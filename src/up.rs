@@ -124,7 +124,10 @@ pub(crate) fn run(args: UpArgs) -> anyhow::Result<()> {
 pub(crate) fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).try_init();
+    // Colours only on a terminal, and never with NO_COLOR set: logs sent to a file or a pipe
+    // carry no escape codes.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_ansi(ansi).with_writer(std::io::stderr).try_init();
 }
 
 /// Builds the node's runtime with the kinds that ship with the binary. If the default tenant

@@ -326,6 +326,7 @@ async fn readme_walkthrough_then_restart_recovers_from_disk() {
     // Ctrl-C: the node stops cleanly.
     let output = node.interrupt();
     assert!(output.contains("node stopped"), "the node says it stopped:\n{output}");
+    assert!(!output.contains('\u{1b}'), "logs to a pipe carry no terminal colour codes:\n{output}");
 
     // Up again on the same directory: everything acknowledged is back.
     let node = Node::up(data.path());

@@ -226,6 +226,14 @@ fn record_refusal(e: &ApiError) {
     }
 }
 
+/// Adds an `ErrorBody` answer for `status` to `op`, unless it documents one already.
+pub(crate) fn add_error_response(op: &mut Operation, status: &str, text: &str) {
+    op.responses.responses.entry(status.to_owned()).or_insert_with(|| {
+        let content = ContentBuilder::new().schema(Some(Ref::from_schema_name("ErrorBody"))).build();
+        ResponseBuilder::new().description(text).content("application/json", content).build().into()
+    });
+}
+
 /// Annotates each operation of the document with its rule: the security requirement (the
 /// scopes are the roles that may call it), a line in its description, and the 401 and 403
 /// answers it may give.
@@ -261,10 +269,7 @@ pub(crate) fn annotate(openapi: &mut utoipa::openapi::OpenApi) {
                 ("401", "`key_missing`, `key_malformed`, `key_unknown`, `key_revoked`, `key_expired`, `key_in_url`: no valid key"),
                 ("403", "`forbidden`: the key belongs to another tenant, or its role lacks the permission"),
             ] {
-                op.responses.responses.entry(status.to_owned()).or_insert_with(|| {
-                    let content = ContentBuilder::new().schema(Some(Ref::from_schema_name("ErrorBody"))).build();
-                    ResponseBuilder::new().description(text).content("application/json", content).build().into()
-                });
+                add_error_response(op, status, text);
             }
         }
     }

@@ -26,6 +26,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use vcos_actors::Runtime;
 
 mod auth;
+mod describe;
 pub mod error;
 mod extract;
 mod middleware;
@@ -170,6 +171,7 @@ pub fn install_metrics_recorder() -> PrometheusHandle {
             if let Err(e) = metrics::set_global_recorder(recorder) {
                 tracing::warn!(error = %e, "a metrics recorder is already installed; /metrics will not see the node's metrics");
             }
+            describe::describe_all();
             handle
         })
         .clone()

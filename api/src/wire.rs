@@ -153,7 +153,7 @@ pub struct TenantPolicyRequest {
 #[serde(deny_unknown_fields)]
 pub struct CreateTenantRequest {
     /// 1..=31 characters of `a-z`, `0-9`, `-`, `_` (`vcos_actors::ids::TENANT_NAME_LEN_MAX`).
-    #[schema(example = "acme")]
+    #[schema(example = "acme", pattern = "^[a-z0-9_-]{1,31}$", min_length = 1, max_length = 31)]
     pub name: String,
     /// Policy; omitted fields take their defaults.
     #[serde(default)]
@@ -808,7 +808,8 @@ impl From<SwarmInfo> for SwarmView {
 #[serde(deny_unknown_fields)]
 pub struct SubmitWorkRequest {
     /// Work items, 1..=10 000; each is a message for the member kind.
-    #[schema(value_type = Vec<Object>, example = json!([{"op": "word_count", "text": "a b c"}, {"op": "upper", "text": "hi"}]))]
+    #[schema(value_type = Vec<Object>, min_items = 1, max_items = 10_000,
+        example = json!([{"op": "word_count", "text": "a b c"}, {"op": "upper", "text": "hi"}]))]
     pub items: Vec<serde_json::Value>,
 }
 
@@ -853,7 +854,7 @@ pub struct Credits {
 #[serde(deny_unknown_fields)]
 pub struct MemoryValue {
     /// Any JSON value.
-    #[schema(value_type = Object, example = json!({"topic": "rust"}))]
+    #[schema(value_type = Value, example = json!({"topic": "rust"}))]
     pub value: serde_json::Value,
 }
 
@@ -865,6 +866,7 @@ pub struct OpenVoteRequest {
     /// What is decided.
     pub proposal: String,
     /// The choices, at least two.
+    #[schema(min_items = 2)]
     pub options: Vec<String>,
     /// Ballots one option needs to win, 1..=members (default: a majority of the members).
     #[serde(default)]

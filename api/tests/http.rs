@@ -430,9 +430,13 @@ async fn health_kinds_and_metrics() {
         r#"route="/v1/tenants/{tenant}/imvus/{id}/messages""#,
         r#"method="POST""#,
         r#"status="201""#,
+        "# HELP vcos_http_requests_total",
+        "# HELP vcos_messages_total",
     ] {
         assert!(text.contains(needle), "/metrics lacks {needle}:\n{text}");
     }
+    let problems = lint_exposition(&text);
+    assert!(problems.is_empty(), "/metrics fails the exposition lint: {problems:#?}\n{text}");
 
     api.runtime.node().shutting_down.store(true, std::sync::atomic::Ordering::SeqCst);
     let (status, health) = api.get("/health").await;
@@ -512,6 +516,26 @@ async fn openapi_documents_every_route_and_docs_are_served() {
         "VoteView",
     ] {
         assert!(doc["components"]["schemas"][schema].is_object(), "schema {schema} missing");
+    }
+
+    // The document states the rules the server enforces, and every status it answers.
+    let schemas = &doc["components"]["schemas"];
+    assert_eq!(schemas["CreateTenantRequest"]["properties"]["name"]["pattern"], "^[a-z0-9_-]{1,31}$");
+    assert_eq!(schemas["OpenVoteRequest"]["properties"]["options"]["minItems"], 2);
+    assert_eq!(schemas["SubmitWorkRequest"]["properties"]["items"]["minItems"], 1);
+    assert!(schemas["MemoryValue"]["properties"]["value"].get("type").is_none(), "any JSON value: {}", schemas["MemoryValue"]);
+    let text = doc.to_string();
+    for reference in text.split(r##""$ref":"#/components/schemas/"##).skip(1) {
+        let name = reference.split('"').next().unwrap_or_default();
+        assert!(schemas[name].is_object(), "a $ref to the missing schema {name}");
+    }
+    let params = doc["paths"]["/v1/canon/kv/{key}"]["get"]["parameters"].as_array().expect("parameters");
+    let consistency = params.iter().find(|p| p["name"] == "consistency").expect("the consistency parameter");
+    assert!(consistency.to_string().contains(r#"["linearizable","stale"]"#), "{consistency}");
+    for (path, method) in [("/v1/canon/kv/{key}", "get"), ("/v1/canon/kv/{key}", "put"), ("/v1/canon/members", "post"), ("/v1/canon/members/{id}", "delete")] {
+        for code in ["400", "401", "403", "404", "503"] {
+            assert!(doc["paths"][path][method]["responses"][code].is_object(), "{method} {path} lacks {code}");
+        }
     }
 
     let (status, _, bytes) = api.raw(Request::get("/docs/").body(Body::empty()).expect("request")).await;
@@ -675,4 +699,63 @@ async fn authorization_matrix_from_the_document() {
     }
     eprintln!("authorisation matrix: {cases} cases");
     assert!(cases > 150, "the matrix covers every route ({cases} cases)");
+}
+
+/// The checks of `promtool check metrics` (client_golang's promlint) that apply to a text
+/// exposition: every family has `# HELP` and `# TYPE` once, HELP before samples; names are
+/// snake_case; counters end in `_total` and nothing else does; base units only.
+fn lint_exposition(text: &str) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut help = std::collections::BTreeSet::new();
+    let mut types = std::collections::BTreeMap::new();
+    let family_of = |sample: &str, types: &std::collections::BTreeMap<String, String>| -> Option<String> {
+        let name = sample.split(['{', ' ']).next().unwrap_or_default();
+        types.keys().filter(|f| name == f.as_str() || ["_bucket", "_sum", "_count"].iter().any(|s| name == format!("{f}{s}"))).max_by_key(|f| f.len()).cloned()
+    };
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (name, text) = rest.split_once(' ').unwrap_or((rest, ""));
+            if text.trim().is_empty() {
+                problems.push(format!("{name}: empty help"));
+            }
+            if !help.insert(name.to_owned()) {
+                problems.push(format!("{name}: HELP twice"));
+            }
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, ""));
+            if !help.contains(name) {
+                problems.push(format!("{name}: no help text"));
+            }
+            if types.insert(name.to_owned(), kind.to_owned()).is_some() {
+                problems.push(format!("{name}: TYPE twice"));
+            }
+            let snake = name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b':');
+            if !snake {
+                problems.push(format!("{name}: not snake_case"));
+            }
+            match (kind, name.ends_with("_total")) {
+                ("counter", false) => problems.push(format!("{name}: counter without the _total suffix")),
+                (k, true) if k != "counter" => problems.push(format!("{name}: {k} with the _total suffix")),
+                _ => {}
+            }
+            for unit in ["_ms", "_milliseconds", "_microseconds", "_minutes", "_hours", "_kilobytes", "_megabytes"] {
+                if name.contains(unit) {
+                    problems.push(format!("{name}: {unit} is not a base unit"));
+                }
+            }
+        } else if !line.starts_with('#') && family_of(line, &types).is_none() {
+            problems.push(format!("sample without a TYPE: {line}"));
+        }
+    }
+    problems
+}
+
+#[test]
+fn the_exposition_lint_finds_what_promtool_finds() {
+    let bad = "# TYPE requests counter\nrequests 1\n# HELP latencyMs x\n# TYPE latencyMs gauge\nlatencyMs 2\nstray_total 3\n";
+    let problems = lint_exposition(bad);
+    for expected in ["requests: no help text", "requests: counter without the _total suffix", "latencyMs: not snake_case", "sample without a TYPE: stray_total 3"] {
+        assert!(problems.iter().any(|p| p == expected), "{expected} in {problems:?}");
+    }
+    assert!(lint_exposition("# HELP a_total A.\n# TYPE a_total counter\na_total 1\n").is_empty());
 }

@@ -96,11 +96,23 @@ pub(super) async fn delete(State(state): State<AppState>, Path(key): Path<String
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// How a read is served (documents the `consistency` parameter; the handler checks the text
+/// itself, to name a wrong value in its 400).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Consistency {
+    /// A read index confirmed by a quorum (the default).
+    Linearizable,
+    /// This node's replica, with its lag.
+    Stale,
+}
+
 /// How to read.
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ReadParams {
     /// `linearizable` (default) or `stale`.
+    #[param(value_type = Option<Consistency>, inline)]
     consistency: Option<String>,
     /// The region whose canon to read (default: this node's).
     region: Option<String>,

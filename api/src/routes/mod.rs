@@ -119,6 +119,7 @@ pub(crate) fn build(state: AppState) -> Router {
         .split_for_parts();
     let mut openapi = openapi;
     crate::auth::annotate(&mut openapi);
+    document_canon_errors(&mut openapi);
     let swagger: Router<AppState> = SwaggerUi::new(DOCS_PATH).config(Config::new([OPENAPI_PATH])).into();
     routes
         .merge(swagger)
@@ -131,6 +132,27 @@ pub(crate) fn build(state: AppState) -> Router {
         .layer(middleware::from_fn(mw::observe))
         .layer(Extension(OpenApiJson(openapi_bytes(&openapi))))
         .with_state(state)
+}
+
+/// The answers every canon route may give besides its own (a malformed key, region or
+/// parameter; an unknown region; a store failure; no quorum), so the document lists every
+/// status the server returns.
+fn document_canon_errors(openapi: &mut utoipa::openapi::OpenApi) {
+    for (path, item) in openapi.paths.paths.iter_mut().filter(|(p, _)| p.starts_with("/v1/canon/")) {
+        for op in [&mut item.get, &mut item.post, &mut item.put, &mut item.delete].into_iter().flatten() {
+            for (status, text) in [
+                ("400", "`bad_request`: a malformed key, region, parameter or body"),
+                ("404", "`not_found`: no such region (or key)"),
+                ("500", "`store_error`: the canon failed"),
+                ("503", "`canon_unavailable`: no quorum now (retry after `Retry-After`); `unavailable`: the node is stopping"),
+            ] {
+                crate::auth::add_error_response(op, status, text);
+            }
+            if path.starts_with("/v1/canon/members") {
+                crate::auth::add_error_response(op, "409", "`refused` or `learner_not_promoted`: the change would lose quorum, or the learner did not catch up");
+            }
+        }
+    }
 }
 
 fn openapi_bytes(openapi: &utoipa::openapi::OpenApi) -> Bytes {
