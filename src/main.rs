@@ -3,8 +3,10 @@
 //! - `vcos up`: a local node (canon on disk, IMVU hosts, HTTP facade) on embedded defaults;
 //! - `vcos bench local`: the actor runtime measured against Erlang/OTP in the same run;
 //! - `vcos sim`: the deterministic simulator;
-//! - `vcos status`, `vcos canon`: a running cluster's members and canon.
+//! - `vcos status`, `vcos canon`: a running cluster's members and canon;
+//! - `vcos audit verify`: a tenant's (or the cluster's) audit chain checked.
 
+mod audit_cmd;
 mod bench;
 mod canon_cmd;
 mod cluster_up;
@@ -45,6 +47,8 @@ enum Command {
     Sim(sim_cmd::SimArgs),
     /// The cluster's members as a node sees them: region, roles, state, IMVU buckets owned.
     Status(status_cmd::StatusArgs),
+    /// The audit log: verify a tenant's (or the cluster's) hash chain.
+    Audit(audit_cmd::AuditArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -56,5 +60,6 @@ fn main() -> anyhow::Result<()> {
         Command::Sim(args) => sim_cmd::run_cli(args),
         Command::Canon(args) => canon_cmd::run(args),
         Command::Status(args) => status_cmd::run(args),
+        Command::Audit(args) => audit_cmd::run(args),
     }
 }

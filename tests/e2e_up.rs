@@ -323,6 +323,15 @@ async fn readme_walkthrough_then_restart_recovers_from_disk() {
     let (_, history_before) = client.get(&format!("{counter}/history")).await;
     let (_, credits_before) = client.get(&format!("{swarm}/credits")).await;
 
+    // Every change above is in the default tenant's audit chain, and the chain is intact.
+    tokio::time::sleep(Duration::from_millis(300)).await; // one flush interval, and some
+    let key_file = common::admin_key_file(data.path());
+    let args = ["audit", "verify", "--tenant", "default", "--node", &node.base, "--api-key-file", key_file.to_str().expect("UTF-8")];
+    let (status, output) = Proc::spawn(&args).finish(Duration::from_secs(60));
+    assert!(status.success() && output.contains("intact"), "{output}");
+    let (_, audit) = client.get(&node.url("/v1/tenants/default/audit?limit=1000")).await;
+    assert!(audit["records"].as_array().is_some_and(|r| r.len() > 10), "{audit}");
+
     // Ctrl-C: the node stops cleanly.
     let output = node.interrupt();
     assert!(output.contains("node stopped"), "the node says it stopped:\n{output}");

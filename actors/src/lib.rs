@@ -10,6 +10,7 @@
 //! Invariants: this crate knows no network and no HTTP; every canon write goes through
 //! `CanonStore`; time comes from the injected `Clock`; a handler panic never escapes a shard.
 
+pub mod audit;
 pub mod auth;
 pub mod error;
 pub mod failpoints;

@@ -19,6 +19,7 @@ use tokio::sync::{mpsc, Notify};
 use vcos_supervision::ractor_driver::{ChildDef, SupervisorActor, SupervisorArgs, SupervisorMsg};
 use vcos_supervision::{ChildSpec, Clock, Intensity, RestartType, Strategy};
 
+use crate::audit::{AuditLog, AUDIT_FLUSH_MS};
 use crate::auth::{KeyRegistry, OsSecrets, SecretSource};
 use crate::error::ActorError;
 use crate::handshake::{Handshake, NodeHealth};
@@ -266,6 +267,7 @@ impl RuntimeBuilder {
         let runtime = Runtime {
             inner: Arc::new(Inner {
                 keys: KeyRegistry::new(config.store.clone(), config.clock.clone(), config.secrets.clone()),
+                audit: Arc::new(AuditLog::new(config.store.clone(), config.clock.clone())),
                 config,
                 tenants,
                 node,
@@ -287,12 +289,28 @@ impl RuntimeBuilder {
             unreachable!("the router slot is set once, here");
         }
         runtime.load_tenants().await?;
+        spawn_audit_flusher(Arc::downgrade(&runtime.inner.audit));
         let swarms = swarm::recover(&runtime).await?;
         if swarms > 0 {
             tracing::info!(swarms, "swarms recovered from canon");
         }
         Ok(runtime)
     }
+}
+
+/// Writes the audit log's waiting records every [`AUDIT_FLUSH_MS`] while the runtime lives.
+fn spawn_audit_flusher(audit: std::sync::Weak<AuditLog>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(AUDIT_FLUSH_MS));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(audit) = audit.upgrade() else { return };
+            if let Err(e) = audit.flush().await {
+                tracing::debug!(error = %e, "audit records wait for the next flush");
+            }
+        }
+    });
 }
 
 const DIRECTORY_SHARDS: usize = 16;
@@ -388,6 +406,8 @@ struct Inner {
     placement: std::sync::OnceLock<std::sync::Weak<dyn placed::Placement>>,
     /// API keys, over canon.
     keys: KeyRegistry,
+    /// The audit log, over canon.
+    audit: Arc<AuditLog>,
 }
 
 /// Kinds the node serves, for listings.
@@ -551,6 +571,16 @@ impl Runtime {
     /// All tenants.
     pub fn tenants(&self) -> Vec<Arc<TenantEntry>> {
         self.inner.tenants.list()
+    }
+
+    /// The audit log.
+    pub fn audit(&self) -> &Arc<AuditLog> {
+        &self.inner.audit
+    }
+
+    /// The injected source of random bytes.
+    pub fn secrets(&self) -> &Arc<dyn SecretSource> {
+        &self.inner.config.secrets
     }
 
     /// The API keys: issue, list, rotate, revoke, authenticate.
@@ -987,6 +1017,9 @@ impl Runtime {
     /// shards stopped in reverse start order. Everything acknowledged was durable already.
     pub async fn shutdown(&self) {
         self.inner.node.shutting_down.store(true, Ordering::SeqCst);
+        if let Err(e) = self.inner.audit.flush().await {
+            tracing::warn!(error = %e, "audit records not written at shutdown");
+        }
         swarm::stop_all(&self.inner.swarms);
         let written = self.passivate_idle(0).await;
         tracing::info!(passivated = written, "IMVUs passivated; stopping shards");

@@ -68,6 +68,10 @@ pub(crate) const ACCESS: &[(&str, &str, Access)] = &[
     ("GET", "/v1/keys/{key_id}", Need(Cluster)),
     ("DELETE", "/v1/keys/{key_id}", Need(Cluster)),
     ("POST", "/v1/keys/{key_id}/rotate", Need(Cluster)),
+    ("GET", "/v1/tenants/{tenant}/audit", Need(Administer)),
+    ("GET", "/v1/tenants/{tenant}/audit/verify", Need(Administer)),
+    ("GET", "/v1/audit", Need(Cluster)),
+    ("GET", "/v1/audit/verify", Need(Cluster)),
     ("POST", "/v1/tenants/{tenant}/imvus", Need(Use)),
     ("GET", "/v1/tenants/{tenant}/imvus/{id}", Need(Read)),
     ("POST", "/v1/tenants/{tenant}/imvus/{id}/messages", Need(Use)),
@@ -114,15 +118,35 @@ pub(crate) fn access_of(method: &Method, route: &str) -> Option<Access> {
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct ListenAddr(pub(crate) SocketAddr);
 
-/// The middleware; see the module docs.
+/// The raw `{tenant}` of the request's route, when it has one (set by [`check`]).
+#[derive(Clone, Debug)]
+struct PathTenant(String);
+
+/// The middleware; see the module docs. It also gives every request an id (`x-request-id`:
+/// the caller's, if it is a sane one, else a fresh one) and records in the audit log every
+/// mutating request and every refused one.
 pub(crate) async fn authorize(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
-    match check(&state, &mut req).await {
-        Ok(()) => next.run(req).await,
+    let request_id = crate::audit::request_id(&state, req.headers());
+    let facts = crate::audit::RequestFacts::of(&req, &request_id);
+    let mut response = match check(&state, &mut req).await {
+        Ok(()) => {
+            let (principal, tenant) = (req.extensions().get::<Principal>().cloned(), req.extensions().get::<PathTenant>().map(|t| t.0.clone()));
+            let response = next.run(req).await;
+            crate::audit::after(&state, facts, principal.as_ref(), tenant.as_deref(), response.status());
+            response
+        }
         Err(e) => {
             record_refusal(&e);
-            e.into_response()
+            let (principal, tenant) = (req.extensions().get::<Principal>().cloned(), req.extensions().get::<PathTenant>().map(|t| t.0.clone()));
+            let response = e.into_response();
+            crate::audit::after(&state, facts, principal.as_ref(), tenant.as_deref(), response.status());
+            response
         }
+    };
+    if let Ok(value) = axum::http::HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert("x-request-id", value);
     }
+    response
 }
 
 async fn check(state: &AppState, req: &mut Request) -> Result<(), ApiError> {
@@ -142,7 +166,12 @@ async fn check(state: &AppState, req: &mut Request) -> Result<(), ApiError> {
     };
     refuse_key_in_query(req.uri().query())?;
     let principal = authenticate(state, req)?;
+    // Known from here on, for the audit record of a refusal too.
+    req.extensions_mut().insert(principal.clone());
     let tenant = path_tenant(req).await;
+    if let Some(t) = &tenant {
+        req.extensions_mut().insert(PathTenant(t.clone()));
+    }
     if let Some(path_tenant) = &tenant {
         let own = principal.tenant.as_ref().is_some_and(|t| t.as_str() == path_tenant);
         if !own && principal.role != Role::ClusterAdmin {
@@ -164,9 +193,7 @@ async fn check(state: &AppState, req: &mut Request) -> Result<(), ApiError> {
         // No tenant in the path, or a malformed one (the route's extractor says what is wrong).
         _ => Caller { authenticated_tenant: principal.tenant.clone(), role: Some(principal.role), principal: format!("key:{}", principal.key_id) },
     };
-    tracing::Span::current().record("key_id", principal.key_id.as_str());
     req.extensions_mut().insert(caller);
-    req.extensions_mut().insert(principal);
     Ok(())
 }
 

@@ -20,6 +20,9 @@ use Kind::{Counter, Gauge, Histogram};
 const METRICS: &[(Kind, &str, &str)] = &[
     (Counter, crate::HTTP_REQUESTS_METRIC, "HTTP requests served, by method, route template and status."),
     (Histogram(Unit::Seconds), crate::HTTP_DURATION_METRIC, "HTTP request latency, by method, route template and status."),
+    (Counter, "vcos_audit_records_total", "Audit records appended to the canon."),
+    (Counter, "vcos_audit_flushes_total", "Flushes of waiting audit records."),
+    (Counter, "vcos_audit_dropped_total", "Audit records dropped because too many waited to be written."),
     (Counter, "vcos_http_auth_refusals_total", "HTTP requests refused for want of a valid key (401) or of a right (403), by code."),
     (Counter, "vcos_activations_total", "IMVUs activated from canon (created or reloaded)."),
     (Counter, "vcos_passivations_total", "IMVUs passivated after being idle."),

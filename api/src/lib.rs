@@ -25,6 +25,7 @@ use std::time::Duration;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use vcos_actors::Runtime;
 
+mod audit;
 mod auth;
 mod describe;
 pub mod error;
@@ -63,6 +64,22 @@ pub(crate) struct AppState {
     pub(crate) canon: Option<vcos_canon_raft::RaftCanonStore>,
     /// Placement: IMVU requests go to their owner node (absent: everything is local).
     pub(crate) cluster: Option<vcos_cluster::Cluster>,
+    /// Ids of requests that bring none.
+    pub(crate) request_ids: Arc<audit::RequestIds>,
+    /// Sampling of unauthenticated refusals for the audit log.
+    pub(crate) refusal_samples: Arc<audit::RefusalSamples>,
+}
+
+impl AppState {
+    fn new(
+        runtime: Runtime,
+        metrics: PrometheusHandle,
+        canon: Option<vcos_canon_raft::RaftCanonStore>,
+        cluster: Option<vcos_cluster::Cluster>,
+    ) -> Self {
+        let request_ids = Arc::new(audit::RequestIds::new(&runtime));
+        Self { runtime, metrics, tenant_creation: Arc::default(), canon, cluster, request_ids, refusal_samples: Arc::default() }
+    }
 }
 
 /// Every route of the API, around `runtime`; `/metrics` renders `metrics`.
@@ -77,12 +94,12 @@ pub(crate) struct AppState {
 /// (`/v1/canon/status`, `/v1/canon/kv…`, `/v1/canon/members…`) answer 500 `store_error` here:
 /// they need [`router_with_canon`].
 pub fn router(runtime: Runtime, metrics: PrometheusHandle) -> axum::Router {
-    routes::build(AppState { runtime, metrics, tenant_creation: Arc::default(), canon: None, cluster: None })
+    routes::build(AppState::new(runtime, metrics, None, None))
 }
 
 /// [`router`] plus the `/v1/canon/…` routes over `canon` (status, key-value, membership).
 pub fn router_with_canon(runtime: Runtime, metrics: PrometheusHandle, canon: vcos_canon_raft::RaftCanonStore) -> axum::Router {
-    routes::build(AppState { runtime, metrics, tenant_creation: Arc::default(), canon: Some(canon), cluster: None })
+    routes::build(AppState::new(runtime, metrics, Some(canon), None))
 }
 
 /// [`router_with_canon`] with placement: IMVU routes reach each IMVU on the node that owns it
@@ -93,7 +110,7 @@ pub fn router_with_cluster(
     canon: vcos_canon_raft::RaftCanonStore,
     cluster: vcos_cluster::Cluster,
 ) -> axum::Router {
-    routes::build(AppState { runtime, metrics, tenant_creation: Arc::default(), canon: Some(canon), cluster: Some(cluster) })
+    routes::build(AppState::new(runtime, metrics, Some(canon), Some(cluster)))
 }
 
 /// Serves `router` on `listener` until `shutdown` resolves, then stops accepting and waits
@@ -125,7 +142,9 @@ pub async fn serve(
         Ok(addr) => router.layer(axum::Extension(auth::ListenAddr(addr))),
         Err(_) => router,
     };
-    let server = axum::serve(listener, router).with_graceful_shutdown(signal).into_future();
+    // Peer addresses reach the audit log through `ConnectInfo`.
+    let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let server = axum::serve(listener, service).with_graceful_shutdown(signal).into_future();
     let drain_expired = async move {
         if asked_rx.await.is_err() {
             // The server finished without a shutdown: nothing to bound.

@@ -448,7 +448,7 @@ async fn openapi_documents_every_route_and_docs_are_served() {
     let api = api().await;
     let (status, doc) = api.get("/openapi.json").await;
     assert_eq!(status, StatusCode::OK);
-    let expected: [(&str, &[&str]); 35] = [
+    let expected: [(&str, &[&str]); 39] = [
         ("/health", &["get"]),
         ("/metrics", &["get"]),
         ("/openapi.json", &["get"]),
@@ -484,6 +484,10 @@ async fn openapi_documents_every_route_and_docs_are_served() {
         ("/v1/canon/members/{id}/promote", &["post"]),
         ("/v1/cluster", &["get"]),
         ("/v1/cluster/secret", &["get"]),
+        ("/v1/tenants/{tenant}/audit", &["get"]),
+        ("/v1/tenants/{tenant}/audit/verify", &["get"]),
+        ("/v1/audit", &["get"]),
+        ("/v1/audit/verify", &["get"]),
     ];
     for (path, methods) in expected {
         for method in methods {
@@ -493,7 +497,7 @@ async fn openapi_documents_every_route_and_docs_are_served() {
         }
     }
     let paths = doc["paths"].as_object().expect("paths").len();
-    assert_eq!(paths, 35, "exactly the routes above");
+    assert_eq!(paths, 39, "exactly the routes above");
     let messages = &doc["paths"]["/v1/tenants/{tenant}/imvus/{id}/messages"]["post"]["responses"];
     for code in ["200", "400", "401", "403", "404", "409", "413", "429", "500", "503"] {
         assert!(messages[code].is_object(), "messages lacks {code}: {messages}");
@@ -758,4 +762,65 @@ fn the_exposition_lint_finds_what_promtool_finds() {
         assert!(problems.iter().any(|p| p == expected), "{expected} in {problems:?}");
     }
     assert!(lint_exposition("# HELP a_total A.\n# TYPE a_total counter\na_total 1\n").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_log_records_changes_and_refusals_and_its_chain_detects_tampering() {
+    let api = api().await;
+    let (_, acme) = api.post("/v1/tenants", json!({"name": "acme"})).await;
+    let admin = acme["admin_key"]["key"].as_str().expect("key").to_owned();
+    let (_, viewer) = api.call(Method::POST, "/v1/tenants/acme/keys", Some(json!({"role": "viewer"})), Some(&admin)).await;
+    let viewer_key = viewer["key"].as_str().expect("key").to_owned();
+    let viewer_id = viewer["id"].as_str().expect("id").to_owned();
+    // A change with a request id of the caller's; a refusal (403); reads, which are not recorded.
+    let request = Request::post("/v1/tenants/acme/imvus")
+        .header(header::AUTHORIZATION, format!("Bearer {admin}"))
+        .header(header::CONTENT_TYPE, "application/json")
+        .header("x-request-id", "req-42")
+        .body(Body::from(r#"{"kind":"counter"}"#))
+        .expect("request");
+    let (status, headers, _) = api.raw(request).await;
+    assert_eq!((status, headers["x-request-id"].to_str().expect("ascii")), (StatusCode::CREATED, "req-42"));
+    let (status, _) = api.call(Method::POST, "/v1/tenants/acme/imvus", Some(json!({"kind": "counter"})), Some(&viewer_key)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    api.call(Method::GET, "/v1/tenants/acme/keys", None, Some(&admin)).await;
+    // Unauthenticated refusals are sampled, not recorded one by one.
+    for _ in 0..5 {
+        api.call(Method::POST, "/v1/tenants/acme/imvus", Some(json!({"kind": "counter"})), Some(NO_KEY)).await;
+    }
+    api.runtime.audit().flush().await.expect("flush");
+
+    let (status, page) = api.call(Method::GET, "/v1/tenants/acme/audit", None, Some(&admin)).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    let records = page["records"].as_array().expect("records");
+    let actions: Vec<(&str, u64)> = records.iter().map(|r| (r["action"].as_str().expect("action"), r["outcome"].as_u64().expect("outcome"))).collect();
+    assert_eq!(
+        actions,
+        [("POST /v1/tenants/{tenant}/imvus", 403), ("POST /v1/tenants/{tenant}/imvus", 201), ("POST /v1/tenants/{tenant}/keys", 201)],
+        "newest first, reads left out: {page}"
+    );
+    assert_eq!(records[0]["key_id"], viewer_id.as_str());
+    assert_eq!(records[1]["request_id"], "req-42");
+    assert!(!page.to_string().contains(&admin[22..]), "no secret in the log");
+    let (_, refusals) = api.call(Method::GET, "/v1/tenants/acme/audit?action=POST%20/v1/tenants/%7Btenant%7D/imvus&limit=1", None, Some(&admin)).await;
+    assert_eq!(refusals["records"].as_array().map(Vec::len), Some(1));
+    assert!(refusals["next_cursor"].is_u64(), "{refusals}");
+    let (_, cluster) = api.get("/v1/audit").await;
+    let cluster_actions: Vec<&str> = cluster["records"].as_array().expect("records").iter().filter_map(|r| r["action"].as_str()).collect();
+    assert_eq!(cluster_actions.iter().filter(|a| **a == "POST /v1/tenants/{tenant}/imvus").count(), 1, "one sampled refusal: {cluster}");
+    assert!(cluster_actions.contains(&"POST /v1/tenants"), "the tenant's creation: {cluster}");
+    check_error(api.call(Method::GET, "/v1/tenants/acme/audit", None, Some(&viewer_key)).await, 403, "forbidden", &[]);
+
+    let (_, verified) = api.call(Method::GET, "/v1/tenants/acme/audit/verify", None, Some(&admin)).await;
+    assert_eq!((verified["intact"].clone(), verified["count"].clone()), (json!(true), json!(3)), "{verified}");
+    // Someone with access to the canon rewrites record 2: the walk says so.
+    let key = "audit/t/acme/00000000000000000002";
+    let bytes = api.runtime.store().get(key).expect("read").expect("record 2");
+    let forged = String::from_utf8(bytes).expect("json").replace("201", "200");
+    vcos_actors::store::commit_durable(api.runtime.store().as_ref(), vec![vcos_actors::CanonWrite::Put { key: key.into(), value: forged.into_bytes() }])
+        .await
+        .expect("forged");
+    let (_, verified) = api.call(Method::GET, "/v1/tenants/acme/audit/verify", None, Some(&admin)).await;
+    assert_eq!(verified["intact"], false, "{verified}");
+    assert!(verified["problems"].to_string().contains("record 3 does not link to record 2"), "{verified}");
 }

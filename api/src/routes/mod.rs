@@ -27,6 +27,7 @@ use vcos_actors::{Caller, TenantEntry, TenantId};
 use crate::error::{ApiError, ErrorBody};
 use crate::{middleware as mw, AppState, BODY_LEN_MAX};
 
+mod audit;
 mod canon;
 mod cluster;
 mod imvus;
@@ -56,6 +57,7 @@ pub(crate) const DOCS_PATH: &str = "/docs";
     tags(
         (name = "system", description = "Health, metrics, the API document, kinds"),
         (name = "tenants", description = "Isolated customers and their policies"),
+        (name = "audit", description = "Hash-chained records of every change and every refusal, per tenant and for the cluster"),
         (name = "keys", description = "API keys: issue, list, rotate, revoke (secrets are shown once, stored hashed)"),
         (name = "imvus", description = "IMVUs: create, message, lifecycle, history"),
         (name = "canon", description = "The Canon Memory Layer: status and lag, key-value reads and writes, membership"),
@@ -93,6 +95,10 @@ pub(crate) fn build(state: AppState) -> Router {
         .routes(routes!(keys::issue_cluster_key, keys::list_cluster_keys))
         .routes(routes!(keys::get_cluster_key, keys::revoke_cluster_key))
         .routes(routes!(keys::rotate_cluster_key))
+        .routes(routes!(audit::tenant_audit))
+        .routes(routes!(audit::verify_tenant_audit))
+        .routes(routes!(audit::cluster_audit))
+        .routes(routes!(audit::verify_cluster_audit))
         .routes(routes!(imvus::create_imvu))
         .routes(routes!(imvus::get_imvu))
         .routes(routes!(imvus::send_message))
