@@ -56,6 +56,13 @@ impl Node {
     }
 }
 
+/// Default headers sending `key`.
+fn bearer(key: &str) -> reqwest::header::HeaderMap {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {key}").parse().expect("a header value"));
+    headers
+}
+
 /// An HTTP client for one node; every body it reads is JSON (or empty).
 struct Client {
     http: reqwest::Client,
@@ -322,6 +329,22 @@ async fn readme_walkthrough_then_restart_recovers_from_disk() {
     }
     let (_, history_before) = client.get(&format!("{counter}/history")).await;
     let (_, credits_before) = client.get(&format!("{swarm}/credits")).await;
+
+    // A tenant's own key-value store: its keys only, the canon's semantics.
+    let (_, acme) = client.post(&node.url("/v1/tenants"), json!({"name": "acme"})).await;
+    let acme_key = acme["admin_key"]["key"].as_str().expect("acme's first key").to_owned();
+    let acme_client = Client { http: reqwest::Client::builder().timeout(REQUEST_TIMEOUT).default_headers(bearer(&acme_key)).build().expect("client") };
+    let (status, _) = acme_client.put(&node.url("/v1/tenants/acme/kv/config%2Fmodel"), json!({"value": "small"})).await;
+    assert_eq!(status, 200);
+    let (status, read) = acme_client.get(&node.url("/v1/tenants/acme/kv/config%2Fmodel")).await;
+    assert_eq!((status, &read["value"]), (200, &json!("small")), "{read}");
+    let (_, cas) = acme_client.post(&node.url("/v1/tenants/acme/kv/config%2Fmodel/cas"), json!({"expected": "small", "new": "large"})).await;
+    assert_eq!(cas, json!({"success": true, "current": "large"}));
+    let (_, listed) = acme_client.get(&node.url("/v1/tenants/acme/kv?prefix=config")).await;
+    assert_eq!(listed, json!([{"key": "config/model", "value": "large"}]));
+    check_error(acme_client.get(&node.url("/v1/tenants/default/kv/config%2Fmodel")).await, 403, "forbidden");
+    check_error(client.get(&node.url("/v1/tenants/default/kv/config%2Fmodel")).await, 404, "not_found");
+    check_error(acme_client.get(&node.url("/v1/canon/kv")).await, 403, "forbidden");
 
     // Every change above is in the default tenant's audit chain, and the chain is intact.
     tokio::time::sleep(Duration::from_millis(300)).await; // one flush interval, and some

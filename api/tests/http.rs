@@ -448,7 +448,7 @@ async fn openapi_documents_every_route_and_docs_are_served() {
     let api = api().await;
     let (status, doc) = api.get("/openapi.json").await;
     assert_eq!(status, StatusCode::OK);
-    let expected: [(&str, &[&str]); 39] = [
+    let expected: [(&str, &[&str]); 42] = [
         ("/health", &["get"]),
         ("/metrics", &["get"]),
         ("/openapi.json", &["get"]),
@@ -484,6 +484,9 @@ async fn openapi_documents_every_route_and_docs_are_served() {
         ("/v1/canon/members/{id}/promote", &["post"]),
         ("/v1/cluster", &["get"]),
         ("/v1/cluster/secret", &["get"]),
+        ("/v1/tenants/{tenant}/kv", &["get"]),
+        ("/v1/tenants/{tenant}/kv/{key}", &["get", "put", "delete"]),
+        ("/v1/tenants/{tenant}/kv/{key}/cas", &["post"]),
         ("/v1/tenants/{tenant}/audit", &["get"]),
         ("/v1/tenants/{tenant}/audit/verify", &["get"]),
         ("/v1/audit", &["get"]),
@@ -497,7 +500,7 @@ async fn openapi_documents_every_route_and_docs_are_served() {
         }
     }
     let paths = doc["paths"].as_object().expect("paths").len();
-    assert_eq!(paths, 39, "exactly the routes above");
+    assert_eq!(paths, 42, "exactly the routes above");
     let messages = &doc["paths"]["/v1/tenants/{tenant}/imvus/{id}/messages"]["post"]["responses"];
     for code in ["200", "400", "401", "403", "404", "409", "413", "429", "500", "503"] {
         assert!(messages[code].is_object(), "messages lacks {code}: {messages}");

@@ -30,11 +30,13 @@ fn canon(state: &AppState) -> Result<&RaftCanonStore, ApiError> {
     state.canon.as_ref().ok_or_else(|| ApiError::Canon(CanonError::Failed("this node runs without a canon cluster".into())))
 }
 
-fn full_key(key: &str) -> Result<Vec<u8>, ApiError> {
+/// The canon key of `key` under `prefix` (`kv/` for this API, a tenant's own prefix for the
+/// tenant API: see `tenant_kv`).
+pub(super) fn full_key(prefix: &str, key: &str) -> Result<Vec<u8>, ApiError> {
     if key.is_empty() || key.len() > KEY_LEN_MAX {
         return Err(ApiError::BadRequest(format!("key must be 1 to {KEY_LEN_MAX} bytes, got {}", key.len())));
     }
-    Ok(format!("{KV_PREFIX}{key}").into_bytes())
+    Ok(format!("{prefix}{key}").into_bytes())
 }
 
 /// This node's view of every canon group it hosts.
@@ -80,10 +82,14 @@ pub(crate) struct WriteResult {
         (status = 400, description = "Bad key or body", body = crate::ErrorBody),
         (status = 503, description = "No leader reachable", body = crate::ErrorBody)))]
 pub(super) async fn put(State(state): State<AppState>, Path(key): Path<String>, ApiJson(body): ApiJson<PutBody>) -> Result<Json<WriteResult>, ApiError> {
-    let store = canon(&state)?;
-    let op = Op::Put { key: full_key(&key)?, value: body.value.into_bytes() };
+    Ok(Json(kv_put(&state, KV_PREFIX, &key, body).await?))
+}
+
+pub(super) async fn kv_put(state: &AppState, prefix: &str, key: &str, body: PutBody) -> Result<WriteResult, ApiError> {
+    let store = canon(state)?;
+    let op = Op::Put { key: full_key(prefix, key)?, value: body.value.into_bytes() };
     let (_, index) = store.write_ops(vec![op]).await.map_err(ApiError::Canon)?;
-    Ok(Json(WriteResult { index }))
+    Ok(WriteResult { index })
 }
 
 /// Removes a key.
@@ -91,8 +97,12 @@ pub(super) async fn put(State(state): State<AppState>, Path(key): Path<String>, 
     params(("key" = String, Path, description = "The key")),
     responses((status = 204, description = "Removed (or absent)")))]
 pub(super) async fn delete(State(state): State<AppState>, Path(key): Path<String>) -> Result<StatusCode, ApiError> {
-    let store = canon(&state)?;
-    store.write_ops(vec![Op::Delete { key: full_key(&key)? }]).await.map_err(ApiError::Canon)?;
+    kv_delete(&state, KV_PREFIX, &key).await
+}
+
+pub(super) async fn kv_delete(state: &AppState, prefix: &str, key: &str) -> Result<StatusCode, ApiError> {
+    let store = canon(state)?;
+    store.write_ops(vec![Op::Delete { key: full_key(prefix, key)? }]).await.map_err(ApiError::Canon)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -141,28 +151,32 @@ pub(crate) struct ReadResult {
     responses((status = 200, description = "The value", body = ReadResult),
         (status = 404, description = "No such key", body = crate::ErrorBody)))]
 pub(super) async fn get(State(state): State<AppState>, Path(key): Path<String>, Query(params): Query<ReadParams>) -> Result<Json<ReadResult>, ApiError> {
-    let node = canon(&state)?.node();
+    Ok(Json(kv_get(&state, KV_PREFIX, key, params).await?))
+}
+
+pub(super) async fn kv_get(state: &AppState, prefix: &str, key: String, params: ReadParams) -> Result<ReadResult, ApiError> {
+    let node = canon(state)?.node();
     let region = params.region.unwrap_or_else(|| node.region().to_owned());
     let consistency = match params.consistency.as_deref() {
         None | Some("linearizable") => "linearizable",
         Some("stale") => "stale",
         Some(other) => return Err(ApiError::BadRequest(format!("consistency must be `linearizable` or `stale`, got {other:?}"))),
     };
-    let full = full_key(&key)?;
+    let full = full_key(prefix, &key)?;
     if consistency == "linearizable" {
         node.read_barrier(&region).await.map_err(ApiError::Canon)?;
     }
     let group = node.group(&region).map_err(ApiError::Canon)?;
     let lag = node.lag(&region).map_err(ApiError::Canon)?;
     let value = group.reader().get(&full).ok_or_else(|| ApiError::NotFound(format!("no key {key:?} in region {region}")))?;
-    Ok(Json(ReadResult {
+    Ok(ReadResult {
         key,
         value: String::from_utf8_lossy(&value).into_owned(),
         consistency: consistency.to_owned(),
         applied_index: lag.applied_index,
         lag_entries: lag.entries_behind,
         leader_contact_age_ms: lag.contact_age_ms,
-    }))
+    })
 }
 
 /// A compare-and-set.
@@ -189,11 +203,15 @@ pub(crate) struct CasResult {
     params(("key" = String, Path, description = "The key")),
     responses((status = 200, description = "Applied or not, with the current value", body = CasResult)))]
 pub(super) async fn cas(State(state): State<AppState>, Path(key): Path<String>, ApiJson(body): ApiJson<CasBody>) -> Result<Json<CasResult>, ApiError> {
-    let node = canon(&state)?.node();
-    let op = Op::CompareAndSet { key: full_key(&key)?, expected: body.expected.map(String::into_bytes), new: body.new.map(String::into_bytes) };
+    Ok(Json(kv_cas(&state, KV_PREFIX, &key, body).await?))
+}
+
+pub(super) async fn kv_cas(state: &AppState, prefix: &str, key: &str, body: CasBody) -> Result<CasResult, ApiError> {
+    let node = canon(state)?.node();
+    let op = Op::CompareAndSet { key: full_key(prefix, key)?, expected: body.expected.map(String::into_bytes), new: body.new.map(String::into_bytes) };
     let region = node.region().to_owned();
     match node.write(&region, op).await.map_err(ApiError::Canon)?.0 {
-        Response::Cas { success, current } => Ok(Json(CasResult { success, current: current.map(|v| String::from_utf8_lossy(&v).into_owned()) })),
+        Response::Cas { success, current } => Ok(CasResult { success, current: current.map(|v| String::from_utf8_lossy(&v).into_owned()) }),
         other => Err(ApiError::Internal(format!("unexpected canon response {other:?}"))),
     }
 }
@@ -223,11 +241,15 @@ pub(crate) struct KvEntry {
 #[utoipa::path(get, path = "/v1/canon/kv", tag = "canon", params(ListParams),
     responses((status = 200, description = "Entries in key order", body = Vec<KvEntry>)))]
 pub(super) async fn list(State(state): State<AppState>, Query(params): Query<ListParams>) -> Result<Json<Vec<KvEntry>>, ApiError> {
-    let node = canon(&state)?.node();
+    Ok(Json(kv_list(&state, KV_PREFIX, params).await?))
+}
+
+pub(super) async fn kv_list(state: &AppState, base: &str, params: ListParams) -> Result<Vec<KvEntry>, ApiError> {
+    let node = canon(state)?.node();
     let region = node.region().to_owned();
     node.read_barrier(&region).await.map_err(ApiError::Canon)?;
-    let prefix = format!("{KV_PREFIX}{}", params.prefix.unwrap_or_default());
-    let after = params.after.map(|a| format!("{KV_PREFIX}{a}"));
+    let prefix = format!("{base}{}", params.prefix.unwrap_or_default());
+    let after = params.after.map(|a| format!("{base}{a}"));
     let limit = params.limit.unwrap_or(LIST_LIMIT_MAX).min(LIST_LIMIT_MAX);
     let group = node.home().map_err(ApiError::Canon)?;
     let entries = group
@@ -235,11 +257,11 @@ pub(super) async fn list(State(state): State<AppState>, Query(params): Query<Lis
         .range(prefix.as_bytes(), after.as_deref().map(str::as_bytes), limit)
         .into_iter()
         .map(|(key, value)| KvEntry {
-            key: String::from_utf8_lossy(&key[KV_PREFIX.len()..]).into_owned(),
+            key: String::from_utf8_lossy(&key[base.len()..]).into_owned(),
             value: String::from_utf8_lossy(&value).into_owned(),
         })
         .collect();
-    Ok(Json(entries))
+    Ok(entries)
 }
 
 /// A node to add to a region's group.

@@ -34,6 +34,7 @@ mod imvus;
 mod keys;
 mod swarms;
 mod system;
+mod tenant_kv;
 mod tenants;
 
 /// Where the OpenAPI document is served.
@@ -95,6 +96,9 @@ pub(crate) fn build(state: AppState) -> Router {
         .routes(routes!(keys::issue_cluster_key, keys::list_cluster_keys))
         .routes(routes!(keys::get_cluster_key, keys::revoke_cluster_key))
         .routes(routes!(keys::rotate_cluster_key))
+        .routes(routes!(tenant_kv::put, tenant_kv::get, tenant_kv::delete))
+        .routes(routes!(tenant_kv::cas))
+        .routes(routes!(tenant_kv::list))
         .routes(routes!(audit::tenant_audit))
         .routes(routes!(audit::verify_tenant_audit))
         .routes(routes!(audit::cluster_audit))
