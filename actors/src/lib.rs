@@ -42,5 +42,5 @@ pub use lifecycle::{LifecycleState, Transition};
 pub use router::Router;
 pub use runtime::{KindInfo, Placement, Runtime, RuntimeBuilder, RuntimeConfig, ESCALATIONS_PREFIX};
 pub use store::{CanonStore, CanonWrite, MemoryStore, RedbStore, StoreError};
-pub use tenants::{TenantEntry, TenantPolicy};
+pub use tenants::{LimitOverrides, TenantEntry, TenantLimits, TenantPolicy, Tier};
 pub use vcos_supervision::{Clock, ManualClock, RestartType, SystemClock};

@@ -30,6 +30,70 @@ pub struct TenantPolicy {
     pub max_restarts: u32,
     /// …within this many milliseconds, else it escalates.
     pub restart_period_ms: u64,
+    /// The tier: its prices and its default limits.
+    pub tier: Tier,
+    /// Limits that replace the tier's (each absent field keeps the tier's).
+    pub limits: LimitOverrides,
+}
+
+/// A pricing tier: the defaults of a tenant's limits (and, with metering, its prices).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Tier {
+    /// Small workloads.
+    #[default]
+    Basic,
+    /// Production workloads.
+    Pro,
+    /// Large fleets.
+    Enterprise,
+}
+
+/// The request limits a node enforces for one tenant (per node: a cluster of `n` nodes admits
+/// up to `n` times as much).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TenantLimits {
+    /// Sustained requests per second (token bucket rate).
+    pub requests_per_s: u32,
+    /// Requests admitted at once above the rate (bucket size).
+    pub burst: u32,
+    /// Requests in progress at once.
+    pub concurrent_requests: u32,
+}
+
+impl Tier {
+    /// The tier's limits.
+    pub fn limits(self) -> TenantLimits {
+        match self {
+            Self::Basic => TenantLimits { requests_per_s: 50, burst: 100, concurrent_requests: 16 },
+            Self::Pro => TenantLimits { requests_per_s: 500, burst: 1_000, concurrent_requests: 128 },
+            Self::Enterprise => TenantLimits { requests_per_s: 5_000, burst: 10_000, concurrent_requests: 1_024 },
+        }
+    }
+}
+
+/// Per-tenant replacements of the tier's limits.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitOverrides {
+    /// Replaces [`TenantLimits::requests_per_s`].
+    pub requests_per_s: Option<u32>,
+    /// Replaces [`TenantLimits::burst`].
+    pub burst: Option<u32>,
+    /// Replaces [`TenantLimits::concurrent_requests`].
+    pub concurrent_requests: Option<u32>,
+}
+
+impl TenantPolicy {
+    /// The limits in force: the tier's, with the overrides applied.
+    pub fn limits(&self) -> TenantLimits {
+        let tier = self.tier.limits();
+        TenantLimits {
+            requests_per_s: self.limits.requests_per_s.unwrap_or(tier.requests_per_s),
+            burst: self.limits.burst.unwrap_or(tier.burst),
+            concurrent_requests: self.limits.concurrent_requests.unwrap_or(tier.concurrent_requests),
+        }
+    }
 }
 
 impl Default for TenantPolicy {
@@ -41,6 +105,8 @@ impl Default for TenantPolicy {
             allowed_kinds: None,
             max_restarts: 1000,
             restart_period_ms: 1000,
+            tier: Tier::Basic,
+            limits: LimitOverrides::default(),
         }
     }
 }
@@ -60,6 +126,18 @@ impl TenantPolicy {
                 field: "policy.restart_period_ms".into(),
                 reason: "must be positive".into(),
             });
+        }
+        for (field, value) in [
+            ("policy.requests_per_s", self.limits.requests_per_s),
+            ("policy.burst", self.limits.burst),
+            ("policy.concurrent_requests", self.limits.concurrent_requests),
+        ] {
+            if value == Some(0) {
+                return Err(ActorError::BadRequest {
+                    field: field.into(),
+                    reason: "must be at least 1 (a tenant that may do nothing has no use for a key)".into(),
+                });
+            }
         }
         Ok(())
     }

@@ -64,18 +64,23 @@ pub(crate) struct RequestFacts {
     method: Method,
     route: Option<String>,
     target: String,
-    source: Option<String>,
+    source: Option<std::net::SocketAddr>,
     request_id: String,
 }
 
 impl RequestFacts {
+    /// The caller's IP address, when the server knows it (what failures are counted by).
+    pub(crate) fn source_ip(&self) -> Option<String> {
+        self.source.map(|s| s.ip().to_string())
+    }
+
     pub(crate) fn of(req: &Request, request_id: &str) -> Self {
         Self {
             method: req.method().clone(),
             route: req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_owned()),
             // The path only: a query may hold what should not be kept (a key sent by mistake).
             target: req.uri().path().chars().take(512).collect(),
-            source: req.extensions().get::<ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.to_string()),
+            source: req.extensions().get::<ConnectInfo<std::net::SocketAddr>>().map(|c| c.0),
             request_id: request_id.to_owned(),
         }
     }
@@ -85,7 +90,7 @@ impl RequestFacts {
 pub(crate) fn after(state: &AppState, facts: RequestFacts, principal: Option<&Principal>, path_tenant: Option<&str>, status: StatusCode) {
     let Some(route) = facts.route else { return }; // no route: a 404 that touched nothing
     let mutating = matches!(facts.method, Method::POST | Method::PUT | Method::PATCH | Method::DELETE);
-    let refused = status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN;
+    let refused = matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::TOO_MANY_REQUESTS);
     if !mutating && !refused {
         return;
     }
@@ -98,7 +103,8 @@ pub(crate) fn after(state: &AppState, facts: RequestFacts, principal: Option<&Pr
             (None, _) => Chain::Cluster,
         },
         None => {
-            if !sample_unauthenticated(state, facts.source.as_deref().unwrap_or("unknown"), state.runtime.clock().now_ms()) {
+            let source = facts.source.map_or_else(|| "unknown".to_owned(), |s| s.ip().to_string());
+            if !sample_unauthenticated(state, &source, state.runtime.clock().now_ms()) {
                 return;
             }
             Chain::Cluster
@@ -112,7 +118,7 @@ pub(crate) fn after(state: &AppState, facts: RequestFacts, principal: Option<&Pr
         action: format!("{} {route}", facts.method),
         target: facts.target,
         outcome: status.as_u16(),
-        source: facts.source,
+        source: facts.source.map(|s| s.to_string()),
     };
     audit.record(chain, entry);
 }

@@ -123,6 +123,14 @@ pub(crate) fn access_of(method: &Method, route: &str) -> Option<Access> {
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct ListenAddr(pub(crate) SocketAddr);
 
+/// The limits of the key's tenant (tenant keys only; see `limits.rs`): a share of its rate
+/// and of its concurrency, held until the answer is made.
+fn limit(state: &AppState, req: &Request, now_ms: u64) -> Result<Option<crate::limits::InFlight>, ApiError> {
+    let Some(tenant) = req.extensions().get::<Principal>().and_then(|p| p.tenant.clone()) else { return Ok(None) };
+    let Ok(entry) = state.runtime.tenant_or_load(&tenant) else { return Ok(None) };
+    state.limiter.admit(&tenant, entry.policy.limits(), now_ms).map(Some)
+}
+
 /// The raw `{tenant}` of the request's route, when it has one (set by [`check`]).
 #[derive(Clone, Debug)]
 struct PathTenant(String);
@@ -133,15 +141,25 @@ struct PathTenant(String);
 pub(crate) async fn authorize(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let request_id = crate::audit::request_id(&state, req.headers());
     let facts = crate::audit::RequestFacts::of(&req, &request_id);
-    let mut response = match check(&state, &mut req).await {
-        Ok(()) => {
+    let now_ms = state.runtime.clock().now_ms();
+    let source = facts.source_ip();
+    let checked = match source.as_deref().map(|ip| state.limiter.check_source(ip, now_ms)) {
+        Some(Err(e)) => Err(e),
+        _ => check(&state, &mut req).await,
+    };
+    let mut response = match checked.and_then(|()| limit(&state, &req, now_ms)) {
+        Ok(in_flight) => {
             let (principal, tenant) = (req.extensions().get::<Principal>().cloned(), req.extensions().get::<PathTenant>().map(|t| t.0.clone()));
             let response = next.run(req).await;
+            drop(in_flight);
             crate::audit::after(&state, facts, principal.as_ref(), tenant.as_deref(), response.status());
             response
         }
         Err(e) => {
             record_refusal(&e);
+            if let (Some(ip), ApiError::Unauthenticated { .. }) = (&source, &e) {
+                state.limiter.failed(ip, now_ms);
+            }
             let (principal, tenant) = (req.extensions().get::<Principal>().cloned(), req.extensions().get::<PathTenant>().map(|t| t.0.clone()));
             let response = e.into_response();
             crate::audit::after(&state, facts, principal.as_ref(), tenant.as_deref(), response.status());

@@ -23,6 +23,7 @@ const METRICS: &[(Kind, &str, &str)] = &[
     (Counter, "vcos_audit_records_total", "Audit records appended to the canon."),
     (Counter, "vcos_audit_flushes_total", "Flushes of waiting audit records."),
     (Counter, "vcos_audit_dropped_total", "Audit records dropped because too many waited to be written."),
+    (Counter, "vcos_http_throttled_total", "Requests refused with 429 over a tenant's rate or concurrency limit, or an address's failed authentications, by kind."),
     (Counter, "vcos_http_auth_refusals_total", "HTTP requests refused for want of a valid key (401) or of a right (403), by code."),
     (Counter, "vcos_activations_total", "IMVUs activated from canon (created or reloaded)."),
     (Counter, "vcos_passivations_total", "IMVUs passivated after being idle."),

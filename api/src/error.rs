@@ -41,6 +41,17 @@ pub enum ApiError {
     /// The caller is not authenticated for the tenant it reads from.
     #[error("{0}")]
     Forbidden(String),
+    /// Over a rate or concurrency limit (`rate_limited`, `too_many_concurrent`,
+    /// `too_many_failures`): 429 with `Retry-After`.
+    #[error("{message}")]
+    Throttled {
+        /// Stable code.
+        code: &'static str,
+        /// For people.
+        message: String,
+        /// Seconds to wait.
+        retry_after_s: u64,
+    },
     /// No such route, tenant or IMVU.
     #[error("{0}")]
     NotFound(String),
@@ -70,6 +81,7 @@ pub enum ApiError {
 pub struct ErrorBody {
     /// Stable, machine-readable code: `bad_request`, `unauthorized`, `key_missing`,
     /// `key_malformed`, `key_unknown`, `key_revoked`, `key_expired`, `key_in_url`, `forbidden`,
+    /// `rate_limited`, `too_many_concurrent`, `too_many_failures` (429, with `Retry-After`),
     /// `handshake_refused`, `not_found`, `unknown_kind`, `method_not_allowed`, `conflict`,
     /// `illegal_transition`, `terminated`, `too_large`, `unsupported_media_type`, `queue_full`,
     /// `imvu_crashed`, `store_error`, `internal`, `unavailable`, `refused` (a canon membership
@@ -89,6 +101,7 @@ impl ApiError {
             Self::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
             Self::Unauthenticated { code, .. } => (StatusCode::UNAUTHORIZED, code),
             Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            Self::Throttled { code, .. } => (StatusCode::TOO_MANY_REQUESTS, code),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Self::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             Self::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
@@ -166,6 +179,9 @@ impl IntoResponse for ApiError {
         if status == StatusCode::SERVICE_UNAVAILABLE {
             // Retryable: no quorum now, or the node is stopping (another node may answer).
             return (status, [(axum::http::header::RETRY_AFTER, RETRY_AFTER_S.to_string())], Json(self.body())).into_response();
+        }
+        if let Self::Throttled { retry_after_s, .. } = &self {
+            return (status, [(axum::http::header::RETRY_AFTER, retry_after_s.to_string())], Json(self.body())).into_response();
         }
         if status == StatusCode::UNAUTHORIZED {
             return (status, [(axum::http::header::WWW_AUTHENTICATE, "Bearer")], Json(self.body())).into_response();

@@ -28,6 +28,7 @@ use vcos_actors::Runtime;
 mod audit;
 mod auth;
 mod describe;
+mod limits;
 pub mod error;
 mod extract;
 mod middleware;
@@ -68,6 +69,8 @@ pub(crate) struct AppState {
     pub(crate) request_ids: Arc<audit::RequestIds>,
     /// Sampling of unauthenticated refusals for the audit log.
     pub(crate) refusal_samples: Arc<audit::RefusalSamples>,
+    /// Tenants' rate and concurrency limits, and failing sources.
+    pub(crate) limiter: Arc<limits::Limiter>,
 }
 
 impl AppState {
@@ -78,7 +81,16 @@ impl AppState {
         cluster: Option<vcos_cluster::Cluster>,
     ) -> Self {
         let request_ids = Arc::new(audit::RequestIds::new(&runtime));
-        Self { runtime, metrics, tenant_creation: Arc::default(), canon, cluster, request_ids, refusal_samples: Arc::default() }
+        Self {
+            runtime,
+            metrics,
+            tenant_creation: Arc::default(),
+            canon,
+            cluster,
+            request_ids,
+            refusal_samples: Arc::default(),
+            limiter: Arc::default(),
+        }
     }
 }
 

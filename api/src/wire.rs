@@ -16,7 +16,7 @@ use vcos_actors::handshake::{HandshakeOutcome, Stage};
 use vcos_actors::records::{HistoryEvent, Stamped, SupervisionRecord, TransitionRecord};
 use vcos_actors::swarm::{CreditRecord, MemberRef, Progress, SwarmInfo, SwarmSpec, SwarmStatus, SwarmStrategy, VoteRecord};
 use vcos_actors::auth::{KeyRecord, Role};
-use vcos_actors::{ImvuInfo, KindInfo, LifecycleState, TenantEntry, TenantPolicy, Transition};
+use vcos_actors::{ImvuInfo, KindInfo, LifecycleState, TenantEntry, TenantPolicy, Tier, Transition};
 
 /// `GET /health`.
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
@@ -146,6 +146,50 @@ pub struct TenantPolicyRequest {
     pub max_restarts: Option<u32>,
     /// …within this window before it escalates (default 1000 ms).
     pub restart_period_ms: Option<u64>,
+    /// The tier (default `basic`): its prices and default limits.
+    pub tier: Option<TierName>,
+    /// Requests per second per node (default: the tier's).
+    #[schema(minimum = 1)]
+    pub requests_per_s: Option<u32>,
+    /// Requests above the rate admitted at once (default: the tier's).
+    #[schema(minimum = 1)]
+    pub burst: Option<u32>,
+    /// Requests in progress at once per node (default: the tier's).
+    #[schema(minimum = 1)]
+    pub concurrent_requests: Option<u32>,
+}
+
+/// A pricing tier. Default limits per node: `basic` 50 requests/s (burst 100, 16 at once),
+/// `pro` 500/s (1 000, 128), `enterprise` 5 000/s (10 000, 1 024).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TierName {
+    /// Small workloads.
+    Basic,
+    /// Production workloads.
+    Pro,
+    /// Large fleets.
+    Enterprise,
+}
+
+impl From<TierName> for Tier {
+    fn from(t: TierName) -> Self {
+        match t {
+            TierName::Basic => Self::Basic,
+            TierName::Pro => Self::Pro,
+            TierName::Enterprise => Self::Enterprise,
+        }
+    }
+}
+
+impl From<Tier> for TierName {
+    fn from(t: Tier) -> Self {
+        match t {
+            Tier::Basic => Self::Basic,
+            Tier::Pro => Self::Pro,
+            Tier::Enterprise => Self::Enterprise,
+        }
+    }
 }
 
 /// `POST /v1/tenants`.
@@ -173,11 +217,24 @@ pub struct TenantPolicyView {
     pub max_restarts: u32,
     /// The restart window, ms.
     pub restart_period_ms: u64,
+    /// The tier.
+    pub tier: TierName,
+    /// Requests per second per node in force.
+    pub requests_per_s: u32,
+    /// Burst in force.
+    pub burst: u32,
+    /// Requests in progress at once per node in force.
+    pub concurrent_requests: u32,
 }
 
 impl From<&TenantPolicy> for TenantPolicyView {
     fn from(p: &TenantPolicy) -> Self {
+        let limits = p.limits();
         Self {
+            tier: p.tier.into(),
+            requests_per_s: limits.requests_per_s,
+            burst: limits.burst,
+            concurrent_requests: limits.concurrent_requests,
             max_imvus: p.max_imvus,
             denied_transitions: p.denied_transitions.iter().copied().map(Into::into).collect(),
             allowed_kinds: p.allowed_kinds.clone(),

@@ -621,8 +621,9 @@ fn sample(param: &str, key_id: &str) -> String {
 async fn authorization_matrix_from_the_document() {
     let api = api().await;
     let (_, doc) = api.get("/openapi.json").await;
-    let (_, acme) = api.post("/v1/tenants", json!({"name": "acme"})).await;
-    let (_, globex) = api.post("/v1/tenants", json!({"name": "globex"})).await;
+    // Enterprise: the matrix sends hundreds of requests at once with acme's keys.
+    let (_, acme) = api.post("/v1/tenants", json!({"name": "acme", "policy": {"tier": "enterprise"}})).await;
+    let (_, globex) = api.post("/v1/tenants", json!({"name": "globex", "policy": {"tier": "enterprise"}})).await;
     let acme_admin = acme["admin_key"]["key"].as_str().expect("key").to_owned();
     let globex_admin = globex["admin_key"]["key"].as_str().expect("key").to_owned();
     let mut role_keys = std::collections::BTreeMap::new();
@@ -826,4 +827,33 @@ async fn the_audit_log_records_changes_and_refusals_and_its_chain_detects_tamper
     let (_, verified) = api.call(Method::GET, "/v1/tenants/acme/audit/verify", None, Some(&admin)).await;
     assert_eq!(verified["intact"], false, "{verified}");
     assert!(verified["problems"].to_string().contains("record 3 does not link to record 2"), "{verified}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_over_its_rate_gets_429_with_retry_after_and_others_do_not() {
+    let api = api().await;
+    let (status, created) = api.post("/v1/tenants", json!({"name": "tiny", "policy": {"requests_per_s": 1, "burst": 2}})).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!((created["policy"]["tier"].clone(), created["policy"]["burst"].clone()), (json!("basic"), json!(2)));
+    let key = created["admin_key"]["key"].as_str().expect("key").to_owned();
+    let statuses: Vec<u16> = {
+        let mut out = Vec::new();
+        for _ in 0..3 {
+            out.push(api.call(Method::GET, "/v1/tenants/tiny/keys", None, Some(&key)).await.0.as_u16());
+        }
+        out
+    };
+    assert_eq!(statuses, [200, 200, 429], "the burst, then the limit");
+    let request = Request::get("/v1/tenants/tiny/keys").header(header::AUTHORIZATION, format!("Bearer {key}")).body(Body::empty()).expect("request");
+    let (status, headers, body) = api.raw(request).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(headers.get(header::RETRY_AFTER).is_some(), "Retry-After");
+    assert_eq!(serde_json::from_slice::<Value>(&body).expect("json")["code"], "rate_limited");
+    // The cluster admin is not limited by the tenant's rate.
+    assert_eq!(api.call(Method::GET, "/v1/tenants/tiny/keys", None, None).await.0, StatusCode::OK);
+    check_error(api.post("/v1/tenants", json!({"name": "zero", "policy": {"burst": 0}})).await, 400, "bad_request", &["burst"]);
+    check_error(api.post("/v1/tenants", json!({"name": "odd", "policy": {"tier": "platinum"}})).await, 400, "bad_request", &["tier"]);
+    api.runtime.audit().flush().await.expect("flush");
+    let (_, log) = api.get("/v1/tenants/tiny/audit").await;
+    assert!(log["records"].as_array().expect("records").iter().any(|r| r["outcome"] == 429), "throttling is audited: {log}");
 }

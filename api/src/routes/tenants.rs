@@ -105,6 +105,18 @@ fn policy(request: TenantPolicyRequest) -> Result<TenantPolicy, ApiError> {
         }
         policy.restart_period_ms = period_ms;
     }
+    if let Some(tier) = request.tier {
+        policy.tier = tier.into();
+    }
+    policy.limits = vcos_actors::LimitOverrides {
+        requests_per_s: request.requests_per_s,
+        burst: request.burst,
+        concurrent_requests: request.concurrent_requests,
+    };
+    policy.validate().map_err(|e| match e {
+        vcos_actors::ActorError::BadRequest { field, reason } => ApiError::BadRequest(format!("field `{field}`: {reason}")),
+        other => other.into(),
+    })?;
     Ok(policy)
 }
 
