@@ -21,6 +21,7 @@ pub mod imvu;
 mod kind;
 pub mod kinds;
 pub mod lifecycle;
+pub mod metering;
 pub mod ownership;
 pub mod records;
 pub mod router;

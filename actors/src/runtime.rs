@@ -268,6 +268,12 @@ impl RuntimeBuilder {
             inner: Arc::new(Inner {
                 keys: KeyRegistry::new(config.store.clone(), config.clock.clone(), config.secrets.clone()),
                 audit: Arc::new(AuditLog::new(config.store.clone(), config.clock.clone())),
+                meter: crate::metering::Meter::default(),
+                meter_writer: {
+                    let mut bytes = [0u8; 8];
+                    config.secrets.fill(&mut bytes);
+                    bytes.iter().map(|b| format!("{b:02x}")).collect()
+                },
                 config,
                 tenants,
                 node,
@@ -290,6 +296,7 @@ impl RuntimeBuilder {
         }
         runtime.load_tenants().await?;
         spawn_audit_flusher(Arc::downgrade(&runtime.inner.audit));
+        spawn_usage_writer(Arc::downgrade(&runtime.inner));
         let swarms = swarm::recover(&runtime).await?;
         if swarms > 0 {
             tracing::info!(swarms, "swarms recovered from canon");
@@ -311,6 +318,27 @@ fn spawn_audit_flusher(audit: std::sync::Weak<AuditLog>) {
             }
         }
     });
+}
+
+/// Writes the tenants' usage every [`crate::metering::USAGE_INTERVAL_MS`] while the runtime
+/// lives.
+fn spawn_usage_writer(inner: std::sync::Weak<Inner>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(crate::metering::USAGE_INTERVAL_MS));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(inner) = inner.upgrade() else { return };
+            if let Err(e) = write_usage(&inner).await {
+                tracing::debug!(error = %e, "usage records wait for the next interval");
+            }
+        }
+    });
+}
+
+async fn write_usage(inner: &Inner) -> Result<(), ActorError> {
+    let tenants = inner.tenants.list();
+    inner.meter.write(inner.config.store.as_ref(), &tenants, inner.config.clock.unix_ms(), &inner.meter_writer).await
 }
 
 const DIRECTORY_SHARDS: usize = 16;
@@ -408,6 +436,10 @@ struct Inner {
     keys: KeyRegistry,
     /// The audit log, over canon.
     audit: Arc<AuditLog>,
+    /// Usage counted and not yet written.
+    meter: crate::metering::Meter,
+    /// Names this process's usage records.
+    meter_writer: String,
 }
 
 /// Kinds the node serves, for listings.
@@ -571,6 +603,24 @@ impl Runtime {
     /// All tenants.
     pub fn tenants(&self) -> Vec<Arc<TenantEntry>> {
         self.inner.tenants.list()
+    }
+
+    /// Adds `n` of `unit` to `tenant`'s usage (the hook of workers that meter their own work:
+    /// tokens, desktop seconds, workflow steps). Unknown tenants are ignored.
+    pub fn meter(&self, tenant: &TenantId, unit: crate::metering::UsageUnit, n: u64) {
+        if let Ok(entry) = self.inner.tenants.get(tenant) {
+            entry.usage.add(unit, n);
+        }
+    }
+
+    /// Writes the usage counted so far (it is written every interval anyway).
+    pub async fn write_usage(&self) -> Result<(), ActorError> {
+        write_usage(&self.inner).await
+    }
+
+    /// `tenant`'s usage in `[from_ms, to_ms)` (unix ms), from the usage records.
+    pub fn usage(&self, tenant: &TenantId, from_ms: u64, to_ms: u64) -> Result<crate::metering::Usage, ActorError> {
+        crate::metering::usage(self.inner.config.store.as_ref(), tenant, from_ms, to_ms)
     }
 
     /// The audit log.
@@ -1019,6 +1069,9 @@ impl Runtime {
         self.inner.node.shutting_down.store(true, Ordering::SeqCst);
         if let Err(e) = self.inner.audit.flush().await {
             tracing::warn!(error = %e, "audit records not written at shutdown");
+        }
+        if let Err(e) = write_usage(&self.inner).await {
+            tracing::warn!(error = %e, "usage not written at shutdown");
         }
         swarm::stop_all(&self.inner.swarms);
         let written = self.passivate_idle(0).await;

@@ -160,6 +160,8 @@ pub struct TenantEntry {
     pub policy: TenantPolicy,
     /// IMVUs created and not terminated (quota, stage 45).
     pub live_imvus: AtomicU64,
+    /// What the tenant used on this node since the meter last took it.
+    pub usage: crate::metering::TenantUsage,
 }
 
 /// All tenants of the node.
@@ -183,6 +185,7 @@ impl Tenants {
             id: id.clone(),
             policy,
             live_imvus: AtomicU64::new(live_imvus),
+            usage: crate::metering::TenantUsage::default(),
         });
         self.by_id
             .write()

@@ -448,7 +448,7 @@ async fn openapi_documents_every_route_and_docs_are_served() {
     let api = api().await;
     let (status, doc) = api.get("/openapi.json").await;
     assert_eq!(status, StatusCode::OK);
-    let expected: [(&str, &[&str]); 42] = [
+    let expected: [(&str, &[&str]); 44] = [
         ("/health", &["get"]),
         ("/metrics", &["get"]),
         ("/openapi.json", &["get"]),
@@ -487,6 +487,8 @@ async fn openapi_documents_every_route_and_docs_are_served() {
         ("/v1/tenants/{tenant}/kv", &["get"]),
         ("/v1/tenants/{tenant}/kv/{key}", &["get", "put", "delete"]),
         ("/v1/tenants/{tenant}/kv/{key}/cas", &["post"]),
+        ("/v1/tenants/{tenant}/usage", &["get"]),
+        ("/v1/tenants/{tenant}/bill", &["get"]),
         ("/v1/tenants/{tenant}/audit", &["get"]),
         ("/v1/tenants/{tenant}/audit/verify", &["get"]),
         ("/v1/audit", &["get"]),
@@ -500,7 +502,7 @@ async fn openapi_documents_every_route_and_docs_are_served() {
         }
     }
     let paths = doc["paths"].as_object().expect("paths").len();
-    assert_eq!(paths, 42, "exactly the routes above");
+    assert_eq!(paths, 44, "exactly the routes above");
     let messages = &doc["paths"]["/v1/tenants/{tenant}/imvus/{id}/messages"]["post"]["responses"];
     for code in ["200", "400", "401", "403", "404", "409", "413", "429", "500", "503"] {
         assert!(messages[code].is_object(), "messages lacks {code}: {messages}");
@@ -856,4 +858,37 @@ async fn a_tenant_over_its_rate_gets_429_with_retry_after_and_others_do_not() {
     api.runtime.audit().flush().await.expect("flush");
     let (_, log) = api.get("/v1/tenants/tiny/audit").await;
     assert!(log["records"].as_array().expect("records").iter().any(|r| r["outcome"] == 429), "throttling is audited: {log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_is_metered_where_the_work_happens_and_the_bill_prices_it() {
+    let api = api().await;
+    let (_, created) = api.post("/v1/tenants", json!({"name": "meters", "policy": {"tier": "enterprise"}})).await;
+    let admin = created["admin_key"]["key"].as_str().expect("key").to_owned();
+    let (status, imvu) = api.call(Method::POST, "/v1/tenants/meters/imvus", Some(json!({"kind": "counter"})), Some(&admin)).await;
+    assert_eq!(status, StatusCode::CREATED, "{imvu}");
+    let messages = format!("/v1/tenants/meters/imvus/{}/messages", imvu["key"]["id"]);
+    for _ in 0..7 {
+        let (status, _) = api.call(Method::POST, &messages, Some(json!({"message": {"op": "add", "n": 1}})), Some(&admin)).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let (status, usage) = api.call(Method::GET, "/v1/tenants/meters/usage", None, Some(&admin)).await;
+    assert_eq!(status, StatusCode::OK, "{usage}");
+    assert_eq!(usage["units"]["messages"], 7, "{usage}");
+    assert!(usage["units"]["canon_bytes"].as_u64().is_some_and(|b| b > 0), "{usage}");
+    let (_, default_usage) = api.get("/v1/tenants/default/usage").await;
+    assert!(default_usage["units"].get("messages").is_none(), "another tenant's messages are not default's: {default_usage}");
+
+    let now = api.runtime.clock().unix_ms();
+    let period = (2020..2100)
+        .flat_map(|y| (1..=12).map(move |m| format!("{y}-{m:02}")))
+        .find(|p| vcos_actors::metering::month_range(p).is_some_and(|(from, to)| (from..to).contains(&now)))
+        .expect("this month");
+    let (status, bill) = api.call(Method::GET, &format!("/v1/tenants/meters/bill?period={period}"), None, Some(&admin)).await;
+    assert_eq!(status, StatusCode::OK, "{bill}");
+    assert_eq!((bill["tier"].clone(), bill["currency"].clone()), (json!("enterprise"), json!("NXC")));
+    let line = bill["lines"].as_array().expect("lines").iter().find(|l| l["unit"] == "messages").cloned().expect("a messages line");
+    // 7 messages at 10 µNXC each, enterprise pays half.
+    assert_eq!((line["quantity"].clone(), line["amount_nxc"].clone()), (json!(7), json!("0.000035")), "{bill}");
+    check_error(api.call(Method::GET, "/v1/tenants/meters/bill?period=2026-13", None, Some(&admin)).await, 400, "bad_request", &["period"]);
 }

@@ -423,6 +423,10 @@ impl<I: Imvu> ShardCore<I> {
     /// Queues a commit for IMVU `id`, guarded by the fence it was activated under; returns
     /// its token.
     fn commit(&mut self, key: &ImvuKey, mut writes: Vec<CanonWrite>, then: Then<I>) -> u64 {
+        if let Some(cell) = self.cells.get(&key.id.0) {
+            let bytes: usize = writes.iter().map(CanonWrite::len_bytes).sum();
+            cell.tenant.usage.add(crate::metering::UsageUnit::CanonBytes, bytes as u64);
+        }
         if let Some(fence) = self.cells.get(&key.id.0).and_then(|cell| cell.fence) {
             writes.push(self.env.ownership.guard(fence));
         }
@@ -741,6 +745,9 @@ impl<I: Imvu> ShardCore<I> {
         let behaviour = &*self.env.behaviour;
         let cell = self.cells.get_mut(&key.id.0).expect("resident: checked by deliver");
         cell.last_used_ms = self.now_ms;
+        if matches!(delivery, Delivery::Msg(_)) {
+            cell.tenant.usage.add(crate::metering::UsageUnit::Messages, 1);
+        }
         let number_base = cell.fence.map_or(0, |fence| fence.epoch << 32);
         let mut ctx = Context { key: &key, unix_ms: self.unix_ms, stop_requested: false, outgoing: Vec::new(), next_number: self.last_number, number_base };
         let state = &mut *cell.state;

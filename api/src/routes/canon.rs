@@ -64,7 +64,7 @@ pub(super) async fn status(State(state): State<AppState>) -> Result<Json<CanonSt
 #[serde(deny_unknown_fields)]
 pub(crate) struct PutBody {
     /// The value (UTF-8 text).
-    value: String,
+    pub(super) value: String,
 }
 
 /// Where a write landed.
@@ -186,14 +186,14 @@ pub(crate) struct CasBody {
     /// The value the key must hold (`null`: it must be absent).
     expected: Option<String>,
     /// The value to set (`null`: remove the key).
-    new: Option<String>,
+    pub(super) new: Option<String>,
 }
 
 /// The outcome of a compare-and-set.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub(crate) struct CasResult {
     /// Whether the key held `expected` and now holds `new`.
-    success: bool,
+    pub(super) success: bool,
     /// The key's value after the operation.
     current: Option<String>,
 }

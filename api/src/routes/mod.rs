@@ -36,6 +36,7 @@ mod swarms;
 mod system;
 mod tenant_kv;
 mod tenants;
+mod usage;
 
 /// Where the OpenAPI document is served.
 pub(crate) const OPENAPI_PATH: &str = "/openapi.json";
@@ -99,6 +100,8 @@ pub(crate) fn build(state: AppState) -> Router {
         .routes(routes!(tenant_kv::put, tenant_kv::get, tenant_kv::delete))
         .routes(routes!(tenant_kv::cas))
         .routes(routes!(tenant_kv::list))
+        .routes(routes!(usage::usage))
+        .routes(routes!(usage::bill))
         .routes(routes!(audit::tenant_audit))
         .routes(routes!(audit::verify_tenant_audit))
         .routes(routes!(audit::cluster_audit))

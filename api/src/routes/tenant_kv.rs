@@ -27,6 +27,13 @@ fn tenant_key(tenant: &str, key: String) -> Result<(String, String), ApiError> {
     Ok((tenant_prefix(&tenant), key))
 }
 
+/// Counts bytes written for the tenant.
+fn meter_bytes(state: &AppState, tenant: &str, bytes: u64) {
+    if let Ok(t) = TenantId::new(tenant) {
+        state.runtime.meter(&t, vcos_actors::metering::UsageUnit::CanonBytes, bytes);
+    }
+}
+
 /// Sets a key of the tenant (acknowledged once a quorum of its region has it on disk).
 #[utoipa::path(put, path = "/v1/tenants/{tenant}/kv/{key}", tag = "tenants", request_body = PutBody,
     params(("tenant" = String, Path, description = "Tenant name"), ("key" = String, Path, description = "The key (percent-encoded), 1..=1024 bytes")),
@@ -35,7 +42,10 @@ fn tenant_key(tenant: &str, key: String) -> Result<(String, String), ApiError> {
         (status = 503, description = "`canon_unavailable`: no quorum now; retry", body = ErrorBody)))]
 pub(super) async fn put(State(state): State<AppState>, Path((tenant, key)): Path<(String, String)>, ApiJson(body): ApiJson<PutBody>) -> Result<Json<WriteResult>, ApiError> {
     let (prefix, key) = tenant_key(&tenant, key)?;
-    Ok(Json(kv_put(&state, &prefix, &key, body).await?))
+    let bytes = (key.len() + body.value.len()) as u64;
+    let written = kv_put(&state, &prefix, &key, body).await?;
+    meter_bytes(&state, &tenant, bytes);
+    Ok(Json(written))
 }
 
 /// Reads a key of the tenant: linearizable by default, or stale from this node's replica.
@@ -69,7 +79,12 @@ pub(super) async fn delete(State(state): State<AppState>, Path((tenant, key)): P
         (status = 503, description = "`canon_unavailable`: no quorum now; retry", body = ErrorBody)))]
 pub(super) async fn cas(State(state): State<AppState>, Path((tenant, key)): Path<(String, String)>, ApiJson(body): ApiJson<CasBody>) -> Result<Json<CasResult>, ApiError> {
     let (prefix, key) = tenant_key(&tenant, key)?;
-    Ok(Json(kv_cas(&state, &prefix, &key, body).await?))
+    let bytes = (key.len() + body.new.as_ref().map_or(0, String::len)) as u64;
+    let result = kv_cas(&state, &prefix, &key, body).await?;
+    if result.success {
+        meter_bytes(&state, &tenant, bytes);
+    }
+    Ok(Json(result))
 }
 
 /// Lists the tenant's keys by prefix, in key order (linearizable), a page at a time.
