@@ -112,9 +112,20 @@ impl ApiError {
         }
     }
 
-    /// The JSON body of this error.
+    /// The JSON body of this error. Messages quote what was wrong; a huge input is not echoed
+    /// back whole: past [`ERROR_MESSAGE_LEN_MAX`] bytes the message is cut and says so.
     pub fn body(&self) -> ErrorBody {
-        ErrorBody { code: self.status_and_code().1.to_owned(), message: self.to_string() }
+        let mut message = self.to_string();
+        if message.len() > ERROR_MESSAGE_LEN_MAX {
+            let cut = message.len() - ERROR_MESSAGE_LEN_MAX;
+            let mut at = ERROR_MESSAGE_LEN_MAX;
+            while !message.is_char_boundary(at) {
+                at -= 1;
+            }
+            message.truncate(at);
+            message.push_str(&format!("… ({cut} more bytes not shown)"));
+        }
+        ErrorBody { code: self.status_and_code().1.to_owned(), message }
     }
 
     /// The error a bare status would mean, for responses not made by our handlers.
@@ -148,6 +159,9 @@ fn canon_status(e: &vcos_canon_raft::CanonError) -> (StatusCode, &'static str) {
         CanonError::Failed(_) => (StatusCode::INTERNAL_SERVER_ERROR, "store_error"),
     }
 }
+
+/// Longest error message sent (inputs quoted in messages are cut past it).
+pub const ERROR_MESSAGE_LEN_MAX: usize = 512;
 
 /// Seconds a client should wait before retrying a 503 (`Retry-After`).
 pub const RETRY_AFTER_S: u64 = 1;
@@ -243,6 +257,14 @@ mod tests {
         }
         let store_unavailable = ActorError::from(vcos_actors::store::StoreError::Unavailable("no quorum".into()));
         check(store_unavailable, 503, "unavailable");
+    }
+
+    #[test]
+    fn a_huge_input_is_not_echoed_back_whole() {
+        let name = "é".repeat(40_000);
+        let body = ApiError::BadRequest(format!("tenant names are short (got {name:?})")).body();
+        assert!(body.message.len() < ERROR_MESSAGE_LEN_MAX + 64, "{}", body.message.len());
+        assert!(body.message.ends_with("more bytes not shown)"), "{}", &body.message[body.message.len() - 40..]);
     }
 
     #[test]

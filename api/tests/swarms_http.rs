@@ -382,3 +382,20 @@ async fn swarms_of_a_tenant_need_its_key() {
     let (status, credits) = api.call(Method::GET, &format!("{swarm}/credits"), None, Some(key)).await;
     assert_eq!((status, credits["credits"].as_array().map(Vec::len)), (StatusCode::OK, Some(1)));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_items_are_dead_lettered_and_the_swarm_keeps_working() {
+    let api = api().await;
+    let (swarm, _) = api.swarm(json!({"member_kind": "text-worker", "members": 3})).await;
+    // Five items no text worker can take (they are not messages of its kind).
+    let (status, body) = api.post(&format!("{swarm}/work"), json!({"items": [0, 1, 2, 3, 4]})).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let info = api.settled(&swarm).await;
+    assert_eq!(info["progress"]["dead_lettered"], 5, "{info}");
+    assert_eq!(info["status"]["state"], "running", "poison items do not fail the swarm: {info}");
+    // Good work after them is done.
+    let (status, body) = api.post(&format!("{swarm}/work"), json!({"items": [{"op": "upper", "text": "still here"}]})).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let info = api.settled(&swarm).await;
+    assert_eq!(info["progress"]["completed"], 1, "{info}");
+}

@@ -28,6 +28,8 @@ type Reply<T> = oneshot::Sender<Result<T, ActorError>>;
 pub(crate) enum Outcome {
     Done(serde_json::Value),
     Crashed(String),
+    /// The item is not a message the member's kind takes: it never will be.
+    Refused(String),
     MemberGone(String),
     Retry,
 }
@@ -474,8 +476,8 @@ async fn run_item(
             match runtime.ask_placed(&key, payload, &caller).await {
                 Ok(result) => Outcome::Done(result),
                 Err(ActorError::Crashed { reason, .. }) => Outcome::Crashed(reason),
-                // The item is not a valid message for the member's kind: its own fault.
-                Err(e @ ActorError::BadRequest { .. }) => Outcome::Crashed(e.to_string()),
+                // The item is not a valid message for the member's kind: its own fault, for good.
+                Err(e @ ActorError::BadRequest { .. }) => Outcome::Refused(e.to_string()),
                 Err(
                     e @ (ActorError::Terminated(_)
                     | ActorError::NotFound { .. }
@@ -684,36 +686,23 @@ impl Coordinator {
                         .await;
                 }
             }
+            Outcome::Refused(reason) => {
+                if self.core.reject(item, member, &reason) {
+                    self.dead_letter(item, &reason).await;
+                }
+            }
             Outcome::Crashed(reason) => {
                 match self.core.fail(item, member, &reason) {
-                    Failure::DeadLettered => {
-                        let rec = ItemRecord {
-                            payload: self
-                                .payloads
-                                .remove(&item)
-                                .unwrap_or(serde_json::Value::Null),
-                            status: ItemStatus::DeadLettered {
-                                reason: reason.clone(),
-                            },
-                            attempts: self.core.attempts(item),
-                        };
-                        let _ = self.commit(
-                            vec![CanonWrite::Put {
-                                key: item_key(&self.key, item),
-                                value: encode(&rec),
-                            }],
-                        )
-                        .await;
-                        for waiter in self.awaiting.remove(&item).into_iter().flatten() {
-                            let _ = waiter.send(Err(ActorError::Crashed {
-                                key: self.key.to_string(),
-                                reason: reason.clone(),
-                            }));
-                        }
-                    }
+                    Failure::DeadLettered => self.dead_letter(item, &reason).await,
                     Failure::Requeued | Failure::Ignored => {}
                 }
-                self.supervise(member, reason).await;
+                // A crash on an item counts against that item's attempts (a poison item ends
+                // dead-lettered), not against the swarm's restart intensity: the member IMVU was
+                // restarted by its tenant's supervisor already. A sub-swarm that fails is a
+                // member failure, and counts.
+                if matches!(member, MemberRef::Swarm(_)) {
+                    self.supervise(member, reason).await;
+                }
             }
         }
     }
@@ -767,6 +756,19 @@ impl Coordinator {
     }
 
     /// A member crashed: the swarm's supervisor decides about its siblings.
+    /// Records item `item` dead-lettered with `reason` and fails those waiting on it.
+    async fn dead_letter(&mut self, item: u64, reason: &str) {
+        let rec = ItemRecord {
+            payload: self.payloads.remove(&item).unwrap_or(serde_json::Value::Null),
+            status: ItemStatus::DeadLettered { reason: reason.to_owned() },
+            attempts: self.core.attempts(item),
+        };
+        let _ = self.commit(vec![CanonWrite::Put { key: item_key(&self.key, item), value: encode(&rec) }]).await;
+        for waiter in self.awaiting.remove(&item).into_iter().flatten() {
+            let _ = waiter.send(Err(ActorError::Crashed { key: self.key.to_string(), reason: reason.to_owned() }));
+        }
+    }
+
     async fn supervise(&mut self, member: MemberRef, reason: String) {
         let now = self.runtime.clock().now_ms();
         match self

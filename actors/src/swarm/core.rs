@@ -239,6 +239,21 @@ impl SwarmCore {
         Failure::Requeued
     }
 
+    /// The member refused the item as no message of its kind: dead-lettered at once (retrying
+    /// cannot help). Returns whether it was in flight there.
+    pub fn reject(&mut self, id: u64, member: MemberRef, reason: &str) -> bool {
+        let Some(item) = self.items.get_mut(&id) else { return false };
+        if item.status != (ItemStatus::InFlight { member }) {
+            return false;
+        }
+        if let Some(m) = self.members.get_mut(&member) {
+            m.in_flight.remove(&id);
+        }
+        item.last_failed_by = Some(member);
+        item.status = ItemStatus::DeadLettered { reason: reason.to_owned() };
+        true
+    }
+
     /// The member is gone (terminated, or its sub-swarm failed): its items go back to the queue.
     /// A death is not the item's fault, so the attempt is not counted.
     pub fn member_down(&mut self, member: MemberRef) -> Vec<u64> {
