@@ -456,3 +456,42 @@ fn the_up_line_is_parsed() {
     assert_eq!(parse_up_line("2026-01-01T00:00:00Z  INFO canon opened"), None);
     assert_eq!(parse_up_line("v-COS node up: http://127.0.0.1:0  (docs: x)"), None);
 }
+
+/// Usage is written every interval: a `kill -9` loses at most the last one, and the bill prices
+/// exactly what the usage records hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn usage_survives_kill_9_within_one_interval() {
+    let data = tempfile::tempdir().expect("a temp dir");
+    let mut node = Node::up(data.path());
+    let client = Client::new(data.path());
+    let (status, created) = client.post(&node.url("/v1/tenants"), json!({"name": "metered", "policy": {"tier": "enterprise"}})).await;
+    assert_eq!(status, 201, "{created}");
+    let key = created["admin_key"]["key"].as_str().expect("key").to_owned();
+    let tenant = Client { http: reqwest::Client::builder().timeout(REQUEST_TIMEOUT).default_headers(bearer(&key)).build().expect("client") };
+    let (_, imvu) = tenant.post(&node.url("/v1/tenants/metered/imvus"), json!({"kind": "counter"})).await;
+    let url = node.url(&format!("/v1/tenants/metered/imvus/{}", imvu["key"]["id"]));
+    for _ in 0..20 {
+        assert_eq!(tenant.message(&url, json!({"op": "add", "n": 1})).await.0, 200);
+    }
+    // One usage interval (10 s) and some: the 20 are written.
+    tokio::time::sleep(Duration::from_millis(11_500)).await;
+    for _ in 0..5 {
+        assert_eq!(tenant.message(&url, json!({"op": "add", "n": 1})).await.0, 200);
+    }
+    node.proc.kill_hard();
+    let node = Node::up(data.path());
+    let (status, usage) = tenant.get(&node.url("/v1/tenants/metered/usage")).await;
+    assert_eq!(status, 200, "{usage}");
+    let messages = usage["units"]["messages"].as_u64().expect("messages metered");
+    assert!((20..=25).contains(&messages), "at most the last interval is lost: {usage}");
+    let period = (2020..2100)
+        .flat_map(|y| (1..=12).map(move |m| format!("{y}-{m:02}")))
+        .find(|p| {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("after 1970").as_millis() as u64;
+            vcos_actors::metering::month_range(p).is_some_and(|(from, to)| (from..to).contains(&now))
+        })
+        .expect("this month");
+    let (_, bill) = tenant.get(&node.url(&format!("/v1/tenants/metered/bill?period={period}"))).await;
+    let line = bill["lines"].as_array().expect("lines").iter().find(|l| l["unit"] == "messages").cloned().expect("messages");
+    assert_eq!(line["quantity"].as_u64(), Some(messages), "the bill prices the usage records: {bill}");
+}

@@ -13,6 +13,7 @@
 pub mod audit;
 pub mod auth;
 pub mod error;
+pub mod export;
 pub mod failpoints;
 pub mod handshake;
 mod host;

@@ -73,6 +73,7 @@ pub(crate) const ACCESS: &[(&str, &str, Access)] = &[
     ("DELETE", "/v1/tenants/{tenant}/kv/{key}", Need(Use)),
     ("POST", "/v1/tenants/{tenant}/kv/{key}/cas", Need(Use)),
     ("GET", "/v1/tenants/{tenant}/kv", Need(Read)),
+    ("GET", "/v1/tenants/{tenant}/export", Need(Administer)),
     ("GET", "/v1/tenants/{tenant}/usage", Need(Read)),
     ("GET", "/v1/tenants/{tenant}/bill", Need(Administer)),
     ("GET", "/v1/tenants/{tenant}/audit", Need(Administer)),

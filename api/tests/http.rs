@@ -448,7 +448,7 @@ async fn openapi_documents_every_route_and_docs_are_served() {
     let api = api().await;
     let (status, doc) = api.get("/openapi.json").await;
     assert_eq!(status, StatusCode::OK);
-    let expected: [(&str, &[&str]); 44] = [
+    let expected: [(&str, &[&str]); 45] = [
         ("/health", &["get"]),
         ("/metrics", &["get"]),
         ("/openapi.json", &["get"]),
@@ -487,6 +487,7 @@ async fn openapi_documents_every_route_and_docs_are_served() {
         ("/v1/tenants/{tenant}/kv", &["get"]),
         ("/v1/tenants/{tenant}/kv/{key}", &["get", "put", "delete"]),
         ("/v1/tenants/{tenant}/kv/{key}/cas", &["post"]),
+        ("/v1/tenants/{tenant}/export", &["get"]),
         ("/v1/tenants/{tenant}/usage", &["get"]),
         ("/v1/tenants/{tenant}/bill", &["get"]),
         ("/v1/tenants/{tenant}/audit", &["get"]),
@@ -502,7 +503,7 @@ async fn openapi_documents_every_route_and_docs_are_served() {
         }
     }
     let paths = doc["paths"].as_object().expect("paths").len();
-    assert_eq!(paths, 44, "exactly the routes above");
+    assert_eq!(paths, 45, "exactly the routes above");
     let messages = &doc["paths"]["/v1/tenants/{tenant}/imvus/{id}/messages"]["post"]["responses"];
     for code in ["200", "400", "401", "403", "404", "409", "413", "429", "500", "503"] {
         assert!(messages[code].is_object(), "messages lacks {code}: {messages}");
@@ -891,4 +892,38 @@ async fn usage_is_metered_where_the_work_happens_and_the_bill_prices_it() {
     // 7 messages at 10 µNXC each, enterprise pays half.
     assert_eq!((line["quantity"].clone(), line["amount_nxc"].clone()), (json!(7), json!("0.000035")), "{bill}");
     check_error(api.call(Method::GET, "/v1/tenants/meters/bill?period=2026-13", None, Some(&admin)).await, 400, "bad_request", &["period"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_holds_everything_of_the_tenant_and_nothing_else() {
+    let api = api().await;
+    api.create("counter").await; // a default-tenant IMVU that must not appear
+    let (_, created) = api.post("/v1/tenants", json!({"name": "exp", "policy": {"tier": "enterprise"}})).await;
+    let admin = created["admin_key"]["key"].as_str().expect("key").to_owned();
+    let (_, imvu) = api.call(Method::POST, "/v1/tenants/exp/imvus", Some(json!({"kind": "counter"})), Some(&admin)).await;
+    let messages = format!("/v1/tenants/exp/imvus/{}/messages", imvu["key"]["id"]);
+    api.call(Method::POST, &messages, Some(json!({"message": {"op": "add", "n": 3}})), Some(&admin)).await;
+    api.runtime.audit().flush().await.expect("flush");
+    let request = Request::get("/v1/tenants/exp/export").header(header::AUTHORIZATION, format!("Bearer {admin}")).body(Body::empty()).expect("request");
+    let (status, headers, bytes) = api.raw(request).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers[header::CONTENT_TYPE], "application/x-ndjson");
+    let text = String::from_utf8(bytes.to_vec()).expect("utf-8");
+    let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).expect("a JSON line")).collect();
+    let last = lines.last().expect("lines");
+    assert_eq!((last["section"].clone(), last["lines"].as_u64()), (json!("end"), Some(lines.len() as u64 - 1)), "the end line counts the others");
+    let sections: std::collections::BTreeSet<&str> = lines.iter().filter_map(|l| l["section"].as_str()).collect();
+    for expected in ["policy", "imvus", "audit", "audit_head", "key_index", "key", "end"] {
+        assert!(sections.contains(expected), "no {expected} in {sections:?}");
+    }
+    for l in &lines {
+        let key = l["key"].as_str().unwrap_or_default();
+        assert!(l["section"] == "end" || l["section"] == "key" || key.contains("exp"), "a line of another tenant: {l}");
+    }
+    let snapshot = lines.iter().find(|l| l["key"].as_str().is_some_and(|k| k.ends_with("/snap"))).expect("the counter's snapshot");
+    assert!(snapshot["value"].to_string().contains('3'), "{snapshot}");
+    assert!(!text.contains(&admin[22..]), "no secret in an export");
+    for key in lines.iter().filter(|l| l["section"] == "key") {
+        assert!(key["value"].get("hash").is_none(), "a key's hash is not exported: {key}");
+    }
 }

@@ -30,6 +30,7 @@ use crate::{middleware as mw, AppState, BODY_LEN_MAX};
 mod audit;
 mod canon;
 mod cluster;
+mod export;
 mod imvus;
 mod keys;
 mod swarms;
@@ -100,6 +101,7 @@ pub(crate) fn build(state: AppState) -> Router {
         .routes(routes!(tenant_kv::put, tenant_kv::get, tenant_kv::delete))
         .routes(routes!(tenant_kv::cas))
         .routes(routes!(tenant_kv::list))
+        .routes(routes!(export::export))
         .routes(routes!(usage::usage))
         .routes(routes!(usage::bill))
         .routes(routes!(audit::tenant_audit))
