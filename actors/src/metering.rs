@@ -24,6 +24,9 @@ use crate::tenants::{TenantEntry, Tier};
 
 /// How often a node writes its usage records.
 pub const USAGE_INTERVAL_MS: u64 = 10_000;
+/// (tenant, interval) totals a node keeps unwritten, at most (the canon unavailable for long):
+/// past it the oldest are dropped and counted (`vcos_usage_dropped_total`).
+pub const USAGE_PENDING_MAX: usize = 100_000;
 /// Records one usage query reads, at most.
 pub const USAGE_RECORDS_SCANNED_MAX: usize = 200_000;
 
@@ -137,6 +140,11 @@ impl Meter {
                         *total = total.saturating_add(n);
                     }
                 }
+            }
+            while pending.len() > USAGE_PENDING_MAX {
+                let Some(oldest) = pending.keys().min_by_key(|(_, start)| *start).cloned() else { break };
+                pending.remove(&oldest);
+                metrics::counter!("vcos_usage_dropped_total").increment(1);
             }
             pending.iter().map(|(k, v)| (k.clone(), *v)).collect()
         };

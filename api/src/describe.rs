@@ -20,6 +20,7 @@ use Kind::{Counter, Gauge, Histogram};
 const METRICS: &[(Kind, &str, &str)] = &[
     (Counter, crate::HTTP_REQUESTS_METRIC, "HTTP requests served, by method, route template and status."),
     (Histogram(Unit::Seconds), crate::HTTP_DURATION_METRIC, "HTTP request latency, by method, route template and status."),
+    (Counter, "vcos_usage_dropped_total", "Usage totals dropped unwritten because too many waited (the canon unavailable for long)."),
     (Counter, "vcos_audit_records_total", "Audit records appended to the canon."),
     (Counter, "vcos_audit_flushes_total", "Flushes of waiting audit records."),
     (Counter, "vcos_audit_dropped_total", "Audit records dropped because too many waited to be written."),

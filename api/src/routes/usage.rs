@@ -76,6 +76,14 @@ pub(crate) struct BillView {
     currency: String,
 }
 
+/// Writes this node's latest counts first, so an answer includes them (best effort: the
+/// interval writer retries what fails).
+async fn write_latest(state: &AppState) {
+    if let Err(e) = state.runtime.write_usage().await {
+        tracing::debug!(error = %e, "answered without this node's latest usage counts");
+    }
+}
+
 /// What the tenant used in a time range (records written every 10 s by each node; this node's
 /// latest counts are written first).
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/usage", tag = "tenants",
@@ -92,9 +100,7 @@ pub(super) async fn usage(State(state): State<AppState>, TenantPath(tenant): Ten
     if from_ms >= to_ms {
         return Err(ApiError::BadRequest(format!("query `from_ms` ({from_ms}) must be before `to_ms` ({to_ms})")));
     }
-    if let Err(e) = state.runtime.write_usage().await {
-        tracing::debug!(error = %e, "usage answered without this node's latest counts");
-    }
+    write_latest(&state).await;
     let usage = state.runtime.usage(&tenant, from_ms, to_ms)?;
     let units = usage.totals.iter().map(|(u, n)| (u.as_str().to_owned(), *n)).collect();
     Ok(Json(UsageView { tenant: tenant.to_string(), from_ms, to_ms, units, records: usage.records }))
@@ -113,9 +119,7 @@ pub(super) async fn bill(State(state): State<AppState>, TenantPath(tenant): Tena
     let Some((from_ms, to_ms)) = month_range(&query.period) else {
         return Err(ApiError::BadRequest("query `period`: a month as YYYY-MM (1970-01 to 9999-12)".into()));
     };
-    if let Err(e) = state.runtime.write_usage().await {
-        tracing::debug!(error = %e, "bill answered without this node's latest counts");
-    }
+    write_latest(&state).await;
     let bill = Bill::of(state.runtime.usage(&tenant, from_ms, to_ms)?, entry.policy.tier);
     let lines = bill
         .lines
