@@ -186,7 +186,46 @@ pub(crate) async fn start_runtime(
     Ok(rt)
 }
 
-async fn serve(args: UpArgs) -> anyhow::Result<()> {
+/// A node started as `vcos up` starts it: its canon (a Raft group of its region), the actor
+/// runtime with the kinds that ship, membership and placement. `vcos up` serves
+/// [`vcos_api::router_with_cluster`] over it; `vcos bench http` starts one in-process to
+/// measure that same facade.
+pub(crate) struct Node {
+    pub(crate) rt: Runtime,
+    pub(crate) canon: CanonNode,
+    pub(crate) store: Arc<RaftCanonStore>,
+    pub(crate) cluster: vcos_cluster::Cluster,
+    pub(crate) metrics: vcos_api::PrometheusHandle,
+    membership: vcos_cluster::MembershipHandle,
+    raft_server: tokio::task::AbortHandle,
+}
+
+impl UpArgs {
+    /// `vcos up`'s options as its command line parses `args` (the defaults included).
+    pub(crate) fn parse_from<I, T>(args: I) -> anyhow::Result<Self>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        use clap::{CommandFactory as _, FromArgMatches as _, Parser};
+        #[derive(Parser)]
+        struct Up {
+            #[command(flatten)]
+            args: UpArgs,
+        }
+        let matches = Up::command().try_get_matches_from(args).context("vcos up options")?;
+        Ok(Up::from_arg_matches(&matches).context("vcos up options")?.args)
+    }
+
+    /// Where the node keeps its canon and keys.
+    pub(crate) fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+}
+
+/// Starts the node of `args` whose HTTP facade will listen on `http_addr` (bound by the
+/// caller): everything of `vcos up` but the facade itself.
+pub(crate) async fn start_node(args: &UpArgs, http_addr: SocketAddr) -> anyhow::Result<Node> {
     vcos_canon_raft::node::validate_region(&args.region).context("--region")?;
     if let Some(join) = &args.join {
         http_client::authority(join).context("--join")?;
@@ -199,18 +238,18 @@ async fn serve(args: UpArgs) -> anyhow::Result<()> {
     vcos_canon_raft::runtime::set_process_seed(nanos ^ (args.node_id << 32) ^ u64::from(std::process::id()));
     let raft_listener =
         tokio::net::TcpListener::bind(args.raft_listen).await.with_context(|| format!("canon listener on {}", args.raft_listen))?;
-    let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("listen on {}", args.listen))?;
-    let addr = listener.local_addr().context("local address")?;
+    let addr = http_addr;
     let mut config = NodeConfig::new(args.node_id, &args.region, &args.data_dir.join("canon"));
     config.cluster = args.cluster.clone();
-    config.secret = Some(cluster_secret(&args).await?);
+    config.secret = Some(cluster_secret(args).await?);
     config.info.raft_addr = raft_listener.local_addr().context("canon address")?.to_string();
     config.info.http_addr = addr.to_string();
     let node = CanonNode::start(config, Arc::new(TcpTransport)).await.context("open the canon")?;
     let raft_server = tokio::spawn({
         let node = node.clone();
         async move { node.serve(raft_listener).await }
-    });
+    })
+    .abort_handle();
     if !node.is_member().await.context("canon membership")? {
         match &args.join {
             Some(url) => join_cluster(&node, url).await?,
@@ -280,11 +319,38 @@ async fn serve(args: UpArgs) -> anyhow::Result<()> {
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    let router = vcos_api::router_with_cluster(rt.clone(), metrics, (*store).clone(), cluster.clone());
+    Ok(Node { rt, canon: node, store, cluster, metrics, membership, raft_server })
+}
+
+impl Node {
+    /// Stops the node once its facade stopped: hands the buckets over (their next owners need
+    /// not wait out the leases), says goodbye to the membership, stops the runtime and the
+    /// canon, each bounded.
+    pub(crate) async fn stop(self) {
+        if tokio::time::timeout(std::time::Duration::from_secs(3), self.cluster.leave()).await.is_err() {
+            tracing::warn!("handing the buckets over took over 3 s; stopping anyway");
+        }
+        if tokio::time::timeout(std::time::Duration::from_secs(2), self.membership.leave()).await.is_err() {
+            tracing::warn!("leaving the membership took over 2 s; stopping anyway");
+        }
+        if tokio::time::timeout(RUNTIME_STOP_MAX, self.rt.shutdown()).await.is_err() {
+            tracing::warn!(waited_s = RUNTIME_STOP_MAX.as_secs(), "the actor runtime did not stop in time (canon without quorum?); stopping anyway");
+        }
+        self.canon.shutdown().await;
+        self.raft_server.abort();
+    }
+}
+
+async fn serve(args: UpArgs) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("listen on {}", args.listen))?;
+    let addr = listener.local_addr().context("local address")?;
+    let node = start_node(&args, addr).await?;
+    // The facade: every route, authentication, limits and audit on.
+    let router = vcos_api::router_with_cluster(node.rt.clone(), node.metrics.clone(), (*node.store).clone(), node.cluster.clone());
     let canon_failure = Arc::new(std::sync::Mutex::new(None::<String>));
     let stop = {
-        let rt = rt.clone();
-        let node = node.clone();
+        let rt = node.rt.clone();
+        let canon = node.canon.clone();
         let canon_failure = canon_failure.clone();
         async move {
             tokio::select! {
@@ -292,8 +358,8 @@ async fn serve(args: UpArgs) -> anyhow::Result<()> {
                 _ = tokio::signal::ctrl_c() => tracing::info!("Ctrl-C: stopping"),
                 _ = terminate_signal() => tracing::info!("SIGTERM: stopping"),
                 reason = rt.escalated() => tracing::error!(%reason, "stopping after escalation to the root supervisor"),
-                () = removed(&node) => tracing::warn!("removed from the canon group: stopping"),
-                reason = node.failed() => {
+                () = removed(&canon) => tracing::warn!("removed from the canon group: stopping"),
+                reason = canon.failed() => {
                     tracing::error!(%reason, "the canon failed: stopping (restart the node to recover from disk)");
                     *canon_failure.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(reason);
                 }
@@ -303,19 +369,8 @@ async fn serve(args: UpArgs) -> anyhow::Result<()> {
         }
     };
     vcos_api::serve(listener, router, stop).await.context("serve HTTP")?;
-    // Hand the buckets over (their next owners need not wait out the leases), then say
-    // goodbye to the membership, both bounded.
-    if tokio::time::timeout(std::time::Duration::from_secs(3), cluster.leave()).await.is_err() {
-        tracing::warn!("handing the buckets over took over 3 s; stopping anyway");
-    }
-    if tokio::time::timeout(std::time::Duration::from_secs(2), membership.leave()).await.is_err() {
-        tracing::warn!("leaving the membership took over 2 s; stopping anyway");
-    }
-    if tokio::time::timeout(RUNTIME_STOP_MAX, rt.shutdown()).await.is_err() {
-        tracing::warn!(waited_s = RUNTIME_STOP_MAX.as_secs(), "the actor runtime did not stop in time (canon without quorum?); stopping anyway");
-    }
-    node.shutdown().await;
-    raft_server.abort();
+    let rt = node.rt.clone();
+    node.stop().await;
     let escalation = rt.escalation();
     tracing::info!("node stopped; everything acknowledged is in canon");
     if let Some(reason) = escalation {

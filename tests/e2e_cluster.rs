@@ -146,3 +146,58 @@ async fn imvus_live_once_fail_over_and_never_serve_stale_state() {
         assert_eq!(body["state"], json!(total), "IMVU {id}: every acknowledged add is in its state");
     }
 }
+
+/// Erasing a tenant on a cluster: IMVUs resident on other nodes than the one that took the
+/// erasure never acknowledge a message after it (their commits carry the tenant's fence), they
+/// answer 404 everywhere within the sweep period, the erasure completes, and a tenant created
+/// again under the name starts empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn erasing_a_tenant_fences_its_imvus_on_every_node() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let (nodes, http) = start_region(root.path(), 3).await;
+    let bases: Vec<String> = nodes.iter().map(Node::base).collect();
+    let (code, body) = call(&http, "POST", format!("{}/v1/tenants", bases[0]), Some(json!({"name": "gone", "policy": {"tier": "enterprise"}}))).await;
+    assert_eq!(code, 201, "{body}");
+    let mut ids = Vec::new();
+    for i in 0..9 {
+        let (code, body) = call(&http, "POST", format!("{}/v1/tenants/gone/imvus", bases[i % 3]), Some(json!({"kind": "counter"}))).await;
+        assert_eq!(code, 201, "{body}");
+        ids.push(body["key"]["id"].as_u64().expect("an id"));
+    }
+    let message = |base: &str, id: u64| (format!("{base}/v1/tenants/gone/imvus/{id}/messages"), Some(json!({"message": {"op": "add", "n": 1}})));
+    for &id in &ids {
+        for base in &bases {
+            let (url, body) = message(base, id);
+            let (code, reply) = call(&http, "POST", url, body).await;
+            assert_eq!(code, 200, "{reply}");
+        }
+    }
+
+    let (code, body) = call(&http, "DELETE", format!("{}/v1/tenants/gone", bases[1]), None).await;
+    assert_eq!(code, 202, "{body}");
+    // From here no message is acknowledged, on any node, however stale its memory.
+    until("every node answers 404 for every IMVU of the erased tenant", async || {
+        let mut all_gone = true;
+        for &id in &ids {
+            for base in &bases {
+                let (url, body) = message(base, id);
+                let (code, reply) = call(&http, "POST", url, body).await;
+                assert_ne!(code, 200, "a message to IMVU {id} of an erased tenant was acknowledged through {base}: {reply}");
+                all_gone &= code == 404;
+            }
+        }
+        all_gone
+    })
+    .await;
+    until("the erasure completes", async || {
+        let (_, status) = call(&http, "GET", format!("{}/v1/tenants/gone/erasure", bases[2]), None).await;
+        status["state"] == "absent"
+    })
+    .await;
+    let (code, body) = call(&http, "POST", format!("{}/v1/tenants", bases[2]), Some(json!({"name": "gone"}))).await;
+    assert_eq!(code, 201, "{body}");
+    for base in &bases {
+        let (code, body) = call(&http, "GET", format!("{base}/v1/tenants/gone/imvus/{}", ids[0]), None).await;
+        assert_eq!(code, 404, "an IMVU of the erased tenant is not one of the new tenant's: {body}");
+    }
+}

@@ -88,6 +88,22 @@ pub struct AuditEntry {
     pub source: Option<String>,
 }
 
+impl AuditEntry {
+    /// The record an erasure leaves in the cluster's log when it completes.
+    pub fn erased(record: &crate::erasure::ErasureRecord, records_deleted: u64, at_ms: u64) -> Self {
+        Self {
+            at_ms,
+            request_id: format!("erasure-{}-{}", record.tenant, record.started_unix_ms),
+            key_id: Some(record.by.clone()),
+            role: None,
+            action: format!("ERASED tenant ({records_deleted} records deleted, {} keys revoked)", record.keys_revoked),
+            target: format!("/v1/tenants/{}", record.tenant),
+            outcome: 200,
+            source: None,
+        }
+    }
+}
+
 /// A record as stored.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -143,6 +159,9 @@ pub struct AuditLog {
     pending_len: std::sync::atomic::AtomicUsize,
     /// One flush at a time (the periodic one and the shutdown one).
     flushing: tokio::sync::Mutex<()>,
+    /// The node's tenants, when the log belongs to a runtime: a tenant chain is written only
+    /// under its tenant's fence, and the records of a tenant erased meanwhile are dropped.
+    tenants: Option<Arc<crate::tenants::Tenants>>,
 }
 
 fn hash_hex(bytes: &[u8]) -> String {
@@ -162,7 +181,14 @@ impl AuditLog {
             pending: Mutex::new(BTreeMap::new()),
             pending_len: std::sync::atomic::AtomicUsize::new(0),
             flushing: tokio::sync::Mutex::new(()),
+            tenants: None,
         }
+    }
+
+    /// The log of a runtime holding `tenants` (see the field's docs).
+    pub fn guarded_by(mut self, tenants: Arc<crate::tenants::Tenants>) -> Self {
+        self.tenants = Some(tenants);
+        self
     }
 
     /// The time records are stamped with (unix ms).
@@ -223,6 +249,16 @@ impl AuditLog {
                 None => AuditHead { count: 0, hash: GENESIS_HASH.to_owned() },
             };
             let mut writes = vec![CanonWrite::Expect { key: head_key.clone(), value: before }];
+            if let (Chain::Tenant(tenant), Some(tenants)) = (chain, &self.tenants) {
+                match tenants.get(tenant) {
+                    Ok(entry) => writes.extend(entry.guard()),
+                    Err(_) => {
+                        // Erased (and let go of by this node): its records go with it.
+                        metrics::counter!("vcos_audit_dropped_total").increment(entries.len() as u64);
+                        return Ok(());
+                    }
+                }
+            }
             let (mut seq, mut prev) = (head.count, head.hash);
             for entry in entries {
                 seq += 1;

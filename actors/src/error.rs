@@ -70,6 +70,16 @@ pub enum ActorError {
     /// The node is shutting down or the host is restarting.
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// A tenant quota is used up (`messages_per_day`, `canon_bytes_stored`).
+    #[error("quota {quota} exceeded: {reason}")]
+    QuotaExceeded {
+        /// Which quota.
+        quota: String,
+        /// What was used of how much.
+        reason: String,
+        /// When it frees up again (seconds), for a quota that renews.
+        retry_after_s: Option<u64>,
+    },
 }
 
 impl ActorError {
@@ -88,6 +98,7 @@ impl ActorError {
             Self::TooLarge(_) => "too_large",
             Self::Store(_) => "store_error",
             Self::Unavailable(_) => "unavailable",
+            Self::QuotaExceeded { .. } => "quota_exceeded",
         }
     }
 

@@ -7,7 +7,7 @@ use crate::ids::TenantId;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Section {
     /// `policy`, `imvus` (meta, snapshots, histories), `swarms`, `refused`, `kv`, `usage`,
-    /// `audit`, `audit_head`, `key_index`.
+    /// `usage_days`, `alerts`, `audit`, `audit_head`, `key_index`.
     pub name: &'static str,
     /// Canon keys starting with this (a single key when [`Self::single`]).
     pub prefix: String,
@@ -26,6 +26,8 @@ pub fn sections(tenant: &TenantId) -> Vec<Section> {
         s("refused", crate::records::refused_prefix(tenant)),
         s("kv", format!("tkv/{tenant}/")),
         s("usage", format!("usage/{tenant}/")),
+        s("usage_days", crate::quota::day_prefix(tenant)),
+        s("alerts", format!("t/{tenant}/alerts/")),
         s("audit", format!("audit/t/{tenant}/")),
         one("audit_head", format!("audit/head/t/{tenant}")),
         s("key_index", format!("auth/tenant-keys/{tenant}/")),

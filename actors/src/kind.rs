@@ -116,6 +116,25 @@ impl<I: Imvu> KindRef<I> {
         rx.await.map_err(unavailable)?
     }
 
+    /// Decodes a JSON message for `key`. The runtime's directory maps ids to kinds whatever
+    /// the tenant, so a key naming no IMVU of this kind (another tenant's id) is routed here
+    /// too: a message this kind does not take is refused naming the kind only once the key is
+    /// known to be one of its IMVUs, else the key's own answer (`not_found`) comes back and
+    /// nothing about another tenant's IMVU leaks.
+    async fn decode(&self, key: &ImvuKey, msg: serde_json::Value) -> Result<I::Msg, ActorError> {
+        match serde_json::from_value(msg) {
+            Ok(msg) => Ok(msg),
+            Err(e) => {
+                let key = *key;
+                self.request(&key, |reply| Command::Inspect { key, reply }).await?;
+                Err(ActorError::BadRequest {
+                    field: "message".into(),
+                    reason: format!("not a valid {} message: {e}", I::KIND),
+                })
+            }
+        }
+    }
+
     /// Creates an IMVU under a caller-chosen key (ids come from the runtime's allocator).
     pub(crate) async fn create(
         &self,
@@ -208,10 +227,7 @@ impl<I: Imvu> ErasedKind for KindRef<I> {
         msg: serde_json::Value,
     ) -> BoxFuture<'_, Result<serde_json::Value, ActorError>> {
         Box::pin(async move {
-            let msg: I::Msg = serde_json::from_value(msg).map_err(|e| ActorError::BadRequest {
-                field: "message".into(),
-                reason: format!("not a valid {} message: {e}", I::KIND),
-            })?;
+            let msg = self.decode(&key, msg).await?;
             let reply = self.ask(&key, msg).await?;
             serde_json::to_value(reply)
                 .map_err(|e| ActorError::Store(format!("reply does not serialise: {e}")))
@@ -254,10 +270,7 @@ impl<I: Imvu> ErasedKind for KindRef<I> {
 
     fn ask_json_enqueued(&self, key: ImvuKey, msg: serde_json::Value) -> BoxFuture<'_, Result<JsonReply, ActorError>> {
         Box::pin(async move {
-            let msg: I::Msg = serde_json::from_value(msg).map_err(|e| ActorError::BadRequest {
-                field: "message".into(),
-                reason: format!("not a valid {} message: {e}", I::KIND),
-            })?;
+            let msg = self.decode(&key, msg).await?;
             let (reply, rx) = oneshot::channel();
             self.send(&key, Command::Ask { key, msg, reply }).await?;
             let answer: JsonReply = Box::pin(async move {
@@ -270,10 +283,7 @@ impl<I: Imvu> ErasedKind for KindRef<I> {
 
     fn tell_json(&self, key: ImvuKey, msg: serde_json::Value) -> BoxFuture<'_, Result<(), ActorError>> {
         Box::pin(async move {
-            let msg: I::Msg = serde_json::from_value(msg).map_err(|e| ActorError::BadRequest {
-                field: "message".into(),
-                reason: format!("not a valid {} message: {e}", I::KIND),
-            })?;
+            let msg = self.decode(&key, msg).await?;
             self.tell(&key, msg).await
         })
     }

@@ -12,6 +12,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod erasure;
 pub mod error;
 pub mod export;
 pub mod failpoints;
@@ -24,6 +25,7 @@ pub mod kinds;
 pub mod lifecycle;
 pub mod metering;
 pub mod ownership;
+pub mod quota;
 pub mod records;
 pub mod router;
 mod runtime;

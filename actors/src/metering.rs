@@ -13,7 +13,7 @@
 //! - Reading: [`Usage`] sums the records of a time range; [`Bill`] prices them.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 
@@ -88,12 +88,33 @@ impl UsageUnit {
 #[derive(Debug, Default)]
 pub struct TenantUsage {
     counts: [AtomicU64; 5],
+    /// Nothing is counted while set: only `vcos bench http` sets it ([`Self::pause_for_benchmark`]).
+    paused: AtomicBool,
 }
 
 impl TenantUsage {
     /// Adds `n` of `unit`.
     pub fn add(&self, unit: UsageUnit, n: u64) {
+        // One relaxed load per count: what the benchmark's switch costs everyone else.
+        if self.paused.load(Ordering::Relaxed) {
+            return;
+        }
         self.counts[unit.index()].fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Stops (`true`) or resumes (`false`) counting this tenant's usage on this node — and so
+    /// writing its usage records, since nothing is counted. For `vcos bench http` only, which
+    /// measures the HTTP facade with metering off against the same run with it on, in-process:
+    /// no route, option of `vcos up` or other caller in the node reaches it (an unmetered
+    /// tenant is an unbilled one).
+    #[doc(hidden)]
+    pub fn pause_for_benchmark(&self, paused: bool) {
+        self.paused.store(paused, Ordering::Relaxed);
+    }
+
+    /// What the counter of `unit` holds (counted and not yet taken by the meter).
+    pub fn unwritten(&self, unit: UsageUnit) -> u64 {
+        self.counts[unit.index()].load(Ordering::Relaxed)
     }
 
     /// What the counters hold, leaving them at zero.
@@ -118,6 +139,9 @@ pub struct UsageRecord {
 #[derive(Default)]
 pub struct Meter {
     pending: std::sync::Mutex<BTreeMap<(TenantId, u64), [u64; 5]>>,
+    /// This node's running totals per tenant and UTC day (today's and yesterday's), written
+    /// as day records for the daily quotas ([`crate::quota`]).
+    days: std::sync::Mutex<BTreeMap<(TenantId, u64), [u64; 5]>>,
 }
 
 fn usage_prefix(tenant: &TenantId) -> String {
@@ -130,17 +154,27 @@ impl Meter {
     /// write. `writer` names this node's records.
     pub async fn write(&self, store: &dyn CanonStore, tenants: &[std::sync::Arc<TenantEntry>], now_unix_ms: u64, writer: &str) -> Result<(), ActorError> {
         let interval_start = now_unix_ms - now_unix_ms % USAGE_INTERVAL_MS;
+        let held: BTreeMap<&TenantId, &TenantEntry> = tenants.iter().map(|t| (&t.id, &**t)).collect();
         let snapshot: Vec<((TenantId, u64), [u64; 5])> = {
             let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
             for tenant in tenants {
                 let taken = tenant.usage.take();
                 if taken.iter().any(|n| *n > 0) {
+                    let mut days = self.days.lock().unwrap_or_else(|p| p.into_inner());
+                    let day = days.entry((tenant.id.clone(), crate::quota::day_of(now_unix_ms))).or_insert([0; 5]);
+                    for (total, n) in day.iter_mut().zip(taken) {
+                        *total = total.saturating_add(n);
+                    }
                     let slot = pending.entry((tenant.id.clone(), interval_start)).or_insert([0; 5]);
                     for (total, n) in slot.iter_mut().zip(taken) {
                         *total = total.saturating_add(n);
                     }
                 }
             }
+            // A tenant no longer held was erased: what it used goes with it.
+            let before = pending.len();
+            pending.retain(|(tenant, _), _| held.contains_key(tenant));
+            metrics::counter!("vcos_usage_dropped_total").increment((before - pending.len()) as u64);
             while pending.len() > USAGE_PENDING_MAX {
                 let Some(oldest) = pending.keys().min_by_key(|(_, start)| *start).cloned() else { break };
                 pending.remove(&oldest);
@@ -148,15 +182,40 @@ impl Meter {
             }
             pending.iter().map(|(k, v)| (k.clone(), *v)).collect()
         };
+        let today = crate::quota::day_of(now_unix_ms);
+        let day_totals: Vec<((TenantId, u64), [u64; 5])> = {
+            let mut days = self.days.lock().unwrap_or_else(|p| p.into_inner());
+            days.retain(|(tenant, day), _| *day + 1 >= today && held.contains_key(tenant));
+            days.iter().map(|(k, v)| (k.clone(), *v)).collect()
+        };
         if snapshot.is_empty() {
             return Ok(());
         }
-        let mut writes = Vec::with_capacity(snapshot.len());
+        let mut writes = Vec::with_capacity(snapshot.len() + 1);
+        // Each tenant's records under its fence (see `TenantEntry::fence`): records of a
+        // tenant erased meanwhile fail the commit, and are dropped at the next write.
+        let mut guarded: Option<&TenantId> = None;
         for ((tenant, start), counts) in &snapshot {
+            if guarded != Some(tenant) {
+                guarded = Some(tenant);
+                writes.extend(held.get(tenant).and_then(|t| t.guard()));
+            }
             let units = UsageUnit::ALL.iter().zip(counts).filter(|(_, n)| **n > 0).map(|(u, n)| (*u, *n)).collect();
             let record = UsageRecord { interval_start_ms: *start, interval_ms: USAGE_INTERVAL_MS, units };
             let value = serde_json::to_vec(&record).map_err(|e| ActorError::Store(format!("usage record: {e}")))?;
             writes.push(CanonWrite::Put { key: format!("{}{start:020}/{writer}", usage_prefix(tenant)), value });
+        }
+        // The day records of the tenants written now: running totals, so rewriting one
+        // after a failed write loses nothing.
+        let written: std::collections::BTreeSet<&TenantId> = snapshot.iter().map(|((t, _), _)| t).collect();
+        for ((tenant, day), counts) in &day_totals {
+            if !written.contains(tenant) {
+                continue;
+            }
+            let units = UsageUnit::ALL.iter().zip(counts).filter(|(_, n)| **n > 0).map(|(u, n)| (*u, *n)).collect();
+            let record = UsageRecord { interval_start_ms: day * 86_400_000, interval_ms: 86_400_000, units };
+            let value = serde_json::to_vec(&record).map_err(|e| ActorError::Store(format!("usage day record: {e}")))?;
+            writes.push(CanonWrite::Put { key: crate::quota::day_record_key(tenant, *day, writer), value });
         }
         commit_durable(store, writes).await?;
         // Written: past intervals are done; the current one keeps its running totals (the next
@@ -285,7 +344,7 @@ mod tests {
     use std::sync::Arc;
 
     fn entry(name: &str) -> Arc<TenantEntry> {
-        Arc::new(TenantEntry { id: TenantId::new(name).expect("name"), policy: TenantPolicy::default(), live_imvus: AtomicU64::new(0), usage: TenantUsage::default() })
+        Arc::new(TenantEntry::new(TenantId::new(name).expect("name"), TenantPolicy::default(), 0, None))
     }
 
     #[tokio::test]

@@ -5,6 +5,8 @@
 //!
 //! ```text
 //! tenant/{tenant}                                   TenantPolicy
+//! tenant-fence/{tenant}                             16 random bytes (erasure fence)
+//! erasure/{tenant}                                  ErasureRecord of an erasure under way
 //! t/{tenant}/imvu/{id:020}/meta                     ImvuMeta
 //! t/{tenant}/imvu/{id:020}/snap                     state snapshot (JSON)
 //! t/{tenant}/imvu/{id:020}/ev/{canon index:020}     TransitionRecord / SupervisionRecord
@@ -118,6 +120,12 @@ pub fn tenant_imvus_prefix(tenant: &TenantId) -> String {
 /// Key of a tenant's policy.
 pub fn tenant_key(tenant: &TenantId) -> String {
     format!("tenant/{tenant}")
+}
+
+/// The tenant's fence: random bytes drawn when the tenant is created, deleted when it is
+/// erased (see [`crate::TenantEntry::fence`]).
+pub fn tenant_fence_key(tenant: &TenantId) -> String {
+    format!("tenant-fence/{tenant}")
 }
 
 /// Parses `t/{tenant}/imvu/{id}/meta` back into its key.

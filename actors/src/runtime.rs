@@ -36,6 +36,7 @@ use crate::store::{commit_durable, index_of_appended_key, CanonStore, CanonWrite
 use crate::swarm::{self, CreditRecord, SwarmCmd, SwarmInfo, SwarmSpec, VoteRecord};
 use crate::tenants::{TenantEntry, TenantPolicy, Tenants};
 
+mod erasing;
 mod placed;
 pub use placed::Placement;
 
@@ -267,7 +268,7 @@ impl RuntimeBuilder {
         let runtime = Runtime {
             inner: Arc::new(Inner {
                 keys: KeyRegistry::new(config.store.clone(), config.clock.clone(), config.secrets.clone()),
-                audit: Arc::new(AuditLog::new(config.store.clone(), config.clock.clone())),
+                audit: Arc::new(AuditLog::new(config.store.clone(), config.clock.clone()).guarded_by(tenants.clone())),
                 meter: crate::metering::Meter::default(),
                 meter_writer: {
                     let mut bytes = [0u8; 8];
@@ -288,6 +289,7 @@ impl RuntimeBuilder {
                 escalation,
                 swarms: swarm::Registry::default(),
                 placement: std::sync::OnceLock::new(),
+                erasing: erasing::Erasing::default(),
             }),
         };
         let router = router.unwrap_or_else(|| Arc::new(LocalRouter { inner: Arc::downgrade(&runtime.inner) }));
@@ -297,6 +299,8 @@ impl RuntimeBuilder {
         runtime.load_tenants().await?;
         spawn_audit_flusher(Arc::downgrade(&runtime.inner.audit));
         spawn_usage_writer(Arc::downgrade(&runtime.inner));
+        erasing::spawn_fence_sweeper(Arc::downgrade(&runtime.inner));
+        spawn_storage_meter(Arc::downgrade(&runtime.inner));
         let swarms = swarm::recover(&runtime).await?;
         if swarms > 0 {
             tracing::info!(swarms, "swarms recovered from canon");
@@ -336,9 +340,32 @@ fn spawn_usage_writer(inner: std::sync::Weak<Inner>) {
     });
 }
 
+/// Writes the usage counted so far, then refreshes the tenants' messages of the day from every
+/// node's records (the daily quotas, [`crate::quota`]).
 async fn write_usage(inner: &Inner) -> Result<(), ActorError> {
     let tenants = inner.tenants.list();
-    inner.meter.write(inner.config.store.as_ref(), &tenants, inner.config.clock.unix_ms(), &inner.meter_writer).await
+    let store = inner.config.store.as_ref();
+    inner.meter.write(store, &tenants, inner.config.clock.unix_ms(), &inner.meter_writer).await?;
+    crate::quota::refresh_messages(store, &inner.audit, &tenants, inner.config.clock.unix_ms()).await
+}
+
+/// Measures the canon bytes each tenant stores every [`crate::quota::STORAGE_MEASURE_MS`]
+/// while the runtime lives (the first time at once).
+fn spawn_storage_meter(inner: std::sync::Weak<Inner>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(crate::quota::STORAGE_MEASURE_MS));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(inner) = inner.upgrade() else { return };
+            let tenants = inner.tenants.list();
+            let (store, audit, clock) = (inner.config.store.clone(), inner.audit.clone(), inner.config.clock.clone());
+            drop(inner);
+            if let Err(e) = crate::quota::measure_storage(store.as_ref(), &audit, &tenants, clock.unix_ms()).await {
+                tracing::debug!(error = %e, "tenant storage is measured again at the next period");
+            }
+        }
+    });
 }
 
 const DIRECTORY_SHARDS: usize = 16;
@@ -440,6 +467,8 @@ struct Inner {
     meter: crate::metering::Meter,
     /// Names this process's usage records.
     meter_writer: String,
+    /// Tenant erasures this node runs.
+    erasing: erasing::Erasing,
 }
 
 /// Kinds the node serves, for listings.
@@ -528,7 +557,10 @@ impl Runtime {
                 let id = TenantId::new(name)
                     .map_err(|_| ActorError::Store(format!("bad tenant key {key}")))?;
                 let live = self.count_live(&id)?;
-                self.inner.tenants.upsert(id, policy, live);
+                // Not drawn here (the canon may not take writes yet at start): a tenant
+                // without one gets it from the first fence sweep.
+                let fence = self.tenant_fence(&id, false).await?;
+                self.inner.tenants.upsert(id, policy, live, fence);
             }
         }
         Ok(())
@@ -566,21 +598,22 @@ impl Runtime {
                 "the node holds {TENANTS_MAX} tenants, its limit"
             )));
         }
-        commit_durable(
-            &**self.store(),
-            vec![CanonWrite::Put {
-                key: records::tenant_key(&id),
-                value: records::encode(&policy),
-            }],
-        )
-        .await?;
+        // The fence first (drawn if the tenant is new), then the policy under it: a policy
+        // written for a tenant being erased meanwhile is refused rather than left behind.
+        let fence = self.tenant_fence(&id, true).await?;
+        let guard = CanonWrite::Expect { key: records::tenant_fence_key(&id), value: fence.as_deref().map(<[u8]>::to_vec) };
+        let put = CanonWrite::Put { key: records::tenant_key(&id), value: records::encode(&policy) };
+        commit_durable(&**self.store(), vec![guard, put]).await.map_err(|e| match e {
+            StoreError::Conflict { .. } => ActorError::Conflict(format!("tenant {id} was erased or created elsewhere meanwhile; try again")),
+            other => other.into(),
+        })?;
         let live = self
             .inner
             .tenants
             .get(&id)
             .map(|t| t.live_imvus.load(Ordering::Relaxed))
             .unwrap_or(0);
-        Ok(self.inner.tenants.upsert(id, policy, live))
+        Ok(self.inner.tenants.upsert(id, policy, live, fence))
     }
 
     /// Makes sure the tenant exists, creating it with `policy` if not.
@@ -616,6 +649,13 @@ impl Runtime {
     /// Writes the usage counted so far (it is written every interval anyway).
     pub async fn write_usage(&self) -> Result<(), ActorError> {
         write_usage(&self.inner).await
+    }
+
+    /// Measures the canon bytes every tenant stores now (it is measured every
+    /// [`crate::quota::STORAGE_MEASURE_MS`] anyway).
+    pub async fn measure_storage(&self) -> Result<(), ActorError> {
+        let tenants = self.inner.tenants.list();
+        crate::quota::measure_storage(self.store().as_ref(), &self.inner.audit, &tenants, self.clock().unix_ms()).await
     }
 
     /// `tenant`'s usage in `[from_ms, to_ms)` (unix ms), from the usage records.
@@ -764,7 +804,7 @@ impl Runtime {
         caller: &Caller,
     ) -> Result<ImvuInfo, ActorError> {
         let kind = self.kind(kind)?;
-        self.inner.tenants.get(tenant)?;
+        crate::quota::admit_growth(&*self.inner.tenants.get(tenant)?)?;
         let key = ImvuKey {
             tenant: tenant.clone(),
             id: ImvuId(self.allocate_id().await?),
@@ -912,7 +952,7 @@ impl Runtime {
         spec: SwarmSpec,
         caller: &Caller,
     ) -> Result<SwarmInfo, ActorError> {
-        self.inner.tenants.get(tenant)?;
+        crate::quota::admit_growth(&*self.inner.tenants.get(tenant)?)?;
         swarm::create(self, tenant, spec, caller).await
     }
 

@@ -59,15 +59,30 @@ pub struct TenantLimits {
     pub burst: u32,
     /// Requests in progress at once.
     pub concurrent_requests: u32,
+    /// Messages the tenant's IMVUs handle per UTC day, in the whole region (see
+    /// [`crate::quota`] for how close to it a cluster stops).
+    pub messages_per_day: u64,
+    /// Bytes the tenant may keep in the canon (keys and values of all its records); past it,
+    /// what would add records (new IMVUs, swarms, key-value entries) is refused.
+    pub canon_bytes_stored: u64,
 }
+
+/// One GiB.
+const GIB: u64 = 1 << 30;
 
 impl Tier {
     /// The tier's limits.
     pub fn limits(self) -> TenantLimits {
         match self {
-            Self::Basic => TenantLimits { requests_per_s: 50, burst: 100, concurrent_requests: 16 },
-            Self::Pro => TenantLimits { requests_per_s: 500, burst: 1_000, concurrent_requests: 128 },
-            Self::Enterprise => TenantLimits { requests_per_s: 5_000, burst: 10_000, concurrent_requests: 1_024 },
+            Self::Basic => TenantLimits { requests_per_s: 50, burst: 100, concurrent_requests: 16, messages_per_day: 1_000_000, canon_bytes_stored: GIB },
+            Self::Pro => TenantLimits { requests_per_s: 500, burst: 1_000, concurrent_requests: 128, messages_per_day: 50_000_000, canon_bytes_stored: 50 * GIB },
+            Self::Enterprise => TenantLimits {
+                requests_per_s: 5_000,
+                burst: 10_000,
+                concurrent_requests: 1_024,
+                messages_per_day: 1_000_000_000,
+                canon_bytes_stored: 1_024 * GIB,
+            },
         }
     }
 }
@@ -82,6 +97,10 @@ pub struct LimitOverrides {
     pub burst: Option<u32>,
     /// Replaces [`TenantLimits::concurrent_requests`].
     pub concurrent_requests: Option<u32>,
+    /// Replaces [`TenantLimits::messages_per_day`].
+    pub messages_per_day: Option<u64>,
+    /// Replaces [`TenantLimits::canon_bytes_stored`].
+    pub canon_bytes_stored: Option<u64>,
 }
 
 impl TenantPolicy {
@@ -92,6 +111,8 @@ impl TenantPolicy {
             requests_per_s: self.limits.requests_per_s.unwrap_or(tier.requests_per_s),
             burst: self.limits.burst.unwrap_or(tier.burst),
             concurrent_requests: self.limits.concurrent_requests.unwrap_or(tier.concurrent_requests),
+            messages_per_day: self.limits.messages_per_day.unwrap_or(tier.messages_per_day),
+            canon_bytes_stored: self.limits.canon_bytes_stored.unwrap_or(tier.canon_bytes_stored),
         }
     }
 }
@@ -139,6 +160,11 @@ impl TenantPolicy {
                 });
             }
         }
+        for (field, value) in [("policy.messages_per_day", self.limits.messages_per_day), ("policy.canon_bytes_stored", self.limits.canon_bytes_stored)] {
+            if value == Some(0) {
+                return Err(ActorError::BadRequest { field: field.into(), reason: "must be at least 1".into() });
+            }
+        }
         Ok(())
     }
 
@@ -162,6 +188,61 @@ pub struct TenantEntry {
     pub live_imvus: AtomicU64,
     /// What the tenant used on this node since the meter last took it.
     pub usage: crate::metering::TenantUsage,
+    /// How much of its quotas the tenant used, as last measured.
+    pub quota: crate::quota::QuotaUse,
+    /// The value of the tenant's fence record (`tenant-fence/{name}`) when it was loaded:
+    /// drawn at creation, deleted first by an erasure. Every commit made for the tenant's
+    /// IMVUs, audit chain and usage expects it, so that no node (however stale its memory)
+    /// writes anything of an erased tenant, or of an earlier tenant of the same name, again.
+    /// `None` only for entries built without a canon (unit tests).
+    pub fence: Option<Box<[u8]>>,
+    /// Set when this node learns that the tenant was erased: resident IMVUs that point at
+    /// this entry drop their memory at their next command.
+    erased: std::sync::atomic::AtomicBool,
+    /// Fence sweeps in a row that found the fence record absent.
+    fence_absent_sweeps: std::sync::atomic::AtomicU32,
+}
+
+impl TenantEntry {
+    /// An entry with nothing used and nothing resident yet.
+    pub fn new(id: TenantId, policy: TenantPolicy, live_imvus: u64, fence: Option<Box<[u8]>>) -> Self {
+        Self {
+            id,
+            policy,
+            live_imvus: AtomicU64::new(live_imvus),
+            usage: crate::metering::TenantUsage::default(),
+            quota: crate::quota::QuotaUse::default(),
+            fence,
+            erased: std::sync::atomic::AtomicBool::new(false),
+            fence_absent_sweeps: std::sync::atomic::AtomicU32::new(0),
+        }
+    }
+
+    /// Counts a fence sweep that found the fence (`present`) or not; returns the sweeps in a
+    /// row that did not.
+    pub fn fence_seen(&self, present: bool) -> u32 {
+        use std::sync::atomic::Ordering::Relaxed;
+        if present {
+            self.fence_absent_sweeps.store(0, Relaxed);
+            0
+        } else {
+            self.fence_absent_sweeps.fetch_add(1, Relaxed) + 1
+        }
+    }
+
+    /// The guard a commit for this tenant carries: its fence record still holds what it
+    /// held when this entry was loaded.
+    pub fn guard(&self) -> Option<crate::store::CanonWrite> {
+        self.fence.as_ref().map(|fence| crate::store::CanonWrite::Expect {
+            key: crate::records::tenant_fence_key(&self.id),
+            value: Some(fence.to_vec()),
+        })
+    }
+
+    /// Whether this node learnt that the tenant was erased.
+    pub fn is_erased(&self) -> bool {
+        self.erased.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 /// All tenants of the node.
@@ -180,18 +261,21 @@ impl Tenants {
     }
 
     /// Adds or replaces a tenant's entry (the live count carries over).
-    pub fn upsert(&self, id: TenantId, policy: TenantPolicy, live_imvus: u64) -> Arc<TenantEntry> {
-        let entry = Arc::new(TenantEntry {
-            id: id.clone(),
-            policy,
-            live_imvus: AtomicU64::new(live_imvus),
-            usage: crate::metering::TenantUsage::default(),
-        });
+    pub fn upsert(&self, id: TenantId, policy: TenantPolicy, live_imvus: u64, fence: Option<Box<[u8]>>) -> Arc<TenantEntry> {
+        let entry = Arc::new(TenantEntry::new(id.clone(), policy, live_imvus, fence));
         self.by_id
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(id, entry.clone());
         entry
+    }
+
+    /// Forgets an erased tenant: it is no longer found, and its entry is marked so that what
+    /// still points at it (resident IMVUs) lets go. Returns the entry, if it was known.
+    pub fn forget(&self, id: &TenantId) -> Option<Arc<TenantEntry>> {
+        let entry = self.by_id.write().unwrap_or_else(|p| p.into_inner()).remove(id)?;
+        entry.erased.store(true, std::sync::atomic::Ordering::Relaxed);
+        Some(entry)
     }
 
     /// Names of all tenants, sorted.

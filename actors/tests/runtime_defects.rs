@@ -1,6 +1,7 @@
 //! Defects seen on a real cluster, each pinned by a test: ids shared between nodes of one canon
 //! region, records stamped with time zero, shards blocking worker threads on the durability
-//! barrier, and commands running on the state of a failed commit.
+//! barrier, and commands running on the state of a failed commit; and one the API fuzzer
+//! found: a message to another tenant's IMVU id refused naming that IMVU's kind.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -260,4 +261,23 @@ async fn a_dropped_completion_answers_instead_of_hanging() {
     assert!(matches!(lost, Err(ActorError::Store(_))), "{lost:?}");
     assert_eq!(counters.ask(&key, CounterMsg::Get).await.expect("get"), 0);
     rt.shutdown().await;
+}
+
+/// A message to an id that names another tenant's IMVU (the runtime's directory maps ids to
+/// kinds, not tenants) is `not_found` whatever it says: no refusal names that IMVU's kind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_to_another_tenants_imvu_id_is_not_found_whatever_it_says() {
+    let rt = start(Arc::new(MemoryStore::new()), Arc::new(ManualClock::new(0)), 1).await;
+    let info = rt.create_imvu(&TenantId::default_tenant(), "counter", &caller()).await.expect("create");
+    let other = TenantId::new("other").expect("a valid name");
+    rt.ensure_tenant(other, TenantPolicy::default()).await.expect("tenant");
+    let foreign = vcos_actors::ImvuKey { tenant: other, id: info.key.id };
+    for message in [json!({"op": "get"}), json!({"op": "no_such_op"}), json!(5)] {
+        match rt.ask_json(&foreign, message.clone()).await {
+            Err(ActorError::NotFound { .. }) => {}
+            other => panic!("{message}: {other:?}"),
+        }
+    }
+    let own = rt.ask_json(&info.key, json!({"op": "no_such_op"})).await;
+    assert!(matches!(own, Err(ActorError::BadRequest { .. })), "its own tenant is told what is wrong: {own:?}");
 }

@@ -15,6 +15,10 @@
 //! The handler then finds the [`Caller`] (what the runtime's handshake decides from) and the
 //! [`Principal`] in the request's extensions. The OpenAPI document is annotated from the same
 //! table ([`annotate`]): each operation lists the roles that may call it.
+//!
+//! How long resolving an admitted caller takes (steps 3–5, the tenant's policy and its
+//! rate-limit admission) is recorded in `vcos_http_auth_resolution_seconds`. A router built by
+//! `router_without_security_for_benchmarks` skips all of this (`vcos bench http`'s baseline).
 
 use std::net::SocketAddr;
 
@@ -58,6 +62,8 @@ pub(crate) const ACCESS: &[(&str, &str, Access)] = &[
     ("GET", "/v1/whoami", AnyKey),
     ("GET", "/v1/tenants", AnyKey),
     ("POST", "/v1/tenants", Need(Cluster)),
+    ("DELETE", "/v1/tenants/{tenant}", Need(Cluster)),
+    ("GET", "/v1/tenants/{tenant}/erasure", Need(Cluster)),
     ("POST", "/v1/tenants/{tenant}/keys", Need(Administer)),
     ("GET", "/v1/tenants/{tenant}/keys", Need(Administer)),
     ("GET", "/v1/tenants/{tenant}/keys/{key_id}", Need(Administer)),
@@ -142,15 +148,26 @@ struct PathTenant(String);
 /// the caller's, if it is a sane one, else a fresh one) and records in the audit log every
 /// mutating request and every refused one.
 pub(crate) async fn authorize(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    if state.without_security {
+        return without_security(req, next).await;
+    }
     let request_id = crate::audit::request_id(&state, req.headers());
     let facts = crate::audit::RequestFacts::of(&req, &request_id);
     let now_ms = state.runtime.clock().now_ms();
     let source = facts.source_ip();
+    // Resolving the caller, timed (the wall clock feeds a metric only; the decisions use the
+    // runtime's clock): the source's failures, the key, tenant scope and role, then the
+    // tenant's policy and its admission by the limiter.
+    let resolution_started = std::time::Instant::now();
     let checked = match source.as_deref().map(|ip| state.limiter.check_source(ip, now_ms)) {
         Some(Err(e)) => Err(e),
         _ => check(&state, &mut req).await,
     };
-    let mut response = match checked.and_then(|()| limit(&state, &req, now_ms)) {
+    let admitted = checked.and_then(|()| limit(&state, &req, now_ms));
+    if admitted.is_ok() && req.extensions().get::<Principal>().is_some() {
+        metrics::histogram!(crate::HTTP_AUTH_RESOLUTION_METRIC).record(resolution_started.elapsed().as_secs_f64());
+    }
+    let mut response = match admitted {
         Ok(in_flight) => {
             let (principal, tenant) = (req.extensions().get::<Principal>().cloned(), req.extensions().get::<PathTenant>().map(|t| t.0.clone()));
             let response = next.run(req).await;
@@ -173,6 +190,22 @@ pub(crate) async fn authorize(State(state): State<AppState>, mut req: Request, n
         response.headers_mut().insert("x-request-id", value);
     }
     response
+}
+
+/// The facade of [`crate::router_without_security_for_benchmarks`]: no key, scope, role,
+/// limit, request id or audit record; the handler acts as an in-process caller of the path's
+/// tenant. Refused unless the node listens on loopback ([`crate::serve`] says where).
+async fn without_security(mut req: Request, next: Next) -> Response {
+    if !req.extensions().get::<ListenAddr>().is_some_and(|a| a.0.ip().is_loopback()) {
+        return ApiError::Forbidden("this facade has no security: it serves benchmarks, on loopback only".into()).into_response();
+    }
+    let caller = match path_tenant(&mut req).await.map(|t| TenantId::new(&t)) {
+        Some(Ok(tenant)) => Caller::internal(&tenant, "benchmark"),
+        // No tenant in the path, or a malformed one (the route's extractor says what is wrong).
+        _ => Caller::anonymous("benchmark"),
+    };
+    req.extensions_mut().insert(caller);
+    next.run(req).await
 }
 
 async fn check(state: &AppState, req: &mut Request) -> Result<(), ApiError> {
@@ -288,8 +321,8 @@ pub(crate) fn add_error_response(op: &mut Operation, status: &str, text: &str) {
 }
 
 /// Annotates each operation of the document with its rule: the security requirement (the
-/// scopes are the roles that may call it), a line in its description, and the 401 and 403
-/// answers it may give.
+/// scopes are the roles that may call it), a line in its description, and the 401, 403 and
+/// 429 answers it may give.
 pub(crate) fn annotate(openapi: &mut utoipa::openapi::OpenApi) {
     for (path, item) in openapi.paths.paths.iter_mut() {
         let ops: [(&str, &mut Option<Operation>); 5] =
@@ -321,6 +354,12 @@ pub(crate) fn annotate(openapi: &mut utoipa::openapi::OpenApi) {
             for (status, text) in [
                 ("401", "`key_missing`, `key_malformed`, `key_unknown`, `key_revoked`, `key_expired`, `key_in_url`: no valid key"),
                 ("403", "`forbidden`: the key belongs to another tenant, or its role lacks the permission"),
+                (
+                    "429",
+                    "`rate_limited`, `too_many_concurrent`: over the tenant's request rate or concurrency on this node; `too_many_failures`: \
+                     too many failed authentications from this address; `quota_exceeded`: a tenant quota is used up. `Retry-After` says when to retry \
+                     (absent for a quota that does not renew)",
+                ),
             ] {
                 add_error_response(op, status, text);
             }

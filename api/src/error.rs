@@ -82,6 +82,8 @@ pub struct ErrorBody {
     /// Stable, machine-readable code: `bad_request`, `unauthorized`, `key_missing`,
     /// `key_malformed`, `key_unknown`, `key_revoked`, `key_expired`, `key_in_url`, `forbidden`,
     /// `rate_limited`, `too_many_concurrent`, `too_many_failures` (429, with `Retry-After`),
+    /// `quota_exceeded` (429; with `Retry-After` for a quota that renews, such as messages per
+    /// day),
     /// `handshake_refused`, `not_found`, `unknown_kind`, `method_not_allowed`, `conflict`,
     /// `illegal_transition`, `terminated`, `too_large`, `unsupported_media_type`, `queue_full`,
     /// `imvu_crashed`, `store_error`, `internal`, `unavailable`, `refused` (a canon membership
@@ -179,6 +181,7 @@ fn actor_status(e: &ActorError) -> StatusCode {
         ActorError::Crashed { .. } | ActorError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
         ActorError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
         ActorError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        ActorError::QuotaExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
     }
 }
 
@@ -193,6 +196,9 @@ impl IntoResponse for ApiError {
         if status == StatusCode::SERVICE_UNAVAILABLE {
             // Retryable: no quorum now, or the node is stopping (another node may answer).
             return (status, [(axum::http::header::RETRY_AFTER, RETRY_AFTER_S.to_string())], Json(self.body())).into_response();
+        }
+        if let Self::Actor(ActorError::QuotaExceeded { retry_after_s: Some(retry_after_s), .. }) = &self {
+            return (status, [(axum::http::header::RETRY_AFTER, retry_after_s.to_string())], Json(self.body())).into_response();
         }
         if let Self::Throttled { retry_after_s, .. } = &self {
             return (status, [(axum::http::header::RETRY_AFTER, retry_after_s.to_string())], Json(self.body())).into_response();

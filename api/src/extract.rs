@@ -41,11 +41,39 @@ where
                 ApiError::BadRequest(format!("cannot read the request body: {}", rejection.body_text()))
             }
         })?;
-        match axum::Json::<T>::from_bytes(&bytes) {
-            Ok(axum::Json(value)) => Ok(Self(value)),
+        match axum::Json::<Object<T>>::from_bytes(&bytes) {
+            Ok(axum::Json(Object(value))) => Ok(Self(value)),
             Err(rejection) => Err(json_rejection(rejection)),
         }
     }
+}
+
+/// A value that must come as a JSON object ([`object`]).
+struct Object<T>(T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Object<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        object(deserializer).map(Self)
+    }
+}
+
+/// Deserialises a struct from a JSON object only. Serde's derived structs also take an array
+/// (their fields by position, `["acme", {}]` for `{"name": "acme", "policy": {}}`): a second
+/// form that no schema shows and no client is told about. Request bodies go through it, and
+/// so do the structs inside them (`#[serde(deserialize_with = "crate::extract::object")]`);
+/// error paths are kept (`policy.max_imvus: …`).
+pub(crate) fn object<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(deserializer: D) -> Result<T, D::Error> {
+    struct ObjectOnly<T>(std::marker::PhantomData<T>);
+    impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for ObjectOnly<T> {
+        type Value = T;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+            T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+        }
+    }
+    deserializer.deserialize_map(ObjectOnly(std::marker::PhantomData))
 }
 
 /// JSON is the only body this API reads. A missing content type is accepted; a declared
@@ -216,6 +244,32 @@ impl<S: Send + Sync> FromRequestParts<S> for MemoryKeyPath {
 mod tests {
     use super::*;
     use axum::http::HeaderValue;
+
+    #[derive(Debug, Deserialize, PartialEq)]
+    #[serde(deny_unknown_fields)]
+    struct Inner {
+        n: u32,
+    }
+
+    #[derive(Debug, Deserialize, PartialEq)]
+    #[serde(deny_unknown_fields)]
+    struct Outer {
+        name: String,
+        #[serde(deserialize_with = "object")]
+        inner: Inner,
+    }
+
+    #[test]
+    fn structs_come_as_objects_only() {
+        let parse = |text: &str| axum::Json::<Object<Outer>>::from_bytes(text.as_bytes()).map(|axum::Json(Object(o))| o);
+        assert_eq!(parse(r#"{"name": "a", "inner": {"n": 1}}"#).expect("an object"), Outer { name: "a".into(), inner: Inner { n: 1 } });
+        for positional in [r#"["a", {"n": 1}]"#, r#"{"name": "a", "inner": [1]}"#] {
+            let e = json_rejection(parse(positional).expect_err(positional));
+            assert!(e.to_string().contains("a JSON object"), "{positional}: {e}");
+        }
+        let e = json_rejection(parse(r#"{"name": "a", "inner": {"n": "x"}}"#).expect_err("a wrong type"));
+        assert!(e.to_string().contains("inner.n"), "the path survives: {e}");
+    }
 
     #[test]
     fn content_types() {

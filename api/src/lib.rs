@@ -27,6 +27,7 @@ use vcos_actors::Runtime;
 
 mod audit;
 mod auth;
+mod conn;
 mod describe;
 mod limits;
 pub mod error;
@@ -48,6 +49,15 @@ pub const HTTP_REQUESTS_METRIC: &str = "vcos_http_requests_total";
 
 /// Bucket bounds of the latency histogram, seconds (0.1 ms to 10 s).
 const HTTP_DURATION_BUCKETS_S: &[f64] = &[0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
+/// Name of the histogram of the caller's resolution by the authorisation middleware (key,
+/// tenant scope, role, the tenant's policy and its rate-limit admission; `auth.rs`).
+pub const HTTP_AUTH_RESOLUTION_METRIC: &str = "vcos_http_auth_resolution_seconds";
+/// Its bucket bounds, seconds (1 µs to 10 ms): fine below 50 µs, where the target (p99 < 10 µs)
+/// is, so that a quantile read from the buckets is precise there (`vcos bench http` does).
+const HTTP_AUTH_RESOLUTION_BUCKETS_S: &[f64] = &[
+    0.000_001, 0.000_002, 0.000_003, 0.000_004, 0.000_005, 0.000_006, 0.000_008, 0.000_010, 0.000_015, 0.000_020, 0.000_030,
+    0.000_050, 0.000_100, 0.000_250, 0.001, 0.01,
+];
 /// How often histogram buffers are folded while serving (they are folded on every scrape too).
 const METRICS_UPKEEP_PERIOD: Duration = Duration::from_secs(5);
 /// After shutdown is asked, how long requests in flight may take before they are cut. A
@@ -71,6 +81,9 @@ pub(crate) struct AppState {
     pub(crate) refusal_samples: Arc<audit::RefusalSamples>,
     /// Tenants' rate and concurrency limits, and failing sources.
     pub(crate) limiter: Arc<limits::Limiter>,
+    /// No authentication, limits or audit: set only by
+    /// [`router_without_security_for_benchmarks`] (`vcos bench http`'s "off" side).
+    pub(crate) without_security: bool,
 }
 
 impl AppState {
@@ -90,6 +103,7 @@ impl AppState {
             request_ids,
             refusal_samples: Arc::default(),
             limiter: Arc::default(),
+            without_security: false,
         }
     }
 }
@@ -125,6 +139,29 @@ pub fn router_with_cluster(
     routes::build(AppState::new(runtime, metrics, Some(canon), Some(cluster)))
 }
 
+/// **For benchmarks only; never serve it to anyone.** [`router_with_cluster`] without its
+/// security: no key is asked for or checked, no tenant scope or role, no rate or concurrency
+/// limit, no request id, nothing written to the audit log. Each handler acts as an in-process
+/// caller of the path's tenant (`Caller::internal`). Everything else — routes, extractors,
+/// handlers, the observation and JSON-error layers, placement, the runtime — is the same.
+///
+/// `vcos bench http` serves it in-process, next to [`router_with_cluster`] over the same
+/// runtime, to measure what security costs (metering it switches off per tenant with
+/// `TenantUsage::pause_for_benchmark`). Nothing else calls it: `vcos up` has no option that
+/// reaches it. As a guard, it answers 403 to every request unless it is served by [`serve`]
+/// on a loopback address.
+#[doc(hidden)]
+pub fn router_without_security_for_benchmarks(
+    runtime: Runtime,
+    metrics: PrometheusHandle,
+    canon: vcos_canon_raft::RaftCanonStore,
+    cluster: vcos_cluster::Cluster,
+) -> axum::Router {
+    let mut state = AppState::new(runtime, metrics, Some(canon), Some(cluster));
+    state.without_security = true;
+    routes::build(state)
+}
+
 /// Serves `router` on `listener` until `shutdown` resolves, then stops accepting and waits
 /// for requests in flight to finish, at most [`SHUTDOWN_DRAIN_MAX`].
 pub async fn serve(
@@ -156,6 +193,13 @@ pub async fn serve(
     };
     // Peer addresses reach the audit log through `ConnectInfo`.
     let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
+    // Answers hyper gives itself (414, 431, 400) go out as JSON errors (see `conn`); each
+    // connection without Nagle's delay (small request/response exchanges).
+    let listener = axum::serve::ListenerExt::tap_io(conn::JsonErrorListener(listener), |io| {
+        if let Err(e) = io.get_ref().set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY not set");
+        }
+    });
     let server = axum::serve(listener, service).with_graceful_shutdown(signal).into_future();
     let drain_expired = async move {
         if asked_rx.await.is_err() {
@@ -193,6 +237,7 @@ pub fn install_metrics_recorder() -> PrometheusHandle {
         .get_or_init(|| {
             let builder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Full(HTTP_DURATION_METRIC.to_owned()), HTTP_DURATION_BUCKETS_S)
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(HTTP_AUTH_RESOLUTION_METRIC.to_owned()), HTTP_AUTH_RESOLUTION_BUCKETS_S))
                 .unwrap_or_else(|e| {
                     tracing::warn!(error = %e, "latency buckets refused; rendering it as a summary");
                     PrometheusBuilder::new()

@@ -127,7 +127,7 @@ mod tests {
     use super::*;
 
     fn limits(rate: u32, burst: u32, concurrent: u32) -> TenantLimits {
-        TenantLimits { requests_per_s: rate, burst, concurrent_requests: concurrent }
+        TenantLimits { requests_per_s: rate, burst, concurrent_requests: concurrent, ..vcos_actors::Tier::Basic.limits() }
     }
 
     #[test]

@@ -140,11 +140,15 @@ pub struct TenantPolicyRequest {
     pub max_imvus: Option<u64>,
     /// Transitions the tenant forbids (handshake stage 17).
     pub denied_transitions: Option<Vec<TransitionName>>,
-    /// Kinds the tenant may create; absent = all.
+    /// Kinds the tenant may create, at most 64 names of 1..=64 characters; absent = all.
+    #[schema(schema_with = allowed_kinds_schema)]
     pub allowed_kinds: Option<Vec<String>>,
-    /// Restarts of the tenant's IMVU supervisor allowed… (default 1000)
+    /// Restarts of the tenant's IMVU supervisor allowed… (default 1000, at most 65 536:
+    /// `vcos_supervision::constants::INTENSITY_RESTARTS_MAX`)
+    #[schema(maximum = 65_536)]
     pub max_restarts: Option<u32>,
-    /// …within this window before it escalates (default 1000 ms).
+    /// …within this window before it escalates (default 1000 ms, at least 1).
+    #[schema(minimum = 1)]
     pub restart_period_ms: Option<u64>,
     /// The tier (default `basic`): its prices and default limits.
     pub tier: Option<TierName>,
@@ -157,10 +161,29 @@ pub struct TenantPolicyRequest {
     /// Requests in progress at once per node (default: the tier's).
     #[schema(minimum = 1)]
     pub concurrent_requests: Option<u32>,
+    /// Messages the tenant's IMVUs handle per UTC day in the region (default: the tier's).
+    #[schema(minimum = 1)]
+    pub messages_per_day: Option<u64>,
+    /// Bytes the tenant may keep in the canon (default: the tier's).
+    #[schema(minimum = 1)]
+    pub canon_bytes_stored: Option<u64>,
+}
+
+/// The schema of `allowed_kinds` (the bounds `routes::tenants::policy` checks: at most
+/// `ALLOWED_KINDS_LEN_MAX` names of 1..=`KIND_NAME_LEN_MAX` characters).
+fn allowed_kinds_schema() -> utoipa::openapi::schema::Array {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, SchemaType, Type};
+    ArrayBuilder::new()
+        .schema_type(SchemaType::from_iter([Type::Array, Type::Null]))
+        .description(Some("Kinds the tenant may create, at most 64 names of 1..=64 characters; absent = all."))
+        .items(ObjectBuilder::new().schema_type(Type::String).min_length(Some(1)).max_length(Some(64)))
+        .max_items(Some(64))
+        .build()
 }
 
 /// A pricing tier. Default limits per node: `basic` 50 requests/s (burst 100, 16 at once),
-/// `pro` 500/s (1 000, 128), `enterprise` 5 000/s (10 000, 1 024).
+/// `pro` 500/s (1 000, 128), `enterprise` 5 000/s (10 000, 1 024); per region: `basic` 1 M
+/// messages a day and 1 GiB stored, `pro` 50 M and 50 GiB, `enterprise` 1 G and 1 TiB.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TierName {
@@ -200,7 +223,7 @@ pub struct CreateTenantRequest {
     #[schema(example = "acme", pattern = "^[a-z0-9_-]{1,31}$", min_length = 1, max_length = 31)]
     pub name: String,
     /// Policy; omitted fields take their defaults.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::extract::object")]
     pub policy: TenantPolicyRequest,
 }
 
@@ -225,6 +248,10 @@ pub struct TenantPolicyView {
     pub burst: u32,
     /// Requests in progress at once per node in force.
     pub concurrent_requests: u32,
+    /// Messages per UTC day in force.
+    pub messages_per_day: u64,
+    /// Canon bytes stored in force.
+    pub canon_bytes_stored: u64,
 }
 
 impl From<&TenantPolicy> for TenantPolicyView {
@@ -235,6 +262,8 @@ impl From<&TenantPolicy> for TenantPolicyView {
             requests_per_s: limits.requests_per_s,
             burst: limits.burst,
             concurrent_requests: limits.concurrent_requests,
+            messages_per_day: limits.messages_per_day,
+            canon_bytes_stored: limits.canon_bytes_stored,
             max_imvus: p.max_imvus,
             denied_transitions: p.denied_transitions.iter().copied().map(Into::into).collect(),
             allowed_kinds: p.allowed_kinds.clone(),
@@ -265,6 +294,50 @@ impl CreatedTenant {
             policy: TenantPolicyView::from(&entry.policy),
             live_imvus: entry.live_imvus.load(std::sync::atomic::Ordering::Relaxed),
             admin_key,
+        }
+    }
+}
+
+/// Where a tenant's erasure stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErasureState {
+    /// Fenced (nothing of it can be written, its keys are revoked); its records are being
+    /// deleted.
+    Erasing,
+    /// The tenant exists and no erasure of it is under way.
+    Active,
+    /// Neither: erased (the cluster's audit log has the record) or never created.
+    Absent,
+}
+
+/// `DELETE /v1/tenants/{tenant}` → 202, and `GET /v1/tenants/{tenant}/erasure`.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct ErasureStatus {
+    /// Tenant name.
+    pub tenant: String,
+    /// Where it stands.
+    pub state: ErasureState,
+    /// When the erasure was asked (unix ms), while it is under way.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_unix_ms: Option<u64>,
+    /// Who asked (a key id), while it is under way.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+    /// Keys revoked by the erasure, while it is under way.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keys_revoked: Option<u64>,
+}
+
+impl ErasureStatus {
+    /// An erasure under way.
+    pub fn erasing(record: &vcos_actors::erasure::ErasureRecord) -> Self {
+        Self {
+            tenant: record.tenant.clone(),
+            state: ErasureState::Erasing,
+            started_unix_ms: Some(record.started_unix_ms),
+            by: Some(record.by.clone()),
+            keys_revoked: Some(record.keys_revoked),
         }
     }
 }
@@ -320,9 +393,9 @@ pub struct IssueKeyRequest {
     /// Tenant keys: viewer, app, operator, tenant_admin; cluster keys: cluster_admin, metrics.
     /// Never a role with a right the issuing key lacks.
     pub role: RoleName,
-    /// A label, 1..=128 characters.
+    /// A label, 1..=128 characters (bytes), no control characters.
     #[serde(default)]
-    #[schema(example = "billing-service")]
+    #[schema(example = "billing-service", min_length = 1, max_length = 128, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]+$")]
     pub name: Option<String>,
     /// Valid for this many seconds (absent: until revoked), 1..=315 360 000.
     #[serde(default)]
@@ -456,7 +529,8 @@ pub struct ImvuView {
     /// Lifecycle state.
     pub lifecycle: Lifecycle,
     /// The IMVU's own state, as JSON (its shape depends on the kind).
-    #[schema(value_type = Object)]
+    // Any JSON: the state is the kind's (a counter's is a number).
+    #[schema(value_type = Value)]
     pub state: serde_json::Value,
     /// Messages held while paused; they run in order on resume.
     pub held_messages: usize,
@@ -497,8 +571,9 @@ impl From<ImvuInfo> for ImvuView {
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MessageRequest {
-    /// The message, as the kind defines it (e.g. `{"op":"add","n":1}` for a counter).
-    #[schema(value_type = Object, example = json!({"op": "add", "n": 1}))]
+    /// The message, as the kind defines it (e.g. `{"op":"add","n":1}` for a counter): any JSON
+    /// here, since what a message is belongs to the kind (400 for one it does not take).
+    #[schema(value_type = Value, example = json!({"op": "add", "n": 1}))]
     pub message: serde_json::Value,
 }
 
@@ -506,7 +581,8 @@ pub struct MessageRequest {
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct MessageReply {
     /// The reply, as the kind defines it.
-    #[schema(value_type = Object)]
+    // Any JSON: the reply is the kind's.
+    #[schema(value_type = Value)]
     pub reply: serde_json::Value,
 }
 
@@ -573,7 +649,7 @@ pub struct TransitionEntry {
     pub unix_ms: u64,
     /// The final state, on terminate.
     #[serde(skip_serializing_if = "Option::is_none", default)]
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<Value>)]
     pub final_state: Option<serde_json::Value>,
 }
 
@@ -689,18 +765,26 @@ pub struct SwarmSpecBody {
     /// Kind of the member IMVUs to create (see `GET /v1/kinds`); required when `members > 0`.
     pub member_kind: Option<String>,
     /// How many member IMVUs to create (default 0; members and member swarms: 1..=256 in all).
+    #[schema(maximum = 256)]
     pub members: u32,
-    /// Ids of existing swarms of the tenant that join as members (nesting; default none).
+    /// Ids of existing swarms of the tenant that join as members, each at most once (nesting;
+    /// default none).
+    #[schema(max_items = 256)]
     pub member_swarms: Vec<u64>,
     /// Items a member holds at once, 1..=64 (default 1).
+    #[schema(minimum = 1, maximum = 64)]
     pub max_in_flight_per_member: u32,
     /// Attempts per item before it is dead-lettered, at least 1 (default 3).
+    #[schema(minimum = 1)]
     pub max_attempts: u32,
     /// How a member's crash affects its siblings (default `one_for_one`).
     pub strategy: SwarmStrategyName,
-    /// Restart intensity of the swarm's supervisor: at most this many member crashes… (default 10)
+    /// Restart intensity of the swarm's supervisor: at most this many member crashes… (default 10,
+    /// at most 65 536)
+    #[schema(maximum = 65_536)]
     pub max_restarts: u32,
-    /// …within this many milliseconds, else the swarm fails (default 10 000).
+    /// …within this many milliseconds, else the swarm fails (default 10 000, at least 1).
+    #[schema(minimum = 1)]
     pub restart_period_ms: u64,
 }
 
@@ -864,8 +948,9 @@ impl From<SwarmInfo> for SwarmView {
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SubmitWorkRequest {
-    /// Work items, 1..=10 000; each is a message for the member kind.
-    #[schema(value_type = Vec<Object>, min_items = 1, max_items = 10_000,
+    /// Work items, 1..=10 000; each is a message for the member kind (any JSON: an item no
+    /// member takes is dead-lettered, not refused).
+    #[schema(value_type = Vec<Value>, min_items = 1, max_items = 10_000,
         example = json!([{"op": "word_count", "text": "a b c"}, {"op": "upper", "text": "hi"}]))]
     pub items: Vec<serde_json::Value>,
 }
@@ -885,7 +970,8 @@ pub struct CreditEntry {
     /// The member that completed it.
     pub member: SwarmMember,
     /// The member's reply.
-    #[schema(value_type = Object)]
+    // Any JSON: what the member's kind answered.
+    #[schema(value_type = Value)]
     pub result: serde_json::Value,
     /// Attempts it took.
     pub attempts: u32,
@@ -936,6 +1022,7 @@ pub struct OpenVoteRequest {
 #[schema(example = json!({"member": {"type": "imvu", "id": 3}, "choice": "yes"}))]
 pub struct BallotRequest {
     /// The voting member (one ballot per member; a later ballot replaces an earlier one).
+    #[serde(deserialize_with = "crate::extract::object")]
     pub member: SwarmMember,
     /// One of the vote's options.
     pub choice: String,

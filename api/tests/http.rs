@@ -448,7 +448,7 @@ async fn openapi_documents_every_route_and_docs_are_served() {
     let api = api().await;
     let (status, doc) = api.get("/openapi.json").await;
     assert_eq!(status, StatusCode::OK);
-    let expected: [(&str, &[&str]); 45] = [
+    let expected: [(&str, &[&str]); 47] = [
         ("/health", &["get"]),
         ("/metrics", &["get"]),
         ("/openapi.json", &["get"]),
@@ -494,6 +494,8 @@ async fn openapi_documents_every_route_and_docs_are_served() {
         ("/v1/tenants/{tenant}/audit/verify", &["get"]),
         ("/v1/audit", &["get"]),
         ("/v1/audit/verify", &["get"]),
+        ("/v1/tenants/{tenant}", &["delete"]),
+        ("/v1/tenants/{tenant}/erasure", &["get"]),
     ];
     for (path, methods) in expected {
         for method in methods {
@@ -503,7 +505,7 @@ async fn openapi_documents_every_route_and_docs_are_served() {
         }
     }
     let paths = doc["paths"].as_object().expect("paths").len();
-    assert_eq!(paths, 45, "exactly the routes above");
+    assert_eq!(paths, 47, "exactly the routes above");
     let messages = &doc["paths"]["/v1/tenants/{tenant}/imvus/{id}/messages"]["post"]["responses"];
     for code in ["200", "400", "401", "403", "404", "409", "413", "429", "500", "503"] {
         assert!(messages[code].is_object(), "messages lacks {code}: {messages}");
@@ -644,8 +646,12 @@ async fn authorization_matrix_from_the_document() {
     let key_id = doomed["id"].as_str().expect("id").to_owned();
 
     let mut cases = 0;
-    for (path, item) in doc["paths"].as_object().expect("paths") {
-        for (method, op) in item.as_object().expect("operations") {
+    let mut operations: Vec<(&String, &String, &Value)> =
+        doc["paths"].as_object().expect("paths").iter().flat_map(|(path, item)| item.as_object().expect("operations").iter().map(move |(m, op)| (path, m, op))).collect();
+    // Erasing acme (its right-key case) goes last: the cases after it need acme.
+    operations.sort_by_key(|(path, method, _)| path.as_str() == "/v1/tenants/{tenant}" && method.as_str() == "delete");
+    {
+        for (path, method, op) in operations {
             let security = op["security"].as_array().unwrap_or_else(|| panic!("{method} {path} declares no access rule"));
             let open = security.iter().all(|s| s.as_object().is_some_and(|o| o.is_empty()));
             let roles: Vec<String> = security
@@ -926,4 +932,176 @@ async fn an_export_holds_everything_of_the_tenant_and_nothing_else() {
     for key in lines.iter().filter(|l| l["section"] == "key") {
         assert!(key["value"].get("hash").is_none(), "a key's hash is not exported: {key}");
     }
+}
+
+/// Every canon key (a scan of everything, page by page).
+fn all_canon_keys(store: &dyn CanonStore) -> Vec<String> {
+    let mut keys = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = store.scan_prefix("", after.as_deref(), 1024).expect("scan");
+        let Some((last, _)) = page.last() else { break };
+        after = Some(last.clone());
+        keys.extend(page.into_iter().map(|(k, _)| k));
+    }
+    keys
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn erasing_a_tenant_fences_it_at_once_then_deletes_all_it_owns_and_nothing_else() {
+    let api = api().await;
+    let mut tenants = Vec::new();
+    for name in ["doomed", "doomedx"] {
+        let (_, created) = api.post("/v1/tenants", json!({"name": name, "policy": {"tier": "enterprise"}})).await;
+        let admin = created["admin_key"]["key"].as_str().expect("key").to_owned();
+        let (_, imvu) = api.call(Method::POST, &format!("/v1/tenants/{name}/imvus"), Some(json!({"kind": "counter"})), Some(&admin)).await;
+        let imvu = format!("/v1/tenants/{name}/imvus/{}", imvu["key"]["id"]);
+        let (status, _) = api.call(Method::POST, &format!("{imvu}/messages"), Some(json!({"message": {"op": "add", "n": 2}})), Some(&admin)).await;
+        assert_eq!(status, StatusCode::OK);
+        let (status, _) = api.call(Method::PUT, &format!("/v1/tenants/{name}/kv/k"), Some(json!({"value": "v"})), Some(&admin)).await;
+        assert_ne!(status, StatusCode::OK, "the in-process router has no raft canon, so its KV answers an error");
+        let (status, _) = api.call(Method::POST, &format!("/v1/tenants/{name}/swarms"), Some(json!({"member_kind": "text-worker", "members": 1})), Some(&admin)).await;
+        assert_eq!(status, StatusCode::CREATED);
+        tenants.push((name, admin, imvu));
+    }
+    api.runtime.write_usage().await.expect("usage written");
+    api.runtime.audit().flush().await.expect("audit written");
+    let (doomed, doomed_admin, doomed_imvu) = tenants[0].clone();
+    let owned = |keys: &[String], name: &str| keys.iter().filter(|k| k.split('/').any(|seg| seg == name)).cloned().collect::<Vec<_>>();
+    let before = all_canon_keys(api.runtime.store().as_ref());
+    assert!(owned(&before, doomed).len() >= 8, "the tenant owns records of every kind: {:?}", owned(&before, doomed));
+
+    // Only a cluster admin erases.
+    check_error(api.call(Method::DELETE, "/v1/tenants/doomed", None, Some(&doomed_admin)).await, 403, "forbidden", &[]);
+    let request = Request::delete("/v1/tenants/doomed").body(Body::empty()).expect("request");
+    let (status, headers, body) = api.raw(request).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(headers[header::LOCATION], "/v1/tenants/doomed/erasure");
+    let erasing: Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!((erasing["state"].as_str(), erasing["keys_revoked"].as_u64()), (Some("erasing"), Some(1)), "{erasing}");
+
+    // Fenced at once: its keys, its IMVUs, its tenant are gone for everyone.
+    check_error(api.call(Method::GET, "/v1/tenants/doomed/imvus", None, Some(&doomed_admin)).await, 401, "key_unknown", &[]);
+    check_error(api.call(Method::POST, &format!("{doomed_imvu}/messages"), Some(json!({"message": {"op": "add", "n": 1}})), None).await, 404, "not_found", &[]);
+    check_error(api.call(Method::DELETE, "/v1/tenants/doomed", None, None).await, 404, "not_found", &[]);
+    let (_, listed) = api.get("/v1/tenants").await;
+    assert!(!listed["tenants"].as_array().expect("names").contains(&json!("doomed")), "{listed}");
+
+    // Deleted in the background: poll its erasure until it is over.
+    let mut state = String::new();
+    for _ in 0..200 {
+        let (_, status) = api.get("/v1/tenants/doomed/erasure").await;
+        state = status["state"].as_str().expect("state").to_owned();
+        if state != "erasing" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(state, "absent");
+    let after = all_canon_keys(api.runtime.store().as_ref());
+    assert_eq!(owned(&after, doomed), Vec::<String>::new(), "nothing of the erased tenant is left");
+    assert_eq!(owned(&after, "doomedx"), owned(&before, "doomedx"), "a tenant whose name starts alike keeps everything");
+    let (_, other) = api.call(Method::GET, &tenants[1].2, None, Some(&tenants[1].1)).await;
+    assert_eq!(other["state"], json!(2), "{other}");
+
+    // The cluster's log holds the request and the completion.
+    api.runtime.audit().flush().await.expect("audit written");
+    let (_, log) = api.get("/v1/audit?limit=1000").await;
+    let actions: Vec<&str> = log["records"].as_array().expect("records").iter().filter(|r| r["target"] == "/v1/tenants/doomed").filter_map(|r| r["action"].as_str()).collect();
+    assert!(actions.iter().any(|a| a.starts_with("DELETE")) && actions.iter().any(|a| a.starts_with("ERASED")), "{actions:?}");
+    let (_, verified) = api.get("/v1/audit/verify").await;
+    assert_eq!(verified["problems"], json!([]), "{verified}");
+
+    // The name is free again, for a tenant that starts empty.
+    let (status, again) = api.post("/v1/tenants", json!({"name": "doomed"})).await;
+    assert_eq!(status, StatusCode::CREATED, "{again}");
+    let reborn = owned(&all_canon_keys(api.runtime.store().as_ref()), doomed);
+    assert!(!reborn.iter().any(|k| k.starts_with("t/") || k.starts_with("usage/")), "{reborn:?}");
+    check_error(api.call(Method::POST, &format!("{doomed_imvu}/messages"), Some(json!({"message": {"op": "add", "n": 1}})), None).await, 404, "not_found", &[]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quotas_refuse_past_the_limit_and_alert_on_the_way() {
+    let api = api().await;
+    // Messages per day: three, then a 429 until midnight UTC.
+    let (_, created) = api.post("/v1/tenants", json!({"name": "quota", "policy": {"messages_per_day": 3, "tier": "pro"}})).await;
+    assert_eq!(created["policy"]["messages_per_day"], json!(3), "{created}");
+    let admin = created["admin_key"]["key"].as_str().expect("key").to_owned();
+    let (_, imvu) = api.call(Method::POST, "/v1/tenants/quota/imvus", Some(json!({"kind": "counter"})), Some(&admin)).await;
+    let messages = format!("/v1/tenants/quota/imvus/{}/messages", imvu["key"]["id"]);
+    let add = || Some(json!({"message": {"op": "add", "n": 1}}));
+    for _ in 0..3 {
+        let (status, body) = api.call(Method::POST, &messages, add(), Some(&admin)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let request = Request::post(&messages).header(header::CONTENT_TYPE, "application/json").header(header::AUTHORIZATION, format!("Bearer {admin}")).body(Body::from(add().expect("body").to_string())).expect("request");
+    let (status, headers, body) = api.raw(request).await;
+    let body: Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!((status, body["code"].as_str()), (StatusCode::TOO_MANY_REQUESTS, Some("quota_exceeded")), "{body}");
+    let retry_after: u64 = headers[header::RETRY_AFTER].to_str().expect("ascii").parse().expect("seconds");
+    assert!((1..=86_400).contains(&retry_after), "until midnight UTC: {retry_after}");
+    assert!(body["message"].as_str().expect("message").contains("messages_per_day"), "{body}");
+    let (_, usage) = api.call(Method::GET, "/v1/tenants/quota/usage", None, Some(&admin)).await;
+    assert_eq!((usage["quotas"]["messages_per_day"].clone(), usage["quotas"]["messages_today"].clone()), (json!(3), json!(3)), "{usage}");
+    // The refresh after the usage write found 100 % of the day used: alerts at 80 and 100 %.
+    api.runtime.audit().flush().await.expect("audit written");
+    let (_, log) = api.call(Method::GET, "/v1/tenants/quota/audit?limit=100", None, Some(&admin)).await;
+    let alerts: Vec<&str> = log["records"].as_array().expect("records").iter().filter_map(|r| r["action"].as_str()).filter(|a| a.starts_with("ALERT")).collect();
+    assert_eq!(alerts.len(), 2, "{alerts:?}");
+    assert!(alerts.iter().any(|a| a.contains("messages_per_day at 80%")) && alerts.iter().any(|a| a.contains("at 100%")), "{alerts:?}");
+    // Once per threshold and day, however often it is measured.
+    api.runtime.write_usage().await.expect("usage written");
+    api.runtime.audit().flush().await.expect("audit written");
+    let (_, log) = api.call(Method::GET, "/v1/tenants/quota/audit?limit=100", None, Some(&admin)).await;
+    assert_eq!(log["records"].as_array().expect("records").iter().filter(|r| r["action"].as_str().is_some_and(|a| a.starts_with("ALERT"))).count(), 2);
+
+    // Canon bytes stored: a tenant over it may not add records, but its IMVUs keep working.
+    let (_, created) = api.post("/v1/tenants", json!({"name": "storage", "policy": {"canon_bytes_stored": 100}})).await;
+    let admin = created["admin_key"]["key"].as_str().expect("key").to_owned();
+    let (status, imvu) = api.call(Method::POST, "/v1/tenants/storage/imvus", Some(json!({"kind": "counter"})), Some(&admin)).await;
+    assert_eq!(status, StatusCode::CREATED, "before any measurement: {imvu}");
+    api.runtime.measure_storage().await.expect("measured");
+    check_error(api.call(Method::POST, "/v1/tenants/storage/imvus", Some(json!({"kind": "counter"})), Some(&admin)).await, 429, "quota_exceeded", &["canon_bytes_stored"]);
+    let (status, _) = api.call(Method::POST, &format!("/v1/tenants/storage/imvus/{}/messages", imvu["key"]["id"]), add(), Some(&admin)).await;
+    assert_eq!(status, StatusCode::OK, "messages to existing IMVUs are not refused");
+    let (_, usage) = api.call(Method::GET, "/v1/tenants/storage/usage", None, Some(&admin)).await;
+    assert!(usage["quotas"]["stored_bytes"].as_u64().expect("measured") > 100, "{usage}");
+}
+
+/// Sends `request` as raw bytes on a fresh connection; returns what came back.
+async fn raw_exchange(addr: std::net::SocketAddr, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    // The server may answer (and close) before it has read everything: a failed write is fine.
+    let _ = stream.write_all(request).await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await;
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_hyper_cannot_parse_is_answered_as_json_too() {
+    let api = api().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(vcos_api::serve(listener, api.router.clone(), async move {
+        let _ = stopped.await;
+    }));
+    let check = |answer: String, status: &str, code: &str| {
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no head: {answer:?}"));
+        assert!(head.starts_with(&format!("HTTP/1.1 {status} ")), "{head}");
+        assert!(head.to_ascii_lowercase().contains("content-type: application/json"), "{head}");
+        let body: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body:?}"));
+        assert_eq!(body["code"], code, "{body}");
+    };
+    let long_url = format!("GET /v1/tenants/{} HTTP/1.1\r\nhost: x\r\n\r\n", "a".repeat(70_000));
+    check(raw_exchange(addr, long_url.as_bytes()).await, "414", "uri_too_long");
+    let many_headers: String = (0..200).map(|i| format!("x-h{i}: v\r\n")).collect();
+    let request = format!("GET /health HTTP/1.1\r\nhost: x\r\n{many_headers}\r\n");
+    check(raw_exchange(addr, request.as_bytes()).await, "431", "headers_too_large");
+    check(raw_exchange(addr, b"NOT HTTP AT ALL\r\n\r\n").await, "400", "bad_request");
+    // The connection still serves well-formed requests as before.
+    let answer = raw_exchange(addr, b"GET /health HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
 }

@@ -270,6 +270,7 @@ pub enum WireError {
     TooLarge { reason: String },
     Store { reason: String },
     Unavailable { reason: String },
+    QuotaExceeded { quota: String, reason: String, retry_after_s: Option<u64> },
 }
 
 impl From<&ActorError> for WireError {
@@ -287,6 +288,7 @@ impl From<&ActorError> for WireError {
             ActorError::TooLarge(reason) => Self::TooLarge { reason },
             ActorError::Store(reason) => Self::Store { reason },
             ActorError::Unavailable(reason) => Self::Unavailable { reason },
+            ActorError::QuotaExceeded { quota, reason, retry_after_s } => Self::QuotaExceeded { quota, reason, retry_after_s },
         }
     }
 }
@@ -318,6 +320,7 @@ impl From<WireError> for ActorError {
             WireError::TooLarge { reason } => Self::TooLarge(reason),
             WireError::Store { reason } => Self::Store(reason),
             WireError::Unavailable { reason } => Self::Unavailable(reason),
+            WireError::QuotaExceeded { quota, reason, retry_after_s } => Self::QuotaExceeded { quota, reason, retry_after_s },
         }
     }
 }

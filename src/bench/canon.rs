@@ -640,6 +640,11 @@ impl Http {
         Self { addr: addr.to_owned(), conn: None, key: admin_key() }
     }
 
+    /// A client of `addr` sending `key` (none: no `Authorization` header).
+    pub(super) fn with_key(addr: &str, key: Option<&str>) -> Self {
+        Self { addr: addr.to_owned(), conn: None, key: key.map(str::to_owned) }
+    }
+
     pub(super) async fn get_json<T: serde::de::DeserializeOwned>(&mut self, path: &str) -> anyhow::Result<T> {
         let (code, body) = self.request("GET", path, None).await?;
         ensure!(code == 200, "GET {path} on {}: HTTP {code}: {}", self.addr, String::from_utf8_lossy(&body));

@@ -6,6 +6,7 @@
 mod canon;
 mod cluster;
 mod erlang;
+mod http;
 mod kinds;
 mod local;
 
@@ -30,6 +31,10 @@ enum Suite {
     /// IMVUs across three `vcos up` processes: failover after kill -9 (p50/p99/max), remote
     /// ask round trips and tell throughput node to node vs two Erlang nodes (distribution).
     Cluster(cluster::ClusterArgs),
+    /// The HTTP facade `vcos up` ships, with authentication, rate limits, metering and audit on
+    /// vs off (same in-process node, same run): messages/s and its cost, latency at a fixed
+    /// 10 k requests/s on loopback, tenant context resolution p99.
+    Http(http::HttpArgs),
 }
 
 pub(crate) fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -37,6 +42,7 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<()> {
         Suite::Local(local) => local::run(local),
         Suite::Canon(canon) => canon::run(canon),
         Suite::Cluster(cluster) => cluster::run(cluster),
+        Suite::Http(http) => http::run(http),
     }
 }
 

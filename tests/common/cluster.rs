@@ -90,6 +90,7 @@ pub(crate) fn client(root: &Path) -> reqwest::Client {
 pub(crate) async fn call(http: &reqwest::Client, method: &str, url: String, body: Option<Value>) -> (u16, Value) {
     let mut request = match method {
         "GET" => http.get(url),
+        "DELETE" => http.delete(url),
         _ => http.post(url),
     };
     if let Some(body) = body {

@@ -174,6 +174,15 @@ impl KeyRegistry {
         Ok(Principal { key_id: record.id.clone(), tenant: record.tenant.clone(), role: record.role })
     }
 
+    /// Drops `ids` from this node's cache (their records were deleted: on other nodes they
+    /// stop authenticating within [`KEY_CACHE_TTL_MS`]).
+    pub fn forget_cached(&self, ids: &[String]) {
+        let mut cache = self.write_cache();
+        for id in ids {
+            cache.remove(id);
+        }
+    }
+
     /// The record of `id`, from the cache while it is younger than the TTL (`mono_ms`: the
     /// monotonic clock).
     fn cached(&self, id: &str, mono_ms: u64) -> Result<Option<(Arc<KeyRecord>, [u8; 32])>, AuthError> {

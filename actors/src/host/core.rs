@@ -242,6 +242,11 @@ impl<I: Imvu> ShardCore<I> {
             return Ok(());
         };
         let id = key.id.0;
+        // An IMVU of a tenant erased meanwhile lets go of its memory: what follows finds
+        // neither the tenant nor the IMVU.
+        if self.cells.get(&id).is_some_and(|cell| cell.tenant.is_erased()) {
+            self.drop_stale(id);
+        }
         // At most one activation: serve only what this node owns now, and only from memory
         // that was loaded under the current fence (another node may have served the IMVU
         // while the fence was someone else's).
@@ -427,10 +432,19 @@ impl<I: Imvu> ShardCore<I> {
             let bytes: usize = writes.iter().map(CanonWrite::len_bytes).sum();
             cell.tenant.usage.add(crate::metering::UsageUnit::CanonBytes, bytes as u64);
         }
-        if let Some(fence) = self.cells.get(&key.id.0).and_then(|cell| cell.fence) {
+        self.push_guards(key.id.0, &mut writes);
+        self.push_commit(writes, Pending::Commit { key: *key, then, outgoing: Vec::new() })
+    }
+
+    /// Adds the guards of resident IMVU `id`'s commits: its lease fence (a node that lost the
+    /// IMVU's lease cannot commit for it) and its tenant's fence (nothing of an erased tenant
+    /// is written back).
+    fn push_guards(&self, id: u64, writes: &mut Vec<CanonWrite>) {
+        let Some(cell) = self.cells.get(&id) else { return };
+        if let Some(fence) = cell.fence {
             writes.push(self.env.ownership.guard(fence));
         }
-        self.push_commit(writes, Pending::Commit { key: *key, then, outgoing: Vec::new() })
+        writes.extend(cell.tenant.guard());
     }
 
     /// Drops a cell that may no longer be served from memory (ownership moved or lapsed);
@@ -746,6 +760,13 @@ impl<I: Imvu> ShardCore<I> {
         let cell = self.cells.get_mut(&key.id.0).expect("resident: checked by deliver");
         cell.last_used_ms = self.now_ms;
         if matches!(delivery, Delivery::Msg(_)) {
+            // The tenant's messages of the day (replies and timers are not messages).
+            if let Err(e) = crate::quota::admit_message(&cell.tenant, self.unix_ms) {
+                if let Some(reply) = reply {
+                    self.effects.push(Effect::ReplyAsk(reply, Err(e)));
+                }
+                return Ok(());
+            }
             cell.tenant.usage.add(crate::metering::UsageUnit::Messages, 1);
         }
         let number_base = cell.fence.map_or(0, |fence| fence.epoch << 32);
@@ -784,9 +805,7 @@ impl<I: Imvu> ShardCore<I> {
                     let mut writes = vec![CanonWrite::Put { key: records::snap_key(&key), value: snapshot }];
                     // Fenced like every commit of an activation: a node that lost the IMVU's
                     // lease after this message was admitted cannot make its snapshot durable.
-                    if let Some(fence) = self.cells.get(&key.id.0).and_then(|cell| cell.fence) {
-                        writes.push(self.env.ownership.guard(fence));
-                    }
+                    self.push_guards(key.id.0, &mut writes);
                     let then = match (reply, value) {
                         (Some(reply), Some(value)) => Then::Ask(reply, value),
                         _ => Then::Nothing,

@@ -17,7 +17,7 @@ impl Runtime {
     /// (on this node or another node of the region: ids come from one canon counter).
     pub async fn create_imvu_at(&self, key: &ImvuKey, kind: &str, caller: &Caller) -> Result<ImvuInfo, ActorError> {
         let kind = self.kind(kind)?;
-        self.tenant_or_load(&key.tenant)?;
+        crate::quota::admit_growth(&*self.tenant_or_load(&key.tenant)?)?;
         if self.store().get(&records::meta_key(key))?.is_some() {
             return Err(ActorError::Conflict(format!("IMVU {key} already exists")));
         }
@@ -40,7 +40,8 @@ impl Runtime {
             return Err(ActorError::not_found("tenant", id));
         };
         let policy: TenantPolicy = records::decode(&key, &bytes)?;
-        Ok(self.inner.tenants.upsert(id.clone(), policy, 0))
+        let fence = self.store().get(&records::tenant_fence_key(id))?.map(Vec::into_boxed_slice);
+        Ok(self.inner.tenants.upsert(id.clone(), policy, 0, fence))
     }
 }
 

@@ -582,8 +582,16 @@ impl Coordinator {
         if let Some(fence) = self.fence {
             writes.push(self.runtime.ownership().guard(fence));
         }
+        // And under the tenant's fence: nothing of an erased tenant is written back.
+        match self.runtime.tenant(&self.key.tenant) {
+            Ok(tenant) => writes.extend(tenant.guard()),
+            Err(_) => {
+                self.fenced_out = true;
+                return Err(StoreError::Conflict { key: crate::records::tenant_fence_key(&self.key.tenant) });
+            }
+        }
         let result = commit_durable(&**self.runtime.store(), writes).await;
-        if self.fence.is_some() && matches!(result, Err(StoreError::Conflict { .. })) {
+        if matches!(result, Err(StoreError::Conflict { .. })) {
             self.fenced_out = true;
         }
         result
@@ -928,6 +936,18 @@ pub(crate) async fn info(tx: &mpsc::Sender<SwarmCmd>) -> Result<SwarmInfo, Actor
         .map_err(|_| ActorError::Unavailable("swarm coordinator stopped".into()))?;
     rx.await
         .map_err(|_| ActorError::Unavailable("swarm coordinator stopped".into()))
+}
+
+/// Stops the coordinators of `tenant`'s swarms on this node (the tenant was erased).
+pub(crate) fn stop_tenant(registry: &Registry, tenant: &crate::ids::TenantId) {
+    let stopped: Vec<(SwarmKey, mpsc::Sender<SwarmCmd>)> = {
+        let mut swarms = registry.swarms.write().unwrap_or_else(|p| p.into_inner());
+        let keys: Vec<SwarmKey> = swarms.keys().filter(|k| &k.tenant == tenant).cloned().collect();
+        keys.into_iter().filter_map(|k| swarms.remove(&k).map(|(tx, _)| (k, tx))).collect()
+    };
+    for (_, tx) in stopped {
+        let _ = tx.try_send(SwarmCmd::Stop);
+    }
 }
 
 pub(crate) fn stop_all(registry: &Registry) {

@@ -21,7 +21,7 @@ pub mod core;
 mod records;
 
 pub use self::core::{ItemStatus, MemberRef, Progress};
-pub(crate) use coordinator::{call, coordinator, create, exists, info, recover, stop_all, Registry, SwarmCmd};
+pub(crate) use coordinator::{call, coordinator, create, exists, info, recover, stop_all, stop_tenant, Registry, SwarmCmd};
 pub(crate) use records::{credit_prefix, mem_key};
 pub use records::{CreditRecord, SwarmInfo, SwarmSpec, SwarmStatus, SwarmStrategy, VoteRecord};
 

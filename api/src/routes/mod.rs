@@ -92,6 +92,8 @@ pub(crate) fn build(state: AppState) -> Router {
         .routes(routes!(system::kinds))
         .routes(routes!(system::whoami))
         .routes(routes!(tenants::list_tenants, tenants::create_tenant))
+        .routes(routes!(tenants::erase_tenant))
+        .routes(routes!(tenants::erasure_status))
         .routes(routes!(keys::issue_tenant_key, keys::list_tenant_keys))
         .routes(routes!(keys::get_tenant_key, keys::revoke_tenant_key))
         .routes(routes!(keys::rotate_tenant_key))
@@ -135,6 +137,7 @@ pub(crate) fn build(state: AppState) -> Router {
     let mut openapi = openapi;
     crate::auth::annotate(&mut openapi);
     document_canon_errors(&mut openapi);
+    document_extractors(&mut openapi);
     let swagger: Router<AppState> = SwaggerUi::new(DOCS_PATH).config(Config::new([OPENAPI_PATH])).into();
     routes
         .merge(swagger)
@@ -169,6 +172,53 @@ fn document_canon_errors(openapi: &mut utoipa::openapi::OpenApi) {
         }
     }
 }
+
+/// What the shared extractors check, on every operation that uses them (`extract.rs`, the
+/// key-value and memory keys): path segments' text, and the answers of a JSON body. Kept
+/// here, from the same rules, so that a request the document calls valid is never refused for
+/// its form, and every refusal it may get is listed.
+fn document_extractors(openapi: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::schema::Schema;
+    use utoipa::openapi::RefOr;
+    for (path, item) in openapi.paths.paths.iter_mut() {
+        for op in [&mut item.get, &mut item.post, &mut item.put, &mut item.delete, &mut item.patch].into_iter().flatten() {
+            for parameter in op.parameters.iter_mut().flatten() {
+                let RefOr::T(parameter) = parameter else { continue };
+                if parameter.parameter_in != utoipa::openapi::path::ParameterIn::Path {
+                    continue;
+                }
+                let Some(RefOr::T(Schema::Object(schema))) = &mut parameter.schema else { continue };
+                let (pattern, min_length, max_length) = match parameter.name.as_str() {
+                    // `TenantId::new`.
+                    "tenant" => (Some(TENANT_NAME_PATTERN), None, None),
+                    // `is_key_id`.
+                    "key_id" => (Some("^[0-9a-f]{16}$"), None, None),
+                    // `check_mem_key`: 1..=256 bytes (characters here: a name of ASCII fits both).
+                    "key" if path.contains("/memory/") => (Some("^[^/]+$"), Some(1), Some(256)),
+                    // `canon::full_key`: 1..=1024 bytes.
+                    "key" => (None, Some(1), Some(1024)),
+                    _ => continue,
+                };
+                schema.pattern = pattern.map(str::to_owned).or(schema.pattern.take());
+                schema.min_length = min_length.or(schema.min_length);
+                schema.max_length = max_length.or(schema.max_length);
+            }
+            if op.request_body.is_some() {
+                // `ApiJson`.
+                for (status, text) in [
+                    ("400", "`bad_request`: malformed JSON, a missing, wrong or unknown field (the message names it)"),
+                    ("413", "`too_large`: body over 1 MiB"),
+                    ("415", "`unsupported_media_type`: the body is declared as something else than JSON"),
+                ] {
+                    crate::auth::add_error_response(op, status, text);
+                }
+            }
+        }
+    }
+}
+
+/// Tenant names, as `TenantId::new` takes them.
+const TENANT_NAME_PATTERN: &str = "^[a-z0-9_-]{1,31}$";
 
 fn openapi_bytes(openapi: &utoipa::openapi::OpenApi) -> Bytes {
     match serde_json::to_vec(openapi) {

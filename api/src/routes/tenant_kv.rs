@@ -22,6 +22,12 @@ pub(crate) fn tenant_prefix(t: &TenantId) -> String {
     format!("tkv/{t}/")
 }
 
+/// Refuses a write that adds to a tenant over its canon storage quota.
+fn admit_growth(state: &AppState, tenant: &str) -> Result<(), ApiError> {
+    let tenant = TenantId::new(tenant)?;
+    Ok(vcos_actors::quota::admit_growth(&*state.runtime.tenant_or_load(&tenant)?)?)
+}
+
 fn tenant_key(tenant: &str, key: String) -> Result<(String, String), ApiError> {
     let tenant = TenantId::new(tenant)?;
     Ok((tenant_prefix(&tenant), key))
@@ -34,14 +40,18 @@ fn meter_bytes(state: &AppState, tenant: &str, bytes: u64) {
     }
 }
 
+// Each `operation_id` is explicit: the canon's handlers have the same names, and ids are unique
+// in a document.
 /// Sets a key of the tenant (acknowledged once a quorum of its region has it on disk).
-#[utoipa::path(put, path = "/v1/tenants/{tenant}/kv/{key}", tag = "tenants", request_body = PutBody,
+#[utoipa::path(put, path = "/v1/tenants/{tenant}/kv/{key}", operation_id = "tenant_kv_put", tag = "tenants", request_body = PutBody,
     params(("tenant" = String, Path, description = "Tenant name"), ("key" = String, Path, description = "The key (percent-encoded), 1..=1024 bytes")),
     responses((status = 200, description = "Committed", body = WriteResult),
         (status = 400, description = "`bad_request`: a bad key, tenant name or body", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such tenant (a write is checked against its quota)", body = ErrorBody),
         (status = 503, description = "`canon_unavailable`: no quorum now; retry", body = ErrorBody)))]
 pub(super) async fn put(State(state): State<AppState>, Path((tenant, key)): Path<(String, String)>, ApiJson(body): ApiJson<PutBody>) -> Result<Json<WriteResult>, ApiError> {
     let (prefix, key) = tenant_key(&tenant, key)?;
+    admit_growth(&state, &tenant)?;
     let bytes = (key.len() + body.value.len()) as u64;
     let written = kv_put(&state, &prefix, &key, body).await?;
     meter_bytes(&state, &tenant, bytes);
@@ -49,7 +59,7 @@ pub(super) async fn put(State(state): State<AppState>, Path((tenant, key)): Path
 }
 
 /// Reads a key of the tenant: linearizable by default, or stale from this node's replica.
-#[utoipa::path(get, path = "/v1/tenants/{tenant}/kv/{key}", tag = "tenants",
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/kv/{key}", operation_id = "tenant_kv_get", tag = "tenants",
     params(("tenant" = String, Path, description = "Tenant name"), ("key" = String, Path, description = "The key"), ReadParams),
     responses((status = 200, description = "The value", body = ReadResult),
         (status = 400, description = "`bad_request`: a bad key, tenant name or parameter", body = ErrorBody),
@@ -61,7 +71,7 @@ pub(super) async fn get(State(state): State<AppState>, Path((tenant, key)): Path
 }
 
 /// Removes a key of the tenant.
-#[utoipa::path(delete, path = "/v1/tenants/{tenant}/kv/{key}", tag = "tenants",
+#[utoipa::path(delete, path = "/v1/tenants/{tenant}/kv/{key}", operation_id = "tenant_kv_delete", tag = "tenants",
     params(("tenant" = String, Path, description = "Tenant name"), ("key" = String, Path, description = "The key")),
     responses((status = 204, description = "Removed (or absent)"),
         (status = 400, description = "`bad_request`: a bad key or tenant name", body = ErrorBody),
@@ -72,13 +82,17 @@ pub(super) async fn delete(State(state): State<AppState>, Path((tenant, key)): P
 }
 
 /// Sets a key of the tenant only if it holds the expected value.
-#[utoipa::path(post, path = "/v1/tenants/{tenant}/kv/{key}/cas", tag = "tenants", request_body = CasBody,
+#[utoipa::path(post, path = "/v1/tenants/{tenant}/kv/{key}/cas", operation_id = "tenant_kv_cas", tag = "tenants", request_body = CasBody,
     params(("tenant" = String, Path, description = "Tenant name"), ("key" = String, Path, description = "The key")),
     responses((status = 200, description = "Applied or not, with the current value", body = CasResult),
         (status = 400, description = "`bad_request`: a bad key, tenant name or body", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such tenant (a write is checked against its quota)", body = ErrorBody),
         (status = 503, description = "`canon_unavailable`: no quorum now; retry", body = ErrorBody)))]
 pub(super) async fn cas(State(state): State<AppState>, Path((tenant, key)): Path<(String, String)>, ApiJson(body): ApiJson<CasBody>) -> Result<Json<CasResult>, ApiError> {
     let (prefix, key) = tenant_key(&tenant, key)?;
+    if body.new.is_some() {
+        admit_growth(&state, &tenant)?;
+    }
     let bytes = (key.len() + body.new.as_ref().map_or(0, String::len)) as u64;
     let result = kv_cas(&state, &prefix, &key, body).await?;
     if result.success {
@@ -88,7 +102,7 @@ pub(super) async fn cas(State(state): State<AppState>, Path((tenant, key)): Path
 }
 
 /// Lists the tenant's keys by prefix, in key order (linearizable), a page at a time.
-#[utoipa::path(get, path = "/v1/tenants/{tenant}/kv", tag = "tenants",
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/kv", operation_id = "tenant_kv_list", tag = "tenants",
     params(("tenant" = String, Path, description = "Tenant name"), ListParams),
     responses((status = 200, description = "Entries in key order", body = Vec<KvEntry>),
         (status = 400, description = "`bad_request`: a bad tenant name or parameter", body = ErrorBody),

@@ -2,6 +2,9 @@
 //! `tenant_admin` key (its secret shown this once). Listing shows a cluster key every tenant,
 //! a tenant key its own.
 //!
+//! Erasing one (`DELETE /v1/tenants/{tenant}`, cluster admins only: it cannot be undone)
+//! fences it at once and deletes its records in the background (see `vcos_actors::erasure`).
+//!
 //! Creating a tenant that exists is a 409, not a policy replacement. Creations are serialised
 //! by a lock so that two racing creations of one name on this node cannot both succeed.
 
@@ -11,8 +14,8 @@ use axum::Json;
 use vcos_actors::{TenantId, TenantPolicy, Transition};
 
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::{ApiJson, Who};
-use crate::wire::{CreateTenantRequest, CreatedTenant, IssueKeyRequest, RoleName, TenantList, TenantPolicyRequest};
+use crate::extract::{ApiJson, TenantPath, Who};
+use crate::wire::{CreateTenantRequest, CreatedTenant, ErasureState, ErasureStatus, IssueKeyRequest, RoleName, TenantList, TenantPolicyRequest};
 use crate::AppState;
 
 /// Most kinds a tenant's `allowed_kinds` may list.
@@ -74,6 +77,60 @@ pub(super) async fn create_tenant(
     Ok((StatusCode::CREATED, Json(CreatedTenant::new(&entry, admin_key))))
 }
 
+/// Erases a tenant: from this answer on nothing of it can be written on any node and its
+/// keys are revoked (other nodes stop accepting them within a second); its records (IMVUs
+/// with their state and history, swarms, key-value store, usage, audit chain, keys) are then
+/// deleted in the background, resumed by another node if this one stops, and the cluster's
+/// audit log records the request and the completion. Follow it at the `Location` given.
+#[utoipa::path(
+    delete,
+    path = "/v1/tenants/{tenant}",
+    tag = "tenants",
+    params(("tenant" = String, Path, description = "Tenant name")),
+    responses(
+        (status = 202, description = "Fenced; its records are being deleted", body = ErasureStatus,
+            headers(("location" = String, description = "Where the erasure's progress is read"))),
+        (status = 400, description = "`bad_request`: an invalid tenant name", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such tenant", body = ErrorBody),
+        (status = 409, description = "`conflict`: its erasure is under way already", body = ErrorBody),
+        (status = 429, description = "`queue_full`: the canon store is overloaded; retry", body = ErrorBody),
+        (status = 500, description = "`store_error`: canon did not take the write; `internal`: a bug", body = ErrorBody),
+        (status = 503, description = "`unavailable`: no quorum now, or the node is stopping; retry", body = ErrorBody),
+    )
+)]
+pub(super) async fn erase_tenant(
+    State(state): State<AppState>,
+    Who(who): Who,
+    TenantPath(tenant): TenantPath,
+) -> Result<(StatusCode, [(axum::http::HeaderName, String); 1], Json<ErasureStatus>), ApiError> {
+    let record = state.runtime.erase_tenant(&tenant, &who.key_id).await?;
+    tracing::info!(%tenant, by = %who.key_id, "tenant erasure accepted");
+    let location = format!("/v1/tenants/{tenant}/erasure");
+    Ok((StatusCode::ACCEPTED, [(axum::http::header::LOCATION, location)], Json(ErasureStatus::erasing(&record))))
+}
+
+/// Where a tenant's erasure stands: under way, or no erasure (the tenant is active, or absent:
+/// erased or never created).
+#[utoipa::path(
+    get,
+    path = "/v1/tenants/{tenant}/erasure",
+    tag = "tenants",
+    params(("tenant" = String, Path, description = "Tenant name")),
+    responses(
+        (status = 200, description = "Where it stands", body = ErasureStatus),
+        (status = 400, description = "`bad_request`: an invalid tenant name", body = ErrorBody),
+        (status = 500, description = "`store_error`: the canon could not be read; `internal`: a bug", body = ErrorBody),
+    )
+)]
+pub(super) async fn erasure_status(State(state): State<AppState>, TenantPath(tenant): TenantPath) -> Result<Json<ErasureStatus>, ApiError> {
+    if let Some(record) = state.runtime.erasure_status(&tenant)? {
+        return Ok(Json(ErasureStatus::erasing(&record)));
+    }
+    let exists = state.runtime.tenant_or_load(&tenant).is_ok();
+    let state = if exists { ErasureState::Active } else { ErasureState::Absent };
+    Ok(Json(ErasureStatus { tenant: tenant.to_string(), state, started_unix_ms: None, by: None, keys_revoked: None }))
+}
+
 /// The runtime policy of a request: defaults for what is absent, every field bounded.
 fn policy(request: TenantPolicyRequest) -> Result<TenantPolicy, ApiError> {
     let bad = |field: &str, reason: String| ApiError::BadRequest(format!("field `policy.{field}`: {reason}"));
@@ -112,6 +169,8 @@ fn policy(request: TenantPolicyRequest) -> Result<TenantPolicy, ApiError> {
         requests_per_s: request.requests_per_s,
         burst: request.burst,
         concurrent_requests: request.concurrent_requests,
+        messages_per_day: request.messages_per_day,
+        canon_bytes_stored: request.canon_bytes_stored,
     };
     policy.validate().map_err(|e| match e {
         vcos_actors::ActorError::BadRequest { field, reason } => ApiError::BadRequest(format!("field `{field}`: {reason}")),

@@ -36,14 +36,46 @@ pub(crate) struct UsageView {
     units: BTreeMap<String, u64>,
     /// Interval records summed (one per node and interval).
     records: u64,
+    /// The tenant's quotas and how much of them it used, as this node last measured.
+    quotas: QuotasView,
+}
+
+/// Quotas in force and their use (see `vcos_actors::quota` for how they are measured).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub(crate) struct QuotasView {
+    /// Messages per UTC day in the region: the limit.
+    messages_per_day: u64,
+    /// Messages handled today (UTC) in the region, as of the last refresh (every 10 s) plus
+    /// this node's since.
+    messages_today: u64,
+    /// Canon bytes the tenant may store.
+    canon_bytes_stored: u64,
+    /// Canon bytes it stored at the last measurement (every minute); null before the first.
+    stored_bytes: Option<u64>,
+    /// When that was measured (unix ms).
+    stored_measured_unix_ms: Option<u64>,
+}
+
+impl QuotasView {
+    fn of(entry: &vcos_actors::TenantEntry, now_unix_ms: u64) -> Self {
+        let limits = entry.policy.limits();
+        let stored = entry.quota.stored_bytes();
+        Self {
+            messages_per_day: limits.messages_per_day,
+            messages_today: entry.quota.messages_today(now_unix_ms).saturating_add(entry.usage.unwritten(vcos_actors::metering::UsageUnit::Messages)),
+            canon_bytes_stored: limits.canon_bytes_stored,
+            stored_bytes: stored.map(|(b, _)| b),
+            stored_measured_unix_ms: stored.map(|(_, at)| at),
+        }
+    }
 }
 
 /// Which month.
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct BillQuery {
-    /// `YYYY-MM` (UTC calendar month).
-    #[param(pattern = "^[0-9]{4}-[0-9]{2}$", example = "2026-11")]
+    /// `YYYY-MM` (UTC calendar month), 1970-01 to 9999-12 (`month_range`).
+    #[param(pattern = "^(19[7-9][0-9]|[2-9][0-9]{3})-(0[1-9]|1[0-2])$", example = "2026-11")]
     period: String,
 }
 
@@ -94,7 +126,7 @@ async fn write_latest(state: &AppState) {
         (status = 404, description = "`not_found`: no such tenant", body = ErrorBody),
     ))]
 pub(super) async fn usage(State(state): State<AppState>, TenantPath(tenant): TenantPath, Query(query): Query<UsageQuery>) -> Result<Json<UsageView>, ApiError> {
-    state.runtime.tenant_or_load(&tenant)?;
+    let entry = state.runtime.tenant_or_load(&tenant)?;
     let to_ms = query.to_ms.unwrap_or_else(|| state.runtime.clock().unix_ms().saturating_add(1));
     let from_ms = query.from_ms.unwrap_or(0);
     if from_ms >= to_ms {
@@ -103,7 +135,8 @@ pub(super) async fn usage(State(state): State<AppState>, TenantPath(tenant): Ten
     write_latest(&state).await;
     let usage = state.runtime.usage(&tenant, from_ms, to_ms)?;
     let units = usage.totals.iter().map(|(u, n)| (u.as_str().to_owned(), *n)).collect();
-    Ok(Json(UsageView { tenant: tenant.to_string(), from_ms, to_ms, units, records: usage.records }))
+    let quotas = QuotasView::of(&entry, state.runtime.clock().unix_ms());
+    Ok(Json(UsageView { tenant: tenant.to_string(), from_ms, to_ms, units, records: usage.records, quotas }))
 }
 
 /// The tenant's bill for a calendar month: its usage priced at its tier.

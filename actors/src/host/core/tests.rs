@@ -47,7 +47,7 @@ impl Harness {
     fn new() -> Self {
         let tenants = Arc::new(Tenants::default());
         for name in ["default", "t2"] {
-            tenants.upsert(tenant(name), crate::tenants::TenantPolicy { max_restarts: 2, restart_period_ms: 1_000, ..Default::default() }, 0);
+            tenants.upsert(tenant(name), crate::tenants::TenantPolicy { max_restarts: 2, restart_period_ms: 1_000, ..Default::default() }, 0, None);
         }
         let core = ShardCore::new(CoreEnv {
             behaviour: Arc::new(Counter),
