@@ -86,7 +86,26 @@ pub struct AuditEntry {
     pub outcome: u16,
     /// The caller's address, when known.
     pub source: Option<String>,
+    /// Requests this record stands for: 1, or for a data-plane request (a message, work
+    /// items) the requests alike (key, action, target, outcome, source address) within one
+    /// [`COUNTED_WINDOW_MS`], `at_ms` and `request_id` being the first one's.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub count: u64,
 }
+
+fn one() -> u64 {
+    1
+}
+
+fn is_one(n: &u64) -> bool {
+    *n == 1
+}
+
+/// How long data-plane requests alike are counted into one record.
+pub const COUNTED_WINDOW_MS: u64 = 1_000;
+
+/// What makes data-plane requests alike (see [`AuditEntry::count`]).
+type CountKey = (Chain, Option<String>, Option<String>, String, String, u16, Option<String>);
 
 impl AuditEntry {
     /// The record an erasure leaves in the cluster's log when it completes.
@@ -100,6 +119,7 @@ impl AuditEntry {
             target: format!("/v1/tenants/{}", record.tenant),
             outcome: 200,
             source: None,
+            count: 1,
         }
     }
 }
@@ -162,6 +182,8 @@ pub struct AuditLog {
     /// The node's tenants, when the log belongs to a runtime: a tenant chain is written only
     /// under its tenant's fence, and the records of a tenant erased meanwhile are dropped.
     tenants: Option<Arc<crate::tenants::Tenants>>,
+    /// Data-plane requests being counted, and when the window began (unix ms).
+    counted: Mutex<(u64, BTreeMap<CountKey, AuditEntry>)>,
 }
 
 fn hash_hex(bytes: &[u8]) -> String {
@@ -182,6 +204,7 @@ impl AuditLog {
             pending_len: std::sync::atomic::AtomicUsize::new(0),
             flushing: tokio::sync::Mutex::new(()),
             tenants: None,
+            counted: Mutex::new((0, BTreeMap::new())),
         }
     }
 
@@ -207,11 +230,51 @@ impl AuditLog {
         self.pending.lock().unwrap_or_else(|p| p.into_inner()).entry(chain).or_default().push(entry);
     }
 
+    /// Counts a data-plane request into the record of the requests alike in the current
+    /// window (see [`AuditEntry::count`]); the source is kept without its port.
+    pub fn record_counted(&self, chain: Chain, mut entry: AuditEntry) {
+        if let Some(source) = &entry.source {
+            entry.source = Some(source.parse::<std::net::SocketAddr>().map_or_else(|_| source.clone(), |a| a.ip().to_string()));
+        }
+        let key = (chain, entry.key_id.clone(), entry.role.clone(), entry.action.clone(), entry.target.clone(), entry.outcome, entry.source.clone());
+        let full = {
+            let mut counted = self.counted.lock().unwrap_or_else(|p| p.into_inner());
+            if counted.1.is_empty() {
+                counted.0 = entry.at_ms;
+            }
+            match counted.1.get_mut(&key) {
+                Some(first) => first.count += 1,
+                None => {
+                    counted.1.insert(key, entry);
+                }
+            }
+            counted.1.len() >= AUDIT_PENDING_MAX / 2
+        };
+        if full {
+            self.close_window(u64::MAX);
+        }
+    }
+
+    /// Moves the counted records into the waiting ones once their window is over at `now_ms`.
+    fn close_window(&self, now_ms: u64) {
+        let records = {
+            let mut counted = self.counted.lock().unwrap_or_else(|p| p.into_inner());
+            if counted.1.is_empty() || now_ms.saturating_sub(counted.0) < COUNTED_WINDOW_MS {
+                return;
+            }
+            std::mem::take(&mut counted.1)
+        };
+        for ((chain, ..), entry) in records {
+            self.record(chain, entry);
+        }
+    }
+
     /// Writes every waiting record; records of a chain that could not be written wait for the
-    /// next flush (in order, ahead of newer ones).
+    /// next flush (in order, ahead of newer ones). Counted records go once their window is over.
     pub async fn flush(&self) -> Result<(), ActorError> {
         use std::sync::atomic::Ordering;
         let _one = self.flushing.lock().await;
+        self.close_window(self.clock.unix_ms());
         let batches = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
         let mut first_error = None;
         for (chain, entries) in batches {
@@ -370,6 +433,7 @@ mod tests {
             target: format!("/v1/tenants/acme/imvus/{i}"),
             outcome: 201,
             source: Some("127.0.0.1:5000".into()),
+            count: 1,
         }
     }
 

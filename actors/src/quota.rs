@@ -217,6 +217,7 @@ async fn alert_crossings(store: &dyn CanonStore, audit: &AuditLog, tenant: &Tena
             target: format!("/v1/tenants/{}/usage", tenant.id),
             outcome: if percent >= 100 { 429 } else { 200 },
             source: None,
+            count: 1,
         };
         audit.record(Chain::Tenant(tenant.id.clone()), entry);
     }

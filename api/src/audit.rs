@@ -119,9 +119,20 @@ pub(crate) fn after(state: &AppState, facts: RequestFacts, principal: Option<&Pr
         target: facts.target,
         outcome: status.as_u16(),
         source: facts.source.map(|s| s.to_string()),
+        count: 1,
     };
-    audit.record(chain, entry);
+    if principal.is_some() && COUNTED_ROUTES.contains(&(facts.method.as_str(), route.as_str())) {
+        audit.record_counted(chain, entry);
+    } else {
+        audit.record(chain, entry);
+    }
 }
+
+/// Data-plane routes: a tenant's traffic, not changes to its setup. Their requests are
+/// recorded as counts per key, target, outcome and source address per second
+/// (`AuditEntry::count`), so the audit log keeps every one of them without one canon record
+/// per message.
+const COUNTED_ROUTES: &[(&str, &str)] = &[("POST", "/v1/tenants/{tenant}/imvus/{id}/messages"), ("POST", "/v1/tenants/{tenant}/swarms/{id}/work")];
 
 /// Whether an unauthenticated refusal from `source` is recorded now (one per source per
 /// [`UNAUTHENTICATED_SAMPLE_MS`]).

@@ -965,6 +965,8 @@ async fn erasing_a_tenant_fences_it_at_once_then_deletes_all_it_owns_and_nothing
         tenants.push((name, admin, imvu));
     }
     api.runtime.write_usage().await.expect("usage written");
+    // Past the window in which messages are counted, so their audit records are written now.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
     api.runtime.audit().flush().await.expect("audit written");
     let (doomed, doomed_admin, doomed_imvu) = tenants[0].clone();
     let owned = |keys: &[String], name: &str| keys.iter().filter(|k| k.split('/').any(|seg| seg == name)).cloned().collect::<Vec<_>>();
@@ -1104,4 +1106,27 @@ async fn what_hyper_cannot_parse_is_answered_as_json_too() {
     // The connection still serves well-formed requests as before.
     let answer = raw_exchange(addr, b"GET /health HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await;
     assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_are_audited_as_counts_per_second_not_one_record_each() {
+    let api = api().await;
+    let (_, acme) = api.post("/v1/tenants", json!({"name": "acme", "policy": {"tier": "pro"}})).await;
+    let admin = acme["admin_key"]["key"].as_str().expect("key").to_owned();
+    let (_, imvu) = api.call(Method::POST, "/v1/tenants/acme/imvus", Some(json!({"kind": "counter"})), Some(&admin)).await;
+    let messages = format!("/v1/tenants/acme/imvus/{}/messages", imvu["key"]["id"]);
+    for _ in 0..7 {
+        let (status, _) = api.call(Method::POST, &messages, Some(json!({"message": {"op": "add", "n": 1}})), Some(&admin)).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let (status, _) = api.call(Method::POST, &messages, Some(json!({"message": {"op": "nonsense"}})), Some(&admin)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    // The counting window (1 s) must be over before the counts are written.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    api.runtime.audit().flush().await.expect("flush");
+    let (_, page) = api.call(Method::GET, "/v1/tenants/acme/audit?action=POST%20/v1/tenants/%7Btenant%7D/imvus/%7Bid%7D/messages", None, Some(&admin)).await;
+    let counted: Vec<(u64, u64)> = page["records"].as_array().expect("records").iter().map(|r| (r["outcome"].as_u64().expect("outcome"), r["count"].as_u64().expect("count"))).collect();
+    assert_eq!(counted.iter().copied().collect::<std::collections::BTreeSet<_>>(), [(200, 7), (400, 1)].into_iter().collect(), "{page}");
+    let (_, verified) = api.call(Method::GET, "/v1/tenants/acme/audit/verify", None, Some(&admin)).await;
+    assert_eq!(verified["problems"], json!([]), "{verified}");
 }

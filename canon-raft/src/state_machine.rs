@@ -200,6 +200,16 @@ fn decode_body(meta: &SnapshotMeta<u64, NodeInfo>, data: &[u8]) -> Result<Applie
     Ok(applied)
 }
 
+/// Runs CPU-heavy `work` without holding up the tasks of a multi-threaded runtime's worker
+/// (`block_in_place` hands them to another worker); inline elsewhere (the simulator's
+/// single-threaded runtimes, where it must stay deterministic).
+fn off_the_runtime<T>(work: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(work),
+        _ => work(),
+    }
+}
+
 fn snapshot_id(last_applied: &Option<LogId<u64>>) -> String {
     match last_applied {
         Some(log_id) => format!("{}-{}", log_id.leader_id, log_id.index),
@@ -209,16 +219,16 @@ fn snapshot_id(last_applied: &Option<LogId<u64>>) -> String {
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
-        let (meta, data) = {
-            let applied = read_lock(&self.applied);
-            let data = serde_json::to_vec(&*applied).map_err(|e| StorageIOError::write_snapshot(None, &e))?;
-            let meta = SnapshotMeta {
-                last_log_id: applied.last_applied,
-                last_membership: applied.membership.clone(),
-                snapshot_id: snapshot_id(&applied.last_applied),
-            };
-            (meta, data)
+        // A copy taken under the lock, encoded without it: encoding a large state takes
+        // seconds, and applies (every write of the region) wait for this lock.
+        let applied = read_lock(&self.applied).clone();
+        let meta = SnapshotMeta {
+            last_log_id: applied.last_applied,
+            last_membership: applied.membership.clone(),
+            snapshot_id: snapshot_id(&applied.last_applied),
         };
+        let data = off_the_runtime(|| serde_json::to_vec(&applied)).map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+        drop(applied);
         self.store_snapshot(&meta, &data)
             .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
         Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })

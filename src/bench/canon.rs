@@ -131,27 +131,18 @@ struct WrkResult {
 
 /// Parses the fields of a RESULT line (`key=value` pairs; a leading `RESULT` is skipped).
 fn parse_result(line: &str) -> anyhow::Result<WrkResult> {
-    let mut r = WrkResult::default();
-    let mut seen = 0u32;
-    for field in line.split_whitespace().filter(|f| *f != "RESULT") {
-        let Some((key, value)) = field.split_once('=') else { continue };
-        let num = || value.parse::<f64>().with_context(|| format!("wrk result field `{field}` is not a number (line: `{line}`)"));
-        let int = || value.parse::<u64>().with_context(|| format!("wrk result field `{field}` is not an integer (line: `{line}`)"));
-        match key {
-            "ops_s" => r.ops_s = num()?,
-            "p50_ms" => r.p50_ms = num()?,
-            "p90_ms" => r.p90_ms = num()?,
-            "p99_ms" => r.p99_ms = num()?,
-            "p999_ms" => r.p999_ms = num()?,
-            "max_ms" => r.max_ms = num()?,
-            "reqs" => r.reqs = int()?,
-            "errors" => r.errors = int()?,
-            _ => continue,
-        }
-        seen += 1;
-    }
-    ensure!(seen == 8, "wrk result line lacks fields (want ops_s p50_ms p90_ms p99_ms p999_ms max_ms reqs errors): `{line}`");
-    Ok(r)
+    let f = super::wrk_fields(line, &["ops_s", "p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms", "reqs", "errors"])?;
+    // Counts are integers in wrk's output; `as` only drops a fraction wrk never prints.
+    Ok(WrkResult {
+        ops_s: f["ops_s"],
+        p50_ms: f["p50_ms"],
+        p90_ms: f["p90_ms"],
+        p99_ms: f["p99_ms"],
+        p999_ms: f["p999_ms"],
+        max_ms: f["max_ms"],
+        reqs: f["reqs"] as u64,
+        errors: f["errors"] as u64,
+    })
 }
 
 /// Runs a command to completion in a blocking task; its output.

@@ -87,3 +87,19 @@ fn fmt_num(v: f64) -> String {
         format!("{v:.1}")
     }
 }
+
+/// The `key=value` fields of a wrk RESULT line (a leading `RESULT` and fields not `wanted` are
+/// skipped), each as a number; an error names a field that is missing or not a number.
+pub(crate) fn wrk_fields(line: &str, wanted: &[&str]) -> anyhow::Result<std::collections::BTreeMap<String, f64>> {
+    let mut fields = std::collections::BTreeMap::new();
+    for field in line.split_whitespace().filter(|f| *f != "RESULT") {
+        let Some((key, value)) = field.split_once('=') else { continue };
+        if wanted.contains(&key) {
+            let number = value.parse::<f64>().map_err(|_| anyhow::anyhow!("wrk result field `{field}` is not a number (line: `{line}`)"))?;
+            fields.insert(key.to_owned(), number);
+        }
+    }
+    let missing: Vec<&&str> = wanted.iter().filter(|w| !fields.contains_key(**w)).collect();
+    anyhow::ensure!(missing.is_empty(), "wrk result line lacks fields {missing:?} (want {}): `{line}`", wanted.join(" "));
+    Ok(fields)
+}

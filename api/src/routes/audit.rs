@@ -58,8 +58,12 @@ pub(crate) struct AuditRecordView {
     target: String,
     /// Its HTTP status.
     outcome: u16,
-    /// The caller's address.
+    /// The caller's address (without its port for counted records).
     source: Option<String>,
+    /// Requests the record stands for: 1, or for messages and work items the requests alike
+    /// (key, action, target, outcome, source) within one second, `at_ms` and `request_id`
+    /// being the first one's.
+    count: u64,
     /// SHA-256 of the previous record (the chain's link).
     prev_hash: String,
 }
@@ -77,6 +81,7 @@ impl From<AuditRecord> for AuditRecordView {
             target: e.target,
             outcome: e.outcome,
             source: e.source,
+            count: e.count,
             prev_hash: r.prev_hash,
         }
     }

@@ -5,8 +5,8 @@
 //! | `probe_period_ms` | 200 | each member probes one other per period; a dead node is probed within about one period |
 //! | `probe_rtt_ms` | 60 | a direct ack later than this starts the indirect probes (LAN round trips are < 1 ms) |
 //! | `indirect_probes` | 3 | members asked to probe on our behalf when the direct probe fails |
-//! | `suspect_to_down_ms` | `probe_period × (2 + log2 n)`: 720 ms at n = 3, 1.5 s at 50, 1.9 s at 200 | a suspect has this long to refute; larger clusters need longer to spread the refutation |
-//! | `gossip_period_ms` / `gossip_fanout` | 200 / 3 | updates also spread without probes (foca's periodic gossip) |
+//! | `suspect_to_down_ms` | `probe_period × (2 + log2 n)` up to 16 members, then half a period per doubling: 720 ms at n = 3, 1.2 s at 16, 1.4 s at 50, 1.6 s at 200 | a suspect has this long to refute; larger clusters need longer to spread the refutation, and gossip twice as often above 16 members |
+//! | `gossip_period_ms` / `gossip_fanout` | 200 / 3; 100 / 3 above 16 members | updates also spread without probes (foca's periodic gossip): a verdict reaches every view of 200 members in a few rounds |
 //! | `announce_period_ms` | 5,000 | ask one member for its member list (discovers members missed at join) |
 //! | `announce_down_period_ms` | 2,000 | talk to two members we think down: heals partitions without help |
 //! | `rejoin_period_ms` | 1,000 | a node with no live member re-sends join requests to its seeds (foca issue #15) |
@@ -117,8 +117,8 @@ impl MembershipConfig {
             probe_period_ms,
             probe_rtt_ms: 60,
             indirect_probes: 3,
-            suspect_to_down_ms: (probe_period_ms as f64 * (2.0 + log2)) as u64,
-            gossip_period_ms: 200,
+            suspect_to_down_ms: (probe_period_ms as f64 * (2.0 + log2.min(4.0) + (log2 - 4.0).max(0.0) / 2.0)) as u64,
+            gossip_period_ms: if cluster_size > 16 { 100 } else { 200 },
             gossip_fanout: 3,
             announce_period_ms: 5_000,
             announce_down_period_ms: 2_000,

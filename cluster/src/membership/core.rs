@@ -26,6 +26,26 @@ enum TimerKind {
     // foca's timers order themselves (indirect probes before the next probe); ours fire last.
     Foca(foca::Timer<NodeIdentity>),
     Rejoin,
+    CatchUp,
+}
+
+/// Rounds in a row that taught a catching-up member nothing before it stops asking.
+const CATCH_UP_IDLE_ROUNDS: u32 = 5;
+/// Members asked for their member list per catch-up round.
+const CATCH_UP_FANOUT: usize = 2;
+
+/// A member that just joined (or rejoined renewed) knows few others: foca's answer to a join
+/// is one datagram of members, and afterwards only changes are gossiped, so a node joining a
+/// cluster of 200 learnt the rest from the periodic announce (one member's list every 5 s) and
+/// its view took 25 s to be whole. While catching up it asks [`CATCH_UP_FANOUT`] members for
+/// their lists (each answer is a datagram of random live members) every probe period, until
+/// [`CATCH_UP_IDLE_ROUNDS`] rounds in a row taught it nothing.
+#[derive(Debug, Default)]
+struct CatchUp {
+    armed: bool,
+    round: u64,
+    idle_rounds: u32,
+    last_size: usize,
 }
 
 /// What the core asks of its driver.
@@ -81,6 +101,8 @@ pub struct MembershipCore {
     quiet: Quiet,
     joined: bool,
     drops: BTreeMap<DropReason, u64>,
+    catch_up: CatchUp,
+    probe_period_ms: u64,
 }
 
 impl MembershipCore {
@@ -107,6 +129,8 @@ impl MembershipCore {
             quiet: Quiet::No,
             joined: false,
             drops: BTreeMap::new(),
+            catch_up: CatchUp::default(),
+            probe_period_ms: config.probe_period_ms,
         };
         core.refresh_view(0);
         Ok(core)
@@ -150,6 +174,44 @@ impl MembershipCore {
         self.joined = true;
         self.send_joins();
         self.actions.push_back(Action::Schedule { at_ms: now_ms + self.rejoin_period_ms, timer: Timer(TimerKind::Rejoin) });
+        self.arm_catch_up(now_ms);
+    }
+
+    fn arm_catch_up(&mut self, now_ms: u64) {
+        if self.catch_up.armed {
+            return;
+        }
+        self.catch_up = CatchUp { armed: true, round: self.catch_up.round, idle_rounds: 0, last_size: self.foca.num_members() };
+        self.actions.push_back(Action::Schedule { at_ms: now_ms + self.probe_period_ms, timer: Timer(TimerKind::CatchUp) });
+    }
+
+    /// One catch-up round (see [`CatchUp`]): members are picked by a stride over the view's
+    /// sorted ids, so that rounds ask different members, deterministically.
+    fn catch_up_round(&mut self, now_ms: u64) {
+        let size = self.foca.num_members();
+        if size > self.catch_up.last_size {
+            self.catch_up.idle_rounds = 0;
+        } else {
+            self.catch_up.idle_rounds += 1;
+        }
+        self.catch_up.last_size = size;
+        if self.catch_up.idle_rounds >= CATCH_UP_IDLE_ROUNDS {
+            self.catch_up.armed = false;
+            return;
+        }
+        let own = self.foca.identity().node_id;
+        let alive: Vec<NodeIdentity> =
+            self.view.members.values().filter(|m| m.state == MemberState::Alive && m.identity.node_id != own).map(|m| m.identity.clone()).collect();
+        if !alive.is_empty() {
+            for j in 0..CATCH_UP_FANOUT.min(alive.len()) {
+                let at = (self.catch_up.round as usize).wrapping_mul(7_919).wrapping_add(j.wrapping_mul(104_729)) % alive.len();
+                if let Err(error) = self.foca.announce(alive[at].clone(), &mut self.runtime) {
+                    tracing::debug!(%error, "catch-up announce");
+                }
+            }
+        }
+        self.catch_up.round += 1;
+        self.actions.push_back(Action::Schedule { at_ms: now_ms + self.probe_period_ms, timer: Timer(TimerKind::CatchUp) });
     }
 
     /// Leaves: tells every live member directly, lets foca gossip our departure, then goes
@@ -292,6 +354,7 @@ impl MembershipCore {
                     tracing::trace!(%error, "foca timer");
                 }
             }
+            TimerKind::CatchUp => self.catch_up_round(now_ms),
             TimerKind::Rejoin => {
                 if self.foca.num_members() == 0 {
                     tracing::debug!(seeds = self.seeds.len(), "alone: asking the seeds again");
@@ -387,7 +450,10 @@ impl MembershipCore {
         }
         while let Some(notification) = self.runtime.to_notify() {
             match notification {
-                OwnedNotification::Rejoin(id) => tracing::info!(renewal = id.renewal, "declared down by the cluster; rejoined renewed"),
+                OwnedNotification::Rejoin(id) => {
+                    tracing::info!(renewal = id.renewal, "declared down by the cluster; rejoined renewed");
+                    self.arm_catch_up(now_ms);
+                }
                 OwnedNotification::Defunct => tracing::warn!("foca went defunct"),
                 // The view diff reports members; Active/Idle are visible in num_members.
                 _ => {}
