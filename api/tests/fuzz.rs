@@ -32,6 +32,7 @@
 //! without one they can only answer 500, and nothing valid could be checked there.
 
 // A test crate's root looks for modules beside it; these live in `fuzz/`.
+mod common;
 #[path = "fuzz/generate.rs"]
 mod generate;
 #[path = "fuzz/schema.rs"]
@@ -46,8 +47,6 @@ use axum::body::{Body, Bytes};
 use axum::http::{header, Request};
 use serde_json::{json, Value};
 use tower::ServiceExt;
-use vcos_actors::kinds::{Counter, KvMemory, TextWorker};
-use vcos_actors::{MemoryStore, Runtime, RuntimeConfig, SystemClock, TenantId, TenantPolicy};
 use vcos_canon_raft::{CanonNode, NodeConfig, RaftCanonStore, TcpTransport};
 
 use generate::Rng;
@@ -232,13 +231,7 @@ impl std::fmt::Display for Sent {
 
 impl Node {
     async fn start() -> Self {
-        // Before the runtime: its metrics bind to the recorder present when they are registered.
-        let metrics = vcos_api::install_metrics_recorder();
-        let mut config = RuntimeConfig::new(Arc::new(MemoryStore::new()), Arc::new(SystemClock::new()));
-        config.shards_per_kind = 2;
-        let runtime = Runtime::builder(config).kind(Counter).kind(KvMemory).kind(TextWorker).start().await.expect("runtime starts");
-        runtime.ensure_tenant(TenantId::default_tenant(), TenantPolicy::default()).await.expect("default tenant");
-        let (_, admin) = runtime.keys().bootstrap().await.expect("bootstrap").expect("the first cluster-admin key");
+        let (runtime, metrics, admin) = common::runtime_with_admin().await;
         let canon_dir = tempfile::TempDir::new().expect("temp dir for the canon");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind the canon's port");
         let mut canon_config = NodeConfig::new(1, "local", &canon_dir.path().join("canon"));
@@ -253,7 +246,7 @@ impl Node {
         canon.bootstrap().await.expect("canon bootstrap");
         let store = RaftCanonStore::start(canon.clone());
         let router = vcos_api::router_with_canon(runtime, metrics, store);
-        Self { router, admin: admin.expose().to_owned(), canon, raft_server, _canon_dir: canon_dir }
+        Self { router, admin, canon, raft_server, _canon_dir: canon_dir }
     }
 
     async fn stop(self) {

@@ -5,14 +5,13 @@
 //! export (policy, IMVUs with state and history, swarms, usage, audit chain, keys) is byte for
 //! byte what it was before.
 
-use std::sync::Arc;
+mod common;
 
 use axum::body::Body;
 use axum::http::{header, Method, Request, StatusCode};
 use serde_json::{json, Value};
 use tower::ServiceExt;
-use vcos_actors::kinds::{Counter, KvMemory, TextWorker};
-use vcos_actors::{MemoryStore, Runtime, RuntimeConfig, SystemClock, TenantId, TenantPolicy};
+use vcos_actors::Runtime;
 
 struct Node {
     router: axum::Router,
@@ -22,13 +21,8 @@ struct Node {
 
 impl Node {
     async fn start() -> Self {
-        let metrics = vcos_api::install_metrics_recorder();
-        let mut config = RuntimeConfig::new(Arc::new(MemoryStore::new()), Arc::new(SystemClock::new()));
-        config.shards_per_kind = 2;
-        let runtime = Runtime::builder(config).kind(Counter).kind(KvMemory).kind(TextWorker).start().await.expect("runtime starts");
-        runtime.ensure_tenant(TenantId::default_tenant(), TenantPolicy::default()).await.expect("default tenant");
-        let (_, admin) = runtime.keys().bootstrap().await.expect("bootstrap").expect("the first cluster-admin key");
-        Self { router: vcos_api::router(runtime.clone(), metrics), runtime, admin: admin.expose().to_owned() }
+        let (runtime, metrics, admin) = common::runtime_with_admin().await;
+        Self { router: vcos_api::router(runtime.clone(), metrics), runtime, admin }
     }
 
     /// Sends a request with `key`; returns the status and the body's text.

@@ -1,16 +1,15 @@
 //! The swarm routes end to end, against a real runtime: work pulled by members and credited
 //! once, spec validation, shared memory, votes, keyed tenants.
 
+mod common;
+
 use std::collections::BTreeSet;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::http::{header, Method, Request, StatusCode};
 use serde_json::{json, Value};
 use tower::ServiceExt;
-use vcos_actors::kinds::{Counter, KvMemory, TextWorker};
-use vcos_actors::{MemoryStore, Runtime, RuntimeConfig, SystemClock, TenantId, TenantPolicy};
 
 /// How long a swarm may take to finish the work of a test.
 const WORK_DEADLINE: Duration = Duration::from_secs(20);
@@ -22,13 +21,8 @@ struct Api {
 }
 
 async fn api() -> Api {
-    let metrics = vcos_api::install_metrics_recorder();
-    let mut config = RuntimeConfig::new(Arc::new(MemoryStore::new()), Arc::new(SystemClock::new()));
-    config.shards_per_kind = 2;
-    let runtime = Runtime::builder(config).kind(Counter).kind(KvMemory).kind(TextWorker).start().await.expect("runtime starts");
-    runtime.ensure_tenant(TenantId::default_tenant(), TenantPolicy::default()).await.expect("default tenant");
-    let (_, admin) = runtime.keys().bootstrap().await.expect("bootstrap").expect("the first cluster-admin key");
-    Api { router: vcos_api::router(runtime, metrics), admin: admin.expose().to_owned() }
+    let (runtime, metrics, admin) = common::runtime_with_admin().await;
+    Api { router: vcos_api::router(runtime, metrics), admin }
 }
 
 impl Api {
