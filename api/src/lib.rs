@@ -84,6 +84,8 @@ pub(crate) struct AppState {
     /// No authentication, limits or audit: set only by
     /// [`router_without_security_for_benchmarks`] (`vcos bench http`'s "off" side).
     pub(crate) without_security: bool,
+    /// The models this node serves (none unless started with them).
+    pub(crate) inference: Arc<vcos_gpu_workers::serve::Inference>,
 }
 
 impl AppState {
@@ -104,6 +106,7 @@ impl AppState {
             refusal_samples: Arc::default(),
             limiter: Arc::default(),
             without_security: false,
+            inference: Arc::new(vcos_gpu_workers::serve::Inference::none()),
         }
     }
 }
@@ -137,6 +140,22 @@ pub fn router_with_cluster(
     cluster: vcos_cluster::Cluster,
 ) -> axum::Router {
     routes::build(AppState::new(runtime, metrics, Some(canon), Some(cluster)))
+}
+
+/// [`router_with_cluster`] (or, without canon and cluster, [`router`]) plus the models of
+/// `inference` behind the OpenAI-shaped routes (`GET /v1/models`, `POST /v1/embeddings`,
+/// `POST /v1/chat/completions`); without models those routes list none and answer 503 naming
+/// `vcos models install`.
+pub fn router_with_inference(
+    runtime: Runtime,
+    metrics: PrometheusHandle,
+    canon: Option<vcos_canon_raft::RaftCanonStore>,
+    cluster: Option<vcos_cluster::Cluster>,
+    inference: Arc<vcos_gpu_workers::serve::Inference>,
+) -> axum::Router {
+    let mut state = AppState::new(runtime, metrics, canon, cluster);
+    state.inference = inference;
+    routes::build(state)
 }
 
 /// **For benchmarks only; never serve it to anyone.** [`router_with_cluster`] without its

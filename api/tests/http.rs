@@ -448,7 +448,7 @@ async fn openapi_documents_every_route_and_docs_are_served() {
     let api = api().await;
     let (status, doc) = api.get("/openapi.json").await;
     assert_eq!(status, StatusCode::OK);
-    let expected: [(&str, &[&str]); 47] = [
+    let expected: [(&str, &[&str]); 50] = [
         ("/health", &["get"]),
         ("/metrics", &["get"]),
         ("/openapi.json", &["get"]),
@@ -496,6 +496,9 @@ async fn openapi_documents_every_route_and_docs_are_served() {
         ("/v1/audit/verify", &["get"]),
         ("/v1/tenants/{tenant}", &["delete"]),
         ("/v1/tenants/{tenant}/erasure", &["get"]),
+        ("/v1/models", &["get"]),
+        ("/v1/embeddings", &["post"]),
+        ("/v1/chat/completions", &["post"]),
     ];
     for (path, methods) in expected {
         for method in methods {
@@ -505,7 +508,7 @@ async fn openapi_documents_every_route_and_docs_are_served() {
         }
     }
     let paths = doc["paths"].as_object().expect("paths").len();
-    assert_eq!(paths, 47, "exactly the routes above");
+    assert_eq!(paths, 50, "exactly the routes above");
     let messages = &doc["paths"]["/v1/tenants/{tenant}/imvus/{id}/messages"]["post"]["responses"];
     for code in ["200", "400", "401", "403", "404", "409", "413", "429", "500", "503"] {
         assert!(messages[code].is_object(), "messages lacks {code}: {messages}");

@@ -99,7 +99,15 @@ impl CanonNode {
                         break;
                     }
                 }
-                Dispatched::Later(pending) => {
+                Dispatched::Later(mut pending) => {
+                    // Most app messages are enqueued at once (a batch of IMVU messages into
+                    // free mailboxes): answered here, they cost no task hand-off.
+                    if let Some(answer) = poll_once(&mut pending).await {
+                        if replies.send(reply(answer)).await.is_err() {
+                            break;
+                        }
+                        continue;
+                    }
                     let Ok(permit) = std::sync::Arc::clone(&in_flight).acquire_owned().await else { break };
                     let replies = replies.clone();
                     let cluster = self.inner.cluster_id;
@@ -246,6 +254,17 @@ fn membership_reply(result: Result<(), CanonError>) -> Reply {
 }
 
 /// A reply now, or one that comes when its future finishes.
+/// Polls `future` once (with the caller's waker): its output if it is ready at once.
+async fn poll_once<F: std::future::Future + Unpin>(future: &mut F) -> Option<F::Output> {
+    std::future::poll_fn(|cx| {
+        std::task::Poll::Ready(match std::pin::Pin::new(&mut *future).poll(cx) {
+            std::task::Poll::Ready(output) => Some(output),
+            std::task::Poll::Pending => None,
+        })
+    })
+    .await
+}
+
 enum Dispatched {
     Now(Reply),
     Later(std::pin::Pin<Box<dyn std::future::Future<Output = Reply> + Send>>),

@@ -319,6 +319,7 @@ impl Cluster {
             cmd.arg("--api-key-file").arg(key_file);
         }
         cmd.arg("up")
+            .arg("--no-models")
             .arg("--data-dir")
             .arg(&data)
             .args(["--listen", &http])

@@ -173,7 +173,7 @@ impl Failover {
 }
 
 /// The `p` quantile of sorted `v` (nearest rank); 0 when empty.
-fn pct(v: &[f64], p: f64) -> f64 {
+pub(super) fn pct(v: &[f64], p: f64) -> f64 {
     if v.is_empty() {
         return 0.0;
     }
@@ -182,7 +182,7 @@ fn pct(v: &[f64], p: f64) -> f64 {
 }
 
 /// Median, min and max.
-fn spread(v: &[f64]) -> Option<(f64, f64, f64)> {
+pub(super) fn spread(v: &[f64]) -> Option<(f64, f64, f64)> {
     let mut v = v.to_vec();
     v.sort_by(f64::total_cmp);
     Some((*v.get(v.len() / 2)?, *v.first()?, *v.last()?))
@@ -193,7 +193,7 @@ async fn bench(args: &ClusterArgs) -> anyhow::Result<Figures> {
     eprintln!("load average before the runs: {}", load.trim());
     let dir = tempfile::Builder::new().prefix("vcos-bench-cluster-").tempdir().context("temporary directory")?;
     // IMVUs idle for a second are passivated, so that the activation figure can wait for it.
-    let extra_args = ["--bench-kinds", "--passivate-after", "1"].map(str::to_owned).to_vec();
+    let extra_args = ["--bench-kinds", "--passivate-after", "1", "--no-models"].map(str::to_owned).to_vec();
     let mut cluster = Cluster { dir: Some(dir), keep: args.keep_dirs, nodes: Vec::new(), extra_args, key_file: None };
     let ports = free_ports(2 * NODES as usize)?;
     let (http_ports, raft_ports) = ports.split_at(NODES as usize);
@@ -832,7 +832,7 @@ fn print_report(args: &ClusterArgs, f: &Figures) {
     }
 }
 
-fn fmt(v: f64) -> String {
+pub(super) fn fmt(v: f64) -> String {
     if v >= 1e6 {
         format!("{:.2}M", v / 1e6)
     } else if v >= 1e4 {

@@ -7,6 +7,7 @@ mod canon;
 mod cluster;
 mod erlang;
 mod http;
+mod inference;
 mod kinds;
 mod local;
 
@@ -35,6 +36,10 @@ enum Suite {
     /// vs off (same in-process node, same run): messages/s and its cost, latency at a fixed
     /// 10 k requests/s on loopback, tenant context resolution p99.
     Http(http::HttpArgs),
+    /// The models `vcos up` serves (embeddings, generation) vs PyTorch on the same files, same
+    /// run: sentences/s at batch 1 and 32, tokens/s single stream and 8/32 concurrent, time to
+    /// first token.
+    Inference(inference::InferenceArgs),
 }
 
 pub(crate) fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -43,6 +48,7 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<()> {
         Suite::Canon(canon) => canon::run(canon),
         Suite::Cluster(cluster) => cluster::run(cluster),
         Suite::Http(http) => http::run(http),
+        Suite::Inference(inference) => inference::run(inference),
     }
 }
 

@@ -59,7 +59,7 @@ impl Node {
         let gossip = format!("127.0.0.1:{}", self.gossip);
         let mut args = vec![
             "up", "--data-dir", &self.dir, "--listen", &http, "--raft-listen", &raft, "--gossip-listen", &gossip, "--node-id", &id,
-            "--region", self.region,
+            "--region", self.region, "--no-models",
         ];
         if let Some(join) = &self.join {
             args.extend(["--join", join.as_str(), "--api-key-file", self.join_key.as_str()]);

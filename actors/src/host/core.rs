@@ -51,6 +51,9 @@ pub(crate) enum Effect<I: Imvu> {
     Route { from: ImvuKey, to: ImvuKey, msg: serde_json::Value, ask: Option<AskToken> },
     /// Create an IMVU of `kind` in `ask.from`'s tenant; its key goes back as a reply.
     CreateChild { kind: String, ask: AskToken },
+    /// Run a model request for `ask.from` (through the runtime's `Models`); the answer goes
+    /// back as a reply.
+    Model { request: crate::models::ModelRequest, ask: AskToken },
 }
 
 /// What a canon read of one IMVU returned: its meta record and its snapshot, encoded.
@@ -500,6 +503,9 @@ impl<I: Imvu> ShardCore<I> {
                 }
                 Outgoing::CreateChild { kind, correlation } => {
                     self.effects.push(Effect::CreateChild { kind, ask: AskToken { from, correlation } });
+                }
+                Outgoing::Model { request, correlation } => {
+                    self.effects.push(Effect::Model { request, ask: AskToken { from, correlation } });
                 }
                 Outgoing::Timer { timer_id, after_ms } => {
                     if self.timers.len() >= SHARD_TIMERS_MAX {

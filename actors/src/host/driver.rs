@@ -40,7 +40,13 @@ pub(crate) struct ShardEnv<I: Imvu> {
     pub ownership: Arc<dyn crate::ownership::Ownership>,
     /// Where messages between IMVUs go (set once the runtime exists).
     pub router: Arc<OnceLock<Arc<dyn Router>>>,
+    /// Where model requests go (`Runtime::set_models`; until then they are answered
+    /// `unavailable`).
+    pub models: ModelsSlot,
 }
+
+/// The runtime's [`crate::models::Models`], replaceable once models are loaded.
+pub(crate) type ModelsSlot = Arc<std::sync::RwLock<Arc<dyn crate::models::Models>>>;
 
 /// Why a shard stopped.
 #[derive(Debug)]
@@ -234,6 +240,10 @@ impl<I: Imvu> Shard<I> {
                         Some(router) => router.create_child(ask.from, &kind, ask),
                         None => tracing::warn!(from = %ask.from, "no router yet: child not created"),
                     },
+                    Effect::Model { request, ask } => {
+                        let models = self.env.models.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+                        models.call(request, ask);
+                    }
                 }
             }
             self.effects = effects;

@@ -33,6 +33,7 @@ mod cluster;
 mod export;
 mod imvus;
 mod keys;
+mod openai;
 mod swarms;
 mod system;
 mod tenant_kv;
@@ -66,6 +67,7 @@ pub(crate) const DOCS_PATH: &str = "/docs";
         (name = "canon", description = "The Canon Memory Layer: status and lag, key-value reads and writes, membership"),
         (name = "cluster", description = "Members, their state and the IMVU buckets each owns"),
         (name = "swarms", description = "Swarms of IMVUs: work items pulled by members, credits, shared memory, votes"),
+        (name = "inference", description = "Models in OpenAI's shapes: list, embeddings, chat completions (streamed too); tokens count as the key's tenant's usage"),
     )
 )]
 struct ApiDoc;
@@ -91,6 +93,9 @@ pub(crate) fn build(state: AppState) -> Router {
         .routes(routes!(system::openapi_json))
         .routes(routes!(system::kinds))
         .routes(routes!(system::whoami))
+        .routes(routes!(openai::list_models))
+        .routes(routes!(openai::embeddings))
+        .routes(routes!(openai::chat_completions))
         .routes(routes!(tenants::list_tenants, tenants::create_tenant))
         .routes(routes!(tenants::erase_tenant))
         .routes(routes!(tenants::erasure_status))

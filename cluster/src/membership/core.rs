@@ -29,8 +29,15 @@ enum TimerKind {
     CatchUp,
 }
 
-/// Rounds in a row that taught a catching-up member nothing before it stops asking.
+/// Rounds in a row that taught a catching-up member nothing before it stops asking, once it
+/// knows at least the expected cluster size.
 const CATCH_UP_IDLE_ROUNDS: u32 = 5;
+/// The same while it knows fewer members than the expected cluster size: answers are random
+/// samples, so the last few unknown members of a large cluster turn up rarely (a coupon
+/// collector), and five empty rounds proved nothing (seen at 200 members: stable members that
+/// never learnt three others until the periodic announce, 20 s later). Bounded, because the
+/// expected size is a setting and some members may be down for good.
+const CATCH_UP_IDLE_ROUNDS_SHORT: u32 = 75;
 /// Members asked for their member list per catch-up round.
 const CATCH_UP_FANOUT: usize = 2;
 
@@ -39,7 +46,8 @@ const CATCH_UP_FANOUT: usize = 2;
 /// cluster of 200 learnt the rest from the periodic announce (one member's list every 5 s) and
 /// its view took 25 s to be whole. While catching up it asks [`CATCH_UP_FANOUT`] members for
 /// their lists (each answer is a datagram of random live members) every probe period, until
-/// [`CATCH_UP_IDLE_ROUNDS`] rounds in a row taught it nothing.
+/// [`CATCH_UP_IDLE_ROUNDS`] rounds in a row taught it nothing ([`CATCH_UP_IDLE_ROUNDS_SHORT`]
+/// while it knows fewer members than the configured cluster size).
 #[derive(Debug, Default)]
 struct CatchUp {
     armed: bool,
@@ -103,6 +111,8 @@ pub struct MembershipCore {
     drops: BTreeMap<DropReason, u64>,
     catch_up: CatchUp,
     probe_period_ms: u64,
+    /// Expected members, this one included (see [`CatchUp`]).
+    cluster_size: usize,
 }
 
 impl MembershipCore {
@@ -131,6 +141,7 @@ impl MembershipCore {
             drops: BTreeMap::new(),
             catch_up: CatchUp::default(),
             probe_period_ms: config.probe_period_ms,
+            cluster_size: usize::try_from(config.cluster_size).unwrap_or(usize::MAX),
         };
         core.refresh_view(0);
         Ok(core)
@@ -181,21 +192,24 @@ impl MembershipCore {
         if self.catch_up.armed {
             return;
         }
-        self.catch_up = CatchUp { armed: true, round: self.catch_up.round, idle_rounds: 0, last_size: self.foca.num_members() };
+        self.catch_up = CatchUp { armed: true, round: self.catch_up.round, idle_rounds: 0, last_size: self.view.members.len() };
         self.actions.push_back(Action::Schedule { at_ms: now_ms + self.probe_period_ms, timer: Timer(TimerKind::CatchUp) });
     }
 
     /// One catch-up round (see [`CatchUp`]): members are picked by a stride over the view's
     /// sorted ids, so that rounds ask different members, deterministically.
     fn catch_up_round(&mut self, now_ms: u64) {
-        let size = self.foca.num_members();
+        // Known members, down ones and this one included: a crashed member is known, not missing.
+        let size = self.view.members.len();
         if size > self.catch_up.last_size {
             self.catch_up.idle_rounds = 0;
         } else {
             self.catch_up.idle_rounds += 1;
         }
         self.catch_up.last_size = size;
-        if self.catch_up.idle_rounds >= CATCH_UP_IDLE_ROUNDS {
+        let short = size < self.cluster_size;
+        let limit = if short { CATCH_UP_IDLE_ROUNDS_SHORT } else { CATCH_UP_IDLE_ROUNDS };
+        if self.catch_up.idle_rounds >= limit {
             self.catch_up.armed = false;
             return;
         }

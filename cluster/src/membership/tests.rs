@@ -363,6 +363,7 @@ fn invalid_configs_name_the_setting() {
     assert_eq!(bad.validate(), Err(ConfigError::Zero("gossip_fanout")));
     let good = config(identity(1, 1), vec![], 200);
     assert_eq!(good.validate(), Ok(()));
-    assert_eq!(good.suspect_to_down_ms, 1_564);
+    assert_eq!(good.probe_period_ms, 100, "large clusters probe twice as often");
+    assert_eq!(good.suspect_to_down_ms, 782);
     assert_eq!(good.gossip_period_ms, 100, "large clusters gossip twice as often");
 }

@@ -168,8 +168,8 @@ impl Harness {
                     Effect::ReplyCount(reply, count) => {
                         let _ = reply.send(count);
                     }
-                    Effect::Route { .. } | Effect::CreateChild { .. } => {
-                        unreachable!("counters send nothing to other IMVUs")
+                    Effect::Route { .. } | Effect::CreateChild { .. } | Effect::Model { .. } => {
+                        unreachable!("counters send nothing to other IMVUs or models")
                     }
                 }
             }

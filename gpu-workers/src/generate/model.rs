@@ -1,0 +1,388 @@
+//! A quantized llama forward pass built for continuous batching.
+//!
+//! Same weights and math as candle-transformers' `quantized_llama` (GGUF tensor names
+//! `blk.N.attn_q` …, interleaved RoPE because llama.cpp's converter permutes Q/K for it,
+//! RMS-norm, SwiGLU MLP, tied output embedding), but the key/value state lives in a
+//! [`SequenceCache`] per sequence instead of inside the model. That allows:
+//!
+//! * [`LlamaModel::prefill`]: run one new prompt (all its positions at once, causal mask) into
+//!   that sequence's cache;
+//! * [`LlamaModel::decode`]: one step for many sequences at *different* positions. Their new
+//!   tokens' hidden states are stacked into one `[B, hidden]` matrix, so every projection and
+//!   MLP matmul reads the weights once for the whole batch (decode is memory-bound: that is
+//!   where batching pays); attention runs per sequence against its own cache, with RoPE at its
+//!   own position.
+//!
+//! Rows of a matmul do not interact, and attention is per sequence, so a sequence's logits do
+//! not depend on what else is in the batch (a test checks token-for-token equality).
+
+use std::sync::Arc;
+
+use candle_core::quantized::{QMatMul, QTensor};
+use candle_core::{DType, Device, Module, Tensor};
+
+use super::error::{GenerateError, Result};
+use super::gguf::{GgufFile, LlamaConfig};
+use super::kv_cache::SequenceCache;
+
+/// How the weight matrices are held in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WeightPrecision {
+    /// As stored in the file (Q8_0, Q4_1…): fast quantized kernels; activations are
+    /// quantized to 8 bits inside each matmul, so logits differ slightly from an fp32 run.
+    #[default]
+    Quantized,
+    /// Dequantized to f32 at load (about 4× the memory, slower): numerically the same model
+    /// that transformers runs from the GGUF; used to check the forward pass against it.
+    DequantizedF32,
+}
+
+struct Layer {
+    attn_norm: Tensor,
+    wq: QMatMul,
+    wk: QMatMul,
+    wv: QMatMul,
+    wo: QMatMul,
+    ffn_norm: Tensor,
+    w_gate: QMatMul,
+    w_up: QMatMul,
+    w_down: QMatMul,
+}
+
+/// Model weights plus RoPE tables; immutable after load, so it can be shared across threads.
+pub struct LlamaModel {
+    cfg: LlamaConfig,
+    embed: QMatMul,
+    output: QMatMul,
+    norm: Tensor,
+    layers: Vec<Layer>,
+    /// `[max_positions, head_dim / 2]` each.
+    cos: Tensor,
+    sin: Tensor,
+    max_positions: usize,
+    device: Device,
+}
+
+impl std::fmt::Debug for LlamaModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LlamaModel")
+            .field("cfg", &self.cfg)
+            .field("device", &self.device)
+            .finish_non_exhaustive()
+    }
+}
+
+fn matmul_weight(t: QTensor, precision: WeightPrecision, device: &Device) -> Result<QMatMul> {
+    Ok(match precision {
+        WeightPrecision::Quantized => QMatMul::from_arc(Arc::new(t))?,
+        WeightPrecision::DequantizedF32 => QMatMul::Tensor(t.dequantize(device)?),
+    })
+}
+
+fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+    Ok(candle_nn::ops::rms_norm(x, w, eps as f32)?)
+}
+
+impl LlamaModel {
+    /// Loads every tensor of a llama GGUF onto `device`. `max_positions` caps the context
+    /// (RoPE tables are built for that many positions); `None` uses the model's own length.
+    pub(crate) fn load(
+        f: &mut GgufFile,
+        precision: WeightPrecision,
+        max_positions: Option<usize>,
+        device: &Device,
+    ) -> Result<Self> {
+        let cfg = LlamaConfig::from_gguf(f)?;
+        let max_positions = max_positions
+            .unwrap_or(cfg.context_length)
+            .min(cfg.context_length);
+        if max_positions < 2 {
+            return Err(GenerateError::InvalidConfig(format!(
+                "context of {max_positions} positions"
+            )));
+        }
+        let (h, hd) = (cfg.hidden, cfg.head_dim);
+        let kv = cfg.n_kv_head * hd;
+        let embed = matmul_weight(
+            f.tensor("token_embd.weight", &[cfg.vocab, h], device)?,
+            precision,
+            device,
+        )?;
+        let output = if f.has_tensor("output.weight") {
+            matmul_weight(
+                f.tensor("output.weight", &[cfg.vocab, h], device)?,
+                precision,
+                device,
+            )?
+        } else {
+            // Tied embeddings (SmolLM2): the output projection is the embedding matrix
+            // (a shared handle, not a second copy).
+            embed.clone()
+        };
+        let norm = f
+            .tensor("output_norm.weight", &[h], device)?
+            .dequantize(device)?;
+        let mut layers = Vec::with_capacity(cfg.n_layer);
+        for i in 0..cfg.n_layer {
+            let mut w = |name: &str, shape: &[usize]| -> Result<QMatMul> {
+                matmul_weight(
+                    f.tensor(&format!("blk.{i}.{name}.weight"), shape, device)?,
+                    precision,
+                    device,
+                )
+            };
+            let wq = w("attn_q", &[h, h])?;
+            let wk = w("attn_k", &[kv, h])?;
+            let wv = w("attn_v", &[kv, h])?;
+            let wo = w("attn_output", &[h, h])?;
+            let w_gate = w("ffn_gate", &[cfg.ffn_hidden, h])?;
+            let w_up = w("ffn_up", &[cfg.ffn_hidden, h])?;
+            let w_down = w("ffn_down", &[h, cfg.ffn_hidden])?;
+            let attn_norm = f
+                .tensor(&format!("blk.{i}.attn_norm.weight"), &[h], device)?
+                .dequantize(device)?;
+            let ffn_norm = f
+                .tensor(&format!("blk.{i}.ffn_norm.weight"), &[h], device)?
+                .dequantize(device)?;
+            layers.push(Layer {
+                attn_norm,
+                wq,
+                wk,
+                wv,
+                wo,
+                ffn_norm,
+                w_gate,
+                w_up,
+                w_down,
+            });
+        }
+        let (cos, sin) = rope_tables(hd, cfg.rope_theta, max_positions, device)?;
+        Ok(Self {
+            cfg,
+            embed,
+            output,
+            norm,
+            layers,
+            cos,
+            sin,
+            max_positions,
+            device: device.clone(),
+        })
+    }
+
+    /// Hyper-parameters.
+    pub fn config(&self) -> &LlamaConfig {
+        &self.cfg
+    }
+
+    /// Positions a sequence may span (prompt plus generated tokens).
+    pub fn max_positions(&self) -> usize {
+        self.max_positions
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// A fresh cache with room for `capacity` positions.
+    pub fn new_cache(&self, capacity: usize) -> Result<SequenceCache> {
+        SequenceCache::new(
+            self.cfg.n_layer,
+            self.cfg.n_kv_head,
+            self.cfg.head_dim,
+            capacity.min(self.max_positions),
+            &self.device,
+        )
+    }
+
+    fn check_room(&self, cache: &SequenceCache, t: usize) -> Result<()> {
+        if cache.len() + t > self.max_positions {
+            return Err(GenerateError::PromptTooLong {
+                prompt_tokens: cache.len() + t,
+                context: self.max_positions,
+            });
+        }
+        Ok(())
+    }
+
+    fn check_ids(&self, ids: &[u32]) -> Result<()> {
+        match ids.iter().find(|&&t| t as usize >= self.cfg.vocab) {
+            Some(&id) => Err(GenerateError::InvalidToken {
+                id,
+                vocab: self.cfg.vocab,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    fn mlp(&self, l: &Layer, x: &Tensor) -> Result<Tensor> {
+        let h = rms_norm(x, &l.ffn_norm, self.cfg.rms_eps)?;
+        let gate = l.w_gate.forward(&h)?.silu()?;
+        let up = l.w_up.forward(&h)?;
+        Ok(l.w_down.forward(&(gate * up)?)?)
+    }
+
+    /// Attention of `q` (`[n_head, t, head_dim]`, already rotated) against a sequence's whole
+    /// history `k`, `v` (`[n_kv_head, s, head_dim]`). Query heads are grouped by the KV head
+    /// they share, so no key/value copy per query head is needed. Returns `[t, hidden]`.
+    fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        let c = &self.cfg;
+        let rep = c.n_head / c.n_kv_head;
+        let t = q.dim(1)?;
+        let s = k.dim(1)?;
+        let q = q.reshape((c.n_kv_head, rep * t, c.head_dim))?;
+        let scale = 1.0 / (c.head_dim as f64).sqrt();
+        let att = (q.matmul(&k.t()?)? * scale)?;
+        let att = match mask {
+            Some(m) => att
+                .reshape((c.n_kv_head, rep, t, s))?
+                .broadcast_add(m)?
+                .reshape((c.n_kv_head, rep * t, s))?,
+            None => att,
+        };
+        let att = candle_nn::ops::softmax_last_dim(&att)?;
+        let y = att.matmul(v)?; // [n_kv_head, rep * t, head_dim]
+        let y = y
+            .reshape((c.n_head, t, c.head_dim))?
+            .transpose(0, 1)?
+            .contiguous()?;
+        Ok(y.reshape((t, c.hidden))?)
+    }
+
+    /// Runs `tokens` (a prompt, or a chunk of one) through the model for one sequence,
+    /// appending to its cache, and returns the logits after the last token (`[vocab]`).
+    pub fn prefill(&self, cache: &mut SequenceCache, tokens: &[u32]) -> Result<Tensor> {
+        let t = tokens.len();
+        if t == 0 {
+            return Err(GenerateError::EmptyPrompt);
+        }
+        self.check_ids(tokens)?;
+        self.check_room(cache, t)?;
+        cache.reserve(t)?;
+        let c = &self.cfg;
+        let p0 = cache.len();
+        let ids = Tensor::new(tokens, &self.device)?;
+        let mut x = self.embed.embedding(&ids)?; // [t, hidden]
+        let cos = self.cos.narrow(0, p0, t)?;
+        let sin = self.sin.narrow(0, p0, t)?;
+        let mask = if t > 1 {
+            Some(causal_mask(t, p0, &self.device)?)
+        } else {
+            None
+        };
+        for (li, l) in self.layers.iter().enumerate() {
+            let h = rms_norm(&x, &l.attn_norm, c.rms_eps)?;
+            let heads = |y: Tensor, n: usize| -> Result<Tensor> {
+                Ok(y.reshape((1, t, n, c.head_dim))?
+                    .transpose(1, 2)?
+                    .contiguous()?)
+            };
+            let q = heads(l.wq.forward(&h)?, c.n_head)?;
+            let k = heads(l.wk.forward(&h)?, c.n_kv_head)?;
+            let v = heads(l.wv.forward(&h)?, c.n_kv_head)?;
+            let q = candle_nn::rotary_emb::rope_i(&q, &cos, &sin)?.squeeze(0)?;
+            let k = candle_nn::rotary_emb::rope_i(&k, &cos, &sin)?.squeeze(0)?;
+            let v = v.squeeze(0)?;
+            let (k_all, v_all) = cache.write_layer(li, &k, &v)?;
+            let y = self.attend(&q, &k_all, &v_all, mask.as_ref())?;
+            x = (x + l.wo.forward(&y)?)?;
+            x = (&x + self.mlp(l, &x)?)?;
+        }
+        cache.advance(t);
+        let last = x.narrow(0, t - 1, 1)?;
+        let last = rms_norm(&last, &self.norm, c.rms_eps)?;
+        Ok(self.output.forward(&last)?.squeeze(0)?)
+    }
+
+    /// One decoding step for a batch: `batch[i]` feeds one token to its own sequence, at that
+    /// sequence's current position. Returns logits `[batch.len(), vocab]`, row `i` for
+    /// sequence `i`.
+    pub fn decode(&self, batch: &mut [(&mut SequenceCache, u32)]) -> Result<Tensor> {
+        let b = batch.len();
+        if b == 0 {
+            return Ok(Tensor::zeros(
+                (0, self.cfg.vocab),
+                DType::F32,
+                &self.device,
+            )?);
+        }
+        let c = &self.cfg;
+        let mut ids = Vec::with_capacity(b);
+        let mut positions = Vec::with_capacity(b);
+        for (cache, tok) in batch.iter_mut() {
+            self.check_room(cache, 1)?;
+            cache.reserve(1)?;
+            ids.push(*tok);
+            positions.push(
+                u32::try_from(cache.len())
+                    .map_err(|_| GenerateError::InvalidConfig("position overflow".into()))?,
+            );
+        }
+        self.check_ids(&ids)?;
+        let ids = Tensor::new(ids.as_slice(), &self.device)?;
+        let pos = Tensor::new(positions.as_slice(), &self.device)?;
+        let half = c.head_dim / 2;
+        // Each row's own position: [B, 1, head_dim / 2], the batched form rope_i accepts.
+        let cos = self.cos.index_select(&pos, 0)?.reshape((b, 1, half))?;
+        let sin = self.sin.index_select(&pos, 0)?.reshape((b, 1, half))?;
+        let mut x = self.embed.embedding(&ids)?; // [B, hidden]
+        for (li, l) in self.layers.iter().enumerate() {
+            let h = rms_norm(&x, &l.attn_norm, c.rms_eps)?;
+            let q = l.wq.forward(&h)?.reshape((b, c.n_head, 1, c.head_dim))?;
+            let k = l.wk.forward(&h)?.reshape((b, c.n_kv_head, 1, c.head_dim))?;
+            let v = l.wv.forward(&h)?.reshape((b, c.n_kv_head, 1, c.head_dim))?;
+            let q = candle_nn::rotary_emb::rope_i(&q, &cos, &sin)?;
+            let k = candle_nn::rotary_emb::rope_i(&k, &cos, &sin)?;
+            let mut ys = Vec::with_capacity(b);
+            for (i, (cache, _)) in batch.iter_mut().enumerate() {
+                let (k_all, v_all) = cache.write_layer(li, &k.get(i)?, &v.get(i)?)?;
+                ys.push(self.attend(&q.get(i)?, &k_all, &v_all, None)?);
+            }
+            let y = Tensor::cat(&ys, 0)?; // [B, hidden]
+            x = (x + l.wo.forward(&y)?)?;
+            x = (&x + self.mlp(l, &x)?)?;
+        }
+        for (cache, _) in batch.iter_mut() {
+            cache.advance(1);
+        }
+        let x = rms_norm(&x, &self.norm, c.rms_eps)?;
+        Ok(self.output.forward(&x)?)
+    }
+}
+
+/// RoPE angle tables, computed in f64 then stored as f32: `theta_i = base^(-2i/d)`.
+fn rope_tables(
+    head_dim: usize,
+    base: f32,
+    positions: usize,
+    device: &Device,
+) -> Result<(Tensor, Tensor)> {
+    let half = head_dim / 2;
+    let inv: Vec<f64> = (0..half)
+        .map(|i| 1.0 / f64::from(base).powf((2 * i) as f64 / head_dim as f64))
+        .collect();
+    let mut cos = Vec::with_capacity(positions * half);
+    let mut sin = Vec::with_capacity(positions * half);
+    for p in 0..positions {
+        for f in &inv {
+            let a = p as f64 * f;
+            cos.push(a.cos() as f32);
+            sin.push(a.sin() as f32);
+        }
+    }
+    Ok((
+        Tensor::from_vec(cos, (positions, half), device)?,
+        Tensor::from_vec(sin, (positions, half), device)?,
+    ))
+}
+
+/// Additive causal mask `[t, p0 + t]`: 0 where query `i` (at position `p0 + i`) may look,
+/// -inf at later positions.
+fn causal_mask(t: usize, p0: usize, device: &Device) -> Result<Tensor> {
+    let s = p0 + t;
+    let mask: Vec<f32> = (0..t)
+        .flat_map(|i| (0..s).map(move |j| if j > p0 + i { f32::NEG_INFINITY } else { 0.0 }))
+        .collect();
+    Ok(Tensor::from_vec(mask, (t, s), device)?)
+}

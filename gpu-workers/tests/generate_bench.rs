@@ -1,0 +1,176 @@
+//! Generation throughput (ignored by default; run in release):
+//!
+//! ```text
+//! VCOS_GEN_THREADS=1 cargo test --release -p vcos-gpu-workers --test generate_bench -- --ignored --nocapture
+//! ```
+//!
+//! Single stream: decode tokens per second after the prompt. Batched: 8 different prompts
+//! decoding together through the continuous-batching engine, total tokens per second.
+//! The model is found as in `tests/generate.rs` (model cache, else `VCOS_SMOLLM2_GGUF`).
+
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use vcos_gpu_workers::generate::{
+    ChatMessage, EngineEvent, EngineLimits, GeneratorConfig, Prompt, SamplingParams, TextGenerator,
+    WeightPrecision,
+};
+use vcos_gpu_workers::models::ModelCache;
+
+fn model_path() -> Option<PathBuf> {
+    if let Ok(files) = ModelCache::resolve(None).and_then(|c| c.generation()) {
+        return Some(files.gguf);
+    }
+    std::env::var_os("VCOS_SMOLLM2_GGUF")
+        .map(PathBuf::from)
+        .filter(|p| p.is_file())
+}
+
+const QUESTIONS: [&str; 8] = [
+    "Tell me a long story about a robot who learns to paint.",
+    "Explain how a steam engine works, step by step.",
+    "Write a poem about autumn leaves.",
+    "What are the main causes of the French Revolution?",
+    "Describe the water cycle in detail.",
+    "Give me ten ideas for a birthday party.",
+    "How do vaccines train the immune system?",
+    "Summarise the plot of a detective novel you invent.",
+];
+
+#[test]
+#[ignore = "throughput measurement; run in release with --ignored"]
+fn generation_throughput() {
+    let Some(path) = model_path() else {
+        eprintln!(
+            "\n!!!!!!!! SKIPPED: no SmolLM2 GGUF (model cache or VCOS_SMOLLM2_GGUF) !!!!!!!!\n"
+        );
+        return;
+    };
+    let threads = std::env::var("VCOS_GEN_THREADS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .and_then(NonZeroUsize::new)
+        .unwrap_or(NonZeroUsize::MIN);
+    let tokens: usize = std::env::var("VCOS_GEN_TOKENS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(128);
+    // VCOS_GEN_PRECISION=f32: dequantized weights (f32 gemm) instead of the quantized kernels.
+    let precision = match std::env::var("VCOS_GEN_PRECISION").as_deref() {
+        Ok("f32") => WeightPrecision::DequantizedF32,
+        _ => WeightPrecision::Quantized,
+    };
+    eprintln!("model {} ({precision:?})", path.display());
+    let g = TextGenerator::load(
+        &path,
+        GeneratorConfig {
+            threads,
+            precision,
+            limits: EngineLimits {
+                max_batch: 8,
+                prefill_chunk: 512,
+            },
+            ..GeneratorConfig::default()
+        },
+    )
+    .expect("load");
+    // Never stop early: measure exactly `tokens` decode steps per sequence.
+    let params = |seed| SamplingParams {
+        max_tokens: tokens,
+        temperature: 0.7,
+        top_p: 0.95,
+        seed,
+        ..SamplingParams::default()
+    };
+    let prompts: Vec<Vec<u32>> = QUESTIONS
+        .iter()
+        .map(|q| {
+            g.encode_prompt(&Prompt::Chat(vec![ChatMessage::user(*q)]))
+                .expect("encode")
+        })
+        .collect();
+
+    // Warm-up (first-use allocations, weight repacking).
+    let mut e = g.engine().expect("engine");
+    e.submit_tokens(prompts[0].clone(), SamplingParams::greedy(4))
+        .expect("submit");
+    e.run_to_completion().expect("warm-up");
+
+    // Model level: exactly `batch` sequences for `tokens` steps (no EOS shrinking the batch).
+    for batch in [1usize, 2, 4, 8] {
+        let model = g.model();
+        let mut caches: Vec<_> = prompts
+            .iter()
+            .take(batch)
+            .map(|p| model.new_cache(p.len() + tokens + 1).expect("cache"))
+            .collect();
+        let mut next: Vec<u32> = Vec::new();
+        for (c, p) in caches.iter_mut().zip(&prompts) {
+            let logits: Vec<f32> = g
+                .threads()
+                .run(|| model.prefill(c, p))
+                .expect("prefill")
+                .to_vec1()
+                .expect("vec");
+            next.push(vcos_gpu_workers::generate::sampling::argmax(&logits));
+        }
+        let t0 = Instant::now();
+        for _ in 0..tokens {
+            let mut b: Vec<_> = caches.iter_mut().zip(&next).map(|(c, &t)| (c, t)).collect();
+            let logits = g.threads().run(|| model.decode(&mut b)).expect("decode");
+            let rows: Vec<Vec<f32>> = logits.to_vec2().expect("rows");
+            next = rows
+                .iter()
+                .map(|r| vcos_gpu_workers::generate::sampling::argmax(r))
+                .collect();
+        }
+        let dt = t0.elapsed().as_secs_f64();
+        eprintln!(
+            "model-level threads={threads} batch={batch}: {tokens} steps in {dt:.2} s = {:.1} tok/s total, {:.1} tok/s per sequence",
+            (tokens * batch) as f64 / dt,
+            tokens as f64 / dt
+        );
+    }
+
+    // Engine level (sampling, detokenizing, EOS may end sequences early).
+    for batch in [1usize, 8] {
+        let mut e = g.engine().expect("engine");
+        for (i, p) in prompts.iter().take(batch).enumerate() {
+            e.submit_tokens(p.clone(), params(i as u64))
+                .expect("submit");
+        }
+        // First step admits and prefills everyone; time decoding from then on.
+        let t0 = Instant::now();
+        let mut generated = 0usize;
+        for ev in e.step().expect("prefill step") {
+            if matches!(ev, EngineEvent::Token { .. }) {
+                generated += 1;
+            }
+        }
+        let prefill = t0.elapsed();
+        let t1 = Instant::now();
+        let mut decoded = 0usize;
+        let mut eos = 0usize;
+        while !e.is_idle() {
+            for ev in e.step().expect("step") {
+                match ev {
+                    EngineEvent::Token { .. } => decoded += 1,
+                    EngineEvent::Finished { output, .. } => {
+                        eos += usize::from(
+                            output.finish == vcos_gpu_workers::generate::FinishReason::Eos,
+                        )
+                    }
+                }
+            }
+        }
+        let dt = t1.elapsed().as_secs_f64();
+        eprintln!(
+            "threads={threads} batch={batch}: prefill {:.0} ms ({} prompt tokens); decode {decoded} tokens in {dt:.2} s = {:.1} tok/s total, {:.1} tok/s per sequence ({eos} ended by EOS; first tokens {generated})",
+            prefill.as_secs_f64() * 1e3,
+            prompts.iter().take(batch).map(Vec::len).sum::<usize>(),
+            decoded as f64 / dt,
+            decoded as f64 / dt / batch as f64,
+        );
+    }
+}
