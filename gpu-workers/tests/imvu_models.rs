@@ -18,7 +18,7 @@ async fn runtime() -> (Runtime, TenantId) {
     config.shards_per_kind = 1;
     let runtime = Runtime::builder(config).kind(Assistant).kind(Counter).start().await.expect("runtime");
     let tenant = TenantId::default_tenant();
-    runtime.ensure_tenant(tenant.clone(), TenantPolicy::default()).await.expect("tenant");
+    runtime.ensure_tenant(tenant, TenantPolicy::default()).await.expect("tenant");
     (runtime, tenant)
 }
 

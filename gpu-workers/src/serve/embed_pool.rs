@@ -187,8 +187,10 @@ fn spawn_worker(inner: &Arc<Inner>, epoch: u64) -> Result<(), ServeError> {
 
 /// Takes the next batch: the first job (waiting up to 200 ms, to notice a stop), then more
 /// until `max_batch` texts or `max_wait` after the first. A job that does not fit is carried to
-/// the next batch.
-fn next_batch(inner: &Inner, carry: &mut Option<Job>) -> Result<Vec<Job>, RecvTimeoutError> {
+/// the next batch. After a batch of one request (a lone caller), it does not wait for company
+/// that has not been coming: it takes only what is queued already (`vcos bench inference`
+/// measured the 2 ms wait at 13 % of a lone caller's time per sentence).
+fn next_batch(inner: &Inner, carry: &mut Option<Job>, lone: bool) -> Result<Vec<Job>, RecvTimeoutError> {
     let rx = lock(&inner.rx);
     let first = match carry.take() {
         Some(job) => job,
@@ -196,7 +198,7 @@ fn next_batch(inner: &Inner, carry: &mut Option<Job>) -> Result<Vec<Job>, RecvTi
     };
     let mut texts = first.texts.len();
     let mut batch = vec![first];
-    let deadline = Instant::now() + inner.config.max_wait;
+    let deadline = Instant::now() + if lone { Duration::ZERO } else { inner.config.max_wait };
     while texts < inner.config.max_batch {
         let wait = deadline.saturating_duration_since(Instant::now());
         let next = if wait.is_zero() { rx.try_recv().map_err(|_| RecvTimeoutError::Timeout) } else { rx.recv_timeout(wait) };
@@ -217,16 +219,19 @@ fn next_batch(inner: &Inner, carry: &mut Option<Job>) -> Result<Vec<Job>, RecvTi
 
 fn worker(weak: &Weak<Inner>, epoch: u64) {
     let mut carry = None;
+    // Whether the last batch held a single request (see `next_batch`).
+    let mut lone = false;
     loop {
         let Some(inner) = weak.upgrade() else { return };
         if inner.heartbeat.is_stopped() || inner.heartbeat.epoch() != epoch {
             return;
         }
-        let batch = match next_batch(&inner, &mut carry) {
+        let batch = match next_batch(&inner, &mut carry, lone) {
             Ok(batch) => batch,
             Err(RecvTimeoutError::Timeout) => continue,
             Err(RecvTimeoutError::Disconnected) => return,
         };
+        lone = batch.len() == 1;
         let model = inner.backend.model().to_owned();
         let depth = inner.queued.fetch_sub(batch.len(), Ordering::Relaxed).saturating_sub(batch.len());
         metrics::gauge!("vcos_inference_queue_depth", "model" => model.clone()).set(depth as f64);
