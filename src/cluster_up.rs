@@ -66,6 +66,7 @@ pub(crate) async fn start_membership(
     seeds: &[SocketAddr],
     join: Option<&str>,
     http_addr: SocketAddr,
+    serves_models: bool,
 ) -> anyhow::Result<MembershipHandle> {
     let socket = tokio::net::UdpSocket::bind(gossip_listen).await.with_context(|| format!("gossip listener on {gossip_listen}"))?;
     let gossip_addr = socket.local_addr().context("gossip address")?;
@@ -81,7 +82,7 @@ pub(crate) async fn start_membership(
         gossip_addr,
         meta: NodeMeta {
             region: node.region().to_owned(),
-            roles: Roles::HOST.with(Roles::CANON_VOTER).with(Roles::API),
+            roles: if serves_models { Roles::HOST.with(Roles::CANON_VOTER).with(Roles::API).with(Roles::INFERENCE) } else { Roles::HOST.with(Roles::CANON_VOTER).with(Roles::API) },
             http_addr: Some(http_addr),
             canon_addr: Some(canon_addr),
         },

@@ -265,7 +265,9 @@ impl UpArgs {
 
 /// Starts the node of `args` whose HTTP facade will listen on `http_addr` (bound by the
 /// caller): everything of `vcos up` but the facade itself.
-pub(crate) async fn start_node(args: &UpArgs, http_addr: SocketAddr) -> anyhow::Result<Node> {
+/// `serves_models`: the node takes the `inference` role (other nodes forward model requests
+/// to it).
+pub(crate) async fn start_node(args: &UpArgs, http_addr: SocketAddr, serves_models: bool) -> anyhow::Result<Node> {
     vcos_canon_raft::node::validate_region(&args.region).context("--region")?;
     if let Some(join) = &args.join {
         http_client::authority(join).context("--join")?;
@@ -334,7 +336,7 @@ pub(crate) async fn start_node(args: &UpArgs, http_addr: SocketAddr) -> anyhow::
     // The one line scripts wait for: the URL of the facade.
     println!("v-COS node up: http://{addr}  (docs: http://{addr}/docs)");
     let membership =
-        crate::cluster_up::start_membership(&node, &args.cluster, args.gossip_listen, &args.seeds, args.join.as_deref(), addr).await?;
+        crate::cluster_up::start_membership(&node, &args.cluster, args.gossip_listen, &args.seeds, args.join.as_deref(), addr, serves_models).await?;
     let cluster = vcos_cluster::Cluster::start(
         vcos_cluster::ClusterConfig::new(crate::cluster_up::holder(&node), &args.region),
         leases,
@@ -384,11 +386,14 @@ impl Node {
 async fn serve(args: UpArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("listen on {}", args.listen))?;
     let addr = listener.local_addr().context("local address")?;
-    let node = start_node(&args, addr).await?;
-    // Reading ~230 MB of weights: off the async workers.
+    // Reading ~230 MB of weights: off the async workers, and before joining, so that the
+    // node's identity says whether it serves models (the `inference` role).
     let inference = Arc::new(tokio::task::block_in_place(|| load_models(&args))?);
-    // IMVUs think through the same models (`Context::embed`, `Context::generate`).
-    node.rt.set_models(Arc::new(vcos_gpu_workers::serve::ImvuModels::new(node.rt.downgrade(), inference.clone())));
+    let node = start_node(&args, addr, !inference.models().is_empty()).await?;
+    // This node's pools serve other nodes too; IMVUs think through them while they have room,
+    // else through a node with the `inference` role (`Context::embed`, `Context::generate`).
+    let models = node.cluster.models(Arc::new(vcos_gpu_workers::serve::LocalModels::new(inference.clone())));
+    node.rt.set_models(Arc::new(vcos_gpu_workers::serve::ImvuModels::new(node.rt.downgrade(), models)));
     // The facade: every route, authentication, limits and audit on.
     let router = vcos_api::router_with_inference(node.rt.clone(), node.metrics.clone(), Some((*node.store).clone()), Some(node.cluster.clone()), inference);
     let canon_failure = Arc::new(std::sync::Mutex::new(None::<String>));

@@ -42,17 +42,25 @@ pub struct GenerateRequest {
     pub seed: u64,
     /// Generation stops before any of these.
     pub stop: Vec<String>,
+    /// Nucleus sampling, in (0, 1] (1: off).
+    #[serde(default = "top_p_off")]
+    pub top_p: f64,
+}
+
+fn top_p_off() -> f64 {
+    1.0
 }
 
 impl GenerateRequest {
     /// Greedy generation of at most `max_tokens` tokens for `messages`.
     pub fn greedy(messages: Vec<ChatTurn>, max_tokens: u32) -> Self {
-        Self { messages, max_tokens, temperature: 0.0, seed: 0, stop: Vec::new() }
+        Self { messages, max_tokens, temperature: 0.0, seed: 0, stop: Vec::new(), top_p: 1.0 }
     }
 }
 
-/// What an IMVU asks of a model.
-#[derive(Clone, Debug, PartialEq)]
+/// What an IMVU asks of a model (JSON on the wire when a node forwards it to another).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum ModelRequest {
     /// Embeddings of texts: answered `{"embeddings": [[f32…]…], "tokens": n}`.
     Embed {
@@ -62,6 +70,40 @@ pub enum ModelRequest {
     /// A reply: answered `{"text": …, "finish_reason": "stop"|"length", "prompt_tokens": n,
     /// "completion_tokens": m}`.
     Generate(GenerateRequest),
+}
+
+impl ModelRequest {
+    /// `embed` or `generate`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Embed { .. } => "embed",
+            Self::Generate(_) => "generate",
+        }
+    }
+}
+
+/// A model's answer to a [`ModelRequest`]: the JSON described there, and the tokens it used.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelAnswer {
+    /// The answer (JSON).
+    pub value: serde_json::Value,
+    /// Tokens read and generated (the tenant's usage).
+    pub tokens: u64,
+    /// The model that answered.
+    pub model: String,
+}
+
+/// Model work as one call and its answer: what a node's pools do, and what a node forwards to
+/// another that serves models (`vcos_cluster`'s `ClusterModels` places it: here if the local
+/// pool has room, else on a node with the `inference` role). Usage is charged by the caller.
+pub trait ModelService: Send + Sync + 'static {
+    /// The names of the models served.
+    fn models(&self) -> crate::BoxFuture<'static, Vec<String>>;
+    /// Whether `request` would be queued now rather than refused (the model is served and its
+    /// queue has room): a placement hint, not a promise.
+    fn has_room(&self, request: &ModelRequest) -> bool;
+    /// Performs `request`.
+    fn run(&self, request: ModelRequest) -> crate::BoxFuture<'static, Result<ModelAnswer, ActorError>>;
 }
 
 /// Runs model requests for IMVUs. Implementations must not block (shards call them): they

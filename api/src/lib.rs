@@ -86,6 +86,9 @@ pub(crate) struct AppState {
     pub(crate) without_security: bool,
     /// The models this node serves (none unless started with them).
     pub(crate) inference: Arc<vcos_gpu_workers::serve::Inference>,
+    /// The models of the cluster's other nodes (those with the `inference` role): used when
+    /// this node does not serve the model asked for, or its queue is full.
+    pub(crate) remote_models: Option<Arc<dyn vcos_actors::models::ModelService>>,
 }
 
 impl AppState {
@@ -96,7 +99,9 @@ impl AppState {
         cluster: Option<vcos_cluster::Cluster>,
     ) -> Self {
         let request_ids = Arc::new(audit::RequestIds::new(&runtime));
+        let remote_models = cluster.as_ref().map(|c| c.remote_models() as Arc<dyn vcos_actors::models::ModelService>);
         Self {
+            remote_models,
             runtime,
             metrics,
             tenant_creation: Arc::default(),
@@ -144,8 +149,9 @@ pub fn router_with_cluster(
 
 /// [`router_with_cluster`] (or, without canon and cluster, [`router`]) plus the models of
 /// `inference` behind the OpenAI-shaped routes (`GET /v1/models`, `POST /v1/embeddings`,
-/// `POST /v1/chat/completions`); without models those routes list none and answer 503 naming
-/// `vcos models install`.
+/// `POST /v1/chat/completions`). With a cluster, a model this node does not serve (or whose
+/// queue is full) is served by a node with the `inference` role; with none anywhere, those
+/// routes list none and answer 503 naming `vcos models install`.
 pub fn router_with_inference(
     runtime: Runtime,
     metrics: PrometheusHandle,

@@ -45,4 +45,4 @@ pub use transport::DatagramSocket;
 
 pub use members::{Member, MemberSource, MemberState};
 pub use region::{region_tag, Home, UNTAGGED_REGION};
-pub use node::{Cluster, ClusterConfig, ClusterRouter, LeaseTable, Placement};
+pub use node::{Cluster, ClusterConfig, ClusterModels, ClusterRouter, LeaseTable, Placement, INFERENCE_ROLE};

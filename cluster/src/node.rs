@@ -36,6 +36,9 @@ use crate::placement::{bucket_of, LeaseAction, LeaseConfig, LeaseOutcome, Leases
 use crate::remote::{self, Op, RemoteFrame, RemoteReply, RemoteRequest, HOPS_MAX};
 
 mod links;
+mod models;
+
+pub use models::{ClusterModels, INFERENCE_ROLE, MODEL_TRIES_MAX};
 
 /// Canon key prefix of the bucket lease records.
 pub const LEASE_PREFIX: &str = "cluster/leases/";
@@ -75,6 +78,8 @@ pub struct ClusterConfig {
     /// How long a request waits for its IMVU's bucket to get a holder (failover) before it
     /// fails with a retryable error.
     pub owner_wait_ms: u64,
+    /// Deadline of a model request forwarded to another node (a long generation).
+    pub model_timeout_ms: u64,
 }
 
 impl ClusterConfig {
@@ -87,6 +92,7 @@ impl ClusterConfig {
             tick_ms: 50,
             forward_timeout_ms: 5_000,
             owner_wait_ms: 3_000,
+            model_timeout_ms: 300_000,
         }
     }
 }
@@ -125,6 +131,10 @@ struct Inner {
     /// Messages between IMVUs: per-node queues and the asks waiting for answers.
     links: links::Links,
     stop: tokio::sync::Notify,
+    /// This node's own model pools, served to other nodes too (unset: it serves none).
+    local_models: std::sync::OnceLock<Arc<dyn vcos_actors::models::ModelService>>,
+    /// Turns of the rotation over model nodes.
+    model_turn: std::sync::atomic::AtomicU64,
     /// Itself, weakly: the runtime's `Placement` calls come back through it.
     me: std::sync::OnceLock<Weak<Inner>>,
 }
@@ -222,6 +232,8 @@ impl Cluster {
             members,
             leases,
             stop: tokio::sync::Notify::new(),
+            local_models: std::sync::OnceLock::new(),
+            model_turn: std::sync::atomic::AtomicU64::new(0),
             me: std::sync::OnceLock::new(),
         });
         let _ = inner.me.set(Arc::downgrade(&inner));
@@ -231,6 +243,19 @@ impl Cluster {
         tokio::spawn(lease_task(Arc::clone(&inner)));
         tokio::spawn(links::sweep_asks(Arc::downgrade(&inner)));
         Ok(Self { inner })
+    }
+
+    /// Serves `local` (this node's pools) to the other nodes, and returns the models IMVUs
+    /// and the facade use here: `local` while it has room, else a node with the `inference`
+    /// role. Call it once; a second call keeps the first pools for other nodes.
+    pub fn models(&self, local: Arc<dyn vcos_actors::models::ModelService>) -> Arc<ClusterModels> {
+        let _ = self.inner.local_models.set(Arc::clone(&local));
+        Arc::new(ClusterModels::new(Arc::downgrade(&self.inner), Some(local)))
+    }
+
+    /// The models of the other nodes only (for a caller that tried its own pools first).
+    pub fn remote_models(&self) -> Arc<ClusterModels> {
+        Arc::new(ClusterModels::new(Arc::downgrade(&self.inner), None))
     }
 
     /// This node's id.
@@ -594,6 +619,8 @@ impl AppHandler for RemoteHandler {
                     links::deliver(&inner, items).await;
                     return RemoteReply::Ok(Vec::new()).encode();
                 }
+                Ok(RemoteFrame::Model { request, .. }) => return models::serve_model(&inner, from, &request).await.encode(),
+                Ok(RemoteFrame::ModelList) => return models::list_models(&inner).await.encode(),
                 Err(e) => {
                     metrics::counter!("vcos_cluster_remote_rejected_total", "reason" => "corrupt").increment(1);
                     tracing::warn!(from, error = %e, "refusing a corrupt remote request");

@@ -76,6 +76,16 @@ pub enum RemoteFrame {
     Request(RemoteRequest),
     /// Messages between IMVUs, to be delivered in this order.
     Batch(Vec<BatchItem>),
+    /// Model work for the receiver's own pools (never forwarded on), answered with the JSON
+    /// of a [`vcos_actors::models::ModelAnswer`].
+    Model {
+        /// The tenant it is done for (charged by the sender; here for the logs).
+        tenant: String,
+        /// JSON of a [`vcos_actors::models::ModelRequest`].
+        request: Vec<u8>,
+    },
+    /// The names of the models the receiver serves, answered as a JSON array.
+    ModelList,
 }
 
 /// One message between IMVUs in a [`RemoteFrame::Batch`].

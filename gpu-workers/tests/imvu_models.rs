@@ -52,7 +52,7 @@ async fn an_assistant_remembers_by_embedding_and_answers_by_generating() {
     assert!(notes.is_empty(), "{notes:?}");
     let inference = Arc::new(inference);
     let (runtime, tenant) = runtime().await;
-    runtime.set_models(Arc::new(ImvuModels::new(runtime.downgrade(), inference.clone())));
+    runtime.set_models(Arc::new(ImvuModels::new(runtime.downgrade(), Arc::new(vcos_gpu_workers::serve::LocalModels::new(inference.clone())))));
 
     let assistant = create(&runtime, &tenant, "assistant").await;
     for note in ["The office cat is called Miso.", "The quarterly report is due on Friday.", "Paris is the capital of France."] {

@@ -170,7 +170,7 @@ async fn bench(args: &HttpArgs) -> anyhow::Result<()> {
     let off_addr = off_listener.local_addr().context("local address")?;
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     eprintln!("load average before the node starts: {}", load.trim());
-    let node = crate::up::start_node(&up, on_addr).await.context("start the node (as `vcos up` does)")?;
+    let node = crate::up::start_node(&up, on_addr, false).await.context("start the node (as `vcos up` does)")?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;

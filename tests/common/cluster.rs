@@ -32,6 +32,8 @@ pub(crate) struct Node {
     join: Option<String>,
     /// The first node's admin key, which a joining node sends.
     join_key: String,
+    /// Serves the installed models (else `--no-models`).
+    models: bool,
     proc: Option<Proc>,
 }
 
@@ -45,7 +47,13 @@ impl Node {
     pub(crate) fn in_region(id: u64, region: &'static str, root: &Path, join: Option<String>) -> Self {
         let dir = root.join(format!("node{id}")).to_str().expect("UTF-8 temp path").to_owned();
         let join_key = super::admin_key_file(root.join("node1")).to_str().expect("UTF-8 temp path").to_owned();
-        Self { id, region, http: free_port(), raft: free_port(), gossip: free_udp_port(), dir, join, join_key, proc: None }
+        Self { id, region, http: free_port(), raft: free_port(), gossip: free_udp_port(), dir, join, join_key, models: false, proc: None }
+    }
+
+    /// The same node, serving the installed models (`vcos models install` first).
+    pub(crate) fn with_models(mut self) -> Self {
+        self.models = true;
+        self
     }
 
     pub(crate) fn base(&self) -> String {
@@ -59,8 +67,11 @@ impl Node {
         let gossip = format!("127.0.0.1:{}", self.gossip);
         let mut args = vec![
             "up", "--data-dir", &self.dir, "--listen", &http, "--raft-listen", &raft, "--gossip-listen", &gossip, "--node-id", &id,
-            "--region", self.region, "--no-models",
+            "--region", self.region,
         ];
+        if !self.models {
+            args.push("--no-models");
+        }
         if let Some(join) = &self.join {
             args.extend(["--join", join.as_str(), "--api-key-file", self.join_key.as_str()]);
         }

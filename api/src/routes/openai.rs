@@ -23,7 +23,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc::UnboundedReceiver;
 use utoipa::ToSchema;
 use vcos_actors::metering::UsageUnit;
-use vcos_actors::{Caller, TenantEntry};
+use vcos_actors::models::{ChatTurn, GenerateRequest, ModelRequest};
+use vcos_actors::{ActorError, Caller, TenantEntry};
 use vcos_gpu_workers::generate::{ChatMessage, FinishReason, Role, SamplingParams};
 use vcos_gpu_workers::serve::{GenEvent, ServeError};
 
@@ -58,16 +59,20 @@ pub(crate) struct ModelList {
     data: Vec<ModelView>,
 }
 
-/// Lists the models this node serves (those `vcos models install` put in its cache).
+/// Lists the models served: this node's (those `vcos models install` put in its cache) and,
+/// in a cluster, those of the nodes with the `inference` role.
 #[utoipa::path(get, path = "/v1/models", tag = "inference",
     responses((status = 200, description = "The models", body = ModelList)))]
 pub(super) async fn list_models(State(state): State<AppState>) -> Json<ModelList> {
-    let data = state
-        .inference
-        .models()
-        .into_iter()
-        .map(|id| ModelView { id: id.to_owned(), object: "model".into(), created: 0, owned_by: "vcos".into() })
-        .collect();
+    let mut names: Vec<String> = state.inference.models().into_iter().map(str::to_owned).collect();
+    if let Some(remote) = &state.remote_models {
+        for name in remote.models().await {
+            if !names.iter().any(|n| same_model(n, &name)) {
+                names.push(name);
+            }
+        }
+    }
+    let data = names.into_iter().map(|id| ModelView { id, object: "model".into(), created: 0, owned_by: "vcos".into() }).collect();
     Json(ModelList { object: "list".into(), data })
 }
 
@@ -196,14 +201,18 @@ fn charge(entry: Option<&TenantEntry>, model: &str, kind: &'static str, n: usize
 
 /// 404 for a name no node serves, 503 for a known model this node has not loaded.
 fn model_missing(model: &str, served: &[&str]) -> ApiError {
-    let known = vcos_gpu_workers::models::ModelId::ALL.iter().any(|id| same_model(id.name(), model));
-    if known {
+    if known_model(model) {
         ApiError::Actor(vcos_actors::ActorError::Unavailable(format!(
             "model {model} is not loaded on this node: install it with `vcos models install`, then restart the node"
         )))
     } else {
         ApiError::NotFound(format!("no model {model:?}; served here: {}", if served.is_empty() { "none".to_owned() } else { served.join(", ") }))
     }
+}
+
+/// Whether some node could serve `model` (it is one of the catalog's).
+fn known_model(model: &str) -> bool {
+    vcos_gpu_workers::models::ModelId::ALL.iter().any(|id| same_model(id.name(), model))
 }
 
 /// Model names match case-insensitively (`all-MiniLM-L6-v2` is `all-minilm-l6-v2`).
@@ -279,19 +288,37 @@ fn base64_f32(vector: &[f32]) -> String {
 pub(super) async fn embeddings(State(state): State<AppState>, Auth(caller): Auth, ApiJson(request): ApiJson<EmbeddingsRequest>) -> Result<Json<EmbeddingsResponse>, ApiError> {
     let entry = tenant_entry(&state, &caller)?;
     let _ = request.user;
-    let Some(pool) = state.inference.embeddings().filter(|p| same_model(p.model(), &request.model)) else {
-        return Err(model_missing(&request.model, &state.inference.models()));
-    };
     let base64 = request.encoding_format == Some(EncodingFormat::Base64);
-    if let Some(dimensions) = request.dimensions.filter(|d| *d != pool.dim() as u64) {
-        return Err(ApiError::BadRequest(format!("field `dimensions`: {} makes {}-dimension vectors only, not {dimensions}", pool.model(), pool.dim())));
-    }
-    let texts = texts_of(request.input)?;
-    let output = pool.embed(texts).await.map_err(serve_error)?;
-    let tokens = output.total_tokens();
-    charge(entry.as_deref(), pool.model(), "prompt", tokens);
-    let data = output
-        .vectors
+    let local = state.inference.embeddings().filter(|p| same_model(p.model(), &request.model));
+    let (vectors, tokens, model) = match (local, &state.remote_models) {
+        // Here, unless this node's queue is full and another node may have room.
+        (Some(pool), remote) if remote.is_none() || pool.has_room() => {
+            if let Some(dimensions) = request.dimensions.filter(|d| *d != pool.dim() as u64) {
+                return Err(ApiError::BadRequest(format!("field `dimensions`: {} makes {}-dimension vectors only, not {dimensions}", pool.model(), pool.dim())));
+            }
+            let texts = texts_of(request.input)?;
+            let output = pool.embed(texts).await.map_err(serve_error)?;
+            let tokens = output.total_tokens();
+            (output.vectors, tokens, pool.model().to_owned())
+        }
+        (_, Some(remote)) if known_model(&request.model) => {
+            let texts = texts_of(request.input)?;
+            let answer = remote.run(ModelRequest::Embed { texts }).await?;
+            let vectors: Vec<Vec<f32>> = answer
+                .value
+                .get("embeddings")
+                .cloned()
+                .and_then(|v| serde_json::from_value(v).ok())
+                .ok_or_else(|| ApiError::Actor(ActorError::Unavailable(format!("the node serving {} answered without embeddings", answer.model))))?;
+            if let Some(dimensions) = request.dimensions.filter(|d| vectors.first().is_some_and(|v| v.len() as u64 != *d)) {
+                return Err(ApiError::BadRequest(format!("field `dimensions`: {} makes {}-dimension vectors only, not {dimensions}", answer.model, vectors.first().map_or(0, Vec::len))));
+            }
+            (vectors, usize::try_from(answer.tokens).unwrap_or(usize::MAX), answer.model)
+        }
+        _ => return Err(model_missing(&request.model, &state.inference.models())),
+    };
+    charge(entry.as_deref(), &model, "prompt", tokens);
+    let data = vectors
         .into_iter()
         .enumerate()
         .map(|(index, vector)| {
@@ -299,12 +326,7 @@ pub(super) async fn embeddings(State(state): State<AppState>, Auth(caller): Auth
             EmbeddingView { object: "embedding".into(), index, embedding }
         })
         .collect();
-    Ok(Json(EmbeddingsResponse {
-        object: "list".into(),
-        data,
-        model: pool.model().to_owned(),
-        usage: UsageView { prompt_tokens: tokens, completion_tokens: None, total_tokens: tokens },
-    }))
+    Ok(Json(EmbeddingsResponse { object: "list".into(), data, model, usage: UsageView { prompt_tokens: tokens, completion_tokens: None, total_tokens: tokens } }))
 }
 
 /// One message of a conversation.
@@ -517,9 +539,13 @@ pub(super) async fn chat_completions(State(state): State<AppState>, Auth(caller)
     let started = Instant::now();
     let entry = tenant_entry(&state, &caller)?;
     let _ = request.user;
-    let Some(chat) = state.inference.chat().filter(|c| same_model(c.model(), &request.model)) else {
+    // Here, unless this node's queue is full and another node may have room; elsewhere when
+    // this node does not serve the model and another may.
+    let local = state.inference.chat().filter(|c| same_model(c.model(), &request.model));
+    let local = local.filter(|chat| state.remote_models.is_none() || chat.pool().has_room());
+    if local.is_none() && (state.remote_models.is_none() || !known_model(&request.model)) {
         return Err(model_missing(&request.model, &state.inference.models()));
-    };
+    }
     if request.n.is_some_and(|n| n != 1) {
         return Err(ApiError::BadRequest("field `n`: only one choice per request (n = 1)".into()));
     }
@@ -553,15 +579,44 @@ pub(super) async fn chat_completions(State(state): State<AppState>, Auth(caller)
     // Without a seed, each request samples differently (as OpenAI's do).
     let seed = request.seed.map_or_else(|| now_ms ^ number.wrapping_mul(0x9e37_79b9_7f4a_7c15), |s| s as u64);
     let max_tokens = usize::try_from(asked.unwrap_or(MAX_TOKENS_DEFAULT as u64)).unwrap_or(usize::MAX);
+    let stream = request.stream == Some(true);
+    let include_usage = request.stream_options.and_then(|o| o.include_usage).unwrap_or(false);
+    let id = format!("chatcmpl-{:x}{:04x}", now_ms, number & 0xffff);
+    let created = now_ms / 1_000;
+    let Some(chat) = local else {
+        let remote = state.remote_models.as_ref().ok_or_else(|| model_missing(&request.model, &state.inference.models()))?;
+        let turns = messages.into_iter().map(|m| ChatTurn::new(m.role.as_str(), m.content)).collect();
+        let max_tokens = u32::try_from(max_tokens).unwrap_or(u32::MAX);
+        let generate = GenerateRequest { messages: turns, max_tokens, temperature, seed, stop, top_p };
+        let answer = remote.run(ModelRequest::Generate(generate)).await?;
+        let reply = RemoteReply::of(&answer.value).ok_or_else(|| ApiError::Actor(ActorError::Unavailable(format!("the node serving {} answered without a reply", answer.model))))?;
+        charge(entry.as_deref(), &answer.model, "prompt", reply.prompt_tokens);
+        let meter = TokenMeter { entry, model: answer.model.clone(), completion: reply.completion_tokens };
+        metrics::histogram!("vcos_inference_request_seconds", "model" => answer.model.clone(), "kind" => "chat").record(started.elapsed().as_secs_f64());
+        let usage = UsageView { prompt_tokens: reply.prompt_tokens, completion_tokens: Some(reply.completion_tokens), total_tokens: reply.prompt_tokens + reply.completion_tokens };
+        if stream {
+            // The other node answers whole: its reply comes as one chunk.
+            let (_, events) = tokio::sync::mpsc::unbounded_channel();
+            let mut st = ChatStream { events, meter, queue: VecDeque::new(), id, created, model: answer.model, prompt_tokens: reply.prompt_tokens, include_usage, started, first: false, done: true };
+            st.queue.push_back(st.chunk(serde_json::json!({"role": "assistant", "content": ""}), None));
+            st.queue.push_back(st.chunk(serde_json::json!({"content": reply.text}), None));
+            st.queue.push_back(st.chunk(serde_json::json!({}), Some(&reply.finish_reason)));
+            if include_usage {
+                st.queue.push_back(st.usage_chunk());
+            }
+            st.queue.push_back(Event::default().data("[DONE]"));
+            return Ok(Sse::new(st.into_stream()).keep_alive(KeepAlive::default()).into_response());
+        }
+        drop(meter);
+        let choice = ChoiceView { index: 0, message: ChatMessageOut { role: "assistant".into(), content: reply.text }, finish_reason: reply.finish_reason };
+        return Ok(Json(ChatResponse { id, object: "chat.completion".into(), created, model: answer.model, choices: vec![choice], usage }).into_response());
+    };
     let params = SamplingParams { temperature, top_p, seed, max_tokens, stop, skip_special_tokens: true };
     let (prompt_tokens, ticket) = chat.start(messages, params).map_err(serve_error)?;
     charge(entry.as_deref(), chat.model(), "prompt", prompt_tokens);
     let meter = TokenMeter { entry, model: chat.model().to_owned(), completion: 0 };
-    let id = format!("chatcmpl-{:x}{:04x}", now_ms, number & 0xffff);
-    let created = now_ms / 1_000;
     let model = chat.model().to_owned();
-    if request.stream == Some(true) {
-        let include_usage = request.stream_options.and_then(|o| o.include_usage).unwrap_or(false);
+    if stream {
         let stream = ChatStream { events: ticket.events, meter, queue: VecDeque::new(), id, created, model, prompt_tokens, include_usage, started, first: true, done: false };
         return Ok(Sse::new(stream.into_stream()).keep_alive(KeepAlive::default()).into_response());
     }
@@ -592,6 +647,21 @@ pub(super) async fn chat_completions(State(state): State<AppState>, Auth(caller)
     }
 }
 
+/// A generation answered by another node (`ModelRequest::Generate`'s JSON).
+#[derive(Deserialize)]
+struct RemoteReply {
+    text: String,
+    finish_reason: String,
+    prompt_tokens: usize,
+    completion_tokens: usize,
+}
+
+impl RemoteReply {
+    fn of(value: &serde_json::Value) -> Option<Self> {
+        serde_json::from_value(value.clone()).ok()
+    }
+}
+
 /// The state of one streamed reply.
 struct ChatStream {
     events: UnboundedReceiver<GenEvent>,
@@ -612,6 +682,16 @@ impl ChatStream {
         let body = serde_json::json!({
             "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
             "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        });
+        Event::default().data(body.to_string())
+    }
+
+    /// The last chunk when the client asked for the usage.
+    fn usage_chunk(&self) -> Event {
+        let completion = self.meter.completion;
+        let body = serde_json::json!({
+            "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model, "choices": [],
+            "usage": {"prompt_tokens": self.prompt_tokens, "completion_tokens": completion, "total_tokens": self.prompt_tokens + completion},
         });
         Event::default().data(body.to_string())
     }
@@ -647,12 +727,8 @@ impl ChatStream {
                         let last = st.chunk(serde_json::json!({}), Some(finish_reason(generation.finish)));
                         st.queue.push_back(last);
                         if st.include_usage {
-                            let completion = st.meter.completion;
-                            let body = serde_json::json!({
-                                "id": st.id, "object": "chat.completion.chunk", "created": st.created, "model": st.model, "choices": [],
-                                "usage": {"prompt_tokens": st.prompt_tokens, "completion_tokens": completion, "total_tokens": st.prompt_tokens + completion},
-                            });
-                            st.queue.push_back(Event::default().data(body.to_string()));
+                            let usage = st.usage_chunk();
+                            st.queue.push_back(usage);
                         }
                         st.queue.push_back(Event::default().data("[DONE]"));
                         st.done = true;

@@ -27,6 +27,8 @@ impl Roles {
     pub const API: Roles = Roles(1 << 2);
     /// Runs GPU workers.
     pub const GPU: Roles = Roles(1 << 3);
+    /// Serves models (its inference pools take requests forwarded by other nodes).
+    pub const INFERENCE: Roles = Roles(1 << 4);
 
     /// No roles.
     pub const fn empty() -> Self {

@@ -145,6 +145,11 @@ impl EmbedPool {
         self.inner.queued.load(Ordering::Relaxed)
     }
 
+    /// Whether a request would be queued now rather than refused as overloaded.
+    pub fn has_room(&self) -> bool {
+        self.queued() < self.inner.config.queue
+    }
+
     /// Embeds `texts`, batched with other callers' texts. Never hangs past the worker's
     /// `hang_after` (plus the queue ahead of it): the watchdog fails a hung call's callers.
     pub async fn embed(&self, texts: Vec<String>) -> Result<EmbedOutput, ServeError> {

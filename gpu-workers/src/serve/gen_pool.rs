@@ -161,6 +161,11 @@ impl GenPool {
         self.inner.queued.load(Ordering::Relaxed)
     }
 
+    /// Whether a request would be queued now rather than refused as overloaded.
+    pub fn has_room(&self) -> bool {
+        self.queued() < self.inner.config.queue
+    }
+
     /// Requests in the batch now.
     pub fn running(&self) -> usize {
         lock(&self.inner.running).len()

@@ -30,6 +30,6 @@ mod watchdog;
 
 pub use embed_pool::{EmbedBackend, EmbedOutput, EmbedPool, EmbedPoolConfig};
 pub use error::ServeError;
-pub use imvu::ImvuModels;
+pub use imvu::{ImvuModels, LocalModels};
 pub use inference::{Chat, Inference, InferenceSettings};
 pub use gen_pool::{EngineRunner, Flow, GenEvent, GenPool, GenPoolConfig, GenTicket, StepEngine};
