@@ -88,11 +88,15 @@ pub(crate) struct UpArgs {
     /// Sequences a generation worker decodes together, at most (continuous batching).
     #[arg(long, default_value_t = 8, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
     inference_batch: u16,
+    /// Generation requests waiting to join the batch, at most; past it a request is answered
+    /// 429 `model_overloaded` (or goes to another node with the `inference` role).
+    #[arg(long, default_value_t = 256, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    inference_queue: u32,
 }
 
 /// Loads the models the cache holds (none with `--no-models`), saying what is served and,
 /// when something is missing, how to get it.
-fn load_models(args: &UpArgs) -> anyhow::Result<vcos_gpu_workers::serve::Inference> {
+pub(crate) fn load_models(args: &UpArgs) -> anyhow::Result<vcos_gpu_workers::serve::Inference> {
     use vcos_gpu_workers::serve::{Inference, InferenceSettings};
     if args.no_models {
         return Ok(Inference::none());
@@ -102,7 +106,12 @@ fn load_models(args: &UpArgs) -> anyhow::Result<vcos_gpu_workers::serve::Inferen
     if let Err(e) = vcos_gpu_workers::generate::apply_cpu_thread_budget(threads) {
         tracing::warn!(error = %e, "candle's shared CPU pool keeps its size");
     }
-    let settings = InferenceSettings { threads, max_batch: usize::from(args.inference_batch), ..InferenceSettings::default() };
+    let settings = InferenceSettings {
+        threads,
+        max_batch: usize::from(args.inference_batch),
+        gen_queue: args.inference_queue as usize,
+        ..InferenceSettings::default()
+    };
     let (inference, notes) = Inference::load(&cache, &settings);
     for note in &notes {
         tracing::warn!(cache = %cache.root().display(), "{note}");

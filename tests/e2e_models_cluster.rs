@@ -123,3 +123,13 @@ async fn a_node_without_models_serves_them_through_an_inference_node() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// `vcos bench think` as a user runs it, at a small size: it reports both phases.
+#[test]
+fn bench_think_quick_runs() {
+    let (status, output) = Proc::spawn(&["models", "install"]).finish(Duration::from_secs(600));
+    assert!(status.success(), "`vcos models install` failed:\n{output}");
+    let (status, output) = Proc::spawn(&["bench", "think", "--waiting", "16", "--probes", "4", "--asks", "40", "--max-tokens", "4"]).finish(Duration::from_secs(300));
+    assert!(status.success(), "{output}");
+    assert!(output.contains("idle node") && output.contains("while the others wait on generation") && output.contains("p99 while waiting"), "{output}");
+}

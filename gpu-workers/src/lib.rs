@@ -9,4 +9,5 @@
 pub mod embed;
 pub mod generate;
 pub mod models;
+pub mod priority;
 pub mod serve;

@@ -10,6 +10,7 @@ mod http;
 mod inference;
 mod kinds;
 mod local;
+mod think;
 
 pub(crate) use kinds::{BenchDriver, BenchEcho};
 
@@ -40,6 +41,9 @@ enum Suite {
     /// run: sentences/s at batch 1 and 32, tokens/s single stream and 8/32 concurrent, time to
     /// first token.
     Inference(inference::InferenceArgs),
+    /// IMVUs waiting on the models do not hold up the others: 1,000 assistants waiting on
+    /// generation while others of the same kind answer (p50/p99, against the idle node).
+    Think(think::ThinkArgs),
 }
 
 pub(crate) fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -49,6 +53,7 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<()> {
         Suite::Cluster(cluster) => cluster::run(cluster),
         Suite::Http(http) => http::run(http),
         Suite::Inference(inference) => inference::run(inference),
+        Suite::Think(think) => think::run(think),
     }
 }
 

@@ -43,6 +43,7 @@ impl ThreadBudget {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .thread_name(|i| format!("vcos-embed-{i}"))
+            .start_handler(|_| crate::priority::lower_this_thread())
             .build()
             .map_err(|e| EmbedError::ThreadPool(e.to_string()))?;
         Ok(ThreadBudget { pool })

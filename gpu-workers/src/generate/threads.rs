@@ -61,6 +61,7 @@ impl ThreadBudget {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads.get())
             .thread_name(|i| format!("vcos-generate-{i}"))
+            .start_handler(|_| crate::priority::lower_this_thread())
             .build()
             .map_err(|e| GenerateError::InvalidConfig(format!("thread pool: {e}")))?;
         Ok(Self { pool })

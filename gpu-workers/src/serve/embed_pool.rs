@@ -185,7 +185,10 @@ fn spawn_worker(inner: &Arc<Inner>, epoch: u64) -> Result<(), ServeError> {
     let weak = Arc::downgrade(inner);
     std::thread::Builder::new()
         .name(format!("embed-{}-{epoch}", inner.backend.model()))
-        .spawn(move || worker(&weak, epoch))
+        .spawn(move || {
+            crate::priority::lower_this_thread();
+            worker(&weak, epoch);
+        })
         .map(|_| ())
         .map_err(|e| ServeError::Stopped(format!("cannot start a worker thread: {e}")))
 }

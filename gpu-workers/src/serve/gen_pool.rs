@@ -199,6 +199,7 @@ fn spawn_worker(inner: &Arc<Inner>, epoch: u64) -> Result<(), ServeError> {
     std::thread::Builder::new()
         .name(format!("gen-{}-{epoch}", inner.config.model))
         .spawn(move || {
+            crate::priority::lower_this_thread();
             loop {
                 let Some(inner) = weak.upgrade() else { return };
                 let runner = Arc::clone(&inner.runner);
