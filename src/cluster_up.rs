@@ -67,6 +67,7 @@ pub(crate) async fn start_membership(
     join: Option<&str>,
     http_addr: SocketAddr,
     serves_models: bool,
+    runs_desktops: bool,
 ) -> anyhow::Result<MembershipHandle> {
     let socket = tokio::net::UdpSocket::bind(gossip_listen).await.with_context(|| format!("gossip listener on {gossip_listen}"))?;
     let gossip_addr = socket.local_addr().context("gossip address")?;
@@ -82,7 +83,11 @@ pub(crate) async fn start_membership(
         gossip_addr,
         meta: NodeMeta {
             region: node.region().to_owned(),
-            roles: if serves_models { Roles::HOST.with(Roles::CANON_VOTER).with(Roles::API).with(Roles::INFERENCE) } else { Roles::HOST.with(Roles::CANON_VOTER).with(Roles::API) },
+            roles: {
+                let roles = Roles::HOST.with(Roles::CANON_VOTER).with(Roles::API);
+                let roles = if serves_models { roles.with(Roles::INFERENCE) } else { roles };
+                if runs_desktops { roles.with(Roles::DESKTOP) } else { roles }
+            },
             http_addr: Some(http_addr),
             canon_addr: Some(canon_addr),
         },

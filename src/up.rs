@@ -92,6 +92,13 @@ pub(crate) struct UpArgs {
     /// 429 `model_overloaded` (or goes to another node with the `inference` role).
     #[arg(long, default_value_t = 256, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     inference_queue: u32,
+    /// Run virtual desktop sessions on this node (the `desktop` role; needs Xvfb:
+    /// `apt-get install xvfb`, and x11vnc for VNC).
+    #[arg(long)]
+    desktops: bool,
+    /// Started displays kept ready per desktop tier (the warm pool).
+    #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u16).range(0..=64))]
+    desktop_pool: u16,
 }
 
 /// Loads the models the cache holds (none with `--no-models`), saying what is served and,
@@ -345,7 +352,7 @@ pub(crate) async fn start_node(args: &UpArgs, http_addr: SocketAddr, serves_mode
     // The one line scripts wait for: the URL of the facade.
     println!("v-COS node up: http://{addr}  (docs: http://{addr}/docs)");
     let membership =
-        crate::cluster_up::start_membership(&node, &args.cluster, args.gossip_listen, &args.seeds, args.join.as_deref(), addr, serves_models).await?;
+        crate::cluster_up::start_membership(&node, &args.cluster, args.gossip_listen, &args.seeds, args.join.as_deref(), addr, serves_models, args.desktops).await?;
     let cluster = vcos_cluster::Cluster::start(
         vcos_cluster::ClusterConfig::new(crate::cluster_up::holder(&node), &args.region),
         leases,
@@ -404,7 +411,23 @@ async fn serve(args: UpArgs) -> anyhow::Result<()> {
     let models = node.cluster.models(Arc::new(vcos_gpu_workers::serve::LocalModels::new(inference.clone())));
     node.rt.set_models(Arc::new(vcos_gpu_workers::serve::ImvuModels::new(node.rt.downgrade(), models)));
     // The facade: every route, authentication, limits and audit on.
-    let router = vcos_api::router_with_inference(node.rt.clone(), node.metrics.clone(), Some((*node.store).clone()), Some(node.cluster.clone()), inference);
+    let desktops = if args.desktops {
+        let mut config = vcos_gpu_workers::desktop::DesktopConfig::new(args.node_id, args.data_dir.join("desktops"));
+        config.pool_per_tier = usize::from(args.desktop_pool);
+        let desktops = vcos_gpu_workers::desktop::Desktops::start(node.rt.clone(), config).await.context("--desktops")?;
+        tracing::info!(limits = desktops.status().limits, pool_per_tier = args.desktop_pool, "running desktops");
+        Some(desktops)
+    } else {
+        None
+    };
+    let router = vcos_api::router_with_inference(
+        node.rt.clone(),
+        node.metrics.clone(),
+        Some((*node.store).clone()),
+        Some(node.cluster.clone()),
+        inference,
+        desktops.clone(),
+    );
     let canon_failure = Arc::new(std::sync::Mutex::new(None::<String>));
     let stop = {
         let rt = node.rt.clone();
@@ -427,6 +450,10 @@ async fn serve(args: UpArgs) -> anyhow::Result<()> {
         }
     };
     vcos_api::serve(listener, router, stop).await.context("serve HTTP")?;
+    if let Some(desktops) = &desktops {
+        // Sessions end with the node: usage billed, records Terminated, displays released.
+        desktops.shutdown().await;
+    }
     let rt = node.rt.clone();
     node.stop().await;
     let escalation = rt.escalation();

@@ -484,13 +484,7 @@ async fn usage_survives_kill_9_within_one_interval() {
     assert_eq!(status, 200, "{usage}");
     let messages = usage["units"]["messages"].as_u64().expect("messages metered");
     assert!((20..=25).contains(&messages), "at most the last interval is lost: {usage}");
-    let period = (2020..2100)
-        .flat_map(|y| (1..=12).map(move |m| format!("{y}-{m:02}")))
-        .find(|p| {
-            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("after 1970").as_millis() as u64;
-            vcos_actors::metering::month_range(p).is_some_and(|(from, to)| (from..to).contains(&now))
-        })
-        .expect("this month");
+    let period = common::this_month();
     let (_, bill) = tenant.get(&node.url(&format!("/v1/tenants/metered/bill?period={period}"))).await;
     let line = bill["lines"].as_array().expect("lines").iter().find(|l| l["unit"] == "messages").cloned().expect("messages");
     assert_eq!(line["quantity"].as_u64(), Some(messages), "the bill prices the usage records: {bill}");

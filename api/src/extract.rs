@@ -204,6 +204,21 @@ impl<S: Send + Sync> FromRequestParts<S> for SwarmPath {
     }
 }
 
+/// `/v1/tenants/{tenant}/sessions/{id}/…`: a desktop session.
+#[derive(Clone, Debug)]
+pub(crate) struct SessionPath(pub(crate) TenantId, pub(crate) u64);
+
+impl<S: Send + Sync> FromRequestParts<S> for SessionPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let SwarmParams { tenant, id } = named_params(parts, state).await?;
+        let tenant = TenantId::new(&tenant)?;
+        let id = numeric_segment("id", "session ids", &id)?;
+        Ok(Self(tenant, id))
+    }
+}
+
 #[derive(Deserialize)]
 struct VoteParams {
     vote: String,

@@ -89,6 +89,8 @@ pub(crate) struct AppState {
     /// The models of the cluster's other nodes (those with the `inference` role): used when
     /// this node does not serve the model asked for, or its queue is full.
     pub(crate) remote_models: Option<Arc<dyn vcos_actors::models::ModelService>>,
+    /// The node's desktop host (`vcos up --desktops`), if it runs desktops.
+    pub(crate) desktops: Option<vcos_gpu_workers::desktop::Desktops>,
 }
 
 impl AppState {
@@ -102,6 +104,7 @@ impl AppState {
         let remote_models = cluster.as_ref().map(|c| c.remote_models() as Arc<dyn vcos_actors::models::ModelService>);
         Self {
             remote_models,
+            desktops: None,
             runtime,
             metrics,
             tenant_creation: Arc::default(),
@@ -151,16 +154,19 @@ pub fn router_with_cluster(
 /// `inference` behind the OpenAI-shaped routes (`GET /v1/models`, `POST /v1/embeddings`,
 /// `POST /v1/chat/completions`). With a cluster, a model this node does not serve (or whose
 /// queue is full) is served by a node with the `inference` role; with none anywhere, those
-/// routes list none and answer 503 naming `vcos models install`.
+/// routes list none and answer 503 naming `vcos models install`. With `desktops`, the
+/// `/v1/tenants/{tenant}/sessions…` routes run virtual desktops on this node.
 pub fn router_with_inference(
     runtime: Runtime,
     metrics: PrometheusHandle,
     canon: Option<vcos_canon_raft::RaftCanonStore>,
     cluster: Option<vcos_cluster::Cluster>,
     inference: Arc<vcos_gpu_workers::serve::Inference>,
+    desktops: Option<vcos_gpu_workers::desktop::Desktops>,
 ) -> axum::Router {
     let mut state = AppState::new(runtime, metrics, canon, cluster);
     state.inference = inference;
+    state.desktops = desktops;
     routes::build(state)
 }
 

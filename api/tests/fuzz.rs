@@ -196,6 +196,7 @@ struct Node {
     admin: String,
     canon: CanonNode,
     raft_server: tokio::task::JoinHandle<()>,
+    desktops: vcos_gpu_workers::desktop::Desktops,
     _canon_dir: tempfile::TempDir,
 }
 
@@ -245,11 +246,19 @@ impl Node {
         });
         canon.bootstrap().await.expect("canon bootstrap");
         let store = RaftCanonStore::start(canon.clone());
-        let router = vcos_api::router_with_canon(runtime, metrics, store);
-        Self { router, admin, canon, raft_server, _canon_dir: canon_dir }
+        // Real desktops (Xvfb, as `.ci/run` installs it) behind the session routes, on a display
+        // range of their own, no warm pool.
+        let mut desktop_config = vcos_gpu_workers::desktop::DesktopConfig::new(1, canon_dir.path().join("desktops"));
+        desktop_config.displays = (800, 849);
+        desktop_config.pool_per_tier = 0;
+        let desktops = vcos_gpu_workers::desktop::Desktops::start(runtime.clone(), desktop_config).await.expect("Xvfb is installed (apt-get install xvfb)");
+        let inference = Arc::new(vcos_gpu_workers::serve::Inference::none());
+        let router = vcos_api::router_with_inference(runtime, metrics, Some(store), None, inference, Some(desktops.clone()));
+        Self { router, admin, canon, raft_server, desktops, _canon_dir: canon_dir }
     }
 
     async fn stop(self) {
+        self.desktops.shutdown().await;
         self.raft_server.abort();
         self.canon.shutdown().await;
     }
@@ -547,6 +556,13 @@ fn domain_rules(op: &Operation, draft: &mut Draft, fixtures: &Fixtures, rng: &mu
         }
         // One role enum serves both key routes; which roles each issues is the route's rule
         // (documented in its 400): a tenant's roles under a tenant, the cluster's otherwise.
+        // A drawn command line names no program: sessions start with none (an application that
+        // cannot start is a documented 400 of its own, tested in e2e_sessions).
+        "POST /v1/tenants/{tenant}/sessions" => {
+            if let Some(body) = draft.body.as_mut().and_then(Value::as_object_mut) {
+                body.remove("app");
+            }
+        }
         "POST /v1/tenants/{tenant}/keys" => set_field(draft, "role", json!(rng.pick(&["viewer", "app", "operator", "tenant_admin"]))),
         "POST /v1/keys" => set_field(draft, "role", json!(rng.pick(&["cluster_admin", "metrics"]))),
         // A range starts before it ends (`to_ms` defaults to now): a rule across two fields.

@@ -448,7 +448,7 @@ async fn openapi_documents_every_route_and_docs_are_served() {
     let api = api().await;
     let (status, doc) = api.get("/openapi.json").await;
     assert_eq!(status, StatusCode::OK);
-    let expected: [(&str, &[&str]); 50] = [
+    let expected: [(&str, &[&str]); 56] = [
         ("/health", &["get"]),
         ("/metrics", &["get"]),
         ("/openapi.json", &["get"]),
@@ -468,6 +468,12 @@ async fn openapi_documents_every_route_and_docs_are_served() {
         ("/v1/tenants/{tenant}/imvus/{id}/resume", &["post"]),
         ("/v1/tenants/{tenant}/imvus/{id}/terminate", &["post"]),
         ("/v1/tenants/{tenant}/imvus/{id}/history", &["get"]),
+        ("/v1/tenants/{tenant}/sessions", &["get", "post"]),
+        ("/v1/tenants/{tenant}/sessions/{id}", &["get"]),
+        ("/v1/tenants/{tenant}/sessions/{id}/pause", &["post"]),
+        ("/v1/tenants/{tenant}/sessions/{id}/resume", &["post"]),
+        ("/v1/tenants/{tenant}/sessions/{id}/terminate", &["post"]),
+        ("/v1/tenants/{tenant}/sessions/{id}/screenshot.png", &["get"]),
         ("/v1/tenants/{tenant}/swarms", &["post"]),
         ("/v1/tenants/{tenant}/swarms/{id}", &["get"]),
         ("/v1/tenants/{tenant}/swarms/{id}/work", &["post"]),
@@ -508,7 +514,7 @@ async fn openapi_documents_every_route_and_docs_are_served() {
         }
     }
     let paths = doc["paths"].as_object().expect("paths").len();
-    assert_eq!(paths, 50, "exactly the routes above");
+    assert_eq!(paths, 56, "exactly the routes above");
     let messages = &doc["paths"]["/v1/tenants/{tenant}/imvus/{id}/messages"]["post"]["responses"];
     for code in ["200", "400", "401", "403", "404", "409", "413", "429", "500", "503"] {
         assert!(messages[code].is_object(), "messages lacks {code}: {messages}");

@@ -44,7 +44,7 @@ struct Api {
 async fn api() -> Api {
     let inference = tokio::task::spawn_blocking(inference).await.expect("models load");
     let (runtime, metrics, admin) = common::runtime_with_admin().await;
-    let router = vcos_api::router_with_inference(runtime, metrics, None, None, inference.clone());
+    let router = vcos_api::router_with_inference(runtime, metrics, None, None, inference.clone(), None);
     let mut api = Api { router, admin, app: String::new(), inference };
     let (status, _) = api.call(Method::POST, "/v1/tenants", Some(json!({"name": "acme"})), None).await;
     assert_eq!(status, StatusCode::CREATED);

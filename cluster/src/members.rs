@@ -48,7 +48,7 @@ pub trait MemberSource: Send + Sync + 'static {
 
 fn role_names(roles: crate::membership::Roles) -> Vec<String> {
     use crate::membership::Roles;
-    [(Roles::HOST, "imvu"), (Roles::CANON_VOTER, "canon"), (Roles::API, "api"), (Roles::GPU, "gpu"), (Roles::INFERENCE, "inference")]
+    [(Roles::HOST, "imvu"), (Roles::CANON_VOTER, "canon"), (Roles::API, "api"), (Roles::GPU, "gpu"), (Roles::INFERENCE, "inference"), (Roles::DESKTOP, "desktop")]
         .into_iter()
         .filter(|(role, _)| roles.contains(*role))
         .map(|(_, name)| name.to_owned())

