@@ -219,6 +219,19 @@ impl<S: Send + Sync> FromRequestParts<S> for SessionPath {
     }
 }
 
+/// `/v1/tenants/{tenant}/workspaces/{id}/…`: a workspace of desktop sessions.
+#[derive(Clone, Debug)]
+pub(crate) struct WorkspacePath(pub(crate) TenantId, pub(crate) u64);
+
+impl<S: Send + Sync> FromRequestParts<S> for WorkspacePath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let SwarmParams { tenant, id } = named_params(parts, state).await?;
+        Ok(Self(TenantId::new(&tenant)?, numeric_segment("id", "workspace ids", &id)?))
+    }
+}
+
 #[derive(Deserialize)]
 struct VoteParams {
     vote: String,

@@ -563,6 +563,13 @@ fn domain_rules(op: &Operation, draft: &mut Draft, fixtures: &Fixtures, rng: &mu
                 body.remove("app");
             }
         }
+        "POST /v1/tenants/{tenant}/workspaces" => {
+            for session in draft.body.as_mut().and_then(|b| b["sessions"].as_array_mut()).into_iter().flatten() {
+                if let Some(session) = session.as_object_mut() {
+                    session.remove("app");
+                }
+            }
+        }
         "POST /v1/tenants/{tenant}/keys" => set_field(draft, "role", json!(rng.pick(&["viewer", "app", "operator", "tenant_admin"]))),
         "POST /v1/keys" => set_field(draft, "role", json!(rng.pick(&["cluster_admin", "metrics"]))),
         // A range starts before it ends (`to_ms` defaults to now): a rule across two fields.

@@ -448,7 +448,7 @@ async fn openapi_documents_every_route_and_docs_are_served() {
     let api = api().await;
     let (status, doc) = api.get("/openapi.json").await;
     assert_eq!(status, StatusCode::OK);
-    let expected: [(&str, &[&str]); 56] = [
+    let expected: [(&str, &[&str]); 61] = [
         ("/health", &["get"]),
         ("/metrics", &["get"]),
         ("/openapi.json", &["get"]),
@@ -474,6 +474,11 @@ async fn openapi_documents_every_route_and_docs_are_served() {
         ("/v1/tenants/{tenant}/sessions/{id}/resume", &["post"]),
         ("/v1/tenants/{tenant}/sessions/{id}/terminate", &["post"]),
         ("/v1/tenants/{tenant}/sessions/{id}/screenshot.png", &["get"]),
+        ("/v1/tenants/{tenant}/workspaces", &["post"]),
+        ("/v1/tenants/{tenant}/workspaces/{id}", &["get"]),
+        ("/v1/tenants/{tenant}/workspaces/{id}/pause", &["post"]),
+        ("/v1/tenants/{tenant}/workspaces/{id}/resume", &["post"]),
+        ("/v1/tenants/{tenant}/workspaces/{id}/terminate", &["post"]),
         ("/v1/tenants/{tenant}/swarms", &["post"]),
         ("/v1/tenants/{tenant}/swarms/{id}", &["get"]),
         ("/v1/tenants/{tenant}/swarms/{id}/work", &["post"]),
@@ -514,7 +519,7 @@ async fn openapi_documents_every_route_and_docs_are_served() {
         }
     }
     let paths = doc["paths"].as_object().expect("paths").len();
-    assert_eq!(paths, 56, "exactly the routes above");
+    assert_eq!(paths, 61, "exactly the routes above");
     let messages = &doc["paths"]["/v1/tenants/{tenant}/imvus/{id}/messages"]["post"]["responses"];
     for code in ["200", "400", "401", "403", "404", "409", "413", "429", "500", "503"] {
         assert!(messages[code].is_object(), "messages lacks {code}: {messages}");

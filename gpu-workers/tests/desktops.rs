@@ -190,3 +190,36 @@ async fn a_session_serves_vnc_with_its_password() {
     assert_eq!((reader.info().width, reader.info().height), (1280, 720));
     desktops.terminate(&tenant, session.id).await.expect("terminate");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workspace_pauses_resumes_and_terminates_its_sessions_as_one() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (runtime, tenant) = runtime(Arc::new(MemoryStore::new())).await;
+    let mut config = config(3, dir.path(), 780);
+    config.pool_per_tier = 0;
+    let desktops = Desktops::start(runtime, config).await.expect("Xvfb is installed");
+    let (workspace, passwords) = desktops.create_workspace(&tenant, "design review", vec![basic(None), basic(Some(&["xterm"]))]).await.expect("created");
+    assert_eq!(passwords, [None, None]);
+    assert_eq!(workspace.sessions.len(), 2);
+    assert_eq!(workspace.state(), SessionState::Active);
+    assert!(workspace.sessions.iter().all(|s| s.workspace == Some(workspace.record.id) && answers(s, 1_000)));
+
+    let paused = desktops.pause_workspace(&tenant, workspace.record.id).await.expect("pause");
+    assert!(paused.sessions.iter().all(|s| s.state == SessionState::Paused && !answers(s, 200)));
+    assert!(matches!(desktops.pause_workspace(&tenant, workspace.record.id).await, Err(ActorError::Conflict(_))));
+    let resumed = desktops.resume_workspace(&tenant, workspace.record.id).await.expect("resume");
+    assert!(resumed.sessions.iter().all(|s| s.state == SessionState::Active && answers(s, 1_000)));
+
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let ended = desktops.terminate_workspace(&tenant, workspace.record.id).await.expect("terminate");
+    assert_eq!(ended.state(), SessionState::Terminated);
+    let usage = ended.usage();
+    assert_eq!(usage.billed_desktop_seconds, ended.sessions.iter().map(|s| s.billed_desktop_seconds).sum::<u64>());
+    assert!(usage.billed_desktop_seconds >= 2, "{usage:?}");
+
+    // Bad input: no sessions; a session that cannot start ends the others (none is left).
+    assert!(matches!(desktops.create_workspace(&tenant, "empty", Vec::new()).await, Err(ActorError::BadRequest { .. })));
+    let failed = desktops.create_workspace(&tenant, "half", vec![basic(None), basic(Some(&["/no/such/program"]))]).await;
+    assert!(matches!(failed, Err(ActorError::BadRequest { .. })), "{failed:?}");
+    assert_eq!(desktops.status().sessions, 0, "the started session was terminated");
+}

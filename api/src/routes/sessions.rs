@@ -12,11 +12,11 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use vcos_actors::ActorError;
-use vcos_gpu_workers::desktop::{CreateSession, DesktopTier, Desktops, SessionRecord};
+use vcos_gpu_workers::desktop::{CreateSession, DesktopTier, Desktops, SessionRecord, Workspace};
 
 use super::readable_tenant;
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::{ApiJson, Auth, SessionPath, TenantPath};
+use crate::extract::{ApiJson, Auth, SessionPath, TenantPath, WorkspacePath};
 use crate::AppState;
 
 /// Arguments of an application command line, at most.
@@ -58,8 +58,17 @@ pub(crate) struct CreateSessionBody {
     app: Option<Vec<String>>,
     /// Serve the desktop over VNC; the password comes back once, in this answer.
     vnc: Option<bool>,
-    /// A workspace id the session belongs to.
-    workspace: Option<u64>,
+}
+
+impl CreateSessionBody {
+    fn into_request(self) -> Result<CreateSession, ApiError> {
+        if let Some(app) = &self.app {
+            if app.len() > APP_ARGS_MAX || app.iter().any(|a| a.len() > APP_ARG_LEN_MAX || a.contains('\0')) {
+                return Err(ApiError::BadRequest(format!("field `app`: at most {APP_ARGS_MAX} arguments of at most {APP_ARG_LEN_MAX} bytes, no NUL")));
+            }
+        }
+        Ok(CreateSession { tier: DesktopTier::from(self.tier), app: self.app, vnc: self.vnc.unwrap_or(false), workspace: None })
+    }
 }
 
 /// How to reach a session over VNC.
@@ -198,13 +207,7 @@ pub(super) async fn create_session(
     ApiJson(body): ApiJson<CreateSessionBody>,
 ) -> Result<(StatusCode, Json<SessionView>), ApiError> {
     readable_tenant(&state, &tenant, &caller)?;
-    let tier = DesktopTier::from(body.tier);
-    if let Some(app) = &body.app {
-        if app.len() > APP_ARGS_MAX || app.iter().any(|a| a.len() > APP_ARG_LEN_MAX || a.contains('\0')) {
-            return Err(ApiError::BadRequest(format!("field `app`: at most {APP_ARGS_MAX} arguments of at most {APP_ARG_LEN_MAX} bytes, no NUL")));
-        }
-    }
-    let request = CreateSession { tier, app: body.app, vnc: body.vnc.unwrap_or(false), workspace: body.workspace };
+    let request = body.into_request()?;
     let (record, password) = host(&state)?.create(&tenant, request).await?;
     Ok((StatusCode::CREATED, Json(SessionView::of(record, password))))
 }
@@ -270,3 +273,127 @@ pub(super) async fn screenshot(State(state): State<AppState>, SessionPath(tenant
         .body(Body::from(png))
         .map_err(|e| ApiError::Internal(e.to_string()))
 }
+
+/// A workspace to create: its sessions, started together.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CreateWorkspaceBody {
+    /// Its name (1 to 128 bytes).
+    #[schema(min_length = 1, max_length = 128)]
+    name: String,
+    /// Its sessions (1 to 16): all start, or none.
+    #[schema(min_items = 1, max_items = 16)]
+    sessions: Vec<CreateSessionBody>,
+}
+
+/// Usage summed over a workspace's sessions.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub(crate) struct WorkspaceUsageView {
+    /// Active wall time, ms.
+    active_ms: u64,
+    /// CPU time, ms.
+    cpu_ms: u64,
+    /// Desktop seconds charged (at the basic rate).
+    billed_desktop_seconds: u64,
+}
+
+/// A workspace: sessions of one tenant driven as one unit.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub(crate) struct WorkspaceView {
+    /// Its id.
+    id: u64,
+    /// Its tenant.
+    tenant: String,
+    /// Its name.
+    name: String,
+    /// `active` if any session is, else `paused` if any is, else `terminated`.
+    state: String,
+    /// Created (unix ms).
+    created_ms: u64,
+    /// Its sessions.
+    sessions: Vec<SessionView>,
+    /// The sum of its sessions' usage.
+    usage: WorkspaceUsageView,
+}
+
+impl WorkspaceView {
+    fn of(w: Workspace, passwords: Vec<Option<String>>) -> Self {
+        let usage = w.usage();
+        let state = w.state().name().to_owned();
+        let mut passwords = passwords.into_iter();
+        Self {
+            id: w.record.id,
+            tenant: w.record.tenant,
+            name: w.record.name,
+            state,
+            created_ms: w.record.created_ms,
+            sessions: w.sessions.into_iter().map(|s| SessionView::of(s, passwords.next().flatten())).collect(),
+            usage: WorkspaceUsageView { active_ms: usage.active_ms, cpu_ms: usage.cpu_ms, billed_desktop_seconds: usage.billed_desktop_seconds },
+        }
+    }
+}
+
+/// Creates a workspace and starts its sessions (all, or none).
+#[utoipa::path(post, path = "/v1/tenants/{tenant}/workspaces", tag = "sessions",
+    params(("tenant" = String, Path, description = "Tenant name")),
+    request_body = CreateWorkspaceBody,
+    responses(
+        (status = 201, description = "Its sessions active", body = WorkspaceView),
+        (status = 400, description = "`bad_request`: a malformed tenant name, a body that does not fit its schema, an application that cannot start", body = ErrorBody),
+        (status = 403, description = "`handshake_refused`: a tier not allowed for the tenant", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such tenant", body = ErrorBody),
+        (status = 429, description = "`quota_exceeded`: the tenant would have too many live sessions", body = ErrorBody),
+        (status = 500, description = "`store_error`: the canon did not take a record", body = ErrorBody),
+        (status = 503, description = "`unavailable`: this node runs no desktops, or a desktop failed to start", body = ErrorBody),
+    ))]
+pub(super) async fn create_workspace(
+    State(state): State<AppState>,
+    TenantPath(tenant): TenantPath,
+    Auth(caller): Auth,
+    ApiJson(body): ApiJson<CreateWorkspaceBody>,
+) -> Result<(StatusCode, Json<WorkspaceView>), ApiError> {
+    readable_tenant(&state, &tenant, &caller)?;
+    let requests = body.sessions.into_iter().map(CreateSessionBody::into_request).collect::<Result<Vec<_>, _>>()?;
+    let (workspace, passwords) = host(&state)?.create_workspace(&tenant, &body.name, requests).await?;
+    Ok((StatusCode::CREATED, Json(WorkspaceView::of(workspace, passwords))))
+}
+
+/// A workspace, its sessions and their summed usage.
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/workspaces/{id}", tag = "sessions",
+    params(("tenant" = String, Path, description = "Tenant name"), ("id" = u64, Path, description = "Workspace id")),
+    responses(
+        (status = 200, description = "The workspace", body = WorkspaceView),
+        (status = 400, description = "`bad_request`: a malformed tenant name or workspace id", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such tenant or workspace", body = ErrorBody),
+        (status = 500, description = "`store_error`: the canon could not be read", body = ErrorBody),
+        (status = 503, description = "`unavailable`: this node runs no desktops", body = ErrorBody),
+    ))]
+pub(super) async fn get_workspace(State(state): State<AppState>, WorkspacePath(tenant, id): WorkspacePath, Auth(caller): Auth) -> Result<Json<WorkspaceView>, ApiError> {
+    readable_tenant(&state, &tenant, &caller)?;
+    Ok(Json(WorkspaceView::of(host(&state)?.workspace(&tenant, id)?, Vec::new())))
+}
+
+macro_rules! workspace_action {
+    ($name:ident, $method:ident, $path:literal, $doc:literal) => {
+        #[doc = $doc]
+        #[utoipa::path(post, path = $path, tag = "sessions",
+            params(("tenant" = String, Path, description = "Tenant name"), ("id" = u64, Path, description = "Workspace id")),
+            responses(
+                (status = 200, description = "Done for every session it applies to", body = WorkspaceView),
+                (status = 400, description = "`bad_request`: a malformed tenant name or workspace id", body = ErrorBody),
+                (status = 404, description = "`not_found`: no such tenant or workspace", body = ErrorBody),
+                (status = 409, description = "`conflict`: no session of the workspace is in a state it applies to", body = ErrorBody),
+                (status = 429, description = "`queue_full`: too many commands waiting for a session", body = ErrorBody),
+                (status = 500, description = "`store_error`: the canon did not take a record", body = ErrorBody),
+                (status = 503, description = "`unavailable`: this node runs no desktops, or a session runs on another node", body = ErrorBody),
+            ))]
+        pub(super) async fn $name(State(state): State<AppState>, WorkspacePath(tenant, id): WorkspacePath, Auth(caller): Auth) -> Result<Json<WorkspaceView>, ApiError> {
+            readable_tenant(&state, &tenant, &caller)?;
+            Ok(Json(WorkspaceView::of(host(&state)?.$method(&tenant, id).await?, Vec::new())))
+        }
+    };
+}
+
+workspace_action!(pause_workspace, pause_workspace, "/v1/tenants/{tenant}/workspaces/{id}/pause", "Pauses every active session of the workspace.");
+workspace_action!(resume_workspace, resume_workspace, "/v1/tenants/{tenant}/workspaces/{id}/resume", "Resumes every paused session of the workspace.");
+workspace_action!(terminate_workspace, terminate_workspace, "/v1/tenants/{tenant}/workspaces/{id}/terminate", "Terminates every session of the workspace; its usage stays summed in its view.");

@@ -195,6 +195,16 @@ impl Desktops {
         Ok(Self { inner })
     }
 
+    /// The runtime whose canon keeps the records.
+    pub(crate) fn runtime(&self) -> &Runtime {
+        &self.inner.runtime
+    }
+
+    /// A new session or workspace id.
+    pub(crate) fn new_id(&self, now_ms: u64) -> u64 {
+        new_id(&self.inner, now_ms)
+    }
+
     /// What the host has now.
     pub fn status(&self) -> DesktopsStatus {
         let pool = lock(&self.inner.pool).iter().map(|(tier, ready)| (tier.name(), ready.len())).collect();
@@ -223,6 +233,12 @@ impl Desktops {
         let max = sessions_max(tenant_tier);
         if live >= max {
             return Err(ActorError::QuotaExceeded { quota: "live_sessions".into(), reason: format!("{live} of {max} sessions are live; terminate one first"), retry_after_s: None });
+        }
+        if let Some(workspace) = request.workspace {
+            let key = super::workspace::workspace_key(tenant.as_str(), workspace);
+            if inner.runtime.store().get(&key).map_err(|e| ActorError::Store(e.to_string()))?.is_none() {
+                return Err(ActorError::NotFound { what: "workspace", key: format!("{tenant}/{workspace}") });
+            }
         }
         if let Some(app) = &request.app {
             if app.is_empty() || app[0].trim().is_empty() {

@@ -6,6 +6,7 @@
 //!   terminate (SIGTERM, then SIGKILL), CPU time and memory from `/proc`, rlimits.
 //! - [`x11`]: readiness (an X11 connection set-up, bounded) and screenshots (GetImage → PNG).
 //! - [`record`]: the session record kept in the canon (`SuperCoreSession`), and its states.
+//! - [`workspace`]: sessions of a tenant grouped and driven as one unit.
 //! - [`host`]: [`Desktops`], a node's desktop host: one task per session (the session actor:
 //!   commands in, its desktop supervised with restart intensity, usage metered on an
 //!   interval), a warm pool of started displays per tier, display numbers, recovery of the
@@ -15,11 +16,13 @@ pub mod host;
 pub mod process;
 pub mod record;
 pub mod tier;
+pub mod workspace;
 pub mod x11;
 
 pub use host::{CreateSession, DesktopConfig, Desktops, DesktopsStatus};
 pub use record::{SessionRecord, SessionState};
 pub use tier::DesktopTier;
+pub use workspace::{Workspace, WorkspaceRecord, WorkspaceUsage};
 
 /// What went wrong with a desktop process.
 #[derive(Debug, thiserror::Error)]
