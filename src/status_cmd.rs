@@ -28,6 +28,16 @@ async fn print(node: &str) -> anyhow::Result<()> {
         view["buckets_served_here"],
         if view["buckets_served_here"] == 0 { " (none: cut off from its region's quorum, or starting)" } else { "" }
     );
+    if let Some(desktops) = view.get("desktops").filter(|d| d.is_object()) {
+        let pool: Vec<String> = desktops["pool"].as_object().into_iter().flatten().map(|(tier, n)| format!("{tier} {n}")).collect();
+        println!(
+            "desktops: {} sessions ({} active), limits by {}, warm pool: {}",
+            desktops["sessions"],
+            desktops["active"],
+            desktops["limits"].as_str().unwrap_or("?"),
+            if pool.is_empty() { "empty".to_owned() } else { pool.join(", ") }
+        );
+    }
     println!("{:<6} {:<12} {:<8} {:<14} {:>8} {:<22} {:<22} ROLES", "NODE", "REGION", "STATE", "INCARNATION", "BUCKETS", "HTTP", "GOSSIP");
     for m in view["members"].as_array().cloned().unwrap_or_default() {
         let roles: Vec<&str> = m["roles"].as_array().into_iter().flatten().filter_map(|r| r.as_str()).collect();

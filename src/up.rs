@@ -416,6 +416,7 @@ async fn serve(args: UpArgs) -> anyhow::Result<()> {
         config.pool_per_tier = usize::from(args.desktop_pool);
         let desktops = vcos_gpu_workers::desktop::Desktops::start(node.rt.clone(), config).await.context("--desktops")?;
         tracing::info!(limits = desktops.status().limits, pool_per_tier = args.desktop_pool, "running desktops");
+        tokio::spawn(end_sessions_of_lost_nodes(node.cluster.clone(), node.rt.clone()));
         Some(desktops)
     } else {
         None
@@ -465,6 +466,31 @@ async fn serve(args: UpArgs) -> anyhow::Result<()> {
         anyhow::bail!("node stopped: {reason}");
     }
     Ok(())
+}
+
+/// Ends the sessions of desktop nodes the membership declares dead (each such node once per
+/// incarnation), so that none is left unaccounted while its node is gone. Every desktop node
+/// runs it; the writes are idempotent.
+async fn end_sessions_of_lost_nodes(cluster: vcos_cluster::Cluster, rt: Runtime) {
+    let mut handled = std::collections::BTreeSet::new();
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        for member in cluster.members() {
+            let lost = member.state == vcos_cluster::MemberState::Down && member.roles.iter().any(|r| r == "desktop");
+            if !lost || handled.contains(&(member.node_id, member.incarnation)) {
+                continue;
+            }
+            match vcos_gpu_workers::desktop::end_sessions_of_lost_node(&rt, member.node_id).await {
+                Ok(ended) => {
+                    handled.insert((member.node_id, member.incarnation));
+                    if ended > 0 {
+                        tracing::warn!(node = member.node_id, sessions = ended, "ended the sessions of a lost desktop node");
+                    }
+                }
+                Err(e) => tracing::warn!(node = member.node_id, error = %e, "could not end the sessions of a lost node yet"),
+            }
+        }
+    }
 }
 
 /// The file `vcos up` writes the first cluster-admin key to, in its data directory.

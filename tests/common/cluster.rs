@@ -34,6 +34,8 @@ pub(crate) struct Node {
     join_key: String,
     /// Serves the installed models (else `--no-models`).
     models: bool,
+    /// Runs desktops (`--desktops`, no warm pool).
+    desktops: bool,
     proc: Option<Proc>,
 }
 
@@ -47,7 +49,13 @@ impl Node {
     pub(crate) fn in_region(id: u64, region: &'static str, root: &Path, join: Option<String>) -> Self {
         let dir = root.join(format!("node{id}")).to_str().expect("UTF-8 temp path").to_owned();
         let join_key = super::admin_key_file(root.join("node1")).to_str().expect("UTF-8 temp path").to_owned();
-        Self { id, region, http: free_port(), raft: free_port(), gossip: free_udp_port(), dir, join, join_key, models: false, proc: None }
+        Self { id, region, http: free_port(), raft: free_port(), gossip: free_udp_port(), dir, join, join_key, models: false, desktops: false, proc: None }
+    }
+
+    /// The same node, running desktops (`--desktops --desktop-pool 0`).
+    pub(crate) fn with_desktops(mut self) -> Self {
+        self.desktops = true;
+        self
     }
 
     /// The same node, serving the installed models (`vcos models install` first).
@@ -71,6 +79,9 @@ impl Node {
         ];
         if !self.models {
             args.push("--no-models");
+        }
+        if self.desktops {
+            args.extend(["--desktops", "--desktop-pool", "0"]);
         }
         if let Some(join) = &self.join {
             args.extend(["--join", join.as_str(), "--api-key-file", self.join_key.as_str()]);

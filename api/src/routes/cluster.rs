@@ -41,6 +41,22 @@ pub(crate) struct ClusterView {
     buckets_served_here: usize,
     /// Every member known, in node id order.
     members: Vec<MemberView>,
+    /// This node's desktop host, if it runs desktops (`vcos up --desktops`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    desktops: Option<DesktopsView>,
+}
+
+/// A node's desktop host.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub(crate) struct DesktopsView {
+    /// How desktop limits are enforced (`rlimit`; cgroups v2 where writable is not used).
+    limits: String,
+    /// Started displays ready, per tier.
+    pool: std::collections::BTreeMap<String, usize>,
+    /// Sessions on this node not terminated.
+    sessions: usize,
+    /// Of them, active.
+    active: usize,
 }
 
 /// Members with region, roles, state and the IMVU buckets each owns.
@@ -69,7 +85,16 @@ pub(super) async fn cluster(State(state): State<AppState>) -> Result<Json<Cluste
             gossip_addr: m.gossip_addr,
         })
         .collect();
-    Ok(Json(ClusterView { node_id: cluster.node_id(), buckets_served_here: cluster.buckets_served(), members }))
+    let desktops = state.desktops.as_ref().map(|d| {
+        let status = d.status();
+        DesktopsView {
+            limits: status.limits.to_owned(),
+            pool: status.pool.into_iter().map(|(tier, n)| (tier.to_owned(), n)).collect(),
+            sessions: status.sessions,
+            active: status.active,
+        }
+    });
+    Ok(Json(ClusterView { node_id: cluster.node_id(), buckets_served_here: cluster.buckets_served(), members, desktops }))
 }
 
 /// The cluster secret, for a node joining through this one.

@@ -520,6 +520,32 @@ async fn recover(inner: &Inner) -> usize {
     ended
 }
 
+/// Reason written on the sessions of a node the cluster declared dead.
+pub const NODE_LOST: &str = "node lost: the cluster declared its node dead; usage billed up to the last metering interval";
+
+/// Ends the sessions the canon records on `node`, which the cluster declared dead: each is
+/// recorded Terminated with [`NODE_LOST`] (its usage as of its last interval: nothing is
+/// billed here). Any node may call it, as often as it likes; it writes only records not yet
+/// terminated. Returns how many it ended.
+pub async fn end_sessions_of_lost_node(runtime: &Runtime, node: u64) -> Result<usize, ActorError> {
+    let rows = runtime.store().scan_prefix(SESSION_PREFIX, None, 1_000_000).map_err(|e| ActorError::Store(e.to_string()))?;
+    let mut ended = 0;
+    for (key, bytes) in rows {
+        let Ok(mut record) = serde_json::from_slice::<SessionRecord>(&bytes) else { continue };
+        if record.node != node || record.state == SessionState::Terminated {
+            continue;
+        }
+        record.state = SessionState::Terminated;
+        record.reason = Some(NODE_LOST.into());
+        record.updated_ms = runtime.clock().unix_ms();
+        let value = serde_json::to_vec(&record).map_err(|e| ActorError::Store(e.to_string()))?;
+        commit_durable(runtime.store().as_ref(), vec![CanonWrite::Put { key, value }]).await.map_err(|e| ActorError::Store(e.to_string()))?;
+        tracing::warn!(session = record.id, tenant = %record.tenant, node, "session ended: its node was lost");
+        ended += 1;
+    }
+    Ok(ended)
+}
+
 /// Kills process group `pgid` if it is still an Xvfb of `display` (the pid may be reused).
 fn kill_leftover(pgid: i32, display: u32) {
     let cmdline = std::fs::read(format!("/proc/{pgid}/cmdline")).unwrap_or_default();
@@ -624,12 +650,27 @@ impl SessionActor {
                 _ = ticker.tick() => {
                     self.meter();
                     let record = self.snapshot();
+                    if self.declared_lost(&record) {
+                        // This node was declared dead (a partition, a long pause) and another
+                        // ended its sessions: the canon's word stands; the desktop goes.
+                        if let Some(desktop) = self.desktop.take() {
+                            release(&self.inner, desktop).await;
+                        }
+                        lock(&self.inner.sessions).remove(&(record.tenant.clone(), record.id));
+                        publish_gauges(&self.inner);
+                        return;
+                    }
                     if let Err(e) = persist(&self.inner, &record).await {
                         tracing::warn!(session = record.id, error = %e, "session record not written this interval");
                     }
                 }
             }
         }
+    }
+
+    /// Whether the canon records this session ended because its node was declared lost.
+    fn declared_lost(&self, record: &SessionRecord) -> bool {
+        matches!(read_record(self.inner.runtime.store().as_ref(), &record.tenant, record.id), Ok(Some(stored)) if stored.state == SessionState::Terminated && stored.reason.as_deref() == Some(NODE_LOST))
     }
 
     /// Returns whether the session ended.

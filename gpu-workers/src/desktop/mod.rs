@@ -19,7 +19,7 @@ pub mod tier;
 pub mod workspace;
 pub mod x11;
 
-pub use host::{CreateSession, DesktopConfig, Desktops, DesktopsStatus};
+pub use host::{end_sessions_of_lost_node, CreateSession, DesktopConfig, Desktops, DesktopsStatus, NODE_LOST};
 pub use record::{SessionRecord, SessionState};
 pub use tier::DesktopTier;
 pub use workspace::{Workspace, WorkspaceRecord, WorkspaceUsage};
