@@ -223,3 +223,42 @@ async fn a_workspace_pauses_resumes_and_terminates_its_sessions_as_one() {
     assert!(matches!(failed, Err(ActorError::BadRequest { .. })), "{failed:?}");
     assert_eq!(desktops.status().sessions, 0, "the started session was terminated");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_hours_are_a_quota_over_thirty_days() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = Arc::new(MemoryStore::new());
+    let (runtime, tenant) = runtime(store.clone()).await;
+    let mut config = config(4, dir.path(), 790);
+    config.pool_per_tier = 0;
+    let desktops = Desktops::start(runtime.clone(), config).await.expect("Xvfb is installed");
+    // A terminated session of this month that used the basic tier's 100 hours.
+    let now = vcos_actors::Clock::unix_ms(runtime.clock().as_ref());
+    let used = SessionRecord {
+        id: 1,
+        tenant: tenant.as_str().to_owned(),
+        tier: DesktopTier::Basic,
+        state: SessionState::Terminated,
+        node: 9,
+        display: None,
+        pgid: None,
+        app: None,
+        vnc: None,
+        workspace: None,
+        limits: "rlimit".into(),
+        created_ms: now - 3_600_000,
+        updated_ms: now,
+        start_ms: 60,
+        warm: false,
+        active_ms: 100 * 3_600_000,
+        cpu_ms: 0,
+        billed_desktop_seconds: 360_000,
+        restarts: Vec::new(),
+        restart_count: 0,
+        reason: Some("terminated on request".into()),
+    };
+    let value = serde_json::to_vec(&used).expect("json");
+    vcos_actors::store::commit_durable(store.as_ref(), vec![vcos_actors::store::CanonWrite::Put { key: session_key(&used.tenant, used.id), value }]).await.expect("put");
+    let refused = desktops.create(&tenant, basic(None)).await;
+    assert!(matches!(&refused, Err(ActorError::QuotaExceeded { quota, .. }) if quota == "session_hours"), "{refused:?}");
+}

@@ -23,7 +23,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, Notify};
 use vcos_actors::metering::UsageUnit;
@@ -219,7 +219,9 @@ impl Desktops {
     /// password (given this once).
     pub async fn create(&self, tenant: &TenantId, request: CreateSession) -> Result<(SessionRecord, Option<String>), ActorError> {
         let inner = &self.inner;
-        let started = Instant::now();
+        // Time from the runtime's clock (the simulator's, under simulation).
+        let clock = Arc::clone(inner.runtime.clock());
+        let started = clock.now_ms();
         let entry = inner.runtime.tenant_or_load(tenant)?;
         let tenant_tier = entry.policy.tier;
         if !tier_allowed(tenant_tier, request.tier) {
@@ -229,10 +231,19 @@ impl Desktops {
                 reason: format!("tier {} desktops need a pro or enterprise tenant; {tenant} is {tenant_tier:?}", request.tier),
             });
         }
-        let live = live_sessions(inner.runtime.store().as_ref(), tenant.as_str())?;
+        let now = inner.runtime.clock().unix_ms();
+        let (live, recent_active_ms) = tenant_sessions(inner.runtime.store().as_ref(), tenant.as_str(), now)?;
         let max = sessions_max(tenant_tier);
         if live >= max {
             return Err(ActorError::QuotaExceeded { quota: "live_sessions".into(), reason: format!("{live} of {max} sessions are live; terminate one first"), retry_after_s: None });
+        }
+        let hours_max = session_hours_max(tenant_tier);
+        if recent_active_ms >= hours_max * 3_600_000 {
+            return Err(ActorError::QuotaExceeded {
+                quota: "session_hours".into(),
+                reason: format!("{:.1} of {hours_max} session hours used in the last 30 days", recent_active_ms as f64 / 3_600_000.0),
+                retry_after_s: Some(3_600),
+            });
         }
         if let Some(workspace) = request.workspace {
             let key = super::workspace::workspace_key(tenant.as_str(), workspace);
@@ -245,7 +256,6 @@ impl Desktops {
                 return Err(ActorError::BadRequest { field: "app".into(), reason: "the command line is empty".into() });
             }
         }
-        let now = inner.runtime.clock().unix_ms();
         let id = new_id(inner, now);
         let mut record = SessionRecord {
             id,
@@ -302,14 +312,14 @@ impl Desktops {
         };
         record.state = SessionState::Active;
         record.warm = warm;
-        record.start_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        record.start_ms = clock.now_ms().saturating_sub(started);
         record.updated_ms = inner.runtime.clock().unix_ms();
         if let Err(e) = persist(inner, &record).await {
             release(inner, desktop).await;
             return Err(e);
         }
         metrics::histogram!("v_supercore_session_creation_duration", "tier" => request.tier.name(), "warm" => if warm { "true" } else { "false" })
-            .record(started.elapsed().as_secs_f64());
+            .record(record.start_ms as f64 / 1_000.0);
         tracing::info!(tenant = %tenant, session = id, tier = %request.tier, display = desktop.display(), warm, start_ms = record.start_ms, "session active");
         let shared = Arc::new(Mutex::new(record.clone()));
         let (tx, rx) = mpsc::channel(COMMANDS_MAX);
@@ -479,9 +489,24 @@ fn read_record(store: &dyn CanonStore, tenant: &str, id: u64) -> Result<Option<S
     Ok(bytes.and_then(|b| serde_json::from_slice(&b).ok()))
 }
 
-fn live_sessions(store: &dyn CanonStore, tenant: &str) -> Result<usize, ActorError> {
+/// A tenant's live sessions, and the active time of its sessions recorded in the 30 days
+/// before `now_ms` (unix).
+fn tenant_sessions(store: &dyn CanonStore, tenant: &str, now_ms: u64) -> Result<(usize, u64), ActorError> {
+    const WINDOW_MS: u64 = 30 * 86_400_000;
     let rows = store.scan_prefix(&tenant_prefix(tenant), None, LIST_MAX).map_err(|e| ActorError::Store(e.to_string()))?;
-    Ok(rows.iter().filter_map(|(_, b)| serde_json::from_slice::<SessionRecord>(b).ok()).filter(|r| r.state != SessionState::Terminated).count())
+    let records: Vec<SessionRecord> = rows.iter().filter_map(|(_, b)| serde_json::from_slice(b).ok()).collect();
+    let live = records.iter().filter(|r| r.state != SessionState::Terminated).count();
+    let recent = records.iter().filter(|r| r.updated_ms + WINDOW_MS >= now_ms).map(|r| r.active_ms).sum();
+    Ok((live, recent))
+}
+
+/// Session hours one tenant may use in 30 days, by its tier.
+pub fn session_hours_max(tier: Tier) -> u64 {
+    match tier {
+        Tier::Basic => 100,
+        Tier::Pro => 1_000,
+        Tier::Enterprise => 10_000,
+    }
 }
 
 fn publish_gauges(inner: &Inner) {
@@ -592,8 +617,8 @@ struct SessionActor {
     desktop: Option<DesktopProcess>,
     vnc_password: Option<String>,
     supervisor: Supervisor<&'static str>,
-    /// Monotonic ms of the last metering.
-    metered_at: Instant,
+    /// When it was last metered (the runtime clock's ms).
+    metered_at: u64,
     /// CPU ms of the current desktop already counted.
     cpu_seen: u64,
 }
@@ -607,7 +632,12 @@ impl SessionActor {
         if let Err(e) = supervisor.add_child(spec) {
             tracing::error!(error = %e, "session supervisor");
         }
-        Self { inner, entry, record, desktop: Some(desktop), vnc_password, supervisor, metered_at: Instant::now(), cpu_seen: 0 }
+        Self { inner, entry, record, desktop: Some(desktop), vnc_password, supervisor, metered_at: 0, cpu_seen: 0 }.started()
+    }
+
+    fn started(mut self) -> Self {
+        self.metered_at = self.inner.runtime.clock().now_ms();
+        self
     }
 
     fn snapshot(&self) -> SessionRecord {
@@ -732,8 +762,9 @@ impl SessionActor {
     /// Adds the time and CPU since the last metering to the record, and the whole desktop
     /// seconds not yet charged to the tenant's usage.
     fn meter(&mut self) {
-        let elapsed = u64::try_from(self.metered_at.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.metered_at = Instant::now();
+        let now = self.inner.runtime.clock().now_ms();
+        let elapsed = now.saturating_sub(self.metered_at);
+        self.metered_at = now;
         let cpu = self.desktop.as_ref().map_or(self.cpu_seen, DesktopProcess::cpu_ms);
         let mut record = lock(&self.record);
         if record.state == SessionState::Active {
