@@ -19,7 +19,7 @@ async fn runtime(store: Arc<MemoryStore>) -> (Runtime, TenantId) {
     let config = RuntimeConfig::new(store, Arc::new(SystemClock::new()));
     let runtime = Runtime::builder(config).start().await.expect("runtime");
     let tenant = TenantId::default_tenant();
-    runtime.ensure_tenant(tenant.clone(), TenantPolicy::default()).await.expect("tenant");
+    runtime.ensure_tenant(tenant, TenantPolicy::default()).await.expect("tenant");
     (runtime, tenant)
 }
 

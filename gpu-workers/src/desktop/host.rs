@@ -1,6 +1,6 @@
 //! [`Desktops`]: a node's desktop host.
 //!
-//! Each session is an actor: one tokio task that owns the session's [`DesktopProcess`] and
+//! Each session is an actor: one tokio task that owns the session's desktop ([`Desktop`]) and
 //! takes commands (pause, resume, terminate, screenshot) from a bounded channel, so that one
 //! session's transitions are serial and never race its supervisor. The task also
 //! - **supervises** the desktop: Xvfb exiting when nobody asked is a failure fed to a
@@ -32,10 +32,10 @@ use vcos_actors::tenants::Tier;
 use vcos_actors::{ActorError, Runtime, TenantEntry, TenantId};
 use vcos_supervision::core::{ChildSpec, Directive, ExitReason, Intensity, RestartType, Strategy, Supervisor};
 
-use super::process::{self, DesktopProcess, DesktopSpec, LIMITS_IN_FORCE};
+use super::backend::{Desktop, DesktopBackend, XvfbBackend};
+use super::process::{DesktopSpec, READY_TIMEOUT};
 use super::record::{session_key, tenant_prefix, RestartNote, SessionRecord, SessionState, VncEndpoint, RESTARTS_KEPT, SESSION_PREFIX};
 use super::tier::DesktopTier;
-use super::x11;
 use super::DesktopError;
 
 /// Commands a session actor may have waiting, at most.
@@ -64,6 +64,8 @@ pub struct DesktopConfig {
     pub intensity: Intensity,
     /// The address VNC servers listen on.
     pub vnc_listen: String,
+    /// What runs the desktops (real Xvfb processes; the simulator's own).
+    pub backend: Arc<dyn DesktopBackend>,
 }
 
 impl DesktopConfig {
@@ -78,6 +80,7 @@ impl DesktopConfig {
             grace: Duration::from_secs(2),
             intensity: Intensity { max_restarts: 3, period_ms: 60_000 },
             vnc_listen: "127.0.0.1".into(),
+            backend: Arc::new(XvfbBackend),
         }
     }
 }
@@ -150,7 +153,7 @@ struct Inner {
     config: DesktopConfig,
     runtime: Runtime,
     sessions: Mutex<BTreeMap<(String, u64), SessionHandle>>,
-    pool: Mutex<BTreeMap<DesktopTier, Vec<DesktopProcess>>>,
+    pool: Mutex<BTreeMap<DesktopTier, Vec<Box<dyn Desktop>>>>,
     displays: Mutex<BTreeSet<u32>>,
     refill: Notify,
     next: AtomicU64,
@@ -175,7 +178,7 @@ impl Desktops {
     /// Starts the host: checks that Xvfb is installed, ends the sessions a previous run of
     /// this node left, and starts filling the warm pool.
     pub async fn start(runtime: Runtime, config: DesktopConfig) -> Result<Self, DesktopError> {
-        process::require("Xvfb", "xvfb")?;
+        config.backend.check()?;
         std::fs::create_dir_all(&config.work_dir).map_err(|e| DesktopError::Io(format!("create {}: {e}", config.work_dir.display())))?;
         let inner = Arc::new(Inner {
             next: AtomicU64::new(0),
@@ -210,7 +213,7 @@ impl Desktops {
         let pool = lock(&self.inner.pool).iter().map(|(tier, ready)| (tier.name(), ready.len())).collect();
         let sessions = lock(&self.inner.sessions);
         let active = sessions.values().filter(|h| lock(&h.record).state == SessionState::Active).count();
-        DesktopsStatus { limits: LIMITS_IN_FORCE, pool, sessions: sessions.len(), active }
+        DesktopsStatus { limits: self.inner.config.backend.limits(), pool, sessions: sessions.len(), active }
     }
 
     /// Creates a session for `tenant`: checks the tier and the tenant's quota, takes a started
@@ -268,7 +271,7 @@ impl Desktops {
             app: request.app.clone(),
             vnc: None,
             workspace: request.workspace,
-            limits: LIMITS_IN_FORCE.into(),
+            limits: inner.config.backend.limits().into(),
             created_ms: now,
             updated_ms: now,
             start_ms: 0,
@@ -403,7 +406,7 @@ impl Desktops {
         for (tenant, id) in live {
             let _ = self.command(&tenant, id, |reply| Command::Terminate("the node stopped".into(), reply)).await;
         }
-        let pooled: Vec<DesktopProcess> = lock(&self.inner.pool).values_mut().flat_map(std::mem::take).collect();
+        let pooled: Vec<Box<dyn Desktop>> = lock(&self.inner.pool).values_mut().flat_map(std::mem::take).collect();
         for desktop in pooled {
             release(&self.inner, desktop).await;
         }
@@ -426,7 +429,7 @@ fn vnc_password() -> String {
     bytes.iter().map(|b| char::from(ALPHABET[usize::from(*b) % ALPHABET.len()])).collect()
 }
 
-fn start_vnc(inner: &Inner, desktop: &mut DesktopProcess, id: u64, password: &str) -> Result<VncEndpoint, DesktopError> {
+fn start_vnc(inner: &Inner, desktop: &mut Box<dyn Desktop>, id: u64, password: &str) -> Result<VncEndpoint, DesktopError> {
     use std::os::unix::fs::OpenOptionsExt;
     let path = inner.config.work_dir.join(format!("vnc-{id}.pass"));
     let mut file = std::fs::OpenOptions::new().create(true).write(true).truncate(true).mode(0o600).open(&path).map_err(|e| DesktopError::Io(format!("{}: {e}", path.display())))?;
@@ -439,29 +442,33 @@ fn start_vnc(inner: &Inner, desktop: &mut DesktopProcess, id: u64, password: &st
 fn allocate_display(inner: &Inner) -> Result<u32, DesktopError> {
     let (first, last) = inner.config.displays;
     let mut in_use = lock(&inner.displays);
-    let free = (first..=last).find(|n| !in_use.contains(n) && x11::display_free(*n));
+    let free = (first..=last).find(|n| !in_use.contains(n) && inner.config.backend.display_free(*n));
     let display = free.ok_or_else(|| DesktopError::Display { display: last, reason: format!("no free display between :{first} and :{last}") })?;
     in_use.insert(display);
     Ok(display)
 }
 
-async fn start_cold(inner: &Inner, tier: DesktopTier) -> Result<DesktopProcess, DesktopError> {
+async fn start_cold(inner: &Inner, tier: DesktopTier) -> Result<Box<dyn Desktop>, DesktopError> {
     let display = allocate_display(inner)?;
     let spec = DesktopSpec { display, tier, log_dir: inner.config.work_dir.clone() };
-    let started = DesktopProcess::start(spec).await;
+    // The backend's own deadline first (Xvfb's); this one also bounds a start that hangs.
+    let started = match tokio::time::timeout(READY_TIMEOUT + Duration::from_secs(1), inner.config.backend.start(spec)).await {
+        Ok(started) => started,
+        Err(_) => Err(DesktopError::Display { display, reason: format!("did not answer within {READY_TIMEOUT:?}") }),
+    };
     if started.is_err() {
         lock(&inner.displays).remove(&display);
     }
     started
 }
 
-fn take_warm(inner: &Inner, tier: DesktopTier) -> Option<DesktopProcess> {
+fn take_warm(inner: &Inner, tier: DesktopTier) -> Option<Box<dyn Desktop>> {
     let desktop = lock(&inner.pool).get_mut(&tier).and_then(Vec::pop);
     inner.refill.notify_one();
     desktop
 }
 
-async fn release(inner: &Inner, desktop: DesktopProcess) {
+async fn release(inner: &Inner, desktop: Box<dyn Desktop>) {
     let display = desktop.display();
     desktop.terminate(inner.config.grace).await;
     lock(&inner.displays).remove(&display);
@@ -533,7 +540,7 @@ async fn recover(inner: &Inner) -> usize {
             continue;
         }
         if let (Some(pgid), Some(display)) = (record.pgid, record.display) {
-            kill_leftover(pgid, display);
+            inner.config.backend.kill_leftover(pgid, display);
         }
         record.state = SessionState::Terminated;
         record.reason = Some("node restarted: the desktop was lost; usage billed up to the last metering interval".into());
@@ -571,20 +578,6 @@ pub async fn end_sessions_of_lost_node(runtime: &Runtime, node: u64) -> Result<u
     Ok(ended)
 }
 
-/// Kills process group `pgid` if it is still an Xvfb of `display` (the pid may be reused).
-fn kill_leftover(pgid: i32, display: u32) {
-    let cmdline = std::fs::read(format!("/proc/{pgid}/cmdline")).unwrap_or_default();
-    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-    let is_ours = args.first().is_some_and(|a| a.ends_with(b"Xvfb")) && args.get(1).is_some_and(|a| *a == format!(":{display}").as_bytes());
-    if let (true, Some(pid)) = (is_ours, rustix::process::Pid::from_raw(pgid)) {
-        let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
-    }
-    if is_ours || !std::path::Path::new(&format!("/proc/{pgid}")).exists() {
-        let _ = std::fs::remove_file(x11::lock_path(display));
-        let _ = std::fs::remove_file(x11::socket_path(display));
-    }
-}
-
 /// Keeps `pool_per_tier` started displays ready per tier.
 async fn refill_pool(inner: Weak<Inner>) {
     loop {
@@ -614,7 +607,7 @@ struct SessionActor {
     inner: Arc<Inner>,
     entry: Arc<TenantEntry>,
     record: Arc<Mutex<SessionRecord>>,
-    desktop: Option<DesktopProcess>,
+    desktop: Option<Box<dyn Desktop>>,
     vnc_password: Option<String>,
     supervisor: Supervisor<&'static str>,
     /// When it was last metered (the runtime clock's ms).
@@ -626,7 +619,7 @@ struct SessionActor {
 const DESKTOP: &str = "desktop";
 
 impl SessionActor {
-    fn new(inner: Arc<Inner>, entry: Arc<TenantEntry>, record: Arc<Mutex<SessionRecord>>, desktop: DesktopProcess, vnc_password: Option<String>) -> Self {
+    fn new(inner: Arc<Inner>, entry: Arc<TenantEntry>, record: Arc<Mutex<SessionRecord>>, desktop: Box<dyn Desktop>, vnc_password: Option<String>) -> Self {
         let mut supervisor = Supervisor::new(Strategy::OneForOne, inner.config.intensity);
         let spec = ChildSpec { id: DESKTOP, restart: RestartType::Transient, shutdown_timeout_ms: u64::try_from(inner.config.grace.as_millis()).unwrap_or(u64::MAX) };
         if let Err(e) = supervisor.add_child(spec) {
@@ -721,14 +714,7 @@ impl SessionActor {
             }
             Command::Screenshot(reply) => {
                 let result = match (self.state(), self.desktop.as_ref()) {
-                    (SessionState::Active, Some(desktop)) => {
-                        let display = desktop.display();
-                        match tokio::task::spawn_blocking(move || x11::screenshot_png(display, SCREENSHOT_TIMEOUT)).await {
-                            Ok(Ok((png, _, _))) => Ok(png),
-                            Ok(Err(e)) => Err(ActorError::Unavailable(e.to_string())),
-                            Err(e) => Err(ActorError::Unavailable(format!("screenshot: {e}"))),
-                        }
-                    }
+                    (SessionState::Active, Some(desktop)) => desktop.screenshot(SCREENSHOT_TIMEOUT).await.map_err(|e| ActorError::Unavailable(e.to_string())),
                     (state, _) => Err(ActorError::Conflict(format!("the session is {}: only an active session's screen can be captured", state.name()))),
                 };
                 let _ = reply.send(result);
@@ -765,7 +751,7 @@ impl SessionActor {
         let now = self.inner.runtime.clock().now_ms();
         let elapsed = now.saturating_sub(self.metered_at);
         self.metered_at = now;
-        let cpu = self.desktop.as_ref().map_or(self.cpu_seen, DesktopProcess::cpu_ms);
+        let cpu = self.desktop.as_ref().map_or(self.cpu_seen, |d| d.cpu_ms());
         let mut record = lock(&self.record);
         if record.state == SessionState::Active {
             record.active_ms += elapsed;
@@ -786,7 +772,7 @@ impl SessionActor {
         self.meter();
         let reason = format!("Xvfb exited unexpectedly ({status})");
         let old = self.desktop.take();
-        let display = old.as_ref().map(DesktopProcess::display);
+        let display = old.as_ref().map(|d| d.display());
         if let Some(old) = old {
             // The application and VNC go with it.
             old.terminate(Duration::from_millis(200)).await;
@@ -834,8 +820,6 @@ impl SessionActor {
         };
         if let Some(display) = display {
             lock(&self.inner.displays).remove(&display);
-            let _ = std::fs::remove_file(x11::lock_path(display));
-            let _ = std::fs::remove_file(x11::socket_path(display));
         }
         let mut desktop = start_cold(&self.inner, tier).await?;
         if let Some(app) = &app {

@@ -1,5 +1,7 @@
 //! Virtual desktops: sessions as supervised actors, each owning a real Xvfb desktop.
 //!
+//! - [`backend`]: the seam between the host and the processes: real Xvfb in production, a
+//!   simulated desktop under the simulator.
 //! - [`tier`]: what a session gets (resolution, memory, CPU) and its rate.
 //! - [`process`]: one desktop's OS processes (Xvfb, an application, x11vnc) in one process
 //!   group: start and wait until the display answers, pause (SIGSTOP), resume (SIGCONT),
@@ -12,6 +14,7 @@
 //!   interval), a warm pool of started displays per tier, display numbers, recovery of the
 //!   sessions a previous run of the node left.
 
+pub mod backend;
 pub mod host;
 pub mod process;
 pub mod record;
@@ -19,6 +22,7 @@ pub mod tier;
 pub mod workspace;
 pub mod x11;
 
+pub use backend::{Desktop, DesktopBackend, XvfbBackend};
 pub use host::{end_sessions_of_lost_node, CreateSession, DesktopConfig, Desktops, DesktopsStatus, NODE_LOST};
 pub use record::{SessionRecord, SessionState};
 pub use tier::DesktopTier;

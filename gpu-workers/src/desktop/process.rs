@@ -291,3 +291,17 @@ fn process_rss_bytes(pid: i32) -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .map_or(0, |kb| kb * 1_024)
 }
+
+/// Kills process group `pgid` if it is still an Xvfb of `display` (the pid may be reused).
+pub fn kill_leftover(pgid: i32, display: u32) {
+    let cmdline = std::fs::read(format!("/proc/{pgid}/cmdline")).unwrap_or_default();
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    let is_ours = args.first().is_some_and(|a| a.ends_with(b"Xvfb")) && args.get(1).is_some_and(|a| *a == format!(":{display}").as_bytes());
+    if let (true, Some(pid)) = (is_ours, Pid::from_raw(pgid)) {
+        let _ = rustix::process::kill_process_group(pid, Signal::KILL);
+    }
+    if is_ours || !std::path::Path::new(&format!("/proc/{pgid}")).exists() {
+        let _ = std::fs::remove_file(x11::lock_path(display));
+        let _ = std::fs::remove_file(x11::socket_path(display));
+    }
+}
