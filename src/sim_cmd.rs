@@ -15,7 +15,7 @@ use vcos_sim::{run, FaultPlan, PlantedBugs, RunOptions, RunReport};
 #[derive(Args, Debug)]
 pub(crate) struct SimArgs {
     /// Scenario: supervision, swarm, durability, canon, membership, durability-raft,
-    /// placement, membership-200 (by name only: 200 members), or all.
+    /// placement, desktop, membership-200 (by name only: 200 members), or all.
     #[arg(long, default_value = "all")]
     scenario: String,
     /// One seed.

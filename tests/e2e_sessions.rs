@@ -136,3 +136,23 @@ async fn sessions_over_http_are_real_desktops_billed_and_recovered() {
     assert_eq!(after["state"], "terminated", "{after}");
     assert!(after["reason"].as_str().is_some_and(|r| r.contains("node restarted")), "{after}");
 }
+
+/// `vcos bench sessions --quick` runs end to end (a node, desktops cold and warm, bare Xvfb
+/// interleaved) and prints its table.
+#[test]
+fn bench_sessions_quick_runs() {
+    let (status, output) = Proc::spawn(&["bench", "sessions", "--quick"]).finish(Duration::from_secs(300));
+    assert!(status.success(), "`vcos bench sessions --quick` failed ({status}):\n{output}");
+    for metric in [
+        "cold start->ready p50",
+        "cold start->ready p99",
+        "warm start->ready p50",
+        "warm start->ready p99",
+        "pause p99",
+        "resume p99",
+        "RSS per idle session",
+        "concurrent sessions (count)",
+    ] {
+        assert!(output.contains(metric), "{metric} missing from the table:\n{output}");
+    }
+}

@@ -13,6 +13,7 @@
 //! hashers; ractor's global actor ids never reach the trace. See ARCHITECTURE.md.
 
 pub mod cluster_env;
+pub mod desktop_env;
 pub mod keys;
 pub mod linearizability;
 pub mod net;

@@ -167,6 +167,7 @@ pub fn run(scenario: &dyn Scenario, seed: u64, options: &RunOptions) -> RunRepor
     let targets = Arc::new(Mutex::new(PanicTargets::default()));
     let metrics = vcos_api::install_metrics_recorder();
     let store = scenario.store();
+    let desktops = scenario.desktops().then_some(seed);
     crate::keys::reset(seed);
     let observations = Arc::new(crate::cluster_env::Observations::default());
     if store.raft() {
@@ -212,7 +213,7 @@ pub fn run(scenario: &dyn Scenario, seed: u64, options: &RunOptions) -> RunRepor
         }
         sim.host(host_name.as_str(), move || {
             let (disk, node_faults, trace, metrics, name) = (disk.clone(), node_faults.clone(), trace.clone(), metrics.clone(), name.clone());
-            async move { node_main(name, disk, node_faults, trace, metrics).await }
+            async move { node_main(name, disk, node_faults, trace, metrics, desktops).await }
         });
     }
     let violations = Arc::new(Mutex::new(Vec::new()));
@@ -486,20 +487,23 @@ async fn node_main(
     faults: Arc<Mutex<NodeFaults>>,
     trace: Trace,
     metrics: vcos_api::PrometheusHandle,
+    desktops: Option<u64>,
 ) -> turmoil::Result {
-    if let Err(e) = run_node(name.clone(), disk, faults, trace.clone(), metrics).await {
+    if let Err(e) = run_node(name.clone(), disk, faults, trace.clone(), metrics, desktops).await {
         trace.record(format!("{name} exited: {e}"));
     }
     Ok(())
 }
 
 /// What `vcos up` runs, on the simulated disk, clock and network.
+/// `desktops`: the run's seed when the node runs a desktop host on simulated desktops.
 async fn run_node(
     name: String,
     disk: Arc<SimDisk>,
     faults: Arc<Mutex<NodeFaults>>,
     trace: Trace,
     metrics: vcos_api::PrometheusHandle,
+    desktops: Option<u64>,
 ) -> turmoil::Result {
     let store = SimStore::start(disk, faults.clone());
     let mut config = RuntimeConfig::new(store, Arc::new(SimClock::new(faults)));
@@ -510,7 +514,23 @@ async fn run_node(
     runtime.ensure_tenant(TenantId::default_tenant(), TenantPolicy::default()).await?;
     bootstrap_key(&runtime, &name).await?;
     let listener = turmoil::net::TcpListener::bind(("0.0.0.0", HTTP_PORT)).await?;
-    let router = vcos_api::router(runtime.clone(), metrics);
+    let router = match desktops {
+        None => vcos_api::router(runtime.clone(), metrics),
+        Some(seed) => {
+            // Each start of the node draws its desktops' fates afresh (from the seed, the
+            // node and the simulated time: the same on every replay).
+            let fates = seed ^ crate::trace::hash_events(std::slice::from_ref(&name)) ^ crate::node_env::sim_now_ms().wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            let backend = Arc::new(crate::desktop_env::SimDesktops::new(&name, fates, trace.clone()));
+            let node_id = u64::from(name.trim_start_matches('n').parse::<u8>().unwrap_or(0));
+            let mut config = vcos_gpu_workers::desktop::DesktopConfig::new(node_id, std::env::temp_dir().join("vcos-sim-desktops"));
+            config.backend = backend;
+            config.meter_interval = Duration::from_secs(1);
+            config.intensity = vcos_supervision::core::Intensity { max_restarts: 2, period_ms: 5_000 };
+            let host = vcos_gpu_workers::desktop::Desktops::start(runtime.clone(), config).await?;
+            let inference = Arc::new(vcos_gpu_workers::serve::Inference::none());
+            vcos_api::router_with_inference(runtime.clone(), metrics, None, None, inference, Some(host))
+        }
+    };
     tokio::select! {
         biased;
         reason = runtime.escalated() => {

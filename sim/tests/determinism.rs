@@ -40,6 +40,11 @@ fn swarm_seeds_pass_and_replay() {
 }
 
 #[test]
+fn desktop_seeds_pass_and_replay() {
+    sweep(scenarios::by_name("desktop").expect("scenario"), SEEDS);
+}
+
+#[test]
 fn durability_seeds_pass_and_replay() {
     sweep(scenarios::by_name("durability").expect("scenario"), SEEDS);
 }

@@ -10,6 +10,7 @@ mod http;
 mod inference;
 mod kinds;
 mod local;
+mod sessions;
 mod think;
 
 pub(crate) use kinds::{BenchDriver, BenchEcho};
@@ -44,6 +45,10 @@ enum Suite {
     /// IMVUs waiting on the models do not hold up the others: 1,000 assistants waiting on
     /// generation while others of the same kind answer (p50/p99, against the idle node).
     Think(think::ThinkArgs),
+    /// Virtual desktop sessions vs bare Xvfb, same run: start→ready cold and from the warm
+    /// pool (p50/p99, canon records included), pause and resume, RSS per idle session, and how
+    /// many concurrent sessions one node holds.
+    Sessions(sessions::SessionsArgs),
 }
 
 pub(crate) fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -54,6 +59,7 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<()> {
         Suite::Http(http) => http::run(http),
         Suite::Inference(inference) => inference::run(inference),
         Suite::Think(think) => think::run(think),
+        Suite::Sessions(sessions) => sessions::run(sessions),
     }
 }
 

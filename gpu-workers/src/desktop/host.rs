@@ -220,7 +220,19 @@ impl Desktops {
     /// display from the pool (or starts one), starts the application and VNC if asked, records
     /// the session in the canon, and starts its actor. Returns the record and, with VNC, the
     /// password (given this once).
+    ///
+    /// The creation runs as its own task: a caller that goes away (an HTTP client that hangs
+    /// up while a desktop starts) does not leave a session half made; it still ends Active or
+    /// Terminated.
     pub async fn create(&self, tenant: &TenantId, request: CreateSession) -> Result<(SessionRecord, Option<String>), ActorError> {
+        let this = self.clone();
+        let tenant = tenant.clone();
+        tokio::spawn(async move { this.create_now(&tenant, request).await })
+            .await
+            .unwrap_or_else(|e| Err(ActorError::Unavailable(format!("the session's creation failed: {e}"))))
+    }
+
+    async fn create_now(&self, tenant: &TenantId, request: CreateSession) -> Result<(SessionRecord, Option<String>), ActorError> {
         let inner = &self.inner;
         // Time from the runtime's clock (the simulator's, under simulation).
         let clock = Arc::clone(inner.runtime.clock());

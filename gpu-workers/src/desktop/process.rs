@@ -108,10 +108,13 @@ impl DesktopProcess {
         let (width, height, depth) = spec.tier.screen();
         let log = log_file(&spec)?;
         let err = log.try_clone().map_err(|e| DesktopError::Io(e.to_string()))?;
+        // `-noreset`: without it Xvfb resets when its last client leaves (the readiness probe
+        // is one) and forks xkbcomp to reload the keymap; a pause landing then left that child
+        // stopped and Xvfb waiting on it for good (`vcos bench sessions` caught it).
         let mut command = guarded(&xvfb_path);
         command
             .arg(format!(":{}", spec.display))
-            .args(["-screen", "0", &format!("{width}x{height}x{depth}"), "-nolisten", "tcp"])
+            .args(["-screen", "0", &format!("{width}x{height}x{depth}"), "-nolisten", "tcp", "-noreset"])
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(err)

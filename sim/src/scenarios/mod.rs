@@ -3,6 +3,7 @@
 //! failures" for how.
 
 mod canon;
+mod desktop;
 mod durability;
 mod membership;
 mod placement;
@@ -24,6 +25,7 @@ use crate::trace::Trace;
 use crate::world::{PanicTargets, WorldStore};
 
 pub use canon::CanonScenario;
+pub use desktop::DesktopScenario;
 pub use durability::Durability;
 pub use membership::{MembershipScenario, MEMBERSHIP, MEMBERSHIP_200};
 pub use placement::PlacementScenario;
@@ -47,6 +49,10 @@ pub trait Scenario: Sync {
     /// The canon store the world's runtimes run on.
     fn store(&self) -> WorldStore {
         WorldStore::Sim
+    }
+    /// Whether the nodes run desktop hosts (on simulated desktops, `crate::desktop_env`).
+    fn desktops(&self) -> bool {
+        false
     }
 }
 
@@ -81,8 +87,8 @@ impl Scenario for OnRaft {
 pub static DURABILITY_RAFT: OnRaft = OnRaft { name: "durability-raft", inner: &Durability };
 
 /// Every scenario that ships.
-pub fn all() -> [&'static dyn Scenario; 7] {
-    [&SupervisionScenario, &SwarmScenario, &Durability, &CanonScenario, &MEMBERSHIP, &DURABILITY_RAFT, &PlacementScenario]
+pub fn all() -> [&'static dyn Scenario; 8] {
+    [&SupervisionScenario, &SwarmScenario, &Durability, &CanonScenario, &MEMBERSHIP, &DURABILITY_RAFT, &PlacementScenario, &DesktopScenario]
 }
 
 /// Scenarios run only by name (too slow for `all`): `membership-200`.
