@@ -1,6 +1,7 @@
-//! Desktop sessions in a cluster: node 2 runs a session and is killed with `kill -9`; its
-//! desktop dies with it, and node 1, once the membership declares node 2 dead, records the
-//! session Terminated (node lost) in the canon: never left unaccounted.
+//! Desktop sessions in a cluster: any node takes any session request (node 1 passes node 2's
+//! session's to node 2; node 3, without desktops, creates on a desktop node); node 2 runs a
+//! session and is killed with `kill -9`: its desktop dies with it, and node 1, once the
+//! membership declares node 2 dead, records the session Terminated (node lost) in the canon.
 
 mod common;
 
@@ -26,12 +27,23 @@ async fn the_sessions_of_a_lost_node_end_terminated() {
     assert_eq!(status, 201, "{session}");
     assert_eq!(session["node"], 2);
     let id = session["id"].as_u64().expect("id");
-    // Any node reads the record; a transition asked of another node names the one to ask.
+    // Any node takes any request: node 1 passes node 2's session's requests to node 2.
     let (status, seen) = call(&http, "GET", format!("{base1}/v1/tenants/default/sessions/{id}"), None).await;
     assert_eq!((status, &seen["state"]), (200, &json!("active")), "{seen}");
-    let (status, refused) = call(&http, "POST", format!("{base1}/v1/tenants/default/sessions/{id}/pause"), None).await;
-    assert_eq!(status, 503, "{refused}");
-    assert!(refused["message"].as_str().is_some_and(|m| m.contains("node 2")), "{refused}");
+    let (status, paused) = call(&http, "POST", format!("{base1}/v1/tenants/default/sessions/{id}/pause"), None).await;
+    assert_eq!((status, &paused["state"]), (200, &json!("paused")), "{paused}");
+    let (status, resumed) = call(&http, "POST", format!("{base1}/v1/tenants/default/sessions/{id}/resume"), None).await;
+    assert_eq!((status, &resumed["state"]), (200, &json!("active")), "{resumed}");
+    // Node 3 runs no desktops: its creations go to a desktop node, its reads follow them.
+    let base3 = three.base();
+    let (status, elsewhere) = call(&http, "POST", format!("{base3}/v1/tenants/default/sessions"), Some(json!({"tier": "basic"}))).await;
+    assert_eq!(status, 201, "{elsewhere}");
+    assert!(elsewhere["node"] == 1 || elsewhere["node"] == 2, "{elsewhere}");
+    let other = elsewhere["id"].as_u64().expect("id");
+    let (status, read) = call(&http, "GET", format!("{base3}/v1/tenants/default/sessions/{other}"), None).await;
+    assert_eq!((status, &read["state"]), (200, &json!("active")), "{read}");
+    let (status, ended) = call(&http, "POST", format!("{base3}/v1/tenants/default/sessions/{other}/terminate"), None).await;
+    assert_eq!((status, &ended["state"]), (200, &json!("terminated")), "{ended}");
 
     // `vcos status` says which limits are in force on a desktop node.
     let key_file = common::admin_key_file(root.path().join("node1"));

@@ -35,6 +35,7 @@ mod export;
 mod imvus;
 mod keys;
 mod openai;
+mod session_owner;
 mod sessions;
 mod swarms;
 mod system;

@@ -1,13 +1,14 @@
 //! Desktop session routes: create, list, get, pause, resume, terminate, screenshot.
 //!
-//! A session is a real Xvfb desktop run by this node's desktop host (`vcos up --desktops`);
-//! its record lives in the canon, so any node reads it. Transitions go to the node that runs
-//! the session (the record names it; another node answers 503 naming it).
+//! A session is a real Xvfb desktop run by a desktop node's host (`vcos up --desktops`); its
+//! record lives in the canon, so any node reads it. Any node takes any request: creation on a
+//! node without desktops, and anything asked of a session another node runs, is passed to the
+//! node that can serve it (`session_owner`).
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{header, StatusCode};
-use axum::response::Response;
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -15,6 +16,7 @@ use vcos_actors::ActorError;
 use vcos_gpu_workers::desktop::{CreateSession, DesktopTier, Desktops, SessionRecord, Workspace};
 
 use super::readable_tenant;
+use super::session_owner::{desktop_node, forward, forwarded, session_node, session_record};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiJson, Auth, SessionPath, TenantPath, WorkspacePath};
 use crate::AppState;
@@ -25,7 +27,7 @@ const APP_ARGS_MAX: usize = 64;
 const APP_ARG_LEN_MAX: usize = 4_096;
 
 /// A desktop tier.
-#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub(crate) enum DesktopTierName {
     /// 1024×768, 512 MiB, a quarter core; the basic rate.
@@ -47,7 +49,7 @@ impl From<DesktopTierName> for DesktopTier {
 }
 
 /// A session to create.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct CreateSessionBody {
     /// `basic` (1024×768), `standard` (1280×720) or `pro` (1920×1080, pro and enterprise
@@ -55,8 +57,10 @@ pub(crate) struct CreateSessionBody {
     tier: DesktopTierName,
     /// A command line started inside the desktop (`["xterm"]`): program, then arguments.
     #[schema(max_items = 64)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     app: Option<Vec<String>>,
     /// Serve the desktop over VNC; the password comes back once, in this answer.
+    #[serde(skip_serializing_if = "Option::is_none")]
     vnc: Option<bool>,
 }
 
@@ -204,12 +208,44 @@ pub(super) async fn create_session(
     State(state): State<AppState>,
     TenantPath(tenant): TenantPath,
     Auth(caller): Auth,
+    headers: HeaderMap,
     ApiJson(body): ApiJson<CreateSessionBody>,
-) -> Result<(StatusCode, Json<SessionView>), ApiError> {
+) -> Result<Response, ApiError> {
     readable_tenant(&state, &tenant, &caller)?;
+    if state.desktops.is_none() && !forwarded(&headers) {
+        // Desktops live on desktop nodes: the session is made on one of them.
+        if let Some(node) = desktop_node(&state) {
+            let bytes = serde_json::to_vec(&body).map_err(|e| ApiError::Internal(e.to_string()))?;
+            return forward(&node, Method::POST, &format!("/v1/tenants/{tenant}/sessions"), &headers, Some(bytes)).await;
+        }
+    }
     let request = body.into_request()?;
     let (record, password) = host(&state)?.create(&tenant, request).await?;
-    Ok((StatusCode::CREATED, Json(SessionView::of(record, password))))
+    Ok((StatusCode::CREATED, Json(SessionView::of(record, password))).into_response())
+}
+
+/// Serves `path` for the session here, or passes it to the live node that runs it.
+async fn on_its_node(state: &AppState, tenant: &vcos_actors::TenantId, id: u64, headers: &HeaderMap, method: Method, path: &str) -> Result<Option<Response>, ApiError> {
+    if forwarded(headers) {
+        return Ok(None);
+    }
+    let runs_here = state.desktops.as_ref().is_some_and(|d| d.get(tenant, id).is_ok_and(|r| state.cluster.as_ref().is_none_or(|c| r.node == c.node_id())));
+    if runs_here {
+        return Ok(None);
+    }
+    let Some(record) = session_record(state, tenant.as_str(), id)? else { return Ok(None) };
+    match session_node(state, &record) {
+        Some(node) => forward(&node, method, path, headers, None).await.map(Some),
+        None => Ok(None),
+    }
+}
+
+/// A session's record when this node runs no desktops: the canon's.
+fn recorded(state: &AppState, tenant: &vcos_actors::TenantId, id: u64) -> Result<SessionRecord, ApiError> {
+    match &state.desktops {
+        Some(desktops) => Ok(desktops.get(tenant, id)?),
+        None => session_record(state, tenant.as_str(), id)?.ok_or_else(|| ApiError::Actor(ActorError::NotFound { what: "session", key: format!("{tenant}/{id}") })),
+    }
 }
 
 /// A tenant's sessions, oldest first (terminated ones included, with their usage).
@@ -226,9 +262,12 @@ pub(super) async fn list_sessions(State(state): State<AppState>, TenantPath(tena
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/sessions/{id}", tag = "sessions",
     params(("tenant" = String, Path, description = "Tenant name"), ("id" = u64, Path, description = "Session id")),
     responses((status = 400, description = "`bad_request`: a malformed tenant name or session id, or a body that does not fit its schema", body = ErrorBody), (status = 200, description = "The session", body = SessionView), (status = 404, description = "`not_found`: no such session", body = ErrorBody), (status = 503, description = "`unavailable`: this node runs no desktops, or the session runs on another node (named)", body = ErrorBody)))]
-pub(super) async fn get_session(State(state): State<AppState>, SessionPath(tenant, id): SessionPath, Auth(caller): Auth) -> Result<Json<SessionView>, ApiError> {
+pub(super) async fn get_session(State(state): State<AppState>, SessionPath(tenant, id): SessionPath, Auth(caller): Auth, headers: HeaderMap) -> Result<Response, ApiError> {
     readable_tenant(&state, &tenant, &caller)?;
-    Ok(Json(SessionView::of(host(&state)?.get(&tenant, id)?, None)))
+    if let Some(answer) = on_its_node(&state, &tenant, id, &headers, Method::GET, &format!("/v1/tenants/{tenant}/sessions/{id}")).await? {
+        return Ok(answer);
+    }
+    Ok(Json(SessionView::of(recorded(&state, &tenant, id)?, None)).into_response())
 }
 
 /// Pauses a session: every process of its desktop stopped (SIGSTOP), memory kept; its display
@@ -236,18 +275,24 @@ pub(super) async fn get_session(State(state): State<AppState>, SessionPath(tenan
 #[utoipa::path(post, path = "/v1/tenants/{tenant}/sessions/{id}/pause", tag = "sessions",
     params(("tenant" = String, Path, description = "Tenant name"), ("id" = u64, Path, description = "Session id")),
     responses((status = 400, description = "`bad_request`: a malformed tenant name or session id, or a body that does not fit its schema", body = ErrorBody), (status = 200, description = "Paused", body = SessionView), (status = 409, description = "`conflict`: not active", body = ErrorBody), (status = 404, description = "`not_found`: no such session", body = ErrorBody), (status = 503, description = "`unavailable`: this node runs no desktops, or the session runs on another node (named)", body = ErrorBody), (status = 429, description = "`queue_full`: too many commands waiting for the session", body = ErrorBody)))]
-pub(super) async fn pause_session(State(state): State<AppState>, SessionPath(tenant, id): SessionPath, Auth(caller): Auth) -> Result<Json<SessionView>, ApiError> {
+pub(super) async fn pause_session(State(state): State<AppState>, SessionPath(tenant, id): SessionPath, Auth(caller): Auth, headers: HeaderMap) -> Result<Response, ApiError> {
     readable_tenant(&state, &tenant, &caller)?;
-    Ok(Json(SessionView::of(host(&state)?.pause(&tenant, id).await?, None)))
+    if let Some(answer) = on_its_node(&state, &tenant, id, &headers, Method::POST, &format!("/v1/tenants/{tenant}/sessions/{id}/pause")).await? {
+        return Ok(answer);
+    }
+    Ok(Json(SessionView::of(host(&state)?.pause(&tenant, id).await?, None)).into_response())
 }
 
 /// Resumes a paused session (SIGCONT): its display answers again.
 #[utoipa::path(post, path = "/v1/tenants/{tenant}/sessions/{id}/resume", tag = "sessions",
     params(("tenant" = String, Path, description = "Tenant name"), ("id" = u64, Path, description = "Session id")),
     responses((status = 400, description = "`bad_request`: a malformed tenant name or session id, or a body that does not fit its schema", body = ErrorBody), (status = 200, description = "Active", body = SessionView), (status = 409, description = "`conflict`: not paused", body = ErrorBody), (status = 404, description = "`not_found`: no such session", body = ErrorBody), (status = 503, description = "`unavailable`: this node runs no desktops, or the session runs on another node (named)", body = ErrorBody), (status = 429, description = "`queue_full`: too many commands waiting for the session", body = ErrorBody)))]
-pub(super) async fn resume_session(State(state): State<AppState>, SessionPath(tenant, id): SessionPath, Auth(caller): Auth) -> Result<Json<SessionView>, ApiError> {
+pub(super) async fn resume_session(State(state): State<AppState>, SessionPath(tenant, id): SessionPath, Auth(caller): Auth, headers: HeaderMap) -> Result<Response, ApiError> {
     readable_tenant(&state, &tenant, &caller)?;
-    Ok(Json(SessionView::of(host(&state)?.resume(&tenant, id).await?, None)))
+    if let Some(answer) = on_its_node(&state, &tenant, id, &headers, Method::POST, &format!("/v1/tenants/{tenant}/sessions/{id}/resume")).await? {
+        return Ok(answer);
+    }
+    Ok(Json(SessionView::of(host(&state)?.resume(&tenant, id).await?, None)).into_response())
 }
 
 /// Terminates a session: SIGTERM, SIGKILL after a grace period, display released; its usage
@@ -255,17 +300,23 @@ pub(super) async fn resume_session(State(state): State<AppState>, SessionPath(te
 #[utoipa::path(post, path = "/v1/tenants/{tenant}/sessions/{id}/terminate", tag = "sessions",
     params(("tenant" = String, Path, description = "Tenant name"), ("id" = u64, Path, description = "Session id")),
     responses((status = 400, description = "`bad_request`: a malformed tenant name or session id, or a body that does not fit its schema", body = ErrorBody), (status = 200, description = "Terminated", body = SessionView), (status = 409, description = "`conflict`: already terminated", body = ErrorBody), (status = 404, description = "`not_found`: no such session", body = ErrorBody), (status = 503, description = "`unavailable`: this node runs no desktops, or the session runs on another node (named)", body = ErrorBody), (status = 429, description = "`queue_full`: too many commands waiting for the session", body = ErrorBody)))]
-pub(super) async fn terminate_session(State(state): State<AppState>, SessionPath(tenant, id): SessionPath, Auth(caller): Auth) -> Result<Json<SessionView>, ApiError> {
+pub(super) async fn terminate_session(State(state): State<AppState>, SessionPath(tenant, id): SessionPath, Auth(caller): Auth, headers: HeaderMap) -> Result<Response, ApiError> {
     readable_tenant(&state, &tenant, &caller)?;
-    Ok(Json(SessionView::of(host(&state)?.terminate(&tenant, id).await?, None)))
+    if let Some(answer) = on_its_node(&state, &tenant, id, &headers, Method::POST, &format!("/v1/tenants/{tenant}/sessions/{id}/terminate")).await? {
+        return Ok(answer);
+    }
+    Ok(Json(SessionView::of(host(&state)?.terminate(&tenant, id).await?, None)).into_response())
 }
 
 /// The session's screen as a PNG (the tier's size).
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/sessions/{id}/screenshot.png", tag = "sessions",
     params(("tenant" = String, Path, description = "Tenant name"), ("id" = u64, Path, description = "Session id")),
     responses((status = 400, description = "`bad_request`: a malformed tenant name or session id, or a body that does not fit its schema", body = ErrorBody), (status = 200, description = "The screen", content_type = "image/png"), (status = 409, description = "`conflict`: not active", body = ErrorBody), (status = 404, description = "`not_found`: no such session", body = ErrorBody), (status = 503, description = "`unavailable`: this node runs no desktops, or the session runs on another node (named)", body = ErrorBody), (status = 429, description = "`queue_full`: too many commands waiting for the session", body = ErrorBody)))]
-pub(super) async fn screenshot(State(state): State<AppState>, SessionPath(tenant, id): SessionPath, Auth(caller): Auth) -> Result<Response, ApiError> {
+pub(super) async fn screenshot(State(state): State<AppState>, SessionPath(tenant, id): SessionPath, Auth(caller): Auth, headers: HeaderMap) -> Result<Response, ApiError> {
     readable_tenant(&state, &tenant, &caller)?;
+    if let Some(answer) = on_its_node(&state, &tenant, id, &headers, Method::GET, &format!("/v1/tenants/{tenant}/sessions/{id}/screenshot.png")).await? {
+        return Ok(answer);
+    }
     let png = host(&state)?.screenshot(&tenant, id).await?;
     Response::builder()
         .header(header::CONTENT_TYPE, "image/png")

@@ -226,7 +226,7 @@ impl Desktops {
     /// Terminated.
     pub async fn create(&self, tenant: &TenantId, request: CreateSession) -> Result<(SessionRecord, Option<String>), ActorError> {
         let this = self.clone();
-        let tenant = tenant.clone();
+        let tenant = *tenant;
         tokio::spawn(async move { this.create_now(&tenant, request).await })
             .await
             .unwrap_or_else(|e| Err(ActorError::Unavailable(format!("the session's creation failed: {e}"))))
