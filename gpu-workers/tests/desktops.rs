@@ -68,6 +68,11 @@ async fn sessions_start_pause_resume_restart_and_terminate_on_real_displays() {
     assert_eq!(session.state, SessionState::Active);
     assert!(session.warm, "taken from the warm pool");
     assert!(answers(&session, 1_000), "an active display answers");
+    // The limits in force (rlimits): Xvfb runs under the tier's address-space and CPU limits.
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", session.pgid.expect("pgid"))).expect("limits");
+    let limit_of = |name: &str| -> Option<u64> { limits.lines().find(|l| l.starts_with(name))?.split_whitespace().rev().nth(1)?.parse().ok() };
+    assert_eq!(limit_of("Max address space"), Some(DesktopTier::Basic.memory_bytes()), "{limits}");
+    assert_eq!(limit_of("Max cpu time"), Some(900), "a quarter core for an hour: {limits}");
     let stored: SessionRecord = serde_json::from_slice(&store_get(&store, &session)).expect("the record is in the canon");
     assert_eq!(stored.state, SessionState::Active);
 
