@@ -416,7 +416,7 @@ async fn serve(args: UpArgs) -> anyhow::Result<()> {
         config.pool_per_tier = usize::from(args.desktop_pool);
         let desktops = vcos_gpu_workers::desktop::Desktops::start(node.rt.clone(), config).await.context("--desktops")?;
         tracing::info!(limits = desktops.status().limits, pool_per_tier = args.desktop_pool, "running desktops");
-        tokio::spawn(end_sessions_of_lost_nodes(node.cluster.clone(), node.rt.clone()));
+        tokio::spawn(end_sessions_of_lost_nodes(node.cluster.clone(), desktops.clone()));
         Some(desktops)
     } else {
         None
@@ -468,10 +468,11 @@ async fn serve(args: UpArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Ends the sessions of desktop nodes the membership declares dead (each such node once per
-/// incarnation), so that none is left unaccounted while its node is gone. Every desktop node
-/// runs it; the writes are idempotent.
-async fn end_sessions_of_lost_nodes(cluster: vcos_cluster::Cluster, rt: Runtime) {
+/// Ends (or, where the tenant asks, starts afresh here) the sessions of desktop nodes the
+/// membership declares dead, each such node once per incarnation, so that none is left
+/// unaccounted while its node is gone. Every desktop node runs it; each record changes under a
+/// guard, so one node acts on each session.
+async fn end_sessions_of_lost_nodes(cluster: vcos_cluster::Cluster, desktops: vcos_gpu_workers::desktop::Desktops) {
     let mut handled = std::collections::BTreeSet::new();
     loop {
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
@@ -480,11 +481,11 @@ async fn end_sessions_of_lost_nodes(cluster: vcos_cluster::Cluster, rt: Runtime)
             if !lost || handled.contains(&(member.node_id, member.incarnation)) {
                 continue;
             }
-            match vcos_gpu_workers::desktop::end_sessions_of_lost_node(&rt, member.node_id).await {
-                Ok(ended) => {
+            match desktops.lost_node(member.node_id).await {
+                Ok(outcome) => {
                     handled.insert((member.node_id, member.incarnation));
-                    if ended > 0 {
-                        tracing::warn!(node = member.node_id, sessions = ended, "ended the sessions of a lost desktop node");
+                    if outcome.ended + outcome.adopted > 0 {
+                        tracing::warn!(node = member.node_id, ended = outcome.ended, started_here = outcome.adopted, "handled the sessions of a lost desktop node");
                     }
                 }
                 Err(e) => tracing::warn!(node = member.node_id, error = %e, "could not end the sessions of a lost node yet"),

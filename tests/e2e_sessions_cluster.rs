@@ -1,7 +1,8 @@
 //! Desktop sessions in a cluster: any node takes any session request (node 1 passes node 2's
 //! session's to node 2; node 3, without desktops, creates on a desktop node); node 2 runs a
 //! session and is killed with `kill -9`: its desktop dies with it, and node 1, once the
-//! membership declares node 2 dead, records the session Terminated (node lost) in the canon.
+//! membership declares node 2 dead, records the session Terminated (node lost) in the canon,
+//! or, for a tenant whose policy asks for it, starts the session afresh on node 1.
 
 mod common;
 
@@ -45,11 +46,18 @@ async fn the_sessions_of_a_lost_node_end_terminated() {
     let (status, ended) = call(&http, "POST", format!("{base3}/v1/tenants/default/sessions/{other}/terminate"), None).await;
     assert_eq!((status, &ended["state"]), (200, &json!("terminated")), "{ended}");
 
+    // A tenant whose policy asks for failover: its session on node 2 starts afresh elsewhere.
+    let (status, tenant) = call(&http, "POST", format!("{base1}/v1/tenants"), Some(json!({"name": "resilient", "policy": {"desktop_failover": true}}))).await;
+    assert_eq!(status, 201, "{tenant}");
+    let (status, kept) = call(&http, "POST", format!("{base2}/v1/tenants/resilient/sessions"), Some(json!({"tier": "basic", "app": ["xterm"]}))).await;
+    assert_eq!((status, &kept["node"]), (201, &json!(2)), "{kept}");
+    let kept_id = kept["id"].as_u64().expect("id");
+
     // `vcos status` says which limits are in force on a desktop node.
     let key_file = common::admin_key_file(root.path().join("node1"));
     let (exit, output) = common::Proc::spawn(&["status", "--node", &base2, "--api-key-file", key_file.to_str().expect("UTF-8")]).finish(Duration::from_secs(30));
     assert!(exit.success(), "{output}");
-    assert!(output.contains("desktops: 1 sessions (1 active), limits by rlimit"), "{output}");
+    assert!(output.contains("desktops: 2 sessions (2 active), limits by rlimit"), "{output}");
 
     two.kill_9();
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -62,4 +70,18 @@ async fn the_sessions_of_a_lost_node_end_terminated() {
         assert!(Instant::now() < deadline, "the lost node's session was never ended: {after}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    loop {
+        let (_, moved) = call(&http, "GET", format!("{base1}/v1/tenants/resilient/sessions/{kept_id}"), None).await;
+        if moved["node"] == 1 && moved["state"] == "active" {
+            let note = moved["restarts"].as_array().and_then(|r| r.last()).and_then(|n| n["reason"].as_str()).unwrap_or_default().to_owned();
+            assert!(note.contains("node 2 lost: started afresh on node 1"), "{moved}");
+            let display = u32::try_from(moved["display"].as_u64().expect("a display")).expect("display");
+            assert!(vcos_gpu_workers::desktop::x11::answers(display, Duration::from_secs(1)), "its new desktop answers");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the failover session never started afresh on node 1: {moved}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (status, ended) = call(&http, "POST", format!("{base1}/v1/tenants/resilient/sessions/{kept_id}/terminate"), None).await;
+    assert_eq!((status, &ended["state"]), (200, &json!("terminated")), "{ended}");
 }

@@ -34,6 +34,9 @@ pub struct TenantPolicy {
     pub tier: Tier,
     /// Limits that replace the tier's (each absent field keeps the tier's).
     pub limits: LimitOverrides,
+    /// When a desktop node dies, start its sessions of this tenant afresh on another desktop
+    /// node (a new desktop, the same session) instead of ending them Terminated.
+    pub desktop_failover: bool,
 }
 
 /// A pricing tier: the defaults of a tenant's limits (and, with metering, its prices).
@@ -128,6 +131,7 @@ impl Default for TenantPolicy {
             restart_period_ms: 1000,
             tier: Tier::Basic,
             limits: LimitOverrides::default(),
+            desktop_failover: false,
         }
     }
 }

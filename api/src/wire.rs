@@ -167,6 +167,9 @@ pub struct TenantPolicyRequest {
     /// Bytes the tenant may keep in the canon (default: the tier's).
     #[schema(minimum = 1)]
     pub canon_bytes_stored: Option<u64>,
+    /// When a desktop node dies, start its sessions afresh on another desktop node instead of
+    /// ending them (default false).
+    pub desktop_failover: Option<bool>,
 }
 
 /// The schema of `allowed_kinds` (the bounds `routes::tenants::policy` checks: at most
@@ -252,6 +255,8 @@ pub struct TenantPolicyView {
     pub messages_per_day: u64,
     /// Canon bytes stored in force.
     pub canon_bytes_stored: u64,
+    /// Sessions of a lost desktop node start afresh on another.
+    pub desktop_failover: bool,
 }
 
 impl From<&TenantPolicy> for TenantPolicyView {
@@ -269,6 +274,7 @@ impl From<&TenantPolicy> for TenantPolicyView {
             allowed_kinds: p.allowed_kinds.clone(),
             max_restarts: p.max_restarts,
             restart_period_ms: p.restart_period_ms,
+            desktop_failover: p.desktop_failover,
         }
     }
 }

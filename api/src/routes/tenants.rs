@@ -165,6 +165,7 @@ fn policy(request: TenantPolicyRequest) -> Result<TenantPolicy, ApiError> {
     if let Some(tier) = request.tier {
         policy.tier = tier.into();
     }
+    policy.desktop_failover = request.desktop_failover.unwrap_or(false);
     policy.limits = vcos_actors::LimitOverrides {
         requests_per_s: request.requests_per_s,
         burst: request.burst,

@@ -336,12 +336,7 @@ impl Desktops {
         metrics::histogram!("v_supercore_session_creation_duration", "tier" => request.tier.name(), "warm" => if warm { "true" } else { "false" })
             .record(record.start_ms as f64 / 1_000.0);
         tracing::info!(tenant = %tenant, session = id, tier = %request.tier, display = desktop.display(), warm, start_ms = record.start_ms, "session active");
-        let shared = Arc::new(Mutex::new(record.clone()));
-        let (tx, rx) = mpsc::channel(COMMANDS_MAX);
-        lock(&inner.sessions).insert((tenant.as_str().to_owned(), id), SessionHandle { tx, record: Arc::clone(&shared) });
-        publish_gauges(inner);
-        let actor = SessionActor::new(Arc::clone(inner), entry, shared, desktop, password.clone());
-        tokio::spawn(actor.run(rx));
+        spawn_actor(inner, entry, record.clone(), desktop, password.clone());
         Ok((record, password))
     }
 
@@ -567,27 +562,116 @@ async fn recover(inner: &Inner) -> usize {
 /// Reason written on the sessions of a node the cluster declared dead.
 pub const NODE_LOST: &str = "node lost: the cluster declared its node dead; usage billed up to the last metering interval";
 
-/// Ends the sessions the canon records on `node`, which the cluster declared dead: each is
-/// recorded Terminated with [`NODE_LOST`] (its usage as of its last interval: nothing is
-/// billed here). Any node may call it, as often as it likes; it writes only records not yet
-/// terminated. Returns how many it ended.
-pub async fn end_sessions_of_lost_node(runtime: &Runtime, node: u64) -> Result<usize, ActorError> {
-    let rows = runtime.store().scan_prefix(SESSION_PREFIX, None, 1_000_000).map_err(|e| ActorError::Store(e.to_string()))?;
-    let mut ended = 0;
-    for (key, bytes) in rows {
-        let Ok(mut record) = serde_json::from_slice::<SessionRecord>(&bytes) else { continue };
-        if record.node != node || record.state == SessionState::Terminated {
-            continue;
+/// What became of a lost node's sessions.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LostNodeOutcome {
+    /// Recorded Terminated ([`NODE_LOST`]).
+    pub ended: usize,
+    /// Started afresh on this node (their tenant's `desktop_failover`).
+    pub adopted: usize,
+}
+
+impl Desktops {
+    /// Handles the sessions the canon records on `node`, which the cluster declared dead: a
+    /// session whose tenant's policy asks for it (`desktop_failover`) starts afresh here (a new
+    /// desktop, the same session: its record moves to this node, the move noted in its
+    /// restarts); the others are recorded Terminated with [`NODE_LOST`] (usage as of their last
+    /// interval: nothing is billed here). Every desktop node may call it at once: each record
+    /// changes under a guard on its previous value, so exactly one node moves or ends it.
+    pub async fn lost_node(&self, node: u64) -> Result<LostNodeOutcome, ActorError> {
+        let inner = &self.inner;
+        let store = inner.runtime.store();
+        let rows = store.scan_prefix(SESSION_PREFIX, None, 1_000_000).map_err(|e| ActorError::Store(e.to_string()))?;
+        let mut outcome = LostNodeOutcome::default();
+        for (key, bytes) in rows {
+            let Ok(mut record) = serde_json::from_slice::<SessionRecord>(&bytes) else { continue };
+            if record.node != node || record.state == SessionState::Terminated {
+                continue;
+            }
+            let failover = TenantId::new(&record.tenant).ok().and_then(|t| inner.runtime.tenant_or_load(&t).ok()).filter(|e| e.policy.desktop_failover);
+            let now = inner.runtime.clock().unix_ms();
+            record.updated_ms = now;
+            if failover.is_some() {
+                record.node = inner.config.node;
+                record.state = SessionState::Genesis;
+                record.display = None;
+                record.pgid = None;
+                // Its VNC password was given once and is not kept: the new desktop serves none.
+                record.vnc = None;
+                record.restart_count += 1;
+                record.restarts.push(RestartNote { at_ms: now, reason: format!("node {node} lost: started afresh on node {}", inner.config.node) });
+                if record.restarts.len() > RESTARTS_KEPT {
+                    record.restarts.remove(0);
+                }
+            } else {
+                record.state = SessionState::Terminated;
+                record.reason = Some(NODE_LOST.into());
+            }
+            let value = serde_json::to_vec(&record).map_err(|e| ActorError::Store(e.to_string()))?;
+            let guarded = vec![CanonWrite::Expect { key: key.clone(), value: Some(bytes) }, CanonWrite::Put { key, value }];
+            match commit_durable(store.as_ref(), guarded).await {
+                Ok(_) => {}
+                // Another node moved or ended it first.
+                Err(vcos_actors::store::StoreError::Conflict { .. }) => continue,
+                Err(e) => return Err(ActorError::Store(e.to_string())),
+            }
+            match failover {
+                None => {
+                    tracing::warn!(session = record.id, tenant = %record.tenant, node, "session ended: its node was lost");
+                    outcome.ended += 1;
+                }
+                Some(entry) => {
+                    tracing::warn!(session = record.id, tenant = %record.tenant, node, "session of a lost node: starting it afresh here");
+                    if adopt(inner, entry, record).await.is_ok() {
+                        outcome.adopted += 1;
+                    }
+                }
+            }
         }
-        record.state = SessionState::Terminated;
-        record.reason = Some(NODE_LOST.into());
-        record.updated_ms = runtime.clock().unix_ms();
-        let value = serde_json::to_vec(&record).map_err(|e| ActorError::Store(e.to_string()))?;
-        commit_durable(runtime.store().as_ref(), vec![CanonWrite::Put { key, value }]).await.map_err(|e| ActorError::Store(e.to_string()))?;
-        tracing::warn!(session = record.id, tenant = %record.tenant, node, "session ended: its node was lost");
-        ended += 1;
+        Ok(outcome)
     }
-    Ok(ended)
+}
+
+/// Starts a desktop for a session moved to this node (recorded here, Genesis) and its actor;
+/// a desktop that cannot start ends the session Terminated with the reason.
+async fn adopt(inner: &Arc<Inner>, entry: Arc<TenantEntry>, mut record: SessionRecord) -> Result<(), ActorError> {
+    let started = inner.runtime.clock().now_ms();
+    let desktop = match take_warm(inner, record.tier) {
+        Some(desktop) => Ok(desktop),
+        None => start_cold(inner, record.tier).await,
+    };
+    let mut desktop = match desktop {
+        Ok(desktop) => desktop,
+        Err(e) => return Err(fail_start(inner, record, e).await),
+    };
+    if let Some(app) = record.app.clone() {
+        if let Err(e) = desktop.start_app(&app) {
+            release(inner, desktop).await;
+            return Err(fail_start(inner, record, e).await);
+        }
+    }
+    record.display = Some(desktop.display());
+    record.pgid = Some(desktop.pgid());
+    record.state = SessionState::Active;
+    record.start_ms = inner.runtime.clock().now_ms().saturating_sub(started);
+    record.updated_ms = inner.runtime.clock().unix_ms();
+    if let Err(e) = persist(inner, &record).await {
+        release(inner, desktop).await;
+        return Err(e);
+    }
+    spawn_actor(inner, entry, record, desktop, None);
+    Ok(())
+}
+
+/// Registers a session now Active on `desktop` and starts its actor.
+fn spawn_actor(inner: &Arc<Inner>, entry: Arc<TenantEntry>, record: SessionRecord, desktop: Box<dyn Desktop>, password: Option<String>) {
+    let key = (record.tenant.clone(), record.id);
+    let shared = Arc::new(Mutex::new(record));
+    let (tx, rx) = mpsc::channel(COMMANDS_MAX);
+    lock(&inner.sessions).insert(key, SessionHandle { tx, record: Arc::clone(&shared) });
+    publish_gauges(inner);
+    let actor = SessionActor::new(Arc::clone(inner), entry, shared, desktop, password);
+    tokio::spawn(actor.run(rx));
 }
 
 /// Keeps `pool_per_tier` started displays ready per tier.
@@ -703,9 +787,11 @@ impl SessionActor {
         }
     }
 
-    /// Whether the canon records this session ended because its node was declared lost.
+    /// Whether the canon records this session ended because its node was declared lost, or
+    /// moved to another node (its tenant's `desktop_failover`).
     fn declared_lost(&self, record: &SessionRecord) -> bool {
-        matches!(read_record(self.inner.runtime.store().as_ref(), &record.tenant, record.id), Ok(Some(stored)) if stored.state == SessionState::Terminated && stored.reason.as_deref() == Some(NODE_LOST))
+        matches!(read_record(self.inner.runtime.store().as_ref(), &record.tenant, record.id),
+            Ok(Some(stored)) if (stored.state == SessionState::Terminated && stored.reason.as_deref() == Some(NODE_LOST)) || stored.node != self.inner.config.node)
     }
 
     /// Returns whether the session ended.

@@ -23,7 +23,7 @@ pub mod workspace;
 pub mod x11;
 
 pub use backend::{Desktop, DesktopBackend, XvfbBackend};
-pub use host::{end_sessions_of_lost_node, CreateSession, DesktopConfig, Desktops, DesktopsStatus, NODE_LOST};
+pub use host::{CreateSession, DesktopConfig, Desktops, DesktopsStatus, LostNodeOutcome, NODE_LOST};
 pub use record::{SessionRecord, SessionState};
 pub use tier::DesktopTier;
 pub use workspace::{Workspace, WorkspaceRecord, WorkspaceUsage};
