@@ -73,10 +73,21 @@ pub(crate) fn session_node(state: &AppState, record: &SessionRecord) -> Option<M
     cluster.members().into_iter().find(|m| m.node_id == record.node && alive_http(m))
 }
 
+/// One client for every forwarded request: its connections to the other nodes are kept and
+/// reused rather than opened per request.
+fn forward_client() -> Result<&'static reqwest::Client, reqwest::Error> {
+    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    if let Some(client) = CLIENT.get() {
+        return Ok(client);
+    }
+    let client = reqwest::Client::builder().timeout(FORWARD_TIMEOUT).build()?;
+    Ok(CLIENT.get_or_init(|| client))
+}
+
 /// Sends the request to `node` with the caller's key and answers with its answer.
 pub(crate) async fn forward(node: &Member, method: Method, path: &str, headers: &HeaderMap, body: Option<Vec<u8>>) -> Result<Response, ApiError> {
     let unavailable = |why: String| ApiError::Actor(ActorError::Unavailable(format!("node {} ({}): {why}", node.node_id, node.http_addr)));
-    let client = reqwest::Client::builder().timeout(FORWARD_TIMEOUT).build().map_err(|e| unavailable(e.to_string()))?;
+    let client = forward_client().map_err(|e| unavailable(e.to_string()))?;
     let mut request = client.request(method, format!("http://{}{path}", node.http_addr)).header(FORWARDED_HEADER, "1");
     if let Some(auth) = headers.get(header::AUTHORIZATION) {
         request = request.header(header::AUTHORIZATION, auth.as_bytes());
