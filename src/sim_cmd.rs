@@ -15,7 +15,7 @@ use vcos_sim::{run, FaultPlan, PlantedBugs, RunOptions, RunReport};
 #[derive(Args, Debug)]
 pub(crate) struct SimArgs {
     /// Scenario: supervision, swarm, durability, canon, membership, durability-raft,
-    /// placement, desktop, membership-200 (by name only: 200 members), or all.
+    /// placement, desktop, workflows, membership-200 (by name only: 200 members), or all.
     #[arg(long, default_value = "all")]
     scenario: String,
     /// One seed.
@@ -56,6 +56,10 @@ enum Bug {
     SkipLeaseCheck,
     /// Nodes keep serving their buckets after their lease lapsed (placement).
     IgnoreLeaseExpiry,
+    /// Workflows resuming after a load run their journaled calls again (workflows).
+    RerunJournaledSteps,
+    /// Workflow sleeps end early (workflows).
+    EarlyTimers,
 }
 
 fn parse_range(text: &str) -> Result<Range<u64>, String> {
@@ -84,6 +88,9 @@ pub(crate) fn run_cli(args: SimArgs) -> anyhow::Result<()> {
         let filter = tracing_subscriber::EnvFilter::from_default_env();
         let _ = tracing_subscriber::fmt().with_env_filter(filter).with_timer(SimTime).with_ansi(false).with_writer(std::io::stderr).try_init();
     }
+    if !cfg!(tokio_unstable) {
+        eprintln!("warning: this binary was built without `--cfg tokio_unstable` (a RUSTFLAGS variable overrides .cargo/config.toml): seeds may not replay identically");
+    }
     let chosen: Vec<&'static dyn Scenario> = if args.scenario == "all" {
         scenarios::all().to_vec()
     } else {
@@ -106,6 +113,8 @@ pub(crate) fn run_cli(args: SimArgs) -> anyhow::Result<()> {
         Some(Bug::StaleReads) => PlantedBugs { stale_follower_reads: true, ..PlantedBugs::default() },
         Some(Bug::SkipLeaseCheck) => PlantedBugs { skip_lease_check: true, ..PlantedBugs::default() },
         Some(Bug::IgnoreLeaseExpiry) => PlantedBugs { ignore_lease_expiry: true, ..PlantedBugs::default() },
+        Some(Bug::RerunJournaledSteps) => PlantedBugs { workflow_rerun_journaled: true, ..PlantedBugs::default() },
+        Some(Bug::EarlyTimers) => PlantedBugs { workflow_early_timers: true, ..PlantedBugs::default() },
         None => PlantedBugs::default(),
     };
     let options = RunOptions { plan, bugs };

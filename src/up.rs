@@ -208,6 +208,7 @@ pub(crate) async fn start_runtime(
         .kind(Relay)
         .kind(Assistant)
         .kind(TextWorker)
+        .kind(vcos_actors::workflow::examples::shipped())
         .start()
         .await
         .context("start the actor runtime")?;

@@ -70,6 +70,14 @@ pub enum ActorError {
     /// The node is shutting down or the host is restarting.
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// An idempotent ask ([`crate::once`]) that was already applied: its recorded reply (JSON
+    /// text). Answered as that reply by the JSON paths; never reaches a client as an error.
+    #[error("already applied")]
+    AlreadyApplied(String),
+    /// An activity, a workflow step or a workflow failed with an error of its own (not the
+    /// runtime's).
+    #[error("failed: {0}")]
+    Failed(String),
     /// A tenant quota is used up (`messages_per_day`, `canon_bytes_stored`).
     #[error("quota {quota} exceeded: {reason}")]
     QuotaExceeded {
@@ -99,6 +107,8 @@ impl ActorError {
             Self::Store(_) => "store_error",
             Self::Unavailable(_) => "unavailable",
             Self::QuotaExceeded { .. } => "quota_exceeded",
+            Self::Failed(_) => "failed",
+            Self::AlreadyApplied(_) => "already_applied",
         }
     }
 

@@ -22,6 +22,28 @@ mod imp {
         static SERVED: RefCell<Option<ServedHook>> = const { RefCell::new(None) };
         static SKIP_LEASE_CHECK: Cell<bool> = const { Cell::new(false) };
         static IGNORE_LEASE_EXPIRY: Cell<bool> = const { Cell::new(false) };
+        static WORKFLOW_RERUN_JOURNALED: Cell<bool> = const { Cell::new(false) };
+        static WORKFLOW_EARLY_TIMERS: Cell<bool> = const { Cell::new(false) };
+    }
+
+    /// Planted bug: a workflow resuming after a load runs its journaled `call` steps again
+    /// (as an engine that forgot their results would, and without their idempotency keys).
+    pub fn set_workflow_rerun_journaled(on: bool) {
+        WORKFLOW_RERUN_JOURNALED.with(|c| c.set(on));
+    }
+
+    pub(crate) fn workflow_rerun_journaled() -> bool {
+        WORKFLOW_RERUN_JOURNALED.with(Cell::get)
+    }
+
+    /// Planted bug: workflow sleeps are armed for half their time and end when their timer
+    /// fires, without checking the due time.
+    pub fn set_workflow_early_timers(on: bool) {
+        WORKFLOW_EARLY_TIMERS.with(|c| c.set(on));
+    }
+
+    pub(crate) fn workflow_early_timers() -> bool {
+        WORKFLOW_EARLY_TIMERS.with(Cell::get)
     }
 
     /// Installs (or clears) the observer told of every answer released from memory, without a
@@ -78,7 +100,36 @@ mod imp {
 }
 
 #[cfg(feature = "failpoints")]
-pub use imp::{set_handler_panic, set_ignore_intensity, set_ignore_lease_expiry, set_served_observer, set_skip_lease_check};
+pub use imp::{
+    set_handler_panic, set_ignore_intensity, set_ignore_lease_expiry, set_served_observer, set_skip_lease_check, set_workflow_early_timers,
+    set_workflow_rerun_journaled,
+};
+
+/// Whether the planted "re-run journaled workflow steps" bug is switched on.
+#[inline(always)]
+pub(crate) fn workflow_rerun_journaled() -> bool {
+    #[cfg(feature = "failpoints")]
+    {
+        imp::workflow_rerun_journaled()
+    }
+    #[cfg(not(feature = "failpoints"))]
+    {
+        false
+    }
+}
+
+/// Whether the planted "early workflow timers" bug is switched on.
+#[inline(always)]
+pub(crate) fn workflow_early_timers() -> bool {
+    #[cfg(feature = "failpoints")]
+    {
+        imp::workflow_early_timers()
+    }
+    #[cfg(not(feature = "failpoints"))]
+    {
+        false
+    }
+}
 
 /// Tells the simulator's observer that `key` answered from memory under `epoch`.
 #[inline(always)]

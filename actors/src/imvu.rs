@@ -91,6 +91,25 @@ pub trait Imvu: Send + Sync + 'static {
     /// before a crash, a passivation or a node restart does not fire. Default: ignored.
     fn on_timer(&self, _state: &mut Self::State, _timer_id: u64, _ctx: &mut Context<'_>) {}
 
+    /// Whether an idle instance in this state stays resident instead of being passivated (its
+    /// timers live in memory: a workflow waiting on a timer stays). Default: no.
+    fn keep_resident(&self, _state: &Self::State) -> bool {
+        false
+    }
+
+    /// Whether [`Imvu::on_activate`] is called when an instance is loaded from canon. Default:
+    /// no (an activation then costs no commit).
+    fn resumes(&self) -> bool {
+        false
+    }
+
+    /// Called when an instance is loaded from canon (on its first message after a restart, a
+    /// crash, a passivation or a move to another node), before that message, if
+    /// [`Imvu::resumes`] says so. What was only in memory (timers, asks in flight) is gone:
+    /// this is where a kind that must go on by itself, such as a workflow, sets them again.
+    /// Run like a message: its state and requests are committed first. Default: nothing.
+    fn on_activate(&self, _state: &mut Self::State, _ctx: &mut Context<'_>) {}
+
     /// When state is written to canon. Default: after every message.
     fn persistence(&self) -> Persistence {
         Persistence::EveryMessage
@@ -146,6 +165,18 @@ pub enum Outgoing {
         /// The number the answer comes under.
         correlation: u64,
     },
+    /// A registered activity (work outside the runtime, at least once); the answer comes back
+    /// to `on_reply`.
+    Activity {
+        /// The activity's registered name.
+        name: String,
+        /// Its input.
+        input: serde_json::Value,
+        /// The same for every attempt of one logical call, so the world can drop repeats.
+        idempotency_key: String,
+        /// The number the answer comes under.
+        correlation: u64,
+    },
     /// Call `on_timer(timer_id)` in `after_ms`.
     Timer {
         /// The timer's number.
@@ -173,6 +204,12 @@ pub struct Context<'a> {
     /// that numbers stay unique when the IMVU moves to another node (whose shard counts on
     /// its own) and a late answer to an earlier activation's ask cannot be taken for a new one.
     pub(crate) number_base: u64,
+    /// Set by [`Context::unchanged`]: nothing to commit for this message.
+    pub(crate) unchanged: bool,
+    /// Workflow steps to charge to the tenant ([`Context::meter_steps`]).
+    pub(crate) steps: u64,
+    /// Index entries written with this message's snapshot ([`Context::index`]).
+    pub(crate) index: Vec<(String, bool)>,
 }
 
 impl<'a> Context<'a> {
@@ -185,6 +222,9 @@ impl<'a> Context<'a> {
             outgoing: Vec::new(),
             next_number: 0,
             number_base: 0,
+            unchanged: false,
+            steps: 0,
+            index: Vec::new(),
         }
     }
 
@@ -232,6 +272,35 @@ impl<'a> Context<'a> {
         let correlation = self.number();
         self.outgoing.push(Outgoing::Model { request: crate::models::ModelRequest::Generate(request), correlation });
         correlation
+    }
+
+    /// Runs the registered activity `name` on `input` after this message is committed; the
+    /// answer (or the error) comes back to [`Imvu::on_reply`] under the returned number.
+    /// Activities act on the world outside the runtime: at least once, so each gets an
+    /// `idempotency_key` to drop repeats with.
+    pub fn activity(&mut self, name: &str, input: serde_json::Value, idempotency_key: String) -> u64 {
+        let correlation = self.number();
+        self.outgoing.push(Outgoing::Activity { name: name.to_owned(), input, idempotency_key, correlation });
+        correlation
+    }
+
+    /// Says this message changed nothing in the state: no snapshot is committed for it (its
+    /// reply goes out at once). Only for messages that truly changed nothing: a change made
+    /// anyway lives in memory until the next committed message.
+    pub fn unchanged(&mut self) {
+        self.unchanged = true;
+    }
+
+    /// Charges `steps` workflow steps to the tenant's usage.
+    pub fn meter_steps(&mut self, steps: u64) {
+        self.steps = self.steps.saturating_add(steps);
+    }
+
+    /// Puts (`present`) or removes this IMVU in the tenant's index `name`, in the same commit as
+    /// its snapshot (kinds with [`Persistence::EveryMessage`] only). Indexes are listed with
+    /// `Runtime::index` (for example the workflows that are running, or dead-lettered).
+    pub fn index(&mut self, name: &str, present: bool) {
+        self.index.push((name.to_owned(), present));
     }
 
     /// Calls [`Imvu::on_timer`] in `after_ms` (node clock); returns the timer's number.

@@ -227,10 +227,16 @@ impl<I: Imvu> ErasedKind for KindRef<I> {
         msg: serde_json::Value,
     ) -> BoxFuture<'_, Result<serde_json::Value, ActorError>> {
         Box::pin(async move {
+            let (once, msg) = crate::once::split(msg)?;
             let msg = self.decode(&key, msg).await?;
-            let reply = self.ask(&key, msg).await?;
-            serde_json::to_value(reply)
-                .map_err(|e| ActorError::Store(format!("reply does not serialise: {e}")))
+            let reply = match once {
+                None => self.ask(&key, msg).await,
+                Some(once) => self.request(&key, |reply| Command::AskOnce { key, msg, once, reply }).await,
+            };
+            match reply {
+                Ok(reply) => serde_json::to_value(reply).map_err(|e| ActorError::Store(format!("reply does not serialise: {e}"))),
+                Err(e) => crate::once::replayed(e),
+            }
         })
     }
 
@@ -270,12 +276,19 @@ impl<I: Imvu> ErasedKind for KindRef<I> {
 
     fn ask_json_enqueued(&self, key: ImvuKey, msg: serde_json::Value) -> BoxFuture<'_, Result<JsonReply, ActorError>> {
         Box::pin(async move {
+            let (once, msg) = crate::once::split(msg)?;
             let msg = self.decode(&key, msg).await?;
             let (reply, rx) = oneshot::channel();
-            self.send(&key, Command::Ask { key, msg, reply }).await?;
+            let command = match once {
+                None => Command::Ask { key, msg, reply },
+                Some(once) => Command::AskOnce { key, msg, once, reply },
+            };
+            self.send(&key, command).await?;
             let answer: JsonReply = Box::pin(async move {
-                let reply = rx.await.map_err(unavailable)??;
-                serde_json::to_value(reply).map_err(|e| ActorError::Store(format!("reply does not serialise: {e}")))
+                match rx.await.map_err(unavailable)? {
+                    Ok(reply) => serde_json::to_value(reply).map_err(|e| ActorError::Store(format!("reply does not serialise: {e}"))),
+                    Err(e) => crate::once::replayed(e),
+                }
             });
             Ok(answer)
         })
@@ -283,6 +296,8 @@ impl<I: Imvu> ErasedKind for KindRef<I> {
 
     fn tell_json(&self, key: ImvuKey, msg: serde_json::Value) -> BoxFuture<'_, Result<(), ActorError>> {
         Box::pin(async move {
+            // A tell has no answer to repeat: its envelope is only unwrapped.
+            let (_, msg) = crate::once::split(msg)?;
             let msg = self.decode(&key, msg).await?;
             self.tell(&key, msg).await
         })

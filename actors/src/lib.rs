@@ -10,6 +10,7 @@
 //! Invariants: this crate knows no network and no HTTP; every canon write goes through
 //! `CanonStore`; time comes from the injected `Clock`; a handler panic never escapes a shard.
 
+pub mod activities;
 pub mod audit;
 pub mod auth;
 pub mod erasure;
@@ -25,6 +26,7 @@ pub mod kinds;
 pub mod lifecycle;
 pub mod metering;
 pub mod models;
+pub mod once;
 pub mod ownership;
 pub mod quota;
 pub mod records;
@@ -34,6 +36,7 @@ mod shard_actor;
 pub mod store;
 pub mod swarm;
 pub mod tenants;
+pub mod workflow;
 
 pub use error::ActorError;
 pub use handshake::{

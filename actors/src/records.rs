@@ -117,6 +117,16 @@ pub fn tenant_imvus_prefix(tenant: &TenantId) -> String {
     format!("t/{tenant}/imvu/")
 }
 
+/// Prefix of a tenant's index `name` (see `Context::index`): one key per IMVU in it.
+pub fn index_prefix(tenant: &TenantId, name: &str) -> String {
+    format!("t/{tenant}/index/{name}/")
+}
+
+/// Key of IMVU `key` in its tenant's index `name`.
+pub fn index_key(key: &ImvuKey, name: &str) -> String {
+    format!("{}{:020}", index_prefix(&key.tenant, name), key.id.0)
+}
+
 /// Key of a tenant's policy.
 pub fn tenant_key(tenant: &TenantId) -> String {
     format!("tenant/{tenant}")

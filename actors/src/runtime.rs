@@ -125,6 +125,7 @@ struct Installer {
     node: Arc<NodeHealth>,
     router: Arc<OnceLock<Arc<dyn Router>>>,
     models: crate::host::driver::ModelsSlot,
+    activities: crate::host::driver::ActivitiesSlot,
 }
 
 /// Collects kinds, then starts the runtime.
@@ -132,6 +133,7 @@ pub struct RuntimeBuilder {
     config: RuntimeConfig,
     kinds: Vec<(&'static str, KindInstaller)>,
     router: Option<Arc<dyn Router>>,
+    activities: crate::activities::ActivityRegistry,
 }
 
 impl RuntimeBuilder {
@@ -139,6 +141,16 @@ impl RuntimeBuilder {
     /// cluster's remote delivery).
     pub fn router(mut self, router: Arc<dyn Router>) -> Self {
         self.router = Some(router);
+        self
+    }
+
+    /// Registers activity `name` (see [`crate::activities`]); replaces a built-in of that name.
+    pub fn activity<F, Fut>(mut self, name: &str, f: F) -> Self
+    where
+        F: Fn(crate::activities::ActivityCall) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<serde_json::Value, ActorError>> + Send + 'static,
+    {
+        self.activities.register(name, f);
         self
     }
 
@@ -156,6 +168,7 @@ impl RuntimeBuilder {
                 ownership: inst.config.ownership.clone(),
                 router: inst.router.clone(),
                 models: inst.models.clone(),
+                activities: inst.activities.clone(),
             });
             let description = env.behaviour.description();
             let mut senders = Vec::new();
@@ -196,9 +209,16 @@ impl RuntimeBuilder {
     }
 
     /// Loads tenants and the id allocator from canon, starts the supervision tree.
-    pub async fn start(self) -> Result<Runtime, ActorError> {
+    pub async fn start(mut self) -> Result<Runtime, ActorError> {
         vcos_supervision::quiet_panic::install();
-        let RuntimeBuilder { config, kinds, router } = self;
+        // Workflows are part of the runtime: the kind is there even when no Rust workflow was
+        // registered with it (declarative definitions need none).
+        if !self.kinds.iter().any(|(name, _)| *name == crate::workflow::KIND) {
+            self = self.kind(crate::workflow::Workflows::new());
+        }
+        let RuntimeBuilder { config, kinds, router, activities } = self;
+        let activities = Arc::new(activities);
+        let activities_slot: crate::host::driver::ActivitiesSlot = Arc::default();
         let tenants = Arc::new(Tenants::default());
         let node = NodeHealth::new(config.resident_imvus_max);
         let router_slot: Arc<OnceLock<Arc<dyn Router>>> = Arc::default();
@@ -210,6 +230,7 @@ impl RuntimeBuilder {
             node: node.clone(),
             router: router_slot.clone(),
             models: models_slot.clone(),
+            activities: activities_slot.clone(),
         };
         let mut by_name = BTreeMap::new();
         let mut typed = BTreeMap::new();
@@ -296,8 +317,12 @@ impl RuntimeBuilder {
                 placement: std::sync::OnceLock::new(),
                 erasing: erasing::Erasing::default(),
                 models: models_slot.clone(),
+                activities: activities.clone(),
             }),
         };
+        if activities_slot.set((activities, runtime.downgrade())).is_err() {
+            unreachable!("the activities slot is set once, here");
+        }
         *models_slot.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(NoModels { inner: Arc::downgrade(&runtime.inner) });
         let router = router.unwrap_or_else(|| Arc::new(LocalRouter { inner: Arc::downgrade(&runtime.inner) }));
         if router_slot.set(router).is_err() {
@@ -308,6 +333,7 @@ impl RuntimeBuilder {
         spawn_usage_writer(Arc::downgrade(&runtime.inner));
         erasing::spawn_fence_sweeper(Arc::downgrade(&runtime.inner));
         spawn_storage_meter(Arc::downgrade(&runtime.inner));
+        crate::workflow::keeper::spawn(&runtime);
         let swarms = swarm::recover(&runtime).await?;
         if swarms > 0 {
             tracing::info!(swarms, "swarms recovered from canon");
@@ -492,6 +518,8 @@ struct Inner {
     erasing: erasing::Erasing,
     /// Where IMVUs' model requests go (see [`Runtime::set_models`]).
     models: crate::host::driver::ModelsSlot,
+    /// The activities this runtime runs.
+    activities: Arc<crate::activities::ActivityRegistry>,
 }
 
 /// Kinds the node serves, for listings.
@@ -527,6 +555,7 @@ impl Runtime {
             config,
             kinds: Vec::new(),
             router: None,
+            activities: crate::activities::ActivityRegistry::default(),
         }
     }
 
@@ -789,6 +818,29 @@ impl Runtime {
     /// such as its [`crate::models::Models`]).
     pub fn downgrade(&self) -> WeakRuntime {
         WeakRuntime(Arc::downgrade(&self.inner))
+    }
+
+    /// Whether this node may serve `key` now (it owns its bucket's lease; always, alone).
+    pub fn owns(&self, key: &ImvuKey) -> bool {
+        self.inner.config.ownership.fence(key, self.inner.config.clock.now_ms()).is_ok()
+    }
+
+    /// The activities this runtime runs (built-ins and those registered).
+    pub fn activities(&self) -> &crate::activities::ActivityRegistry {
+        &self.inner.activities
+    }
+
+    /// The IMVUs in the tenant's index `name` ([`crate::Context::index`]), in id order, up to
+    /// `limit`, after id `after`.
+    pub fn index(&self, tenant: &TenantId, name: &str, after: Option<u64>, limit: usize) -> Result<Vec<ImvuKey>, ActorError> {
+        let prefix = records::index_prefix(tenant, name);
+        let after_key = after.map(|id| format!("{prefix}{id:020}"));
+        let rows = self.store().scan_prefix(&prefix, after_key.as_deref(), limit)?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(key, _)| key.get(prefix.len()..).and_then(|id| id.parse::<u64>().ok()))
+            .map(|id| ImvuKey { tenant: *tenant, id: crate::ids::ImvuId(id) })
+            .collect())
     }
 
     /// Hands the answer to one of an IMVU's asks back to it (its `on_reply`, in mailbox

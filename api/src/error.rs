@@ -183,6 +183,8 @@ fn actor_status(e: &ActorError) -> StatusCode {
         ActorError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
         ActorError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         ActorError::QuotaExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
+        ActorError::Failed(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        ActorError::AlreadyApplied(_) => StatusCode::CONFLICT,
     }
 }
 
@@ -242,6 +244,7 @@ mod tests {
         check(ActorError::TooLarge("t".into()), 413, "too_large");
         check(ActorError::Store("s".into()), 500, "store_error");
         check(ActorError::Unavailable("u".into()), 503, "unavailable");
+        check(ActorError::Failed("f".into()), 422, "failed");
     }
 
     #[test]

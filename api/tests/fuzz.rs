@@ -574,9 +574,38 @@ fn domain_rules(op: &Operation, draft: &mut Draft, fixtures: &Fixtures, rng: &mu
         "POST /v1/keys" => set_field(draft, "role", json!(rng.pick(&["cluster_admin", "metrics"]))),
         // A range starts before it ends (`to_ms` defaults to now): a rule across two fields.
         "GET /v1/tenants/{tenant}/usage" => usage_range_rule(draft, rng),
+        // A definition is an object to the schema; what makes it valid (kinds of steps, bound
+        // variables, bounded loops) is the validator's, tested in the workflow module: a drawn
+        // one of the valid definitions below, under one of their names.
+        "PUT /v1/tenants/{tenant}/workflow-definitions/{name}" => {
+            let (name, definition) = rng.pick(WORKFLOW_DEFINITIONS);
+            draft.path.insert("name".into(), (*name).to_owned());
+            draft.body = serde_json::from_str(definition).ok();
+        }
+        // `definition` or `workflow`, one of the two (a rule across two fields), and a
+        // definition that exists once uploaded (404 before: a domain answer).
+        "POST /v1/tenants/{tenant}/workflows" => {
+            if let Some(body) = draft.body.as_mut().and_then(Value::as_object_mut) {
+                body.remove("workflow");
+                body.insert("definition".into(), json!(rng.pick(WORKFLOW_DEFINITIONS).0));
+                // A schedule is a period of at least 100 ms, and `count` goes with it: rules the
+                // schedule's own test covers; a wait is kept short.
+                body.remove("every_ms");
+                body.remove("count");
+                if body.contains_key("wait_ms") {
+                    body.insert("wait_ms".into(), json!(rng.below(100)));
+                }
+            }
+        }
         _ => {}
     }
 }
+
+/// Valid workflow definitions, by name, for the workflow routes (any input runs them).
+const WORKFLOW_DEFINITIONS: &[(&str, &str)] = &[
+    ("fz-sleep", r#"{"steps":[{"id":"nap","sleep_ms":1}]}"#),
+    ("fz-signal", r#"{"vars":{"got":null},"steps":[{"id":"w","wait":{"signal":"go","timeout_ms":50},"set":{"got":"${result}"}}]}"#),
+];
 
 /// The rule of messages when the path names an IMVU by a drawn id: ids are shared by every
 /// kind, so its kind is asked of the node; and one that is paused would hold the message until
@@ -622,6 +651,9 @@ fn message_for(kind: &str, rng: &mut Rng) -> Value {
             json!({"op": "keys"}),
         ],
         "text-worker" => ["word_count", "upper", "reverse", "keywords"].iter().map(|op| json!({"op": op, "text": text})).collect(),
+        // A workflow created as a bare IMVU is not started: it answers views, takes a cancel,
+        // and refuses signals in its reply.
+        "workflow" => vec![json!({"op": "get"}), json!({"op": "status"}), json!({"op": "signal", "name": text, "body": n}), json!({"op": "cancel"})],
         other => panic!("the fuzzer knows no messages of kind {other:?}: add them to message_for"),
     };
     rng.pick(&options).clone()

@@ -448,7 +448,7 @@ async fn openapi_documents_every_route_and_docs_are_served() {
     let api = api().await;
     let (status, doc) = api.get("/openapi.json").await;
     assert_eq!(status, StatusCode::OK);
-    let expected: [(&str, &[&str]); 61] = [
+    let expected: [(&str, &[&str]); 69] = [
         ("/health", &["get"]),
         ("/metrics", &["get"]),
         ("/openapi.json", &["get"]),
@@ -479,6 +479,14 @@ async fn openapi_documents_every_route_and_docs_are_served() {
         ("/v1/tenants/{tenant}/workspaces/{id}/pause", &["post"]),
         ("/v1/tenants/{tenant}/workspaces/{id}/resume", &["post"]),
         ("/v1/tenants/{tenant}/workspaces/{id}/terminate", &["post"]),
+        ("/v1/tenants/{tenant}/workflow-definitions", &["get"]),
+        ("/v1/tenants/{tenant}/workflow-definitions/{name}", &["get", "put"]),
+        ("/v1/tenants/{tenant}/workflows", &["get", "post"]),
+        ("/v1/tenants/{tenant}/workflows/{id}", &["get"]),
+        ("/v1/tenants/{tenant}/workflows/{id}/signals/{name}", &["post"]),
+        ("/v1/tenants/{tenant}/workflows/{id}/cancel", &["post"]),
+        ("/v1/tenants/{tenant}/workflows/{id}/retry", &["post"]),
+        ("/v1/tenants/{tenant}/workflows/{id}/skip", &["post"]),
         ("/v1/tenants/{tenant}/swarms", &["post"]),
         ("/v1/tenants/{tenant}/swarms/{id}", &["get"]),
         ("/v1/tenants/{tenant}/swarms/{id}/work", &["post"]),
@@ -519,7 +527,7 @@ async fn openapi_documents_every_route_and_docs_are_served() {
         }
     }
     let paths = doc["paths"].as_object().expect("paths").len();
-    assert_eq!(paths, 61, "exactly the routes above");
+    assert_eq!(paths, 69, "exactly the routes above");
     let messages = &doc["paths"]["/v1/tenants/{tenant}/imvus/{id}/messages"]["post"]["responses"];
     for code in ["200", "400", "401", "403", "404", "409", "413", "429", "500", "503"] {
         assert!(messages[code].is_object(), "messages lacks {code}: {messages}");

@@ -281,6 +281,7 @@ pub enum WireError {
     Store { reason: String },
     Unavailable { reason: String },
     QuotaExceeded { quota: String, reason: String, retry_after_s: Option<u64> },
+    Failed { reason: String },
 }
 
 impl From<&ActorError> for WireError {
@@ -299,6 +300,9 @@ impl From<&ActorError> for WireError {
             ActorError::Store(reason) => Self::Store { reason },
             ActorError::Unavailable(reason) => Self::Unavailable { reason },
             ActorError::QuotaExceeded { quota, reason, retry_after_s } => Self::QuotaExceeded { quota, reason, retry_after_s },
+            ActorError::Failed(reason) => Self::Failed { reason },
+            // Answered as the recorded reply before any reply leaves its node.
+            ActorError::AlreadyApplied(_) => Self::Conflict { reason: "already applied".into() },
         }
     }
 }
@@ -311,6 +315,9 @@ fn entity_name(what: &str) -> &'static str {
         "tenant" => "tenant",
         "vote" => "vote",
         "kind" => "kind",
+        "activity" => "activity",
+        "workflow" => "workflow",
+        "workflow definition" => "workflow definition",
         _ => "entity",
     }
 }
@@ -331,6 +338,7 @@ impl From<WireError> for ActorError {
             WireError::Store { reason } => Self::Store(reason),
             WireError::Unavailable { reason } => Self::Unavailable(reason),
             WireError::QuotaExceeded { quota, reason, retry_after_s } => Self::QuotaExceeded { quota, reason, retry_after_s },
+            WireError::Failed { reason } => Self::Failed(reason),
         }
     }
 }

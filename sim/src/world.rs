@@ -67,6 +67,10 @@ pub struct PlantedBugs {
     pub skip_lease_check: bool,
     /// Nodes keep serving the buckets they held after their lease lapsed.
     pub ignore_lease_expiry: bool,
+    /// Workflows resuming after a load run their journaled calls again.
+    pub workflow_rerun_journaled: bool,
+    /// Workflow sleeps end early.
+    pub workflow_early_timers: bool,
 }
 
 /// How to run.
@@ -240,6 +244,8 @@ pub fn run(scenario: &dyn Scenario, seed: u64, options: &RunOptions) -> RunRepor
     failpoints::set_ignore_intensity(options.bugs.ignore_intensity);
     failpoints::set_skip_lease_check(options.bugs.skip_lease_check);
     failpoints::set_ignore_lease_expiry(options.bugs.ignore_lease_expiry);
+    failpoints::set_workflow_rerun_journaled(options.bugs.workflow_rerun_journaled);
+    failpoints::set_workflow_early_timers(options.bugs.workflow_early_timers);
     let served = observations.clone();
     failpoints::set_served_observer(Some(Box::new(move |key, epoch| served.record_served(key, epoch))));
 
@@ -313,6 +319,8 @@ pub fn run(scenario: &dyn Scenario, seed: u64, options: &RunOptions) -> RunRepor
     failpoints::set_ignore_intensity(false);
     failpoints::set_skip_lease_check(false);
     failpoints::set_ignore_lease_expiry(false);
+    failpoints::set_workflow_rerun_journaled(false);
+    failpoints::set_workflow_early_timers(false);
     failpoints::set_served_observer(None);
     let sim_ms = u64::try_from(sim.elapsed().as_millis()).unwrap_or(u64::MAX);
     drop(sim);

@@ -29,6 +29,14 @@ fn sweep(scenario: &dyn Scenario, seeds: u64) {
     assert!(failures.is_empty(), "{} failed:\n{}", scenario.name(), failures.join("\n"));
 }
 
+/// turmoil seeds each host's tokio RNG (unbiased `select!`s in tokio and our dependencies)
+/// only under `--cfg tokio_unstable` (`.cargo/config.toml`); without it a seed can replay
+/// differently.
+#[test]
+fn built_with_seeded_tokio_runtimes() {
+    assert!(cfg!(tokio_unstable), "build with `--cfg tokio_unstable` (.cargo/config.toml sets it; a RUSTFLAGS variable overrides it)");
+}
+
 #[test]
 fn supervision_seeds_pass_and_replay() {
     sweep(scenarios::by_name("supervision").expect("scenario"), SEEDS);
@@ -113,6 +121,17 @@ fn placement_seeds_pass_and_replay() {
 
 /// Seeds of the placement scenario in the default suite (one in `REPLAY_EVERY` run twice).
 const PLACEMENT_SEEDS: u64 = 6;
+
+#[test]
+fn workflows_seeds_pass_and_replay() {
+    // Workflows of random shapes on three `vcos up` nodes under crashes, isolation, pauses
+    // and clock jumps: none stuck, each step's effect applied once, timers never early,
+    // compensations in reverse order.
+    sweep(scenarios::by_name("workflows").expect("scenario"), WORKFLOWS_SEEDS);
+}
+
+/// Seeds of the workflows scenario in the default suite.
+const WORKFLOWS_SEEDS: u64 = 10;
 
 #[test]
 fn planted_activation_without_lease_check_is_caught() {

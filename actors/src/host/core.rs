@@ -54,10 +54,13 @@ pub(crate) enum Effect<I: Imvu> {
     /// Run a model request for `ask.from` (through the runtime's `Models`); the answer goes
     /// back as a reply.
     Model { request: crate::models::ModelRequest, ask: AskToken },
+    /// Run a registered activity for `ask.from` (through the runtime's `Activities`); the
+    /// answer goes back as a reply.
+    Activity { name: String, input: serde_json::Value, idempotency_key: String, ask: AskToken },
 }
 
 /// What a canon read of one IMVU returned: its meta record and its snapshot, encoded.
-pub(crate) type Loaded = Result<(Option<Vec<u8>>, Option<Vec<u8>>), StoreError>;
+pub(crate) type Loaded = Result<(Option<Vec<u8>>, Option<Vec<u8>>, Vec<(String, Vec<u8>)>), StoreError>;
 
 /// What the core shares with the runtime (no store, no clock).
 pub(crate) struct CoreEnv<I: Imvu> {
@@ -74,8 +77,12 @@ pub(crate) struct CoreEnv<I: Imvu> {
 /// What reaches a handler: a message, the answer to one of its asks, or one of its timers.
 enum Delivery<I: Imvu> {
     Msg(I::Msg),
+    /// A message applied at most once under its key.
+    Once(I::Msg, Box<str>),
     Reply(u64, Box<Result<serde_json::Value, ActorError>>),
     Timer(u64),
+    /// The IMVU was just loaded from canon ([`Imvu::on_activate`]).
+    Activated,
 }
 
 impl<I: Imvu> Delivery<I> {
@@ -83,9 +90,12 @@ impl<I: Imvu> Delivery<I> {
     fn into_command(self, key: ImvuKey, reply: Option<Reply<I::Reply>>) -> Command<I> {
         match (self, reply) {
             (Self::Msg(msg), Some(reply)) => Command::Ask { key, msg, reply },
-            (Self::Msg(msg), None) => Command::Tell { key, msg },
+            (Self::Msg(msg) | Self::Once(msg, _), None) => Command::Tell { key, msg },
+            (Self::Once(msg, once), Some(reply)) => Command::AskOnce { key, msg, once, reply },
             (Self::Reply(correlation, reply), _) => Command::Reply { key, correlation, reply },
             (Self::Timer(timer_id), _) => Command::Timer { key, timer_id },
+            // Never held or queued: run right after the load, or not at all.
+            (Self::Activated, _) => Command::Timer { key, timer_id: 0 },
         }
     }
 }
@@ -104,6 +114,9 @@ struct Cell<S> {
     lifecycle: LifecycleState,
     /// From its meta record: kept in every rewrite of the meta.
     created_unix_ms: u64,
+    /// Idempotent asks applied (key → reply, JSON), as recorded in the canon beside the
+    /// snapshot; none for most IMVUs.
+    once: Option<Box<crate::once::Applied>>,
     /// The ownership fence it was activated under; every commit for it carries its guard.
     fence: Option<Fence>,
 }
@@ -125,6 +138,8 @@ enum Pending<I: Imvu> {
 enum Then<I: Imvu> {
     Nothing,
     Ask(Reply<I::Reply>, I::Reply),
+    /// An error to answer once the commit (a barrier) is durable.
+    Fail(Reply<I::Reply>, ActorError),
     Info(Reply<ImvuInfo>, Box<ImvuInfo>),
 }
 
@@ -145,6 +160,8 @@ struct Counters {
     poisoned: metrics::Counter,
     /// Cells dropped because ownership moved or lapsed under them.
     fenced: metrics::Counter,
+    /// Idempotent asks answered from their record (sent again).
+    once_repeats: metrics::Counter,
     resident: metrics::Gauge,
 }
 
@@ -157,6 +174,7 @@ impl Counters {
             passivations: metrics::counter!("vcos_passivations_total", "kind" => kind),
             poisoned: metrics::counter!("vcos_imvu_poisoned_total", "kind" => kind),
             fenced: metrics::counter!("vcos_imvu_fenced_total", "kind" => kind),
+            once_repeats: metrics::counter!("vcos_imvu_once_repeats_total", "kind" => kind),
             resident: metrics::gauge!("vcos_imvus_resident", "kind" => kind),
         }
     }
@@ -282,6 +300,7 @@ impl<I: Imvu> ShardCore<I> {
         match command {
             Command::Tell { key, msg } => self.deliver(key, Delivery::Msg(msg), None),
             Command::Ask { key, msg, reply } => self.deliver(key, Delivery::Msg(msg), Some(reply)),
+            Command::AskOnce { key, msg, once, reply } => self.deliver(key, Delivery::Once(msg, once), Some(reply)),
             Command::Reply { key, correlation, reply } => self.deliver(key, Delivery::Reply(correlation, reply), None),
             Command::Timer { key, timer_id } => self.deliver(key, Delivery::Timer(timer_id), None),
             Command::Create { key, caller, reply } => {
@@ -347,6 +366,7 @@ impl<I: Imvu> ShardCore<I> {
                         match then {
                             Then::Nothing => {}
                             Then::Ask(reply, value) => self.effects.push(Effect::ReplyAsk(reply, Ok(value))),
+                            Then::Fail(reply, error) => self.effects.push(Effect::ReplyAsk(reply, Err(error))),
                             Then::Info(reply, info) => self.effects.push(Effect::ReplyInfo(reply, Ok(*info))),
                         }
                     }
@@ -355,7 +375,7 @@ impl<I: Imvu> ShardCore<I> {
                         let e = ActorError::from(e);
                         match then {
                             Then::Nothing => {}
-                            Then::Ask(reply, _) => self.effects.push(Effect::ReplyAsk(reply, Err(e))),
+                            Then::Ask(reply, _) | Then::Fail(reply, _) => self.effects.push(Effect::ReplyAsk(reply, Err(e))),
                             Then::Info(reply, _) => self.effects.push(Effect::ReplyInfo(reply, Err(e))),
                         }
                     }
@@ -399,6 +419,10 @@ impl<I: Imvu> ShardCore<I> {
         };
         match self.activate(&key, loaded) {
             Ok(()) => {
+                let active = self.cells.get(&id).is_some_and(|cell| cell.lifecycle == LifecycleState::Active);
+                if active && self.env.behaviour.resumes() {
+                    self.run_handler(key, Delivery::Activated, None)?;
+                }
                 for command in loading.commands {
                     self.handle_command(command)?;
                 }
@@ -507,6 +531,9 @@ impl<I: Imvu> ShardCore<I> {
                 Outgoing::Model { request, correlation } => {
                     self.effects.push(Effect::Model { request, ask: AskToken { from, correlation } });
                 }
+                Outgoing::Activity { name, input, idempotency_key, correlation } => {
+                    self.effects.push(Effect::Activity { name, input, idempotency_key, ask: AskToken { from, correlation } });
+                }
                 Outgoing::Timer { timer_id, after_ms } => {
                     if self.timers.len() >= SHARD_TIMERS_MAX {
                         metrics::counter!("vcos_timers_dropped_total", "kind" => I::KIND).increment(1);
@@ -562,7 +589,7 @@ impl<I: Imvu> ShardCore<I> {
     }
 
     fn activate(&mut self, key: &ImvuKey, loaded: Loaded) -> Result<(), ActorError> {
-        let (meta, snapshot) = loaded?;
+        let (meta, snapshot, once) = loaded?;
         let meta_key = records::meta_key(key);
         let meta: ImvuMeta = match meta {
             Some(bytes) => records::decode(&meta_key, &bytes)?,
@@ -581,12 +608,15 @@ impl<I: Imvu> ShardCore<I> {
         let tenant = self.env.tenants.get(&key.tenant)?;
         let fence = self.env.ownership.fence(key, self.now_ms)?;
         self.insert_cell(key.id.0, tenant, state, meta.lifecycle, meta.created_unix_ms, fence);
+        if let Some(cell) = self.cells.get_mut(&key.id.0) {
+            cell.once = crate::once::Applied::load(once);
+        }
         self.counters.activations.increment(1);
         Ok(())
     }
 
     fn insert_cell(&mut self, id: u64, tenant: Arc<TenantEntry>, state: I::State, lifecycle: LifecycleState, created_unix_ms: u64, fence: Option<Fence>) {
-        let cell = Cell { tenant, state: Box::new(state), last_commit: 0, last_used_ms: self.now_ms, lifecycle, created_unix_ms, fence };
+        let cell = Cell { tenant, state: Box::new(state), last_commit: 0, last_used_ms: self.now_ms, lifecycle, created_unix_ms, fence, once: None };
         if self.cells.insert(id, cell).is_none() {
             self.env.node.resident_imvus.fetch_add(1, Ordering::Relaxed);
             self.counters.resident.increment(1.0);
@@ -630,7 +660,7 @@ impl<I: Imvu> ShardCore<I> {
     /// Answers `command` with `error`.
     fn fail(&mut self, command: Command<I>, error: ActorError) {
         match command {
-            Command::Ask { reply, .. } => self.effects.push(Effect::ReplyAsk(reply, Err(error))),
+            Command::Ask { reply, .. } | Command::AskOnce { reply, .. } => self.effects.push(Effect::ReplyAsk(reply, Err(error))),
             Command::Create { reply, .. } | Command::Inspect { reply, .. } => self.effects.push(Effect::ReplyInfo(reply, Err(error))),
             Command::Lifecycle { reply, transition, .. } => {
                 let error = match error {
@@ -765,7 +795,21 @@ impl<I: Imvu> ShardCore<I> {
         let behaviour = &*self.env.behaviour;
         let cell = self.cells.get_mut(&key.id.0).expect("resident: checked by deliver");
         cell.last_used_ms = self.now_ms;
-        if matches!(delivery, Delivery::Msg(_)) {
+        let every_message = behaviour.persistence() == Persistence::EveryMessage;
+        // An idempotent ask already applied: its recorded reply, once what recorded it is
+        // durable (a barrier behind the IMVU's commits). Not a new message: no quota, no usage.
+        if let (Delivery::Once(_, once), true) = (&delivery, every_message) {
+            if let Some(stored) = cell.once.as_ref().and_then(|applied| applied.reply(once)) {
+                let then = match reply {
+                    Some(reply) => Then::Fail(reply, ActorError::AlreadyApplied(stored)),
+                    None => Then::Nothing,
+                };
+                self.counters.once_repeats.increment(1);
+                self.commit(&key, Vec::new(), then);
+                return Ok(());
+            }
+        }
+        if matches!(delivery, Delivery::Msg(_) | Delivery::Once(..)) {
             // The tenant's messages of the day (replies and timers are not messages).
             if let Err(e) = crate::quota::admit_message(&cell.tenant, self.unix_ms) {
                 if let Some(reply) = reply {
@@ -776,15 +820,28 @@ impl<I: Imvu> ShardCore<I> {
             cell.tenant.usage.add(crate::metering::UsageUnit::Messages, 1);
         }
         let number_base = cell.fence.map_or(0, |fence| fence.epoch << 32);
-        let mut ctx = Context { key: &key, unix_ms: self.unix_ms, stop_requested: false, outgoing: Vec::new(), next_number: self.last_number, number_base };
+        let mut ctx = Context {
+            key: &key,
+            unix_ms: self.unix_ms,
+            stop_requested: false,
+            outgoing: Vec::new(),
+            next_number: self.last_number,
+            number_base,
+            unchanged: false,
+            steps: 0,
+            index: Vec::new(),
+        };
         let state = &mut *cell.state;
-        let every_message = behaviour.persistence() == Persistence::EveryMessage;
+        let once = match &delivery {
+            Delivery::Once(_, once) if every_message => Some(once.clone()),
+            _ => None,
+        };
         let outcome = quiet_panic::catch(|| {
             if crate::failpoints::handler_should_panic(ctx.key) {
                 panic!("failpoint: injected handler panic");
             }
             let reply = match delivery {
-                Delivery::Msg(msg) => Some(behaviour.handle(state, msg, &mut ctx)),
+                Delivery::Msg(msg) | Delivery::Once(msg, _) => Some(behaviour.handle(state, msg, &mut ctx)),
                 Delivery::Reply(correlation, answer) => {
                     behaviour.on_reply(state, correlation, *answer, &mut ctx);
                     None
@@ -793,10 +850,14 @@ impl<I: Imvu> ShardCore<I> {
                     behaviour.on_timer(state, timer_id, &mut ctx);
                     None
                 }
+                Delivery::Activated => {
+                    behaviour.on_activate(state, &mut ctx);
+                    None
+                }
             };
             // Encoding runs the author's `Serialize`: inside the catch, so its failure is this
             // IMVU's crash, like a panic in `handle`.
-            let snapshot = every_message.then(|| records::encode_state(&*state)).transpose();
+            let snapshot = (every_message && !ctx.unchanged).then(|| records::encode_state(&*state)).transpose();
             match snapshot {
                 Ok(snapshot) => (reply, snapshot),
                 Err(reason) => panic!("{reason}"),
@@ -804,11 +865,28 @@ impl<I: Imvu> ShardCore<I> {
         });
         let stop_requested = ctx.stop_requested;
         self.last_number = ctx.next_number;
-        let outgoing = ctx.outgoing;
+        let (outgoing, index, steps) = (ctx.outgoing, ctx.index, ctx.steps);
+        if steps > 0 {
+            if let Some(cell) = self.cells.get(&key.id.0) {
+                cell.tenant.usage.add(crate::metering::UsageUnit::WorkflowSteps, steps);
+            }
+        }
         match outcome {
             Ok((value, snapshot)) => {
                 if let Some(snapshot) = snapshot {
                     let mut writes = vec![CanonWrite::Put { key: records::snap_key(&key), value: snapshot }];
+                    for (name, present) in index {
+                        let index_key = records::index_key(&key, &name);
+                        writes.push(if present { CanonWrite::Put { key: index_key, value: Vec::new() } } else { CanonWrite::Delete { key: index_key } });
+                    }
+                    // The idempotent ask's record, in the same commit as its effect.
+                    if let (Some(once), Some(value)) = (once, value.as_ref()) {
+                        let unix_ms = self.unix_ms;
+                        if let Some(cell) = self.cells.get_mut(&key.id.0) {
+                            let applied = cell.once.get_or_insert_with(Default::default);
+                            writes.extend(applied.record(&key, once, value, unix_ms));
+                        }
+                    }
                     // Fenced like every commit of an activation: a node that lost the IMVU's
                     // lease after this message was admitted cannot make its snapshot durable.
                     self.push_guards(key.id.0, &mut writes);
@@ -1040,6 +1118,7 @@ impl<I: Imvu> ShardCore<I> {
             .cells
             .iter()
             .filter(|(id, c)| now.saturating_sub(c.last_used_ms) >= idle_ms && c.lifecycle != LifecycleState::Paused && !self.held.contains_key(id))
+            .filter(|(_, c)| !self.env.behaviour.keep_resident(&c.state))
             .map(|(id, _)| *id)
             .collect();
         candidates.sort_unstable();

@@ -43,7 +43,12 @@ pub(crate) struct ShardEnv<I: Imvu> {
     /// Where model requests go (`Runtime::set_models`; until then they are answered
     /// `unavailable`).
     pub models: ModelsSlot,
+    /// Where activities run (set once the runtime exists).
+    pub activities: ActivitiesSlot,
 }
+
+/// The runtime's activities and a handle to answer with (set once the runtime exists).
+pub(crate) type ActivitiesSlot = Arc<OnceLock<(Arc<crate::activities::ActivityRegistry>, crate::WeakRuntime)>>;
 
 /// The runtime's [`crate::models::Models`], replaceable once models are loaded.
 pub(crate) type ModelsSlot = Arc<std::sync::RwLock<Arc<dyn crate::models::Models>>>;
@@ -216,9 +221,11 @@ impl<I: Imvu> Shard<I> {
                     Effect::Load { key } => {
                         // Local reads of the node's canon replica: no waiting on anyone.
                         let store = &*self.env.store;
-                        let loaded = store
-                            .get(&records::meta_key(&key))
-                            .and_then(|meta| Ok((meta, store.get(&records::snap_key(&key))?)));
+                        let loaded = store.get(&records::meta_key(&key)).and_then(|meta| {
+                            let snapshot = store.get(&records::snap_key(&key))?;
+                            let once = store.scan_prefix(&crate::once::records_prefix(&key), None, crate::once::ONCE_KEPT_MAX + 1)?;
+                            Ok((meta, snapshot, once))
+                        });
                         if result.is_ok() {
                             result = self.core.handle_loaded(key, loaded);
                         }
@@ -244,6 +251,13 @@ impl<I: Imvu> Shard<I> {
                         let models = self.env.models.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
                         models.call(request, ask);
                     }
+                    Effect::Activity { name, input, idempotency_key, ask } => match self.env.activities.get() {
+                        Some((registry, runtime)) => {
+                            let call = crate::activities::ActivityCall { tenant: ask.from.tenant, input, idempotency_key };
+                            registry.spawn(&name, call, ask, runtime.clone());
+                        }
+                        None => tracing::warn!(from = %ask.from, "no activities yet: activity not run"),
+                    },
                 }
             }
             self.effects = effects;

@@ -89,6 +89,13 @@ pub(crate) enum Command<I: Imvu> {
         msg: I::Msg,
         reply: Reply<I::Reply>,
     },
+    /// An ask applied at most once under `once` (see `crate::once`).
+    AskOnce {
+        key: ImvuKey,
+        msg: I::Msg,
+        once: Box<str>,
+        reply: Reply<I::Reply>,
+    },
     Lifecycle {
         key: ImvuKey,
         transition: Transition,
@@ -129,6 +136,7 @@ impl<I: Imvu> Command<I> {
             Self::Create { key, .. }
             | Self::Tell { key, .. }
             | Self::Ask { key, .. }
+            | Self::AskOnce { key, .. }
             | Self::Lifecycle { key, .. }
             | Self::Inspect { key, .. }
             | Self::Evict { key }

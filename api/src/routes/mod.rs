@@ -10,6 +10,7 @@
 //! - `imvus`: create, inspect, message, pause/resume/terminate, history.
 //! - `swarms`: create, inspect, submit work, credits, shared memory, votes.
 //! - `sessions`: virtual desktop sessions (create, list, pause/resume/terminate, screenshot).
+//! - `workflows`: durable workflows: definitions (JSON/YAML), instances, signals, dead letters.
 
 use std::sync::Arc;
 
@@ -42,6 +43,7 @@ mod system;
 mod tenant_kv;
 mod tenants;
 mod usage;
+mod workflows;
 
 /// Where the OpenAPI document is served.
 pub(crate) const OPENAPI_PATH: &str = "/openapi.json";
@@ -71,6 +73,7 @@ pub(crate) const DOCS_PATH: &str = "/docs";
         (name = "cluster", description = "Members, their state and the IMVU buckets each owns"),
         (name = "swarms", description = "Swarms of IMVUs: work items pulled by members, credits, shared memory, votes"),
         (name = "inference", description = "Models in OpenAI's shapes: list, embeddings, chat completions (streamed too); tokens count as the key's tenant's usage"),
+        (name = "workflows", description = "Durable workflows: definitions in JSON or YAML (validated, versioned), instances journaled in the canon, signals, cancellation with compensation, the dead-letter list"),
         (name = "sessions", description = "Virtual desktop sessions: real Xvfb desktops at a tier, paused and resumed, screenshots, VNC, metered in desktop seconds"),
     )
 )]
@@ -144,6 +147,14 @@ pub(crate) fn build(state: AppState) -> Router {
         .routes(routes!(sessions::pause_workspace))
         .routes(routes!(sessions::resume_workspace))
         .routes(routes!(sessions::terminate_workspace))
+        .routes(routes!(workflows::list_definitions))
+        .routes(routes!(workflows::put_definition, workflows::get_definition))
+        .routes(routes!(workflows::start, workflows::list))
+        .routes(routes!(workflows::get))
+        .routes(routes!(workflows::signal))
+        .routes(routes!(workflows::cancel))
+        .routes(routes!(workflows::retry))
+        .routes(routes!(workflows::skip))
         .routes(routes!(canon::status))
         .routes(routes!(cluster::cluster))
         .routes(routes!(cluster::cluster_secret))

@@ -9,6 +9,7 @@ mod membership;
 mod placement;
 mod supervision;
 mod swarm;
+mod workflows;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -31,6 +32,7 @@ pub use membership::{MembershipScenario, MEMBERSHIP, MEMBERSHIP_200};
 pub use placement::PlacementScenario;
 pub use supervision::SupervisionScenario;
 pub use swarm::SwarmScenario;
+pub use workflows::WorkflowsScenario;
 
 /// A workload plus its checkers.
 pub trait Scenario: Sync {
@@ -87,8 +89,8 @@ impl Scenario for OnRaft {
 pub static DURABILITY_RAFT: OnRaft = OnRaft { name: "durability-raft", inner: &Durability };
 
 /// Every scenario that ships.
-pub fn all() -> [&'static dyn Scenario; 8] {
-    [&SupervisionScenario, &SwarmScenario, &Durability, &CanonScenario, &MEMBERSHIP, &DURABILITY_RAFT, &PlacementScenario, &DesktopScenario]
+pub fn all() -> [&'static dyn Scenario; 9] {
+    [&SupervisionScenario, &SwarmScenario, &Durability, &CanonScenario, &MEMBERSHIP, &DURABILITY_RAFT, &PlacementScenario, &DesktopScenario, &WorkflowsScenario]
 }
 
 /// Scenarios run only by name (too slow for `all`): `membership-200`.

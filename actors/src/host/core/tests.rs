@@ -154,7 +154,7 @@ impl Harness {
                 match effect {
                     Effect::Commit { token, writes } => self.in_flight.push_back((token, writes)),
                     Effect::Load { key } => {
-                        let loaded = Ok((self.canon.get(&records::meta_key(&key)), self.canon.get(&records::snap_key(&key))));
+                        let loaded = Ok((self.canon.get(&records::meta_key(&key)), self.canon.get(&records::snap_key(&key)), Vec::new()));
                         if let Err(reason) = self.core.handle_loaded(key, loaded) {
                             let _ = writeln!(self.out, "escalated: {reason}");
                         }
@@ -168,7 +168,7 @@ impl Harness {
                     Effect::ReplyCount(reply, count) => {
                         let _ = reply.send(count);
                     }
-                    Effect::Route { .. } | Effect::CreateChild { .. } | Effect::Model { .. } => {
+                    Effect::Route { .. } | Effect::CreateChild { .. } | Effect::Model { .. } | Effect::Activity { .. } => {
                         unreachable!("counters send nothing to other IMVUs or models")
                     }
                 }
