@@ -146,3 +146,17 @@ fn planted_serving_after_lease_lapse_is_caught() {
     let caught = first_failure("placement", bugs, 9).expect("the placement checkers catch serving after the lease lapsed within 9 seeds (5 of seeds 0..40, the first is 8)");
     assert!(caught.violations.iter().any(|v| v.starts_with("two activations")), "{:?}", caught.violations);
 }
+
+#[test]
+fn planted_rerun_of_journaled_workflow_steps_is_caught() {
+    let bugs = PlantedBugs { workflow_rerun_journaled: true, ..PlantedBugs::default() };
+    let caught = first_failure("workflows", bugs, 3).expect("the exactly-once checker catches re-run journaled steps within 3 seeds (9 of seeds 0..12, the first is 0)");
+    assert!(caught.violations.iter().any(|v| v.starts_with("exactly once")), "{:?}", caught.violations);
+}
+
+#[test]
+fn planted_early_workflow_timers_are_caught() {
+    let bugs = PlantedBugs { workflow_early_timers: true, ..PlantedBugs::default() };
+    let caught = first_failure("workflows", bugs, 2).expect("the timer checker catches early sleeps within 2 seeds (12 of seeds 0..12)");
+    assert!(caught.violations.iter().any(|v| v.starts_with("early timer")), "{:?}", caught.violations);
+}
