@@ -83,7 +83,12 @@ impl ActivityRegistry {
         let name = name.to_owned();
         tokio::spawn(async move {
             let answer = match f {
-                Some(f) => f(call).await,
+                // Its own task: a panicking activity fails its call instead of never answering.
+                Some(f) => match tokio::spawn(f(call)).await {
+                    Ok(answer) => answer,
+                    Err(e) if e.is_panic() => Err(ActorError::Failed(format!("activity {name} panicked"))),
+                    Err(_) => Err(ActorError::Unavailable(format!("activity {name} was cancelled (the node stops)"))),
+                },
                 None => Err(ActorError::not_found("activity", &name)),
             };
             metrics::counter!("vcos_activity_calls_total", "activity" => name, "outcome" => if answer.is_ok() { "ok" } else { "error" }).increment(1);
