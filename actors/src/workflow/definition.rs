@@ -769,3 +769,104 @@ pub fn sub_workflows(definition: &Definition) -> BTreeSet<String> {
     walk(&definition.steps, &mut out);
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn known_activity(name: &str) -> bool {
+        ["echo", "fail"].contains(&name)
+    }
+
+    fn known_workflow(name: &str) -> bool {
+        name == "child"
+    }
+
+    /// Validates `definition`; `Err` is the refusal's text (path: message).
+    fn check(definition: Value) -> Result<Definition, String> {
+        let known = Known { activity: &known_activity, workflow: &known_workflow };
+        parse_value(&definition, &known).map_err(|e| e.to_string())
+    }
+
+    fn refused(definition: Value, path: &str, words: &str) {
+        match check(definition) {
+            Ok(_) => panic!("accepted; expected a refusal at {path}"),
+            Err(e) => assert!(e.starts_with(&format!("{path}: ")) && e.contains(words), "expected {path}: …{words}…, got {e}"),
+        }
+    }
+
+    #[test]
+    fn a_definition_with_every_kind_of_step_is_accepted() {
+        let definition = json!({"name": "all", "vars": {"n": 0, "items": []}, "timeout_ms": 60_000, "retry": {"max_attempts": 5}, "steps": [
+            {"id": "a", "call": {"imvu": "${input.counter}", "message": {"op": "add", "n": "${vars.n + 1}"}}, "timeout_ms": 100,
+             "compensate": {"id": "undo_a", "call": {"imvu": "${input.counter}", "message": {"op": "add", "n": "${0 - result}"}}}, "set": {"n": "${result}"}},
+            {"id": "m", "model": {"embed": "${[input.text]}"}},
+            {"id": "g", "model": {"generate": {"messages": [{"role": "user", "content": "${input.text}"}], "max_tokens": 8}}},
+            {"id": "e", "activity": {"name": "echo", "input": {"x": "${steps.a.result}"}}, "on_error": "continue"},
+            {"id": "c", "workflow": {"name": "child", "input": "${input}"}},
+            {"id": "s", "sleep_ms": 10},
+            {"id": "w", "wait": {"signal": "go", "timeout_ms": 1_000}},
+            {"id": "i", "if": "${vars.n > 1}", "then": [{"id": "t", "set": {"n": 2}}], "else": [{"id": "f", "fail": "too small: ${vars.n}"}]},
+            {"id": "sw", "switch": {"value": "${input.kind}", "cases": {"x": [{"id": "sx", "sleep_ms": 1}]}, "default": []}},
+            {"id": "p", "parallel": {"join": {"n": 1}, "branches": [[{"id": "p1", "sleep_ms": 1}], [{"id": "p2", "sleep_ms": 2}]]}},
+            {"id": "fe", "for_each": {"over": "${vars.items}", "as": "it", "max": 10, "steps": [{"id": "body", "set": {"n": "${vars.n + it + index}"}}]}},
+            {"id": "r", "repeat": {"while": "${vars.n < 5}", "max": 10, "steps": [{"id": "inc", "set": {"n": "${vars.n + 1}"}}]}}
+        ], "output": "${vars.n}"});
+        let parsed = check(definition).expect("valid");
+        assert_eq!(parsed.steps.len(), 12);
+        assert_eq!(sub_workflows(&parsed).into_iter().collect::<Vec<_>>(), vec!["child".to_owned()]);
+    }
+
+    #[test]
+    fn refusals_name_the_path_and_the_fault() {
+        refused(json!({"name": "x", "steps": [{"id": "a", "cal": {}}]}), "/steps/0/cal", "unknown step key");
+        refused(json!({"name": "x", "steps": [{"id": "a", "sleep_ms": 1, "wait": {"signal": "s"}}]}), "/steps/0", "one kind");
+        refused(json!({"name": "x", "steps": [{"sleep_ms": 1}]}), "/steps/0", "needs an `id`");
+        refused(json!({"name": "x", "steps": [{"id": "a"}]}), "/steps/0", "needs a kind");
+        refused(json!({"name": "x", "steps": [{"id": "a", "sleep_ms": 1}, {"id": "a", "sleep_ms": 1}]}), "/steps/1/id", "used twice");
+        refused(json!({"name": "x", "steps": [{"id": "a", "set": {"y": "${vars.nope}"}}]}), "/steps/0/set/y", "unbound variable `vars.nope`");
+        refused(json!({"name": "x", "steps": [{"id": "a", "set": {"y": "${item}"}}]}), "/steps/0/set/y", "unbound variable `item`");
+        refused(json!({"name": "x", "steps": [{"id": "a", "set": {"y": "${steps.b.result}"}}]}), "/steps/0/set/y", "no step has the id `b`");
+        refused(json!({"name": "x", "steps": [{"id": "a", "repeat": {"while": "${true}", "steps": []}}]}), "/steps/0/repeat/max", "no unbounded loops");
+        refused(json!({"name": "x", "steps": [{"id": "a", "for_each": {"over": "${[]}", "max": 20_000, "steps": []}}]}), "/steps/0/for_each/max", "1..=10000");
+        refused(json!({"name": "x", "steps": [{"id": "a", "if": "${1 + 1}", "then": []}]}), "/steps/0/if", "expected bool");
+        refused(json!({"name": "x", "steps": [{"id": "a", "for_each": {"over": "${'text'}", "max": 2, "steps": []}}]}), "/steps/0/for_each/over", "expected array");
+        refused(json!({"name": "x", "steps": [{"id": "a", "sleep_ms": "${'a' - 1}"}]}), "/steps/0/sleep_ms", "type mismatch");
+        refused(json!({"name": "x", "steps": [{"id": "a", "activity": {"name": "nope"}}]}), "/steps/0/activity/name", "no activity named");
+        refused(json!({"name": "x", "steps": [{"id": "a", "workflow": {"name": "nope"}}]}), "/steps/0/workflow/name", "no workflow definition");
+        refused(json!({"name": "x", "steps": [{"id": "a", "set": {"y": 1}, "retry": {}}]}), "/steps/0/retry", "belongs to action steps");
+        refused(json!({"name": "x", "steps": [{"id": "a", "sleep_ms": 1, "retry": {"max_attempts": 0}}]}), "/steps/0/retry", "max_attempts");
+        refused(json!({"name": "x", "steps": [{"id": "a", "sleep_ms": 1, "compensate": {"id": "b", "if": "${true}", "then": []}}]}), "/steps/0/compensate", "one action step");
+        refused(json!({"name": "x y", "steps": []}), "/name", "names are");
+        refused(json!({"name": "x", "steps": [], "extra": 1}), "/extra", "unknown key");
+        refused(json!({"name": "x", "steps": [{"id": "p", "parallel": {"join": {"n": 3}, "branches": [[], []]}}]}), "/steps/0/parallel/join", "`n` must be");
+    }
+
+    #[test]
+    fn too_large_too_deep_and_too_many_steps_are_refused() {
+        let big = "x".repeat(DEFINITION_BYTES_MAX);
+        refused(json!({"name": "x", "description": big, "steps": []}), "/", "at most");
+        let mut nested = json!([{"id": "leaf", "sleep_ms": 1}]);
+        for depth in 0..=DEFINITION_DEPTH_MAX {
+            nested = json!([{"id": format!("if{depth}"), "if": "${true}", "then": nested}]);
+        }
+        match check(json!({"name": "x", "steps": nested})) {
+            Ok(_) => panic!("accepted a definition nested past the limit"),
+            Err(e) => assert!(e.contains("nest at most"), "{e}"),
+        }
+        let many: Vec<Value> = (0..=DEFINITION_STEPS_MAX).map(|i| json!({"id": format!("s{i}"), "sleep_ms": 1})).collect();
+        match check(json!({"name": "x", "steps": many})) {
+            Ok(_) => panic!("accepted too many steps"),
+            Err(e) => assert!(e.contains("at most 1000 steps"), "{e}"),
+        }
+    }
+
+    #[test]
+    fn a_definition_survives_its_own_export() {
+        let definition = check(json!({"name": "round", "vars": {"n": 1}, "steps": [{"id": "a", "sleep_ms": 5, "set": {"n": 2}}], "output": "${vars.n}"})).expect("valid");
+        let exported = serde_json::to_value(&definition).expect("serialises");
+        assert_eq!(check(exported).expect("valid again"), definition);
+    }
+}

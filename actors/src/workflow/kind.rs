@@ -521,9 +521,11 @@ impl Workflows {
         };
         let kind = entry.command.kind();
         let duration_s = now.saturating_sub(entry.started_unix_ms) as f64 / 1000.0;
-        metrics::histogram!("vcos_workflow_step_seconds", "kind" => kind).record(duration_s);
+        // By step kind and by workflow (`name@version`: one series per definition version).
+        let workflow = state.program.as_ref().map(Program::name).unwrap_or_default();
+        metrics::histogram!("vcos_workflow_step_seconds", "kind" => kind, "workflow" => workflow.clone()).record(duration_s);
         if outcome.is_err() {
-            metrics::counter!("vcos_workflow_step_failures_total", "kind" => kind).increment(1);
+            metrics::counter!("vcos_workflow_step_failures_total", "kind" => kind, "workflow" => workflow).increment(1);
         }
         entry.state = EntryState::Done;
         entry.finished_unix_ms = Some(now);

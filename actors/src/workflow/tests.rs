@@ -406,3 +406,22 @@ fn timers_never_fire_early_when_the_node_clock_runs_ahead_of_the_wall() {
     assert_eq!(view.status, Status::Completed);
     assert!(view.steps[1].duration_ms >= Some(1_000));
 }
+
+#[test]
+fn payloads_over_the_limit_are_refused_and_results_over_it_fail_the_step() {
+    let mut world = World::new(examples::shipped());
+    let big = "x".repeat(PAYLOAD_BYTES_MAX);
+    let refused = world.start(tally(), json!({ "counter": 1, "blob": big }));
+    assert_eq!(refused["refused"]["code"], "too_large", "{refused}");
+    assert_eq!(world.view().status, Status::Created);
+
+    let mut world = World::new(Workflows::new().register("echo-big", |ctx: WorkflowContext, input: Value| async move { ctx.activity("echo", input).await }));
+    world.start(Program::Rust { name: "echo-big".into() }, json!(null));
+    // The activity answers more than the limit: the step fails `too_large`, once (not retried).
+    let (&n, _) = world.pending.iter().next().expect("the activity");
+    world.pending.remove(&n);
+    world.with_ctx(|kind, state, ctx| kind.on_reply(state, n, Ok(json!("y".repeat(PAYLOAD_BYTES_MAX))), ctx));
+    let view = world.view();
+    assert_eq!(view.status, Status::DeadLettered);
+    assert_eq!(view.steps[0].error.as_ref().map(|e| e.code.as_str()), Some("too_large"));
+}
