@@ -229,6 +229,14 @@ pub fn run(scenario: &dyn Scenario, seed: u64, options: &RunOptions) -> RunRepor
             targets: targets.clone(),
             fault_phase_ms: mix.duration_ms,
             observations: observations.clone(),
+            clock_skew_ms: plan
+                .faults
+                .iter()
+                .map(|f| match f.kind {
+                    crate::plan::FaultKind::ClockJump { jump_ms, .. } => jump_ms.unsigned_abs(),
+                    _ => 0,
+                })
+                .sum(),
         };
         let violations = violations.clone();
         let workload = scenario.workload(ctx);

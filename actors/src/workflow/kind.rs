@@ -130,6 +130,9 @@ pub struct WorkflowState {
     started_unix_ms: u64,
     finished_unix_ms: Option<u64>,
     deadline_unix_ms: Option<u64>,
+    /// The workflow's timeout, if it has one.
+    #[serde(default)]
+    timeout_ms: Option<u64>,
     /// Ask and timer numbers in flight, and what they stand for.
     waits: BTreeMap<u64, Wait>,
     /// The code's published variables.
@@ -455,9 +458,9 @@ impl Workflows {
                 false
             }
             Command::Sleep { ms } => {
-                let due = *entry.due_unix_ms.get_or_insert(now.saturating_add(ms));
+                let due = entry.due_unix_ms.get_or_insert(now.saturating_add(ms));
+                let mut after_ms = left_ms(due, now, ms);
                 let attempt = entry.attempts;
-                let mut after_ms = due.saturating_sub(now);
                 if crate::failpoints::workflow_early_timers() {
                     after_ms /= 2;
                 }
@@ -472,9 +475,10 @@ impl Workflows {
                     return true;
                 }
                 if let Some(timeout_ms) = timeout_ms {
-                    let due = *entry.due_unix_ms.get_or_insert(now.saturating_add(timeout_ms));
+                    let due = entry.due_unix_ms.get_or_insert(now.saturating_add(timeout_ms));
+                    let after_ms = left_ms(due, now, timeout_ms);
                     let attempt = entry.attempts;
-                    let number = ctx.set_timer(due.saturating_sub(now));
+                    let number = ctx.set_timer(after_ms);
                     state.waits.insert(number, Wait { step, attempt, what: WaitKind::SignalTimeout });
                 }
                 false
@@ -566,19 +570,20 @@ impl Workflows {
         if !entry.open() || entry.attempts != wait.attempt {
             return;
         }
-        let tenant = ctx.key().tenant;
         match (wait.what, answer) {
             (WaitKind::Answer, Ok(value)) => Self::resolve(state, index, Ok(value), now),
             (WaitKind::ChildCreated, Ok(key)) => match key.get("id").and_then(Value::as_u64) {
                 Some(child) => {
-                    let Command::Child { program, input } = entry.command.clone() else { return };
                     state.journal[index].child = Some(child);
-                    let start = json!({ "op": "start", "program": program, "input": input, "parent": { "id": ctx.key().id.0, "step": wait.step } });
-                    let number = ctx.ask(ImvuKey { tenant, id: ImvuId(child) }, start);
-                    state.waits.insert(number, Wait { step: wait.step, attempt: wait.attempt, what: WaitKind::ChildStarted });
+                    Self::start_child(state, ctx, index, wait);
                 }
                 None => self.fail_attempt(state, ctx, index, StepError { code: "internal".into(), message: format!("a child's key came as {key}") }),
             },
+            // Created but not started (the start, or its answer, was lost with a node): start it
+            // again (a start is idempotent).
+            (WaitKind::ChildStarted | WaitKind::ChildStatus, Ok(view)) if view.get("status").and_then(Value::as_str) == Some("created") => {
+                Self::start_child(state, ctx, index, wait);
+            }
             (WaitKind::ChildStarted | WaitKind::ChildStatus, Ok(view)) => match child_outcome(&view) {
                 Some(outcome) => Self::resolve(state, index, outcome, now),
                 None => {
@@ -597,6 +602,15 @@ impl Workflows {
         }
     }
 
+    /// Asks step `index`'s child (created) to start; its answer comes as `ChildStarted`.
+    fn start_child(state: &mut WorkflowState, ctx: &mut Context<'_>, index: usize, wait: Wait) {
+        let entry = &state.journal[index];
+        let (Command::Child { program, input }, Some(child)) = (&entry.command, entry.child) else { return };
+        let start = json!({ "op": "start", "program": program, "input": input, "parent": { "id": ctx.key().id.0, "step": wait.step } });
+        let number = ctx.ask(ImvuKey { tenant: ctx.key().tenant, id: ImvuId(child) }, start);
+        state.waits.insert(number, Wait { step: wait.step, attempt: wait.attempt, what: WaitKind::ChildStarted });
+    }
+
     fn on_timer_wait(&self, state: &mut WorkflowState, ctx: &mut Context<'_>, wait: Wait) {
         let now = ctx.unix_ms();
         if wait.what == WaitKind::Deadline {
@@ -611,12 +625,16 @@ impl Workflows {
             return;
         }
         let due = entry.due_unix_ms.unwrap_or(0);
+        let span_ms = span_ms(entry);
         let tenant = ctx.key().tenant;
         match wait.what {
             WaitKind::Sleep if crate::failpoints::workflow_early_timers() => Self::resolve(state, index, Ok(Value::Null), now),
             WaitKind::Sleep | WaitKind::Backoff | WaitKind::SignalTimeout if now < due => {
                 // The node's clock ran faster than the wall clock: never early.
-                let number = ctx.set_timer(due - now);
+                let mut due = due;
+                let after_ms = left_ms(&mut due, now, span_ms);
+                state.journal[index].due_unix_ms = Some(due);
+                let number = ctx.set_timer(after_ms);
                 state.waits.insert(number, wait);
             }
             WaitKind::Sleep => Self::resolve(state, index, Ok(Value::Null), now),
@@ -646,8 +664,8 @@ impl Workflows {
     fn resume(&self, state: &mut WorkflowState, ctx: &mut Context<'_>) {
         let now = ctx.unix_ms();
         state.waits.clear();
-        if let Some(deadline) = state.deadline_unix_ms {
-            let number = ctx.set_timer(deadline.saturating_sub(now));
+        if let Some(deadline) = state.deadline_unix_ms.as_mut() {
+            let number = ctx.set_timer(left_ms(deadline, now, state.timeout_ms.unwrap_or(u64::MAX)));
             state.waits.insert(number, Wait { step: String::new(), attempt: 0, what: WaitKind::Deadline });
         }
         if crate::failpoints::workflow_rerun_journaled() {
@@ -663,7 +681,11 @@ impl Workflows {
             let (step, attempt) = (entry.step.clone(), entry.attempts);
             match (entry.state, &entry.command) {
                 (EntryState::Backoff, _) => {
-                    let number = ctx.set_timer(entry.due_unix_ms.unwrap_or(now).saturating_sub(now));
+                    let span = span_ms(entry);
+                    let mut due = entry.due_unix_ms.unwrap_or(now);
+                    let after_ms = left_ms(&mut due, now, span);
+                    state.journal[index].due_unix_ms = Some(due);
+                    let number = ctx.set_timer(after_ms);
                     state.waits.insert(number, Wait { step, attempt, what: WaitKind::Backoff });
                 }
                 (_, Command::Child { .. }) if entry.child.is_some() => {
@@ -738,6 +760,7 @@ impl Workflows {
                 if let Some(timeout_ms) = timeout_ms {
                     let deadline = now.saturating_add(timeout_ms);
                     state.deadline_unix_ms = Some(deadline);
+                    state.timeout_ms = Some(timeout_ms);
                     let number = ctx.set_timer(timeout_ms);
                     state.waits.insert(number, Wait { step: String::new(), attempt: 0, what: WaitKind::Deadline });
                 }
@@ -840,6 +863,31 @@ impl Workflows {
             }
         }
         Ok(view_value(state))
+    }
+}
+
+/// How long a timer due at `due` waits from `now`, at most `span_ms` (its whole duration): a due
+/// time set by a node whose wall clock ran ahead (a jump, a skew between nodes) would otherwise
+/// hold the timer that much longer. `due` moves back when it is cut. On one node a timer never
+/// fires early (the check in `on_timer_wait`); after a move to a node whose clock is behind, it
+/// is late by at most its own duration.
+fn left_ms(due: &mut u64, now: u64, span_ms: u64) -> u64 {
+    let left = due.saturating_sub(now);
+    if left > span_ms {
+        *due = now.saturating_add(span_ms);
+        span_ms
+    } else {
+        left
+    }
+}
+
+/// The whole duration of step `entry`'s timer: its sleep, its signal timeout, its backoff.
+fn span_ms(entry: &Entry) -> u64 {
+    match &entry.command {
+        Command::Sleep { ms } => *ms,
+        Command::Signal { timeout_ms: Some(ms), .. } => *ms,
+        _ if entry.state == EntryState::Backoff => entry.options.retry.backoff_ms(entry.attempts),
+        _ => u64::MAX,
     }
 }
 

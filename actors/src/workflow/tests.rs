@@ -425,3 +425,17 @@ fn payloads_over_the_limit_are_refused_and_results_over_it_fail_the_step() {
     assert_eq!(view.status, Status::DeadLettered);
     assert_eq!(view.steps[0].error.as_ref().map(|e| e.code.as_str()), Some("too_large"));
 }
+
+#[test]
+fn a_timer_set_by_a_clock_that_ran_ahead_waits_at_most_its_duration_after_a_move() {
+    let mut world = World::new(examples::shipped());
+    world.start(tally(), json!({ "counter": 1, "times": 1, "pause_ms": 1_000 }));
+    world.answer_all();
+    // The node that set the sleep's due time was 30 s ahead; the next owner's clock is right.
+    world.now_ms -= 30_000;
+    world.crash();
+    let waits: Vec<u64> = world.timers.values().map(|due| due - world.now_ms).collect();
+    assert_eq!(waits, vec![1_000], "cut to the sleep's own duration, not 31 s");
+    world.settle();
+    assert_eq!(world.view().status, Status::Completed);
+}

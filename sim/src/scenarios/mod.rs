@@ -117,6 +117,8 @@ pub struct WorkloadCtx {
     pub fault_phase_ms: u64,
     /// What the nodes' canon stores and runtimes were seen doing (cluster worlds).
     pub observations: Arc<crate::cluster_env::Observations>,
+    /// How far two nodes' wall clocks may disagree: the sum of the plan's clock jumps.
+    pub clock_skew_ms: u64,
 }
 
 impl WorkloadCtx {

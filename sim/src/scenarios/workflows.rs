@@ -12,7 +12,9 @@
 //! - **none stuck**: every instance ends (completed, compensated, dead-lettered, cancelled);
 //! - **each step's effect applied exactly once**: each counter's total equals the sum of the
 //!   `add`s that the journals of every instance (children included) hold as done;
-//! - **timers never fire early**: every sleep step lasted at least its time;
+//! - **timers never fire early**: every sleep step lasted at least its time, as the nodes'
+//!   wall clocks measure it (less the plan's clock jumps: a step may start and end on two nodes
+//!   whose clocks disagree by that much);
 //! - **compensations exactly when needed, in reverse order**: an instance ends `compensated`
 //!   only after a step failed, and its compensations ran once each, for done steps only, in the
 //!   reverse of those steps' order within their scope.
@@ -230,6 +232,18 @@ async fn run(ctx: WorkloadCtx) -> Vec<String> {
         }
     }
     for id in &pending {
+        // What it waits for, in the trace: the open steps with their states and errors.
+        let response = ctx.call_within(&ctx.nodes[0], "GET", &format!("/v1/tenants/default/workflows/{id}"), None, CLIENT_DEADLINE_MS).await;
+        if let Some(view) = response.ok() {
+            let open: Vec<String> = view["steps"].as_array().into_iter().flatten().filter(|s| s["state"] != "done" && s["state"] != "abandoned")
+                .map(|s| format!("{} {} {} attempts {} error {} child {}", s["label"], s["kind"], s["state"], s["attempts"], s["error"], s["child"])).collect();
+            ctx.trace.record(format!("stuck workflow {id}: {} current {} open {open:?}", view["status"], view["current"]));
+            for child in view["steps"].as_array().into_iter().flatten().filter(|s| s["state"] == "running").filter_map(|s| s["child"].as_u64()) {
+                let response = ctx.call_within(&ctx.nodes[0], "GET", &format!("/v1/tenants/default/workflows/{child}"), None, CLIENT_DEADLINE_MS).await;
+                let summary = response.ok().map_or_else(|| "unreadable".to_owned(), |v| format!("{} current {} parent {}", v["status"], v["current"], v["parent"]));
+                ctx.trace.record(format!("  its child {child}: {summary}"));
+            }
+        }
         violations.push(format!("stuck: workflow {id} did not end within {FINISH_MS} ms of the heal"));
     }
     if !pending.is_empty() {
@@ -253,7 +267,7 @@ async fn run(ctx: WorkloadCtx) -> Vec<String> {
     for (id, view) in &journals {
         let steps = view["steps"].as_array().map_or(0, Vec::len);
         ctx.trace.record(format!("workflow {id}: {} after {steps} steps ({})", view["status"], view["error"]));
-        check_journal(*id, view, &planned, &mut expected, &mut violations);
+        check_journal(*id, view, &planned, ctx.clock_skew_ms, &mut expected, &mut violations);
     }
     for (c, counter) in counters.iter().enumerate() {
         let Some(body) = until_ok(&ctx, "GET", &format!("/v1/tenants/default/imvus/{counter}"), None, &[]).await else {
@@ -269,7 +283,7 @@ async fn run(ctx: WorkloadCtx) -> Vec<String> {
 }
 
 /// Checks one instance's journal and adds its done `add`s to `expected`.
-fn check_journal(id: u64, view: &Value, planned: &BTreeMap<String, Planned>, expected: &mut [i64], violations: &mut Vec<String>) {
+fn check_journal(id: u64, view: &Value, planned: &BTreeMap<String, Planned>, clock_skew_ms: u64, expected: &mut [i64], violations: &mut Vec<String>) {
     let steps = view["steps"].as_array().cloned().unwrap_or_default();
     let status = view["status"].as_str().unwrap_or("");
     let mut failed = false;
@@ -291,8 +305,10 @@ fn check_journal(id: u64, view: &Value, planned: &BTreeMap<String, Planned>, exp
                     forward_done.push((label, name));
                 }
             }
+            // Timers run on node wall clocks, stamped by the node that started the step and the
+            // one that ended it: two clocks that disagree by the plan's jumps.
             Some(Planned::Sleep { ms }) if done_ok => {
-                if step["duration_ms"].as_u64().is_some_and(|d| d < *ms) {
+                if step["duration_ms"].as_u64().is_some_and(|d| d.saturating_add(clock_skew_ms) < *ms) {
                     violations.push(format!("early timer: workflow {id} step {label} slept {} ms of {ms}", step["duration_ms"]));
                 }
             }
