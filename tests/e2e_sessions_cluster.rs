@@ -49,7 +49,17 @@ async fn the_sessions_of_a_lost_node_end_terminated() {
     // A tenant whose policy asks for failover: its session on node 2 starts afresh elsewhere.
     let (status, tenant) = call(&http, "POST", format!("{base1}/v1/tenants"), Some(json!({"name": "resilient", "policy": {"desktop_failover": true}}))).await;
     assert_eq!(status, 201, "{tenant}");
-    let (status, kept) = call(&http, "POST", format!("{base2}/v1/tenants/resilient/sessions"), Some(json!({"tier": "basic", "app": ["xterm"]}))).await;
+    // Node 2 learns of the tenant from its canon replica, a moment after node 1 created it.
+    let mut attempt = 0;
+    let (status, kept) = loop {
+        let (status, kept) = call(&http, "POST", format!("{base2}/v1/tenants/resilient/sessions"), Some(json!({"tier": "basic", "app": ["xterm"]}))).await;
+        attempt += 1;
+        if status == 404 && kept["message"].as_str().is_some_and(|m| m.contains("tenant")) && attempt < 50 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
+        break (status, kept);
+    };
     assert_eq!((status, &kept["node"]), (201, &json!(2)), "{kept}");
     let kept_id = kept["id"].as_u64().expect("id");
 

@@ -157,6 +157,7 @@ fn planted_rerun_of_journaled_workflow_steps_is_caught() {
 #[test]
 fn planted_early_workflow_timers_are_caught() {
     let bugs = PlantedBugs { workflow_early_timers: true, ..PlantedBugs::default() };
-    let caught = first_failure("workflows", bugs, 2).expect("the timer checker catches early sleeps within 2 seeds (12 of seeds 0..12)");
+    // Seeds whose plan jumps clocks hide it (the check allows the jumps): 5 of seeds 0..16.
+    let caught = first_failure("workflows", bugs, 4).expect("the timer checker catches early sleeps within 4 seeds (5 of seeds 0..16, the first is 2)");
     assert!(caught.violations.iter().any(|v| v.starts_with("early timer")), "{:?}", caught.violations);
 }
