@@ -12,6 +12,7 @@ mod kinds;
 mod local;
 mod sessions;
 mod think;
+mod workflows;
 
 pub(crate) use kinds::{BenchDriver, BenchEcho};
 
@@ -49,6 +50,10 @@ enum Suite {
     /// pool (p50/p99, canon records included), pause and resume, RSS per idle session, and how
     /// many concurrent sessions one node holds.
     Sessions(sessions::SessionsArgs),
+    /// Durable workflows vs Temporal and Restate, same run, durability on for all three:
+    /// a 10-step sequential workflow and a 100-way fan-out/fan-in at concurrency 1 and 64
+    /// (workflows/s, end-to-end p50/p99, per-step overhead).
+    Workflows(workflows::WorkflowsArgs),
 }
 
 pub(crate) fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -60,6 +65,7 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<()> {
         Suite::Inference(inference) => inference::run(inference),
         Suite::Think(think) => think::run(think),
         Suite::Sessions(sessions) => sessions::run(sessions),
+        Suite::Workflows(workflows) => workflows::run(workflows),
     }
 }
 
