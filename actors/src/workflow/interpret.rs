@@ -49,14 +49,31 @@ impl Scope {
 /// step's `result`).
 type Compensation = (StepDef, Value);
 
+/// Loop iterations one replay may run, all loops together: `max` bounds each loop, but nested
+/// loops multiply, and a replay runs on its shard's task.
+pub const ITERATIONS_PER_REPLAY_MAX: u64 = 100_000;
+
 struct Run<'a> {
     definition: &'a Definition,
     library: &'a Library,
+    iterations: std::cell::Cell<u64>,
+}
+
+impl Run<'_> {
+    /// Counts one loop iteration against [`ITERATIONS_PER_REPLAY_MAX`].
+    fn iterate(&self, step: &StepDef) -> Result<(), WorkflowError> {
+        let n = self.iterations.get() + 1;
+        self.iterations.set(n);
+        if n > ITERATIONS_PER_REPLAY_MAX {
+            return Err(failed(step, format!("more than {ITERATIONS_PER_REPLAY_MAX} loop iterations in all: nested loops multiply")));
+        }
+        Ok(())
+    }
 }
 
 /// Runs `definition` on `input`.
 pub async fn run(ctx: WorkflowContext, definition: Definition, library: Library, input: Value) -> Result<Value, WorkflowError> {
-    let run = Run { definition: &definition, library: &library };
+    let run = Run { definition: &definition, library: &library, iterations: std::cell::Cell::new(0) };
     let mut scope = Scope { input, vars: definition.vars.clone().into_iter().collect(), steps: Map::new(), locals: Map::new() };
     ctx.set_vars(Value::Object(scope.vars.clone()));
     let mut compensations = Vec::new();
@@ -149,6 +166,7 @@ impl Run<'_> {
                 return Err(failed(step, format!("{} elements, over the loop's max of {}", items.len(), each.max)));
             }
             for (index, item) in items.into_iter().enumerate() {
+                self.iterate(step)?;
                 scope.locals.insert(each.as_name.clone(), item);
                 scope.locals.insert("index".into(), json!(index));
                 let body = ctx.branch();
@@ -166,6 +184,7 @@ impl Run<'_> {
                 if holds.as_bool() != Some(true) {
                     break;
                 }
+                self.iterate(step)?;
                 if index >= repeat.max {
                     return Err(failed(step, format!("`repeat` reached its max of {} iterations", repeat.max)));
                 }

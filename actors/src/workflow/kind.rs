@@ -751,6 +751,15 @@ impl Workflows {
                 if payload_too_large(&input) {
                     return Err(ActorError::TooLarge(format!("a workflow's input is at most {PAYLOAD_BYTES_MAX} bytes of JSON")));
                 }
+                // A start may come straight to the IMVU, not only through the definitions
+                // route: the engine checks what it runs itself (activities and sub-workflows
+                // are resolved, or fail, at run time).
+                if let Program::Definition { definition, library, .. } = &program {
+                    let known = super::definition::Known { activity: &|_| true, workflow: &|_| true };
+                    for definition in std::iter::once(&**definition).chain(library.values().map(|(_, d)| d)) {
+                        super::definition::validate(definition, &known).map_err(|e| ActorError::BadRequest { field: "program".into(), reason: e.to_string() })?;
+                    }
+                }
                 state.program = Some(program);
                 state.input = input;
                 state.parent = parent;

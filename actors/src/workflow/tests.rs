@@ -439,3 +439,21 @@ fn a_timer_set_by_a_clock_that_ran_ahead_waits_at_most_its_duration_after_a_move
     world.settle();
     assert_eq!(world.view().status, Status::Completed);
 }
+
+#[test]
+fn nested_loops_are_bounded_per_replay_and_unvalidated_definitions_are_refused() {
+    let mut world = World::new(Workflows::new());
+    let program = definition(r#"{"name":"spin","vars":{"n":0},"steps":[{"id":"outer","for_each":{"over":"${range(1000)}","max":1000,"steps":[
+        {"id":"inner","repeat":{"while":"${index < 200}","max":10000,"steps":[{"id":"inc","set":{"n":"${vars.n + 1}"}}]}}]}}]}"#);
+    world.start(program, json!(null));
+    let view = world.view();
+    assert_eq!(view.status, Status::DeadLettered);
+    assert!(view.error.unwrap_or_default().contains("loop iterations"));
+
+    // A start sent straight to the IMVU with a definition that never went through validation.
+    let mut world = World::new(Workflows::new());
+    let unchecked = json!({"type": "definition", "version": 1, "definition": {"name": "x", "steps": [{"id": "a", "set": {"y": "${vars.nope}"}}]}});
+    let refused = world.send(json!({ "op": "start", "program": unchecked }));
+    assert_eq!(refused["refused"]["code"], "bad_request", "{refused}");
+    assert_eq!(world.view().status, Status::Created);
+}
