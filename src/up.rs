@@ -17,6 +17,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Args;
 use vcos_actors::kinds::{Assistant, Counter, KvMemory, Relay, TextWorker};
+use vcos_actors::auth::{Bootstrap, KeyText};
 use vcos_actors::{ActorError, Runtime, RuntimeConfig, SystemClock, TenantId, TenantPolicy};
 use vcos_canon_raft::auth::ClusterSecret;
 use vcos_canon_raft::{CanonNode, GroupView, NodeConfig, RaftCanonStore, TcpTransport};
@@ -509,17 +510,29 @@ async fn first_start(rt: &Runtime, data_dir: &Path, founder: bool) -> Result<(),
     if !founder {
         return Ok(());
     }
-    match rt.keys().bootstrap().await? {
-        Some((record, key)) => {
-            if let Err(e) = write_secret(&path, key.expose()) {
-                // The key exists in canon, hashed; without its file nobody holds it.
-                tracing::error!(error = %e, path = %path.display(), key_id = %record.id, "could not write the cluster-admin key");
-                return Err(ActorError::Store(format!("write {}: {e}", path.display())));
-            }
+    // The key is written to its file before it is committed, and a file left by a start that
+    // died before its commit landed is committed on this one: no crash leaves the canon with
+    // a first key nobody holds.
+    let kept = match std::fs::read_to_string(&path) {
+        Ok(text) => Some(KeyText::parse(text.trim()).map_err(|e| ActorError::Store(format!("{}: not an API key ({e})", path.display())))?),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(ActorError::Store(format!("read {}: {e}", path.display()))),
+    };
+    let keep = |key: &KeyText| {
+        write_secret(&path, key.expose()).map_err(|e| {
+            tracing::error!(error = %e, path = %path.display(), "could not write the cluster-admin key");
+            ActorError::Store(format!("write {}: {e}", path.display()))
+        })
+    };
+    match rt.keys().bootstrap_kept(kept.as_ref(), keep).await? {
+        Bootstrap::Issued(record, _) => {
             println!("cluster-admin key {} written to {} (mode 0600): send it as `Authorization: Bearer $(cat {})`", record.id, path.display(), path.display());
         }
-        None if path.exists() => println!("cluster-admin key: {}", path.display()),
-        None => println!("this cluster's first cluster-admin key was issued by another node (its data directory holds {ADMIN_KEY_FILE})"),
+        Bootstrap::Held(_) => println!("cluster-admin key: {}", path.display()),
+        // The file holds another key than the canon's first: one an operator put there (a
+        // rotation), or one drawn by a start whose commit lost the race. Left as it is.
+        Bootstrap::Elsewhere if kept.is_some() => println!("cluster-admin key: {} (not the key this cluster first issued)", path.display()),
+        Bootstrap::Elsewhere => println!("this cluster's first cluster-admin key was issued by another node (its data directory holds {ADMIN_KEY_FILE})"),
     }
     Ok(())
 }

@@ -457,6 +457,32 @@ fn the_up_line_is_parsed() {
     assert_eq!(parse_up_line("v-COS node up: http://127.0.0.1:0  (docs: x)"), None);
 }
 
+/// The first cluster-admin key is written to `admin.key` before it is committed, so a node
+/// killed in between finds it on its next start and commits that key: never a canon whose
+/// first key nobody holds. Here the first start died right after writing the file (a fresh
+/// data directory holding only it); and a file that is not a key is refused by name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_admin_key_whose_commit_was_lost_is_committed_on_the_next_start() {
+    let data = tempfile::tempdir().expect("a temp dir");
+    let kept = vcos_actors::auth::KeyText::generate(&vcos_actors::auth::OsSecrets);
+    std::fs::write(common::admin_key_file(data.path()), format!("{}\n", kept.expose())).expect("write admin.key");
+    let mut node = Node::up(data.path());
+    let client = Client::new(data.path());
+    let (status, tenants) = client.get(&node.url("/v1/tenants")).await;
+    assert_eq!(status, 200, "the kept key is the cluster's first key: {tenants}");
+    let (status, keys) = client.get(&node.url("/v1/keys")).await;
+    assert_eq!(status, 200, "{keys}");
+    assert!(keys.to_string().contains(kept.id()), "the canon holds the kept key {}: {keys}", kept.id());
+    node.proc.kill_hard();
+
+    let bad = tempfile::tempdir().expect("a temp dir");
+    std::fs::write(common::admin_key_file(bad.path()), "not a key\n").expect("write admin.key");
+    let dir = bad.path().to_str().expect("a UTF-8 temp path");
+    let (status, output) = Proc::spawn(&["up", "--data-dir", dir, "--listen", "127.0.0.1:0"]).finish(UP_DEADLINE);
+    assert!(!status.success(), "a broken admin.key stops the start:\n{output}");
+    assert!(output.contains("admin.key") && output.contains("not an API key"), "the error names the file:\n{output}");
+}
+
 /// Usage is written every interval: a `kill -9` loses at most the last one, and the bill prices
 /// exactly what the usage records hold.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -20,6 +20,9 @@ struct RunKeys {
     starts: BTreeMap<String, u64>,
     /// The cluster-admin key each host issued at its bootstrap.
     admin: BTreeMap<String, String>,
+    /// The key each host drew and kept before committing it (its `admin.key`): valid once
+    /// the commit lands, never if another host's landed first.
+    kept: BTreeMap<String, String>,
 }
 
 thread_local! {
@@ -47,6 +50,16 @@ pub fn secrets_for(host: &str) -> Arc<dyn SecretSource> {
 /// Records the cluster-admin key `host` issued.
 pub fn remember_admin(host: &str, key: &str) {
     KEYS.with(|k| k.borrow_mut().admin.insert(host.to_owned(), key.to_owned()));
+}
+
+/// Keeps the cluster-admin key `host` drew, before it commits it.
+pub fn keep_admin(host: &str, key: &str) {
+    KEYS.with(|k| k.borrow_mut().kept.insert(host.to_owned(), key.to_owned()));
+}
+
+/// The cluster-admin key `host` itself drew and kept, if any (its `admin.key`).
+pub fn kept_admin(host: &str) -> Option<String> {
+    KEYS.with(|k| k.borrow().kept.get(host).cloned())
 }
 
 /// The key the client sends to `host`: the one it issued, else (a shared canon) any one

@@ -714,11 +714,27 @@ async fn serve_raft_node(
     served
 }
 
-/// Issues the canon's first cluster-admin key, as `vcos up` does, and hands it to the
-/// workload's client (once per canon: a node that finds one issued hands nothing).
+/// Issues the canon's first cluster-admin key, as `vcos up` does: kept for the workload's
+/// client (the run's table stands for `admin.key`, and outlives crashes as the file does)
+/// before it is committed, and a kept key whose commit never landed committed on the next
+/// start (once per canon: a node that finds another key issued keeps nothing).
 async fn bootstrap_key(runtime: &Runtime, host: &str) -> Result<(), vcos_actors::ActorError> {
-    if let Some((_, key)) = runtime.keys().bootstrap().await? {
-        crate::keys::remember_admin(host, key.expose());
+    let kept = crate::keys::kept_admin(host)
+        .map(|text| vcos_actors::auth::KeyText::parse(&text))
+        .transpose()
+        .map_err(|e| vcos_actors::ActorError::Store(format!("{host}'s kept admin key: {e}")))?;
+    let keep = |key: &vcos_actors::auth::KeyText| {
+        crate::keys::keep_admin(host, key.expose());
+        Ok(())
+    };
+    match runtime.keys().bootstrap_kept(kept.as_ref(), keep).await? {
+        vcos_actors::auth::Bootstrap::Issued(_, key) => crate::keys::remember_admin(host, key.expose()),
+        vcos_actors::auth::Bootstrap::Held(_) => {
+            if let Some(key) = &kept {
+                crate::keys::remember_admin(host, key.expose());
+            }
+        }
+        vcos_actors::auth::Bootstrap::Elsewhere => {}
     }
     Ok(())
 }

@@ -8,5 +8,5 @@ pub mod registry;
 pub mod role;
 
 pub use key::{KeyFormatError, KeyText, OsSecrets, SecretSource};
-pub use registry::{AuthError, KeyRecord, KeyRegistry, KeyRequest, Principal};
+pub use registry::{AuthError, Bootstrap, KeyRecord, KeyRegistry, KeyRequest, Principal};
 pub use role::{Permission, Role};

@@ -247,9 +247,14 @@ impl KeyRegistry {
     }
 
     fn draw(&self, request: &KeyRequest) -> (KeyRecord, KeyText) {
-        let now = self.clock.unix_ms();
         let text = KeyText::generate(self.secrets.as_ref());
-        let record = KeyRecord {
+        (self.record_for(text.clone(), request), text)
+    }
+
+    /// The record of key `text`, issued now for `request`.
+    fn record_for(&self, text: KeyText, request: &KeyRequest) -> KeyRecord {
+        let now = self.clock.unix_ms();
+        KeyRecord {
             id: text.id().to_owned(),
             hash: hash_hex(&text.hash()),
             tenant: request.tenant.clone(),
@@ -260,8 +265,7 @@ impl KeyRegistry {
             revoked_ms: None,
             replaced_by: None,
             issued_by: request.issued_by.clone(),
-        };
-        (record, text)
+        }
     }
 
     /// Revokes key `id` now (revoking a revoked key changes nothing). Returns its record.
@@ -326,13 +330,38 @@ impl KeyRegistry {
     }
 
     /// Issues the first cluster-admin key, once per canon: `None` when one was issued before
-    /// (by this node or another).
+    /// (by this node or another). For callers that hold the key in memory only (tests); a node
+    /// that keeps it in a file uses [`KeyRegistry::bootstrap_kept`].
     pub async fn bootstrap(&self) -> Result<Option<(KeyRecord, KeyText)>, ActorError> {
-        if self.store.get(BOOTSTRAP)?.is_some() {
-            return Ok(None);
+        match self.bootstrap_kept(None, |_| Ok(())).await? {
+            Bootstrap::Issued(record, text) => Ok(Some((record, text))),
+            Bootstrap::Held(_) | Bootstrap::Elsewhere => Ok(None),
+        }
+    }
+
+    /// Issues the first cluster-admin key, once per canon, so that a crash at any point leaves
+    /// the canon's bootstrap key with its holder: a new key is handed to `keep` (which writes
+    /// it durably, `vcos up`'s `admin.key`) *before* it is committed, and the next start passes
+    /// what was kept as `kept`, which is committed in place of a new one if the first commit
+    /// never landed. (Committing first and keeping after lost the cluster for good when the
+    /// node died in between: a key in canon, hashed, that nobody held.)
+    pub async fn bootstrap_kept(
+        &self,
+        kept: Option<&KeyText>,
+        keep: impl FnOnce(&KeyText) -> Result<(), ActorError>,
+    ) -> Result<Bootstrap, ActorError> {
+        if let Some(found) = self.bootstrap_key_id()? {
+            return Ok(held_or_elsewhere(found, kept));
         }
         let request = KeyRequest { tenant: None, role: Role::ClusterAdmin, name: Some("bootstrap".into()), ttl_ms: None, issued_by: None };
-        let (record, text) = self.draw(&request);
+        let (record, text) = match kept {
+            Some(text) => (self.record_for(text.clone(), &request), text.clone()),
+            None => {
+                let (record, text) = self.draw(&request);
+                keep(&text)?;
+                (record, text)
+            }
+        };
         let marker = serde_json::json!({"key_id": record.id, "created_ms": record.created_ms}).to_string();
         let writes = vec![
             CanonWrite::Expect { key: BOOTSTRAP.into(), value: None },
@@ -344,11 +373,25 @@ impl KeyRegistry {
         match commit_durable(self.store.as_ref(), writes).await {
             Ok(_) => {
                 self.remember(&record);
-                Ok(Some((record, text)))
+                Ok(Bootstrap::Issued(record, text))
             }
-            Err(StoreError::Conflict { .. }) => Ok(None),
+            // Another node got there first, or this node's own earlier commit landed after
+            // all: the marker says which.
+            Err(StoreError::Conflict { .. }) => match self.bootstrap_key_id()? {
+                Some(found) => Ok(held_or_elsewhere(found, Some(&text))),
+                None => Ok(Bootstrap::Elsewhere),
+            },
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// The id of the canon's bootstrap key, once one is committed.
+    fn bootstrap_key_id(&self) -> Result<Option<String>, ActorError> {
+        let Some(bytes) = self.store.get(BOOTSTRAP)? else { return Ok(None) };
+        let marker: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|e| ActorError::Store(format!("{BOOTSTRAP}: {e}")))?;
+        let id = marker.get("key_id").and_then(|id| id.as_str()).ok_or_else(|| ActorError::Store(format!("{BOOTSTRAP} names no key_id")))?;
+        Ok(Some(id.to_owned()))
     }
 
     fn fresh(&self, id: &str) -> Result<(KeyRecord, Vec<u8>), ActorError> {
@@ -370,6 +413,24 @@ impl KeyRegistry {
 
     fn write_cache(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Cached>> {
         self.cache.write().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// What [`KeyRegistry::bootstrap_kept`] found or did.
+#[derive(Debug)]
+pub enum Bootstrap {
+    /// This call committed the canon's first cluster-admin key.
+    Issued(KeyRecord, KeyText),
+    /// The canon's bootstrap key is the one passed as kept (an earlier start committed it).
+    Held(String),
+    /// Another key is the canon's bootstrap key: another node issued it.
+    Elsewhere,
+}
+
+fn held_or_elsewhere(found: String, kept: Option<&KeyText>) -> Bootstrap {
+    match kept {
+        Some(text) if text.id() == found => Bootstrap::Held(found),
+        _ => Bootstrap::Elsewhere,
     }
 }
 
@@ -473,6 +534,38 @@ mod tests {
         assert_eq!(keys.authenticate(text.expose()).expect("valid").tenant, None);
         assert!(keys.bootstrap().await.expect("bootstrap").is_none());
         assert_eq!(keys.list(None, 10).expect("list").len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_bootstrap_key_is_kept_before_its_commit_and_a_kept_key_is_committed_on_the_next_start() {
+        let (keys, _) = registry();
+        // A node that drew and kept its key, then died before the commit landed.
+        let kept = std::cell::RefCell::new(None);
+        let probe = keys.bootstrap_key_id().expect("read");
+        assert!(probe.is_none());
+        let first = keys
+            .bootstrap_kept(None, |text| {
+                assert!(keys.bootstrap_key_id().expect("read").is_none(), "kept before the commit");
+                *kept.borrow_mut() = Some(text.clone());
+                Ok(())
+            })
+            .await
+            .expect("bootstrap");
+        let kept = kept.into_inner().expect("kept");
+        assert!(matches!(&first, Bootstrap::Issued(_, text) if text.id() == kept.id()));
+        // Its next start holds it; a node that kept nothing, or another key, does not.
+        assert!(matches!(keys.bootstrap_kept(Some(&kept), |_| panic!("no new key")).await, Ok(Bootstrap::Held(id)) if id == kept.id()));
+        assert!(matches!(keys.bootstrap_kept(None, |_| panic!("no new key")).await, Ok(Bootstrap::Elsewhere)));
+        let stray = KeyText::generate(&OsSecrets);
+        assert!(matches!(keys.bootstrap_kept(Some(&stray), |_| panic!("no new key")).await, Ok(Bootstrap::Elsewhere)));
+        assert!(keys.authenticate(stray.expose()).is_err());
+
+        // A kept key whose commit never landed is the one committed on the next start.
+        let (fresh, _) = registry();
+        let lost = KeyText::generate(&OsSecrets);
+        let again = fresh.bootstrap_kept(Some(&lost), |_| panic!("the kept key is used")).await.expect("bootstrap");
+        assert!(matches!(again, Bootstrap::Issued(record, _) if record.id == lost.id()));
+        assert_eq!(fresh.authenticate(lost.expose()).expect("valid").role, Role::ClusterAdmin);
     }
 
     #[tokio::test]
