@@ -87,6 +87,23 @@ pub trait Imvu: Send + Sync + 'static {
     ) {
     }
 
+    /// Whether answers that wait together in the IMVU's shard are handed over together
+    /// ([`Imvu::on_replies`]), moved ahead of the messages between them. Default: `false`,
+    /// every answer on its own, in mailbox order.
+    fn batches_replies(&self) -> bool {
+        false
+    }
+
+    /// Several answers that arrived together (only for kinds whose [`Imvu::batches_replies`]
+    /// is `true`), in arrival order: one handler run and one snapshot for all of them. A kind
+    /// that does work per event after recording an answer (a workflow replays its code) does
+    /// it once here. Default: [`Imvu::on_reply`] for each.
+    fn on_replies(&self, state: &mut Self::State, replies: Vec<(u64, Result<serde_json::Value, ActorError>)>, ctx: &mut Context<'_>) {
+        for (correlation, reply) in replies {
+            self.on_reply(state, correlation, reply, ctx);
+        }
+    }
+
     /// Timer `timer_id` set with [`Context::set_timer`] fired. Timers live in memory: one set
     /// before a crash, a passivation or a node restart does not fire. Default: ignored.
     fn on_timer(&self, _state: &mut Self::State, _timer_id: u64, _ctx: &mut Context<'_>) {}
@@ -184,6 +201,8 @@ pub enum Outgoing {
         /// Delay, on the node's clock.
         after_ms: u64,
     },
+    /// Wake this IMVU's in-process watchers ([`crate::notices`]) once the message is durable.
+    Notify,
 }
 
 /// What a handler may know and ask of the runtime while it runs.
@@ -301,6 +320,13 @@ impl<'a> Context<'a> {
     /// `Runtime::index` (for example the workflows that are running, or dead-lettered).
     pub fn index(&mut self, name: &str, present: bool) {
         self.index.push((name.to_owned(), present));
+    }
+
+    /// Wakes, once this message's commit is durable, whoever on this node waits for this IMVU
+    /// through [`crate::Runtime::watch`] (a workflow that ended, for a caller that started it
+    /// and waits for its end).
+    pub fn notify_watchers(&mut self) {
+        self.outgoing.push(Outgoing::Notify);
     }
 
     /// Calls [`Imvu::on_timer`] in `after_ms` (node clock); returns the timer's number.

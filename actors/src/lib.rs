@@ -26,6 +26,7 @@ pub mod kinds;
 pub mod lifecycle;
 pub mod metering;
 pub mod models;
+pub mod notices;
 pub mod once;
 pub mod ownership;
 pub mod quota;

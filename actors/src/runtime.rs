@@ -126,6 +126,7 @@ struct Installer {
     router: Arc<OnceLock<Arc<dyn Router>>>,
     models: crate::host::driver::ModelsSlot,
     activities: crate::host::driver::ActivitiesSlot,
+    notices: Arc<crate::notices::Notices>,
 }
 
 /// Collects kinds, then starts the runtime.
@@ -169,6 +170,7 @@ impl RuntimeBuilder {
                 router: inst.router.clone(),
                 models: inst.models.clone(),
                 activities: inst.activities.clone(),
+                notices: inst.notices.clone(),
             });
             let description = env.behaviour.description();
             let mut senders = Vec::new();
@@ -219,6 +221,7 @@ impl RuntimeBuilder {
         let RuntimeBuilder { config, kinds, router, activities } = self;
         let activities = Arc::new(activities);
         let activities_slot: crate::host::driver::ActivitiesSlot = Arc::default();
+        let notices = Arc::new(crate::notices::Notices::default());
         let tenants = Arc::new(Tenants::default());
         let node = NodeHealth::new(config.resident_imvus_max);
         let router_slot: Arc<OnceLock<Arc<dyn Router>>> = Arc::default();
@@ -231,6 +234,7 @@ impl RuntimeBuilder {
             router: router_slot.clone(),
             models: models_slot.clone(),
             activities: activities_slot.clone(),
+            notices: notices.clone(),
         };
         let mut by_name = BTreeMap::new();
         let mut typed = BTreeMap::new();
@@ -318,6 +322,7 @@ impl RuntimeBuilder {
                 erasing: erasing::Erasing::default(),
                 models: models_slot.clone(),
                 activities: activities.clone(),
+                notices,
             }),
         };
         if activities_slot.set((activities, runtime.downgrade())).is_err() {
@@ -520,6 +525,8 @@ struct Inner {
     models: crate::host::driver::ModelsSlot,
     /// The activities this runtime runs.
     activities: Arc<crate::activities::ActivityRegistry>,
+    /// In-process watchers of IMVUs.
+    notices: Arc<crate::notices::Notices>,
 }
 
 /// Kinds the node serves, for listings.
@@ -828,6 +835,13 @@ impl Runtime {
     /// The activities this runtime runs (built-ins and those registered).
     pub fn activities(&self) -> &crate::activities::ActivityRegistry {
         &self.inner.activities
+    }
+
+    /// Resolves at the next notice of IMVU `key` on this node ([`crate::Context::notify_watchers`],
+    /// raised once the notifying message is durable): a hint to look again, see
+    /// [`crate::notices`].
+    pub fn watch(&self, key: ImvuKey) -> tokio::sync::oneshot::Receiver<()> {
+        self.inner.notices.watch(key)
     }
 
     /// The IMVUs in the tenant's index `name` ([`crate::Context::index`]), in id order, up to

@@ -57,6 +57,8 @@ pub(crate) enum Effect<I: Imvu> {
     /// Run a registered activity for `ask.from` (through the runtime's `Activities`); the
     /// answer goes back as a reply.
     Activity { name: String, input: serde_json::Value, idempotency_key: String, ask: AskToken },
+    /// Wake the in-process watchers of `key` (its message is durable).
+    Notify { key: ImvuKey },
 }
 
 /// What a canon read of one IMVU returned: its meta record and its snapshot, encoded.
@@ -80,6 +82,7 @@ enum Delivery<I: Imvu> {
     /// A message applied at most once under its key.
     Once(I::Msg, Box<str>),
     Reply(u64, Box<Result<serde_json::Value, ActorError>>),
+    Replies(Vec<(u64, Box<Result<serde_json::Value, ActorError>>)>),
     Timer(u64),
     /// The IMVU was just loaded from canon ([`Imvu::on_activate`]).
     Activated,
@@ -93,6 +96,7 @@ impl<I: Imvu> Delivery<I> {
             (Self::Msg(msg) | Self::Once(msg, _), None) => Command::Tell { key, msg },
             (Self::Once(msg, once), Some(reply)) => Command::AskOnce { key, msg, once, reply },
             (Self::Reply(correlation, reply), _) => Command::Reply { key, correlation, reply },
+            (Self::Replies(replies), _) => Command::Replies { key, replies },
             (Self::Timer(timer_id), _) => Command::Timer { key, timer_id },
             // Never held or queued: run right after the load, or not at all.
             (Self::Activated, _) => Command::Timer { key, timer_id: 0 },
@@ -126,8 +130,10 @@ enum Pending<I: Imvu> {
     /// Completed (kept until the entries before it complete too).
     Done,
     /// A commit for IMVU `id`; `then` is answered with its outcome, and what its handler
-    /// asked to send is sent once it is durable.
-    Commit { key: ImvuKey, then: Then<I>, outgoing: Vec<Outgoing> },
+    /// asked to send is sent once it is durable. `more`: the answers and sends of later
+    /// handlers of the same IMVU whose writes joined this commit (see `defer_commit`), in
+    /// order.
+    Commit { key: ImvuKey, then: Then<I>, outgoing: Vec<Outgoing>, more: Vec<(Then<I>, Vec<Outgoing>)> },
     /// A barrier before reloading IMVU `id`.
     Barrier { id: u64 },
     /// A barrier before answering a passivation.
@@ -162,6 +168,8 @@ struct Counters {
     fenced: metrics::Counter,
     /// Idempotent asks answered from their record (sent again).
     once_repeats: metrics::Counter,
+    /// Handler commits that joined the same IMVU's commit of the same wake.
+    joined: metrics::Counter,
     resident: metrics::Gauge,
 }
 
@@ -175,6 +183,7 @@ impl Counters {
             poisoned: metrics::counter!("vcos_imvu_poisoned_total", "kind" => kind),
             fenced: metrics::counter!("vcos_imvu_fenced_total", "kind" => kind),
             once_repeats: metrics::counter!("vcos_imvu_once_repeats_total", "kind" => kind),
+            joined: metrics::counter!("vcos_imvu_commits_joined_total", "kind" => kind),
             resident: metrics::gauge!("vcos_imvus_resident", "kind" => kind),
         }
     }
@@ -199,6 +208,11 @@ pub(crate) struct ShardCore<I: Imvu> {
     shard_supervisor: Supervisor<TenantId>,
     /// Commits in flight, by token: `pending[0]` has token `first_token`.
     pending: VecDeque<Pending<I>>,
+    /// Handler commits not handed to the store yet (token, writes), in token order; sent at
+    /// the end of the driver's wake or before any other commit ([`ShardCore::flush`]).
+    deferred: Vec<(u64, Vec<CanonWrite>)>,
+    /// IMVU id → the token of its deferred commit, which its next handler's writes join.
+    open: HashMap<u64, u64, ahash::RandomState>,
     first_token: u64,
     now_ms: u64,
     unix_ms: u64,
@@ -223,6 +237,9 @@ impl<I: Imvu> ShardCore<I> {
             tenant_supervisors: BTreeMap::new(),
             shard_supervisor,
             pending: VecDeque::new(),
+            deferred: Vec::new(),
+            // Looked up by id only, never iterated.
+            open: HashMap::with_hasher(ahash::RandomState::with_seeds(1, 2, 3, 4)),
             first_token: 1,
             now_ms: 0,
             unix_ms: 0,
@@ -252,6 +269,20 @@ impl<I: Imvu> ShardCore<I> {
     /// Whether commits are in flight.
     pub(crate) fn has_pending(&self) -> bool {
         !self.pending.is_empty()
+    }
+
+    /// Hands the deferred handler commits to the store (as effects), in token order. The
+    /// driver calls it at the end of every wake, so nothing waits past the batch it came in.
+    pub(crate) fn flush(&mut self) {
+        self.open.clear();
+        for (token, writes) in self.deferred.drain(..) {
+            self.effects.push(Effect::Commit { token, writes });
+        }
+    }
+
+    /// Whether handler commits wait for [`ShardCore::flush`].
+    pub(crate) fn has_deferred(&self) -> bool {
+        !self.deferred.is_empty()
     }
 
     /// Handles one command; `Err` is an escalation out of the shard.
@@ -302,6 +333,7 @@ impl<I: Imvu> ShardCore<I> {
             Command::Ask { key, msg, reply } => self.deliver(key, Delivery::Msg(msg), Some(reply)),
             Command::AskOnce { key, msg, once, reply } => self.deliver(key, Delivery::Once(msg, once), Some(reply)),
             Command::Reply { key, correlation, reply } => self.deliver(key, Delivery::Reply(correlation, reply), None),
+            Command::Replies { key, replies } => self.deliver(key, Delivery::Replies(replies), None),
             Command::Timer { key, timer_id } => self.deliver(key, Delivery::Timer(timer_id), None),
             Command::Create { key, caller, reply } => {
                 self.create(key, &caller, reply);
@@ -355,28 +387,32 @@ impl<I: Imvu> ShardCore<I> {
         }
         match pending {
             Pending::Done => debug_assert!(false, "commit {token} completed twice"),
-            Pending::Commit { key, then, outgoing } => {
+            Pending::Commit { key, then, outgoing, more } => {
                 let id = key.id.0;
                 match result {
                     Ok(_) => {
-                        self.dispatch(key, outgoing);
                         if self.unsettled.get(&id).is_some_and(|(last, poisoned)| *last == token && !poisoned) {
                             self.unsettled.remove(&id);
                         }
-                        match then {
-                            Then::Nothing => {}
-                            Then::Ask(reply, value) => self.effects.push(Effect::ReplyAsk(reply, Ok(value))),
-                            Then::Fail(reply, error) => self.effects.push(Effect::ReplyAsk(reply, Err(error))),
-                            Then::Info(reply, info) => self.effects.push(Effect::ReplyInfo(reply, Ok(*info))),
+                        for (then, outgoing) in std::iter::once((then, outgoing)).chain(more) {
+                            self.dispatch(key, outgoing);
+                            match then {
+                                Then::Nothing => {}
+                                Then::Ask(reply, value) => self.effects.push(Effect::ReplyAsk(reply, Ok(value))),
+                                Then::Fail(reply, error) => self.effects.push(Effect::ReplyAsk(reply, Err(error))),
+                                Then::Info(reply, info) => self.effects.push(Effect::ReplyInfo(reply, Ok(*info))),
+                            }
                         }
                     }
                     Err(e) => {
                         self.poison(id);
                         let e = ActorError::from(e);
-                        match then {
-                            Then::Nothing => {}
-                            Then::Ask(reply, _) | Then::Fail(reply, _) => self.effects.push(Effect::ReplyAsk(reply, Err(e))),
-                            Then::Info(reply, _) => self.effects.push(Effect::ReplyInfo(reply, Err(e))),
+                        for (then, _) in std::iter::once((then, outgoing)).chain(more) {
+                            match then {
+                                Then::Nothing => {}
+                                Then::Ask(reply, _) | Then::Fail(reply, _) => self.effects.push(Effect::ReplyAsk(reply, Err(e.clone()))),
+                                Then::Info(reply, _) => self.effects.push(Effect::ReplyInfo(reply, Err(e.clone()))),
+                            }
                         }
                     }
                 }
@@ -460,7 +496,7 @@ impl<I: Imvu> ShardCore<I> {
             cell.tenant.usage.add(crate::metering::UsageUnit::CanonBytes, bytes as u64);
         }
         self.push_guards(key.id.0, &mut writes);
-        self.push_commit(writes, Pending::Commit { key: *key, then, outgoing: Vec::new() })
+        self.push_commit(writes, Pending::Commit { key: *key, then, outgoing: Vec::new(), more: Vec::new() })
     }
 
     /// Adds the guards of resident IMVU `id`'s commits: its lease fence (a node that lost the
@@ -491,9 +527,46 @@ impl<I: Imvu> ShardCore<I> {
     }
 
     fn push_commit(&mut self, writes: Vec<CanonWrite>, pending: Pending<I>) -> u64 {
+        // Commits reach the store in token order: the deferred ones go first.
+        self.flush();
         let token = self.first_token + self.pending.len() as u64;
         self.pending.push_back(pending);
         self.effects.push(Effect::Commit { token, writes });
+        token
+    }
+
+    /// Queues a handler's commit for IMVU `key` until the end of the wake ([`Self::flush`]).
+    /// When the same IMVU's previous handler left one there, the writes join it: the newer
+    /// snapshot replaces the older in place (nothing else in an IMVU's commits touches its
+    /// snapshot key), its other writes follow in order, and both handlers' answers and sends
+    /// wait for the one commit. A busy IMVU (a workflow whose hundred answers arrive in one
+    /// wake) so writes its state once per wake, not once per message; answers are released no
+    /// earlier than before, and the writes of one commit are applied all or none.
+    fn defer_commit(&mut self, key: ImvuKey, writes: Vec<CanonWrite>, then: Then<I>, outgoing: Vec<Outgoing>) -> u64 {
+        let id = key.id.0;
+        if let Some(&token) = self.open.get(&id) {
+            let joined = self.deferred.iter_mut().rev().find(|(t, _)| *t == token).map(|(_, w)| w);
+            let slot = token.checked_sub(self.first_token).and_then(|at| usize::try_from(at).ok()).and_then(|at| self.pending.get_mut(at));
+            if let (Some(into), Some(Pending::Commit { more, .. })) = (joined, slot) {
+                let snapshot = records::snap_key(&key);
+                for write in writes {
+                    match write {
+                        CanonWrite::Put { key: k, value } if k == snapshot => match into.iter_mut().find(|w| matches!(w, CanonWrite::Put { key, .. } if *key == snapshot)) {
+                            Some(CanonWrite::Put { value: older, .. }) => *older = value,
+                            _ => into.push(CanonWrite::Put { key: k, value }),
+                        },
+                        other => into.push(other),
+                    }
+                }
+                more.push((then, outgoing));
+                self.counters.joined.increment(1);
+                return token;
+            }
+        }
+        let token = self.first_token + self.pending.len() as u64;
+        self.pending.push_back(Pending::Commit { key, then, outgoing, more: Vec::new() });
+        self.deferred.push((token, writes));
+        self.open.insert(id, token);
         token
     }
 
@@ -534,6 +607,7 @@ impl<I: Imvu> ShardCore<I> {
                 Outgoing::Activity { name, input, idempotency_key, correlation } => {
                     self.effects.push(Effect::Activity { name, input, idempotency_key, ask: AskToken { from, correlation } });
                 }
+                Outgoing::Notify => self.effects.push(Effect::Notify { key: from }),
                 Outgoing::Timer { timer_id, after_ms } => {
                     if self.timers.len() >= SHARD_TIMERS_MAX {
                         metrics::counter!("vcos_timers_dropped_total", "kind" => I::KIND).increment(1);
@@ -672,6 +746,9 @@ impl<I: Imvu> ShardCore<I> {
             Command::Passivate { reply, .. } => self.effects.push(Effect::ReplyCount(reply, 0)),
             Command::Reply { key, correlation, .. } => {
                 tracing::debug!(%key, correlation, %error, "answer for an IMVU that is gone: dropped");
+            }
+            Command::Replies { key, replies } => {
+                tracing::debug!(%key, answers = replies.len(), %error, "answers for an IMVU that is gone: dropped");
             }
             Command::Tell { .. } | Command::Evict { .. } | Command::Timer { .. } => {}
         }
@@ -846,6 +923,10 @@ impl<I: Imvu> ShardCore<I> {
                     behaviour.on_reply(state, correlation, *answer, &mut ctx);
                     None
                 }
+                Delivery::Replies(replies) => {
+                    behaviour.on_replies(state, replies.into_iter().map(|(correlation, answer)| (correlation, *answer)).collect(), &mut ctx);
+                    None
+                }
                 Delivery::Timer(timer_id) => {
                     behaviour.on_timer(state, timer_id, &mut ctx);
                     None
@@ -895,7 +976,7 @@ impl<I: Imvu> ShardCore<I> {
                         _ => Then::Nothing,
                     };
                     // What the handler asked to send goes out once its message is durable.
-                    let token = self.push_commit(writes, Pending::Commit { key, then, outgoing });
+                    let token = self.defer_commit(key, writes, then, outgoing);
                     if let Some(cell) = self.cells.get_mut(&key.id.0) {
                         cell.last_commit = token;
                     }

@@ -45,6 +45,8 @@ pub(crate) struct ShardEnv<I: Imvu> {
     pub models: ModelsSlot,
     /// Where activities run (set once the runtime exists).
     pub activities: ActivitiesSlot,
+    /// In-process watchers of IMVUs.
+    pub notices: Arc<crate::notices::Notices>,
 }
 
 /// The runtime's activities and a handle to answer with (set once the runtime exists).
@@ -173,22 +175,44 @@ impl<I: Imvu> Shard<I> {
     }
 
     /// One wake: completions, the time, then each command followed by its effects (so a
-    /// commit that fails at once poisons its IMVU before the next command runs).
+    /// commit that fails at once poisons its IMVU before the next command runs), then the
+    /// handler commits the core deferred to the end of the wake.
     fn step(&mut self, batch: &mut Vec<Command<I>>) -> Result<(), String> {
+        let handled = self.handle_batch(batch);
+        // Even on an escalation: its records and its callers' answers go out first.
+        let flushed = self.flush();
+        handled.and(flushed)
+    }
+
+    fn handle_batch(&mut self, batch: &mut Vec<Command<I>>) -> Result<(), String> {
         self.core.set_now(self.env.clock.now_ms(), self.env.clock.unix_ms());
         self.perform()?;
         let fired = self.core.handle_timers();
         let performed = self.perform();
         fired.and(performed)?;
         let handled = batch.len() as u64;
+        if self.env.behaviour.batches_replies() {
+            group_replies(batch);
+        }
         for command in batch.drain(..) {
             let handled = self.core.handle_command(command);
-            // Even on an escalation: its records and its callers' answers go out first.
             let performed = self.perform();
             handled.and(performed)?;
         }
         self.messages.increment(handled);
         Ok(())
+    }
+
+    /// Sends the deferred handler commits (performing their effects may run more handlers,
+    /// whose commits are deferred in turn: until none is left).
+    fn flush(&mut self) -> Result<(), String> {
+        let mut result = Ok(());
+        while self.core.has_deferred() {
+            self.core.flush();
+            let performed = self.perform();
+            result = result.and(performed);
+        }
+        result
     }
 
     fn drain_completions(&mut self) {
@@ -258,6 +282,7 @@ impl<I: Imvu> Shard<I> {
                         }
                         None => tracing::warn!(from = %ask.from, "no activities yet: activity not run"),
                     },
+                    Effect::Notify { key } => self.env.notices.notify(&key),
                 }
             }
             self.effects = effects;
@@ -281,5 +306,73 @@ impl<I: Imvu> Shard<I> {
                 return;
             }
         }
+    }
+}
+
+/// Gathers the answers to each IMVU in `batch` into one [`Command::Replies`], in arrival
+/// order, at the place of its first answer (later answers move ahead of the commands between
+/// them: an answer is not ordered with the IMVU's messages). One handler run, one replay and
+/// one snapshot per IMVU and wake, where a workflow's hundred answers cost a hundred.
+fn group_replies<I: Imvu>(batch: &mut Vec<Command<I>>) {
+    if batch.iter().filter(|c| matches!(c, Command::Reply { .. })).take(2).count() < 2 {
+        return;
+    }
+    let mut first: std::collections::BTreeMap<crate::ids::ImvuKey, usize> = std::collections::BTreeMap::new();
+    let commands = std::mem::take(batch);
+    for command in commands {
+        match command {
+            Command::Reply { key, correlation, reply } => match first.get(&key) {
+                Some(&at) => {
+                    if let Some(Command::Replies { replies, .. }) = batch.get_mut(at) {
+                        replies.push((correlation, reply));
+                    }
+                }
+                None => {
+                    first.insert(key, batch.len());
+                    batch.push(Command::Replies { key, replies: vec![(correlation, reply)] });
+                }
+            },
+            other => batch.push(other),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::{ImvuId, ImvuKey, TenantId};
+    use crate::kinds::{Counter, CounterMsg};
+
+    fn key(id: u64) -> ImvuKey {
+        ImvuKey { tenant: TenantId::default_tenant(), id: ImvuId(id) }
+    }
+
+    fn reply(id: u64, correlation: u64) -> Command<Counter> {
+        Command::Reply { key: key(id), correlation, reply: Box::new(Ok(serde_json::json!(correlation))) }
+    }
+
+    /// What a batch looks like: `R1:[3,5]` answers 3 and 5 to IMVU 1, `T1` a tell to it.
+    fn shape(batch: &[Command<Counter>]) -> Vec<String> {
+        batch
+            .iter()
+            .map(|c| match c {
+                Command::Replies { key, replies } => format!("R{}:{:?}", key.id.0, replies.iter().map(|(n, _)| *n).collect::<Vec<_>>()),
+                Command::Reply { key, correlation, .. } => format!("r{}:{correlation}", key.id.0),
+                Command::Tell { key, .. } => format!("T{}", key.id.0),
+                _ => "other".into(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn answers_to_one_imvu_are_gathered_at_its_first_in_arrival_order() {
+        let tell = |id| Command::Tell { key: key(id), msg: CounterMsg::Get };
+        let mut batch = vec![reply(1, 3), tell(1), reply(2, 4), reply(1, 5), tell(2), reply(1, 6)];
+        group_replies(&mut batch);
+        assert_eq!(shape(&batch), ["R1:[3, 5, 6]", "T1", "R2:[4]", "T2"]);
+        // A lone answer stays as it came.
+        let mut batch = vec![reply(1, 3), tell(1)];
+        group_replies(&mut batch);
+        assert_eq!(shape(&batch), ["r1:3", "T1"]);
     }
 }

@@ -122,6 +122,12 @@ pub(crate) enum Command<I: Imvu> {
         correlation: u64,
         reply: Box<Result<serde_json::Value, ActorError>>,
     },
+    /// Answers that arrived together, in arrival order: for `Imvu::on_replies` (kinds that
+    /// batch replies; the driver groups them).
+    Replies {
+        key: ImvuKey,
+        replies: Vec<(u64, Box<Result<serde_json::Value, ActorError>>)>,
+    },
     /// A timer the IMVU set fired: for `Imvu::on_timer`.
     Timer {
         key: ImvuKey,
@@ -141,6 +147,7 @@ impl<I: Imvu> Command<I> {
             | Self::Inspect { key, .. }
             | Self::Evict { key }
             | Self::Reply { key, .. }
+            | Self::Replies { key, .. }
             | Self::Timer { key, .. } => Some(key),
             Self::Passivate { .. } => None,
         }

@@ -98,6 +98,10 @@ pub struct RetryPolicy {
 /// Retry waits and attempts are capped: a policy asks for at most this many attempts.
 pub const RETRY_ATTEMPTS_MAX: u32 = 100;
 
+/// The error codes a default policy does not retry: a request the target cannot take, or a
+/// step that failed on its own terms, fails the same way again.
+const NON_RETRYABLE_DEFAULT: [&str; 4] = ["bad_request", "not_found", "unknown_kind", "terminated"];
+
 impl Default for RetryPolicy {
     fn default() -> Self {
         Self {
@@ -105,14 +109,22 @@ impl Default for RetryPolicy {
             multiplier: 2.0,
             max_interval_ms: 60_000,
             max_attempts: 3,
-            // A request the target cannot take, or a step that failed on its own terms, fails
-            // the same way again.
-            non_retryable: vec!["bad_request".into(), "not_found".into(), "unknown_kind".into(), "terminated".into()],
+            non_retryable: NON_RETRYABLE_DEFAULT.iter().map(|&code| code.to_owned()).collect(),
         }
     }
 }
 
 impl RetryPolicy {
+    /// Whether this is the default policy (compared without building one: it is asked for
+    /// every entry of every snapshot).
+    fn is_default(&self) -> bool {
+        self.initial_interval_ms == 1_000
+            && self.multiplier == 2.0
+            && self.max_interval_ms == 60_000
+            && self.max_attempts == 3
+            && self.non_retryable.iter().map(String::as_str).eq(NON_RETRYABLE_DEFAULT)
+    }
+
     /// The wait before attempt `attempt + 1`, after `attempt` attempts failed.
     pub fn backoff_ms(&self, attempt: u32) -> u64 {
         let exponent = i32::try_from(attempt.saturating_sub(1)).unwrap_or(i32::MAX);
@@ -145,18 +157,27 @@ impl RetryPolicy {
 }
 
 /// Options of one step.
+///
+/// Defaults are left out of the journal: the whole instance is rewritten at every event, and
+/// a default retry policy repeated in each entry was more than half of a fan-out's bytes.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct StepOptions {
     /// Retries (asks, models, activities and children; default: 3 attempts).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "RetryPolicy::is_default")]
     pub retry: RetryPolicy,
     /// One attempt fails when it has not answered within this (none: the runtime's ask
     /// timeout bounds asks; activities and children wait).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
     /// A name to show in views (a declarative step's `id`).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub label: Option<String>,
+}
+
+impl StepOptions {
+    fn is_default(&self) -> bool {
+        self.retry.is_default() && self.timeout_ms.is_none() && self.label.is_none()
+    }
 }
 
 /// Why a step failed.
@@ -182,7 +203,8 @@ pub enum EntryState {
     Abandoned,
 }
 
-/// One step of the journal.
+/// One step of the journal. (Fields that are empty are left out of its JSON: see
+/// [`StepOptions`].)
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Entry {
     /// The step's name (see the module docs).
@@ -190,6 +212,7 @@ pub struct Entry {
     /// What it does.
     pub command: Command,
     /// Its options.
+    #[serde(default, skip_serializing_if = "StepOptions::is_default")]
     pub options: StepOptions,
     /// Where it stands.
     pub state: EntryState,
@@ -198,14 +221,19 @@ pub struct Entry {
     /// When it was first asked for (Unix ms).
     pub started_unix_ms: u64,
     /// When it finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_unix_ms: Option<u64>,
     /// Its outcome, once done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outcome: Option<Result<Value, StepError>>,
     /// When its timer is due (a sleep's end, a backoff's end, a signal's timeout).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub due_unix_ms: Option<u64>,
     /// The child workflow's IMVU id, once created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub child: Option<u64>,
     /// The last attempt's error, while it backs off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<StepError>,
 }
 
@@ -229,5 +257,26 @@ impl Entry {
     /// Whether the step still waits for something.
     pub fn open(&self) -> bool {
         matches!(self.state, EntryState::Running | EntryState::Backoff)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_left_out_of_the_journal_and_read_back() {
+        let entry = Entry::new("0.1".into(), Command::Now, StepOptions::default(), 7);
+        let text = serde_json::to_string(&entry).expect("encodes");
+        assert!(!text.contains("retry") && !text.contains("null"), "defaults and empty fields are left out: {text}");
+        assert_eq!(serde_json::from_str::<Entry>(&text).expect("decodes"), entry);
+        assert!(RetryPolicy::default().is_default());
+        let custom = StepOptions { retry: RetryPolicy { max_attempts: 5, ..RetryPolicy::default() }, label: Some("b1".into()), ..StepOptions::default() };
+        let entry = Entry { options: custom, outcome: Some(Ok(Value::Null)), ..entry };
+        let text = serde_json::to_string(&entry).expect("encodes");
+        assert_eq!(serde_json::from_str::<Entry>(&text).expect("decodes"), entry, "{text}");
+        // A journal written before defaults were left out reads the same.
+        let full = r#"{"step":"0","command":{"type":"now"},"options":{"retry":{"initial_interval_ms":1000,"multiplier":2.0,"max_interval_ms":60000,"max_attempts":3,"non_retryable":["bad_request","not_found","unknown_kind","terminated"]},"timeout_ms":null,"label":null},"state":"running","attempts":0,"started_unix_ms":7,"finished_unix_ms":null,"outcome":null,"due_unix_ms":null,"child":null,"last_error":null}"#;
+        assert_eq!(serde_json::from_str::<Entry>(full).expect("decodes"), Entry { step: "0".into(), ..Entry::new(String::new(), Command::Now, StepOptions::default(), 7) });
     }
 }

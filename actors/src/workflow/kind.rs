@@ -399,6 +399,8 @@ impl Workflows {
         state.finished_unix_ms = Some(now);
         ctx.index(RUNNING_INDEX, false);
         ctx.index(DEAD_INDEX, status == Status::DeadLettered);
+        // A caller that started it and waits for its end (`wait_ms`) looks again at once.
+        ctx.notify_watchers();
         let workflow = state.program.as_ref().map(Program::name).unwrap_or_default();
         metrics::counter!("vcos_workflows_finished_total", "workflow" => workflow, "status" => status.as_str()).increment(1);
         if let Some(parent) = &state.parent {
@@ -798,11 +800,13 @@ impl Workflows {
                     state.error = Some("cancelled while dead-lettered".into());
                     state.finished_unix_ms = Some(now);
                     ctx.index(DEAD_INDEX, false);
+                    ctx.notify_watchers();
                 } else if state.status.finished() {
                     return Err(ActorError::Conflict(format!("the workflow already ended: {}", state.status.as_str())));
                 } else if state.status == Status::Created {
                     state.status = Status::Cancelled;
                     state.finished_unix_ms = Some(now);
+                    ctx.notify_watchers();
                 } else {
                     state.cancel.get_or_insert_with(|| "cancelled".into());
                     self.drive(state, ctx);
@@ -965,6 +969,27 @@ impl Imvu for Workflows {
     fn on_reply(&self, state: &mut WorkflowState, correlation: u64, reply: Result<Value, ActorError>, ctx: &mut Context<'_>) {
         if let Some(wait) = state.waits.remove(&correlation) {
             self.on_answer(state, ctx, wait, reply);
+            self.drive(state, ctx);
+        }
+        ctx.meter_steps(std::mem::take(&mut state.finished_now));
+    }
+
+    fn batches_replies(&self) -> bool {
+        true
+    }
+
+    /// Every answer recorded first, then one replay: a fan-out's answers that arrive together
+    /// cost one replay and one snapshot, not one each (answers of one wake count as
+    /// simultaneous: a race between them is decided by the code's order, as on replay).
+    fn on_replies(&self, state: &mut WorkflowState, replies: Vec<(u64, Result<Value, ActorError>)>, ctx: &mut Context<'_>) {
+        let mut answered = false;
+        for (correlation, reply) in replies {
+            if let Some(wait) = state.waits.remove(&correlation) {
+                self.on_answer(state, ctx, wait, reply);
+                answered = true;
+            }
+        }
+        if answered {
             self.drive(state, ctx);
         }
         ctx.meter_steps(std::mem::take(&mut state.finished_now));

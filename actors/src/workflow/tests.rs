@@ -27,12 +27,14 @@ struct World {
     applied: Vec<i64>,
     /// Asks answered with an error this many times first.
     failures_left: u32,
+    /// Notices to watchers raised so far.
+    notified: u32,
 }
 
 impl World {
     fn new(kind: Workflows) -> Self {
         let key = ImvuKey { tenant: TenantId::new("t").expect("valid"), id: ImvuId(100) };
-        Self { kind, state: WorkflowState::default(), key, now_ms: 1_000_000, pending: BTreeMap::new(), timers: BTreeMap::new(), next_number: 0, counter: 0, applied: Vec::new(), failures_left: 0 }
+        Self { kind, state: WorkflowState::default(), key, now_ms: 1_000_000, pending: BTreeMap::new(), timers: BTreeMap::new(), next_number: 0, counter: 0, applied: Vec::new(), failures_left: 0, notified: 0 }
     }
 
     fn with_ctx<R>(&mut self, f: impl FnOnce(&Workflows, &mut WorkflowState, &mut Context<'_>) -> R) -> R {
@@ -47,6 +49,7 @@ impl World {
                     self.timers.insert(timer_id, self.now_ms + after_ms);
                 }
                 Outgoing::Send { correlation: None, .. } => {}
+                Outgoing::Notify => self.notified += 1,
                 Outgoing::Send { correlation: Some(n), .. } | Outgoing::CreateChild { correlation: n, .. } | Outgoing::Model { correlation: n, .. } | Outgoing::Activity { correlation: n, .. } => {
                     self.pending.insert(n, outgoing);
                 }
@@ -84,7 +87,7 @@ impl World {
                 Outgoing::Activity { name, input, .. } if name == "fail" => Err(ActorError::Failed(input.to_string())),
                 Outgoing::Activity { input, .. } => Ok(input),
                 Outgoing::Model { .. } => Ok(json!({ "text": "hi" })),
-                Outgoing::CreateChild { .. } | Outgoing::Timer { .. } => Err(ActorError::Unavailable("not in this world".into())),
+                Outgoing::CreateChild { .. } | Outgoing::Timer { .. } | Outgoing::Notify => Err(ActorError::Unavailable("not in this world".into())),
             };
             self.with_ctx(|kind, state, ctx| kind.on_reply(state, n, answer, ctx));
         }
@@ -148,9 +151,12 @@ fn tally() -> Program {
 fn rust_workflow_runs_its_steps_in_order_and_completes() {
     let mut world = World::new(examples::shipped());
     world.start(tally(), json!({ "counter": 1, "times": 3, "pause_ms": 500 }));
+    world.answer_all();
+    assert_eq!(world.notified, 0, "watchers are told of the end only");
     world.settle();
     let view = world.view();
     assert_eq!(view.status, Status::Completed);
+    assert_eq!(world.notified, 1, "a caller waiting for the end is told once");
     assert_eq!(view.result, Some(json!(3)));
     assert_eq!(world.applied, vec![1, 1, 1]);
     let kinds: Vec<&str> = view.steps.iter().map(|s| s.kind.as_str()).collect();

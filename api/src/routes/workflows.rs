@@ -248,8 +248,11 @@ pub(crate) struct StartRequest {
 
 /// The longest `wait_ms` honoured.
 const WAIT_MS_MAX: u64 = 60_000;
-/// How often a waiting start asks how the workflow stands (first wait; doubling to 50 ms).
-const WAIT_POLL_MS_FIRST: u64 = 1;
+/// How often a waiting start asks how a workflow on another node stands: first wait, doubling
+/// to [`WAIT_POLL_MS_MAX`]. (One on this node says when it ends.)
+const WAIT_POLL_MS_FIRST: u64 = 5;
+/// The longest wait between two asks of a waiting start.
+const WAIT_POLL_MS_MAX: u64 = 50;
 
 /// An instance: its id and its view.
 #[derive(Serialize, Deserialize, ToSchema)]
@@ -359,16 +362,40 @@ pub(super) async fn start(State(state): State<AppState>, TenantPath(tenant): Ten
     Ok((StatusCode::CREATED, Json(instance(&created.key, view))))
 }
 
-/// Asks how the workflow stands until it has ended or `wait_ms` passed; its view then.
+/// Asks how the workflow stands until it has ended or `wait_ms` passed; its view then. An
+/// instance on this node tells its watchers when it ends (`Runtime::watch`), so the answer
+/// comes as soon as the end is durable; one on another node is asked again, less and less
+/// often (every [`WAIT_POLL_MS_MAX`] ms at most).
 async fn wait_for_end(state: &AppState, key: &ImvuKey, caller: &Caller, mut view: Value, wait_ms: u64) -> Result<Value, ApiError> {
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(wait_ms);
     let mut pause_ms = WAIT_POLL_MS_FIRST;
-    while !ended(&view) && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(std::time::Duration::from_millis(pause_ms)).await;
-        pause_ms = (pause_ms * 2).min(50);
-        let status = ask(state, key, json!({ "op": "status" }), caller).await?;
-        if ended(&status) {
-            view = ask(state, key, json!({ "op": "get" }), caller).await?;
+    let mut watch = state.runtime.watch(*key);
+    // The start's answer may predate an end that came before the watch: look once first.
+    let mut look = true;
+    while !ended(&view) {
+        if std::mem::take(&mut look) {
+            let status = ask(state, key, json!({ "op": "status" }), caller).await?;
+            if ended(&status) {
+                view = ask(state, key, json!({ "op": "get" }), caller).await?;
+                break;
+            }
+        }
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            break;
+        }
+        let pause = std::time::Duration::from_millis(pause_ms).min(deadline - now);
+        tokio::select! {
+            biased;
+            _ = &mut watch => {
+                // Told: watch again before looking, so no later notice is missed.
+                watch = state.runtime.watch(*key);
+                look = true;
+            }
+            () = tokio::time::sleep(pause) => {
+                pause_ms = (pause_ms * 2).min(WAIT_POLL_MS_MAX);
+                look = true;
+            }
         }
     }
     Ok(view)

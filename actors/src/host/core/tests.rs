@@ -65,6 +65,30 @@ impl Harness {
             let line_no = n + 1;
             let words: Vec<&str> = line.split_whitespace().collect();
             let internal = |k: &ImvuKey| Box::new(Caller::internal(&k.tenant, "test"));
+            if let ["wake", rest @ ..] = words.as_slice() {
+                // Several commands in one wake of the driver: effects performed after each,
+                // deferred commits sent once at the end.
+                let rest = rest.join(" ");
+                for part in rest.split('|') {
+                    let words: Vec<&str> = part.split_whitespace().collect();
+                    let command = match words.as_slice() {
+                        ["ask", id, msg @ ..] => {
+                            let (reply, rx) = oneshot::channel();
+                            self.answers.push((line_no, Answer::Ask(rx)));
+                            Command::Ask { key: key(id), msg: parse_msg(msg), reply }
+                        }
+                        ["tell", id, msg @ ..] => Command::Tell { key: key(id), msg: parse_msg(msg) },
+                        other => panic!("unknown command in a wake {other:?}"),
+                    };
+                    if let Err(reason) = self.core.handle_command(command) {
+                        let _ = writeln!(self.out, "{line_no} escalated: {reason}");
+                    }
+                    self.perform();
+                }
+                self.pump();
+                self.collect_answers();
+                continue;
+            }
             let command = match words.as_slice() {
                 ["create", id] => {
                     let (reply, rx) = oneshot::channel();
@@ -141,9 +165,21 @@ impl Harness {
         std::mem::take(&mut self.out)
     }
 
-    /// Performs effects as the driver does, except that commits stay in flight until the
-    /// script completes (or fails) them.
+    /// Ends a wake as the driver does: performs the effects, then sends the deferred
+    /// commits, until neither is left. Commits stay in flight until the script completes (or
+    /// fails) them.
     fn pump(&mut self) {
+        loop {
+            self.perform();
+            if !self.core.has_deferred() {
+                return;
+            }
+            self.core.flush();
+        }
+    }
+
+    /// Performs the effects produced so far.
+    fn perform(&mut self) {
         let mut effects = Vec::new();
         loop {
             self.core.take_effects(&mut effects);
@@ -168,7 +204,7 @@ impl Harness {
                     Effect::ReplyCount(reply, count) => {
                         let _ = reply.send(count);
                     }
-                    Effect::Route { .. } | Effect::CreateChild { .. } | Effect::Model { .. } | Effect::Activity { .. } => {
+                    Effect::Route { .. } | Effect::CreateChild { .. } | Effect::Model { .. } | Effect::Activity { .. } | Effect::Notify { .. } => {
                         unreachable!("counters send nothing to other IMVUs or models")
                     }
                 }
@@ -520,6 +556,57 @@ fn a_failed_barrier_keeps_the_imvu_unloaded_and_answers_a_retryable_error() {
         resident [] loading []
         9 = 0
         resident [1] loading []
+        ",
+    );
+}
+
+#[test]
+fn handlers_of_one_imvu_in_one_wake_share_one_commit_and_answer_once_it_is_durable() {
+    check(
+        "
+        create 1
+        create 2
+        complete
+        wake ask 1 add 2 | tell 2 add 7 | ask 1 add 3 | tell 1 add 5 | ask 2 get
+        complete 1
+        canon 1
+        complete 1
+        canon 2
+        ask 1 add 1
+        fail
+        ask 1 get
+        complete
+        ",
+        "
+        1 = active 0
+        2 = active 0
+        4 = 2
+        4 = 5
+        canon 1: active snap 10 created 0 | create@0 activate@0
+        4 = 7
+        canon 2: active snap 7 created 0 | create@0 activate@0
+        9 ! store_error
+        11 = 10
+        ",
+    );
+}
+
+#[test]
+fn a_failed_joined_commit_fails_every_handler_it_carried() {
+    check(
+        "
+        create 1
+        complete
+        wake ask 1 add 2 | ask 1 add 3
+        fail
+        ask 1 get
+        complete
+        ",
+        "
+        1 = active 0
+        3 ! store_error
+        3 ! store_error
+        5 = 0
         ",
     );
 }
