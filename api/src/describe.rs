@@ -45,6 +45,7 @@ const METRICS: &[(Kind, &str, &str)] = &[
     (Counter, "vcos_imvu_fenced_total", "IMVU commits refused because the bucket's lease moved (fencing)."),
     (Counter, "vcos_imvu_poisoned_total", "IMVUs evicted after a failed commit (reloaded from canon on the next message)."),
     (Counter, "vcos_imvu_once_repeats_total", "Idempotent asks sent again and answered from their record, without running the handler."),
+    (Counter, "vcos_imvu_commits_joined_total", "Handler commits that joined the same IMVU's commit of the same shard wake (one snapshot written for several messages)."),
     (Histogram(Unit::Seconds), "vcos_workflow_step_seconds", "Workflow steps, from first asked to done (retries and waits included), by step kind."),
     (Counter, "vcos_workflow_step_retries_total", "Workflow step attempts that failed and were retried, by step kind."),
     (Counter, "vcos_workflow_step_failures_total", "Workflow steps that failed for good, by step kind."),
