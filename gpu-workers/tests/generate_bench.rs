@@ -6,6 +6,13 @@
 //!
 //! Single stream: decode tokens per second after the prompt. Batched: 8 different prompts
 //! decoding together through the continuous-batching engine, total tokens per second.
+//!
+//! `decode_step_kernels` compares the Q8_0 matmul kernels (candle's and our weight-stationary
+//! one) on model-level decode steps at batch 1, 8 and 32, several runs each, alternating:
+//!
+//! ```text
+//! VCOS_GEN_THREADS=1 cargo test --release -p vcos-gpu-workers --test generate_bench decode_step_kernels -- --ignored --nocapture
+//! ```
 //! The model is found as in `tests/generate.rs` (model cache, else `VCOS_SMOLLM2_GGUF`).
 
 use std::num::NonZeroUsize;
@@ -13,8 +20,8 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use vcos_gpu_workers::generate::{
-    ChatMessage, EngineEvent, EngineLimits, GeneratorConfig, Prompt, SamplingParams, TextGenerator,
-    WeightPrecision,
+    ChatMessage, CpuMatmul, EngineEvent, EngineLimits, GeneratorConfig, Prompt, SamplingParams,
+    TextGenerator, WeightPrecision,
 };
 use vcos_gpu_workers::models::ModelCache;
 
@@ -172,5 +179,123 @@ fn generation_throughput() {
             decoded as f64 / dt,
             decoded as f64 / dt / batch as f64,
         );
+    }
+}
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .filter(|&v| v > 0)
+        .unwrap_or(default)
+}
+
+/// Median and range of `xs`.
+fn summary(xs: &mut [f64]) -> (f64, f64, f64) {
+    xs.sort_by(f64::total_cmp);
+    (xs[xs.len() / 2], xs[0], xs[xs.len() - 1])
+}
+
+#[test]
+#[ignore = "throughput measurement; run in release with --ignored"]
+fn decode_step_kernels() {
+    let Some(path) = model_path() else {
+        eprintln!(
+            "\n!!!!!!!! SKIPPED: no SmolLM2 GGUF (model cache or VCOS_SMOLLM2_GGUF) !!!!!!!!\n"
+        );
+        return;
+    };
+    let threads = NonZeroUsize::new(env_usize("VCOS_GEN_THREADS", 1)).unwrap_or(NonZeroUsize::MIN);
+    let steps = env_usize("VCOS_GEN_TOKENS", 32);
+    let runs = env_usize("VCOS_GEN_RUNS", 3);
+    // VCOS_GEN_BATCHES=1,8 and VCOS_GEN_KERNELS=auto (or candle) narrow the grid (profiling).
+    let batches: Vec<usize> = std::env::var("VCOS_GEN_BATCHES")
+        .ok()
+        .map(|s| s.split(',').filter_map(|b| b.trim().parse().ok()).collect())
+        .filter(|b: &Vec<usize>| !b.is_empty() && !b.contains(&0))
+        .unwrap_or_else(|| vec![1, 8, 32]);
+    let kernels: Vec<CpuMatmul> = match std::env::var("VCOS_GEN_KERNELS").as_deref() {
+        Ok("auto") => vec![CpuMatmul::Auto],
+        Ok("candle") => vec![CpuMatmul::Candle],
+        _ => vec![CpuMatmul::Candle, CpuMatmul::Auto],
+    };
+    let gens: Vec<TextGenerator> = kernels
+        .iter()
+        .map(|&cpu_matmul| {
+            TextGenerator::load(
+                &path,
+                GeneratorConfig {
+                    threads,
+                    cpu_matmul,
+                    ..GeneratorConfig::default()
+                },
+            )
+            .expect("load")
+        })
+        .collect();
+    let prompts: Vec<Vec<u32>> = QUESTIONS
+        .iter()
+        .map(|q| {
+            gens[0]
+                .encode_prompt(&Prompt::Chat(vec![ChatMessage::user(*q)]))
+                .expect("encode")
+        })
+        .collect();
+    // tokens/s per (kernel, batch), one entry per run.
+    let mut rates = vec![vec![Vec::new(); batches.len()]; kernels.len()];
+    for run in 0..=runs {
+        for (bi, &batch) in batches.iter().enumerate() {
+            for (ki, g) in gens.iter().enumerate() {
+                let model = g.model();
+                let mut caches: Vec<_> = (0..batch)
+                    .map(|i| {
+                        let p = &prompts[i % prompts.len()];
+                        model.new_cache(p.len() + steps + 1).expect("cache")
+                    })
+                    .collect();
+                let mut next: Vec<u32> = Vec::new();
+                for (i, c) in caches.iter_mut().enumerate() {
+                    let p = &prompts[i % prompts.len()];
+                    let logits: Vec<f32> = g
+                        .threads()
+                        .run(|| model.prefill(c, p))
+                        .expect("prefill")
+                        .to_vec1()
+                        .expect("vec");
+                    next.push(vcos_gpu_workers::generate::sampling::argmax(&logits));
+                }
+                let t0 = Instant::now();
+                for _ in 0..steps {
+                    let mut b: Vec<_> =
+                        caches.iter_mut().zip(&next).map(|(c, &t)| (c, t)).collect();
+                    let logits = g.threads().run(|| model.decode(&mut b)).expect("decode");
+                    let rows: Vec<Vec<f32>> = logits.to_vec2().expect("rows");
+                    next = rows
+                        .iter()
+                        .map(|r| vcos_gpu_workers::generate::sampling::argmax(r))
+                        .collect();
+                }
+                let rate = (steps * batch) as f64 / t0.elapsed().as_secs_f64();
+                // Run 0 warms up (first-use allocations, candle's lazy repacking).
+                if run > 0 {
+                    eprintln!("run {run} {:?} batch={batch}: {rate:.1} tok/s", kernels[ki]);
+                    rates[ki][bi].push(rate);
+                }
+            }
+        }
+    }
+    eprintln!("threads={threads}, {steps} decode steps a run, {runs} runs; tokens/s total: median [min-max]");
+    for (ki, k) in kernels.iter().enumerate() {
+        let mut single = f64::NAN;
+        for (bi, &batch) in batches.iter().enumerate() {
+            let (med, lo, hi) = summary(&mut rates[ki][bi]);
+            if batch == 1 {
+                single = med;
+            }
+            eprintln!(
+                "{k:?} batch={batch}: {med:.1} [{lo:.1}-{hi:.1}] tok/s = {:.2}x its single stream",
+                med / single
+            );
+        }
     }
 }

@@ -6,6 +6,8 @@
 //! * [`chat`]: ChatML prompt rendering;
 //! * [`model`]: a quantized llama forward pass with a KV cache per sequence, so sequences at
 //!   different positions decode in one batch;
+//! * `q8_matmul` (x86-64): the weight-stationary Q8_0 matmul behind [`CpuMatmul::Auto`], so a
+//!   decode step of many sequences reads the weights once;
 //! * [`engine`]: continuous batching (requests join and leave between steps);
 //! * [`sampling`], [`stream`]: per-request sampling and UTF-8-safe, stop-aware text streaming;
 //! * [`threads`]: the process-wide CPU thread budget.
@@ -19,6 +21,8 @@ pub mod error;
 mod gguf;
 pub mod kv_cache;
 pub mod model;
+#[cfg(target_arch = "x86_64")]
+mod q8_matmul;
 pub mod sampling;
 pub mod stream;
 pub mod threads;
@@ -33,7 +37,7 @@ pub use chat::{render_chatml, ChatMessage, Role};
 pub use engine::{BatchEngine, EngineEvent, EngineLimits, FinishReason, Generation, RequestId};
 pub use error::{GenerateError, Result};
 pub use gguf::LlamaConfig;
-pub use model::{LlamaModel, WeightPrecision};
+pub use model::{CpuMatmul, LlamaModel, WeightPrecision};
 pub use sampling::SamplingParams;
 pub use threads::{apply_cpu_thread_budget, ThreadBudget};
 pub use tokenizer::GgufTokenizer;
@@ -58,6 +62,8 @@ pub struct GeneratorConfig {
     pub device: DeviceChoice,
     /// Quantized (fast) or dequantized-f32 (reference-exact) weights.
     pub precision: WeightPrecision,
+    /// The CPU kernel for quantized weights (ours where it runs, or candle's).
+    pub cpu_matmul: CpuMatmul,
     /// Cap on positions per sequence (prompt + output); `None`: the model's context length.
     /// Smaller caps bound the worst-case KV-cache memory per sequence.
     pub max_context: Option<usize>,
@@ -71,6 +77,7 @@ impl Default for GeneratorConfig {
             threads: NonZeroUsize::MIN,
             device: DeviceChoice::Cpu,
             precision: WeightPrecision::Quantized,
+            cpu_matmul: CpuMatmul::Auto,
             max_context: None,
             limits: EngineLimits::default(),
         }
@@ -112,8 +119,15 @@ impl TextGenerator {
         };
         let mut file = gguf::GgufFile::open(path)?;
         let tokenizer = GgufTokenizer::from_gguf(&file)?;
-        let model = threads
-            .run(|| LlamaModel::load(&mut file, config.precision, config.max_context, &device))?;
+        let model = threads.run(|| {
+            LlamaModel::load(
+                &mut file,
+                config.precision,
+                config.cpu_matmul,
+                config.max_context,
+                &device,
+            )
+        })?;
         if tokenizer.vocab_size() > model.config().vocab {
             return Err(GenerateError::CorruptModel(format!(
                 "tokenizer has {} tokens, embedding only {}",

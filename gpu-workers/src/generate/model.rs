@@ -37,23 +37,87 @@ pub enum WeightPrecision {
     DequantizedF32,
 }
 
+/// Which CPU kernel multiplies activations by Q8_0 weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CpuMatmul {
+    /// Our weight-stationary kernel (see `q8_matmul`) when the CPU has AVX2 and FMA, else
+    /// candle's. Same results as candle's AVX2 kernel; a batch of sequences costs far less
+    /// than that many single steps.
+    #[default]
+    Auto,
+    /// Always candle's `QMatMul` (the baseline the weight-stationary kernel is measured
+    /// against).
+    Candle,
+}
+
+/// One projection `y = x · Wᵀ`.
+#[derive(Debug, Clone)]
+enum Linear {
+    Candle(QMatMul),
+    #[cfg(target_arch = "x86_64")]
+    Q8(super::q8_matmul::Q8Matmul),
+}
+
+impl Linear {
+    fn new(
+        t: Arc<QTensor>,
+        precision: WeightPrecision,
+        kernel: CpuMatmul,
+        device: &Device,
+    ) -> Result<Self> {
+        match Self::weight_stationary(&t, precision, kernel) {
+            Some(l) => Ok(l),
+            None => Ok(Self::Candle(matmul_weight(t, precision, device)?)),
+        }
+    }
+
+    /// Our kernel for `t`, if chosen and able to run it (Q8_0 on an AVX2 + FMA CPU).
+    fn weight_stationary(
+        t: &Arc<QTensor>,
+        precision: WeightPrecision,
+        kernel: CpuMatmul,
+    ) -> Option<Self> {
+        if precision != WeightPrecision::Quantized || kernel != CpuMatmul::Auto {
+            return None;
+        }
+        #[cfg(target_arch = "x86_64")]
+        {
+            let (n, k) = t.shape().dims2().ok()?;
+            if super::q8_matmul::candle_repacks(n, k) {
+                return None;
+            }
+            super::q8_matmul::Q8Matmul::try_new(Arc::clone(t)).map(Self::Q8)
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        None
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::Candle(q) => Ok(q.forward(x)?),
+            #[cfg(target_arch = "x86_64")]
+            Self::Q8(q) => Ok(x.contiguous()?.apply_op1_no_bwd(q)?),
+        }
+    }
+}
+
 struct Layer {
     attn_norm: Tensor,
-    wq: QMatMul,
-    wk: QMatMul,
-    wv: QMatMul,
-    wo: QMatMul,
+    wq: Linear,
+    wk: Linear,
+    wv: Linear,
+    wo: Linear,
     ffn_norm: Tensor,
-    w_gate: QMatMul,
-    w_up: QMatMul,
-    w_down: QMatMul,
+    w_gate: Linear,
+    w_up: Linear,
+    w_down: Linear,
 }
 
 /// Model weights plus RoPE tables; immutable after load, so it can be shared across threads.
 pub struct LlamaModel {
     cfg: LlamaConfig,
     embed: QMatMul,
-    output: QMatMul,
+    output: Linear,
     norm: Tensor,
     layers: Vec<Layer>,
     /// `[max_positions, head_dim / 2]` each.
@@ -72,9 +136,9 @@ impl std::fmt::Debug for LlamaModel {
     }
 }
 
-fn matmul_weight(t: QTensor, precision: WeightPrecision, device: &Device) -> Result<QMatMul> {
+fn matmul_weight(t: Arc<QTensor>, precision: WeightPrecision, device: &Device) -> Result<QMatMul> {
     Ok(match precision {
-        WeightPrecision::Quantized => QMatMul::from_arc(Arc::new(t))?,
+        WeightPrecision::Quantized => QMatMul::from_arc(t)?,
         WeightPrecision::DequantizedF32 => QMatMul::Tensor(t.dequantize(device)?),
     })
 }
@@ -89,6 +153,7 @@ impl LlamaModel {
     pub(crate) fn load(
         f: &mut GgufFile,
         precision: WeightPrecision,
+        kernel: CpuMatmul,
         max_positions: Option<usize>,
         device: &Device,
     ) -> Result<Self> {
@@ -103,31 +168,31 @@ impl LlamaModel {
         }
         let (h, hd) = (cfg.hidden, cfg.head_dim);
         let kv = cfg.n_kv_head * hd;
-        let embed = matmul_weight(
-            f.tensor("token_embd.weight", &[cfg.vocab, h], device)?,
-            precision,
-            device,
-        )?;
+        let embed_t = Arc::new(f.tensor("token_embd.weight", &[cfg.vocab, h], device)?);
+        let embed = matmul_weight(Arc::clone(&embed_t), precision, device)?;
         let output = if f.has_tensor("output.weight") {
-            matmul_weight(
-                f.tensor("output.weight", &[cfg.vocab, h], device)?,
+            Linear::new(
+                Arc::new(f.tensor("output.weight", &[cfg.vocab, h], device)?),
                 precision,
+                kernel,
                 device,
             )?
         } else {
             // Tied embeddings (SmolLM2): the output projection is the embedding matrix
             // (a shared handle, not a second copy).
-            embed.clone()
+            Linear::weight_stationary(&embed_t, precision, kernel)
+                .unwrap_or_else(|| Linear::Candle(embed.clone()))
         };
         let norm = f
             .tensor("output_norm.weight", &[h], device)?
             .dequantize(device)?;
         let mut layers = Vec::with_capacity(cfg.n_layer);
         for i in 0..cfg.n_layer {
-            let mut w = |name: &str, shape: &[usize]| -> Result<QMatMul> {
-                matmul_weight(
-                    f.tensor(&format!("blk.{i}.{name}.weight"), shape, device)?,
+            let mut w = |name: &str, shape: &[usize]| -> Result<Linear> {
+                Linear::new(
+                    Arc::new(f.tensor(&format!("blk.{i}.{name}.weight"), shape, device)?),
                     precision,
+                    kernel,
                     device,
                 )
             };

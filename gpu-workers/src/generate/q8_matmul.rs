@@ -1,0 +1,592 @@
+//! A weight-stationary Q8_0 matmul for the CPU, used for every Q8_0 projection of the
+//! generation model when the CPU has AVX2 and FMA.
+//!
+//! Why: candle 0.11.1's quantized CPU matmul computes each (activation row, weight row) pair
+//! as its own `vec_dot`, which reloads both blocks and converts both f16 scales every time, so
+//! a decode step of `m` sequences costs nearly `m` steps of one (measured: 8 sequences ≈ 6×
+//! one). Here a small tile of weight rows (4) is dotted with a small tile of activation rows
+//! (2) in registers: each weight block is loaded once for the whole tile, its scale is
+//! converted once per matmul, and the weight matrix streams from memory once per step whatever
+//! `m` is.
+//!
+//! Same numbers as candle: activations are quantized to Q8_0 with candle's rounding
+//! (`amax / 127`, scale rounded to f16, `round(x / d)`), each block's integer dot product is
+//! exact, each block is scaled and accumulated into 8 f32 lanes with the same fused
+//! multiply-add, and the lanes are summed in the order of candle's `hsum_float_8`. So a result
+//! equals candle's AVX2 `vec_dot_q8_0_q8_0` bit for bit (a test checks it); it does not
+//! depend on `m` or on the other rows, so a sequence decodes to the same tokens alone or in a
+//! batch.
+//!
+//! Deliberate absences:
+//! * no `unsafe`: the AVX2 code goes through `pulp`'s runtime-checked [`V3`] token (its
+//!   intrinsics are safe to call once the token exists) and loads blocks by value from the
+//!   tensor's bytes; CPUs without AVX2 + FMA keep candle's kernel (see [`Q8Matmul::try_new`]).
+//! * no copy of the weights: blocks are read in place from the [`QTensor`]'s bytes (34 bytes:
+//!   f16 scale, 32 × i8), which candle's kernels and the embedding lookup also use.
+//! * no AVX-512/VNNI path: `pulp` gates its AVX-512 types behind a feature and candle's VNNI
+//!   kernel needs `unsafe`; AVX2 already makes a batch of 8 cost about 2 steps of one.
+//! * no threads of its own: the weight rows are split over the *current* rayon pool, which in
+//!   the generation worker is its [`super::threads::ThreadBudget`] pool.
+
+use std::arch::x86_64::__m256i;
+use std::sync::Arc;
+
+use candle_core::backend::BackendStorage;
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{CpuStorage, CustomOp1, Layout, Shape};
+use half::f16;
+use pulp::x86::V3;
+use pulp::{cast, NullaryFnOnce};
+use rayon::prelude::*;
+
+/// Values per Q8_0 block.
+const QK: usize = 32;
+/// Bytes per Q8_0 block: f16 scale then 32 × i8.
+const BLOCK_BYTES: usize = 34;
+/// Activation rows dotted with one weight row in registers.
+const TILE_COLS: usize = 8;
+/// Activation rows kept hot while a task walks its weight rows (bounds the quantized activations
+/// read per weight tile to ~100 KB at k = 1536, within L2).
+const PANEL_ROWS_MAX: usize = 64;
+/// Weight rows per parallel task at most.
+const TASK_ROWS_MAX: usize = 64;
+
+const _: () = assert!(PANEL_ROWS_MAX.is_multiple_of(TILE_COLS));
+const _: () = assert!(TILE_COLS == 8, "Task::call dispatches tiles of 1 to 8");
+
+/// A Q8_0 weight matrix `[n, k]` multiplied from the right: `y = x · Wᵀ`, as
+/// [`candle_core::quantized::QMatMul`] does. Apply it with [`candle_core::Tensor::apply_op1_no_bwd`].
+#[derive(Debug, Clone)]
+pub(super) struct Q8Matmul {
+    weight: Arc<QTensor>,
+    simd: V3,
+    n: usize,
+    k: usize,
+}
+
+impl Q8Matmul {
+    /// This kernel for `weight` if it can run it: a 2-D Q8_0 tensor on the CPU whose row length
+    /// is a whole number of blocks, on a CPU with AVX2 and FMA. `None` otherwise (the caller
+    /// keeps candle's matmul).
+    pub(super) fn try_new(weight: Arc<QTensor>) -> Option<Self> {
+        let simd = V3::try_new()?;
+        if weight.dtype() != GgmlDType::Q8_0 || !weight.device().is_cpu() {
+            return None;
+        }
+        let (n, k) = weight.shape().dims2().ok()?;
+        if k == 0 || !k.is_multiple_of(QK) {
+            return None;
+        }
+        let bytes = weight.data().ok()?;
+        if bytes.len() != n * (k / QK) * BLOCK_BYTES {
+            return None;
+        }
+        Some(Self { weight, simd, n, k })
+    }
+
+    /// `dst[i * n + r] = Σ_k x[i, k] · W[r, k]` for `m` rows of `x` (`m * k` values, row-major).
+    fn matmul(&self, x: &[f32], m: usize, dst: &mut [f32]) -> candle_core::Result<()> {
+        let (n, k) = (self.n, self.k);
+        let kb = k / QK;
+        if x.len() != m * k || dst.len() != m * n {
+            candle_core::bail!(
+                "q8 matmul: {} inputs, {} outputs for m={m} k={k} n={n}",
+                x.len(),
+                dst.len()
+            );
+        }
+        let bytes = self.weight.data()?;
+        let (blocks, rest) = bytes.as_chunks::<BLOCK_BYTES>();
+        if !rest.is_empty() || blocks.len() != n * kb {
+            candle_core::bail!("q8 matmul: weight holds {} bytes", bytes.len());
+        }
+        let act = self.simd.vectorize(|| QuantRows::new(x, m, k));
+        if m == 1 {
+            run(self.simd, blocks, kb, &act, dst);
+        } else {
+            // Tasks own whole weight rows, so they write `dst` transposed: [n, m].
+            let mut dst_t = vec![0f32; n * m];
+            run(self.simd, blocks, kb, &act, &mut dst_t);
+            for (r, col) in dst_t.chunks_exact(m).enumerate() {
+                for (i, &v) in col.iter().enumerate() {
+                    dst[i * n + r] = v;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl CustomOp1 for Q8Matmul {
+    fn name(&self) -> &'static str {
+        "q8-weight-stationary-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(data) = storage else {
+            candle_core::bail!("q8 matmul: f32 input expected, got {:?}", storage.dtype());
+        };
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("q8 matmul: input is not contiguous {layout:?}");
+        };
+        let mut dims = layout.shape().dims().to_vec();
+        if dims.len() < 2 || dims.last() != Some(&self.k) {
+            candle_core::bail!(
+                "q8 matmul: input {:?} against weight [{}, {}]",
+                dims,
+                self.n,
+                self.k
+            );
+        }
+        let x = &data[start..end];
+        let m = x.len() / self.k;
+        let mut dst = vec![0f32; m * self.n];
+        self.matmul(x, m, &mut dst)?;
+        if let Some(last) = dims.last_mut() {
+            *last = self.n;
+        }
+        Ok((CpuStorage::F32(dst), Shape::from(dims)))
+    }
+}
+
+/// Whether candle 0.11.1 multiplies a Q8_0 weight `[n, k]` with its own repacked VNNI kernel
+/// on this CPU (`quantized::repack_x86::select`: AVX512-VNNI or AVX-VNNI, `k` a multiple of
+/// 256, `n` of 16; its `MISTRALRS_FORCE_AVX2` switch turns that off). That kernel is faster than
+/// ours at every batch size measured (the MLP down projection, k = 1536: 23 µs against 150 µs
+/// at m = 1, 123 against 423 at m = 8), so the model keeps candle's matmul for those weights.
+pub(super) fn candle_repacks(n: usize, k: usize) -> bool {
+    let vnni = std::env::var("MISTRALRS_FORCE_AVX2").as_deref() != Ok("1")
+        && ((std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512vnni"))
+            || (std::arch::is_x86_feature_detected!("avxvnni")
+                && std::arch::is_x86_feature_detected!("avx2")));
+    vnni && k.is_multiple_of(256) && n.is_multiple_of(16)
+}
+
+/// Activation rows quantized to Q8_0 as candle does, split for the kernel: the signed values,
+/// their absolute values (the unsigned operand of `maddubs`) and the f16-rounded scales. Block
+/// major (`[b * m + i]` for block `b` of row `i`), so a tile's blocks at one position are
+/// adjacent.
+struct QuantRows {
+    qs: Vec<[i8; QK]>,
+    abs: Vec<[u8; QK]>,
+    d: Vec<f32>,
+    m: usize,
+}
+
+impl QuantRows {
+    /// candle's `BlockQ8_0::from_float`, row by row: `d = amax / 127`, values `round(x / d)`
+    /// (through `1 / d`, rounding half away from zero), `d` stored as f16. Inlined into AVX2
+    /// code, where `round` needs no libm call.
+    #[inline(always)]
+    fn new(x: &[f32], m: usize, k: usize) -> Self {
+        let kb = k / QK;
+        let mut qs = vec![[0i8; QK]; m * kb];
+        let mut abs = vec![[0u8; QK]; m * kb];
+        let mut d = vec![0f32; m * kb];
+        for (i, row) in x.chunks_exact(k).enumerate() {
+            for (b, block) in row.chunks_exact(QK).enumerate() {
+                let amax = block.iter().fold(0f32, |a, &v| a.max(v.abs()));
+                let scale = amax / 127.0;
+                let inv = if scale != 0.0 { 1.0 / scale } else { 0.0 };
+                let q: [i8; QK] = std::array::from_fn(|j| (block[j] * inv).round() as i8);
+                abs[b * m + i] = q.map(i8::unsigned_abs);
+                qs[b * m + i] = q;
+                d[b * m + i] = f16::from_f32(scale).to_f32();
+            }
+        }
+        Self { qs, abs, d, m }
+    }
+}
+
+/// Splits the weight rows over the current rayon pool; `out` is `[n, m]` (`[n]` when m = 1).
+fn run(simd: V3, blocks: &[[u8; BLOCK_BYTES]], kb: usize, act: &QuantRows, out: &mut [f32]) {
+    let m = act.m;
+    let n = blocks.len() / kb;
+    // Enough tasks to balance the pool (8 per thread), whole register tiles each.
+    let threads = rayon::current_num_threads().max(1);
+    let per_task = n.div_ceil(threads * 8).clamp(1, TASK_ROWS_MAX);
+    out.par_chunks_mut(per_task * m)
+        .enumerate()
+        .for_each(|(t, out)| {
+            let r0 = t * per_task;
+            let rows = out.len() / m;
+            let w = &blocks[r0 * kb..(r0 + rows) * kb];
+            simd.vectorize(Task {
+                simd,
+                w,
+                kb,
+                act,
+                out,
+            });
+        });
+}
+
+/// One task's weight rows against all activation rows, inside AVX2 code.
+struct Task<'a> {
+    simd: V3,
+    w: &'a [[u8; BLOCK_BYTES]],
+    kb: usize,
+    act: &'a QuantRows,
+    out: &'a mut [f32],
+}
+
+impl NullaryFnOnce for Task<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn call(self) {
+        let Self {
+            simd,
+            w,
+            kb,
+            act,
+            out,
+        } = self;
+        let m = act.m;
+        // One weight row's scales as f32, when several tiles of activation rows reuse them.
+        let mut wd = vec![0f32; kb];
+        for (r, row) in w.chunks_exact(kb).enumerate() {
+            let out = &mut out[r * m..(r + 1) * m];
+            let tiles = m.div_ceil(TILE_COLS);
+            if tiles > 1 {
+                for (d, block) in wd.iter_mut().zip(row) {
+                    *d = f16_to_f32(u16::from_le_bytes([block[0], block[1]]));
+                }
+            }
+            for p0 in (0..m).step_by(PANEL_ROWS_MAX) {
+                let p1 = m.min(p0 + PANEL_ROWS_MAX);
+                let mut i = p0;
+                while i < p1 {
+                    let tc = TILE_COLS.min(p1 - i);
+                    let t = Tile {
+                        row,
+                        wd: &wd,
+                        i0: i,
+                        act,
+                    };
+                    let out = &mut out[i..i + tc];
+                    // A single tile (m ≤ TILE_COLS, decode) converts each scale as it goes, so
+                    // the row is read from memory once, by the compute loop.
+                    match tc {
+                        8 if tiles > 1 => t.run::<8, false>(simd, out),
+                        8 => t.run::<8, true>(simd, out),
+                        7 => t.run::<7, true>(simd, out),
+                        6 => t.run::<6, true>(simd, out),
+                        5 => t.run::<5, true>(simd, out),
+                        4 => t.run::<4, true>(simd, out),
+                        3 => t.run::<3, true>(simd, out),
+                        2 => t.run::<2, true>(simd, out),
+                        _ => t.run::<1, true>(simd, out),
+                    }
+                    i += tc;
+                }
+            }
+        }
+    }
+}
+
+/// One weight row against activation rows `i0..i0 + C`.
+struct Tile<'a> {
+    row: &'a [[u8; BLOCK_BYTES]],
+    /// The row's scales as f32 (unused when the tile converts them itself).
+    wd: &'a [f32],
+    i0: usize,
+    act: &'a QuantRows,
+}
+
+impl Tile<'_> {
+    /// Writes `out[c]` for activation row `i0 + c`. `INLINE`: convert the weight scales in the
+    /// block loop instead of reading `wd`.
+    #[inline(always)]
+    fn run<const C: usize, const INLINE: bool>(self, simd: V3, out: &mut [f32]) {
+        let Self { row, wd, i0, act } = self;
+        let m = act.m;
+        let ones = simd.avx._mm256_set1_epi16(1);
+        let zero = simd.avx._mm256_setzero_ps();
+        let mut acc = [zero; C];
+        for (b, block) in row.iter().enumerate() {
+            let d_w = if INLINE {
+                f16_to_f32(u16::from_le_bytes([block[0], block[1]]))
+            } else {
+                wd[b]
+            };
+            let d_w = simd.avx._mm256_set1_ps(d_w);
+            let mut q = [0u8; QK];
+            q.copy_from_slice(&block[2..]);
+            let wq: __m256i = cast(q);
+            // The tile's C activation blocks at position b (one bounds check each, not C).
+            let at = b * m + i0..b * m + i0 + C;
+            let (Ok(a_qs), Ok(a_abs), Ok(a_d)) = (
+                <&[[i8; QK]; C]>::try_from(&act.qs[at.clone()]),
+                <&[[u8; QK]; C]>::try_from(&act.abs[at.clone()]),
+                <&[f32; C]>::try_from(&act.d[at]),
+            ) else {
+                unreachable!("a range of C blocks converts to [_; C]");
+            };
+            for j in 0..C {
+                // Σ |a| · (w · sign(a)) = Σ a · w: 16 pair sums (≤ 2 · 127 · 128, no
+                // saturation), then 8 sums of 4, exact in i32.
+                let s = simd.avx2._mm256_sign_epi8(wq, cast(a_qs[j]));
+                let p = simd.avx2._mm256_maddubs_epi16(cast(a_abs[j]), s);
+                let sum = simd
+                    .avx
+                    ._mm256_cvtepi32_ps(simd.avx2._mm256_madd_epi16(ones, p));
+                // The same f32 product as candle's scalar `d_w * d_a`, lane by lane.
+                let d = simd.avx._mm256_mul_ps(d_w, simd.avx._mm256_set1_ps(a_d[j]));
+                acc[j] = simd.fma._mm256_fmadd_ps(d, sum, acc[j]);
+            }
+        }
+        for (o, v) in out.iter_mut().zip(acc) {
+            *o = hsum(cast::<_, [f32; 8]>(v));
+        }
+    }
+}
+
+/// An f16 (bits) as f32, exactly (what `half` gives), inline and without calls (a call in the
+/// block loop would make the compiler keep the accumulators in memory): the exponent and
+/// mantissa bits moved into an f32 and rescaled by 2^112 (exact for normal and subnormal halves
+/// alike), then the sign. Infinities and NaNs, which no valid Q8_0 scale holds, keep their
+/// class (and NaN payload) by bit surgery.
+#[inline(always)]
+fn f16_to_f32(h: u16) -> f32 {
+    let h = u32::from(h);
+    let sign = (h & 0x8000) << 16;
+    let magnitude = h & 0x7fff;
+    if magnitude >= 0x7c00 {
+        return f32::from_bits(sign | 0x7f80_0000 | ((magnitude & 0x3ff) << 13));
+    }
+    let scaled = f32::from_bits(magnitude << 13) * f32::from_bits(0x7780_0000);
+    f32::from_bits(scaled.to_bits() | sign)
+}
+
+/// The 8 lanes summed in the order of candle's `hsum_float_8` (high half onto low half, then
+/// lanes 2, 3 onto 0, 1, then lane 1 onto 0).
+#[inline(always)]
+fn hsum(v: [f32; 8]) -> f32 {
+    let h: [f32; 4] = std::array::from_fn(|i| v[i] + v[i + 4]);
+    (h[0] + h[2]) + (h[1] + h[3])
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::quantized::QMatMul;
+    use candle_core::{Device, Module, Tensor};
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    use super::*;
+
+    /// `rows × cols` values in [-1, 1) with a few larger outliers per row, as activations and
+    /// weights have (they set each block's scale).
+    fn values(rng: &mut ChaCha8Rng, rows: usize, cols: usize) -> Vec<f32> {
+        (0..rows * cols)
+            .map(|i| {
+                let v: f32 = rng.random_range(-1.0..1.0);
+                if i % 97 == 0 {
+                    v * 8.0
+                } else {
+                    v
+                }
+            })
+            .collect()
+    }
+
+    struct Case {
+        ours: Q8Matmul,
+        candle: QMatMul,
+        w: Vec<f32>,
+        n: usize,
+        k: usize,
+    }
+
+    /// Random Q8_0 weights `[n, k]`; `None` (after a loud line) on a CPU without AVX2 + FMA.
+    fn case(seed: u64, n: usize, k: usize) -> Option<Case> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let w = Tensor::from_vec(values(&mut rng, n, k), (n, k), &Device::Cpu).expect("tensor");
+        let q = Arc::new(QTensor::quantize(&w, GgmlDType::Q8_0).expect("quantize"));
+        let w = q
+            .dequantize(&Device::Cpu)
+            .expect("dequantize")
+            .flatten_all()
+            .expect("flat");
+        let Some(ours) = Q8Matmul::try_new(Arc::clone(&q)) else {
+            eprintln!("\n!!!!!!!! SKIPPED: this CPU lacks AVX2 + FMA (candle's kernel is used) !!!!!!!!\n");
+            return None;
+        };
+        Some(Case {
+            ours,
+            candle: QMatMul::from_arc(q).expect("qmatmul"),
+            w: w.to_vec1().expect("vec"),
+            n,
+            k,
+        })
+    }
+
+    fn run_both(c: &Case, x: &[f32], m: usize) -> (Vec<f32>, Vec<f32>) {
+        let x = Tensor::from_slice(x, (m, c.k), &Device::Cpu).expect("x");
+        let ours = x.apply_op1_no_bwd(&c.ours).expect("ours");
+        let candle = c.candle.forward(&x).expect("candle");
+        assert_eq!(ours.dims(), &[m, c.n]);
+        (
+            ours.flatten_all()
+                .and_then(|t| t.to_vec1())
+                .expect("ours vec"),
+            candle
+                .flatten_all()
+                .and_then(|t| t.to_vec1())
+                .expect("candle vec"),
+        )
+    }
+
+    /// Where candle 0.11.1 runs its Q8_0 × Q8_0 `vec_dot` (on x86 always unless `k` is a multiple
+    /// of 256 and `n` of 16, which its VNNI repacking takes), both compute the same integer block
+    /// sums, the same f32 fused multiply-adds per lane and the same lane sum: equal bit for bit.
+    /// n = 130 and 37 leave partial register tiles (4 rows) on our side and partial quads on
+    /// candle's.
+    #[test]
+    fn equals_candle_where_candle_runs_q8_0_dot() {
+        for (seed, n, k) in [(1, 130, 576), (2, 37, 96)] {
+            let Some(c) = case(seed, n, k) else { return };
+            let mut rng = ChaCha8Rng::seed_from_u64(seed + 100);
+            for m in [1, 3, 8, 32] {
+                let x = values(&mut rng, m, k);
+                let (ours, candle) = run_both(&c, &x, m);
+                for (i, (a, b)) in ours.iter().zip(&candle).enumerate() {
+                    assert_eq!(
+                        a.to_bits(),
+                        b.to_bits(),
+                        "n={n} k={k} m={m}: row {} col {}: {a} vs {b}",
+                        i / n,
+                        i % n
+                    );
+                }
+            }
+        }
+    }
+
+    /// k = 1536, n = 64 (the model's MLP down projection has k = 1536): on VNNI CPUs candle
+    /// quantizes activations in blocks of 256 (Q8_K), we in blocks of 32 (Q8_0), so the two
+    /// differ by activation rounding. Each is within `Σ_j |w_j| · d_j / 2` of the exact product
+    /// of the dequantized weights with the f32 activations, where `d_j ≤ amax(row) / 127` is
+    /// the scale of the block holding `x_j`. Our Q8_0 scale is then rounded to f16 (relative
+    /// error ≤ 2⁻¹¹) while the values were rounded with the unrounded one, which adds up to
+    /// `127 · d_j · 2⁻¹¹` per value. So ours is within `Σ_j |w_j| · d_j · (1/2 + 127/2048)` of the
+    /// exact product (checked with its per-block `d_j`), and the two are within
+    /// `Σ_j |w_j| · amax / 127 · (1 + 127/2048)` of each other; plus f32 rounding, bounded
+    /// generously by 1e-5 of `Σ |w_j x_j|`.
+    #[test]
+    fn within_activation_rounding_of_candle_and_exact() {
+        const SCALE_ROUNDING: f64 = 0.5 + 127.0 / 2048.0;
+        let (n, k) = (64, 1536);
+        let Some(c) = case(3, n, k) else { return };
+        let mut rng = ChaCha8Rng::seed_from_u64(103);
+        for m in [1, 3, 8, 32] {
+            let x = values(&mut rng, m, k);
+            let (ours, candle) = run_both(&c, &x, m);
+            for i in 0..m {
+                let xr = &x[i * k..(i + 1) * k];
+                let amax = xr.iter().fold(0f32, |a, v| a.max(v.abs()));
+                for r in 0..n {
+                    let wr = &c.w[r * k..(r + 1) * k];
+                    let exact: f64 = wr
+                        .iter()
+                        .zip(xr)
+                        .map(|(&w, &x)| f64::from(w) * f64::from(x))
+                        .sum();
+                    let mag: f64 = wr
+                        .iter()
+                        .zip(xr)
+                        .map(|(&w, &x)| f64::from((w * x).abs()))
+                        .sum();
+                    let own_bound: f64 = wr
+                        .chunks_exact(QK)
+                        .zip(xr.chunks_exact(QK))
+                        .map(|(wb, xb)| {
+                            let d = f64::from(xb.iter().fold(0f32, |a, v| a.max(v.abs()))) / 127.0;
+                            wb.iter().map(|w| f64::from(w.abs())).sum::<f64>() * d * SCALE_ROUNDING
+                        })
+                        .sum();
+                    let wsum: f64 = wr.iter().map(|w| f64::from(w.abs())).sum();
+                    let slack = 1e-5 * mag;
+                    let got = f64::from(ours[i * n + r]);
+                    assert!(
+                        (got - exact).abs() <= own_bound + slack,
+                        "m={m} row {i} col {r}: {got} vs exact {exact} (bound {own_bound})"
+                    );
+                    let theirs = f64::from(candle[i * n + r]);
+                    assert!(
+                        (got - theirs).abs()
+                            <= wsum * f64::from(amax) / 127.0 * (0.5 + SCALE_ROUNDING)
+                                + 2.0 * slack,
+                        "m={m} row {i} col {r}: ours {got} vs candle {theirs}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Our inline f16 conversion equals `half`'s for every bit pattern (NaNs as NaNs).
+    #[test]
+    fn f16_conversion_is_exact() {
+        for h in 0..=u16::MAX {
+            let want = f16::from_bits(h).to_f32();
+            let got = f16_to_f32(h);
+            assert!(
+                got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
+                "{h:#06x}: {got} vs {want}"
+            );
+        }
+    }
+
+    /// A row's result does not depend on the other rows in the batch (what lets a sequence
+    /// decode to the same tokens alone and batched).
+    #[test]
+    fn rows_do_not_depend_on_the_batch() {
+        let (n, k) = (70, 192);
+        let Some(c) = case(4, n, k) else { return };
+        let mut rng = ChaCha8Rng::seed_from_u64(104);
+        let m = 33;
+        let x = values(&mut rng, m, k);
+        let (all, _) = run_both(&c, &x, m);
+        for i in [0, 1, 16, 31, 32] {
+            let (one, _) = run_both(&c, &x[i * k..(i + 1) * k], 1);
+            assert_eq!(one, all[i * n..(i + 1) * n], "row {i}");
+        }
+    }
+
+    /// Time per call of ours and candle's on the model's projection shapes (ignored; run in
+    /// release: `cargo test --release -p vcos-gpu-workers --lib q8_matmul::tests::speed --
+    /// --ignored --nocapture`). Best of several calls, on the current (global) rayon pool.
+    #[test]
+    #[ignore = "timing; run in release with --ignored"]
+    fn speed() {
+        let reps = 20;
+        for (n, k) in [(576, 576), (1536, 576), (576, 1536), (49152, 576)] {
+            let Some(c) = case(5, n, k) else { return };
+            let mut rng = ChaCha8Rng::seed_from_u64(105);
+            for m in [1, 8, 32] {
+                let x = Tensor::from_vec(values(&mut rng, m, k), (m, k), &Device::Cpu).expect("x");
+                let best = |f: &dyn Fn() -> Tensor| {
+                    (0..reps)
+                        .map(|_| {
+                            let t0 = std::time::Instant::now();
+                            std::hint::black_box(f());
+                            t0.elapsed().as_secs_f64() * 1e6
+                        })
+                        .fold(f64::INFINITY, f64::min)
+                };
+                let ours = best(&|| x.apply_op1_no_bwd(&c.ours).expect("ours"));
+                let candle = best(&|| c.candle.forward(&x).expect("candle"));
+                eprintln!(
+                    "n={n} k={k} m={m}: ours {ours:.0} us, candle {candle:.0} us ({:.2}x)",
+                    candle / ours
+                );
+            }
+        }
+    }
+}
