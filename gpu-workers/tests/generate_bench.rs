@@ -190,6 +190,16 @@ fn env_usize(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
+/// Nanoseconds this thread has run on a CPU (`/proc/thread-self/schedstat`, Linux), if known.
+fn thread_on_cpu_ns() -> Option<u64> {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// Median and range of `xs`.
 fn summary(xs: &mut [f64]) -> (f64, f64, f64) {
     xs.sort_by(f64::total_cmp);
@@ -243,6 +253,9 @@ fn decode_step_kernels() {
         .collect();
     // tokens/s per (kernel, batch), one entry per run.
     let mut rates = vec![vec![Vec::new(); batches.len()]; kernels.len()];
+    // The same, per second the decoding thread was on a CPU (threads = 1: all the work runs on
+    // the pool's one thread), which time-slicing by other processes does not move.
+    let mut cpu_rates = rates.clone();
     for run in 0..=runs {
         for (bi, &batch) in batches.iter().enumerate() {
             for (ki, g) in gens.iter().enumerate() {
@@ -265,10 +278,17 @@ fn decode_step_kernels() {
                     next.push(vcos_gpu_workers::generate::sampling::argmax(&logits));
                 }
                 let t0 = Instant::now();
+                let mut on_cpu_ns = 0u64;
                 for _ in 0..steps {
                     let mut b: Vec<_> =
                         caches.iter_mut().zip(&next).map(|(c, &t)| (c, t)).collect();
-                    let logits = g.threads().run(|| model.decode(&mut b)).expect("decode");
+                    let (logits, cpu) = g.threads().run(|| {
+                        let c0 = thread_on_cpu_ns();
+                        let logits = model.decode(&mut b);
+                        (logits, thread_on_cpu_ns().zip(c0).map(|(c1, c0)| c1 - c0))
+                    });
+                    let logits = logits.expect("decode");
+                    on_cpu_ns += cpu.unwrap_or(0);
                     let rows: Vec<Vec<f32>> = logits.to_vec2().expect("rows");
                     next = rows
                         .iter()
@@ -276,26 +296,73 @@ fn decode_step_kernels() {
                         .collect();
                 }
                 let rate = (steps * batch) as f64 / t0.elapsed().as_secs_f64();
+                let cpu_rate = (steps * batch) as f64 / (on_cpu_ns as f64 * 1e-9);
                 // Run 0 warms up (first-use allocations, candle's lazy repacking).
                 if run > 0 {
-                    eprintln!("run {run} {:?} batch={batch}: {rate:.1} tok/s", kernels[ki]);
+                    eprintln!(
+                        "run {run} {:?} batch={batch}: {rate:.1} tok/s wall, {cpu_rate:.1} tok/s of decode-thread CPU time",
+                        kernels[ki]
+                    );
                     rates[ki][bi].push(rate);
+                    cpu_rates[ki][bi].push(cpu_rate);
                 }
             }
         }
     }
     eprintln!("threads={threads}, {steps} decode steps a run, {runs} runs; tokens/s total: median [min-max]");
-    for (ki, k) in kernels.iter().enumerate() {
-        let mut single = f64::NAN;
-        for (bi, &batch) in batches.iter().enumerate() {
-            let (med, lo, hi) = summary(&mut rates[ki][bi]);
-            if batch == 1 {
-                single = med;
+    for (what, table) in [
+        ("wall time", &mut rates),
+        ("decode-thread CPU time", &mut cpu_rates),
+    ] {
+        eprintln!("by {what}:");
+        for (ki, k) in kernels.iter().enumerate() {
+            let mut single = f64::NAN;
+            for (bi, &batch) in batches.iter().enumerate() {
+                let (med, lo, hi) = summary(&mut table[ki][bi]);
+                if batch == 1 {
+                    single = med;
+                }
+                eprintln!(
+                    "  {k:?} batch={batch}: {med:.1} [{lo:.1}-{hi:.1}] tok/s = {:.2}x its single stream",
+                    med / single
+                );
             }
-            eprintln!(
-                "{k:?} batch={batch}: {med:.1} [{lo:.1}-{hi:.1}] tok/s = {:.2}x its single stream",
-                med / single
-            );
         }
+    }
+}
+
+/// The logits of the first answer token to "What is the capital of France?" with candle's
+/// kernel and ours: equal, since ours computes candle's arithmetic (diagnostic; the
+/// reference's own top-2 gap there is 0.14 and candle's 0.014, so any change of f32 rounding
+/// in the quantized path can flip this greedy answer).
+#[test]
+#[ignore = "diagnostic; run in release with --ignored"]
+fn first_token_logits_by_kernel() {
+    let Some(path) = model_path() else { return };
+    for cpu_matmul in [CpuMatmul::Candle, CpuMatmul::Auto] {
+        let g = TextGenerator::load(
+            &path,
+            GeneratorConfig {
+                cpu_matmul,
+                ..GeneratorConfig::default()
+            },
+        )
+        .expect("load");
+        let ids = g
+            .encode_prompt(&Prompt::Chat(vec![ChatMessage::user(
+                "What is the capital of France?",
+            )]))
+            .expect("encode");
+        let mut cache = g.model().new_cache(ids.len()).expect("cache");
+        let logits: Vec<f32> = g
+            .threads()
+            .run(|| g.model().prefill(&mut cache, &ids))
+            .expect("prefill")
+            .to_vec1()
+            .expect("vec");
+        eprintln!(
+            "{cpu_matmul:?}: logit[504] = {}, logit[60] = {}, logit[15319] = {}",
+            logits[504], logits[60], logits[15319]
+        );
     }
 }

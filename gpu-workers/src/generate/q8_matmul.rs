@@ -1,24 +1,21 @@
-//! A weight-stationary Q8_0 matmul for the CPU, used for the Q8_0 projections of the
+//! A weight-stationary Q8_0 matmul for the CPU, used for every Q8_0 projection of the
 //! generation model when the CPU has AVX2 and FMA.
 //!
 //! Why: candle 0.11.1's quantized CPU matmul computes each (activation row, weight row) pair
-//! as its own `vec_dot`, which reloads both blocks, converts both f16 scales and scales and
-//! accumulates 8 f32 lanes every time, so a decode step of `m` sequences costs nearly `m`
-//! steps of one (measured: 8 sequences ≈ 6× one). Here one weight row is dotted with up to 8
-//! activation rows while its blocks are in registers and its scales converted once; per block
-//! each pair's 32 products are summed exactly in i32 and the 8 pairs' sums are reduced
-//! together, so one conversion, one multiply and one fused multiply-add serve 8 pairs. The
-//! weight matrix streams from memory once per step whatever `m` is; the rows are read in
-//! order (one sequential stream, which the hardware prefetcher follows: interleaving 4 rows
-//! halved single-stream speed).
+//! as its own `vec_dot`, which reloads both blocks and converts both f16 scales every time, so
+//! a decode step of `m` sequences costs nearly `m` steps of one (measured: 8 sequences ≈ 6×
+//! one). Here one weight row is dotted with up to 8 activation rows while its blocks are in
+//! registers and its scales are converted once, and the weight matrix streams from memory once
+//! per step whatever `m` is. Rows are read in order (one sequential stream, which the hardware
+//! prefetcher follows: interleaving 4 rows halved single-stream speed).
 //!
-//! Numbers: activations are quantized to Q8_0 with candle's rounding (`amax / 127`, scale
-//! rounded to f16, `round(x / d)`) and each block's integer dot product is exact, as in
-//! candle; only the f32 accumulation differs (per block `y = fma(d_w · d_a, sum, y)` where
-//! candle accumulates 8 partial lanes and adds them at the end), so results agree with candle's
-//! to f32 rounding (a test bounds it). Every row gets the same operations whatever its tile,
-//! so a row's result does not depend on `m` or on the other rows: a sequence decodes to the
-//! same tokens alone or in a batch (a test checks equality).
+//! Same numbers as candle: activations are quantized to Q8_0 with candle's rounding
+//! (`amax / 127`, scale rounded to f16, `round(x / d)`), each block's integer dot product is
+//! exact, each block is scaled and accumulated into 8 f32 lanes with the same fused
+//! multiply-add, and the lanes are summed in the order of candle's `hsum_float_8`. So a result
+//! equals candle's AVX2 `vec_dot_q8_0_q8_0` bit for bit (a test checks it); it does not
+//! depend on `m` or on the other rows, so a sequence decodes to the same tokens alone or in a
+//! batch.
 //!
 //! Deliberate absences:
 //! * no `unsafe`: the AVX2 code goes through `pulp`'s runtime-checked [`V3`] token (its
@@ -30,6 +27,12 @@
 //!   (AMD Zen 4) 512-bit integer ops run at half rate. Where candle has a VNNI kernel (it
 //!   repacks weights whose `k` is a multiple of 256) it is faster and is kept
 //!   ([`candle_repacks`]).
+//! * no reordering of the f32 accumulation, though summing each block exactly in i32 and
+//!   reducing 8 pairs together made the kernel 1.4× faster at m = 8: the quantized forward
+//!   pass is so sensitive to rounding (each activation is re-quantized, and a changed rounding
+//!   moves it by a whole step) that even a different order of candle's final lane sum moved
+//!   SmolLM2's first-token logits by up to 0.3 and flipped a greedy answer whose margin was
+//!   0.014. Matching candle bit for bit keeps every output what it was.
 //! * no threads of its own: the weight rows are split over the *current* rayon pool, which in
 //!   the generation worker is its [`super::threads::ThreadBudget`] pool.
 
@@ -284,15 +287,15 @@ impl NullaryFnOnce for Task<'_> {
                     // A single tile (m ≤ TILE_COLS, decode) converts each scale as it goes, so
                     // the row is read from memory once, by the compute loop.
                     match tc {
-                        8 if tiles > 1 => t.run8::<false>(simd, out),
-                        8 => t.run8::<true>(simd, out),
-                        7 => t.run_each::<7, true>(simd, out),
-                        6 => t.run_each::<6, true>(simd, out),
-                        5 => t.run_each::<5, true>(simd, out),
-                        4 => t.run_each::<4, true>(simd, out),
-                        3 => t.run_each::<3, true>(simd, out),
-                        2 => t.run_each::<2, true>(simd, out),
-                        _ => t.run_each::<1, true>(simd, out),
+                        8 if tiles > 1 => t.run::<8, false>(simd, out),
+                        8 => t.run::<8, true>(simd, out),
+                        7 => t.run::<7, true>(simd, out),
+                        6 => t.run::<6, true>(simd, out),
+                        5 => t.run::<5, true>(simd, out),
+                        4 => t.run::<4, true>(simd, out),
+                        3 => t.run::<3, true>(simd, out),
+                        2 => t.run::<2, true>(simd, out),
+                        _ => t.run::<1, true>(simd, out),
                     }
                     i += tc;
                 }
@@ -311,108 +314,50 @@ struct Tile<'a> {
 }
 
 impl Tile<'_> {
-    /// The activation blocks of rows `i0..i0 + C` at block position `b` (adjacent in the
-    /// block-major layout: one bounds check each, not C).
+    /// Writes `out[c]` for activation row `i0 + c`. `INLINE`: convert the weight scales in the
+    /// block loop instead of reading `wd`.
     #[inline(always)]
-    fn act_blocks<const C: usize>(&self, b: usize) -> (&[[i8; QK]; C], &[[u8; QK]; C], &[f32; C]) {
-        let m = self.act.m;
-        let at = b * m + self.i0..b * m + self.i0 + C;
-        let (Ok(qs), Ok(abs), Ok(d)) = (
-            <&[[i8; QK]; C]>::try_from(&self.act.qs[at.clone()]),
-            <&[[u8; QK]; C]>::try_from(&self.act.abs[at.clone()]),
-            <&[f32; C]>::try_from(&self.act.d[at]),
-        ) else {
-            unreachable!("a range of C blocks converts to [_; C]");
-        };
-        (qs, abs, d)
-    }
-
-    /// Block `b`'s scale (converted here when `INLINE`, else from `wd`) and values.
-    #[inline(always)]
-    fn weight_block<const INLINE: bool>(
-        &self,
-        b: usize,
-        block: &[u8; BLOCK_BYTES],
-    ) -> (f32, __m256i) {
-        let d = if INLINE {
-            f16_to_f32(u16::from_le_bytes([block[0], block[1]]))
-        } else {
-            self.wd[b]
-        };
-        let mut q = [0u8; QK];
-        q.copy_from_slice(&block[2..]);
-        (d, cast(q))
-    }
-
-    /// Eight activation rows. Per block, each pair's 32 products are summed exactly in i32
-    /// (`sign`, `maddubs`, `madd`: 8 lane sums), the eight pairs' lane sums are reduced together
-    /// into one vector (lane j = pair j, by `hadd` and one cross-half add), and one conversion,
-    /// one multiply (the eight scale products) and one fused multiply-add serve all eight
-    /// pairs. Per lane this is exactly [`Tile::run_each`]'s scalar arithmetic.
-    #[inline(always)]
-    fn run8<const INLINE: bool>(self, simd: V3, out: &mut [f32]) {
+    fn run<const C: usize, const INLINE: bool>(self, simd: V3, out: &mut [f32]) {
+        let Self { row, wd, i0, act } = self;
+        let m = act.m;
         let ones = simd.avx._mm256_set1_epi16(1);
-        let mut acc = simd.avx._mm256_setzero_ps();
-        for (b, block) in self.row.iter().enumerate() {
-            let (d_w, wq) = self.weight_block::<INLINE>(b, block);
-            let (a_qs, a_abs, a_d) = self.act_blocks::<8>(b);
-            // Σ |a| · (w · sign(a)) = Σ a · w: 16 pair sums (≤ 2 · 127 · 128, no saturation),
-            // then 8 sums of 4, exact in i32.
-            let v: [__m256i; 8] = std::array::from_fn(|j| {
-                let s = simd.avx2._mm256_sign_epi8(wq, cast(a_qs[j]));
-                let p = simd.avx2._mm256_maddubs_epi16(cast(a_abs[j]), s);
-                simd.avx2._mm256_madd_epi16(ones, p)
-            });
-            let t0 = simd.avx2._mm256_hadd_epi32(v[0], v[1]);
-            let t1 = simd.avx2._mm256_hadd_epi32(v[2], v[3]);
-            let t2 = simd.avx2._mm256_hadd_epi32(v[4], v[5]);
-            let t3 = simd.avx2._mm256_hadd_epi32(v[6], v[7]);
-            // Lane j of each 128-bit half: half of pair j's sum (pairs 0-3 from u0, 4-7 from u1).
-            let u0 = simd.avx2._mm256_hadd_epi32(t0, t1);
-            let u1 = simd.avx2._mm256_hadd_epi32(t2, t3);
-            let lo = simd.avx2._mm256_permute2x128_si256::<0x20>(u0, u1);
-            let hi = simd.avx2._mm256_permute2x128_si256::<0x31>(u0, u1);
-            let sums = simd
-                .avx
-                ._mm256_cvtepi32_ps(simd.avx2._mm256_add_epi32(lo, hi));
-            let d = simd
-                .avx
-                ._mm256_mul_ps(simd.avx._mm256_set1_ps(d_w), cast(*a_d));
-            acc = simd.fma._mm256_fmadd_ps(d, sums, acc);
-        }
-        out.copy_from_slice(&cast::<_, [f32; 8]>(acc));
-    }
-
-    /// `C` activation rows, one pair at a time: the block's exact i32 sum, then
-    /// `y = fma(d_w · d_a, sum, y)` in scalar f32 (the same operations as a lane of
-    /// [`Tile::run8`]).
-    #[inline(always)]
-    fn run_each<const C: usize, const INLINE: bool>(self, simd: V3, out: &mut [f32]) {
-        let ones = simd.avx._mm256_set1_epi16(1);
-        let mut acc = [0f32; C];
-        for (b, block) in self.row.iter().enumerate() {
-            let (d_w, wq) = self.weight_block::<INLINE>(b, block);
-            let (a_qs, a_abs, a_d) = self.act_blocks::<C>(b);
+        let zero = simd.avx._mm256_setzero_ps();
+        let mut acc = [zero; C];
+        for (b, block) in row.iter().enumerate() {
+            let d_w = if INLINE {
+                f16_to_f32(u16::from_le_bytes([block[0], block[1]]))
+            } else {
+                wd[b]
+            };
+            let d_w = simd.avx._mm256_set1_ps(d_w);
+            let mut q = [0u8; QK];
+            q.copy_from_slice(&block[2..]);
+            let wq: __m256i = cast(q);
+            // The tile's C activation blocks at position b (one bounds check each, not C).
+            let at = b * m + i0..b * m + i0 + C;
+            let (Ok(a_qs), Ok(a_abs), Ok(a_d)) = (
+                <&[[i8; QK]; C]>::try_from(&act.qs[at.clone()]),
+                <&[[u8; QK]; C]>::try_from(&act.abs[at.clone()]),
+                <&[f32; C]>::try_from(&act.d[at]),
+            ) else {
+                unreachable!("a range of C blocks converts to [_; C]");
+            };
             for j in 0..C {
+                // Σ |a| · (w · sign(a)) = Σ a · w: 16 pair sums (≤ 2 · 127 · 128, no
+                // saturation), then 8 sums of 4, exact in i32.
                 let s = simd.avx2._mm256_sign_epi8(wq, cast(a_qs[j]));
                 let p = simd.avx2._mm256_maddubs_epi16(cast(a_abs[j]), s);
-                let v = simd.avx2._mm256_madd_epi16(ones, p);
-                let v = simd.sse2._mm_add_epi32(
-                    simd.avx._mm256_castsi256_si128(v),
-                    simd.avx2._mm256_extracti128_si256::<1>(v),
-                );
-                let v = simd
-                    .sse2
-                    ._mm_add_epi32(v, simd.sse2._mm_unpackhi_epi64(v, v));
-                let v = simd
-                    .sse2
-                    ._mm_add_epi32(v, simd.sse2._mm_shuffle_epi32::<0b01>(v));
-                // |sum| ≤ 32 · 127 · 128 < 2^24: exact in f32.
-                let sum = simd.sse2._mm_cvtsi128_si32(v) as f32;
-                acc[j] = (d_w * a_d[j]).mul_add(sum, acc[j]);
+                let sum = simd
+                    .avx
+                    ._mm256_cvtepi32_ps(simd.avx2._mm256_madd_epi16(ones, p));
+                // The same f32 product as candle's scalar `d_w * d_a`, lane by lane.
+                let d = simd.avx._mm256_mul_ps(d_w, simd.avx._mm256_set1_ps(a_d[j]));
+                acc[j] = simd.fma._mm256_fmadd_ps(d, sum, acc[j]);
             }
         }
-        out.copy_from_slice(&acc);
+        for (o, v) in out.iter_mut().zip(acc) {
+            *o = hsum(cast::<_, [f32; 8]>(v));
+        }
     }
 }
 
@@ -431,6 +376,14 @@ fn f16_to_f32(h: u16) -> f32 {
     }
     let scaled = f32::from_bits(magnitude << 13) * f32::from_bits(0x7780_0000);
     f32::from_bits(scaled.to_bits() | sign)
+}
+
+/// The 8 lanes summed in the order of candle's `hsum_float_8` (high half onto low half, then
+/// lanes 2, 3 onto 0, 1, then lane 1 onto 0).
+#[inline(always)]
+fn hsum(v: [f32; 8]) -> f32 {
+    let h: [f32; 4] = std::array::from_fn(|i| v[i] + v[i + 4]);
+    (h[0] + h[2]) + (h[1] + h[3])
 }
 
 #[cfg(test)]
@@ -505,60 +458,32 @@ mod tests {
     }
 
     /// Where candle 0.11.1 runs its Q8_0 × Q8_0 `vec_dot` (on x86 always unless `k` is a multiple
-    /// of 256 and `n` of 16, which its VNNI repacking takes), both quantize the activations the
-    /// same way and compute the same exact integer block sums `S_b`; they differ only in f32
-    /// rounding while accumulating `Σ_b d_b · S_b` (`d_b`: the product of the two scales). Ours
-    /// rounds at most `kb + 1` times, candle's `kb + 4` (its 8 lanes, then 3 adds), each
-    /// relative to at most `M = Σ_b |d_b · S_b| ≤ Σ_j |w_j| · |x̂_j|` (`x̂`: the quantized
-    /// activation, `|x̂_j| ≤ |x_j| + d_j · (1/2 + 127/2048)` with `d_j` the block's activation
-    /// scale), so they agree within `(2 kb + 8) · 2⁻²⁴ · M`. n = 130 and 37 leave partial tiles
-    /// on both sides.
+    /// of 256 and `n` of 16, which its VNNI repacking takes), both compute the same integer block
+    /// sums, the same f32 fused multiply-adds per lane and the same lane sum: equal bit for bit.
+    /// n = 130 and 37 leave partial register tiles (4 rows) on our side and partial quads on
+    /// candle's.
     #[test]
-    fn agrees_with_candle_where_candle_runs_q8_0_dot() {
+    fn equals_candle_where_candle_runs_q8_0_dot() {
         for (seed, n, k) in [(1, 130, 576), (2, 37, 96)] {
             let Some(c) = case(seed, n, k) else { return };
-            let kb = k / QK;
             let mut rng = ChaCha8Rng::seed_from_u64(seed + 100);
             for m in [1, 3, 8, 32] {
                 let x = values(&mut rng, m, k);
                 let (ours, candle) = run_both(&c, &x, m);
-                let mut identical = 0;
-                for i in 0..m {
-                    let xr = &x[i * k..(i + 1) * k];
-                    let x_hat: Vec<f64> = xr
-                        .chunks_exact(QK)
-                        .flat_map(|xb| {
-                            let d = f64::from(xb.iter().fold(0f32, |a, v| a.max(v.abs()))) / 127.0;
-                            xb.iter()
-                                .map(move |&v| f64::from(v.abs()) + d * (0.5 + 127.0 / 2048.0))
-                        })
-                        .collect();
-                    for r in 0..n {
-                        let wr = &c.w[r * k..(r + 1) * k];
-                        let mag: f64 = wr
-                            .iter()
-                            .zip(&x_hat)
-                            .map(|(&w, &xh)| f64::from(w.abs()) * xh)
-                            .sum();
-                        let tol = (2 * kb + 8) as f64 * f64::from(f32::EPSILON) / 2.0 * mag;
-                        let (a, b) = (ours[i * n + r], candle[i * n + r]);
-                        identical += usize::from(a.to_bits() == b.to_bits());
-                        assert!(
-                            (f64::from(a) - f64::from(b)).abs() <= tol,
-                            "n={n} k={k} m={m}: row {i} col {r}: {a} vs {b} (tolerance {tol})"
-                        );
-                    }
+                for (i, (a, b)) in ours.iter().zip(&candle).enumerate() {
+                    assert_eq!(
+                        a.to_bits(),
+                        b.to_bits(),
+                        "n={n} k={k} m={m}: row {} col {}: {a} vs {b}",
+                        i / n,
+                        i % n
+                    );
                 }
-                eprintln!(
-                    "n={n} k={k} m={m}: {identical}/{} results identical to candle's",
-                    m * n
-                );
             }
         }
     }
 
-    /// k = 1536, n = 64 (the model's MLP down projection has k = 1536; ours runs it on CPUs
-    /// without VNNI): on VNNI CPUs candle
+    /// k = 1536, n = 64 (the model's MLP down projection has k = 1536): on VNNI CPUs candle
     /// quantizes activations in blocks of 256 (Q8_K), we in blocks of 32 (Q8_0), so the two
     /// differ by activation rounding. Each is within `Σ_j |w_j| · d_j / 2` of the exact product
     /// of the dequantized weights with the f32 activations, where `d_j ≤ amax(row) / 127` is
