@@ -30,6 +30,11 @@ pub(crate) struct UpArgs {
     /// Directory holding the node's canon (created if missing).
     #[arg(long, default_value = "vcos-data", value_name = "DIR")]
     data_dir: PathBuf,
+    /// Page cache of each canon group's file, in MiB: with the state on disk, what the canon
+    /// keeps in memory however many IMVUs it holds.
+    #[arg(long, default_value_t = (vcos_canon_raft::constants::CACHE_BYTES_DEFAULT >> 20) as u64, value_name = "MIB",
+          value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
+    canon_cache_mb: u64,
     /// Address of the HTTP facade; port 0 picks a free port.
     #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
     listen: SocketAddr,
@@ -301,6 +306,7 @@ pub(crate) async fn start_node(args: &UpArgs, http_addr: SocketAddr, serves_mode
     let addr = http_addr;
     let mut config = NodeConfig::new(args.node_id, &args.region, &args.data_dir.join("canon"));
     config.cluster = args.cluster.clone();
+    config.cache_bytes = usize::try_from(args.canon_cache_mb << 20).context("--canon-cache-mb")?;
     config.secret = Some(cluster_secret(args).await?);
     config.info.raft_addr = raft_listener.local_addr().context("canon address")?.to_string();
     config.info.http_addr = addr.to_string();
@@ -575,7 +581,7 @@ async fn cluster_secret(args: &UpArgs) -> anyhow::Result<ClusterSecret> {
 fn foreign_key_reader(node: &CanonNode, home: &str) -> vcos_actors::auth::registry::ForeignRead {
     let (node, home) = (node.clone(), home.to_owned());
     Arc::new(move |key: &str| {
-        node.groups().iter().filter(|g| g.region() != home).find_map(|g| g.reader().get(key.as_bytes()))
+        node.groups().iter().filter(|g| g.region() != home).find_map(|g| g.reader().get(key.as_bytes()).ok().flatten())
     })
 }
 

@@ -96,6 +96,15 @@ fn store_error(error: &CanonError) -> StoreError {
     }
 }
 
+/// A read of the group's tables that failed: retryable while the group is closed (a restart),
+/// else a disk error.
+fn read_error(error: &crate::Error) -> StoreError {
+    match error {
+        crate::Error::Closed => StoreError::Unavailable(error.to_string()),
+        _ => StoreError::Io(format!("canon read: {error}")),
+    }
+}
+
 impl RaftCanonStore {
     /// Starts the writer task for `node`'s home group (call inside a tokio runtime).
     pub fn start(node: CanonNode) -> Self {
@@ -136,13 +145,14 @@ impl CanonStore for RaftCanonStore {
 
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let home = self.node.home().map_err(|e| store_error(&e))?;
-        Ok(home.reader().get(key.as_bytes()))
+        home.reader().get(key.as_bytes()).map_err(|e| read_error(&e))
     }
 
     fn scan_prefix(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         let home = self.node.home().map_err(|e| store_error(&e))?;
         home.reader()
             .range(prefix.as_bytes(), after.map(str::as_bytes), limit)
+            .map_err(|e| read_error(&e))?
             .into_iter()
             .map(|(key, value)| {
                 String::from_utf8(key)

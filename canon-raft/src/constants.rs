@@ -30,6 +30,10 @@ pub const PROMOTE_CATCH_UP_MS: u64 = 5_000;
 /// How long stopping one group's Raft may take before the node stops waiting for it.
 pub const CANON_SHUTDOWN_MAX_MS: u64 = 3_000;
 
+/// The page cache of one group's redb file (log and state) unless the node is told otherwise
+/// (`vcos up --canon-cache-mb`). The state lives on disk; this bounds what it keeps in memory.
+pub const CACHE_BYTES_DEFAULT: usize = 64 << 20;
+
 const _: () = assert!(CLIENTS_MAX > 0);
 const _: () = assert!(CANON_REQUEST_DEADLINE_MS >= 1_000);
 const _: () = assert!(CANON_SHUTDOWN_MAX_MS < CANON_REQUEST_DEADLINE_MS);

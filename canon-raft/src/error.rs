@@ -27,6 +27,26 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
+    /// A record read from disk (or a snapshot stream) did not decode: the store is corrupt,
+    /// or a received snapshot was cut short.
+    #[error("corrupt {what}: {reason}")]
+    CorruptRecord {
+        /// What was being decoded.
+        what: &'static str,
+        /// Why it did not decode.
+        reason: String,
+    },
+    /// The store (or a snapshot) was written by a format version this build does not read.
+    #[error("canon store format version {found}: this build reads version {expected} and migrates version 1; use the build that wrote it")]
+    Format {
+        /// The version found.
+        found: u64,
+        /// The version this build writes.
+        expected: u64,
+    },
+    /// The group's database is closed (its Raft node stopped).
+    #[error("the canon group is closed")]
+    Closed,
 }
 
 macro_rules! from_redb {

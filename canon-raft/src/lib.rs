@@ -4,13 +4,18 @@
 //! (no network yet); the network and multi-node membership come later.
 //!
 //! - [`TypeConfig`]: the openraft type configuration (`NodeId = u64`, `Node = BasicNode`,
-//!   `D = Request`, `R = Response`, tokio runtime, snapshots as `Cursor<Vec<u8>>`).
+//!   `D = Request`, `R = Response`, tokio runtime, snapshots as [`snapshot::SnapshotStream`]).
 //! - [`types`]: the wire types, [`Request`] (an [`Op`] with its client id and sequence number)
 //!   and [`Response`].
-//! - [`state`]: [`KvState`], the pure, deterministic core: key-value map, leases with fencing
-//!   epochs, client dedup. No IO, no clock: time only comes inside a request.
+//! - [`state`]: the pure, deterministic core (`apply` over any `Tables`): key-value map, leases
+//!   with fencing epochs, client dedup. No clock: time only comes inside a request. [`KvState`]
+//!   is that core on in-memory maps (tests, checkers).
+//! - [`disk`]: the state's tables in redb, what a replica runs the core on: memory bounded by
+//!   redb's page cache, whatever the canon's size.
+//! - [`snapshot`]: snapshots built from a read transaction, stored as pages, streamed and
+//!   installed chunk by chunk.
 //! - [`log_store`]: [`LogStore`], openraft's `RaftLogStorage` on redb, fsynced appends.
-//! - [`state_machine`]: [`StateMachineStore`], openraft's `RaftStateMachine` over [`KvState`],
+//! - [`state_machine`]: [`StateMachineStore`], openraft's `RaftStateMachine` over the tables,
 //!   with snapshots stored in the same redb file.
 //! - [`network`]: [`UnreachableNetwork`], the network of a single voter, which never sends.
 //!
@@ -19,7 +24,6 @@
 //! Deliberately absent: a network transport, multi-node membership changes, and the
 //! `CanonStore` seam adapter (a later session builds them on these stores).
 
-use std::io::Cursor;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -27,6 +31,7 @@ pub mod app;
 pub mod auth;
 pub mod canon_store;
 pub mod constants;
+pub mod disk;
 pub mod error;
 pub mod health;
 pub mod log_store;
@@ -35,6 +40,7 @@ pub mod node;
 pub mod runtime;
 mod server;
 pub mod network;
+pub mod snapshot;
 pub mod state;
 pub mod state_machine;
 pub mod transport;
@@ -66,7 +72,7 @@ openraft::declare_raft_types!(
         NodeId = u64,
         Node = NodeInfo,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = snapshot::SnapshotStream,
         AsyncRuntime = runtime::CanonRuntime,
 );
 
@@ -80,8 +86,17 @@ pub const DB_FILE_NAME: &str = "canon-raft.redb";
 /// machine. The state machine is restored from the last stored snapshot; openraft replays the
 /// log after it.
 pub fn open(dir: &Path) -> Result<(LogStore, StateMachineStore), Error> {
+    open_with(dir, constants::CACHE_BYTES_DEFAULT)
+}
+
+/// Like [`open`], with a page cache of `cache_bytes`: with the log's recent entries, it is
+/// what the group's file keeps in memory, however large the canon grows.
+pub fn open_with(dir: &Path, cache_bytes: usize) -> Result<(LogStore, StateMachineStore), Error> {
     std::fs::create_dir_all(dir).map_err(Error::Io)?;
-    let db = redb::Database::create(dir.join(DB_FILE_NAME)).map_err(redb::Error::from)?;
+    let db = redb::Database::builder()
+        .set_cache_size(cache_bytes)
+        .create(dir.join(DB_FILE_NAME))
+        .map_err(redb::Error::from)?;
     open_db(db)
 }
 

@@ -130,6 +130,8 @@ pub struct NodeConfig {
     pub info: NodeInfo,
     /// Where the groups live.
     pub data_dir: PathBuf,
+    /// The page cache of each group's file (see [`crate::open_with`]).
+    pub cache_bytes: usize,
     /// openraft's settings (timeouts, snapshot policy).
     pub raft: openraft::Config,
     /// Opens a region's database instead of a file under `data_dir` (the simulator).
@@ -151,6 +153,7 @@ impl std::fmt::Debug for NodeConfig {
             .field("cluster", &self.cluster)
             .field("info", &self.info)
             .field("data_dir", &self.data_dir)
+            .field("cache_bytes", &self.cache_bytes)
             .field("custom_storage", &self.storage.is_some())
             .field("request_deadline", &self.request_deadline)
             .finish_non_exhaustive()
@@ -180,6 +183,7 @@ impl NodeConfig {
             cluster: "vcos".into(),
             info: NodeInfo { raft_addr: String::new(), http_addr: String::new(), region: region.to_owned() },
             data_dir: data_dir.to_owned(),
+            cache_bytes: crate::constants::CACHE_BYTES_DEFAULT,
             raft,
             storage: None,
             incarnation: None,
@@ -297,6 +301,7 @@ pub(crate) struct Inner {
     pub(crate) cluster_id: u64,
     pub(crate) info: NodeInfo,
     data_dir: PathBuf,
+    cache_bytes: usize,
     storage: Option<DbOpener>,
     raft_config: Arc<openraft::Config>,
     pub(crate) peers: Arc<PeerSet>,
@@ -386,6 +391,7 @@ impl CanonNode {
             cluster_id: cluster,
             info: config.info.clone(),
             data_dir: config.data_dir.clone(),
+            cache_bytes: config.cache_bytes,
             storage: config.storage.clone(),
             raft_config,
             peers: Arc::new(PeerSet::new(cluster, transport)),
@@ -483,7 +489,7 @@ impl CanonNode {
             }
             None => {
                 let dir = self.inner.data_dir.join("groups").join(region);
-                crate::open(&dir).map_err(|e| CanonError::Failed(format!("open canon group {region} in {}: {e}", dir.display())))?
+                crate::open_with(&dir, self.inner.cache_bytes).map_err(|e| CanonError::Failed(format!("open canon group {region} in {}: {e}", dir.display())))?
             }
         };
         let reader = sm.reader();

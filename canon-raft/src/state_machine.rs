@@ -1,49 +1,57 @@
-//! [`StateMachineStore`]: openraft's `RaftStateMachine` over [`KvState`].
+//! [`StateMachineStore`]: openraft's `RaftStateMachine` over the state's tables on disk.
 //!
-//! Persistence choice: the applied state lives in memory and is made durable by snapshots,
-//! not by writing every apply to redb. The log already holds every applied request durably,
-//! and openraft re-applies the log after the last snapshot on restart (up to the `committed`
-//! hint the log store keeps, or once the leader commits again). Writing the state on each
-//! apply would cost a second fsync per entry for nothing the log does not already guarantee.
-//! The price is replay time after a restart, bounded by openraft's snapshot policy.
+//! Persistence: every call to `apply` writes its entries' effects and the new last applied log
+//! id in one redb transaction of the group's file, committed without fsync
+//! (`Durability::None`). The next fsynced commit of that file (the log's appends, votes,
+//! snapshots) makes it durable; a crash before that loses only applies whose entries the log
+//! still holds, and openraft applies them again after the restart from the last applied log id
+//! it reads here. Fsyncing the state on each apply would cost a second fsync per entry for
+//! nothing the log does not already guarantee. The log is purged only up to a snapshot, and a
+//! snapshot's pointer is committed with fsync after its build: the state on disk is always at
+//! or past the purged log.
 //!
-//! The current snapshot is stored in the `sm_snapshot` table of the same redb file (meta as
-//! JSON, data as bytes, one fsynced transaction), so it survives restart; [`crate::open`]
-//! restores the state from it. A snapshot's data is JSON of its last applied log id, its
-//! membership and the whole [`KvState`].
+//! Memory: the state lives in the tables (see [`crate::disk`]); what a node keeps in memory
+//! is redb's page cache, whose size is set when the file is opened ([`crate::open_with`]).
 //!
-//! [`StateReader`] serves reads (`get`, `range`, `lease`) from the applied state; it holds no
-//! database handle, so dropping the raft node closes the file.
+//! Snapshots (see [`crate::snapshot`]): built from one read transaction while applies go on,
+//! stored as pages in the same file, streamed page by page, installed into staging tables in
+//! bounded transactions and swapped in with one fsynced commit.
+//!
+//! Older stores (format 1: the state in memory, saved as one JSON snapshot) are migrated when
+//! opened: the snapshot's state is written to the tables once.
+//!
+//! [`StateReader`] serves reads (`get`, `range`, `lease`) from the tables through a weak
+//! handle on the database, so dropping the raft node closes the file.
 
 use std::fmt::Debug;
-use std::io::Cursor;
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
 
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
     Entry, EntryPayload, LogId, RaftSnapshotBuilder, SnapshotMeta, StorageError, StorageIOError,
     StoredMembership,
 };
-use redb::{Database, Durability, ReadableDatabase, TableDefinition};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
 use serde::{Deserialize, Serialize};
 
+use crate::disk::{self, AppliedMeta, DiskTables, Names, SnapshotRef};
 use crate::error::Error;
+use crate::snapshot::{self, SnapshotStream, PAGES_PREFIX};
 use crate::state::KvState;
 use crate::types::{LeaseInfo, NodeInfo, Response};
 use crate::TypeConfig;
 
-const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_snapshot");
-const KEY_META: &str = "meta";
-const KEY_DATA: &str = "data";
+/// Format 1's snapshot table: meta and data as JSON.
+const V1_SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_snapshot");
+const V1_KEY_META: &str = "meta";
+const V1_KEY_DATA: &str = "data";
 
 type StorageResult<T> = Result<T, StorageError<u64>>;
 
-/// A stored snapshot: its meta and its data.
-type StoredSnapshot = (SnapshotMeta<u64, NodeInfo>, Vec<u8>);
-
-/// What has been applied: the state and where it stands in the log.
+/// Format 1's snapshot data: the whole state and where it stood in the log.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-struct Applied {
+struct V1Applied {
     last_applied: Option<LogId<u64>>,
     membership: StoredMembership<u64, NodeInfo>,
     state: KvState,
@@ -53,9 +61,12 @@ struct Applied {
 #[derive(Clone)]
 pub struct StateMachineStore {
     db: Arc<Database>,
-    applied: Arc<RwLock<Applied>>,
+    /// A copy of what `sm_meta` says, kept in step with every commit that changes it.
+    applied: Arc<RwLock<AppliedMeta>>,
     /// Woken after every apply (see [`StateReader::wait_applied`]).
     applied_changed: Arc<tokio::sync::Notify>,
+    /// The number of the next snapshot page table.
+    next_pages: Arc<AtomicU64>,
 }
 
 impl Debug for StateMachineStore {
@@ -64,10 +75,11 @@ impl Debug for StateMachineStore {
     }
 }
 
-/// A read handle on the applied state (no database handle).
+/// A read handle on the applied state (a weak database handle).
 #[derive(Clone)]
 pub struct StateReader {
-    applied: Arc<RwLock<Applied>>,
+    db: Weak<Database>,
+    applied: Arc<RwLock<AppliedMeta>>,
     applied_changed: Arc<tokio::sync::Notify>,
 }
 
@@ -77,28 +89,33 @@ impl Debug for StateReader {
     }
 }
 
-fn read_lock(applied: &RwLock<Applied>) -> RwLockReadGuard<'_, Applied> {
-    applied.read().expect("state lock poisoned: a panic while applying leaves no trustworthy state")
+fn read_lock(applied: &RwLock<AppliedMeta>) -> RwLockReadGuard<'_, AppliedMeta> {
+    applied.read().expect("applied meta lock poisoned: a panic while applying leaves no trustworthy state")
 }
 
-fn write_lock(applied: &RwLock<Applied>) -> RwLockWriteGuard<'_, Applied> {
-    applied.write().expect("state lock poisoned: a panic while applying leaves no trustworthy state")
+fn write_lock(applied: &RwLock<AppliedMeta>) -> RwLockWriteGuard<'_, AppliedMeta> {
+    applied.write().expect("applied meta lock poisoned: a panic while applying leaves no trustworthy state")
 }
 
 impl StateReader {
+    fn disk(&self) -> Result<disk::DiskReader, Error> {
+        let db = self.db.upgrade().ok_or(Error::Closed)?;
+        Ok(disk::DiskReader::new(db.begin_read()?))
+    }
+
     /// The value of `key`.
-    pub fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
-        read_lock(&self.applied).state.get(key).map(<[u8]>::to_vec)
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+        self.disk()?.get(key)
     }
 
     /// See [`KvState::range`].
-    pub fn range(&self, prefix: &[u8], after: Option<&[u8]>, limit: usize) -> Vec<(Vec<u8>, Vec<u8>)> {
-        read_lock(&self.applied).state.range(prefix, after, limit)
+    pub fn range(&self, prefix: &[u8], after: Option<&[u8]>, limit: usize) -> Result<disk::KeyValues, Error> {
+        self.disk()?.range(prefix, after, limit)
     }
 
     /// The state of lease `name`.
-    pub fn lease(&self, name: &str) -> Option<LeaseInfo> {
-        read_lock(&self.applied).state.lease(name).cloned()
+    pub fn lease(&self, name: &str) -> Result<Option<LeaseInfo>, Error> {
+        self.disk()?.lease(name)
     }
 
     /// The last applied log id.
@@ -134,73 +151,269 @@ impl StateReader {
         }
     }
 
-    /// A copy of the whole state (for tests and checkers; it clones everything).
-    pub fn state(&self) -> KvState {
-        read_lock(&self.applied).state.clone()
+    /// A copy of the whole state in memory (for tests and checkers: it reads everything).
+    pub fn state(&self) -> Result<KvState, Error> {
+        self.disk()?.state()
     }
 }
 
 impl StateMachineStore {
-    /// Wraps `db`, creating the snapshot table if missing and restoring the state from the
-    /// stored snapshot if there is one.
+    /// Wraps `db`: creates the tables if missing, migrates a format 1 store, refuses a newer
+    /// format, and drops what an interrupted snapshot build or install left.
     pub fn new(db: Arc<Database>) -> Result<Self, Error> {
         let mut txn = db.begin_write()?;
         txn.set_durability(Durability::Immediate)?;
-        {
-            txn.open_table(SNAPSHOT)?;
+        let (meta, current_pages) = {
+            let live = Names::live();
+            let mut meta_table = txn.open_table(disk::META)?;
+            let format = match meta_table.get(disk::KEY_FORMAT)? {
+                Some(bytes) => Some(
+                    <[u8; 8]>::try_from(bytes.value())
+                        .map(u64::from_be_bytes)
+                        .map_err(|_| Error::CorruptRecord { what: "format version", reason: "not 8 bytes".into() })?,
+                ),
+                None => None,
+            };
+            match format {
+                Some(disk::FORMAT_VERSION) => {}
+                Some(found) => return Err(Error::Format { found, expected: disk::FORMAT_VERSION }),
+                None => {
+                    let mut tables = DiskTables::open(&txn, &live, 0)?;
+                    if let Some(v1) = read_v1(&txn)? {
+                        migrate_v1(&mut tables, &mut meta_table, v1)?;
+                    }
+                    drop(tables);
+                    meta_table.insert(disk::KEY_FORMAT, disk::FORMAT_VERSION.to_be_bytes().as_slice())?;
+                }
+            }
+            // The live tables exist from here on (readers open them without writing).
+            drop(DiskTables::open(&txn, &live, 0)?);
+            (disk::read_meta(&meta_table)?, disk::read_snapshot_ref(&meta_table)?.map(|r| r.table))
+        };
+        txn.delete_table(V1_SNAPSHOT)?;
+        // Page tables of snapshots that never became current, and staging tables of an
+        // install that did not finish.
+        let mut highest = 0u64;
+        let mut stale = Vec::new();
+        for table in txn.list_tables()? {
+            let name = table.name().to_owned();
+            if let Some(number) = name.strip_prefix(PAGES_PREFIX).and_then(|n| n.parse::<u64>().ok()) {
+                highest = highest.max(number);
+                if current_pages.as_deref() != Some(name.as_str()) {
+                    stale.push(name);
+                }
+            } else if name.ends_with(disk::STAGING_SUFFIX) {
+                stale.push(name);
+            }
+        }
+        for name in stale {
+            txn.delete_table(TableDefinition::<&[u8], &[u8]>::new(&name))?;
         }
         txn.commit()?;
-        let store = Self { db, applied: Arc::default(), applied_changed: Arc::default() };
-        if let Some((meta, data)) = store.load_snapshot()? {
-            let applied = decode_body(&meta, &data)?;
-            *write_lock(&store.applied) = applied;
-        }
-        Ok(store)
+        Ok(Self {
+            db,
+            applied: Arc::new(RwLock::new(meta)),
+            applied_changed: Arc::default(),
+            next_pages: Arc::new(AtomicU64::new(highest + 1)),
+        })
     }
 
     /// A read handle on the applied state.
     pub fn reader(&self) -> StateReader {
-        StateReader { applied: Arc::clone(&self.applied), applied_changed: Arc::clone(&self.applied_changed) }
+        StateReader {
+            db: Arc::downgrade(&self.db),
+            applied: Arc::clone(&self.applied),
+            applied_changed: Arc::clone(&self.applied_changed),
+        }
     }
 
-    fn load_snapshot(&self) -> Result<Option<StoredSnapshot>, Error> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(SNAPSHOT)?;
-        let (Some(meta), Some(data)) = (table.get(KEY_META)?, table.get(KEY_DATA)?) else {
+    fn apply_entries(&self, entries: Vec<Entry<TypeConfig>>) -> Result<Vec<Response>, Error> {
+        let mut meta = read_lock(&self.applied).clone();
+        let mut responses = Vec::with_capacity(entries.len());
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(Durability::None)?;
+        {
+            let mut tables = DiskTables::open(&txn, &Names::live(), meta.canon_index)?;
+            for entry in entries {
+                if let Some(last) = meta.last_applied {
+                    assert!(entry.log_id.index > last.index, "entries are applied in log order, once");
+                }
+                meta.last_applied = Some(entry.log_id);
+                let response = match entry.payload {
+                    EntryPayload::Blank => Response::Noop,
+                    EntryPayload::Normal(request) => crate::state::apply_owned(&mut tables, entry.log_id.index, request)?,
+                    EntryPayload::Membership(membership) => {
+                        meta.membership = StoredMembership::new(Some(entry.log_id), membership);
+                        Response::Noop
+                    }
+                };
+                responses.push(response);
+            }
+            meta.canon_index = crate::state::Tables::canon_index(&tables);
+            drop(tables);
+            disk::write_meta(&mut txn.open_table(disk::META)?, &meta)?;
+        }
+        txn.commit()?;
+        *write_lock(&self.applied) = meta;
+        Ok(responses)
+    }
+
+    fn current_snapshot(&self) -> Result<Option<Snapshot<TypeConfig>>, Error> {
+        let read = self.db.begin_read()?;
+        let Some(current) = disk::read_snapshot_ref(&read.open_table(disk::META)?)? else {
             return Ok(None);
         };
-        let meta = serde_json::from_slice(meta.value()).map_err(|source| Error::Corrupt { what: "snapshot meta", source })?;
-        Ok(Some((meta, data.value().to_vec())))
+        drop(read);
+        let stream = SnapshotStream::reader(&self.db, current.table, current.len)?;
+        Ok(Some(Snapshot { meta: current.meta, snapshot: Box::new(stream) }))
     }
 
-    fn store_snapshot(&self, meta: &SnapshotMeta<u64, NodeInfo>, data: &[u8]) -> Result<(), Error> {
-        let meta = serde_json::to_vec(meta).map_err(|source| Error::Corrupt { what: "snapshot meta", source })?;
+    /// Makes `candidate` the current snapshot (fsynced) unless a newer one already is; deletes
+    /// whichever page table lost. Returns the current snapshot's reference.
+    fn make_current(&self, candidate: SnapshotRef) -> Result<SnapshotRef, Error> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(Durability::Immediate)?;
+        let current = {
+            let mut meta = txn.open_table(disk::META)?;
+            let previous = disk::read_snapshot_ref(&meta)?;
+            match previous {
+                Some(previous) if previous.meta.last_log_id > candidate.meta.last_log_id => {
+                    drop(meta);
+                    txn.delete_table(snapshot::pages_table(&candidate.table))?;
+                    previous
+                }
+                previous => {
+                    meta.insert(disk::KEY_SNAPSHOT, disk::encode_json(&candidate).as_slice())?;
+                    drop(meta);
+                    if let Some(previous) = previous.filter(|p| p.table != candidate.table) {
+                        txn.delete_table(snapshot::pages_table(&previous.table))?;
+                    }
+                    candidate
+                }
+            }
+        };
+        txn.commit()?;
+        Ok(current)
+    }
+
+    fn build(&self) -> Result<Snapshot<TypeConfig>, Error> {
+        let read = self.db.begin_read()?;
+        let table = format!("{PAGES_PREFIX}{}", self.next_pages.fetch_add(1, Ordering::Relaxed));
+        let (len, state) = snapshot::build(&self.db, &read, &table)?;
+        drop(read);
+        let meta = SnapshotMeta {
+            last_log_id: state.last_applied,
+            last_membership: state.membership,
+            snapshot_id: snapshot_id(&state.last_applied),
+        };
+        let current = self.make_current(SnapshotRef { meta, table, len })?;
+        let stream = SnapshotStream::reader(&self.db, current.table, current.len)?;
+        Ok(Snapshot { meta: current.meta, snapshot: Box::new(stream) })
+    }
+
+    fn install(&self, meta: &SnapshotMeta<u64, NodeInfo>, stream: &mut SnapshotStream) -> Result<(), Error> {
+        let (table, len) = match stream.received()? {
+            Some(received) => received,
+            None => {
+                let table = format!("{PAGES_PREFIX}{}", self.next_pages.fetch_add(1, Ordering::Relaxed));
+                let mut copy = snapshot::PageWriter::new(Arc::clone(&self.db), table.clone());
+                stream.copy_into(&mut copy)?;
+                (table, copy.finish()?)
+            }
+        };
+        let installed = match snapshot::install_into_staging(&self.db, &table, len) {
+            Ok(installed) => installed,
+            Err(e) => {
+                // Nothing of it is kept: neither its staging tables nor its pages.
+                let _ = snapshot::clear_staging(&self.db);
+                let _ = self.drop_pages(&table);
+                return Err(e);
+            }
+        };
+        if installed.last_applied != meta.last_log_id || installed.membership != meta.last_membership {
+            let _ = snapshot::clear_staging(&self.db);
+            let _ = self.drop_pages(&table);
+            return Err(Error::CorruptRecord { what: "snapshot", reason: "its data disagrees with its meta".into() });
+        }
+        // One fsynced transaction: the staging tables become the live ones, the meta follows,
+        // the received stream becomes the current snapshot.
+        let live = Names::live();
+        let staging = Names::staging();
         let mut txn = self.db.begin_write()?;
         txn.set_durability(Durability::Immediate)?;
         {
-            let mut table = txn.open_table(SNAPSHOT)?;
-            table.insert(KEY_META, meta.as_slice())?;
-            table.insert(KEY_DATA, data)?;
+            txn.delete_table(live.kv())?;
+            txn.delete_table(live.leases())?;
+            txn.delete_table(live.clients())?;
+            txn.delete_table(live.age())?;
+            // Tables an install left empty were never created; create them to rename them.
+            drop(DiskTables::open(&txn, &staging, 0)?);
+            txn.rename_table(staging.kv(), live.kv())?;
+            txn.rename_table(staging.leases(), live.leases())?;
+            txn.rename_table(staging.clients(), live.clients())?;
+            txn.rename_table(staging.age(), live.age())?;
+            let mut meta_table = txn.open_table(disk::META)?;
+            disk::write_meta(&mut meta_table, &installed)?;
+            let previous = disk::read_snapshot_ref(&meta_table)?;
+            let current = SnapshotRef { meta: meta.clone(), table: table.clone(), len };
+            meta_table.insert(disk::KEY_SNAPSHOT, disk::encode_json(&current).as_slice())?;
+            drop(meta_table);
+            if let Some(previous) = previous.filter(|p| p.table != table) {
+                txn.delete_table(snapshot::pages_table(&previous.table))?;
+            }
         }
+        txn.commit()?;
+        *write_lock(&self.applied) = installed;
+        Ok(())
+    }
+
+    fn drop_pages(&self, table: &str) -> Result<(), Error> {
+        let txn = self.db.begin_write()?;
+        txn.delete_table(snapshot::pages_table(table))?;
         txn.commit()?;
         Ok(())
     }
 }
 
-/// Decodes snapshot data and checks it against its meta.
-fn decode_body(meta: &SnapshotMeta<u64, NodeInfo>, data: &[u8]) -> Result<Applied, Error> {
-    let applied: Applied =
-        serde_json::from_slice(data).map_err(|source| Error::Corrupt { what: "snapshot data", source })?;
+/// Format 1's stored snapshot, if this file holds one.
+fn read_v1(txn: &redb::WriteTransaction) -> Result<Option<V1Applied>, Error> {
+    let table = txn.open_table(V1_SNAPSHOT)?;
+    let (Some(meta), Some(data)) = (table.get(V1_KEY_META)?, table.get(V1_KEY_DATA)?) else {
+        return Ok(None);
+    };
+    let meta: SnapshotMeta<u64, NodeInfo> =
+        serde_json::from_slice(meta.value()).map_err(|source| Error::Corrupt { what: "snapshot meta", source })?;
+    let applied: V1Applied =
+        serde_json::from_slice(data.value()).map_err(|source| Error::Corrupt { what: "snapshot data", source })?;
     if applied.last_applied != meta.last_log_id || applied.membership != meta.last_membership {
-        return Err(Error::Corrupt {
-            what: "snapshot data",
-            source: serde::de::Error::custom("snapshot data disagrees with its meta"),
-        });
+        return Err(Error::CorruptRecord { what: "snapshot data", reason: "it disagrees with its meta".into() });
     }
-    Ok(applied)
+    Ok(Some(applied))
 }
 
-/// Runs CPU-heavy `work` without holding up the tasks of a multi-threaded runtime's worker
+/// Writes a format 1 snapshot's state into the tables.
+fn migrate_v1(
+    tables: &mut DiskTables<'_>,
+    meta_table: &mut redb::Table<'_, &'static str, &'static [u8]>,
+    v1: V1Applied,
+) -> Result<(), Error> {
+    let parts = v1.state.into_parts();
+    for (key, value) in &parts.kv {
+        tables.put_kv(key, value)?;
+    }
+    for (name, lease) in &parts.leases {
+        tables.put_lease(name, &disk::encode_lease(lease))?;
+    }
+    for (id, seq, applied_index, response) in &parts.clients {
+        tables.put_client_record(*id, &disk::encode_client(*seq, *applied_index, response))?;
+    }
+    let meta = AppliedMeta { last_applied: v1.last_applied, membership: v1.membership, canon_index: parts.canon_index };
+    disk::write_meta(meta_table, &meta)?;
+    tracing::info!(keys = parts.kv.len(), "canon store migrated from format 1 (state in memory) to format 2 (state on disk)");
+    Ok(())
+}
+
+/// Runs heavy `work` without holding up the tasks of a multi-threaded runtime's worker
 /// (`block_in_place` hands them to another worker); inline elsewhere (the simulator's
 /// single-threaded runtimes, where it must stay deterministic).
 fn off_the_runtime<T>(work: impl FnOnce() -> T) -> T {
@@ -219,19 +432,7 @@ fn snapshot_id(last_applied: &Option<LogId<u64>>) -> String {
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
-        // A copy taken under the lock, encoded without it: encoding a large state takes
-        // seconds, and applies (every write of the region) wait for this lock.
-        let applied = read_lock(&self.applied).clone();
-        let meta = SnapshotMeta {
-            last_log_id: applied.last_applied,
-            last_membership: applied.membership.clone(),
-            snapshot_id: snapshot_id(&applied.last_applied),
-        };
-        let data = off_the_runtime(|| serde_json::to_vec(&applied)).map_err(|e| StorageIOError::write_snapshot(None, &e))?;
-        drop(applied);
-        self.store_snapshot(&meta, &data)
-            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
-        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+        off_the_runtime(|| self.build()).map_err(|e| StorageIOError::write_snapshot(None, &e).into())
     }
 }
 
@@ -248,24 +449,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + Send,
         I::IntoIter: Send,
     {
-        let mut applied = write_lock(&self.applied);
-        let mut responses = Vec::new();
-        for entry in entries {
-            if let Some(last) = applied.last_applied {
-                assert!(entry.log_id.index > last.index, "entries are applied in log order, once");
-            }
-            applied.last_applied = Some(entry.log_id);
-            let response = match entry.payload {
-                EntryPayload::Blank => Response::Noop,
-                EntryPayload::Normal(request) => applied.state.apply_owned(entry.log_id.index, request),
-                EntryPayload::Membership(membership) => {
-                    applied.membership = StoredMembership::new(Some(entry.log_id), membership);
-                    Response::Noop
-                }
-            };
-            responses.push(response);
-        }
-        drop(applied);
+        let responses = self.apply_entries(entries.into_iter().collect()).map_err(|e| StorageIOError::write_state_machine(&e))?;
         self.applied_changed.notify_waiters();
         Ok(responses)
     }
@@ -274,27 +458,19 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         self.clone()
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> StorageResult<Box<Cursor<Vec<u8>>>> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> StorageResult<Box<SnapshotStream>> {
+        let table = format!("{PAGES_PREFIX}{}", self.next_pages.fetch_add(1, Ordering::Relaxed));
+        Ok(Box::new(SnapshotStream::writer(Arc::clone(&self.db), table)))
     }
 
-    async fn install_snapshot(
-        &mut self,
-        meta: &SnapshotMeta<u64, NodeInfo>,
-        snapshot: Box<Cursor<Vec<u8>>>,
-    ) -> StorageResult<()> {
-        let data = snapshot.into_inner();
-        let installed =
-            decode_body(meta, &data).map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
-        self.store_snapshot(meta, &data)
-            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
-        *write_lock(&self.applied) = installed;
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta<u64, NodeInfo>, mut snapshot: Box<SnapshotStream>) -> StorageResult<()> {
+        off_the_runtime(|| self.install(meta, &mut snapshot))
+            .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
         self.applied_changed.notify_waiters();
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<TypeConfig>>> {
-        let stored = self.load_snapshot().map_err(|e| StorageIOError::read_snapshot(None, &e))?;
-        Ok(stored.map(|(meta, data)| Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }))
+        self.current_snapshot().map_err(|e| StorageIOError::read_snapshot(None, &e).into())
     }
 }

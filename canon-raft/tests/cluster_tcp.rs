@@ -61,7 +61,7 @@ async fn a_region_forms_by_join_survives_its_leader_and_feeds_a_replica_region()
     let (response, index) = n3.node.write("eu", put("k/1", "one")).await.expect("forwarded write");
     assert_eq!(response, Response::Put);
     assert!(index > 0);
-    assert_eq!(n3.node.home().expect("home").reader().get(b"k/1"), Some(b"one".to_vec()));
+    assert_eq!(n3.node.home().expect("home").reader().get(b"k/1").expect("a read of the canon"), Some(b"one".to_vec()));
 
     // The CanonStore seam on a follower: group commit, canon indexes in order, read back.
     let store = RaftCanonStore::start(n2.node.clone());
@@ -77,7 +77,7 @@ async fn a_region_forms_by_join_survives_its_leader_and_feeds_a_replica_region()
     let n4 = start(4, "us", &dir).await;
     n4.node.join(&n1.node.views()).await.expect("replica joins");
     let eu_on_4 = n4.node.group("eu").expect("n4 hosts eu");
-    wait_for("eu replicated to us", || eu_on_4.reader().get(b"k/1").is_some()).await;
+    wait_for("eu replicated to us", || eu_on_4.reader().get(b"k/1").expect("a read of the canon").is_some()).await;
     assert_eq!(n4.node.lag("eu").expect("lag").role, "learner");
     // ... and "eu" nodes read "us" as learners.
     n4.node.write("us", put("us/1", "x")).await.expect("write in us");
@@ -86,7 +86,7 @@ async fn a_region_forms_by_join_survives_its_leader_and_feeds_a_replica_region()
         wait_for("n1 hosts us", || node.group("us").is_ok()).await;
         node.group("us").expect("us")
     };
-    wait_for("us replicated to eu", || us_on_1.reader().get(b"us/1").is_some()).await;
+    wait_for("us replicated to eu", || us_on_1.reader().get(b"us/1").expect("a read of the canon").is_some()).await;
 
     // Removing a voter is refused when the remaining voters could not form a quorum.
     let leader_id = n1.node.home().expect("home").leader().expect("leader").0;
@@ -104,9 +104,9 @@ async fn a_region_forms_by_join_survives_its_leader_and_feeds_a_replica_region()
     let barrier = others[1].node.read_barrier("eu").await.expect("linearizable barrier on a follower");
     assert!(barrier > 0);
     let reader = others[1].node.home().expect("home");
-    assert_eq!(reader.reader().get(b"k/1"), Some(b"one".to_vec()));
-    assert_eq!(reader.reader().get(b"k/2"), Some(b"two".to_vec()));
-    assert_eq!(reader.reader().range(b"ev/", None, 100).len(), 5);
+    assert_eq!(reader.reader().get(b"k/1").expect("a read of the canon"), Some(b"one".to_vec()));
+    assert_eq!(reader.reader().get(b"k/2").expect("a read of the canon"), Some(b"two".to_vec()));
+    assert_eq!(reader.reader().range(b"ev/", None, 100).expect("a read of the canon").len(), 5);
 
     // With the leader dead, removing another voter would leave one live voter of two: refused.
     let dead = leader_id;

@@ -78,8 +78,8 @@ async fn single_node_writes_survive_restart() {
         let granted = LeaseInfo { holder: Some("me".into()), epoch: 1, expires_at_ms: 1_100 };
         assert_eq!(write(&raft, lease).await, Response::Lease { granted: true, lease: Some(granted) });
 
-        assert_eq!(reader.get(b"k/007"), Some(7u64.to_be_bytes().to_vec()));
-        assert_eq!(reader.range(b"k/", None, 100).len(), 25);
+        assert_eq!(reader.get(b"k/007").expect("a read of the canon"), Some(7u64.to_be_bytes().to_vec()));
+        assert_eq!(reader.range(b"k/", None, 100).expect("a read of the canon").len(), 25);
 
         raft.trigger().snapshot().await.expect("snapshot triggered");
         let metrics = raft
@@ -100,15 +100,15 @@ async fn single_node_writes_survive_restart() {
     let (raft, reader) = start(dir.path()).await;
     raft.wait(WAIT).current_leader(NODE_ID, "leader after restart").await.expect("leader again");
     raft.wait(WAIT).applied_index_at_least(Some(last_index), "replayed").await.expect("replays the log");
-    assert_eq!(reader.get(b"k/007"), Some(7u64.to_be_bytes().to_vec()));
-    assert_eq!(reader.get(b"cas"), Some(b"1".to_vec()));
-    assert_eq!(reader.get(b"after"), Some(b"x".to_vec()));
-    assert_eq!(reader.range(b"k/", Some(b"k/020"), 100).len(), 5);
-    assert_eq!(reader.lease("l").map(|l| l.epoch), Some(1));
+    assert_eq!(reader.get(b"k/007").expect("a read of the canon"), Some(7u64.to_be_bytes().to_vec()));
+    assert_eq!(reader.get(b"cas").expect("a read of the canon"), Some(b"1".to_vec()));
+    assert_eq!(reader.get(b"after").expect("a read of the canon"), Some(b"x".to_vec()));
+    assert_eq!(reader.range(b"k/", Some(b"k/020"), 100).expect("a read of the canon").len(), 5);
+    assert_eq!(reader.lease("l").expect("a read of the canon").map(|l| l.epoch), Some(1));
     // Dedup state survived too: the old request is stale, a new one applies.
     assert_eq!(write(&raft, put(25)).await, Response::Put, "seq 25 was client 1's last: stored response");
     assert_eq!(write(&raft, put(3)).await, Response::StaleSequence { last_seq: 25 });
     assert_eq!(write(&raft, put(26)).await, Response::Put);
-    assert_eq!(reader.range(b"k/", None, 100).len(), 26);
+    assert_eq!(reader.range(b"k/", None, 100).expect("a read of the canon").len(), 26);
     raft.shutdown().await.expect("clean shutdown");
 }

@@ -9,6 +9,7 @@ use openraft::{
     Entry, EntryPayload, LogId, Membership, RaftLogReader, RaftSnapshotBuilder, StoredMembership, Vote,
 };
 use tempfile::TempDir;
+use vcos_canon_raft::snapshot::SnapshotStream;
 use vcos_canon_raft::{LogStore, Op, Request, StateMachineStore, TypeConfig};
 
 fn open(dir: &TempDir) -> (LogStore, StateMachineStore) {
@@ -23,6 +24,15 @@ fn request(index: u64) -> Entry<TypeConfig> {
 fn membership(index: u64) -> Entry<TypeConfig> {
     let voters = BTreeSet::from([1u64]);
     Entry { log_id: log_id(1, 1, index), payload: EntryPayload::Membership(Membership::new(vec![voters], None)) }
+}
+
+/// Receives `bytes` as a follower does: a stream begun by the state machine, written, shut down.
+async fn receive(sm: &mut StateMachineStore, bytes: &[u8]) -> Box<SnapshotStream> {
+    use tokio::io::AsyncWriteExt;
+    let mut data = sm.begin_receiving_snapshot().await.expect("receiving");
+    data.write_all(bytes).await.expect("written");
+    data.shutdown().await.expect("shut down");
+    data
 }
 
 /// Appends through openraft's blocking helper, which waits for the flush callback.
@@ -76,29 +86,28 @@ async fn snapshot_installs_identically_and_survives_reopen() {
     let mut entries = vec![membership(1)];
     entries.extend((2..=20).map(request));
     source.apply(entries).await.expect("applied");
-    let snapshot = source.get_snapshot_builder().await.build_snapshot().await.expect("snapshot built");
+    let mut snapshot = source.get_snapshot_builder().await.build_snapshot().await.expect("snapshot built");
     assert_eq!(snapshot.meta.last_log_id, Some(log_id(1, 1, 20)));
 
     let target_dir = TempDir::new().expect("temp dir");
     {
         let (_log, mut target) = open(&target_dir);
-        let mut data = target.begin_receiving_snapshot().await.expect("receiving");
-        data.get_mut().extend_from_slice(snapshot.snapshot.get_ref());
+        let data = receive(&mut target, &snapshot.snapshot.to_vec().expect("the snapshot reads back")).await;
         target.install_snapshot(&snapshot.meta, data).await.expect("installed");
-        assert_eq!(target.reader().state(), source.reader().state());
+        assert_eq!(target.reader().state().expect("a read of the canon"), source.reader().state().expect("a read of the canon"));
         assert_eq!(target.applied_state().await.expect("applied"), source.applied_state().await.expect("applied"));
     }
     // After a restart the target is restored from the stored snapshot.
     let (_log, mut target) = open(&target_dir);
-    assert_eq!(target.reader().state(), source.reader().state());
+    assert_eq!(target.reader().state().expect("a read of the canon"), source.reader().state().expect("a read of the canon"));
     let (last_applied, members): (Option<LogId<u64>>, StoredMembership<u64, _>) =
         target.applied_state().await.expect("applied");
     assert_eq!(last_applied, Some(log_id(1, 1, 20)));
     assert_eq!(members.log_id(), &Some(log_id(1, 1, 1)));
     let current = target.get_current_snapshot().await.expect("read").expect("a snapshot is stored");
     assert_eq!(current.meta, snapshot.meta);
-    assert_eq!(target.reader().get(b"k/007"), Some(7u64.to_be_bytes().to_vec()));
-    let page = target.reader().range(b"k/", Some(b"k/018"), 10);
+    assert_eq!(target.reader().get(b"k/007").expect("a read of the canon"), Some(7u64.to_be_bytes().to_vec()));
+    let page = target.reader().range(b"k/", Some(b"k/018"), 10).expect("a read of the canon");
     assert_eq!(page.len(), 2);
 }
 
@@ -107,13 +116,14 @@ async fn corrupt_snapshot_is_refused() {
     let source_dir = TempDir::new().expect("temp dir");
     let (_log, mut source) = open(&source_dir);
     source.apply((1..=3).map(request)).await.expect("applied");
-    let snapshot = source.get_snapshot_builder().await.build_snapshot().await.expect("snapshot built");
-    let mut corrupt = snapshot.snapshot.get_ref().clone();
+    let mut snapshot = source.get_snapshot_builder().await.build_snapshot().await.expect("snapshot built");
+    let mut corrupt = snapshot.snapshot.to_vec().expect("the snapshot reads back");
     corrupt.truncate(corrupt.len() / 2);
-    let result = source.install_snapshot(&snapshot.meta, Box::new(std::io::Cursor::new(corrupt))).await;
+    let data = receive(&mut source, &corrupt).await;
+    let result = source.install_snapshot(&snapshot.meta, data).await;
     assert!(result.is_err());
     // The state is unchanged.
-    assert_eq!(source.reader().get(b"k/002"), Some(2u64.to_be_bytes().to_vec()));
+    assert_eq!(source.reader().get(b"k/002").expect("a read of the canon"), Some(2u64.to_be_bytes().to_vec()));
 }
 
 #[tokio::test]

@@ -312,7 +312,7 @@ impl Cluster {
                     .canon
                     .group(&region)
                     .ok()
-                    .and_then(|group| group.reader().get(lease_key(bucket).as_bytes()))
+                    .and_then(|group| group.reader().get(lease_key(bucket).as_bytes()).ok().flatten())
                     .and_then(|bytes| LeaseRecord::decode(&bytes).ok());
                 Placement {
                     region,
@@ -473,7 +473,7 @@ fn recorded_holder(inner: &Inner, home: &Home, bucket: u16) -> Option<u64> {
         Home::Here => inner.leases.lock().recorded_holder(bucket).map(|h| h.node),
         Home::Region(region) => {
             let group = inner.canon.group(region).ok()?;
-            let bytes = group.reader().get(lease_key(bucket).as_bytes())?;
+            let bytes = group.reader().get(lease_key(bucket).as_bytes()).ok()??;
             LeaseRecord::decode(&bytes).ok()?.holder.map(|h| h.node)
         }
     }

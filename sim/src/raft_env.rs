@@ -27,6 +27,10 @@ impl Transport for SimTransport {
     }
 }
 
+/// The page cache of a simulated node's canon file: small, so that runs go through cache
+/// misses and evictions as a node whose canon outgrew its cache does.
+pub(crate) const SIM_CACHE_BYTES: usize = 1 << 20;
+
 /// A node's disk: a redb in-memory backend that survives the node's crash, whose fsyncs fail
 /// while the plan says so.
 #[derive(Debug, Default)]

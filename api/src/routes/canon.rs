@@ -168,7 +168,11 @@ pub(super) async fn kv_get(state: &AppState, prefix: &str, key: String, params: 
     }
     let group = node.group(&region).map_err(ApiError::Canon)?;
     let lag = node.lag(&region).map_err(ApiError::Canon)?;
-    let value = group.reader().get(&full).ok_or_else(|| ApiError::NotFound(format!("no key {key:?} in region {region}")))?;
+    let value = group
+        .reader()
+        .get(&full)
+        .map_err(|e| ApiError::Internal(format!("read {key:?} in region {region}: {e}")))?
+        .ok_or_else(|| ApiError::NotFound(format!("no key {key:?} in region {region}")))?;
     Ok(ReadResult {
         key,
         value: String::from_utf8_lossy(&value).into_owned(),
@@ -255,6 +259,7 @@ pub(super) async fn kv_list(state: &AppState, base: &str, params: ListParams) ->
     let entries = group
         .reader()
         .range(prefix.as_bytes(), after.as_deref().map(str::as_bytes), limit)
+        .map_err(|e| ApiError::Internal(format!("list keys in region {region}: {e}")))?
         .into_iter()
         .map(|(key, value)| KvEntry {
             key: String::from_utf8_lossy(&key[base.len()..]).into_owned(),

@@ -323,7 +323,7 @@ async fn node_main(i: u8, incarnation: u64, disk: Arc<SimDb>, shared: Arc<Shared
     config.raft.max_in_snapshot_log_to_keep = 50;
     let disk_for_open = disk.clone();
     config.storage = Some(Arc::new(move |_region: &str| {
-        redb::Database::builder().create_with_backend(SharedDb::take(&disk_for_open)?).map_err(|e| e.to_string())
+        redb::Database::builder().set_cache_size(crate::raft_env::SIM_CACHE_BYTES).create_with_backend(SharedDb::take(&disk_for_open)?).map_err(|e| e.to_string())
     }));
     let node = CanonNode::start(config, Arc::new(SimTransport { sockets: sockets.clone() })).await.map_err(|e| e.to_string())?;
     node.plant_bug_follower_reads_without_read_index(shared.stale_reads_bug);
@@ -386,15 +386,15 @@ async fn client(node: CanonNode, shared: Arc<Shared>, client: u64, mut rng: ChaC
         } else if roll < 9 {
             // A linearizable read: barrier, then the local replica. A failed read says nothing.
             if node.read_barrier(REGION).await.is_ok() {
-                if let Ok(group) = node.home() {
-                    let value = group.reader().get(key.as_bytes()).map(|v| String::from_utf8_lossy(&v).into_owned());
+                if let Some(value) = node.home().ok().and_then(|group| group.reader().get(key.as_bytes()).ok()) {
+                    let value = value.map(|v| String::from_utf8_lossy(&v).into_owned());
                     let index = record(&shared, client, KvInput::Get { key: key.clone() }, call);
                     complete(&shared, index, KvOutput::Value(value));
                 }
             }
         } else if let Ok(group) = node.home() {
             // A stale read: any value it returns must have been written by someone.
-            if let Some(value) = group.reader().get(key.as_bytes()) {
+            if let Ok(Some(value)) = group.reader().get(key.as_bytes()) {
                 let value = String::from_utf8_lossy(&value).into_owned();
                 if !lock(&shared.written).contains(&value) {
                     lock(&shared.stale_violations).push(format!("stale read of {key} on client {client} returned {value:?}, never written"));
@@ -431,7 +431,7 @@ async fn check(shared: &Shared) -> Vec<String> {
         let nodes: Vec<CanonNode> = lock(&shared.nodes).values().cloned().collect();
         let states: Vec<Option<(u64, vcos_canon_raft::KvState)>> = nodes
             .iter()
-            .map(|n| n.home().ok().map(|g| (g.applied_index(), g.reader().state())))
+            .map(|n| n.home().ok().map(|g| (g.applied_index(), g.reader().state())).and_then(|(i, s)| s.ok().map(|s| (i, s))))
             .collect();
         let serving = |n: &CanonNode| {
             n.home().is_ok_and(|g| {

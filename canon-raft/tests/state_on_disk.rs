@@ -1,0 +1,197 @@
+//! The state machine's state on disk: snapshots of many pages stream and install identically
+//! (chunks sent again included), a stream cut short is refused and leaves nothing behind, a
+//! store of an unknown format is refused with its version named, and a format 1 store (the
+//! state in memory, one JSON snapshot) is migrated when opened.
+
+use std::collections::BTreeSet;
+
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::testing::log_id;
+use openraft::{Entry, EntryPayload, Membership, RaftSnapshotBuilder, SnapshotMeta, StoredMembership};
+use tempfile::TempDir;
+use tokio::io::{AsyncSeekExt, AsyncWriteExt};
+use vcos_canon_raft::snapshot::SnapshotStream;
+use vcos_canon_raft::{KvState, LeaseInfo, Op, Request, Response, StateMachineStore, TypeConfig};
+
+fn open(dir: &TempDir) -> StateMachineStore {
+    vcos_canon_raft::open(dir.path()).expect("the store opens").1
+}
+
+fn membership(index: u64) -> Entry<TypeConfig> {
+    let voters = BTreeSet::from([1u64]);
+    Entry { log_id: log_id(1, 1, index), payload: EntryPayload::Membership(Membership::new(vec![voters], None)) }
+}
+
+fn entry(index: u64, client_id: u64, op: Op) -> Entry<TypeConfig> {
+    Entry { log_id: log_id(1, 1, index), payload: EntryPayload::Normal(Request { client_id, seq: index, op }) }
+}
+
+/// A state of a few megabytes: keys with 1 KiB values, appends, a lease, many clients.
+async fn fill(sm: &mut StateMachineStore, keys: u64) -> u64 {
+    let mut entries = vec![membership(1)];
+    let mut index = 1;
+    for chunk in 0..keys / 100 {
+        index += 1;
+        let ops = (0..100)
+            .map(|i| Op::Put { key: format!("k/{:06}", chunk * 100 + i).into_bytes(), value: vec![(i % 251) as u8; 1024] })
+            .collect();
+        entries.push(entry(index, chunk % 50, Op::Batch(ops)));
+    }
+    index += 1;
+    entries.push(entry(index, 900, Op::Append { prefix: b"ev/".to_vec(), value: b"first".to_vec() }));
+    index += 1;
+    entries.push(entry(index, 901, Op::AcquireLease { name: "bucket/1".into(), holder: "n1".into(), ttl_ms: 500, now_ms: 10 }));
+    sm.apply(entries).await.expect("applied");
+    index
+}
+
+/// Receives `bytes` in chunks of `chunk` as a follower does, sending every third chunk twice
+/// (a chunk sent again after its answer was lost).
+async fn receive(sm: &mut StateMachineStore, bytes: &[u8], chunk: usize) -> Box<SnapshotStream> {
+    let mut data = sm.begin_receiving_snapshot().await.expect("receiving");
+    for (n, piece) in bytes.chunks(chunk).enumerate() {
+        let offset = (n * chunk) as u64;
+        data.seek(std::io::SeekFrom::Start(offset)).await.expect("seek");
+        data.write_all(piece).await.expect("written");
+        if n % 3 == 0 {
+            data.seek(std::io::SeekFrom::Start(offset)).await.expect("seek back");
+            data.write_all(piece).await.expect("written again");
+        }
+    }
+    data.shutdown().await.expect("shut down");
+    data
+}
+
+async fn build(sm: &mut StateMachineStore) -> Snapshot<TypeConfig> {
+    sm.get_snapshot_builder().await.build_snapshot().await.expect("snapshot built")
+}
+
+fn tables(dir: &TempDir) -> Vec<String> {
+    use redb::{ReadableDatabase, TableHandle};
+    let db = redb::Database::open(dir.path().join(vcos_canon_raft::DB_FILE_NAME)).expect("db opens");
+    let txn = db.begin_read().expect("read");
+    txn.list_tables().expect("tables").map(|t| t.name().to_owned()).collect()
+}
+
+#[tokio::test]
+async fn a_snapshot_of_many_pages_streams_and_installs_identically() {
+    let source_dir = TempDir::new().expect("temp dir");
+    let mut source = open(&source_dir);
+    let last = fill(&mut source, 3_000).await;
+    let mut snapshot = build(&mut source).await;
+    assert_eq!(snapshot.meta.last_log_id, Some(log_id(1, 1, last)));
+    let bytes = snapshot.snapshot.to_vec().expect("reads back");
+    assert!(bytes.len() > 3 << 20, "about 3 MiB of values make several pages: {} bytes", bytes.len());
+
+    let expected = source.reader().state().expect("source state");
+    // Applies go on after the build; the snapshot stays what it was.
+    source.apply([entry(last + 1, 7, Op::Put { key: b"after".to_vec(), value: b"x".to_vec() })]).await.expect("applied");
+    let again = source.get_current_snapshot().await.expect("read").expect("stored");
+    assert_eq!(again.meta, snapshot.meta);
+
+    let target_dir = TempDir::new().expect("temp dir");
+    {
+        let mut target = open(&target_dir);
+        target.apply([entry(1, 3, Op::Put { key: b"stale".to_vec(), value: b"gone".to_vec() })]).await.expect("applied");
+        let data = receive(&mut target, &bytes, 300_000).await;
+        target.install_snapshot(&snapshot.meta, data).await.expect("installed");
+        let installed = target.reader().state().expect("target state");
+        assert_eq!(installed.get(b"stale"), None, "the snapshot replaces the state");
+        assert_eq!(installed.lease("bucket/1").map(|l| l.epoch), Some(1));
+        assert_eq!(installed.canon_index(), 1);
+        assert_eq!(installed, expected);
+    }
+    // After a restart: the same state, the received stream as the current snapshot, and no
+    // staging tables or stale pages left.
+    let mut target = open(&target_dir);
+    assert_eq!(target.reader().get(b"k/002999").expect("read"), Some(vec![(99 % 251) as u8; 1024]));
+    let (applied, _) = target.applied_state().await.expect("applied");
+    assert_eq!(applied, Some(log_id(1, 1, last)));
+    let mut current = target.get_current_snapshot().await.expect("read").expect("stored");
+    assert_eq!(current.meta, snapshot.meta);
+    assert_eq!(current.snapshot.to_vec().expect("reads back"), bytes);
+    drop((current, target));
+    let names = tables(&target_dir);
+    assert!(names.iter().all(|n| !n.ends_with(".staging")), "{names:?}");
+    assert_eq!(names.iter().filter(|n| n.starts_with("sm_snapshot_pages.")).count(), 1, "{names:?}");
+}
+
+#[tokio::test]
+async fn a_stream_cut_short_is_refused_and_leaves_the_state_and_no_tables() {
+    let source_dir = TempDir::new().expect("temp dir");
+    let mut source = open(&source_dir);
+    fill(&mut source, 1_000).await;
+    let mut snapshot = build(&mut source).await;
+    let bytes = snapshot.snapshot.to_vec().expect("reads back");
+
+    let target_dir = TempDir::new().expect("temp dir");
+    {
+        let mut target = open(&target_dir);
+        target.apply([entry(1, 3, Op::Put { key: b"kept".to_vec(), value: b"yes".to_vec() })]).await.expect("applied");
+        for cut in [bytes.len() - 1, bytes.len() / 2, 3] {
+            let data = receive(&mut target, &bytes[..cut], 64 << 10).await;
+            let error = target.install_snapshot(&snapshot.meta, data).await.expect_err("a cut stream is refused");
+            assert!(error.to_string().contains("snapshot"), "{error}");
+            assert_eq!(target.reader().get(b"kept").expect("read"), Some(b"yes".to_vec()));
+            assert_eq!(target.reader().get(b"k/000001").expect("read"), None);
+        }
+        // A stream whose meta says otherwise is refused too.
+        let mut wrong = snapshot.meta.clone();
+        wrong.last_log_id = Some(log_id(2, 1, 99));
+        let data = receive(&mut target, &bytes, 1 << 20).await;
+        assert!(target.install_snapshot(&wrong, data).await.is_err());
+    }
+    let names = tables(&target_dir);
+    assert!(names.iter().all(|n| !n.ends_with(".staging") && !n.starts_with("sm_snapshot_pages.")), "{names:?}");
+}
+
+#[tokio::test]
+async fn a_store_of_an_unknown_format_is_refused_naming_its_version() {
+    let dir = TempDir::new().expect("temp dir");
+    drop(open(&dir));
+    {
+        const META: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("sm_meta");
+        let db = redb::Database::create(dir.path().join(vcos_canon_raft::DB_FILE_NAME)).expect("db opens");
+        let txn = db.begin_write().expect("write");
+        txn.open_table(META).expect("meta").insert("format", 99u64.to_be_bytes().as_slice()).expect("insert");
+        txn.commit().expect("commit");
+    }
+    let error = vcos_canon_raft::open(dir.path()).expect_err("a newer format is refused");
+    assert!(error.to_string().contains("format version 99"), "{error}");
+}
+
+#[tokio::test]
+async fn a_format_1_store_is_migrated_to_the_tables() {
+    // Format 1 kept the state in memory and saved it as one JSON snapshot in `sm_snapshot`.
+    const V1: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("sm_snapshot");
+    let mut state = KvState::new();
+    state.apply(2, &Request { client_id: 5, seq: 1, op: Op::Put { key: b"k/1".to_vec(), value: b"one".to_vec() } });
+    state.apply(3, &Request { client_id: 5, seq: 2, op: Op::Append { prefix: b"ev/".to_vec(), value: b"e".to_vec() } });
+    let membership = StoredMembership::new(Some(log_id(1, 1, 1)), Membership::new(vec![BTreeSet::from([1u64])], None));
+    let meta: SnapshotMeta<u64, vcos_canon_raft::NodeInfo> =
+        SnapshotMeta { last_log_id: Some(log_id(1, 1, 3)), last_membership: membership.clone(), snapshot_id: "1-1-3".into() };
+    let data = serde_json::json!({ "last_applied": log_id(1, 1, 3), "membership": membership, "state": state });
+    let dir = TempDir::new().expect("temp dir");
+    std::fs::create_dir_all(dir.path()).expect("dir");
+    {
+        let db = redb::Database::create(dir.path().join(vcos_canon_raft::DB_FILE_NAME)).expect("db opens");
+        let txn = db.begin_write().expect("write");
+        {
+            let mut table = txn.open_table(V1).expect("v1 table");
+            table.insert("meta", serde_json::to_vec(&meta).expect("encodes").as_slice()).expect("insert");
+            table.insert("data", serde_json::to_vec(&data).expect("encodes").as_slice()).expect("insert");
+        }
+        txn.commit().expect("commit");
+    }
+    let mut sm = open(&dir);
+    assert_eq!(sm.reader().state().expect("state"), state);
+    assert_eq!(sm.applied_state().await.expect("applied"), (Some(log_id(1, 1, 3)), membership));
+    // The client's dedup record came along: its last request again gets the stored answer.
+    let retry = Request { client_id: 5, seq: 2, op: Op::Put { key: b"x".to_vec(), value: b"y".to_vec() } };
+    let replies = sm.apply([Entry { log_id: log_id(1, 1, 4), payload: EntryPayload::Normal(retry) }]).await.expect("applied");
+    assert_eq!(replies, vec![Response::Appended { index: 1 }]);
+    assert_eq!(sm.reader().get(b"x").expect("read"), None);
+    assert_eq!(sm.reader().lease("none").expect("read"), None::<LeaseInfo>);
+    drop(sm);
+    assert!(!tables(&dir).contains(&"sm_snapshot".to_owned()));
+}
