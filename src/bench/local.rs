@@ -43,7 +43,7 @@ use anyhow::Context as _;
 use clap::{Args, ValueEnum};
 use serde::{Deserialize, Serialize};
 use vcos_actors::{
-    records, ActorError, Caller, Imvu as _, ImvuKey, KindRef, MemoryStore, RedbStore, Runtime, RuntimeConfig, SystemClock, TenantId,
+    records, ActorError, Caller, Imvu as _, ImvuKey, KindRef, LimitOverrides, MemoryStore, RedbStore, Runtime, RuntimeConfig, SystemClock, TenantId,
     TenantPolicy,
 };
 
@@ -284,10 +284,13 @@ fn run_child(args: &LocalArgs, setup: Setup) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The bench's tenant: restarts far above the default intensity (the bench crashes on purpose).
+/// The bench's tenant: restarts far above the default intensity (the bench crashes on purpose),
+/// and no daily message or storage quota (a run sends millions of messages: a quota would stop
+/// it, not measure it).
 async fn bench_tenant(runtime: &Runtime) -> anyhow::Result<(TenantId, Caller, KindRef<BenchEcho>)> {
     let tenant = TenantId::new("bench")?;
-    let policy = TenantPolicy { max_restarts: 65_536, restart_period_ms: 100, ..TenantPolicy::default() };
+    let limits = LimitOverrides { messages_per_day: Some(u64::MAX), canon_bytes_stored: Some(u64::MAX), ..LimitOverrides::default() };
+    let policy = TenantPolicy { max_restarts: 65_536, restart_period_ms: 100, limits, ..TenantPolicy::default() };
     runtime.put_tenant(tenant, policy).await?;
     let echo = runtime.kind_ref::<BenchEcho>().context("bench-echo kind registered")?;
     Ok((tenant, Caller::internal(&tenant, "bench"), echo))
