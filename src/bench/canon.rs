@@ -24,7 +24,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{anyhow, bail, ensure, Context as _};
 use clap::Args;
 use serde::Deserialize;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 /// The wrk script for v-COS puts, written to a temporary file at run time.
@@ -617,24 +619,27 @@ async fn one_probe(leader: String, node4: String, i: u64) -> anyhow::Result<Resu
 }
 
 // ---------------------------------------------------------------------------------------------
-// A minimal HTTP/1.1 client over a kept-alive TcpStream (the root crate has no HTTP client
-// among its normal dependencies).
+// The harness's HTTP/1.1 client: hyper's, one kept-alive connection per client (each
+// concurrent prober or caller holds its own `Http`).
+
+/// One kept-alive connection's request half.
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
 
 pub(super) struct Http {
     addr: String,
-    conn: Option<BufReader<TcpStream>>,
+    sender: Option<Sender>,
     key: Option<String>,
 }
 
 impl Http {
     /// A client of `addr` sending the cluster's admin key.
     pub(super) fn new(addr: &str) -> Self {
-        Self { addr: addr.to_owned(), conn: None, key: admin_key() }
+        Self { addr: addr.to_owned(), sender: None, key: admin_key() }
     }
 
     /// A client of `addr` sending `key` (none: no `Authorization` header).
     pub(super) fn with_key(addr: &str, key: Option<&str>) -> Self {
-        Self { addr: addr.to_owned(), conn: None, key: key.map(str::to_owned) }
+        Self { addr: addr.to_owned(), sender: None, key: key.map(str::to_owned) }
     }
 
     pub(super) async fn get_json<T: serde::de::DeserializeOwned>(&mut self, path: &str) -> anyhow::Result<T> {
@@ -644,22 +649,23 @@ impl Http {
             .with_context(|| format!("GET {path} on {}: unexpected JSON: {}", self.addr, String::from_utf8_lossy(&body)))
     }
 
-    /// One exchange; a kept-alive connection that fails is replaced once.
+    /// One exchange; a kept-alive connection that fails is replaced once (the server may have
+    /// closed it while it was idle).
     pub(super) async fn request(&mut self, method: &str, path: &str, body: Option<&str>) -> anyhow::Result<(u16, Vec<u8>)> {
-        let reused = self.conn.is_some();
+        let reused = self.sender.as_ref().is_some_and(|s| !s.is_closed());
         match tokio::time::timeout(HTTP_TIMEOUT, self.exchange(method, path, body)).await {
             Ok(Ok(r)) => return Ok(r),
             Ok(Err(e)) if !reused => return Err(e),
             Err(_) if !reused => {
-                self.conn = None;
+                self.sender = None;
                 bail!("{method} {path} on {}: no answer within {} s", self.addr, HTTP_TIMEOUT.as_secs());
             }
-            _ => self.conn = None,
+            _ => self.sender = None,
         }
         match tokio::time::timeout(HTTP_TIMEOUT, self.exchange(method, path, body)).await {
             Ok(r) => r,
             Err(_) => {
-                self.conn = None;
+                self.sender = None;
                 bail!("{method} {path} on {}: no answer within {} s", self.addr, HTTP_TIMEOUT.as_secs())
             }
         }
@@ -668,99 +674,40 @@ impl Http {
     async fn exchange(&mut self, method: &str, path: &str, body: Option<&str>) -> anyhow::Result<(u16, Vec<u8>)> {
         let result = self.exchange_inner(method, path, body).await;
         if result.is_err() {
-            self.conn = None;
+            self.sender = None;
         }
         result
     }
 
     async fn exchange_inner(&mut self, method: &str, path: &str, body: Option<&str>) -> anyhow::Result<(u16, Vec<u8>)> {
         let what = || format!("{method} {path} on {}", self.addr);
-        if self.conn.is_none() {
+        if self.sender.as_ref().is_none_or(Sender::is_closed) {
             let stream = TcpStream::connect(&self.addr).await.with_context(|| format!("{}: connect", what()))?;
             let _ = stream.set_nodelay(true);
-            self.conn = Some(BufReader::new(stream));
+            let (sender, connection) =
+                hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.with_context(|| format!("{}: HTTP handshake", what()))?;
+            // The connection's I/O runs on its own task; it ends when `sender` is dropped or
+            // the server closes the connection (then `is_closed` says so and we reconnect).
+            tokio::spawn(connection);
+            self.sender = Some(sender);
         }
-        let conn = self.conn.as_mut().context("connection")?;
-        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {}\r\n", self.addr);
+        let mut request = hyper::Request::builder().method(method).uri(path).header(hyper::header::HOST, self.addr.as_str());
         if let Some(key) = &self.key {
-            let _ = write!(req, "Authorization: Bearer {key}\r\n");
+            request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {key}"));
         }
-        if let Some(body) = body {
-            let _ = write!(req, "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len());
-        } else {
-            req.push_str("\r\n");
+        if body.is_some() {
+            request = request.header(hyper::header::CONTENT_TYPE, "application/json");
         }
-        conn.get_mut().write_all(req.as_bytes()).await.with_context(|| format!("{}: send", what()))?;
-
-        let mut line = String::new();
-        read_line(conn, &mut line).await.with_context(|| format!("{}: read the status line", what()))?;
-        let code: u16 = line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .with_context(|| format!("{}: bad status line `{}`", what(), line.trim()))?;
-        let mut length = None;
-        let mut chunked = false;
-        let mut close = false;
-        loop {
-            line.clear();
-            read_line(conn, &mut line).await.with_context(|| format!("{}: read the headers", what()))?;
-            let header = line.trim_end();
-            if header.is_empty() {
-                break;
-            }
-            let Some((name, value)) = header.split_once(':') else { continue };
-            let value = value.trim();
-            if name.eq_ignore_ascii_case("content-length") {
-                length = Some(value.parse::<usize>().with_context(|| format!("{}: bad Content-Length `{value}`", what()))?);
-            } else if name.eq_ignore_ascii_case("transfer-encoding") {
-                chunked = value.to_ascii_lowercase().contains("chunked");
-            } else if name.eq_ignore_ascii_case("connection") {
-                close = value.eq_ignore_ascii_case("close");
-            }
-        }
-        let mut body = Vec::new();
-        if chunked {
-            loop {
-                line.clear();
-                read_line(conn, &mut line).await.with_context(|| format!("{}: read a chunk size", what()))?;
-                let size_text = line.trim().split(';').next().unwrap_or_default();
-                let size = usize::from_str_radix(size_text, 16).with_context(|| format!("{}: bad chunk size `{}`", what(), line.trim()))?;
-                if size == 0 {
-                    // Trailers, then the blank line.
-                    loop {
-                        line.clear();
-                        read_line(conn, &mut line).await.with_context(|| format!("{}: read the trailers", what()))?;
-                        if line.trim_end().is_empty() {
-                            break;
-                        }
-                    }
-                    break;
-                }
-                let start = body.len();
-                body.resize(start + size, 0);
-                conn.read_exact(&mut body[start..]).await.with_context(|| format!("{}: read a chunk", what()))?;
-                let mut crlf = [0u8; 2];
-                conn.read_exact(&mut crlf).await.with_context(|| format!("{}: read a chunk end", what()))?;
-            }
-        } else if let Some(n) = length {
-            body.resize(n, 0);
-            conn.read_exact(&mut body).await.with_context(|| format!("{}: read the body", what()))?;
-        } else if !(code == 204 || code == 304 || (100..200).contains(&code)) {
-            conn.read_to_end(&mut body).await.with_context(|| format!("{}: read the body", what()))?;
-            close = true;
-        }
-        if close {
-            self.conn = None;
-        }
-        Ok((code, body))
+        let request = request
+            .body(Full::new(Bytes::from(body.unwrap_or_default().to_owned())))
+            .with_context(|| format!("{}: build the request", what()))?;
+        let sender = self.sender.as_mut().context("connection")?;
+        sender.ready().await.with_context(|| format!("{}: connection not ready", what()))?;
+        let response = sender.send_request(request).await.with_context(|| format!("{}: send", what()))?;
+        let code = response.status().as_u16();
+        let bytes = response.into_body().collect().await.with_context(|| format!("{}: read the body", what()))?.to_bytes();
+        Ok((code, bytes.to_vec()))
     }
-}
-
-async fn read_line(conn: &mut BufReader<TcpStream>, line: &mut String) -> anyhow::Result<()> {
-    let n = conn.read_line(line).await?;
-    ensure!(n > 0, "connection closed");
-    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 //! `vcos up --bench-kinds` (a hidden flag: production nodes do not carry them).
 //!
 //! - `bench-echo`: the twin of the Erlang peer's gen_server: a count, `ping` adds one and
-//!   answers it (call or cast), `get` answers it;
+//!   answers it (call or cast), `get` answers it, `crash` panics (the restarts of
+//!   `vcos bench local`, which hosts it in-process);
 //! - `bench-driver`: the client. Told `asks` it keeps `concurrency` asks in flight to an echo
 //!   until `n` were answered (each answer, through `on_reply`, sends the next ask); told `tells`
 //!   it sends `window` tells and one `get` ask, and the next window when that answers, then
@@ -31,6 +32,8 @@ pub(crate) enum EchoMsg {
     Ping,
     /// Answers the count.
     Get,
+    /// Panics: the supervisor restarts the echo from its last durable snapshot.
+    Crash,
 }
 
 impl Imvu for BenchEcho {
@@ -44,8 +47,10 @@ impl Imvu for BenchEcho {
     }
 
     fn handle(&self, count: &mut u64, msg: EchoMsg, _ctx: &mut Context<'_>) -> u64 {
-        if let EchoMsg::Ping = msg {
-            *count += 1;
+        match msg {
+            EchoMsg::Ping => *count += 1,
+            EchoMsg::Get => {}
+            EchoMsg::Crash => panic!("bench-echo: crash asked for"),
         }
         *count
     }
@@ -55,7 +60,7 @@ impl Imvu for BenchEcho {
     }
 
     fn description(&self) -> &'static str {
-        "bench only: a count; {op: ping} adds one, {op: get}"
+        "bench only: a count; {op: ping} adds one, {op: get}, {op: crash} panics"
     }
 }
 
