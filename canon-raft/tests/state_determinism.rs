@@ -84,3 +84,62 @@ fn corrupt_state_bytes_are_an_error() {
     assert!(serde_json::from_slice::<KvState>(b"{\"kv\": 3}").is_err());
     assert!(serde_json::from_slice::<KvState>(b"\xff\x00").is_err());
 }
+
+/// Operations for the disk equivalence: the leaf operations, appends, and batches and groups
+/// (the canon's group commits) of them.
+fn disk_op() -> impl Strategy<Value = Op> {
+    let leaf = prop_oneof![
+        4 => leaf_op(),
+        1 => (key(), value()).prop_map(|(prefix, value)| Op::Append { prefix, value }),
+        1 => (key(), prop::option::of(value())).prop_map(|(key, value)| Op::Expect { key, value }),
+    ];
+    leaf.prop_recursive(2, 8, 4, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..4).prop_map(Op::Batch),
+            prop::collection::vec(inner, 0..4).prop_map(Op::Group),
+        ]
+    })
+}
+
+fn disk_requests() -> impl Strategy<Value = Vec<Request>> {
+    prop::collection::vec((0..3u64, 0..6u64, disk_op()), 0..60)
+        .prop_map(|items| items.into_iter().map(|(client_id, seq, op)| Request { client_id, seq, op }).collect())
+}
+
+/// Applies `requests` as a replica does: to the tables on disk, a few entries per call.
+fn apply_on_disk(requests: &[Request], per_call: usize) -> (KvState, Vec<Response>) {
+    use openraft::storage::RaftStateMachine;
+    let runtime = tokio::runtime::Builder::new_current_thread().build().expect("a runtime");
+    runtime.block_on(async {
+        let dir = tempfile::TempDir::new().expect("temp dir");
+        let (_log, mut sm) = vcos_canon_raft::open_with(dir.path(), 1 << 20).expect("the store opens");
+        let entries: Vec<openraft::Entry<vcos_canon_raft::TypeConfig>> = requests
+            .iter()
+            .enumerate()
+            .map(|(i, r)| openraft::Entry {
+                log_id: openraft::testing::log_id(1, 1, i as u64 + 1),
+                payload: openraft::EntryPayload::Normal(r.clone()),
+            })
+            .collect();
+        let mut responses = Vec::new();
+        for chunk in entries.chunks(per_call) {
+            responses.extend(sm.apply(chunk.to_vec()).await.expect("applied"));
+        }
+        (sm.reader().state().expect("the state reads back"), responses)
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    /// The rules run on disk exactly as in memory: same state, same responses.
+    #[test]
+    fn the_tables_on_disk_give_what_the_maps_in_memory_give(requests in disk_requests(), per_call in 1..8usize) {
+        let mut memory = KvState::new();
+        let expected: Vec<Response> =
+            requests.iter().enumerate().map(|(i, r)| memory.apply_owned(i as u64 + 1, r.clone())).collect();
+        let (disk, responses) = apply_on_disk(&requests, per_call);
+        prop_assert_eq!(responses, expected);
+        prop_assert_eq!(disk, memory);
+    }
+}
