@@ -22,8 +22,8 @@
 //! - bytes per passivated IMVU (no peer): IMVUs created and passivated by batches; the slope of
 //!   RSS over their count by least squares, beside the same slope of the memory mimalloc has
 //!   committed (the allocator's own statistics) and the bytes of each IMVU's canon records (key
-//!   + value, read back from the store: the Raft canon's state machine keeps them in memory).
-//!   Printed as measured, negative included;
+//!   and value, read back from the store; on disk behind the canon's page cache). Printed as
+//!   measured, negative included;
 //! - activation: the latency of the message that activates a passivated IMVU;
 //! - restarts: crash, supervisor restart, and the restarted IMVU answering a message again,
 //!   serially (the crashing child's restart, announced by the restarted child itself); in
