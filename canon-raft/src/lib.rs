@@ -79,7 +79,15 @@ openraft::declare_raft_types!(
 /// The openraft node of the canon layer.
 pub type CanonRaft = openraft::Raft<TypeConfig>;
 
-/// The name of the redb file that [`open`] creates under its directory.
+/// The name of the redb file of the state (keys, leases, dedup table, snapshots) that [`open`]
+/// creates beside the log's. A file of its own, so that the log's fsyncs (one per append) do
+/// not also write the state's pages: the state is fsynced every
+/// [`state_machine::STATE_SYNC_EVERY`] applies and at snapshots, and after a crash openraft
+/// replays the log from where the state file stands (never before the last snapshot, the
+/// furthest the log is purged to).
+pub const STATE_FILE_NAME: &str = "canon-state.redb";
+
+/// The name of the redb file of the log (and vote) that [`open`] creates under its directory.
 pub const DB_FILE_NAME: &str = "canon-raft.redb";
 
 /// Opens (or creates) the canon database under `dir` and returns its log store and state
@@ -93,14 +101,24 @@ pub fn open(dir: &Path) -> Result<(LogStore, StateMachineStore), Error> {
 /// what the group's file keeps in memory, however large the canon grows.
 pub fn open_with(dir: &Path, cache_bytes: usize) -> Result<(LogStore, StateMachineStore), Error> {
     std::fs::create_dir_all(dir).map_err(Error::Io)?;
-    let db = redb::Database::builder()
-        .set_cache_size(cache_bytes)
+    // A quarter for the log (its recent entries, read when followers catch up), the rest for
+    // the state.
+    let log_db = redb::Database::builder()
+        .set_cache_size(cache_bytes / 4)
         .create(dir.join(DB_FILE_NAME))
         .map_err(redb::Error::from)?;
-    open_db(db)
+    let state_db = redb::Database::builder()
+        .set_cache_size(cache_bytes - cache_bytes / 4)
+        .create(dir.join(STATE_FILE_NAME))
+        .map_err(redb::Error::from)?;
+    let log_db = Arc::new(log_db);
+    let log = LogStore::new(Arc::clone(&log_db))?;
+    let sm = StateMachineStore::with_own_file(Arc::new(state_db), &log_db)?;
+    Ok((log, sm))
 }
 
-/// Like [`open`], on a database the caller opened (the simulator's in-memory backend).
+/// Like [`open`], on one database the caller opened for both the log and the state (the
+/// simulator's in-memory backend): the log's fsyncs then make each apply durable too.
 pub fn open_db(db: redb::Database) -> Result<(LogStore, StateMachineStore), Error> {
     let db = Arc::new(db);
     let log = LogStore::new(Arc::clone(&db))?;

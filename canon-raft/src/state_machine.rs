@@ -1,14 +1,17 @@
 //! [`StateMachineStore`]: openraft's `RaftStateMachine` over the state's tables on disk.
 //!
 //! Persistence: every call to `apply` writes its entries' effects and the new last applied log
-//! id in one redb transaction of the group's file, committed without fsync
-//! (`Durability::None`). The next fsynced commit of that file (the log's appends, votes,
-//! snapshots) makes it durable; a crash before that loses only applies whose entries the log
-//! still holds, and openraft applies them again after the restart from the last applied log id
-//! it reads here. Fsyncing the state on each apply would cost a second fsync per entry for
-//! nothing the log does not already guarantee. The log is purged only up to a snapshot, and a
-//! snapshot's pointer is committed with fsync after its build: the state on disk is always at
-//! or past the purged log.
+//! id in one redb transaction, committed without fsync (`Durability::None`). `vcos up` keeps
+//! the state in a file of its own ([`crate::STATE_FILE_NAME`]) and fsyncs every
+//! [`STATE_SYNC_EVERY`]th apply, every snapshot and every install; a crash loses at most the
+//! applies since, whose entries the log still holds, and openraft applies them again after the
+//! restart from the last applied log id it reads here. Fsyncing the state on each apply, or
+//! keeping it in the log's file (whose fsync per append would then write the state's pages
+//! too: a third of the canon's throughput, measured), would cost I/O for nothing the log does
+//! not already guarantee. The log is purged only up to a snapshot, and a snapshot's pointer is
+//! committed with fsync after its build: the state on disk is always at or past the purged
+//! log. The simulator keeps log and state in one file ([`crate::open_db`]), where each append's
+//! fsync makes the applies before it durable.
 //!
 //! Memory: the state lives in the tables (see [`crate::disk`]); what a node keeps in memory
 //! is redb's page cache, whose size is set when the file is opened ([`crate::open_with`]).
@@ -67,7 +70,17 @@ pub struct StateMachineStore {
     applied_changed: Arc<tokio::sync::Notify>,
     /// The number of the next snapshot page table.
     next_pages: Arc<AtomicU64>,
+    /// Whether the state has a file of its own (`vcos up`), which the log's fsyncs do not
+    /// cover: every [`STATE_SYNC_EVERY`]th apply is then committed with fsync.
+    own_file: bool,
+    /// Applies committed without fsync since the last fsynced one.
+    unsynced: Arc<AtomicU64>,
 }
+
+/// With the state in a file of its own, every this many applies one is committed with fsync
+/// (so redb reuses freed pages and a restart replays a bounded part of the log; snapshots and
+/// installs are fsynced too).
+pub const STATE_SYNC_EVERY: u64 = 1_000;
 
 impl Debug for StateMachineStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -161,6 +174,20 @@ impl StateMachineStore {
     /// Wraps `db`: creates the tables if missing, migrates a format 1 store, refuses a newer
     /// format, and drops what an interrupted snapshot build or install left.
     pub fn new(db: Arc<Database>) -> Result<Self, Error> {
+        Self::open(db, None)
+    }
+
+    /// Like [`StateMachineStore::new`], with the state in a file of its own beside the log's
+    /// `log_db` (where a format 1 store kept its snapshot, migrated from there).
+    pub fn with_own_file(db: Arc<Database>, log_db: &Database) -> Result<Self, Error> {
+        Self::open(db, Some(log_db))
+    }
+
+    fn open(db: Arc<Database>, log_db: Option<&Database>) -> Result<Self, Error> {
+        let mut legacy = match log_db {
+            Some(log_db) => read_v1_from(log_db)?,
+            None => None,
+        };
         let mut txn = db.begin_write()?;
         txn.set_durability(Durability::Immediate)?;
         let (meta, current_pages) = {
@@ -179,7 +206,11 @@ impl StateMachineStore {
                 Some(found) => return Err(Error::Format { found, expected: disk::FORMAT_VERSION }),
                 None => {
                     let mut tables = DiskTables::open(&txn, &live, 0)?;
-                    if let Some(v1) = read_v1(&txn)? {
+                    let v1 = match log_db {
+                        Some(_) => legacy.take(),
+                        None => read_v1(&txn.open_table(V1_SNAPSHOT)?)?,
+                    };
+                    if let Some(v1) = v1 {
                         migrate_v1(&mut tables, &mut meta_table, v1)?;
                     }
                     drop(tables);
@@ -210,11 +241,20 @@ impl StateMachineStore {
             txn.delete_table(TableDefinition::<&[u8], &[u8]>::new(&name))?;
         }
         txn.commit()?;
+        if let Some(log_db) = log_db {
+            // Migrated (now or on an earlier open): the old snapshot goes.
+            let mut txn = log_db.begin_write()?;
+            txn.set_durability(Durability::Immediate)?;
+            txn.delete_table(V1_SNAPSHOT)?;
+            txn.commit()?;
+        }
         Ok(Self {
             db,
             applied: Arc::new(RwLock::new(meta)),
             applied_changed: Arc::default(),
             next_pages: Arc::new(AtomicU64::new(highest + 1)),
+            own_file: log_db.is_some(),
+            unsynced: Arc::default(),
         })
     }
 
@@ -230,8 +270,9 @@ impl StateMachineStore {
     fn apply_entries(&self, entries: Vec<Entry<TypeConfig>>) -> Result<Vec<Response>, Error> {
         let mut meta = read_lock(&self.applied).clone();
         let mut responses = Vec::with_capacity(entries.len());
+        let sync = self.own_file && self.unsynced.fetch_add(1, Ordering::Relaxed) + 1 >= STATE_SYNC_EVERY;
         let mut txn = self.db.begin_write()?;
-        txn.set_durability(Durability::None)?;
+        txn.set_durability(if sync { Durability::Immediate } else { Durability::None })?;
         {
             let mut tables = DiskTables::open(&txn, &Names::live(), meta.canon_index)?;
             for entry in entries {
@@ -254,6 +295,9 @@ impl StateMachineStore {
             disk::write_meta(&mut txn.open_table(disk::META)?, &meta)?;
         }
         txn.commit()?;
+        if sync {
+            self.unsynced.store(0, Ordering::Relaxed);
+        }
         *write_lock(&self.applied) = meta;
         Ok(responses)
     }
@@ -375,9 +419,18 @@ impl StateMachineStore {
     }
 }
 
-/// Format 1's stored snapshot, if this file holds one.
-fn read_v1(txn: &redb::WriteTransaction) -> Result<Option<V1Applied>, Error> {
-    let table = txn.open_table(V1_SNAPSHOT)?;
+/// Format 1's stored snapshot in `log_db`, if it holds one.
+fn read_v1_from(log_db: &Database) -> Result<Option<V1Applied>, Error> {
+    let txn = log_db.begin_read()?;
+    match txn.open_table(V1_SNAPSHOT) {
+        Ok(table) => read_v1(&table),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Format 1's stored snapshot, if this table holds one.
+fn read_v1(table: &impl ReadableTable<&'static str, &'static [u8]>) -> Result<Option<V1Applied>, Error> {
     let (Some(meta), Some(data)) = (table.get(V1_KEY_META)?, table.get(V1_KEY_DATA)?) else {
         return Ok(None);
     };

@@ -66,11 +66,17 @@ async fn build(sm: &mut StateMachineStore) -> Snapshot<TypeConfig> {
     sm.get_snapshot_builder().await.build_snapshot().await.expect("snapshot built")
 }
 
-fn tables(dir: &TempDir) -> Vec<String> {
+/// The tables of one of the group's files.
+fn tables_of(dir: &TempDir, file: &str) -> Vec<String> {
     use redb::{ReadableDatabase, TableHandle};
-    let db = redb::Database::open(dir.path().join(vcos_canon_raft::DB_FILE_NAME)).expect("db opens");
+    let db = redb::Database::open(dir.path().join(file)).expect("db opens");
     let txn = db.begin_read().expect("read");
     txn.list_tables().expect("tables").map(|t| t.name().to_owned()).collect()
+}
+
+/// The tables of the state's file.
+fn tables(dir: &TempDir) -> Vec<String> {
+    tables_of(dir, vcos_canon_raft::STATE_FILE_NAME)
 }
 
 #[tokio::test]
@@ -151,7 +157,7 @@ async fn a_store_of_an_unknown_format_is_refused_naming_its_version() {
     drop(open(&dir));
     {
         const META: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("sm_meta");
-        let db = redb::Database::create(dir.path().join(vcos_canon_raft::DB_FILE_NAME)).expect("db opens");
+        let db = redb::Database::create(dir.path().join(vcos_canon_raft::STATE_FILE_NAME)).expect("db opens");
         let txn = db.begin_write().expect("write");
         txn.open_table(META).expect("meta").insert("format", 99u64.to_be_bytes().as_slice()).expect("insert");
         txn.commit().expect("commit");
@@ -162,7 +168,8 @@ async fn a_store_of_an_unknown_format_is_refused_naming_its_version() {
 
 #[tokio::test]
 async fn a_format_1_store_is_migrated_to_the_tables() {
-    // Format 1 kept the state in memory and saved it as one JSON snapshot in `sm_snapshot`.
+    // Format 1 kept the state in memory and saved it as one JSON snapshot in `sm_snapshot`, in
+    // the log's file.
     const V1: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("sm_snapshot");
     let mut state = KvState::new();
     state.apply(2, &Request { client_id: 5, seq: 1, op: Op::Put { key: b"k/1".to_vec(), value: b"one".to_vec() } });
@@ -193,5 +200,6 @@ async fn a_format_1_store_is_migrated_to_the_tables() {
     assert_eq!(sm.reader().get(b"x").expect("read"), None);
     assert_eq!(sm.reader().lease("none").expect("read"), None::<LeaseInfo>);
     drop(sm);
-    assert!(!tables(&dir).contains(&"sm_snapshot".to_owned()));
+    // The old snapshot, kept in the log's file, is gone.
+    assert!(!tables_of(&dir, vcos_canon_raft::DB_FILE_NAME).contains(&"sm_snapshot".to_owned()));
 }
