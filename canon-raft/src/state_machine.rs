@@ -80,7 +80,7 @@ pub struct StateMachineStore {
 /// With the state in a file of its own, every this many applies one is committed with fsync
 /// (so redb reuses freed pages and a restart replays a bounded part of the log; snapshots and
 /// installs are fsynced too).
-pub const STATE_SYNC_EVERY: u64 = 1_000;
+pub const STATE_SYNC_EVERY: u64 = 100;
 
 impl Debug for StateMachineStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
