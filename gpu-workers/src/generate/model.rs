@@ -42,8 +42,9 @@ pub enum WeightPrecision {
 pub enum CpuMatmul {
     /// Our weight-stationary kernel (see `q8_matmul`) for Q8_0 weights when the CPU has AVX2
     /// and FMA, except weights candle repacks for its faster VNNI kernel; candle's otherwise.
-    /// Results equal candle's AVX2 kernel bit for bit; a decode step of 8 sequences costs far
-    /// less than 8 steps of one.
+    /// Results equal, bit for bit, what candle computes on a VNNI CPU (its AVX2 `vec_dot` for
+    /// most weights, its repacked kernel for the rest), so a model answers the same on CPUs
+    /// with and without VNNI; a decode step of 8 sequences costs far less than 8 steps of one.
     #[default]
     Auto,
     /// Always candle's `QMatMul` (the baseline the weight-stationary kernel is measured
@@ -454,8 +455,8 @@ fn causal_mask(t: usize, p0: usize, device: &Device) -> Result<Tensor> {
 }
 
 /// `VCOS_CPU_MATMUL=candle` keeps candle's own matmul for every quantized weight, whatever
-/// [`CpuMatmul`] says: for an operator comparing outputs across CPUs, or a kernel suspected of a
-/// fault, without a rebuild.
+/// [`CpuMatmul`] says: for a kernel suspected of a fault, without a rebuild. Outputs then depend
+/// on the CPU (candle quantizes some activations differently with and without VNNI).
 fn candle_forced() -> bool {
     std::env::var("VCOS_CPU_MATMUL").as_deref() == Ok("candle")
 }

@@ -17,6 +17,20 @@
 //! depend on `m` or on the other rows, so a sequence decodes to the same tokens alone or in a
 //! batch.
 //!
+//! Two ways of quantizing the activations, chosen by the weight's shape, so that a model's
+//! output does not depend on the CPU it runs on:
+//! * [`Activations::Q8_0`], described above, where candle runs `vec_dot_q8_0_q8_0` on every x86
+//!   CPU;
+//! * [`Activations::Q8K`] for weights candle repacks on VNNI CPUs (`k` a multiple of 256, `n`
+//!   of 16; SmolLM2's MLP down projection): there candle quantizes each 256 activations to
+//!   Q8_K (`iscale = -127 / max`, `round(iscale · x)`, `d = 1 / iscale`), sums each 32-block
+//!   exactly, and accumulates `fma(sum, d_w · d, acc)` block after block into one f32 per
+//!   output, with no lane sum. On an AVX2-only CPU candle would run `vec_dot_q8_0_q8_0`
+//!   instead, and the two roundings differ enough to change a greedy answer (SmolLM2 said
+//!   "Paris" on VNNI CPUs and "L'Étoile, la Cité…" on AVX2-only ones). This mode reproduces the
+//!   VNNI kernel's arithmetic bit for bit, so on a CPU without VNNI the model gives what it
+//!   gives on one with it (where candle's faster kernel is kept, see [`candle_repacks`]).
+//!
 //! Deliberate absences:
 //! * no `unsafe`: the AVX2 code goes through `pulp`'s runtime-checked [`V3`] token (its
 //!   intrinsics are safe to call once the token exists) and loads blocks by value from the
@@ -49,6 +63,10 @@ use rayon::prelude::*;
 
 /// Values per Q8_0 block.
 const QK: usize = 32;
+/// Values per Q8_K block (one activation scale).
+const QK_K: usize = 256;
+/// Weight rows per tile of candle's repacked kernel (`repack_x86::TILE_N`).
+const REPACK_ROWS: usize = 16;
 /// Bytes per Q8_0 block: f16 scale then 32 × i8.
 const BLOCK_BYTES: usize = 34;
 /// Activation rows dotted with one weight row in registers.
@@ -70,6 +88,27 @@ pub(super) struct Q8Matmul {
     simd: V3,
     n: usize,
     k: usize,
+    activations: Activations,
+}
+
+/// How activations are quantized before the integer dot products (see the module's doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Activations {
+    /// Q8_0 per 32 values, 8 f32 lanes summed at the end: candle's `vec_dot_q8_0_q8_0`.
+    Q8_0,
+    /// Q8_K per 256 values, one f32 accumulator per output: candle's repacked VNNI kernel.
+    Q8K,
+}
+
+impl Activations {
+    /// The quantization candle gives a Q8_0 weight `[n, k]` on a VNNI CPU.
+    pub(super) fn for_shape(n: usize, k: usize) -> Self {
+        if k.is_multiple_of(QK_K) && n.is_multiple_of(REPACK_ROWS) {
+            Self::Q8K
+        } else {
+            Self::Q8_0
+        }
+    }
 }
 
 impl Q8Matmul {
@@ -89,7 +128,14 @@ impl Q8Matmul {
         if bytes.len() != n * (k / QK) * BLOCK_BYTES {
             return None;
         }
-        Some(Self { weight, simd, n, k })
+        let activations = Activations::for_shape(n, k);
+        Some(Self {
+            weight,
+            simd,
+            n,
+            k,
+            activations,
+        })
     }
 
     /// `dst[i * n + r] = Σ_k x[i, k] · W[r, k]` for `m` rows of `x` (`m * k` values, row-major).
@@ -108,7 +154,10 @@ impl Q8Matmul {
         if !rest.is_empty() || blocks.len() != n * kb {
             candle_core::bail!("q8 matmul: weight holds {} bytes", bytes.len());
         }
-        let act = self.simd.vectorize(|| QuantRows::new(x, m, k));
+        let act = match self.activations {
+            Activations::Q8_0 => self.simd.vectorize(|| QuantRows::q8_0(x, m, k)),
+            Activations::Q8K => QuantRows::q8k(x, m, k),
+        };
         if m == 1 {
             run(self.simd, blocks, kb, &act, dst);
         } else {
@@ -181,23 +230,67 @@ pub(super) fn candle_repacks(n: usize, k: usize) -> bool {
     vnni && k.is_multiple_of(256) && n.is_multiple_of(16)
 }
 
-/// Activation rows quantized to Q8_0 as candle does, split for the kernel: the signed values,
-/// their absolute values (the unsigned operand of `maddubs`) and the f16-rounded scales. Block
-/// major (`[b * m + i]` for block `b` of row `i`), so a tile's blocks at one position are
-/// adjacent.
+/// Activation rows quantized as candle does, split for the kernel: the signed values, their
+/// absolute values (the unsigned operand of `maddubs`; Q8_0 only) and the scales, one per
+/// 32-block (a Q8_K scale repeated over its 8 blocks). Block major (`[b * m + i]` for block `b`
+/// of row `i`), so a tile's blocks at one position are adjacent.
 struct QuantRows {
     qs: Vec<[i8; QK]>,
     abs: Vec<[u8; QK]>,
     d: Vec<f32>,
     m: usize,
+    activations: Activations,
 }
 
 impl QuantRows {
+    /// candle's `BlockQ8K::from_float`, row by row: per 256 values, `max` the value of largest
+    /// magnitude (the first one), `iscale = -127 / max`, values `round(iscale · x)` clamped to
+    /// i8, `d = 1 / iscale`; all zeros when `max` is 0. candle clamps to [-128, 127], but
+    /// `|iscale · x| ≤ 127` up to a rounding that `round` absorbs, so no value reaches -128;
+    /// clamping to ±127 says so (the kernel's `sign` could not negate -128).
+    fn q8k(x: &[f32], m: usize, k: usize) -> Self {
+        let kb = k / QK;
+        let mut qs = vec![[0i8; QK]; m * kb];
+        let mut d = vec![0f32; m * kb];
+        for (i, row) in x.chunks_exact(k).enumerate() {
+            for (sb, sblock) in row.chunks_exact(QK_K).enumerate() {
+                let mut max = 0f32;
+                let mut amax = 0f32;
+                for &v in sblock {
+                    if amax < v.abs() {
+                        amax = v.abs();
+                        max = v;
+                    }
+                }
+                let (iscale, scale) = if amax == 0.0 {
+                    (0.0, 0.0)
+                } else {
+                    let iscale = -127f32 / max;
+                    (iscale, 1.0 / iscale)
+                };
+                for (j, block) in sblock.chunks_exact(QK).enumerate() {
+                    let b = sb * (QK_K / QK) + j;
+                    qs[b * m + i] = std::array::from_fn(|l| {
+                        (iscale * block[l]).round().clamp(-127.0, 127.0) as i8
+                    });
+                    d[b * m + i] = scale;
+                }
+            }
+        }
+        Self {
+            qs,
+            abs: Vec::new(),
+            d,
+            m,
+            activations: Activations::Q8K,
+        }
+    }
+
     /// candle's `BlockQ8_0::from_float`, row by row: `d = amax / 127`, values `round(x / d)`
     /// (through `1 / d`, rounding half away from zero), `d` stored as f16. Inlined into AVX2
     /// code, where `round` needs no libm call.
     #[inline(always)]
-    fn new(x: &[f32], m: usize, k: usize) -> Self {
+    fn q8_0(x: &[f32], m: usize, k: usize) -> Self {
         let kb = k / QK;
         let mut qs = vec![[0i8; QK]; m * kb];
         let mut abs = vec![[0u8; QK]; m * kb];
@@ -213,7 +306,13 @@ impl QuantRows {
                 d[b * m + i] = f16::from_f32(scale).to_f32();
             }
         }
-        Self { qs, abs, d, m }
+        Self {
+            qs,
+            abs,
+            d,
+            m,
+            activations: Activations::Q8_0,
+        }
     }
 }
 
@@ -284,6 +383,20 @@ impl NullaryFnOnce for Task<'_> {
                         act,
                     };
                     let out = &mut out[i..i + tc];
+                    if act.activations == Activations::Q8K {
+                        match tc {
+                            8 => t.run_q8k::<8>(simd, out),
+                            7 => t.run_q8k::<7>(simd, out),
+                            6 => t.run_q8k::<6>(simd, out),
+                            5 => t.run_q8k::<5>(simd, out),
+                            4 => t.run_q8k::<4>(simd, out),
+                            3 => t.run_q8k::<3>(simd, out),
+                            2 => t.run_q8k::<2>(simd, out),
+                            _ => t.run_q8k::<1>(simd, out),
+                        }
+                        i += tc;
+                        continue;
+                    }
                     // A single tile (m ≤ TILE_COLS, decode) converts each scale as it goes, so
                     // the row is read from memory once, by the compute loop.
                     match tc {
@@ -359,6 +472,49 @@ impl Tile<'_> {
             *o = hsum(cast::<_, [f32; 8]>(v));
         }
     }
+}
+
+impl Tile<'_> {
+    /// Writes `out[c]` for activation row `i0 + c` against Q8_K-quantized activations, with
+    /// the arithmetic of candle's repacked VNNI kernel (`repack_x86::q8_0_tile2`): each
+    /// 32-block's integer sum exact, then `acc = fma(sum, d_w · d_a, acc)` in one f32 per output,
+    /// block after block. The sum is `Σ |w| · (a · sign(w))`, exact for any weight byte, -128
+    /// included, since `|a| ≤ 127`.
+    #[inline(always)]
+    fn run_q8k<const C: usize>(self, simd: V3, out: &mut [f32]) {
+        let Self { row, i0, act, .. } = self;
+        let m = act.m;
+        let ones = simd.avx._mm256_set1_epi16(1);
+        let mut acc = [0f32; C];
+        for (b, block) in row.iter().enumerate() {
+            let d_w = f16_to_f32(u16::from_le_bytes([block[0], block[1]]));
+            let mut q = [0u8; QK];
+            q.copy_from_slice(&block[2..]);
+            let wq: __m256i = cast(q);
+            let w_abs = simd.avx2._mm256_abs_epi8(wq);
+            let at = b * m + i0..b * m + i0 + C;
+            let (Ok(a_qs), Ok(a_d)) = (
+                <&[[i8; QK]; C]>::try_from(&act.qs[at.clone()]),
+                <&[f32; C]>::try_from(&act.d[at]),
+            ) else {
+                unreachable!("a range of C blocks converts to [_; C]");
+            };
+            for j in 0..C {
+                let s = simd.avx2._mm256_sign_epi8(cast(a_qs[j]), wq);
+                let p = simd.avx2._mm256_maddubs_epi16(w_abs, s);
+                let sum = hsum_i32(cast(simd.avx2._mm256_madd_epi16(ones, p)));
+                // |sum| ≤ 32 · 128 · 127 < 2²⁴: exact in f32, as candle's `isum - 128 · bsum`.
+                acc[j] = (sum as f32).mul_add(d_w * a_d[j], acc[j]);
+            }
+        }
+        out.copy_from_slice(&acc);
+    }
+}
+
+/// The 8 lanes' exact sum (order does not matter in integers).
+#[inline(always)]
+fn hsum_i32(v: [i32; 8]) -> i32 {
+    v.iter().sum()
 }
 
 /// An f16 (bits) as f32, exactly (what `half` gives), inline and without calls (a call in the
@@ -457,8 +613,8 @@ mod tests {
         )
     }
 
-    /// Where candle 0.11.1 runs its Q8_0 × Q8_0 `vec_dot` (on x86 always unless `k` is a multiple
-    /// of 256 and `n` of 16, which its VNNI repacking takes), both compute the same integer block
+    /// Where candle 0.11.1 runs its Q8_0 × Q8_0 `vec_dot` on every x86 CPU (`k` not a multiple of
+    /// 256, or `n` not of 16: shapes its VNNI repacking never takes), both compute the same integer block
     /// sums, the same f32 fused multiply-adds per lane and the same lane sum: equal bit for bit.
     /// n = 130 and 37 leave partial register tiles (4 rows) on our side and partial quads on
     /// candle's.
@@ -483,62 +639,123 @@ mod tests {
         }
     }
 
-    /// k = 1536, n = 64 (the model's MLP down projection has k = 1536): on VNNI CPUs candle
-    /// quantizes activations in blocks of 256 (Q8_K), we in blocks of 32 (Q8_0), so the two
-    /// differ by activation rounding. Each is within `Σ_j |w_j| · d_j / 2` of the exact product
-    /// of the dequantized weights with the f32 activations, where `d_j ≤ amax(row) / 127` is
-    /// the scale of the block holding `x_j`. Our Q8_0 scale is then rounded to f16 (relative
-    /// error ≤ 2⁻¹¹) while the values were rounded with the unrounded one, which adds up to
-    /// `127 · d_j · 2⁻¹¹` per value. So ours is within `Σ_j |w_j| · d_j · (1/2 + 127/2048)` of the
-    /// exact product (checked with its per-block `d_j`), and the two are within
-    /// `Σ_j |w_j| · amax / 127 · (1 + 127/2048)` of each other; plus f32 rounding, bounded
-    /// generously by 1e-5 of `Σ |w_j x_j|`.
+    /// A plain transcription of what candle 0.11.1 computes for a Q8_0 weight it repacks on a
+    /// VNNI CPU: `BlockQ8K::from_float` for the activations, then per output `acc = fma(Σ w·a,
+    /// d_w · d_a, acc)` over the 32-blocks in order (`repack_x86::q8_0_tile2`).
+    fn candle_vnni_reference(c: &Case, x: &[f32], m: usize) -> Vec<f32> {
+        let (n, k) = (c.n, c.k);
+        let bytes = c.ours.weight.data().expect("bytes");
+        let mut out = vec![0f32; m * n];
+        for i in 0..m {
+            let xr = &x[i * k..(i + 1) * k];
+            let mut q = vec![0i32; k];
+            let mut d = vec![0f32; k / QK_K];
+            for (sb, xs) in xr.chunks_exact(QK_K).enumerate() {
+                let (mut max, mut amax) = (0f32, 0f32);
+                for &v in xs {
+                    if amax < v.abs() {
+                        amax = v.abs();
+                        max = v;
+                    }
+                }
+                if amax == 0.0 {
+                    continue;
+                }
+                let iscale = -127f32 / max;
+                for (j, &v) in xs.iter().enumerate() {
+                    q[sb * QK_K + j] = (iscale * v).round().clamp(-128.0, 127.0) as i32;
+                }
+                d[sb] = 1.0 / iscale;
+            }
+            for r in 0..n {
+                let mut acc = 0f32;
+                for b in 0..k / QK {
+                    let blk = &bytes[(r * (k / QK) + b) * BLOCK_BYTES..][..BLOCK_BYTES];
+                    let d_w = f16::from_le_bytes([blk[0], blk[1]]).to_f32();
+                    let isum: i32 = (0..QK)
+                        .map(|l| i32::from(blk[2 + l] as i8) * q[b * QK + l])
+                        .sum();
+                    acc = (isum as f32).mul_add(d_w * d[b * QK / QK_K], acc);
+                }
+                out[i * n + r] = acc;
+            }
+        }
+        out
+    }
+
+    /// k = 1536, n = 64 (the shape class of the model's MLP down projection, k = 1536): the
+    /// activations are quantized per 256 (Q8_K) and the result equals the transcription of
+    /// candle's VNNI kernel bit for bit, on any CPU with AVX2; on a VNNI CPU it also equals
+    /// candle's own `QMatMul` (which runs that kernel there).
     #[test]
-    fn within_activation_rounding_of_candle_and_exact() {
-        const SCALE_ROUNDING: f64 = 0.5 + 127.0 / 2048.0;
+    fn q8k_shapes_equal_candles_vnni_kernel() {
         let (n, k) = (64, 1536);
         let Some(c) = case(3, n, k) else { return };
+        assert_eq!(c.ours.activations, Activations::Q8K);
+        let vnni = candle_repacks(n, k);
         let mut rng = ChaCha8Rng::seed_from_u64(103);
-        for m in [1, 3, 8, 32] {
-            let x = values(&mut rng, m, k);
+        for m in [1, 3, 8, 9, 32] {
+            let mut x = values(&mut rng, m, k);
+            // A zero 256-block (scale 0) and a block whose extreme value is negative.
+            x[256..512].fill(0.0);
+            x[600] = -9.5;
+            let want = candle_vnni_reference(&c, &x, m);
             let (ours, candle) = run_both(&c, &x, m);
-            for i in 0..m {
-                let xr = &x[i * k..(i + 1) * k];
-                let amax = xr.iter().fold(0f32, |a, v| a.max(v.abs()));
-                for r in 0..n {
-                    let wr = &c.w[r * k..(r + 1) * k];
-                    let exact: f64 = wr
-                        .iter()
-                        .zip(xr)
-                        .map(|(&w, &x)| f64::from(w) * f64::from(x))
-                        .sum();
-                    let mag: f64 = wr
-                        .iter()
-                        .zip(xr)
-                        .map(|(&w, &x)| f64::from((w * x).abs()))
-                        .sum();
-                    let own_bound: f64 = wr
-                        .chunks_exact(QK)
-                        .zip(xr.chunks_exact(QK))
-                        .map(|(wb, xb)| {
-                            let d = f64::from(xb.iter().fold(0f32, |a, v| a.max(v.abs()))) / 127.0;
-                            wb.iter().map(|w| f64::from(w.abs())).sum::<f64>() * d * SCALE_ROUNDING
-                        })
-                        .sum();
-                    let wsum: f64 = wr.iter().map(|w| f64::from(w.abs())).sum();
-                    let slack = 1e-5 * mag;
-                    let got = f64::from(ours[i * n + r]);
-                    assert!(
-                        (got - exact).abs() <= own_bound + slack,
-                        "m={m} row {i} col {r}: {got} vs exact {exact} (bound {own_bound})"
-                    );
-                    let theirs = f64::from(candle[i * n + r]);
-                    assert!(
-                        (got - theirs).abs()
-                            <= wsum * f64::from(amax) / 127.0 * (0.5 + SCALE_ROUNDING)
-                                + 2.0 * slack,
-                        "m={m} row {i} col {r}: ours {got} vs candle {theirs}"
-                    );
+            for (i, (a, b)) in ours.iter().zip(&want).enumerate() {
+                assert_eq!(a.to_bits(), b.to_bits(), "m={m} [{}, {}]: {a} vs {b}", i / n, i % n);
+            }
+            if vnni {
+                assert_eq!(ours, candle, "m={m}: against candle's VNNI kernel");
+            }
+        }
+    }
+
+    /// Both quantizations stay within their activation rounding of the exact product of the
+    /// dequantized weights with the f32 activations: `Σ_j |w_j| · d_j / 2`, where `d_j` is the
+    /// scale of the block holding `x_j` (its amax / 127, per 32 values for Q8_0, per 256 for
+    /// Q8_K). Q8_0's scale is then rounded to f16 (relative error ≤ 2⁻¹¹) while the values were
+    /// rounded with the unrounded one, which adds up to `127 · d_j · 2⁻¹¹` per value; Q8_K's is
+    /// kept in f32. Plus f32 rounding, bounded generously by 1e-5 of `Σ |w_j x_j|`.
+    #[test]
+    fn within_activation_rounding_of_the_exact_product() {
+        for (seed, n, k, block, rounding) in [
+            (6, 64, 1536, QK_K, 0.5),
+            (7, 40, 576, QK, 0.5 + 127.0 / 2048.0),
+        ] {
+            let Some(c) = case(seed, n, k) else { return };
+            let mut rng = ChaCha8Rng::seed_from_u64(seed + 100);
+            for m in [1, 8] {
+                let x = values(&mut rng, m, k);
+                let (ours, _) = run_both(&c, &x, m);
+                for i in 0..m {
+                    let xr = &x[i * k..(i + 1) * k];
+                    for r in 0..n {
+                        let wr = &c.w[r * k..(r + 1) * k];
+                        let exact: f64 = wr
+                            .iter()
+                            .zip(xr)
+                            .map(|(&w, &x)| f64::from(w) * f64::from(x))
+                            .sum();
+                        let mag: f64 = wr
+                            .iter()
+                            .zip(xr)
+                            .map(|(&w, &x)| f64::from((w * x).abs()))
+                            .sum();
+                        let bound: f64 = wr
+                            .chunks_exact(block)
+                            .zip(xr.chunks_exact(block))
+                            .map(|(wb, xb)| {
+                                let d = f64::from(xb.iter().fold(0f32, |a, v| a.max(v.abs())))
+                                    / 127.0;
+                                wb.iter().map(|w| f64::from(w.abs())).sum::<f64>() * d * rounding
+                            })
+                            .sum();
+                        let got = f64::from(ours[i * n + r]);
+                        assert!(
+                            (got - exact).abs() <= bound + 1e-5 * mag,
+                            "k={k} m={m} row {i} col {r}: {got} vs exact {exact} (bound {bound})"
+                        );
+                    }
                 }
             }
         }
