@@ -4,7 +4,6 @@
 //! no half-written pages or staging tables are left; a page cache smaller than one value still
 //! reads and writes it.
 
-use std::collections::BTreeSet;
 use std::fs::OpenOptions;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,12 +11,15 @@ use std::sync::Arc;
 
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::testing::log_id;
-use openraft::{Entry, EntryPayload, Membership, RaftSnapshotBuilder};
+use openraft::RaftSnapshotBuilder;
 use redb::backends::FileBackend;
 use redb::StorageBackend;
 use tempfile::TempDir;
 use tokio::io::AsyncWriteExt;
-use vcos_canon_raft::{Op, Request, StateMachineStore, TypeConfig, DB_FILE_NAME, STATE_FILE_NAME};
+use vcos_canon_raft::{Op, StateMachineStore, TypeConfig, DB_FILE_NAME, STATE_FILE_NAME};
+
+mod common;
+use common::{entry, membership};
 
 /// A file that cannot grow past `room` bytes while `room` is set (`u64::MAX`: no limit): a
 /// disk with that much space. Writes inside the file's length still succeed, as on a real disk.
@@ -87,15 +89,6 @@ fn fill_disk(dir: &Path, room: &AtomicU64) {
     room.store(len, Ordering::SeqCst);
 }
 
-fn membership(index: u64) -> Entry<TypeConfig> {
-    let voters = BTreeSet::from([1u64]);
-    Entry { log_id: log_id(1, 1, index), payload: EntryPayload::Membership(Membership::new(vec![voters], None)) }
-}
-
-fn entry(index: u64, client_id: u64, op: Op) -> Entry<TypeConfig> {
-    Entry { log_id: log_id(1, 1, index), payload: EntryPayload::Normal(Request { client_id, seq: index, op }) }
-}
-
 /// `keys` keys of 1 KiB from log index 2 on; returns the last index.
 async fn fill(sm: &mut StateMachineStore, keys: u64) -> u64 {
     let mut entries = vec![membership(1)];
@@ -112,14 +105,6 @@ async fn fill(sm: &mut StateMachineStore, keys: u64) -> u64 {
 
 async fn build(sm: &mut StateMachineStore) -> Result<Snapshot<TypeConfig>, openraft::StorageError<u64>> {
     sm.get_snapshot_builder().await.build_snapshot().await
-}
-
-/// The tables of the state's file.
-fn tables(dir: &Path) -> Vec<String> {
-    use redb::{ReadableDatabase, TableHandle};
-    let db = redb::Database::open(dir.join(STATE_FILE_NAME)).expect("db opens");
-    let txn = db.begin_read().expect("read");
-    txn.list_tables().expect("tables").map(|t| t.name().to_owned()).collect()
 }
 
 fn reopen(dir: &Path) -> StateMachineStore {
@@ -171,9 +156,7 @@ async fn a_disk_that_fills_while_a_snapshot_is_built_fails_the_build_and_loses_n
     let rebuilt = build(&mut sm).await.expect("with room, the build succeeds");
     assert_eq!(rebuilt.meta.last_log_id, applied);
     drop((rebuilt, sm));
-    let names = tables(dir.path());
-    assert_eq!(names.iter().filter(|n| n.starts_with("sm_snapshot_pages.")).count(), 1, "{names:?}");
-    assert!(names.iter().all(|n| !n.ends_with(".staging")), "{names:?}");
+    common::assert_no_leftovers(dir.path());
 }
 
 #[tokio::test]
@@ -212,9 +195,7 @@ async fn a_disk_that_fills_while_a_snapshot_is_installed_refuses_it_and_keeps_th
     let (applied, _) = target.applied_state().await.expect("applied");
     assert_eq!(applied, Some(log_id(1, 1, 2)));
     drop(target);
-    let names = tables(dir.path());
-    assert_eq!(names.iter().filter(|n| n.starts_with("sm_snapshot_pages.")).count(), 1, "{names:?}");
-    assert!(names.iter().all(|n| !n.ends_with(".staging")), "{names:?}");
+    common::assert_no_leftovers(dir.path());
 }
 
 #[tokio::test]

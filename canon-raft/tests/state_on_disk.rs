@@ -13,17 +13,11 @@ use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 use vcos_canon_raft::snapshot::SnapshotStream;
 use vcos_canon_raft::{KvState, LeaseInfo, Op, Request, Response, StateMachineStore, TypeConfig};
 
+mod common;
+use common::{entry, membership, tables_of};
+
 fn open(dir: &TempDir) -> StateMachineStore {
     vcos_canon_raft::open(dir.path()).expect("the store opens").1
-}
-
-fn membership(index: u64) -> Entry<TypeConfig> {
-    let voters = BTreeSet::from([1u64]);
-    Entry { log_id: log_id(1, 1, index), payload: EntryPayload::Membership(Membership::new(vec![voters], None)) }
-}
-
-fn entry(index: u64, client_id: u64, op: Op) -> Entry<TypeConfig> {
-    Entry { log_id: log_id(1, 1, index), payload: EntryPayload::Normal(Request { client_id, seq: index, op }) }
 }
 
 /// A state of a few megabytes: keys with 1 KiB values, appends, a lease, many clients.
@@ -66,17 +60,9 @@ async fn build(sm: &mut StateMachineStore) -> Snapshot<TypeConfig> {
     sm.get_snapshot_builder().await.build_snapshot().await.expect("snapshot built")
 }
 
-/// The tables of one of the group's files.
-fn tables_of(dir: &TempDir, file: &str) -> Vec<String> {
-    use redb::{ReadableDatabase, TableHandle};
-    let db = redb::Database::open(dir.path().join(file)).expect("db opens");
-    let txn = db.begin_read().expect("read");
-    txn.list_tables().expect("tables").map(|t| t.name().to_owned()).collect()
-}
-
 /// The tables of the state's file.
 fn tables(dir: &TempDir) -> Vec<String> {
-    tables_of(dir, vcos_canon_raft::STATE_FILE_NAME)
+    tables_of(dir.path(), vcos_canon_raft::STATE_FILE_NAME)
 }
 
 #[tokio::test]
@@ -117,9 +103,7 @@ async fn a_snapshot_of_many_pages_streams_and_installs_identically() {
     assert_eq!(current.meta, snapshot.meta);
     assert_eq!(current.snapshot.to_vec().expect("reads back"), bytes);
     drop((current, target));
-    let names = tables(&target_dir);
-    assert!(names.iter().all(|n| !n.ends_with(".staging")), "{names:?}");
-    assert_eq!(names.iter().filter(|n| n.starts_with("sm_snapshot_pages.")).count(), 1, "{names:?}");
+    common::assert_no_leftovers(target_dir.path());
 }
 
 #[tokio::test]
@@ -201,5 +185,5 @@ async fn a_format_1_store_is_migrated_to_the_tables() {
     assert_eq!(sm.reader().lease("none").expect("read"), None::<LeaseInfo>);
     drop(sm);
     // The old snapshot, kept in the log's file, is gone.
-    assert!(!tables_of(&dir, vcos_canon_raft::DB_FILE_NAME).contains(&"sm_snapshot".to_owned()));
+    assert!(!tables_of(dir.path(), vcos_canon_raft::DB_FILE_NAME).contains(&"sm_snapshot".to_owned()));
 }
