@@ -485,7 +485,9 @@ impl Tile<'_> {
         let Self { row, i0, act, .. } = self;
         let m = act.m;
         let ones = simd.avx._mm256_set1_epi16(1);
-        let mut acc = [0f32; C];
+        // One f32 per activation row, lane j for row i0 + j (lanes past C stay 0).
+        let mut acc = simd.avx._mm256_setzero_ps();
+        let mut acc1 = 0f32;
         for (b, block) in row.iter().enumerate() {
             let d_w = f16_to_f32(u16::from_le_bytes([block[0], block[1]]));
             let mut q = [0u8; QK];
@@ -499,22 +501,52 @@ impl Tile<'_> {
             ) else {
                 unreachable!("a range of C blocks converts to [_; C]");
             };
-            for j in 0..C {
+            // 8 partial i32 sums per activation row (pairs ≤ 2 · 128 · 127: no saturation).
+            let partial = |j: usize| {
                 let s = simd.avx2._mm256_sign_epi8(cast(a_qs[j]), wq);
-                let p = simd.avx2._mm256_maddubs_epi16(w_abs, s);
-                let sum = hsum_i32(cast(simd.avx2._mm256_madd_epi16(ones, p)));
+                simd.avx2
+                    ._mm256_madd_epi16(ones, simd.avx2._mm256_maddubs_epi16(w_abs, s))
+            };
+            if C == 1 {
+                let sum: i32 = cast::<_, [i32; 8]>(partial(0)).iter().sum();
                 // |sum| ≤ 32 · 128 · 127 < 2²⁴: exact in f32, as candle's `isum - 128 · bsum`.
-                acc[j] = (sum as f32).mul_add(d_w * a_d[j], acc[j]);
+                acc1 = (sum as f32).mul_add(d_w * a_d[0], acc1);
+                continue;
             }
+            let zero = simd.avx._mm256_setzero_si256();
+            let v: [__m256i; 8] = std::array::from_fn(|j| if j < C { partial(j) } else { zero });
+            let sums = transpose_sum(simd, v);
+            let mut d = [0f32; 8];
+            d[..C].copy_from_slice(a_d);
+            // Lane by lane the same f32 product and fused multiply-add as candle's.
+            let d = simd.avx._mm256_mul_ps(simd.avx._mm256_set1_ps(d_w), cast(d));
+            acc = simd
+                .fma
+                ._mm256_fmadd_ps(simd.avx._mm256_cvtepi32_ps(sums), d, acc);
         }
-        out.copy_from_slice(&acc);
+        if C == 1 {
+            out[0] = acc1;
+        } else {
+            out.copy_from_slice(&cast::<_, [f32; 8]>(acc)[..C]);
+        }
     }
 }
 
-/// The 8 lanes' exact sum (order does not matter in integers).
+/// Lane `j` of the result is the sum of the 8 lanes of `v[j]`, exactly (integers): pairs
+/// summed by three rounds of `hadd` within each 128-bit half, then the halves added.
 #[inline(always)]
-fn hsum_i32(v: [i32; 8]) -> i32 {
-    v.iter().sum()
+fn transpose_sum(simd: V3, v: [__m256i; 8]) -> __m256i {
+    let a = &simd.avx2;
+    let h01 = a._mm256_hadd_epi32(v[0], v[1]);
+    let h23 = a._mm256_hadd_epi32(v[2], v[3]);
+    let h45 = a._mm256_hadd_epi32(v[4], v[5]);
+    let h67 = a._mm256_hadd_epi32(v[6], v[7]);
+    // Per half: rows 0..4 of g0 (and 4..8 of g1) in lane order.
+    let g0 = a._mm256_hadd_epi32(h01, h23);
+    let g1 = a._mm256_hadd_epi32(h45, h67);
+    let lows = a._mm256_permute2x128_si256::<0x20>(g0, g1);
+    let highs = a._mm256_permute2x128_si256::<0x31>(g0, g1);
+    a._mm256_add_epi32(lows, highs)
 }
 
 /// An f16 (bits) as f32, exactly (what `half` gives), inline and without calls (a call in the
