@@ -37,7 +37,7 @@ use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
@@ -516,20 +516,40 @@ async fn spawn_many(runtime: &Runtime, tenant: &TenantId, caller: &Caller, n: u6
         let share = n / workers + u64::from(w < n % workers);
         tasks.spawn(async move {
             let mut mine = Vec::new();
+            let mut retried = 0u64;
             for i in 0..share {
-                let key = runtime.create_imvu(&tenant, BenchEcho::KIND, &caller).await?.key;
+                let key = loop {
+                    // `unavailable` (a bucket lease lapsed while the canon was saturated) says
+                    // retry, as any client would; nothing was written. Counted and reported.
+                    match runtime.create_imvu(&tenant, BenchEcho::KIND, &caller).await {
+                        Err(ActorError::Unavailable(_)) if retried < CREATE_RETRIES_MAX => {
+                            retried += 1;
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                        other => break other?.key,
+                    }
+                };
                 if i % keep_every == 0 {
                     mine.push(key);
                 }
             }
-            Ok::<_, ActorError>(mine)
+            Ok::<_, ActorError>((mine, retried))
         });
     }
+    let mut retried = 0;
     while let Some(done) = tasks.join_next().await {
-        kept.extend(done??);
+        let (mine, r) = done??;
+        kept.extend(mine);
+        retried += r;
+    }
+    if retried > 0 {
+        eprintln!("note: {retried} of {n} creations answered `unavailable` (a bucket lease lapsed under load) and were retried");
     }
     Ok(kept)
 }
+
+/// Retries of `unavailable` per creator before the run fails.
+const CREATE_RETRIES_MAX: u64 = 10_000;
 
 // ---------------------------------------------------------------------------------------------
 // Memory
