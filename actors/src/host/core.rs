@@ -383,7 +383,11 @@ impl<I: Imvu> ShardCore<I> {
         match &result {
             Ok(_) => self.env.node.store_healthy.store(true, Ordering::Relaxed),
             Err(StoreError::Overloaded | StoreError::Conflict { .. }) => {}
-            Err(_) => self.env.node.store_healthy.store(false, Ordering::Relaxed),
+            Err(error) => {
+                if self.env.node.store_healthy.swap(false, Ordering::Relaxed) {
+                    tracing::warn!(%error, "canon commit failed: creations and activations are refused until a commit succeeds");
+                }
+            }
         }
         match pending {
             Pending::Done => debug_assert!(false, "commit {token} completed twice"),
