@@ -4,7 +4,7 @@
 //! found: a message to another tenant's IMVU id refused naming that IMVU's kind.
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -179,17 +179,25 @@ fn writes_snapshot(writes: &[CanonWrite]) -> bool {
     writes.iter().any(|w| matches!(w, CanonWrite::Put { key, .. } if key.ends_with("/snap")))
 }
 
-/// A store that fails the snapshot-writing commits whose number (from 1) is in `fail`.
+/// A store that fails the snapshot-writing commits whose number (from 1) is in `fail`, and
+/// every commit while `down` is set (an outage that ends).
 struct FlakyStore {
     inner: MemoryStore,
     commits: AtomicUsize,
     fail: Mutex<BTreeSet<usize>>,
+    down: AtomicBool,
+}
+
+impl FlakyStore {
+    fn new() -> Self {
+        Self { inner: MemoryStore::new(), commits: AtomicUsize::new(0), fail: Mutex::default(), down: AtomicBool::new(false) }
+    }
 }
 
 impl CanonStore for FlakyStore {
     fn commit(&self, writes: Vec<CanonWrite>, done: Completion) {
         let n = if writes_snapshot(&writes) { self.commits.fetch_add(1, Ordering::SeqCst) + 1 } else { 0 };
-        if self.fail.lock().expect("lock").remove(&n) {
+        if self.fail.lock().expect("lock").remove(&n) || self.down.load(Ordering::SeqCst) {
             done(Err(StoreError::Io("injected failure".into())));
         } else {
             self.inner.commit(writes, done);
@@ -209,7 +217,7 @@ impl CanonStore for FlakyStore {
 /// fails both. A message after them runs on canon's state, reloaded.)
 #[tokio::test(flavor = "current_thread")]
 async fn a_failed_commit_is_not_made_durable_by_the_next_message() {
-    let store = Arc::new(FlakyStore { inner: MemoryStore::new(), commits: AtomicUsize::new(0), fail: Mutex::default() });
+    let store = Arc::new(FlakyStore::new());
     let rt = start(store.clone(), Arc::new(ManualClock::new(0)), 1).await;
     let t = TenantId::default_tenant();
     let key = rt.create_imvu(&t, "counter", &caller()).await.expect("create").key;
@@ -289,4 +297,36 @@ async fn a_message_to_another_tenants_imvu_id_is_not_found_whatever_it_says() {
     }
     let own = rt.ask_json(&info.key, json!({"op": "no_such_op"})).await;
     assert!(matches!(own, Err(ActorError::BadRequest { .. })), "its own tenant is told what is wrong: {own:?}");
+}
+
+/// A node whose canon commits failed refuses creations, naming why; once the store is back
+/// it admits them again even when creations are all it is asked for: each refusal is recorded
+/// by a commit of its own, and the first of those that succeeds reopens the node.
+#[tokio::test(flavor = "current_thread")]
+async fn creations_resume_when_the_store_recovers() {
+    let store = Arc::new(FlakyStore::new());
+    let rt = start(store.clone(), Arc::new(ManualClock::new(0)), 1).await;
+    let t = TenantId::default_tenant();
+    rt.create_imvu(&t, "counter", &caller()).await.expect("create before the outage");
+
+    store.down.store(true, Ordering::SeqCst);
+    let failed = rt.create_imvu(&t, "counter", &caller()).await;
+    assert!(failed.is_err(), "a creation whose commit fails fails: {failed:?}");
+    let refused = rt.create_imvu(&t, "counter", &caller()).await.expect_err("refused while the store fails");
+    assert!(refused.to_string().contains("canon store is failing writes"), "{refused}");
+
+    store.down.store(false, Ordering::SeqCst);
+    let mut tries = 0u64;
+    loop {
+        tries += 1;
+        match rt.create_imvu(&t, "counter", &caller()).await {
+            Ok(_) => break,
+            Err(e) => assert!(e.to_string().contains("canon store is failing writes"), "{e}"),
+        }
+        assert!(tries <= 2, "no creation went through after {tries} tries");
+    }
+    for _ in 0..10 {
+        rt.create_imvu(&t, "counter", &caller()).await.expect("creations go on");
+    }
+    rt.shutdown().await;
 }

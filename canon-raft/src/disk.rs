@@ -213,6 +213,12 @@ impl<'t> DiskTables<'t> {
         })
     }
 
+    /// How many records the tables hold (keys, leases, clients), as a snapshot would carry
+    /// them. Cheap: redb keeps each table's length in its header.
+    pub(crate) fn records(&self) -> Result<u64, Error> {
+        Ok(self.kv.len()? + self.leases.len()? + self.clients.len()?)
+    }
+
     /// Inserts a record as a snapshot carries it (no old value returned).
     pub(crate) fn put_kv(&mut self, key: &[u8], value: &[u8]) -> Result<(), Error> {
         self.kv.insert(key, value)?;

@@ -41,6 +41,7 @@ pub mod runtime;
 mod server;
 pub mod network;
 pub mod snapshot;
+pub mod snapshot_schedule;
 pub mod state;
 pub mod state_machine;
 pub mod transport;
@@ -61,6 +62,7 @@ pub use transport::{TcpTransport, Transport};
 pub use log_store::LogStore;
 pub use network::{CanonNetwork, PeerSet, UnreachableNetwork};
 pub use state::KvState;
+pub use snapshot_schedule::SnapshotEvery;
 pub use state_machine::{StateMachineStore, StateReader};
 pub use types::{LeaseInfo, NodeInfo, Op, Request, Response};
 

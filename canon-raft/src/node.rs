@@ -32,9 +32,11 @@ use std::time::Duration;
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{ServerState, SnapshotPolicy};
 use tokio::time::Instant;
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::constants::{CANON_REQUEST_DEADLINE_MS, CANON_SHUTDOWN_MAX_MS};
 use crate::network::{CanonNetwork, PeerSet};
+use crate::snapshot_schedule::SnapshotEvery;
 use crate::transport::{CallError, Transport};
 use crate::types::{NodeInfo, Op, Request, Response};
 use crate::wire::{Refusal, Reply, Rpc};
@@ -132,8 +134,12 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     /// The page cache of each group's file (see [`crate::open_with`]).
     pub cache_bytes: usize,
-    /// openraft's settings (timeouts, snapshot policy).
+    /// openraft's settings (timeouts, log kept behind a snapshot). Its snapshot policy is
+    /// replaced by `snapshot_every` when that is set.
     pub raft: openraft::Config,
+    /// How far apart snapshots are built (see [`crate::snapshot_schedule`]); `None` leaves
+    /// openraft's `raft.snapshot_policy` in charge.
+    pub snapshot_every: Option<SnapshotEvery>,
     /// Opens a region's database instead of a file under `data_dir` (the simulator).
     pub storage: Option<DbOpener>,
     /// This start's number instead of the count kept in `data_dir` (the simulator).
@@ -156,6 +162,7 @@ impl std::fmt::Debug for NodeConfig {
             .field("cache_bytes", &self.cache_bytes)
             .field("custom_storage", &self.storage.is_some())
             .field("request_deadline", &self.request_deadline)
+            .field("snapshot_every", &self.snapshot_every)
             .finish_non_exhaustive()
     }
 }
@@ -171,9 +178,10 @@ impl NodeConfig {
             heartbeat_interval: 100,
             election_timeout_min: 400,
             election_timeout_max: 800,
-            // Snapshots are built in the background every 20 k entries; 5 k entries stay
-            // behind them so that a follower a little behind catches up from the log.
-            snapshot_policy: SnapshotPolicy::LogsSinceLast(20_000),
+            // Snapshots are built when `snapshot_every` says (in proportion to the state);
+            // 5 k entries stay behind them so that a follower a little behind catches up
+            // from the log.
+            snapshot_policy: SnapshotPolicy::Never,
             max_in_snapshot_log_to_keep: 5_000,
             max_payload_entries: 512,
             ..Default::default()
@@ -185,6 +193,7 @@ impl NodeConfig {
             data_dir: data_dir.to_owned(),
             cache_bytes: crate::constants::CACHE_BYTES_DEFAULT,
             raft,
+            snapshot_every: Some(SnapshotEvery::default()),
             storage: None,
             incarnation: None,
             request_deadline: Duration::from_millis(CANON_REQUEST_DEADLINE_MS),
@@ -206,6 +215,8 @@ pub struct Group {
     raft: CanonRaft,
     reader: StateReader,
     contact: Mutex<Contact>,
+    /// The task that starts the builds `snapshot_every` asks for; it ends with the group.
+    _snapshots: Option<AbortOnDropHandle<()>>,
 }
 
 impl std::fmt::Debug for Group {
@@ -304,6 +315,7 @@ pub(crate) struct Inner {
     cache_bytes: usize,
     storage: Option<DbOpener>,
     raft_config: Arc<openraft::Config>,
+    snapshot_every: Option<SnapshotEvery>,
     pub(crate) peers: Arc<PeerSet>,
     groups: RwLock<BTreeMap<String, Arc<Group>>>,
     /// Serialises the creation of groups (two frames of a new region arrive together).
@@ -370,7 +382,11 @@ impl CanonNode {
         if config.node_id == 0 || config.node_id > NODE_ID_MASK {
             return Err(CanonError::Failed(format!("node id {} is out of range 1..={NODE_ID_MASK}", config.node_id)));
         }
-        let raft_config = Arc::new(config.raft.clone().validate().map_err(|e| CanonError::Failed(format!("raft config: {e}")))?);
+        let mut raft = config.raft.clone();
+        if config.snapshot_every.is_some() {
+            raft.snapshot_policy = SnapshotPolicy::Never;
+        }
+        let raft_config = Arc::new(raft.validate().map_err(|e| CanonError::Failed(format!("raft config: {e}")))?);
         let incarnation = match config.incarnation {
             Some(incarnation) => incarnation,
             None => next_incarnation(&config.data_dir)
@@ -394,6 +410,7 @@ impl CanonNode {
             cache_bytes: config.cache_bytes,
             storage: config.storage.clone(),
             raft_config,
+            snapshot_every: config.snapshot_every,
             peers: Arc::new(PeerSet::new(cluster, transport)),
             groups: RwLock::default(),
             creating: tokio::sync::Mutex::new(()),
@@ -493,11 +510,19 @@ impl CanonNode {
             }
         };
         let reader = sm.reader();
+        let schedule = sm.schedule();
+        if let Some(every) = self.inner.snapshot_every {
+            sm.set_snapshot_every(every);
+        }
         let network = CanonNetwork::new(Arc::clone(&self.inner.peers), region.to_owned(), self.inner.id);
         let raft = CanonRaft::new(self.inner.id, Arc::clone(&self.inner.raft_config), network, log, sm)
             .await
             .map_err(|e| CanonError::Failed(format!("start raft for {region}: {e}")))?;
-        let group = Arc::new(Group { region: region.to_owned(), raft, reader, contact: Mutex::default() });
+        let snapshots = self
+            .inner
+            .snapshot_every
+            .map(|_| AbortOnDropHandle::new(tokio::spawn(crate::snapshot_schedule::run(schedule, raft.clone()))));
+        let group = Arc::new(Group { region: region.to_owned(), raft, reader, contact: Mutex::default(), _snapshots: snapshots });
         lock_write(&self.inner.groups).insert(region.to_owned(), Arc::clone(&group));
         tracing::info!(node = self.inner.id, region, "canon group opened");
         Ok(group)

@@ -41,6 +41,7 @@ use serde::{Deserialize, Serialize};
 use crate::disk::{self, AppliedMeta, DiskTables, Names, SnapshotRef};
 use crate::error::Error;
 use crate::snapshot::{self, SnapshotStream, PAGES_PREFIX};
+use crate::snapshot_schedule::{Schedule, SnapshotEvery};
 use crate::state::KvState;
 use crate::types::{LeaseInfo, NodeInfo, Response};
 use crate::TypeConfig;
@@ -75,6 +76,8 @@ pub struct StateMachineStore {
     own_file: bool,
     /// Applies committed without fsync since the last fsynced one.
     unsynced: Arc<AtomicU64>,
+    /// When the next snapshot is due (see [`crate::snapshot_schedule`]).
+    schedule: Arc<Schedule>,
 }
 
 /// With the state in a file of its own, every this many applies one is committed with fsync
@@ -190,6 +193,7 @@ impl StateMachineStore {
         };
         let mut txn = db.begin_write()?;
         txn.set_durability(Durability::Immediate)?;
+        let snapshot_index;
         let (meta, current_pages) = {
             let live = Names::live();
             let mut meta_table = txn.open_table(disk::META)?;
@@ -219,7 +223,9 @@ impl StateMachineStore {
             }
             // The live tables exist from here on (readers open them without writing).
             drop(DiskTables::open(&txn, &live, 0)?);
-            (disk::read_meta(&meta_table)?, disk::read_snapshot_ref(&meta_table)?.map(|r| r.table))
+            let current = disk::read_snapshot_ref(&meta_table)?;
+            snapshot_index = current.as_ref().and_then(|r| r.meta.last_log_id).map_or(0, |id| id.index);
+            (disk::read_meta(&meta_table)?, current.map(|r| r.table))
         };
         txn.delete_table(V1_SNAPSHOT)?;
         // Page tables of snapshots that never became current, and staging tables of an
@@ -255,7 +261,18 @@ impl StateMachineStore {
             next_pages: Arc::new(AtomicU64::new(highest + 1)),
             own_file: log_db.is_some(),
             unsynced: Arc::default(),
+            schedule: Arc::new(Schedule::new(snapshot_index)),
         })
+    }
+
+    /// Sets how far apart this store's snapshots are built (see [`crate::snapshot_schedule`];
+    /// it takes effect where openraft's own policy is `Never`, as [`crate::CanonNode`] sets it).
+    pub fn set_snapshot_every(&self, every: SnapshotEvery) {
+        self.schedule.set_every(every);
+    }
+
+    pub(crate) fn schedule(&self) -> Arc<Schedule> {
+        Arc::clone(&self.schedule)
     }
 
     /// A read handle on the applied state.
@@ -291,6 +308,10 @@ impl StateMachineStore {
                 responses.push(response);
             }
             meta.canon_index = crate::state::Tables::canon_index(&tables);
+            let applied = meta.last_applied.map_or(0, |id| id.index);
+            if self.schedule.wants_check(applied) {
+                self.schedule.check(applied, tables.records()?);
+            }
             drop(tables);
             disk::write_meta(&mut txn.open_table(disk::META)?, &meta)?;
         }
@@ -341,6 +362,12 @@ impl StateMachineStore {
     }
 
     fn build(&self) -> Result<Snapshot<TypeConfig>, Error> {
+        let built = self.build_current();
+        self.schedule.built(built.as_ref().ok().and_then(|s| s.meta.last_log_id).map(|id| id.index));
+        built
+    }
+
+    fn build_current(&self) -> Result<Snapshot<TypeConfig>, Error> {
         let read = self.db.begin_read()?;
         let table = format!("{PAGES_PREFIX}{}", self.next_pages.fetch_add(1, Ordering::Relaxed));
         let (len, state) = snapshot::build(&self.db, &read, &table)?;
@@ -408,6 +435,7 @@ impl StateMachineStore {
         }
         txn.commit()?;
         *write_lock(&self.applied) = installed;
+        self.schedule.built(meta.last_log_id.map(|id| id.index));
         Ok(())
     }
 

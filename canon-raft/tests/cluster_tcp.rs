@@ -76,7 +76,13 @@ async fn a_region_forms_by_join_survives_its_leader_and_feeds_a_replica_region()
     // A replica region: node 4 of "us" reads "eu" as a learner.
     let n4 = start(4, "us", &dir).await;
     n4.node.join(&n1.node.views()).await.expect("replica joins");
-    let eu_on_4 = n4.node.group("eu").expect("n4 hosts eu");
+    // The leader adds the learner without waiting for it: n4 hosts "eu" once its first frames
+    // arrive.
+    let eu_on_4 = {
+        let node = n4.node.clone();
+        wait_for("n4 hosts eu", || node.group("eu").is_ok()).await;
+        node.group("eu").expect("eu")
+    };
     wait_for("eu replicated to us", || eu_on_4.reader().get(b"k/1").expect("a read of the canon").is_some()).await;
     assert_eq!(n4.node.lag("eu").expect("lag").role, "learner");
     // ... and "eu" nodes read "us" as learners.

@@ -381,10 +381,15 @@ impl<I: Imvu> ShardCore<I> {
             self.first_token += 1;
         }
         match &result {
-            Ok(_) => self.env.node.store_healthy.store(true, Ordering::Relaxed),
+            Ok(_) => {
+                if !self.env.node.store_healthy.swap(true, Ordering::Relaxed) {
+                    tracing::info!("canon commits succeed again: creations and activations are admitted");
+                }
+            }
             Err(StoreError::Overloaded | StoreError::Conflict { .. }) => {}
             Err(error) => {
                 if self.env.node.store_healthy.swap(false, Ordering::Relaxed) {
+                    // A refusal's own record is a commit: the first one that succeeds reopens.
                     tracing::warn!(%error, "canon commit failed: creations and activations are refused until a commit succeeds");
                 }
             }

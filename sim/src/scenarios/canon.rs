@@ -319,7 +319,8 @@ async fn node_main(i: u8, incarnation: u64, disk: Arc<SimDb>, shared: Arc<Shared
     config.raft.heartbeat_interval = 50;
     config.raft.election_timeout_min = 300;
     config.raft.election_timeout_max = 600;
-    config.raft.snapshot_policy = openraft::SnapshotPolicy::LogsSinceLast(300);
+    // The schedule `vcos up` runs, at a small scale: builds and installs happen often.
+    config.snapshot_every = Some(vcos_canon_raft::SnapshotEvery { min_entries: 300, state_fraction: 2 });
     config.raft.max_in_snapshot_log_to_keep = 50;
     let disk_for_open = disk.clone();
     config.storage = Some(Arc::new(move |_region: &str| {
