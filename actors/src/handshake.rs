@@ -64,6 +64,11 @@ pub enum HandshakeOutcome {
         stage: Stage,
         /// Why.
         reason: String,
+        /// The refusal is about the node's condition right now (shutting down, canon store
+        /// failing, resident limit), not about the request: the same request may succeed later
+        /// or on another node, so callers get a retryable error (HTTP 503), not a refusal.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        transient: bool,
     },
 }
 
@@ -114,6 +119,11 @@ pub trait AdmissionStage: Send + Sync + 'static {
     fn stage(&self) -> Stage;
     /// `Err(reason)` refuses the transition.
     fn check(&self, request: &AdmissionRequest<'_>) -> Result<(), String>;
+    /// Whether this check's refusals are about the node's condition right now, so that a retry
+    /// may succeed (see [`HandshakeOutcome::Refused::transient`]).
+    fn transient(&self) -> bool {
+        false
+    }
 }
 
 /// The ordered set of checks.
@@ -128,6 +138,7 @@ impl Handshake {
         Self {
             checks: vec![
                 Arc::new(SystemIntegrityCheck),
+                Arc::new(NodeHealthCheck),
                 Arc::new(ComplianceCheck),
                 Arc::new(GovernanceCheck),
             ],
@@ -152,6 +163,7 @@ impl Handshake {
                 return HandshakeOutcome::Refused {
                     stage: check.stage(),
                     reason,
+                    transient: check.transient(),
                 };
             }
         }
@@ -173,6 +185,23 @@ impl AdmissionStage for SystemIntegrityCheck {
                 r.entity_tenant, r.tenant.id
             ));
         }
+        Ok(())
+    }
+}
+
+/// Stage 55's checks of the node's condition: refusals that a retry may not meet.
+struct NodeHealthCheck;
+
+impl AdmissionStage for NodeHealthCheck {
+    fn stage(&self) -> Stage {
+        Stage::SystemIntegrity
+    }
+
+    fn transient(&self) -> bool {
+        true
+    }
+
+    fn check(&self, r: &AdmissionRequest<'_>) -> Result<(), String> {
         let brings_to_life = matches!(
             r.transition,
             Transition::Create | Transition::Activate | Transition::Resume

@@ -313,7 +313,9 @@ async fn creations_resume_when_the_store_recovers() {
     let failed = rt.create_imvu(&t, "counter", &caller()).await;
     assert!(failed.is_err(), "a creation whose commit fails fails: {failed:?}");
     let refused = rt.create_imvu(&t, "counter", &caller()).await.expect_err("refused while the store fails");
-    assert!(refused.to_string().contains("canon store is failing writes"), "{refused}");
+    // Retryable (HTTP 503), naming the stage and why: the same request succeeds later.
+    assert!(matches!(refused, ActorError::Unavailable(_)), "{refused:?}");
+    assert!(refused.to_string().contains("stage 55 (system integrity) refused `create`: canon store is failing writes"), "{refused}");
 
     store.down.store(false, Ordering::SeqCst);
     let mut tries = 0u64;

@@ -633,7 +633,7 @@ impl From<HandshakeOutcome> for HandshakeVerdict {
     fn from(o: HandshakeOutcome) -> Self {
         match o {
             HandshakeOutcome::Admitted => Self::Admitted,
-            HandshakeOutcome::Refused { stage, reason } => Self::Refused { stage: stage.into(), reason },
+            HandshakeOutcome::Refused { stage, reason, .. } => Self::Refused { stage: stage.into(), reason },
         }
     }
 }
@@ -1098,7 +1098,7 @@ mod tests {
                 transition: Transition::Terminate,
                 from: Some(LifecycleState::Active),
                 to: Some(LifecycleState::Active),
-                handshake: HandshakeOutcome::Refused { stage: Stage::TenantGovernance, reason: "no".into() },
+                handshake: HandshakeOutcome::Refused { stage: Stage::TenantGovernance, reason: "no".into(), transient: false },
                 caller: "http".into(),
                 unix_ms: 2,
                 final_state: Some(serde_json::json!({"a": 1})),

@@ -199,6 +199,9 @@ pub(crate) struct DiskTables<'t> {
     clients: Table<'t, u64, &'static [u8]>,
     age: Table<'t, (u64, u64), ()>,
     canon_index: u64,
+    /// Records written or removed through [`Tables`] (what applying did; see
+    /// [`DiskTables::writes`]).
+    writes: u64,
 }
 
 impl<'t> DiskTables<'t> {
@@ -210,6 +213,7 @@ impl<'t> DiskTables<'t> {
             clients: txn.open_table(names.clients())?,
             age: txn.open_table(names.age())?,
             canon_index,
+            writes: 0,
         })
     }
 
@@ -217,6 +221,13 @@ impl<'t> DiskTables<'t> {
     /// them. Cheap: redb keeps each table's length in its header.
     pub(crate) fn records(&self) -> Result<u64, Error> {
         Ok(self.kv.len()? + self.leases.len()? + self.clients.len()?)
+    }
+
+    /// How many records applying has written or removed through these tables (the measure of
+    /// the snapshot schedule: a snapshot is due when the writes since the last one are a
+    /// fraction of [`DiskTables::records`]).
+    pub(crate) fn writes(&self) -> u64 {
+        self.writes
     }
 
     /// Inserts a record as a snapshot carries it (no old value returned).
@@ -247,15 +258,18 @@ impl Tables for DiskTables<'_> {
     }
 
     fn kv_put(&mut self, key: &[u8], value: &[u8]) -> Result<(), Error> {
+        self.writes += 1;
         self.kv.insert(key, value)?;
         Ok(())
     }
 
     fn kv_insert(&mut self, key: &[u8], value: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+        self.writes += 1;
         Ok(self.kv.insert(key, value)?.map(|old| old.value().to_vec()))
     }
 
     fn kv_remove(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+        self.writes += 1;
         Ok(self.kv.remove(key)?.map(|old| old.value().to_vec()))
     }
 
@@ -264,6 +278,7 @@ impl Tables for DiskTables<'_> {
     }
 
     fn lease_set(&mut self, name: &str, lease: Option<&LeaseInfo>) -> Result<(), Error> {
+        self.writes += 1;
         match lease {
             Some(lease) => {
                 self.leases.insert(name, encode_lease(lease).as_slice())?;
@@ -284,12 +299,14 @@ impl Tables for DiskTables<'_> {
     }
 
     fn client_put(&mut self, id: u64, seq: u64, applied_index: u64, response: &Response) -> Result<Option<u64>, Error> {
+        self.writes += 1;
         let record = encode_client(seq, applied_index, response);
         let old = self.clients.insert(id, record.as_slice())?;
         old.map(|old| client_header(old.value()).map(|(_, applied)| applied)).transpose()
     }
 
     fn client_remove(&mut self, id: u64) -> Result<(), Error> {
+        self.writes += 1;
         self.clients.remove(id)?;
         Ok(())
     }

@@ -193,7 +193,6 @@ impl StateMachineStore {
         };
         let mut txn = db.begin_write()?;
         txn.set_durability(Durability::Immediate)?;
-        let snapshot_index;
         let (meta, current_pages) = {
             let live = Names::live();
             let mut meta_table = txn.open_table(disk::META)?;
@@ -223,9 +222,7 @@ impl StateMachineStore {
             }
             // The live tables exist from here on (readers open them without writing).
             drop(DiskTables::open(&txn, &live, 0)?);
-            let current = disk::read_snapshot_ref(&meta_table)?;
-            snapshot_index = current.as_ref().and_then(|r| r.meta.last_log_id).map_or(0, |id| id.index);
-            (disk::read_meta(&meta_table)?, current.map(|r| r.table))
+            (disk::read_meta(&meta_table)?, disk::read_snapshot_ref(&meta_table)?.map(|r| r.table))
         };
         txn.delete_table(V1_SNAPSHOT)?;
         // Page tables of snapshots that never became current, and staging tables of an
@@ -261,7 +258,7 @@ impl StateMachineStore {
             next_pages: Arc::new(AtomicU64::new(highest + 1)),
             own_file: log_db.is_some(),
             unsynced: Arc::default(),
-            schedule: Arc::new(Schedule::new(snapshot_index)),
+            schedule: Arc::default(),
         })
     }
 
@@ -308,9 +305,8 @@ impl StateMachineStore {
                 responses.push(response);
             }
             meta.canon_index = crate::state::Tables::canon_index(&tables);
-            let applied = meta.last_applied.map_or(0, |id| id.index);
-            if self.schedule.wants_check(applied) {
-                self.schedule.check(applied, tables.records()?);
+            if self.schedule.note(tables.writes()) {
+                self.schedule.check(tables.records()?);
             }
             drop(tables);
             disk::write_meta(&mut txn.open_table(disk::META)?, &meta)?;
@@ -363,7 +359,7 @@ impl StateMachineStore {
 
     fn build(&self) -> Result<Snapshot<TypeConfig>, Error> {
         let built = self.build_current();
-        self.schedule.built(built.as_ref().ok().and_then(|s| s.meta.last_log_id).map(|id| id.index));
+        self.schedule.built(built.is_ok());
         built
     }
 
@@ -435,7 +431,7 @@ impl StateMachineStore {
         }
         txn.commit()?;
         *write_lock(&self.applied) = installed;
-        self.schedule.built(meta.last_log_id.map(|id| id.index));
+        self.schedule.built(true);
         Ok(())
     }
 

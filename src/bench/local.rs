@@ -268,6 +268,10 @@ pub(crate) fn run(mut args: LocalArgs) -> anyhow::Result<()> {
 // One setup, one run (the child process)
 
 fn run_child(args: &LocalArgs, setup: Setup) -> anyhow::Result<()> {
+    // Quiet unless asked: `RUST_LOG=warn vcos bench local …` shows what the node logs.
+    if std::env::var_os("RUST_LOG").is_some() {
+        crate::up::init_tracing();
+    }
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Some(workers) = args.workers {
         builder.worker_threads(workers.max(1));
@@ -285,12 +289,13 @@ fn run_child(args: &LocalArgs, setup: Setup) -> anyhow::Result<()> {
 }
 
 /// The bench's tenant: restarts far above the default intensity (the bench crashes on purpose),
-/// and no daily message or storage quota (a run sends millions of messages: a quota would stop
-/// it, not measure it).
+/// and no daily message, storage or IMVU-count quota (a run sends millions of messages and
+/// creates up to tens of millions of IMVUs: a quota would stop it, not measure it).
 async fn bench_tenant(runtime: &Runtime) -> anyhow::Result<(TenantId, Caller, KindRef<BenchEcho>)> {
     let tenant = TenantId::new("bench")?;
     let limits = LimitOverrides { messages_per_day: Some(u64::MAX), canon_bytes_stored: Some(u64::MAX), ..LimitOverrides::default() };
-    let policy = TenantPolicy { max_restarts: 65_536, restart_period_ms: 100, limits, ..TenantPolicy::default() };
+    let policy =
+        TenantPolicy { max_imvus: u64::MAX, max_restarts: 65_536, restart_period_ms: 100, limits, ..TenantPolicy::default() };
     runtime.put_tenant(tenant, policy).await?;
     let echo = runtime.kind_ref::<BenchEcho>().context("bench-echo kind registered")?;
     Ok((tenant, Caller::internal(&tenant, "bench"), echo))

@@ -794,12 +794,12 @@ impl<I: Imvu> ShardCore<I> {
                 unix_ms,
                 final_state: None,
             };
-            if let HandshakeOutcome::Refused { stage, reason } = outcome {
+            if let HandshakeOutcome::Refused { stage, reason, transient } = outcome {
                 // Refusals are recorded durably; nothing else of the creation is written.
                 let prefix = if transition == Transition::Create { records::refused_prefix(&key.tenant) } else { records::history_prefix(&key) };
                 let writes = vec![CanonWrite::Append { prefix, value: records::encode(&HistoryEvent::Transition(record)) }];
                 self.commit(&key, writes, Then::Nothing);
-                self.effects.push(Effect::ReplyInfo(reply, Err(ActorError::HandshakeRefused { stage, transition, reason })));
+                self.effects.push(Effect::ReplyInfo(reply, Err(refusal_error(stage, transition, reason, transient))));
                 return;
             }
             writes.push(CanonWrite::Append {
@@ -1132,10 +1132,10 @@ impl<I: Imvu> ShardCore<I> {
             unix_ms: self.unix_ms,
             final_state: None,
         };
-        if let HandshakeOutcome::Refused { stage, reason } = outcome {
+        if let HandshakeOutcome::Refused { stage, reason, transient } = outcome {
             record.to = Some(from);
             self.record(&key, HistoryEvent::Transition(record));
-            self.effects.push(Effect::ReplyInfo(reply, Err(ActorError::HandshakeRefused { stage, transition, reason })));
+            self.effects.push(Effect::ReplyInfo(reply, Err(refusal_error(stage, transition, reason, transient))));
             return;
         }
         let meta = ImvuMeta { kind: I::KIND.to_owned(), lifecycle: to, created_unix_ms };
@@ -1248,3 +1248,14 @@ impl<I: Imvu> ShardCore<I> {
 
 #[cfg(test)]
 mod tests;
+
+/// What a caller of a refused transition gets: the refusal, or, when it was about the node's
+/// condition right now, the same words as a retryable `Unavailable` (HTTP 503, not 403).
+fn refusal_error(stage: crate::handshake::Stage, transition: Transition, reason: String, transient: bool) -> ActorError {
+    let refused = ActorError::HandshakeRefused { stage, transition, reason };
+    if transient {
+        ActorError::Unavailable(refused.to_string())
+    } else {
+        refused
+    }
+}

@@ -320,7 +320,7 @@ async fn node_main(i: u8, incarnation: u64, disk: Arc<SimDb>, shared: Arc<Shared
     config.raft.election_timeout_min = 300;
     config.raft.election_timeout_max = 600;
     // The schedule `vcos up` runs, at a small scale: builds and installs happen often.
-    config.snapshot_every = Some(vcos_canon_raft::SnapshotEvery { min_entries: 300, state_fraction: 2 });
+    config.snapshot_every = Some(vcos_canon_raft::SnapshotEvery { min_writes: 300, state_fraction: 2 });
     config.raft.max_in_snapshot_log_to_keep = 50;
     let disk_for_open = disk.clone();
     config.storage = Some(Arc::new(move |_region: &str| {
