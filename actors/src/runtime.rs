@@ -408,6 +408,23 @@ fn spawn_storage_meter(inner: std::sync::Weak<Inner>) {
 
 const DIRECTORY_SHARDS: usize = 16;
 
+/// The most ids one shard of the directory caches. The directory is a cache of the meta
+/// records: without a bound it held an entry for every IMVU this process ever created or
+/// routed, passivated ones included (about 28 bytes each with hashbrown's spare capacity: over
+/// half of the 48 bytes per passivated IMVU measured at 10 M). A shard that is full is emptied (cheaper than tracking recency on
+/// every message; a miss costs one read of the meta record from the local canon replica), so
+/// the directory stays under 16 × 65,536 entries, about 30 MB, whatever the number of IMVUs.
+const DIRECTORY_SHARD_ENTRIES_MAX: usize = 65_536;
+
+/// Caches `id → index` in a directory shard holding at most `max` entries.
+fn insert_bounded(shard: &mut HashMap<u64, u16, ahash::RandomState>, id: u64, index: u16, max: usize) {
+    if shard.len() >= max && !shard.contains_key(&id) {
+        // Dropped whole, its memory with it: a cleared map would keep its capacity.
+        *shard = HashMap::default();
+    }
+    shard.insert(id, index);
+}
+
 /// Credit records read per page by [`Runtime::swarm_credits`].
 pub(crate) const CREDITS_PAGE_LEN: usize = 1_024;
 
@@ -880,10 +897,8 @@ impl Runtime {
             .iter()
             .position(|k| Arc::ptr_eq(k, kind));
         if let Some(index) = index.and_then(|i| u16::try_from(i).ok()) {
-            self.directory_shard(id)
-                .write()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(id, index);
+            let mut shard = self.directory_shard(id).write().unwrap_or_else(|p| p.into_inner());
+            insert_bounded(&mut shard, id, index, DIRECTORY_SHARD_ENTRIES_MAX);
         }
     }
 
@@ -1230,5 +1245,28 @@ impl Runtime {
         tracing::info!(passivated = written, "IMVUs passivated; stopping shards");
         let _ = ractor::call!(self.inner.root, SupervisorMsg::Shutdown);
         self.inner.root.stop(Some("shutdown".into()));
+    }
+}
+
+#[cfg(test)]
+mod directory_tests {
+    use super::*;
+
+    #[test]
+    fn a_directory_shard_never_holds_more_than_its_bound() {
+        let mut shard: HashMap<u64, u16, ahash::RandomState> = HashMap::default();
+        for id in 0..1_000u64 {
+            insert_bounded(&mut shard, id, 1, 100);
+            assert!(shard.len() <= 100, "{} entries after id {id}", shard.len());
+            assert_eq!(shard.get(&id), Some(&1), "the id just inserted is cached");
+        }
+        // Memory goes with the entries: the shard was replaced, not cleared.
+        assert!(shard.capacity() < 1_000, "capacity {}", shard.capacity());
+        // An id already cached is updated in place, without emptying a full shard.
+        let full = shard.len();
+        let cached = *shard.keys().next().expect("an entry");
+        insert_bounded(&mut shard, cached, 2, full);
+        assert_eq!(shard.len(), full);
+        assert_eq!(shard.get(&cached), Some(&2));
     }
 }
