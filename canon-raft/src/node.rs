@@ -30,6 +30,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use openraft::error::{ClientWriteError, RaftError};
+use openraft::storage::RaftLogStorage as _;
 use openraft::{ServerState, SnapshotPolicy};
 use tokio::time::Instant;
 use tokio_util::task::AbortOnDropHandle;
@@ -215,8 +216,40 @@ pub struct Group {
     raft: CanonRaft,
     reader: StateReader,
     contact: Mutex<Contact>,
+    /// Set when this node reopened the group as the leader it was before it stopped: see
+    /// [`LeaderRestartFloor`].
+    restart_floor: Option<LeaderRestartFloor>,
     /// The task that starts the builds `snapshot_every` asks for; it ends with the group.
     _snapshots: Option<AbortOnDropHandle<()>>,
+}
+
+/// The last log index a restarted leader held when it reopened its group, and the term it
+/// leads.
+///
+/// openraft 0.9 restarts a node whose stored vote is its own committed vote as the leader of
+/// that same term, without proposing a blank entry. Its read index is then the larger of its
+/// stored commit index and the first entry of its term. The stored commit index is written
+/// without an fsync (openraft re-derives it from a quorum) and the first entry of the term was
+/// committed long ago, so both can sit below entries the leader committed, and acknowledged,
+/// before it stopped: a read at that index misses acknowledged writes (found by the canon
+/// scenario, seed 1693). Raft's rule is that a leader knows what is committed only once an
+/// entry it proposed in its term is committed; for a restarted leader, every entry in its log
+/// when it reopened may be committed. So while it still leads that term, its read index is
+/// at least its last log index at reopening. (It never truncates its own log in that term,
+/// so those entries commit as soon as a quorum answers.)
+#[derive(Debug, Clone, Copy)]
+struct LeaderRestartFloor {
+    leader: openraft::LeaderId<u64>,
+    last_log_index: u64,
+}
+
+impl LeaderRestartFloor {
+    /// The floor for node `id` given its stored vote and last log index, if it reopens as a
+    /// leader.
+    fn of(id: u64, vote: Option<&openraft::Vote<u64>>, last_log_index: Option<u64>) -> Option<Self> {
+        let vote = vote.filter(|v| v.is_committed() && v.leader_id().voted_for() == Some(id))?;
+        Some(Self { leader: *vote.leader_id(), last_log_index: last_log_index? })
+    }
 }
 
 impl std::fmt::Debug for Group {
@@ -269,7 +302,12 @@ impl Group {
     /// `ensure_linearizable` wait (see [`StateReader::wait_applied`] for why).
     pub(crate) async fn leader_read_index(&self) -> Result<u64, RaftError<u64, openraft::error::CheckIsLeaderError<u64, NodeInfo>>> {
         let (read_log_id, _) = self.raft.get_read_log_id().await?;
-        Ok(read_log_id.map_or(0, |id| id.index))
+        let index = read_log_id.map_or(0, |id| id.index);
+        let leading = *self.raft.metrics().borrow().vote.leader_id();
+        Ok(match self.restart_floor {
+            Some(floor) if floor.leader == leading => index.max(floor.last_log_index),
+            _ => index,
+        })
     }
 
     /// Waits until this node applied `index`, at most `timeout`.
@@ -509,6 +547,10 @@ impl CanonNode {
                 crate::open_with(&dir, self.inner.cache_bytes).map_err(|e| CanonError::Failed(format!("open canon group {region} in {}: {e}", dir.display())))?
             }
         };
+        let (mut log, sm) = (log, sm);
+        let vote = log.read_vote().await.map_err(|e| CanonError::Failed(format!("open canon group {region}: {e}")))?;
+        let log_state = log.get_log_state().await.map_err(|e| CanonError::Failed(format!("open canon group {region}: {e}")))?;
+        let restart_floor = LeaderRestartFloor::of(self.inner.id, vote.as_ref(), log_state.last_log_id.map(|id| id.index));
         let reader = sm.reader();
         let schedule = sm.schedule();
         if let Some(every) = self.inner.snapshot_every {
@@ -522,7 +564,7 @@ impl CanonNode {
             .inner
             .snapshot_every
             .map(|_| AbortOnDropHandle::new(tokio::spawn(crate::snapshot_schedule::run(schedule, raft.clone()))));
-        let group = Arc::new(Group { region: region.to_owned(), raft, reader, contact: Mutex::default(), _snapshots: snapshots });
+        let group = Arc::new(Group { region: region.to_owned(), raft, reader, contact: Mutex::default(), restart_floor, _snapshots: snapshots });
         lock_write(&self.inner.groups).insert(region.to_owned(), Arc::clone(&group));
         tracing::info!(node = self.inner.id, region, "canon group opened");
         Ok(group)

@@ -101,6 +101,18 @@ fn canon_seeds_pass_and_replay() {
     sweep(scenarios::by_name("canon").expect("scenario"), CANON_SEEDS);
 }
 
+/// A leader that restarts still holding its own committed vote leads the same term again
+/// (openraft 0.9) and must not serve reads below entries it committed before it stopped: here
+/// n0 acknowledged a put, lost its disk and restarted, and its first read returned the value
+/// before that put (seed 1693 of the sweep, shrunk).
+#[test]
+fn a_restarted_leader_reads_its_own_acknowledged_writes() {
+    let plan = "732:partition(n1,2458);1682:crash(n1,2725);1884:disk_fail(n0,2046);2325:crash(n0,2840)".parse().expect("plan");
+    let options = RunOptions { plan: Some(plan), ..RunOptions::default() };
+    let report = run(scenarios::by_name("canon").expect("scenario"), 1693, &options);
+    assert!(report.passed(), "{:?}", report.violations);
+}
+
 /// Seeds of the canon scenario in the default suite (each runs three Raft nodes); one in
 /// `REPLAY_EVERY` is run twice.
 const CANON_SEEDS: u64 = 36;
