@@ -65,6 +65,26 @@ async fn reopen_recovers_log_state_vote_and_committed() {
     assert_eq!(entries[0], request(5));
 }
 
+/// The committed hint rides in the store's next transaction (an append, as a rule): the newest
+/// one saved before it is what a reopen reads.
+#[tokio::test]
+async fn the_committed_hint_is_written_by_the_next_append() {
+    let dir = TempDir::new().expect("temp dir");
+    {
+        let (mut log, _sm) = open(&dir);
+        append(&mut log, vec![membership(1)]).await;
+        append(&mut log, (2..=5).map(request).collect()).await;
+        log.save_committed(Some(log_id(1, 1, 3))).await.expect("committed saved");
+        log.save_committed(Some(log_id(1, 1, 4))).await.expect("committed saved");
+        assert_eq!(log.read_committed().await.expect("committed"), Some(log_id(1, 1, 4)), "read back before any transaction");
+        append(&mut log, vec![request(6)]).await;
+        log.save_committed(Some(log_id(1, 1, 6))).await.expect("committed saved");
+        // No transaction after this one: a lower hint survives, never a higher one.
+    }
+    let (mut log, _sm) = open(&dir);
+    assert_eq!(log.read_committed().await.expect("committed"), Some(log_id(1, 1, 4)));
+}
+
 #[tokio::test]
 async fn purging_everything_keeps_the_last_log_id() {
     let dir = TempDir::new().expect("temp dir");
