@@ -183,8 +183,13 @@ pub(crate) fn run(args: UpArgs) -> anyhow::Result<()> {
 }
 
 pub(crate) fn init_tracing() {
+    init_tracing_or("info");
+}
+
+/// The subscriber `vcos up` installs, with `default` as the filter when `RUST_LOG` is unset.
+pub(crate) fn init_tracing_or(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     // Colours only on a terminal, and never with NO_COLOR set: logs sent to a file or a pipe
     // carry no escape codes.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());

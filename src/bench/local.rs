@@ -268,10 +268,13 @@ pub(crate) fn run(mut args: LocalArgs) -> anyhow::Result<()> {
 // One setup, one run (the child process)
 
 fn run_child(args: &LocalArgs, setup: Setup) -> anyhow::Result<()> {
-    // Quiet unless asked: `RUST_LOG=warn vcos bench local …` shows what the node logs.
-    if std::env::var_os("RUST_LOG").is_some() {
-        crate::up::init_tracing();
-    }
+    // The subscriber `vcos up` runs, quiet unless asked (`RUST_LOG=warn vcos bench local …`
+    // shows what the node logs). Without any subscriber the runtime would run slower than it
+    // ships: tokio, built with `tokio_unstable` (for the simulator) and its `tracing` feature
+    // (ractor turns it on), opens a trace span per channel and task; with no subscriber set,
+    // tracing's `log` fallback builds and logs each of them, about a fifth of an ask's CPU
+    // (perf, 2026-11-30); a subscriber's level filter drops them at the callsite.
+    crate::up::init_tracing_or("error");
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Some(workers) = args.workers {
         builder.worker_threads(workers.max(1));
