@@ -106,6 +106,8 @@ const WARMUP_CONCURRENCY: usize = 4;
 const TARGET_VS_TEMPORAL: f64 = 10.0;
 /// Throughput target against Restate (ours / theirs, at least).
 const TARGET_VS_RESTATE: f64 = 2.0;
+/// Workflows per cell below which a p99 is just the slowest one (the report says so).
+const P99_SAMPLES_MIN: usize = 100;
 
 /// Options of `vcos bench workflows`.
 #[derive(Args, Debug)]
@@ -1081,6 +1083,19 @@ fn print_report(args: &WorkflowsArgs, sides: &[Side], plan: &[Planned], results:
             let _ = write!(line, " {} |", if verdicts.is_empty() { "-".to_owned() } else { verdicts.join("; ") });
             println!("{line}");
         }
+    }
+    // A p99 over fewer than 100 workflows is the slowest of them: one outlier sets it.
+    let few: Vec<String> = plan
+        .iter()
+        .filter(|p| p.count < P99_SAMPLES_MIN)
+        .map(|p| format!("{} c={} (x{})", p.shape.label(), p.concurrency, p.count))
+        .collect();
+    if !few.is_empty() {
+        println!();
+        println!(
+            "note: p99 of a cell with fewer than {P99_SAMPLES_MIN} workflows per run is its slowest workflow: {} (raise the count: --workflows-serial, --workflows, --fanout-workflows-serial, --fanout-workflows)",
+            few.join(", ")
+        );
     }
     if sides.contains(&Side::Vcos) {
         let mut parts = Vec::new();
