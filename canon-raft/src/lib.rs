@@ -14,7 +14,8 @@
 //!   redb's page cache, whatever the canon's size.
 //! - [`snapshot`]: snapshots built from a read transaction, stored as pages, streamed and
 //!   installed chunk by chunk.
-//! - [`log_store`]: [`LogStore`], openraft's `RaftLogStorage` on redb, fsynced appends.
+//! - [`wal`], [`log_store`]: [`LogStore`], openraft's `RaftLogStorage` on a write-ahead log
+//!   of segment files, one write and one fsync per append.
 //! - [`state_machine`]: [`StateMachineStore`], openraft's `RaftStateMachine` over the tables,
 //!   with snapshots stored in the same redb file.
 //! - [`network`]: [`UnreachableNetwork`], the network of a single voter, which never sends.
@@ -45,6 +46,8 @@ pub mod snapshot_schedule;
 pub mod state;
 pub mod state_machine;
 pub mod transport;
+pub mod wal;
+pub mod wal_files;
 // rkyv's derive generates resolver types whose enum fields carry no docs; every type written
 // here is documented.
 #[allow(missing_docs)]
@@ -82,15 +85,22 @@ openraft::declare_raft_types!(
 pub type CanonRaft = openraft::Raft<TypeConfig>;
 
 /// The name of the redb file of the state (keys, leases, dedup table, snapshots) that [`open`]
-/// creates beside the log's. A file of its own, so that the log's fsyncs (one per append) do
-/// not also write the state's pages: the state is fsynced every
-/// [`state_machine::STATE_SYNC_EVERY`] applies and at snapshots, and after a crash openraft
-/// replays the log from where the state file stands (never before the last snapshot, the
-/// furthest the log is purged to).
+/// creates beside the log. The state is fsynced every [`state_machine::STATE_SYNC_EVERY`]
+/// applies and at snapshots, and after a crash openraft replays the log from where the state
+/// file stands (never before the last snapshot, the furthest the log is purged to).
 pub const STATE_FILE_NAME: &str = "canon-state.redb";
 
-/// The name of the redb file of the log (and vote) that [`open`] creates under its directory.
+/// The directory of the Raft log (and vote) that [`open`] creates: the write-ahead log of
+/// [`wal`].
+pub const LOG_DIR_NAME: &str = "raft-log";
+
+/// The redb file where older stores kept the log (and, in format 1, the state's snapshot):
+/// migrated into [`LOG_DIR_NAME`] on open, then renamed with [`MIGRATED_SUFFIX`].
 pub const DB_FILE_NAME: &str = "canon-raft.redb";
+
+/// What the redb log file is renamed with once migrated (kept, not deleted: an operator may
+/// go back to the older build with it until they remove it).
+pub const MIGRATED_SUFFIX: &str = ".migrated";
 
 /// Opens (or creates) the canon database under `dir` and returns its log store and state
 /// machine. The state machine is restored from the last stored snapshot; openraft replays the
@@ -99,31 +109,43 @@ pub fn open(dir: &Path) -> Result<(LogStore, StateMachineStore), Error> {
     open_with(dir, constants::CACHE_BYTES_DEFAULT)
 }
 
-/// Like [`open`], with a page cache of `cache_bytes`: with the log's recent entries, it is
-/// what the group's file keeps in memory, however large the canon grows.
+/// Like [`open`], with a page cache of `cache_bytes` for the state's file: with the index of
+/// the log's entries since the last snapshot, it is what a group keeps in memory, however large
+/// the canon grows.
 pub fn open_with(dir: &Path, cache_bytes: usize) -> Result<(LogStore, StateMachineStore), Error> {
     std::fs::create_dir_all(dir).map_err(Error::Io)?;
-    // A quarter for the log (its recent entries, read when followers catch up), the rest for
-    // the state.
-    let log_db = redb::Database::builder()
-        .set_cache_size(cache_bytes / 4)
-        .create(dir.join(DB_FILE_NAME))
-        .map_err(redb::Error::from)?;
-    let state_db = redb::Database::builder()
-        .set_cache_size(cache_bytes - cache_bytes / 4)
-        .create(dir.join(STATE_FILE_NAME))
-        .map_err(redb::Error::from)?;
-    let log_db = Arc::new(log_db);
-    let log = LogStore::new(Arc::clone(&log_db))?;
-    let sm = StateMachineStore::with_own_file(Arc::new(state_db), &log_db)?;
+    let state_db = redb::Database::builder().set_cache_size(cache_bytes).create(dir.join(STATE_FILE_NAME)).map_err(redb::Error::from)?;
+    let legacy_path = dir.join(DB_FILE_NAME);
+    let log_dir = dir.join(LOG_DIR_NAME);
+    let legacy = if legacy_path.exists() { Some(redb::Database::open(&legacy_path).map_err(redb::Error::from)?) } else { None };
+    if let Some(legacy) = &legacy {
+        if !log_dir.exists() {
+            // Into a directory of its own first: the log goes live whole, with its rename.
+            let staging = dir.join(format!("{LOG_DIR_NAME}.migrating"));
+            if staging.exists() {
+                std::fs::remove_dir_all(&staging).map_err(Error::Io)?;
+            }
+            log_store::migrate_redb_log(legacy, Arc::new(wal_files::DirFiles::open(&staging).map_err(Error::Io)?))?;
+            std::fs::rename(&staging, &log_dir).map_err(Error::Io)?;
+            std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(Error::Io)?;
+            tracing::info!(dir = %dir.display(), "canon: the Raft log moved from {DB_FILE_NAME} to {LOG_DIR_NAME}/");
+        }
+    }
+    let log = LogStore::open(Arc::new(wal_files::DirFiles::open(&log_dir).map_err(Error::Io)?))?;
+    let sm = StateMachineStore::open(Arc::new(state_db), legacy.as_ref())?;
+    if let Some(legacy) = legacy {
+        drop(legacy);
+        let mut migrated = legacy_path.clone().into_os_string();
+        migrated.push(MIGRATED_SUFFIX);
+        std::fs::rename(&legacy_path, migrated).map_err(Error::Io)?;
+    }
     Ok((log, sm))
 }
 
-/// Like [`open`], on one database the caller opened for both the log and the state (the
-/// simulator's in-memory backend): the log's fsyncs then make each apply durable too.
-pub fn open_db(db: redb::Database) -> Result<(LogStore, StateMachineStore), Error> {
-    let db = Arc::new(db);
-    let log = LogStore::new(Arc::clone(&db))?;
-    let sm = StateMachineStore::new(db)?;
+/// Like [`open`], on files the caller provides (the simulator's disks): the state's redb
+/// database and the log's files.
+pub fn open_on(state_db: redb::Database, log_files: Arc<dyn wal_files::WalFiles>) -> Result<(LogStore, StateMachineStore), Error> {
+    let log = LogStore::open(log_files)?;
+    let sm = StateMachineStore::new(Arc::new(state_db))?;
     Ok((log, sm))
 }

@@ -168,8 +168,8 @@ impl std::fmt::Debug for NodeConfig {
     }
 }
 
-/// Opens the database of a region's group.
-pub type DbOpener = Arc<dyn Fn(&str) -> Result<redb::Database, String> + Send + Sync>;
+/// Opens the files of a region's group: the state's redb database and the log's files.
+pub type DbOpener = Arc<dyn Fn(&str) -> Result<(redb::Database, Arc<dyn crate::wal_files::WalFiles>), String> + Send + Sync>;
 
 impl NodeConfig {
     /// Defaults for node `node_id` of `region`, stored under `data_dir`.
@@ -537,17 +537,16 @@ impl CanonNode {
         if let Some(group) = lock_read(&self.inner.groups).get(region) {
             return Ok(Arc::clone(group));
         }
-        let (log, sm) = match &self.inner.storage {
+        let (mut log, sm) = match &self.inner.storage {
             Some(open) => {
-                let db = open(region).map_err(|e| CanonError::Failed(format!("open canon group {region}: {e}")))?;
-                crate::open_db(db).map_err(|e| CanonError::Failed(format!("open canon group {region}: {e}")))?
+                let (db, log_files) = open(region).map_err(|e| CanonError::Failed(format!("open canon group {region}: {e}")))?;
+                crate::open_on(db, log_files).map_err(|e| CanonError::Failed(format!("open canon group {region}: {e}")))?
             }
             None => {
                 let dir = self.inner.data_dir.join("groups").join(region);
                 crate::open_with(&dir, self.inner.cache_bytes).map_err(|e| CanonError::Failed(format!("open canon group {region} in {}: {e}", dir.display())))?
             }
         };
-        let (mut log, sm) = (log, sm);
         let vote = log.read_vote().await.map_err(|e| CanonError::Failed(format!("open canon group {region}: {e}")))?;
         let log_state = log.get_log_state().await.map_err(|e| CanonError::Failed(format!("open canon group {region}: {e}")))?;
         let restart_floor = LeaderRestartFloor::of(self.inner.id, vote.as_ref(), log_state.last_log_id.map(|id| id.index));

@@ -1,17 +1,15 @@
 //! [`StateMachineStore`]: openraft's `RaftStateMachine` over the state's tables on disk.
 //!
 //! Persistence: every call to `apply` writes its entries' effects and the new last applied log
-//! id in one redb transaction, committed without fsync (`Durability::None`). `vcos up` keeps
-//! the state in a file of its own ([`crate::STATE_FILE_NAME`]) and fsyncs every
-//! [`STATE_SYNC_EVERY`]th apply, every snapshot and every install; a crash loses at most the
-//! applies since, whose entries the log still holds, and openraft applies them again after the
-//! restart from the last applied log id it reads here. Fsyncing the state on each apply, or
-//! keeping it in the log's file (whose fsync per append would then write the state's pages
-//! too: a third of the canon's throughput, measured), would cost I/O for nothing the log does
-//! not already guarantee. The log is purged only up to a snapshot, and a snapshot's pointer is
-//! committed with fsync after its build: the state on disk is always at or past the purged
-//! log. The simulator keeps log and state in one file ([`crate::open_db`]), where each append's
-//! fsync makes the applies before it durable.
+//! id in one redb transaction, committed without fsync (`Durability::None`). The state has a
+//! file of its own ([`crate::STATE_FILE_NAME`]; the log is the write-ahead log of
+//! [`crate::wal`]), fsynced every [`STATE_SYNC_EVERY`]th apply, every snapshot and every
+//! install; a crash loses at most the applies since, whose entries the log still holds, and
+//! openraft applies them again after the restart from the last applied log id it reads here.
+//! Fsyncing the state on each apply would cost I/O for nothing the log does not already
+//! guarantee. The log is purged only up to a snapshot, and a snapshot's pointer is committed
+//! with fsync after its build: the state on disk is always at or past the purged log. The
+//! simulator runs the same code on in-memory files.
 //!
 //! Memory: the state lives in the tables (see [`crate::disk`]); what a node keeps in memory
 //! is redb's page cache, whose size is set when the file is opened ([`crate::open_with`]).
@@ -71,9 +69,6 @@ pub struct StateMachineStore {
     applied_changed: Arc<tokio::sync::Notify>,
     /// The number of the next snapshot page table.
     next_pages: Arc<AtomicU64>,
-    /// Whether the state has a file of its own (`vcos up`), which the log's fsyncs do not
-    /// cover: every [`STATE_SYNC_EVERY`]th apply is then committed with fsync.
-    own_file: bool,
     /// Applies committed without fsync since the last fsynced one.
     unsynced: Arc<AtomicU64>,
     /// When the next snapshot is due (see [`crate::snapshot_schedule`]).
@@ -180,13 +175,9 @@ impl StateMachineStore {
         Self::open(db, None)
     }
 
-    /// Like [`StateMachineStore::new`], with the state in a file of its own beside the log's
-    /// `log_db` (where a format 1 store kept its snapshot, migrated from there).
-    pub fn with_own_file(db: Arc<Database>, log_db: &Database) -> Result<Self, Error> {
-        Self::open(db, Some(log_db))
-    }
-
-    fn open(db: Arc<Database>, log_db: Option<&Database>) -> Result<Self, Error> {
+    /// Like [`StateMachineStore::new`], migrating a format 1 store whose snapshot sits in the
+    /// older log file `log_db`, when there is one.
+    pub fn open(db: Arc<Database>, log_db: Option<&Database>) -> Result<Self, Error> {
         let mut legacy = match log_db {
             Some(log_db) => read_v1_from(log_db)?,
             None => None,
@@ -256,7 +247,6 @@ impl StateMachineStore {
             applied: Arc::new(RwLock::new(meta)),
             applied_changed: Arc::default(),
             next_pages: Arc::new(AtomicU64::new(highest + 1)),
-            own_file: log_db.is_some(),
             unsynced: Arc::default(),
             schedule: Arc::default(),
         })
@@ -284,7 +274,7 @@ impl StateMachineStore {
     fn apply_entries(&self, entries: Vec<Entry<TypeConfig>>) -> Result<Vec<Response>, Error> {
         let mut meta = read_lock(&self.applied).clone();
         let mut responses = Vec::with_capacity(entries.len());
-        let sync = self.own_file && self.unsynced.fetch_add(1, Ordering::Relaxed) + 1 >= STATE_SYNC_EVERY;
+        let sync = self.unsynced.fetch_add(1, Ordering::Relaxed) + 1 >= STATE_SYNC_EVERY;
         let mut txn = self.db.begin_write()?;
         txn.set_durability(if sync { Durability::Immediate } else { Durability::None })?;
         {

@@ -16,7 +16,7 @@ use redb::backends::FileBackend;
 use redb::StorageBackend;
 use tempfile::TempDir;
 use tokio::io::AsyncWriteExt;
-use vcos_canon_raft::{Op, StateMachineStore, TypeConfig, DB_FILE_NAME, STATE_FILE_NAME};
+use vcos_canon_raft::{Op, StateMachineStore, TypeConfig, STATE_FILE_NAME};
 
 mod common;
 use common::{entry, membership};
@@ -65,10 +65,9 @@ impl StorageBackend for FullableDisk {
     }
 }
 
-/// The group's two files, the state's on a [`FullableDisk`]; returns the store and the knob
+/// The group's state file on a [`FullableDisk`]; returns the store and the knob
 /// that fills the disk.
 fn open_on_fullable_disk(dir: &Path) -> (StateMachineStore, Arc<AtomicU64>) {
-    let log_db = redb::Database::create(dir.join(DB_FILE_NAME)).expect("log file");
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -79,7 +78,7 @@ fn open_on_fullable_disk(dir: &Path) -> (StateMachineStore, Arc<AtomicU64>) {
     let room = Arc::new(AtomicU64::new(u64::MAX));
     let disk = FullableDisk { file: FileBackend::new(file).expect("backend"), room: Arc::clone(&room) };
     let state_db = redb::Database::builder().create_with_backend(disk).expect("state db");
-    let sm = StateMachineStore::with_own_file(Arc::new(state_db), &log_db).expect("store");
+    let sm = StateMachineStore::new(Arc::new(state_db)).expect("store");
     (sm, room)
 }
 

@@ -30,7 +30,7 @@ async fn resident_memory_stays_bounded_while_the_state_grows_far_past_it() {
     let dir = tempfile::TempDir::new().expect("temp dir");
     let (mut log, mut sm) = vcos_canon_raft::open_with(dir.path(), CACHE_BYTES).expect("the store opens");
     let membership = Entry::<TypeConfig> {
-        log_id: log_id(1, 1, 1),
+        log_id: log_id(1, 1, 0),
         payload: EntryPayload::Membership(Membership::new(vec![BTreeSet::from([1u64])], None)),
     };
     log.blocking_append([membership.clone()]).await.expect("appended");
@@ -38,7 +38,7 @@ async fn resident_memory_stays_bounded_while_the_state_grows_far_past_it() {
     let baseline = rss();
     let mut peak_growth = 0isize;
     for n in 0..KEYS / PER_ENTRY {
-        let index = n + 2;
+        let index = n + 1;
         let ops = (0..PER_ENTRY)
             .map(|i| Op::Put { key: format!("imvu/{:08}", n * PER_ENTRY + i).into_bytes(), value: vec![(i % 256) as u8; VALUE_BYTES] })
             .collect();

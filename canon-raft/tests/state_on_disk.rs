@@ -184,6 +184,8 @@ async fn a_format_1_store_is_migrated_to_the_tables() {
     assert_eq!(sm.reader().get(b"x").expect("read"), None);
     assert_eq!(sm.reader().lease("none").expect("read"), None::<LeaseInfo>);
     drop(sm);
-    // The old snapshot, kept in the log's file, is gone.
-    assert!(!tables_of(dir.path(), vcos_canon_raft::DB_FILE_NAME).contains(&"sm_snapshot".to_owned()));
+    // The old snapshot, kept in the log's file, is gone (the file is kept, renamed, once its log
+    // moved to the write-ahead log).
+    let migrated = format!("{}{}", vcos_canon_raft::DB_FILE_NAME, vcos_canon_raft::MIGRATED_SUFFIX);
+    assert!(!tables_of(dir.path(), &migrated).contains(&"sm_snapshot".to_owned()));
 }

@@ -1,4 +1,4 @@
-//! The redb stores on disk: reopening recovers the log state, the vote, the committed hint and
+//! The stores on disk (the log's segments, the state's redb file): reopening recovers the log state, the vote, the committed hint and
 //! the snapshot; a snapshot built on one state machine installs into a fresh one identically.
 
 use std::collections::BTreeSet;
@@ -146,27 +146,88 @@ async fn corrupt_snapshot_is_refused() {
     assert_eq!(source.reader().get(b"k/002").expect("a read of the canon"), Some(2u64.to_be_bytes().to_vec()));
 }
 
+/// The one segment of a small log.
+fn segment(dir: &TempDir) -> std::path::PathBuf {
+    let log_dir = dir.path().join(vcos_canon_raft::LOG_DIR_NAME);
+    let mut segments: Vec<_> = std::fs::read_dir(&log_dir).expect("log dir").map(|e| e.expect("entry").path()).filter(|p| p.extension().is_some_and(|x| x == "wal")).collect();
+    assert_eq!(segments.len(), 1, "{segments:?}");
+    segments.remove(0)
+}
+
 #[tokio::test]
-async fn corrupt_log_entry_on_disk_is_an_error() {
-    const LOG: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("raft_log");
+async fn an_append_cut_by_a_crash_is_dropped_and_the_log_goes_on() {
     let dir = TempDir::new().expect("temp dir");
     {
         let (mut log, _sm) = open(&dir);
         append(&mut log, (1..=3).map(request).collect()).await;
     }
+    // A crash in the middle of the next append: half a record at the end.
+    let path = segment(&dir);
+    let whole = std::fs::read(&path).expect("segment");
+    {
+        let (mut log, _sm) = open(&dir);
+        append(&mut log, vec![request(4)]).await;
+    }
+    let with_four = std::fs::read(&path).expect("segment");
+    std::fs::write(&path, &with_four[..whole.len() + (with_four.len() - whole.len()) / 2]).expect("cut");
+    {
+        let (mut log, _sm) = open(&dir);
+        assert_eq!(log.get_log_state().await.expect("log state").last_log_id, Some(log_id(1, 1, 3)));
+        append(&mut log, vec![request(4), request(5)]).await;
+    }
+    let (mut log, _sm) = open(&dir);
+    let indexes: Vec<u64> = log.try_get_log_entries(0..100).await.expect("entries").iter().map(|e| e.log_id.index).collect();
+    assert_eq!(indexes, vec![1, 2, 3, 4, 5]);
+}
+
+#[tokio::test]
+async fn a_damaged_record_inside_the_log_is_refused_not_skipped() {
+    let dir = TempDir::new().expect("temp dir");
+    {
+        let (mut log, _sm) = open(&dir);
+        append(&mut log, (1..=3).map(request).collect()).await;
+    }
+    let path = segment(&dir);
+    let mut bytes = std::fs::read(&path).expect("segment");
+    // A bit flipped in the first entry's payload: records after it are intact, so this is not
+    // a torn append but damage to acknowledged entries.
+    let at = 8 + 9 + 12;
+    bytes[at] ^= 0x40;
+    std::fs::write(&path, &bytes).expect("write");
+    let Err(error) = vcos_canon_raft::open(dir.path()) else { panic!("a damaged log is refused") };
+    let message = error.to_string();
+    assert!(message.contains("checksum") && message.contains(".wal at 8"), "{message}");
+}
+
+#[tokio::test]
+async fn a_log_kept_in_redb_by_an_older_build_is_migrated() {
+    const LOG: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("raft_log");
+    const META: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("raft_meta");
+    let dir = TempDir::new().expect("temp dir");
     {
         let db = redb::Database::create(dir.path().join(vcos_canon_raft::DB_FILE_NAME)).expect("db opens");
         let txn = db.begin_write().expect("write txn");
         {
-            let mut table = txn.open_table(LOG).expect("log table");
-            table.insert(3u64, &b"{not json"[..]).expect("insert");
-            table.insert(2u64, serde_json::to_vec(&request(7)).expect("encodes").as_slice()).expect("insert");
+            let mut log = txn.open_table(LOG).expect("log table");
+            for index in 5..=9 {
+                log.insert(index, vcos_canon_raft::wire::encode_entry(request(index)).as_slice()).expect("insert");
+            }
+            let mut meta = txn.open_table(META).expect("meta table");
+            meta.insert("vote", serde_json::to_vec(&Vote::new_committed(3, 1)).expect("json").as_slice()).expect("insert");
+            meta.insert("last_purged", serde_json::to_vec(&log_id(1, 1, 4)).expect("json").as_slice()).expect("insert");
+            meta.insert("committed", serde_json::to_vec(&Some(log_id(1, 1, 8))).expect("json").as_slice()).expect("insert");
         }
         txn.commit().expect("commit");
     }
-    let (mut log, _sm) = open(&dir);
-    assert!(log.get_log_state().await.is_err(), "the last entry does not decode");
-    assert!(log.try_get_log_entries(3..4).await.is_err(), "an entry that does not decode");
-    assert!(log.try_get_log_entries(2..3).await.is_err(), "an entry under the wrong index");
-    assert_eq!(log.try_get_log_entries(1..2).await.expect("entry 1 is intact"), vec![request(1)]);
+    for _ in 0..2 {
+        let (mut log, _sm) = open(&dir);
+        let state = log.get_log_state().await.expect("log state");
+        assert_eq!(state.last_purged_log_id, Some(log_id(1, 1, 4)));
+        assert_eq!(state.last_log_id, Some(log_id(1, 1, 9)));
+        assert_eq!(log.read_vote().await.expect("vote"), Some(Vote::new_committed(3, 1)));
+        assert_eq!(log.read_committed().await.expect("committed"), Some(log_id(1, 1, 8)));
+        assert_eq!(log.try_get_log_entries(0..100).await.expect("entries"), (5..=9).map(request).collect::<Vec<_>>());
+    }
+    assert!(!dir.path().join(vcos_canon_raft::DB_FILE_NAME).exists(), "the old file is renamed once migrated");
+    assert!(dir.path().join(format!("{}{}", vcos_canon_raft::DB_FILE_NAME, vcos_canon_raft::MIGRATED_SUFFIX)).exists());
 }

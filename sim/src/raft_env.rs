@@ -1,12 +1,13 @@
 //! The canon's simulated environment, shared by the canon scenario and the actor world on Raft:
-//! turmoil's TCP as the canon's `Transport`, and redb disks that outlive a crash and fail
-//! fsyncs when the plan says so.
+//! turmoil's TCP as the canon's `Transport`, and disks (the state's redb file, the log's
+//! files) that outlive a crash and fail writes and fsyncs when the plan says so.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use redb::StorageBackend;
 use vcos_canon_raft::transport::{BoxStream, ConnectFuture, Transport};
+use vcos_canon_raft::wal_files::{MemFiles, WalFiles};
 
 use crate::sockets::HostSockets;
 
@@ -31,11 +32,12 @@ impl Transport for SimTransport {
 /// misses and evictions as a node whose canon outgrew its cache does.
 pub(crate) const SIM_CACHE_BYTES: usize = 1 << 20;
 
-/// A node's disk: a redb in-memory backend that survives the node's crash, whose fsyncs fail
-/// while the plan says so.
+/// A node's disk: a redb in-memory backend (the state) and in-memory files (the Raft log) that
+/// survive the node's crash, whose writes and fsyncs fail while the plan says so.
 #[derive(Debug, Default)]
 pub(crate) struct SimDb {
     bytes: redb::backends::InMemoryBackend,
+    log: MemFiles,
     pub(crate) fail_fsync_until_ms: AtomicU64,
     /// Whether a database is open on it (a disk is opened by one process at a time).
     open: AtomicBool,
@@ -54,9 +56,74 @@ impl SharedDb {
     }
 }
 
+impl SimDb {
+    fn failing(&self) -> bool {
+        crate::node_env::sim_now_ms() < self.fail_fsync_until_ms.load(Ordering::Relaxed)
+    }
+}
+
 impl SharedDb {
     fn failing(&self) -> bool {
-        crate::node_env::sim_now_ms() < self.0.fail_fsync_until_ms.load(Ordering::Relaxed)
+        self.0.failing()
+    }
+}
+
+/// Opens a node's canon group on its disk: the state's database and the log's files (what
+/// `vcos up` keeps in `canon-state.redb` and `raft-log/`).
+pub(crate) fn open_group_files(disk: &Arc<SimDb>) -> Result<(redb::Database, Arc<dyn WalFiles>), String> {
+    let db = redb::Database::builder().set_cache_size(SIM_CACHE_BYTES).create_with_backend(SharedDb::take(disk)?).map_err(|e| e.to_string())?;
+    Ok((db, Arc::new(SimLogFiles(Arc::clone(disk)))))
+}
+
+/// The log's files on a node's disk.
+#[derive(Debug)]
+struct SimLogFiles(Arc<SimDb>);
+
+impl SimLogFiles {
+    fn fail_if_failing(&self, what: &str) -> std::io::Result<()> {
+        if self.0.failing() {
+            return Err(std::io::Error::other(format!("simulated {what} failure")));
+        }
+        Ok(())
+    }
+}
+
+impl WalFiles for SimLogFiles {
+    fn list(&self) -> std::io::Result<Vec<String>> {
+        self.0.log.list()
+    }
+
+    fn len(&self, name: &str) -> std::io::Result<u64> {
+        self.0.log.len(name)
+    }
+
+    fn read_at(&self, name: &str, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+        self.0.log.read_at(name, offset, out)
+    }
+
+    fn append(&self, name: &str, data: &[u8]) -> std::io::Result<()> {
+        self.fail_if_failing("write")?;
+        self.0.log.append(name, data)
+    }
+
+    fn sync(&self, name: &str) -> std::io::Result<()> {
+        self.fail_if_failing("fsync")?;
+        self.0.log.sync(name)
+    }
+
+    fn truncate(&self, name: &str, len: u64) -> std::io::Result<()> {
+        self.fail_if_failing("truncate")?;
+        self.0.log.truncate(name, len)
+    }
+
+    fn remove(&self, name: &str) -> std::io::Result<()> {
+        self.fail_if_failing("unlink")?;
+        self.0.log.remove(name)
+    }
+
+    fn replace(&self, name: &str, data: &[u8]) -> std::io::Result<()> {
+        self.fail_if_failing("write")?;
+        self.0.log.replace(name, data)
     }
 }
 

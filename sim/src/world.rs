@@ -16,7 +16,7 @@ use vcos_actors::{failpoints, ImvuKey, Runtime, RuntimeConfig, TenantId, TenantP
 use crate::net::{SimListener, HTTP_PORT};
 use crate::node_env::{NodeFaults, SimClock, SimDisk, SimStore};
 use crate::plan::{FaultKind, FaultPlan};
-use crate::raft_env::{SharedDb, SimDb, SimTransport};
+use crate::raft_env::{SimDb, SimTransport};
 use crate::scenarios::{Scenario, WorkloadCtx};
 use crate::sockets::{HostSockets, OrderedListener};
 use crate::trace::{hash_events, Trace};
@@ -608,7 +608,7 @@ async fn run_raft_node(host: &RaftHost, faults: Arc<Mutex<NodeFaults>>, trace: T
     config.raft.election_timeout_max = 600;
     let disk = host.disk.clone();
     config.storage = Some(Arc::new(move |_region: &str| {
-        redb::Database::builder().set_cache_size(crate::raft_env::SIM_CACHE_BYTES).create_with_backend(SharedDb::take(&disk)?).map_err(|e| e.to_string())
+        crate::raft_env::open_group_files(&disk)
     }));
     let node = CanonNode::start(config, Arc::new(SimTransport { sockets: host.sockets.clone() })).await?;
     let raft_listener = turmoil::net::TcpListener::bind(("0.0.0.0", RAFT_PORT)).await?;

@@ -39,7 +39,7 @@ use vcos_canon_raft::{CanonNode, NodeConfig, NodeInfo, Op, Response};
 use super::Scenario;
 use crate::linearizability::{self, KvInput, KvOutput, Operation, Verdict};
 use crate::plan::{FaultKind, FaultMix, FaultPlan};
-use crate::raft_env::{SharedDb, SimDb, SimTransport};
+use crate::raft_env::{SimDb, SimTransport};
 use crate::sockets::HostSockets;
 use crate::trace::{hash_events, Trace};
 use crate::world::{RunOptions, RunReport};
@@ -324,7 +324,7 @@ async fn node_main(i: u8, incarnation: u64, disk: Arc<SimDb>, shared: Arc<Shared
     config.raft.max_in_snapshot_log_to_keep = 50;
     let disk_for_open = disk.clone();
     config.storage = Some(Arc::new(move |_region: &str| {
-        redb::Database::builder().set_cache_size(crate::raft_env::SIM_CACHE_BYTES).create_with_backend(SharedDb::take(&disk_for_open)?).map_err(|e| e.to_string())
+        crate::raft_env::open_group_files(&disk_for_open)
     }));
     let node = CanonNode::start(config, Arc::new(SimTransport { sockets: sockets.clone() })).await.map_err(|e| e.to_string())?;
     node.plant_bug_follower_reads_without_read_index(shared.stale_reads_bug);
