@@ -256,6 +256,11 @@ async fn a_client_that_hangs_up_mid_stream_leaves_the_batch() {
     let first = body.frame().await.expect("a first event").expect("readable");
     assert!(first.data_ref().is_some_and(|d| d.starts_with(b"data: ")));
     let chat = api.inference.chat().expect("served");
+    // The first event (the role) may go out before the sequence joins the running batch.
+    let joined_by = std::time::Instant::now() + Duration::from_secs(10);
+    while chat.pool().running() == 0 && std::time::Instant::now() < joined_by {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert!(chat.pool().running() >= 1, "it is in the batch");
     drop(body);
     // Other tests of this file share the model, with short replies; this one asked for 1,500

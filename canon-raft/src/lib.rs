@@ -142,10 +142,21 @@ pub fn open_with(dir: &Path, cache_bytes: usize) -> Result<(LogStore, StateMachi
     Ok((log, sm))
 }
 
-/// Like [`open`], on files the caller provides (the simulator's disks): the state's redb
+/// A group's files when the caller provides them (the simulator's disks): the state's redb
 /// database and the log's files.
-pub fn open_on(state_db: redb::Database, log_files: Arc<dyn wal_files::WalFiles>) -> Result<(LogStore, StateMachineStore), Error> {
-    let log = LogStore::open(log_files)?;
-    let sm = StateMachineStore::new(Arc::new(state_db))?;
+pub struct GroupFiles {
+    /// The state's database.
+    pub state: redb::Database,
+    /// The log's files.
+    pub log: Arc<dyn wal_files::WalFiles>,
+    /// Where the log starts a new segment ([`wal::SEGMENT_BYTES`] in `vcos up`; the simulator
+    /// scales it down, as it does the page cache, so that its runs roll segments).
+    pub log_segment_bytes: u64,
+}
+
+/// Like [`open`], on files the caller provides.
+pub fn open_on(files: GroupFiles) -> Result<(LogStore, StateMachineStore), Error> {
+    let log = LogStore::open_with_segment_bytes(files.log, files.log_segment_bytes)?;
+    let sm = StateMachineStore::new(Arc::new(files.state))?;
     Ok((log, sm))
 }

@@ -47,7 +47,12 @@ impl Debug for LogStore {
 impl LogStore {
     /// Opens the log kept in `files` (recovering it; see [`crate::wal`]).
     pub fn open(files: Arc<dyn WalFiles>) -> Result<Self, Error> {
-        Ok(Self { wal: Arc::new(Mutex::new(Wal::open(files)?)), writer: Arc::default() })
+        Self::open_with_segment_bytes(files, crate::wal::SEGMENT_BYTES)
+    }
+
+    /// Like [`LogStore::open`], starting a new segment at `segment_bytes`.
+    pub fn open_with_segment_bytes(files: Arc<dyn WalFiles>, segment_bytes: u64) -> Result<Self, Error> {
+        Ok(Self { wal: Arc::new(Mutex::new(Wal::open_with_segment_bytes(files, segment_bytes)?)), writer: Arc::default() })
     }
 
     fn wal(&self) -> MutexGuard<'_, Wal> {

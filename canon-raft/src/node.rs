@@ -169,7 +169,7 @@ impl std::fmt::Debug for NodeConfig {
 }
 
 /// Opens the files of a region's group: the state's redb database and the log's files.
-pub type DbOpener = Arc<dyn Fn(&str) -> Result<(redb::Database, Arc<dyn crate::wal_files::WalFiles>), String> + Send + Sync>;
+pub type DbOpener = Arc<dyn Fn(&str) -> Result<crate::GroupFiles, String> + Send + Sync>;
 
 impl NodeConfig {
     /// Defaults for node `node_id` of `region`, stored under `data_dir`.
@@ -539,8 +539,8 @@ impl CanonNode {
         }
         let (mut log, sm) = match &self.inner.storage {
             Some(open) => {
-                let (db, log_files) = open(region).map_err(|e| CanonError::Failed(format!("open canon group {region}: {e}")))?;
-                crate::open_on(db, log_files).map_err(|e| CanonError::Failed(format!("open canon group {region}: {e}")))?
+                let files = open(region).map_err(|e| CanonError::Failed(format!("open canon group {region}: {e}")))?;
+                crate::open_on(files).map_err(|e| CanonError::Failed(format!("open canon group {region}: {e}")))?
             }
             None => {
                 let dir = self.inner.data_dir.join("groups").join(region);

@@ -108,6 +108,8 @@ pub struct Wal {
     unwritten_committed: bool,
     /// Set when a write failed half-way and could not be undone: nothing more is written.
     broken: Option<String>,
+    /// A segment is closed once it holds this many bytes ([`SEGMENT_BYTES`] but in tests).
+    segment_bytes: u64,
 }
 
 fn segment_name(first: u64) -> String {
@@ -168,6 +170,11 @@ fn parse(bytes: &[u8]) -> Parsed<'_> {
 impl Wal {
     /// Opens the log in `files`, recovering it (see the module's doc).
     pub fn open(files: Arc<dyn WalFiles>) -> Result<Self, Error> {
+        Self::open_with_segment_bytes(files, SEGMENT_BYTES)
+    }
+
+    /// Like [`Wal::open`], closing segments at `segment_bytes` (tests roll segments often).
+    pub fn open_with_segment_bytes(files: Arc<dyn WalFiles>, segment_bytes: u64) -> Result<Self, Error> {
         let names = files.list().map_err(io)?;
         let meta = if names.iter().any(|n| n == META_FILE) {
             let mut bytes = vec![0; usize::try_from(files.len(META_FILE).map_err(io)?).unwrap_or(0)];
@@ -194,15 +201,24 @@ impl Wal {
             committed: None,
             unwritten_committed: false,
             broken: None,
+            segment_bytes,
         };
         let count = segments.len();
+        let mut with_entries = std::collections::BTreeSet::new();
         for (i, segment) in segments.into_iter().enumerate() {
-            wal.recover_segment(segment, i + 1 == count)?;
+            if wal.recover_segment(segment, i + 1 == count)? {
+                with_entries.insert(segment);
+            }
         }
         // Segments that hold only purged entries (a purge that crashed before removing them):
         // all of them when no entry is left, so that the next append starts a new segment.
         let keep_from = wal.locs.first_key_value().map(|(_, loc)| loc.segment);
-        let stale: Vec<u64> = wal.segments.keys().copied().filter(|&s| keep_from.is_none_or(|k| s < k)).collect();
+        let stale: Vec<u64> = wal.segments.keys().copied().filter(|s| match keep_from {
+            Some(k) => *s < k,
+            // No entry kept: the segments that hold entries hold only purged ones; one that
+            // holds only a commit hint stays.
+            None => with_entries.contains(s),
+        }).collect();
         if !stale.is_empty() {
             wal.unwritten_committed = true;
         }
@@ -210,10 +226,15 @@ impl Wal {
             wal.files.remove(&segment_name(segment)).map_err(io)?;
             wal.segments.remove(&segment);
         }
+        if wal.unwritten_committed && wal.committed.is_some() {
+            // The commit hint sat in a segment just removed: written again at once.
+            wal.append(std::iter::empty())?;
+        }
         Ok(wal)
     }
 
-    fn recover_segment(&mut self, segment: u64, last: bool) -> Result<(), Error> {
+    /// Reads `segment` into the index; `true` when it holds entries (purged ones included).
+    fn recover_segment(&mut self, segment: u64, last: bool) -> Result<bool, Error> {
         let name = segment_name(segment);
         let len = self.files.len(&name).map_err(io)?;
         let mut bytes = vec![0; usize::try_from(len).map_err(|_| corrupt("raft log segment", format!("{name} is {len} bytes")))?];
@@ -222,7 +243,7 @@ impl Wal {
             if last {
                 // Created by an append that did not finish.
                 self.files.remove(&name).map_err(io)?;
-                return Ok(());
+                return Ok(false);
             }
             return Err(corrupt("raft log segment", format!("{name} is shorter than its header")));
         }
@@ -231,6 +252,7 @@ impl Wal {
         }
         let mut offset = SEGMENT_MAGIC.len();
         let mut expected = segment;
+        let mut has_entries = false;
         while offset < bytes.len() {
             match parse(&bytes[offset..]) {
                 Parsed::Record { kind, payload, len } => {
@@ -244,6 +266,7 @@ impl Wal {
                                 return Err(Error::CorruptEntry { index, reason: format!("{name} at {offset}: expected entry {expected} or later") });
                             }
                             expected = index + 1;
+                            has_entries = true;
                             if index >= self.first {
                                 if let Some(last) = self.last_index() {
                                     if index <= last {
@@ -275,7 +298,7 @@ impl Wal {
         }
         let segment_len = (offset as u64).min(len);
         self.segments.insert(segment, segment_len);
-        Ok(())
+        Ok(has_entries)
     }
 
     /// The stored vote.
@@ -373,8 +396,12 @@ impl Wal {
             }
         }
         let mut next = self.last_index().map_or(0, |last| last + 1);
+        // The last segment takes the append while it has room, and always when it holds no
+        // entry of the log (a commit hint, or what a truncation left): a new segment could
+        // then take its very name.
+        let live = self.locs.last_key_value().map(|(_, loc)| loc.segment);
         let segment = match self.segments.last_key_value() {
-            Some((&segment, &len)) if len < SEGMENT_BYTES => segment,
+            Some((&segment, &len)) if len < self.segment_bytes || live != Some(segment) => segment,
             _ => {
                 bytes.extend_from_slice(SEGMENT_MAGIC);
                 // Named by the first index it holds (recovery checks its entries from there).

@@ -24,7 +24,7 @@ pub trait WalFiles: Send + Sync + Debug + 'static {
     fn sync(&self, name: &str) -> io::Result<()>;
     /// Cuts `name` to `len` bytes, durably.
     fn truncate(&self, name: &str, len: u64) -> io::Result<()>;
-    /// Removes `name`.
+    /// Removes `name`, durably.
     fn remove(&self, name: &str) -> io::Result<()>;
     /// Replaces the whole of `name` with `data`, atomically and durably: a crash leaves the
     /// old contents or the new, never a mix.
@@ -111,9 +111,12 @@ impl WalFiles for DirFiles {
     fn remove(&self, name: &str) -> io::Result<()> {
         self.forget(name);
         match std::fs::remove_file(self.dir.join(name)) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            other => other,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            other => other?,
         }
+        // Durably gone: a segment that a truncation removed must not come back after a crash
+        // with the entries it cut.
+        self.sync_dir()
     }
 
     fn replace(&self, name: &str, data: &[u8]) -> io::Result<()> {

@@ -70,10 +70,14 @@ impl SharedDb {
 
 /// Opens a node's canon group on its disk: the state's database and the log's files (what
 /// `vcos up` keeps in `canon-state.redb` and `raft-log/`).
-pub(crate) fn open_group_files(disk: &Arc<SimDb>) -> Result<(redb::Database, Arc<dyn WalFiles>), String> {
-    let db = redb::Database::builder().set_cache_size(SIM_CACHE_BYTES).create_with_backend(SharedDb::take(disk)?).map_err(|e| e.to_string())?;
-    Ok((db, Arc::new(SimLogFiles(Arc::clone(disk)))))
+pub(crate) fn open_group_files(disk: &Arc<SimDb>) -> Result<vcos_canon_raft::GroupFiles, String> {
+    let state = redb::Database::builder().set_cache_size(SIM_CACHE_BYTES).create_with_backend(SharedDb::take(disk)?).map_err(|e| e.to_string())?;
+    Ok(vcos_canon_raft::GroupFiles { state, log: Arc::new(SimLogFiles(Arc::clone(disk))), log_segment_bytes: SIM_LOG_SEGMENT_BYTES })
 }
+
+/// Where a simulated node's Raft log starts a new segment: small, so that runs roll segments
+/// and truncate and purge across their boundaries as a long-lived node's log does.
+pub(crate) const SIM_LOG_SEGMENT_BYTES: u64 = 16 << 10;
 
 /// The log's files on a node's disk.
 #[derive(Debug)]
