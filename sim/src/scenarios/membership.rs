@@ -1,7 +1,7 @@
 //! Membership under loss, duplication, reordering, partitions and crashes: 50–200 members
 //! running the production driver (`vcos_cluster::spawn`) on turmoil's UDP.
 //!
-//! The network: turmoil's latency (1–4 ms, so datagrams overtake each other) plus a wrapper
+//! The network: turmoil's latency (4–12 ms in 4 ms steps, so datagrams overtake each other) plus a wrapper
 //! around each socket ([`FaultySocket`]) that, from an RNG seeded by the run seed, the node
 //! and its incarnation, loses 1–5 % of datagrams (the scenario's rate), sends 2 % twice and
 //! holds 3 % back for 5–40 ms (reordering). The plan's faults: crash (restart after
@@ -39,8 +39,17 @@ use super::Scenario;
 const GOSSIP_PORT: u16 = 7946;
 /// How long after the heal every view must agree.
 const LIVENESS_MS: u64 = 30_000;
-/// How often the step loop looks at the views (measurement resolution).
-const CHECK_EVERY_MS: u64 = 10;
+/// The network's step. turmoil visits every link of the world for every host on every step
+/// (hosts × links, a full mesh under SWIM): at 1 ms steps that was 60 % of a 50-member
+/// run's CPU (`perf`, `Topology::deliver_messages` and its map lookups). SWIM's own times are
+/// 100–200 ms probe periods and 40–60 ms probe timeouts, so 4 ms steps with 4–12 ms latency
+/// (one to three steps: datagrams still overtake each other, beside the held-back ones) keep
+/// every round trip inside a probe timeout and cost a quarter of the steps.
+const TICK_MS: u64 = 4;
+/// Datagram latency, at least and at most.
+const LATENCY_MS: (u64, u64) = (TICK_MS, 3 * TICK_MS);
+/// How often the step loop looks at the views (measurement resolution): every other step.
+const CHECK_EVERY_MS: u64 = 2 * TICK_MS;
 /// How often a hash of every view goes into the trace (what the determinism check compares).
 const VIEWS_HASH_EVERY_MS: u64 = 500;
 /// Members listed as seeds (the first ones).
@@ -192,9 +201,9 @@ fn run(scenario: &MembershipScenario, seed: u64, plan: FaultPlan) -> RunReport {
 
     let mut sim = turmoil::Builder::new()
         .rng_seed(seed)
-        .tick_duration(Duration::from_millis(1))
-        .min_message_latency(Duration::from_millis(1))
-        .max_message_latency(Duration::from_millis(4))
+        .tick_duration(Duration::from_millis(TICK_MS))
+        .min_message_latency(Duration::from_millis(LATENCY_MS.0))
+        .max_message_latency(Duration::from_millis(LATENCY_MS.1))
         .simulation_duration(Duration::from_secs(3600))
         .build();
     let slots = Arc::new(Mutex::new(Slots::default()));
