@@ -7,15 +7,16 @@
 //! - `sm_clients*`: client id → its last `seq`, `applied_index` (8 bytes each, big-endian) and
 //!   response (rkyv);
 //! - `sm_clients_age*`: `(applied_index, client id)` → `()`: the dedup table's eviction order;
-//! - `sm_meta`: the store's format version, the last applied log id, the membership, the canon
-//!   index and where the current snapshot is (see [`SnapshotRef`]).
+//! - `sm_meta`: the store's format version, the last applied log id, the membership and the
+//!   canon index. (Builds before the state file became the snapshot also kept, under
+//!   `snapshot`, where their last snapshot's pages were; opening drops both.)
 //!
 //! Memory: only redb's page cache (its size set when the file is opened) and the pages of the
 //! transaction being written; a key's value is read from disk when it is not cached.
 
 use std::ops::Bound;
 
-use openraft::{LogId, SnapshotMeta, StoredMembership};
+use openraft::{LogId, StoredMembership};
 use redb::{ReadTransaction, ReadableTable, ReadableTableMetadata, Table, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
@@ -33,18 +34,11 @@ pub(crate) const KEY_FORMAT: &str = "format";
 pub(crate) const KEY_LAST_APPLIED: &str = "last_applied";
 pub(crate) const KEY_MEMBERSHIP: &str = "membership";
 pub(crate) const KEY_CANON_INDEX: &str = "canon_index";
+/// Where builds before the state file became the snapshot kept their last snapshot's pages.
 pub(crate) const KEY_SNAPSHOT: &str = "snapshot";
 
 /// Keys and values, in key order.
 pub type KeyValues = Vec<(Vec<u8>, Vec<u8>)>;
-
-/// Where the current snapshot is: its meta, the table of its pages, its length in bytes.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) struct SnapshotRef {
-    pub(crate) meta: SnapshotMeta<u64, NodeInfo>,
-    pub(crate) table: String,
-    pub(crate) len: u64,
-}
 
 /// The names of one set of state tables.
 #[derive(Debug, Clone)]
@@ -182,14 +176,6 @@ pub(crate) fn write_meta(table: &mut Table<'_, &'static str, &'static [u8]>, met
     table.insert(KEY_MEMBERSHIP, encode_json(&meta.membership).as_slice())?;
     table.insert(KEY_CANON_INDEX, meta.canon_index.to_be_bytes().as_slice())?;
     Ok(())
-}
-
-/// The current snapshot's reference, if there is one.
-pub(crate) fn read_snapshot_ref(table: &impl ReadableTable<&'static str, &'static [u8]>) -> Result<Option<SnapshotRef>, Error> {
-    match table.get(KEY_SNAPSHOT)? {
-        Some(bytes) => Ok(Some(decode_meta("snapshot reference", bytes.value())?)),
-        None => Ok(None),
-    }
 }
 
 /// One set of state tables, open in a write transaction: what [`crate::state::apply`] runs on.

@@ -1,13 +1,19 @@
-//! Snapshots of the on-disk state: built from one read transaction (a consistent view; writes
-//! go on meanwhile), kept in the group's redb file as pages, streamed to followers page by
-//! page, and installed chunk by chunk, so no step holds a whole snapshot in memory.
+//! Snapshots of the on-disk state. The state's redb file is itself the snapshot (as etcd's and
+//! TiKV's are): building one fsyncs the state and records where it stands, which costs one
+//! commit whatever the state's size (see `StateMachineStore`). Only when a snapshot is *sent*
+//! (a follower too far behind, a new node) is the state written out as a stream: from one read
+//! transaction (a consistent view; writes go on meanwhile), into a page table of its own, read
+//! page by page while it is sent, and dropped with the stream. A receiver writes the stream
+//! into pages as it comes and installs it chunk by chunk, so no step holds a whole snapshot
+//! in memory.
 //!
 //! Format: a byte stream of frames, each a 4-byte little-endian length and an rkyv-encoded
 //! [`Frame`]: one `Header`, then `Kv`, `Leases` and `Clients` frames of up to
 //! [`FRAME_BYTES`] of records each, then `End` with the record count, so a stream cut short
 //! is refused rather than installed. The stream is stored in a table of [`PAGE_BYTES`] pages
 //! (`sm_snapshot_pages.N`, page number → bytes); [`SnapshotStream`] is openraft's snapshot
-//! data over such a table: read for sending, written while receiving.
+//! data: the live state not yet written out, such a table read for sending, or one written
+//! while receiving.
 
 use std::io::SeekFrom;
 use std::pin::Pin;
@@ -349,14 +355,20 @@ pub(crate) fn clear_staging(db: &Database) -> Result<(), Error> {
     Ok(())
 }
 
-/// openraft's snapshot data: a stream in a page table, read for sending or written while
-/// receiving.
+/// openraft's snapshot data: the live state as one read transaction sees it (written out on
+/// first read), a stream in a page table read for sending, or one written while receiving.
 pub struct SnapshotStream {
     mode: Mode,
     pos: u64,
+    /// The page table this stream wrote the live state into, dropped with the stream.
+    owned: Option<(Arc<Database>, String)>,
 }
 
 enum Mode {
+    /// The state as `read` sees it, not written out yet: the first read, seek or copy writes
+    /// it into the page table `table` (then the stream reads it as [`Mode::Read`]). A snapshot
+    /// that is only built, never sent, costs nothing more.
+    Live { db: Arc<Database>, read: ReadTransaction, table: String },
     /// A stored snapshot, read through one read transaction (which keeps its pages alive even
     /// if a newer snapshot replaces it meanwhile).
     Read { read: ReadTransaction, table: String, len: u64, page: Option<(u64, Vec<u8>)> },
@@ -367,6 +379,7 @@ enum Mode {
 impl std::fmt::Debug for SnapshotStream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let (mode, table) = match &self.mode {
+            Mode::Live { table, .. } => ("live", table),
             Mode::Read { table, .. } => ("read", table),
             Mode::Write { table, .. } => ("write", table),
         };
@@ -379,18 +392,37 @@ fn io_err(e: Error) -> std::io::Error {
 }
 
 impl SnapshotStream {
-    /// Reads the stored stream in `table`.
-    pub(crate) fn reader(db: &Database, table: String, len: u64) -> Result<Self, Error> {
-        Ok(Self { mode: Mode::Read { read: db.begin_read()?, table, len, page: None }, pos: 0 })
+    /// The state as `read` sees it, to be written into the (new) page table `table` if it is
+    /// ever read.
+    pub(crate) fn live(db: Arc<Database>, read: ReadTransaction, table: String) -> Self {
+        Self { mode: Mode::Live { db, read, table }, pos: 0, owned: None }
     }
 
     /// Receives a stream into the (new) page table `table`.
     pub(crate) fn writer(db: Arc<Database>, table: String) -> Self {
-        Self { mode: Mode::Write { writer: Some(PageWriter::new(db, table.clone())), table, len: None }, pos: 0 }
+        Self { mode: Mode::Write { writer: Some(PageWriter::new(db, table.clone())), table, len: None }, pos: 0, owned: None }
+    }
+
+    /// Writes the live state out into its page table (once; nothing to do in other modes).
+    /// Heavy: it reads the whole state, so it runs off the runtime's workers.
+    fn materialize(&mut self) -> Result<(), Error> {
+        let (db, table) = match &self.mode {
+            Mode::Live { db, table, .. } => (Arc::clone(db), table.clone()),
+            _ => return Ok(()),
+        };
+        // Owned from the first page on: a write that fails half-way leaves nothing behind.
+        self.owned = Some((Arc::clone(&db), table.clone()));
+        let len = match &self.mode {
+            Mode::Live { read, .. } => crate::state_machine::off_the_runtime(|| build(&db, read, &table))?.0,
+            _ => unreachable!("checked above"),
+        };
+        self.mode = Mode::Read { read: db.begin_read()?, table, len, page: None };
+        Ok(())
     }
 
     /// The page table and length of a received stream (finishing it if it was not shut down);
-    /// `None` for a stored snapshot handed over as it is (see [`SnapshotStream::copy_into`]).
+    /// `None` for another store's snapshot handed over as it is (see
+    /// [`SnapshotStream::copy_into`]).
     pub(crate) fn received(&mut self) -> Result<Option<(String, u64)>, Error> {
         match &mut self.mode {
             Mode::Write { writer, table, len } => {
@@ -399,13 +431,14 @@ impl SnapshotStream {
                 }
                 Ok(Some((table.clone(), len.unwrap_or(0))))
             }
-            Mode::Read { .. } => Ok(None),
+            Mode::Read { .. } | Mode::Live { .. } => Ok(None),
         }
     }
 
-    /// Copies a stored snapshot's stream, page by page, into `out` (a snapshot of another
-    /// store handed over whole, as openraft's storage suite does).
-    pub(crate) fn copy_into(&self, out: &mut PageWriter) -> Result<(), Error> {
+    /// Copies a snapshot's stream, page by page, into `out` (a snapshot of another store
+    /// handed over whole, as openraft's storage suite does).
+    pub(crate) fn copy_into(&mut self, out: &mut PageWriter) -> Result<(), Error> {
+        self.materialize()?;
         let Mode::Read { read, table, len, .. } = &self.mode else {
             return Err(cut("a snapshot being received is not read back".into()));
         };
@@ -421,6 +454,7 @@ impl SnapshotStream {
 
     fn end(&self) -> u64 {
         match &self.mode {
+            Mode::Live { .. } => 0,
             Mode::Read { len, .. } => *len,
             Mode::Write { writer: Some(writer), .. } => writer.len(),
             Mode::Write { len, .. } => len.unwrap_or(0),
@@ -429,6 +463,7 @@ impl SnapshotStream {
 
     /// The stream's whole content (tests: small snapshots only).
     pub fn to_vec(&mut self) -> std::io::Result<Vec<u8>> {
+        self.materialize().map_err(io_err)?;
         let Mode::Read { read, table, len, .. } = &self.mode else {
             return Err(std::io::Error::other("a snapshot being received is not read back"));
         };
@@ -441,6 +476,9 @@ impl SnapshotStream {
 
 impl tokio::io::AsyncRead for SnapshotStream {
     fn poll_read(mut self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &mut tokio::io::ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        if let Err(e) = self.materialize() {
+            return Poll::Ready(Err(io_err(e)));
+        }
         let pos = self.pos;
         let Mode::Read { read, table, len, page } = &mut self.mode else {
             return Poll::Ready(Err(std::io::Error::other("a snapshot being received is not read back")));
@@ -514,6 +552,8 @@ impl tokio::io::AsyncWrite for SnapshotStream {
 
 impl tokio::io::AsyncSeek for SnapshotStream {
     fn start_seek(mut self: Pin<&mut Self>, position: SeekFrom) -> std::io::Result<()> {
+        // The length is known once the state is written out (openraft asks it first).
+        self.materialize().map_err(io_err)?;
         let end = self.end();
         let target = match position {
             SeekFrom::Start(offset) => Some(offset),
@@ -531,5 +571,23 @@ impl tokio::io::AsyncSeek for SnapshotStream {
 
     fn poll_complete(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<u64>> {
         Poll::Ready(Ok(self.pos))
+    }
+}
+
+impl Drop for SnapshotStream {
+    /// Drops the page table this stream wrote the live state into. (A crash before this
+    /// leaves it for the next open, which drops every page table.)
+    fn drop(&mut self) {
+        let Some((db, table)) = self.owned.take() else { return };
+        let dropped = (|| -> Result<(), Error> {
+            let mut txn = db.begin_write()?;
+            txn.set_durability(Durability::None)?;
+            txn.delete_table(pages_table(&table))?;
+            txn.commit()?;
+            Ok(())
+        })();
+        if let Err(e) = dropped {
+            tracing::warn!(table, error = %e, "could not drop a sent snapshot's pages; the next open drops them");
+        }
     }
 }

@@ -1,7 +1,7 @@
-//! The state machine when its disk fails it: a disk that fills while a snapshot is built or
-//! installed fails that operation with an error (no panic), and once space is back and the
-//! store reopened, the state is what was applied, the last good snapshot is still current and
-//! no half-written pages or staging tables are left; a page cache smaller than one value still
+//! The state machine when its disk fails it: a disk that fills while a snapshot is written out
+//! for sending or while one is installed fails that operation with an error (no panic), and
+//! once space is back and the store reopened, the state is what was applied and no
+//! half-written pages or staging tables are left; a page cache smaller than one value still
 //! reads and writes it.
 
 use std::fs::OpenOptions;
@@ -111,50 +111,35 @@ fn reopen(dir: &Path) -> StateMachineStore {
 }
 
 #[tokio::test]
-async fn a_disk_that_fills_while_a_snapshot_is_built_fails_the_build_and_loses_nothing() {
+async fn a_disk_that_fills_while_a_snapshot_is_written_out_fails_the_send_and_loses_nothing() {
     let dir = TempDir::new().expect("temp dir");
-    let (at_first, expected, first_meta, last) = {
+    let (expected, last) = {
         let (mut sm, room) = open_on_fullable_disk(dir.path());
-        let first_last = fill(&mut sm, 2_000).await;
-        let first = build(&mut sm).await.expect("built while there is room");
-        assert_eq!(first.meta.last_log_id, Some(log_id(1, 1, first_last)));
-        let at_first = sm.reader().state().expect("state");
-        // More state after the first snapshot, so the second has more to write than the first
-        // left free.
-        let mut entries = Vec::new();
-        for chunk in 0..40u64 {
-            let ops = (0..100)
-                .map(|i| Op::Put { key: format!("m/{:06}", chunk * 100 + i).into_bytes(), value: vec![7u8; 1024] })
-                .collect();
-            entries.push(entry(first_last + 1 + chunk, 60 + chunk, Op::Batch(ops)));
-        }
-        sm.apply(entries).await.expect("applied while there is room");
+        let last = fill(&mut sm, 2_000).await;
+        // A build makes the state durable and writes nothing else: it fits on a full disk.
+        let built = build(&mut sm).await.expect("built");
+        assert_eq!(built.meta.last_log_id, Some(log_id(1, 1, last)));
+        drop(built);
         let expected = sm.reader().state().expect("state");
         fill_disk(dir.path(), &room);
-        let failed = build(&mut sm).await;
-        let error = failed.expect_err("a snapshot larger than the room left cannot be written");
-        assert!(format!("{error:?}").to_lowercase().contains("space"), "the error says why: {error:?}");
-        (at_first, expected, first.meta, first_last + 40)
+        // Sending writes the state out (about 2 MB here): there is no room for it.
+        let mut sent = sm.get_current_snapshot().await.expect("current").expect("a snapshot");
+        assert_eq!(sent.meta.last_log_id, Some(log_id(1, 1, last)));
+        let error = sent.snapshot.to_vec().expect_err("no room to write the snapshot out");
+        assert!(error.to_string().to_lowercase().contains("space"), "the error says why: {error}");
+        drop(sent);
+        assert_eq!(sm.reader().state().expect("state"), expected, "the state is untouched");
+        (expected, last)
     };
-    // Space is back; the node restarts.
+    // Space is back; the node restarts: the built snapshot's state was fsynced.
     let mut sm = reopen(dir.path());
     let (applied, _) = sm.applied_state().await.expect("applied");
-    let state = sm.reader().state().expect("state");
-    // The file holds the state as of its last fsync: the first snapshot's, or everything
-    // applied (applies after the last fsync are the log's to replay, which openraft does from
-    // `applied` on).
-    if applied == first_meta.last_log_id {
-        assert_eq!(state, at_first);
-    } else {
-        assert_eq!(applied, Some(log_id(1, 1, last)));
-        assert_eq!(state, expected);
-    }
-    let current = sm.get_current_snapshot().await.expect("read").expect("a snapshot is current");
-    assert_eq!(current.meta, first_meta, "the failed build left the last good snapshot current");
-    drop(current);
-    let rebuilt = build(&mut sm).await.expect("with room, the build succeeds");
-    assert_eq!(rebuilt.meta.last_log_id, applied);
-    drop((rebuilt, sm));
+    assert_eq!(applied, Some(log_id(1, 1, last)));
+    assert_eq!(sm.reader().state().expect("state"), expected);
+    let mut sent = sm.get_current_snapshot().await.expect("current").expect("a snapshot");
+    assert_eq!(sent.meta.last_log_id, applied);
+    assert!(!sent.snapshot.to_vec().expect("with room, it is written out").is_empty());
+    drop((sent, sm));
     common::assert_no_leftovers(dir.path());
 }
 

@@ -1,5 +1,6 @@
-//! The state machine's state on disk: snapshots of many pages stream and install identically
-//! (chunks sent again included), a stream cut short is refused and leaves nothing behind, a
+//! The state machine's state on disk: a snapshot build writes nothing out (the state is the
+//! snapshot), snapshots of many pages stream and install identically (chunks sent again
+//! included), a stream cut short is refused and leaves nothing behind, a
 //! store of an unknown format is refused with its version named, and a format 1 store (the
 //! state in memory, one JSON snapshot) is migrated when opened.
 
@@ -66,6 +67,28 @@ fn tables(dir: &TempDir) -> Vec<String> {
 }
 
 #[tokio::test]
+async fn a_build_writes_nothing_out_and_a_sent_snapshot_takes_its_pages_along() {
+    let dir = TempDir::new().expect("temp dir");
+    let mut sm = open(&dir);
+    let last = fill(&mut sm, 3_000).await;
+    let file = dir.path().join(vcos_canon_raft::STATE_FILE_NAME);
+    let before = std::fs::metadata(&file).expect("state file").len();
+    for _ in 0..3 {
+        let built = build(&mut sm).await;
+        assert_eq!(built.meta.last_log_id, Some(log_id(1, 1, last)));
+    }
+    let grown = std::fs::metadata(&file).expect("state file").len().saturating_sub(before);
+    assert!(grown < 1 << 20, "three builds of a 3 MiB state grew its file by {grown} bytes");
+    // Sending writes the state out into pages of its own, dropped with the stream.
+    let mut sent = sm.get_current_snapshot().await.expect("read").expect("a snapshot");
+    assert!(sent.snapshot.to_vec().expect("written out").len() > 3 << 20);
+    drop((sent, sm));
+    // Listed with the file closed (opening the store would drop leftovers itself).
+    let pages = tables(&dir).into_iter().filter(|t| t.starts_with("sm_snapshot_pages.")).count();
+    assert_eq!(pages, 0, "no build left pages, and the sent snapshot's went with it");
+}
+
+#[tokio::test]
 async fn a_snapshot_of_many_pages_streams_and_installs_identically() {
     let source_dir = TempDir::new().expect("temp dir");
     let mut source = open(&source_dir);
@@ -76,10 +99,16 @@ async fn a_snapshot_of_many_pages_streams_and_installs_identically() {
     assert!(bytes.len() > 3 << 20, "about 3 MiB of values make several pages: {} bytes", bytes.len());
 
     let expected = source.reader().state().expect("source state");
-    // Applies go on after the build; the snapshot stays what it was.
+    // A snapshot taken for sending is the state when it was taken, even if applies go on
+    // before it is written out; the next one taken is the newer state.
+    let mut taken = source.get_current_snapshot().await.expect("read").expect("a snapshot");
+    assert_eq!(taken.meta, snapshot.meta);
     source.apply([entry(last + 1, 7, Op::Put { key: b"after".to_vec(), value: b"x".to_vec() })]).await.expect("applied");
-    let again = source.get_current_snapshot().await.expect("read").expect("stored");
-    assert_eq!(again.meta, snapshot.meta);
+    assert_eq!(taken.snapshot.to_vec().expect("reads back"), bytes);
+    drop(taken);
+    let newer = source.get_current_snapshot().await.expect("read").expect("a snapshot");
+    assert_eq!(newer.meta.last_log_id, Some(log_id(1, 1, last + 1)));
+    drop(newer);
 
     let target_dir = TempDir::new().expect("temp dir");
     {
@@ -93,8 +122,8 @@ async fn a_snapshot_of_many_pages_streams_and_installs_identically() {
         assert_eq!(installed.canon_index(), 1);
         assert_eq!(installed, expected);
     }
-    // After a restart: the same state, the received stream as the current snapshot, and no
-    // staging tables or stale pages left.
+    // After a restart: the same state, which is the current snapshot (the same stream again),
+    // and no staging tables or pages left.
     let mut target = open(&target_dir);
     assert_eq!(target.reader().get(b"k/002999").expect("read"), Some(vec![99u8; 1024]));
     let (applied, _) = target.applied_state().await.expect("applied");
