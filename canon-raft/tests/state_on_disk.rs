@@ -1,8 +1,9 @@
 //! The state machine's state on disk: a snapshot build writes nothing out (the state is the
 //! snapshot), snapshots of many pages stream and install identically (chunks sent again
 //! included), a stream cut short is refused and leaves nothing behind, a
-//! store of an unknown format is refused with its version named, and a format 1 store (the
-//! state in memory, one JSON snapshot) is migrated when opened.
+//! store of an unknown format is refused with its version named, a format 1 store (the
+//! state in memory, one JSON snapshot) is migrated when opened, and a store whose older build
+//! kept a snapshot's pages opens without them.
 
 use std::collections::BTreeSet;
 
@@ -86,6 +87,41 @@ async fn a_build_writes_nothing_out_and_a_sent_snapshot_takes_its_pages_along() 
     // Listed with the file closed (opening the store would drop leftovers itself).
     let pages = tables(&dir).into_iter().filter(|t| t.starts_with("sm_snapshot_pages.")).count();
     assert_eq!(pages, 0, "no build left pages, and the sent snapshot's went with it");
+}
+
+#[tokio::test]
+async fn a_store_whose_older_build_kept_a_snapshot_opens_without_it() {
+    use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+    let dir = TempDir::new().expect("temp dir");
+    let expected = {
+        let mut sm = open(&dir);
+        fill(&mut sm, 1_000).await;
+        drop(build(&mut sm).await);
+        sm.reader().state().expect("state")
+    };
+    // What builds before the state file became the snapshot left: the last snapshot's pages
+    // and a pointer to them (never read now, so its content does not matter).
+    let file = dir.path().join(vcos_canon_raft::STATE_FILE_NAME);
+    let meta_table = TableDefinition::<&str, &[u8]>::new("sm_meta");
+    {
+        let db = redb::Database::open(&file).expect("state file");
+        let txn = db.begin_write().expect("write");
+        {
+            let mut pages = txn.open_table(TableDefinition::<u64, &[u8]>::new("sm_snapshot_pages.7")).expect("pages");
+            pages.insert(0u64, [1u8; 64].as_slice()).expect("page");
+            txn.open_table(meta_table).expect("meta").insert("snapshot", b"{}".as_slice()).expect("pointer");
+        }
+        txn.commit().expect("committed");
+    }
+    let mut sm = open(&dir);
+    assert_eq!(sm.reader().state().expect("state"), expected);
+    let mut sent = sm.get_current_snapshot().await.expect("read").expect("a snapshot");
+    assert!(!sent.snapshot.to_vec().expect("written out").is_empty());
+    drop((sent, sm));
+    assert!(tables(&dir).iter().all(|t| !t.starts_with("sm_snapshot_pages.")), "{:?}", tables(&dir));
+    let db = redb::Database::open(&file).expect("state file");
+    let read = db.begin_read().expect("read");
+    assert!(read.open_table(meta_table).expect("meta").get("snapshot").expect("get").is_none(), "the old pointer is gone");
 }
 
 #[tokio::test]
