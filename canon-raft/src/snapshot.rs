@@ -49,6 +49,16 @@ pub(crate) fn pages_table(name: &str) -> TableDefinition<'_, u64, &'static [u8]>
     TableDefinition::new(name)
 }
 
+/// Deletes the page table `table` (unsynced: a crash leaves it for the next open, which drops
+/// every page table).
+pub(crate) fn drop_pages(db: &Database, table: &str) -> Result<(), Error> {
+    let mut txn = db.begin_write()?;
+    txn.set_durability(Durability::None)?;
+    txn.delete_table(pages_table(table))?;
+    txn.commit()?;
+    Ok(())
+}
+
 /// One frame of a snapshot stream.
 #[derive(Debug, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub(crate) enum Frame {
@@ -579,14 +589,7 @@ impl Drop for SnapshotStream {
     /// leaves it for the next open, which drops every page table.)
     fn drop(&mut self) {
         let Some((db, table)) = self.owned.take() else { return };
-        let dropped = (|| -> Result<(), Error> {
-            let mut txn = db.begin_write()?;
-            txn.set_durability(Durability::None)?;
-            txn.delete_table(pages_table(&table))?;
-            txn.commit()?;
-            Ok(())
-        })();
-        if let Err(e) = dropped {
+        if let Err(e) = drop_pages(&db, &table) {
             tracing::warn!(table, error = %e, "could not drop a sent snapshot's pages; the next open drops them");
         }
     }

@@ -372,13 +372,13 @@ impl StateMachineStore {
             Err(e) => {
                 // Nothing of it is kept: neither its staging tables nor its pages.
                 let _ = snapshot::clear_staging(&self.db);
-                let _ = self.drop_pages(&table);
+                let _ = snapshot::drop_pages(&self.db, &table);
                 return Err(e);
             }
         };
         if installed.last_applied != meta.last_log_id || installed.membership != meta.last_membership {
             let _ = snapshot::clear_staging(&self.db);
-            let _ = self.drop_pages(&table);
+            let _ = snapshot::drop_pages(&self.db, &table);
             return Err(Error::CorruptRecord { what: "snapshot", reason: "its data disagrees with its meta".into() });
         }
         // One fsynced transaction: the staging tables become the live ones, the meta follows,
@@ -410,12 +410,6 @@ impl StateMachineStore {
         Ok(())
     }
 
-    fn drop_pages(&self, table: &str) -> Result<(), Error> {
-        let txn = self.db.begin_write()?;
-        txn.delete_table(snapshot::pages_table(table))?;
-        txn.commit()?;
-        Ok(())
-    }
 }
 
 /// Format 1's stored snapshot in `log_db`, if it holds one.
