@@ -201,3 +201,18 @@ async fn erasing_a_tenant_fences_its_imvus_on_every_node() {
         assert_eq!(code, 404, "an IMVU of the erased tenant is not one of the new tenant's: {body}");
     }
 }
+
+/// `vcos bench cluster --quick --no-peer` runs end to end as an operator runs it: three nodes,
+/// IMVU-to-IMVU asks and tells over the canon connections, remote activation, and one
+/// `kill -9` failover in which no IMVU is lost or answers a wrong total. (A flag passed twice
+/// to the nodes once made every run of it fail before it measured anything.)
+#[test]
+fn bench_cluster_quick_runs() {
+    let (status, output) = Proc::spawn(&["bench", "cluster", "--quick", "--no-peer"]).finish(Duration::from_secs(300));
+    assert!(status.success(), "`vcos bench cluster --quick --no-peer` failed ({status}):\n{output}");
+    for row in ["remote ask round trips", "remote tells", "activation (first - next", "failover p99"] {
+        assert!(output.contains(row), "no `{row}` row in:\n{output}");
+    }
+    let kill = output.lines().find(|l| l.trim_start().starts_with("kill 1:")).unwrap_or_default();
+    assert!(kill.contains(" 0 lost, 0 wrong"), "the failover lost an IMVU or a write:\n{output}");
+}

@@ -11,6 +11,7 @@
 //! forwarded batches keep their order) and answered as they commit; everything else is
 //! answered concurrently.
 
+use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt as _;
 use openraft::error::{ClientWriteError, RaftError};
 use tokio::sync::mpsc;
@@ -53,12 +54,28 @@ impl CanonNode {
                 return;
             }
         }
-        let (read, write) = tokio::io::split(stream);
+        let (read, write) = crate::transport::split(stream);
         let (replies, replies_rx) = mpsc::channel(REPLY_QUEUE_MAX);
         let writer = tokio::spawn(write_frames(write, replies_rx));
-        let in_flight = std::sync::Arc::new(tokio::sync::Semaphore::new(CONNECTION_IN_FLIGHT_MAX));
+        let cluster = self.inner.cluster_id;
+        // Requests that are not answered at once are polled here, beside the reading, not on
+        // tasks of their own: an answer that comes (an IMVU's reply to an ask a batch carried)
+        // goes out from this task without a spawn and the wake-up of another worker thread
+        // that a spawn costs.
+        let mut answering = FuturesUnordered::new();
         let mut frames = FramedRead::new(read, codec());
-        while let Some(next) = frames.next().await {
+        loop {
+            let next = tokio::select! {
+                biased;
+                Some((id, answer)) = answering.next(), if !answering.is_empty() => {
+                    if replies.send(Frame { cluster, id, body: Body::Reply(answer) }).await.is_err() {
+                        break;
+                    }
+                    continue;
+                }
+                next = frames.next(), if answering.len() < CONNECTION_IN_FLIGHT_MAX => next,
+            };
+            let Some(next) = next else { break };
             let bytes = match next {
                 Ok(bytes) => bytes,
                 Err(e) => {
@@ -108,16 +125,14 @@ impl CanonNode {
                         }
                         continue;
                     }
-                    let Ok(permit) = std::sync::Arc::clone(&in_flight).acquire_owned().await else { break };
-                    let replies = replies.clone();
-                    let cluster = self.inner.cluster_id;
-                    tokio::spawn(async move {
-                        let answer = pending.await;
-                        let _ = replies.send(Frame { cluster, id, body: Body::Reply(answer) }).await;
-                        drop(permit);
-                    });
+                    answering.push(async move { (id, pending.await) });
                 }
             }
+        }
+        // What was taken in is finished and answered (while the peer still reads), as it
+        // would be on tasks of its own.
+        while let Some((id, answer)) = answering.next().await {
+            let _ = replies.send(Frame { cluster, id, body: Body::Reply(answer) }).await;
         }
         drop(replies);
         let _ = writer.await;

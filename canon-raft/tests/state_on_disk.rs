@@ -91,7 +91,7 @@ async fn a_build_writes_nothing_out_and_a_sent_snapshot_takes_its_pages_along() 
 
 #[tokio::test]
 async fn a_store_whose_older_build_kept_a_snapshot_opens_without_it() {
-    use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+    use redb::{ReadableDatabase, TableDefinition};
     let dir = TempDir::new().expect("temp dir");
     let expected = {
         let mut sm = open(&dir);

@@ -616,8 +616,8 @@ impl AppHandler for RemoteHandler {
             let request = match RemoteFrame::decode(&payload) {
                 Ok(RemoteFrame::Request(request)) => request,
                 Ok(RemoteFrame::Batch(items)) => {
-                    links::deliver(&inner, items).await;
-                    return RemoteReply::Ok(Vec::new()).encode();
+                    let awaited = links::deliver(&inner, items).await;
+                    return links::batch_ack(links::answers_for_ack(&inner, from, awaited).await).encode();
                 }
                 Ok(RemoteFrame::Model { request, .. }) => return models::serve_model(&inner, from, &request).await.encode(),
                 Ok(RemoteFrame::ModelList) => return models::list_models(&inner).await.encode(),

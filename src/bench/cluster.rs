@@ -193,7 +193,7 @@ async fn bench(args: &ClusterArgs) -> anyhow::Result<Figures> {
     eprintln!("load average before the runs: {}", load.trim());
     let dir = tempfile::Builder::new().prefix("vcos-bench-cluster-").tempdir().context("temporary directory")?;
     // IMVUs idle for a second are passivated, so that the activation figure can wait for it.
-    let extra_args = ["--bench-kinds", "--passivate-after", "1", "--no-models"].map(str::to_owned).to_vec();
+    let extra_args = ["--bench-kinds", "--passivate-after", "1"].map(str::to_owned).to_vec();
     let mut cluster = Cluster { dir: Some(dir), keep: args.keep_dirs, nodes: Vec::new(), extra_args, key_file: None };
     let ports = free_ports(2 * NODES as usize)?;
     let (http_ports, raft_ports) = ports.split_at(NODES as usize);

@@ -11,10 +11,13 @@
 //! - **back-pressure**: a full mailbox on the receiver holds the batch, the sender's queue
 //!   fills, and past [`QUEUE_LEN_MAX`] a tell is dropped (counted) and an ask answered
 //!   `queue_full` at once: a router never blocks a shard;
-//! - **asks are one-way too**: an ask carries the asking node and a number; the owner sends
-//!   the answer back as an [`BatchItem::Answer`] in its own queue to that node. The asking node
-//!   keeps every ask it sent in a table with a deadline (by the injected clock): an ask is
-//!   answered exactly once, by its answer or by the timeout, whichever comes first;
+//! - **asks**: an ask carries the asking node and a number. The owner's acknowledgement of
+//!   the batch waits a little ([`ANSWER_IN_ACK_WAIT`]) for the answers of the asks it carried
+//!   and brings back those that came: an ask that is answered at once costs two frames, like
+//!   a request and its response. An answer that takes longer goes back on its own, as a
+//!   [`BatchItem::Answer`] in the owner's queue to that node. The asking node keeps every ask
+//!   it sent in a table with a deadline (by the injected clock): an ask is answered exactly
+//!   once, by its answer or by the timeout, whichever comes first;
 //! - **at most once**: a batch that certainly did not arrive (the peer could not be reached)
 //!   is re-sent item by item on the slow path; one whose fate is unknown (no acknowledgement
 //!   in time) is not: its tells are lost (counted), its asks time out.
@@ -29,6 +32,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 use vcos_actors::imvu::AskToken;
+use vcos_actors::JsonReply;
 use vcos_actors::router::ASK_TIMEOUT_MS_DEFAULT;
 use vcos_actors::{ActorError, Caller, ImvuId, ImvuKey, TenantId};
 use vcos_canon_raft::AppCallError;
@@ -48,6 +52,11 @@ pub(super) const BATCH_BYTES_MAX: usize = 1 << 20;
 pub(super) const PENDING_ASKS_MAX: usize = 1 << 20;
 /// How long a batch waits for its acknowledgement.
 const BATCH_ACK_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a batch's acknowledgement waits for the answers to its asks, at most, so that
+/// they ride it back (two frames per ask instead of four). Answers that take longer travel
+/// on their own; a batch with a slow ask holds its link this long (the timer's granularity is
+/// a millisecond, so up to twice this).
+const ANSWER_IN_ACK_WAIT: Duration = Duration::from_millis(1);
 /// How often the deadlines of pending asks are checked.
 const ASK_SWEEP_MS: u64 = 100;
 
@@ -208,18 +217,15 @@ async fn drain(inner: Weak<Inner>, node: u64, addr: String, mut rx: mpsc::Receiv
         metrics::counter!("vcos_cluster_link_batches_total").increment(1);
         metrics::counter!("vcos_cluster_link_items_total").increment(items.len() as u64);
         if node == inner.config.me.node {
-            deliver(&inner, items).await;
+            let awaited = deliver(&inner, items).await;
+            answer_later(&inner, awaited);
             continue;
         }
         let frame = RemoteFrame::Batch(items);
         let sent = inner.canon.call_app(node, &addr, frame.encode(), BATCH_ACK_TIMEOUT).await;
         let RemoteFrame::Batch(items) = frame else { continue };
         match sent {
-            Ok(bytes) => {
-                if let Ok(RemoteReply::Err(e)) = RemoteReply::decode(&bytes) {
-                    tracing::debug!(node, error = %crate::remote::decode_error(&e), "batch refused");
-                }
-            }
+            Ok(bytes) => complete_from_ack(&inner, node, &bytes).await,
             Err(AppCallError::NotDelivered { reason, .. }) => {
                 // Certainly not handled: each message finds its owner again, waiting for one.
                 tracing::debug!(node, %reason, items = items.len(), "batch not delivered; re-routing its messages");
@@ -251,9 +257,20 @@ fn item_key(item: &BatchItem) -> Result<Option<ImvuKey>, ActorError> {
     }
 }
 
+/// An ask enqueued in its IMVU's mailbox on this node, its answer still to come.
+pub(super) struct Awaited {
+    key: ImvuKey,
+    reply_to: u64,
+    ask: u64,
+    reply: JsonReply,
+}
+
 /// Delivers a batch's items in order (on the receiving node, or on this node for its own
 /// queue): each into its IMVU's mailbox, or on to its owner if this node does not serve it.
-pub(super) async fn deliver(inner: &Arc<Inner>, items: Vec<BatchItem>) {
+/// Returns the asks enqueued here, whose answers the caller sends back ([`answer_later`], or
+/// [`answers_for_ack`] then [`answer_later`]).
+pub(super) async fn deliver(inner: &Arc<Inner>, items: Vec<BatchItem>) -> Vec<Awaited> {
+    let mut awaited = Vec::new();
     for item in items {
         if let BatchItem::Answer { ask, ok, body } = item {
             complete(inner, ask, BatchItem::answer_result(ok, &body)).await;
@@ -268,16 +285,17 @@ pub(super) async fn deliver(inner: &Arc<Inner>, items: Vec<BatchItem>) {
             }
         };
         match destination(inner, &key) {
-            Ok(Destination::Here) => deliver_here(inner, key, item).await,
+            Ok(Destination::Here) => awaited.extend(deliver_here(inner, key, item).await),
             Ok(_) => onward(inner, key, item),
             Err(e) => fail(inner, item, e),
         }
     }
+    awaited
 }
 
-/// Enqueues a tell or an ask for `key` in its mailbox here; an ask's answer is sent back
-/// when it comes.
-async fn deliver_here(inner: &Arc<Inner>, key: ImvuKey, item: BatchItem) {
+/// Enqueues a tell or an ask for `key` in its mailbox here; for an ask, returns its answer
+/// to wait for (or sends back at once why it could not be enqueued).
+async fn deliver_here(inner: &Arc<Inner>, key: ImvuKey, item: BatchItem) -> Option<Awaited> {
     let runtime = &inner.runtime;
     match item {
         BatchItem::Tell { message, .. } => {
@@ -290,6 +308,7 @@ async fn deliver_here(inner: &Arc<Inner>, key: ImvuKey, item: BatchItem) {
                 metrics::counter!("vcos_cluster_tells_failed_total").increment(1);
                 tracing::debug!(%key, error = %e, "tell between IMVUs not delivered");
             }
+            None
         }
         BatchItem::Ask { message, reply_to, ask, .. } => {
             let enqueued = match (runtime.tenant_or_load(&key.tenant), serde_json::from_slice(&message)) {
@@ -298,20 +317,86 @@ async fn deliver_here(inner: &Arc<Inner>, key: ImvuKey, item: BatchItem) {
                 (Ok(_), Ok(message)) => runtime.ask_json_enqueued(&key, message).await,
             };
             match enqueued {
-                Ok(reply) => {
-                    let inner = Arc::clone(inner);
-                    tokio::spawn(async move {
-                        let timeout = Duration::from_millis(ASK_TIMEOUT_MS_DEFAULT);
-                        let answer = tokio::time::timeout(timeout, reply)
-                            .await
-                            .unwrap_or_else(|_| Err(ActorError::Unavailable(format!("{key} did not answer within {ASK_TIMEOUT_MS_DEFAULT} ms"))));
-                        answer_to(&inner, reply_to, ask, &answer).await;
-                    });
+                Ok(reply) => Some(Awaited { key, reply_to, ask, reply }),
+                Err(e) => {
+                    answer_to(inner, reply_to, ask, &Err(e)).await;
+                    None
                 }
-                Err(e) => answer_to(inner, reply_to, ask, &Err(e)).await,
             }
         }
-        BatchItem::Answer { .. } => {}
+        BatchItem::Answer { .. } => None,
+    }
+}
+
+/// Sends each answer back when it comes, each on its own task, within the ask timeout.
+pub(super) fn answer_later(inner: &Arc<Inner>, awaited: Vec<Awaited>) {
+    for Awaited { key, reply_to, ask, reply } in awaited {
+        let inner = Arc::clone(inner);
+        tokio::spawn(async move {
+            let timeout = Duration::from_millis(ASK_TIMEOUT_MS_DEFAULT);
+            let answer = tokio::time::timeout(timeout, reply)
+                .await
+                .unwrap_or_else(|_| Err(ActorError::Unavailable(format!("{key} did not answer within {ASK_TIMEOUT_MS_DEFAULT} ms"))));
+            answer_to(&inner, reply_to, ask, &answer).await;
+        });
+    }
+}
+
+/// Waits up to [`ANSWER_IN_ACK_WAIT`] for the answers to the asks of node `from` that a batch
+/// from it enqueued here, and returns those that came, to ride the batch's acknowledgement
+/// (see [`batch_ack`]); the rest, and asks of other nodes (passed on through `from`), are sent
+/// back later on their own.
+pub(super) async fn answers_for_ack(inner: &Arc<Inner>, from: u64, awaited: Vec<Awaited>) -> Vec<BatchItem> {
+    let (mine, others): (Vec<_>, Vec<_>) = awaited.into_iter().partition(|a| a.reply_to == from);
+    answer_later(inner, others);
+    if mine.is_empty() {
+        return Vec::new();
+    }
+    let deadline = tokio::time::Instant::now() + ANSWER_IN_ACK_WAIT;
+    let mut answers = Vec::with_capacity(mine.len());
+    let mut late = Vec::new();
+    for mut awaited in mine {
+        // A reply already there is taken even past the deadline (the future is polled first).
+        match tokio::time::timeout_at(deadline, &mut awaited.reply).await {
+            Ok(answer) => answers.push(BatchItem::answer(awaited.ask, &answer)),
+            Err(_) => late.push(awaited),
+        }
+    }
+    metrics::counter!("vcos_cluster_answers_in_ack_total").increment(answers.len() as u64);
+    answer_later(inner, late);
+    answers
+}
+
+/// The acknowledgement of a batch: empty, or the answers that ride it as a
+/// [`RemoteFrame::Batch`] of [`BatchItem::Answer`]s.
+pub(super) fn batch_ack(answers: Vec<BatchItem>) -> RemoteReply {
+    if answers.is_empty() {
+        return RemoteReply::Ok(Vec::new());
+    }
+    RemoteReply::Ok(RemoteFrame::Batch(answers).encode())
+}
+
+/// Completes the asks whose answers rode the acknowledgement `bytes` of a batch sent to `node`.
+async fn complete_from_ack(inner: &Arc<Inner>, node: u64, bytes: &[u8]) {
+    let body = match RemoteReply::decode(bytes) {
+        Ok(RemoteReply::Ok(body)) => body,
+        Ok(RemoteReply::Err(e)) => return tracing::debug!(node, error = %crate::remote::decode_error(&e), "batch refused"),
+        Ok(RemoteReply::NotOwner { .. }) => return tracing::debug!(node, "batch answered as if it were a request"),
+        Err(e) => return tracing::debug!(node, error = %e, "unreadable batch acknowledgement"),
+    };
+    if body.is_empty() {
+        return;
+    }
+    match RemoteFrame::decode(&body) {
+        Ok(RemoteFrame::Batch(answers)) => {
+            for answer in answers {
+                if let BatchItem::Answer { ask, ok, body } = answer {
+                    complete(inner, ask, BatchItem::answer_result(ok, &body)).await;
+                }
+            }
+        }
+        Ok(_) => tracing::debug!(node, "a batch acknowledgement carried something other than answers"),
+        Err(e) => tracing::debug!(node, error = %e, "unreadable answers in a batch acknowledgement"),
     }
 }
 
