@@ -81,6 +81,7 @@ const METRICS: &[(Kind, &str, &str)] = &[
     (Counter, "vcos_cluster_tells_failed_total", "Tells between IMVUs that could not be delivered."),
     (Gauge, "vcos_cluster_asks_pending", "Asks between IMVUs this node waits on."),
     (Counter, "vcos_cluster_asks_timed_out_total", "Asks between IMVUs answered by their timeout."),
+    (Counter, "vcos_cluster_answers_in_ack_total", "Answers to asks that rode the acknowledgement of the batch that carried them."),
     (Counter, "vcos_cluster_answers_late_total", "Answers that came after their ask timed out."),
     (Counter, "vcos_cluster_answers_dropped_total", "Answers dropped because the asking node is gone."),
     (Counter, "cluster_member_events_total", "Membership events (up, suspect, down, left, renewed), by kind."),
