@@ -352,14 +352,17 @@ pub(super) async fn answers_for_ack(inner: &Arc<Inner>, from: u64, awaited: Vec<
     if mine.is_empty() {
         return Vec::new();
     }
-    let deadline = tokio::time::Instant::now() + ANSWER_IN_ACK_WAIT;
+    // One timer for the whole batch, on tokio's time (which the simulator drives).
+    let deadline = tokio::time::sleep(ANSWER_IN_ACK_WAIT);
+    tokio::pin!(deadline);
     let mut answers = Vec::with_capacity(mine.len());
     let mut late = Vec::new();
     for mut awaited in mine {
-        // A reply already there is taken even past the deadline (the future is polled first).
-        match tokio::time::timeout_at(deadline, &mut awaited.reply).await {
-            Ok(answer) => answers.push(BatchItem::answer(awaited.ask, &answer)),
-            Err(_) => late.push(awaited),
+        // A reply already there is taken even past the deadline (it is polled first).
+        tokio::select! {
+            biased;
+            answer = &mut awaited.reply => answers.push(BatchItem::answer(awaited.ask, &answer)),
+            () = &mut deadline => late.push(awaited),
         }
     }
     metrics::counter!("vcos_cluster_answers_in_ack_total").increment(answers.len() as u64);
