@@ -1,7 +1,5 @@
-//! Canon Memory Layer on openraft: the durable log store and the deterministic state machine.
-//!
-//! This crate is the only place that writes replicated canon state. This slice runs on one node
-//! (no network yet); the network and multi-node membership come later.
+//! Canon Memory Layer on openraft: the durable log store, the deterministic state machine, and
+//! the connections between nodes that Raft and the cluster's messages share.
 //!
 //! - [`TypeConfig`]: the openraft type configuration (`NodeId = u64`, `Node = BasicNode`,
 //!   `D = Request`, `R = Response`, tokio runtime, snapshots as [`snapshot::SnapshotStream`]).
@@ -18,12 +16,16 @@
 //!   of segment files, one write and one fsync per append.
 //! - [`state_machine`]: [`StateMachineStore`], openraft's `RaftStateMachine` over the tables,
 //!   with snapshots stored in the same redb file.
-//! - [`network`]: [`UnreachableNetwork`], the network of a single voter, which never sends.
+//! - [`node`]: [`CanonNode`], one process's Raft groups (its region's, and other regions' as a
+//!   learner), with membership changes ([`membership`]) and health ([`health`]).
+//! - [`wire`], [`transport`], `server`, [`network`], [`auth`]: the node-to-node connections —
+//!   rkyv frames validated before use, one connection per peer address, the cluster secret
+//!   proven first. `frame_sink` and `in_flight` keep a connection's hot path free of task
+//!   hand-offs (ARCHITECTURE.md, "Connections").
+//! - [`app`]: the cluster's messages between IMVUs over those same connections.
+//! - [`canon_store`]: [`RaftCanonStore`], the `CanonStore` seam of the actor runtime on a group.
 //!
 //! [`open`] opens (or creates) one redb file under a directory and returns both stores.
-//!
-//! Deliberately absent: a network transport, multi-node membership changes, and the
-//! `CanonStore` seam adapter (a later session builds them on these stores).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -34,7 +36,9 @@ pub mod canon_store;
 pub mod constants;
 pub mod disk;
 pub mod error;
+mod frame_sink;
 pub mod health;
+mod in_flight;
 pub mod log_store;
 pub mod membership;
 pub mod node;

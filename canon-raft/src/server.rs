@@ -11,18 +11,16 @@
 //! forwarded batches keep their order) and answered as they commit; everything else is
 //! answered concurrently.
 
-use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt as _;
 use openraft::error::{ClientWriteError, RaftError};
-use tokio::sync::mpsc;
 use tokio_util::codec::FramedRead;
 
+use crate::in_flight::InFlight;
 use crate::node::{validate_region, CanonError, CanonNode};
-use crate::transport::{codec, write_frames, BoxStream};
+use crate::frame_sink::FrameSink;
+use crate::transport::{codec, BoxStream};
 use crate::wire::{self, Body, Frame, Refusal, Reply, Rpc};
 
-/// Frames waiting for a connection's writer.
-const REPLY_QUEUE_MAX: usize = 4096;
 /// Requests of one connection being answered at once; past it the connection is not read
 /// until one finishes (a peer cannot make the node hold unbounded work).
 const CONNECTION_IN_FLIGHT_MAX: usize = 1024;
@@ -55,14 +53,15 @@ impl CanonNode {
             }
         }
         let (read, write) = crate::transport::split(stream);
-        let (replies, replies_rx) = mpsc::channel(REPLY_QUEUE_MAX);
-        let writer = tokio::spawn(write_frames(write, replies_rx));
+        let (replies, writer) = FrameSink::new(write);
+        let writer = tokio::spawn(writer);
         let cluster = self.inner.cluster_id;
         // Requests that are not answered at once are polled here, beside the reading, not on
         // tasks of their own: an answer that comes (an IMVU's reply to an ask a batch carried)
         // goes out from this task without a spawn and the wake-up of another worker thread
-        // that a spawn costs.
-        let mut answering = FuturesUnordered::new();
+        // that a spawn costs (and without the self-wake of `FuturesUnordered`, see
+        // `in_flight`).
+        let mut answering = InFlight::new();
         let mut frames = FramedRead::new(read, codec());
         loop {
             let next = tokio::select! {

@@ -21,11 +21,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt as _};
+use futures_util::StreamExt as _;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{mpsc, oneshot};
-use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
+use tokio::sync::oneshot;
+use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
 
+use crate::frame_sink::FrameSink;
 use crate::wire::{self, Body, Frame, Reply, Rpc, FRAME_LEN_MAX};
 
 /// A bidirectional byte stream to another node.
@@ -57,7 +58,7 @@ pub(crate) type WriteHalf = Box<dyn AsyncWrite + Send + Unpin>;
 /// mutex, which the reader and the writer, on two worker threads, contend for on every frame:
 /// measured on remote asks, a sixth of the futex wake-ups of a node.
 pub(crate) fn split(stream: BoxStream) -> (ReadHalf, WriteHalf) {
-    if stream.as_any().is::<tokio::net::TcpStream>() {
+    if is_tcp(&stream) {
         if let Ok(tcp) = stream.into_any().downcast::<tokio::net::TcpStream>() {
             let (read, write) = tcp.into_split();
             return (Box::new(read), Box::new(write));
@@ -66,6 +67,13 @@ pub(crate) fn split(stream: BoxStream) -> (ReadHalf, WriteHalf) {
     }
     let (read, write) = tokio::io::split(stream);
     (Box::new(read), Box::new(write))
+}
+
+/// Whether `stream` is a tokio TCP stream. Through the box's contents: `stream.as_any()` would
+/// resolve to the blanket [`ByteStream`] impl of the `Box` itself and never see a TCP stream.
+fn is_tcp(stream: &BoxStream) -> bool {
+    let inner: &dyn ByteStream = &**stream;
+    inner.as_any().is::<tokio::net::TcpStream>()
 }
 
 /// What dialing returns.
@@ -101,8 +109,6 @@ pub fn codec() -> LengthDelimitedCodec {
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// The least time between two dials of the same address.
 pub const REDIAL_PAUSE: Duration = Duration::from_millis(200);
-/// How many frames may wait for a connection's writer.
-const WRITE_QUEUE_MAX: usize = 4096;
 
 /// Why a call failed.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -159,7 +165,7 @@ impl Conn {
 
 /// One live connection: its writer queue and its requests in flight.
 struct Conn {
-    frames: mpsc::Sender<Frame>,
+    frames: FrameSink<WriteHalf>,
     pending: Pending,
     /// Requests whose callers stopped waiting: id → the deadline they had.
     abandoned: Abandoned,
@@ -285,7 +291,7 @@ impl Peer {
 /// Starts the writer and reader tasks of a client connection.
 fn start_client_conn(stream: BoxStream, addr: String) -> Conn {
     let (read, write) = split(stream);
-    let (frames_tx, frames_rx) = mpsc::channel(WRITE_QUEUE_MAX);
+    let (frames, writer) = FrameSink::new(write);
     let pending: Pending = Arc::default();
     let closed = Arc::new(AtomicBool::new(false));
     let close = {
@@ -299,7 +305,7 @@ fn start_client_conn(stream: BoxStream, addr: String) -> Conn {
     };
     let writer_close = close.clone();
     tokio::spawn(async move {
-        write_frames(write, frames_rx).await;
+        writer.await;
         writer_close();
     });
     let abandoned: Abandoned = Arc::default();
@@ -328,31 +334,33 @@ fn start_client_conn(stream: BoxStream, addr: String) -> Conn {
         }
         close();
     });
-    Conn { frames: frames_tx, pending, abandoned, closed }
-}
-
-/// Writes frames from `frames` until the channel or the stream closes, flushing only when the
-/// queue is empty (many frames per syscall under load).
-pub(crate) async fn write_frames<W: AsyncWrite + Send + Unpin>(write: W, mut frames: mpsc::Receiver<Frame>) {
-    let mut sink = FramedWrite::new(write, codec());
-    while let Some(frame) = frames.recv().await {
-        if sink.feed(bytes::Bytes::from(wire::encode(&frame))).await.is_err() {
-            return;
-        }
-        while let Ok(frame) = frames.try_recv() {
-            if sink.feed(bytes::Bytes::from(wire::encode(&frame))).await.is_err() {
-                return;
-            }
-        }
-        if SinkExt::<bytes::Bytes>::flush(&mut sink).await.is_err() {
-            return;
-        }
-    }
+    Conn { frames, pending, abandoned, closed }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_boxed_tcp_stream_splits_without_a_lock_and_its_halves_work() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (dialed, accepted) = tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
+        let (mut far, _) = accepted.unwrap();
+        let stream: BoxStream = Box::new(dialed.unwrap());
+        assert!(is_tcp(&stream), "a boxed TCP stream must be seen as one");
+        let duplex: BoxStream = Box::new(tokio::io::duplex(64).0);
+        assert!(!is_tcp(&duplex));
+        let (mut read, mut write) = split(stream);
+        write.write_all(b"ping").await.unwrap();
+        let mut got = [0u8; 4];
+        far.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"ping");
+        far.write_all(b"pong").await.unwrap();
+        read.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"pong");
+    }
 
     /// Dials streams whose far end is kept open and never answers (a half-open connection),
     /// counting the dials.

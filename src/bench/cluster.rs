@@ -58,6 +58,10 @@ const RECOVERY_GIVE_UP: Duration = Duration::from_secs(60);
 const STATUS_EVERY: Duration = Duration::from_millis(5);
 /// A driver run not done after this long fails the bench.
 const DRIVE_GIVE_UP: Duration = Duration::from_secs(300);
+/// A driver run whose counts do not move this long is lost.
+const RUN_STALL_GIVE_UP: Duration = Duration::from_secs(30);
+/// Lost runs run again this many times at most.
+const RUN_RETRIES: u32 = 2;
 /// Creations and warm-up messages in flight.
 const SETUP_IN_FLIGHT: usize = 16;
 /// Asks sent before the measured runs (connections opened, code paths warm).
@@ -424,15 +428,15 @@ async fn remote_runs(cluster: &mut Cluster, args: &ClusterArgs) -> anyhow::Resul
     let (echo, echo_node) = echo.context("no bench-echo landed on another node than the driver in 32 tries")?;
     eprintln!("v-COS: bench-driver {driver} on node {driver_node}, bench-echo {echo} on node {echo_node}");
     let mut at_driver = Http::new(&cluster.http_of(driver_node)?);
-    drive(&mut at_driver, driver, json!({"op": "asks", "to": echo, "n": WARMUP_ASKS, "concurrency": args.ask_concurrency})).await?;
+    drive_retrying(&mut at_driver, driver, json!({"op": "asks", "to": echo, "n": WARMUP_ASKS, "concurrency": args.ask_concurrency})).await?;
     let (mut asks, mut tells) = (Vec::new(), Vec::new());
     for run in 1..=args.runs {
         let state =
-            drive(&mut at_driver, driver, json!({"op": "asks", "to": echo, "n": args.asks, "concurrency": args.ask_concurrency})).await?;
+            drive_retrying(&mut at_driver, driver, json!({"op": "asks", "to": echo, "n": args.asks, "concurrency": args.ask_concurrency})).await?;
         let rate = state.answered as f64 / elapsed_s(&state);
         eprintln!("  run {run}: {} remote asks (c={}) in {:.3} s: {rate:.0} rt/s", state.answered, args.ask_concurrency, elapsed_s(&state));
         asks.push(rate);
-        let state = drive(&mut at_driver, driver, json!({"op": "tells", "to": echo, "n": args.tells, "window": args.window})).await?;
+        let state = drive_retrying(&mut at_driver, driver, json!({"op": "tells", "to": echo, "n": args.tells, "window": args.window})).await?;
         let rate = state.n as f64 / elapsed_s(&state);
         eprintln!("  run {run}: {} remote tells (windows of {}) in {:.3} s: {rate:.0} msgs/s", state.n, args.window, elapsed_s(&state));
         tells.push(rate);
@@ -446,21 +450,57 @@ fn elapsed_s(state: &DriverState) -> f64 {
     ms as f64 / 1e3
 }
 
+/// A driver run that cannot finish: the driver was activated afresh mid-run (its node lost
+/// the lease on its bucket, say through a stall of the machine), or stopped making progress.
+#[derive(Debug)]
+struct RunLost(String);
+
+impl std::fmt::Display for RunLost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for RunLost {}
+
 /// Starts a driver run and reads its status until it is done; fails on errors.
 async fn drive(http: &mut Http, driver: u64, message: Value) -> anyhow::Result<DriverState> {
     let (code, reply) = send(http, driver, message.clone()).await?;
     ensure!(code == 200 && reply["reply"]["started"] == json!(true), "start {message} on the driver: HTTP {code}: {reply}");
     let started = Instant::now();
+    let (mut progress, mut progressed_at) = ((0, 0), Instant::now());
     loop {
         tokio::time::sleep(STATUS_EVERY).await;
         let (code, reply) = send(http, driver, json!({"op": "status"})).await?;
         ensure!(code == 200, "driver status: HTTP {code}: {reply}");
         let state = DriverState::deserialize(&reply["reply"]).with_context(|| format!("driver status: {reply}"))?;
-        if state.phase == Phase::Idle && state.finished_ms.is_some() {
+        if state.phase == Phase::Idle {
+            let Some(_) = state.finished_ms else {
+                return Err(RunLost(format!("{message}: the driver was activated afresh mid-run (its node lost its lease)")).into());
+            };
             ensure!(state.errors == 0, "{message}: {} errors, the last: {}", state.errors, state.last_error.unwrap_or_default());
             return Ok(state);
         }
+        if (state.sent, state.answered) != progress {
+            (progress, progressed_at) = ((state.sent, state.answered), Instant::now());
+        } else if progressed_at.elapsed() > RUN_STALL_GIVE_UP {
+            return Err(RunLost(format!("{message}: no progress for {} s: {reply}", RUN_STALL_GIVE_UP.as_secs())).into());
+        }
         ensure!(started.elapsed() < DRIVE_GIVE_UP, "{message} not done after {} s: {reply}", DRIVE_GIVE_UP.as_secs());
+    }
+}
+
+/// [`drive`], run again (up to [`RUN_RETRIES`] times) when the run is lost, saying so.
+async fn drive_retrying(http: &mut Http, driver: u64, message: Value) -> anyhow::Result<DriverState> {
+    let mut lost = 0;
+    loop {
+        match drive(http, driver, message.clone()).await {
+            Err(e) if lost < RUN_RETRIES && e.is::<RunLost>() => {
+                lost += 1;
+                eprintln!("  run lost, running it again ({lost} of {RUN_RETRIES}): {e}");
+            }
+            done => return done,
+        }
     }
 }
 
