@@ -55,7 +55,7 @@ const RETRY_EVERY: Duration = Duration::from_millis(10);
 /// An IMVU not answering this long after the kill counts as lost.
 const RECOVERY_GIVE_UP: Duration = Duration::from_secs(60);
 /// How often a driver's status is read while it runs.
-const STATUS_EVERY: Duration = Duration::from_millis(5);
+const STATUS_EVERY: Duration = Duration::from_millis(20);
 /// A driver run not done after this long fails the bench.
 const DRIVE_GIVE_UP: Duration = Duration::from_secs(300);
 /// A driver run whose counts do not move this long is lost.
