@@ -84,11 +84,12 @@ impl<W: AsyncWrite + Send + Unpin + 'static> FrameSink<W> {
             Direct::Failed => return Err(Closed),
             Direct::Queue(frame) => frame,
         };
+        // Room first, then counted and queued with no await between: a sender cancelled
+        // while it waits for room leaves no count behind (a count that never went back to
+        // zero would turn direct writes off for the connection's lifetime).
+        let Ok(permit) = self.queue.reserve().await else { return Err(Closed) };
         self.queued.fetch_add(1, Ordering::SeqCst);
-        if self.queue.send(Some(frame)).await.is_err() {
-            self.queued.fetch_sub(1, Ordering::SeqCst);
-            return Err(Closed);
-        }
+        permit.send(Some(frame));
         Ok(())
     }
 
@@ -196,6 +197,35 @@ mod tests {
         let (sink, _writer) = FrameSink::new(write);
         sink.send(frame(1)).await.expect("open");
         assert_eq!(read_ids(read, 1).await, vec![1]);
+    }
+
+    #[tokio::test]
+    async fn a_sender_cancelled_while_the_queue_is_full_leaves_direct_writes_on() {
+        let (write, read) = tokio::io::duplex(64);
+        let (sink, writer) = FrameSink::new(write);
+        // Fill the pipe, the sink's buffer and the queue: nobody reads and the writer task is
+        // not running yet, so a send finally waits for room; that one is cancelled.
+        let mut id = 0;
+        loop {
+            let before = sink.queued.load(Ordering::SeqCst);
+            match tokio::time::timeout(std::time::Duration::from_millis(20), sink.send(frame(id))).await {
+                Ok(sent) => {
+                    sent.expect("open");
+                    id += 1;
+                }
+                Err(_) => {
+                    assert_eq!(sink.queued.load(Ordering::SeqCst), before, "the cancelled frame is not counted");
+                    break;
+                }
+            }
+        }
+        assert!(sink.queued.load(Ordering::SeqCst) > 0, "some frames went through the queue");
+        let writer = tokio::spawn(writer);
+        let ids = read_ids(read, id as usize).await;
+        assert_eq!(ids, (0..id).collect::<Vec<_>>());
+        assert_eq!(sink.queued.load(Ordering::SeqCst), 0, "everything queued was written");
+        drop(sink);
+        writer.await.unwrap();
     }
 
     #[tokio::test]
