@@ -203,14 +203,14 @@ async fn erasing_a_tenant_fences_its_imvus_on_every_node() {
 }
 
 /// `vcos bench cluster --quick --no-peer` runs end to end as an operator runs it: three nodes,
-/// IMVU-to-IMVU asks and tells over the canon connections, remote activation, and one
+/// IMVU-to-IMVU asks (1 and 16 in flight) and tells over the canon connections, remote activation, and one
 /// `kill -9` failover in which no IMVU is lost or answers a wrong total. (A flag passed twice
 /// to the nodes once made every run of it fail before it measured anything.)
 #[test]
 fn bench_cluster_quick_runs() {
     let (status, output) = Proc::spawn(&["bench", "cluster", "--quick", "--no-peer"]).finish(Duration::from_secs(300));
     assert!(status.success(), "`vcos bench cluster --quick --no-peer` failed ({status}):\n{output}");
-    for row in ["remote ask round trips", "remote tells", "activation (first - next", "failover p99"] {
+    for row in ["remote ask round trips, c=1 ", "remote ask round trips, c=16 ", "remote tells", "activation (first - next", "failover p99"] {
         assert!(output.contains(row), "no `{row}` row in:\n{output}");
     }
     let kill = output.lines().find(|l| l.trim_start().starts_with("kill 1:")).unwrap_or_default();

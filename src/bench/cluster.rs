@@ -5,8 +5,9 @@
 //! - starts three `vcos up` processes (this binary, `--bench-kinds`) forming region `bench` on
 //!   loopback, and waits until every node sees three alive members holding all 256 buckets;
 //! - **remote asks and tells** (`--runs` times): a `bench-driver` IMVU on node A drives a
-//!   `bench-echo` IMVU on node B (src/bench/kinds.rs): `--asks` asks with `--ask-concurrency`
-//!   in flight (each answer sends the next), then `--tells` tells by windows of `--window`, each
+//!   `bench-echo` IMVU on node B (src/bench/kinds.rs): for each of `--ask-concurrency` (by
+//!   default 1, then 16) C asks in flight (each answer sends the next), `--asks` × C asks in all:
+//!   one in flight measures the latency of a round trip, several the throughput of a link; then `--tells` tells by windows of `--window`, each
 //!   window closed by a `get` ask. HTTP only starts a run and reads its result (the driver
 //!   stamps start and end with its handler clock, millisecond resolution; runs last seconds):
 //!   every message measured goes IMVU → runtime → `ClusterRouter` → the canon's TCP connection
@@ -81,12 +82,12 @@ pub(crate) struct ClusterArgs {
     /// Repetitions of the remote ask and tell runs, each side; the median is reported.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=100))]
     runs: u64,
-    /// Remote asks per run.
+    /// Remote asks per run, for each ask in flight (a run at concurrency C makes C times as many).
     #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
     asks: u64,
-    /// Remote asks in flight (Erlang: client processes).
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1_024))]
-    ask_concurrency: u64,
+    /// Remote asks in flight (Erlang: client processes), one measurement for each, comma-separated.
+    #[arg(long, default_values_t = [1, 16], value_delimiter = ',', value_parser = clap::value_parser!(u64).range(1..=1_024))]
+    ask_concurrency: Vec<u64>,
     /// Remote tells per run.
     #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
     tells: u64,
@@ -146,16 +147,17 @@ pub(crate) fn run(mut args: ClusterArgs) -> anyhow::Result<()> {
 }
 
 struct Figures {
-    /// Remote asks/s, one per run.
-    asks: Vec<f64>,
+    /// For each ask concurrency: remote asks/s, one per run.
+    asks: Vec<(u64, Vec<f64>)>,
     /// Remote tells/s, one per run.
     tells: Vec<f64>,
     /// One per kill.
     failovers: Vec<Failover>,
     /// Remote activations of passivated IMVUs, if measured.
     activation: Option<Activation>,
-    /// Erlang distribution: (asks/s, tells/s) per run; `None` when skipped or unavailable.
-    peer: Option<(Vec<f64>, Vec<f64>)>,
+    /// Erlang distribution: (asks/s for each ask concurrency, tells/s) per run; `None` when
+    /// skipped or unavailable.
+    peer: Option<(Vec<Vec<f64>>, Vec<f64>)>,
     peer_note: Option<String>,
 }
 
@@ -211,6 +213,7 @@ async fn bench(args: &ClusterArgs) -> anyhow::Result<Figures> {
     }
     wait_ready(&mut cluster, ready, None).await?;
     eprintln!("v-COS: {NODES} members alive, {BUCKETS} buckets held");
+    create_tenant(&mut Http::new(&node1)).await?;
 
     let (asks, tells) = remote_runs(&mut cluster, args).await?;
     let activation = if args.activations > 0 { Some(activations(&cluster, args.activations).await?) } else { None };
@@ -278,13 +281,26 @@ async fn wait_ready(cluster: &mut Cluster, timeout: Duration, must_hold: Option<
     Ok(())
 }
 
+/// The tenant the bench's IMVUs belong to: its own, because a run sends more messages than the
+/// default tenant's tier allows in a day (1,000,000; `--ask-concurrency 16` alone sends
+/// 480,000 per run with `--asks 30000`), and a refused message would end the run.
+const TENANT: &str = "bench";
+
 fn imvus_path(id: u64) -> String {
-    format!("/v1/tenants/default/imvus/{id}")
+    format!("/v1/tenants/{TENANT}/imvus/{id}")
+}
+
+/// Creates [`TENANT`] with a daily message quota no run reaches.
+async fn create_tenant(http: &mut Http) -> anyhow::Result<()> {
+    let body = json!({"name": TENANT, "policy": {"tier": "enterprise", "messages_per_day": u64::MAX / 2}});
+    let (code, reply) = http.request("POST", "/v1/tenants", Some(&body.to_string())).await?;
+    ensure!(code == 201, "create tenant {TENANT}: HTTP {code}: {}", String::from_utf8_lossy(&reply));
+    Ok(())
 }
 
 /// Creates an IMVU of `kind` through `base`; its id.
 async fn create(http: &mut Http, kind: &str) -> anyhow::Result<u64> {
-    let (code, body) = http.request("POST", "/v1/tenants/default/imvus", Some(&json!({"kind": kind}).to_string())).await?;
+    let (code, body) = http.request("POST", &format!("/v1/tenants/{TENANT}/imvus"), Some(&json!({"kind": kind}).to_string())).await?;
     ensure!(code == 201, "create a {kind}: HTTP {code}: {}", String::from_utf8_lossy(&body));
     let body: Value = serde_json::from_slice(&body).context("create reply")?;
     body["key"]["id"].as_u64().with_context(|| format!("create reply without key.id: {body}"))
@@ -411,7 +427,7 @@ async fn activations(cluster: &Cluster, n: u64) -> anyhow::Result<Activation> {
 // ---------------------------------------------------------------------------------------------
 // Remote asks and tells
 
-async fn remote_runs(cluster: &mut Cluster, args: &ClusterArgs) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
+async fn remote_runs(cluster: &mut Cluster, args: &ClusterArgs) -> anyhow::Result<(Vec<(u64, Vec<f64>)>, Vec<f64>)> {
     let node1 = cluster.http_of(1)?;
     let mut http = Http::new(&node1);
     let driver = create(&mut http, BenchDriver::KIND).await?;
@@ -428,14 +444,19 @@ async fn remote_runs(cluster: &mut Cluster, args: &ClusterArgs) -> anyhow::Resul
     let (echo, echo_node) = echo.context("no bench-echo landed on another node than the driver in 32 tries")?;
     eprintln!("v-COS: bench-driver {driver} on node {driver_node}, bench-echo {echo} on node {echo_node}");
     let mut at_driver = Http::new(&cluster.http_of(driver_node)?);
-    drive_retrying(&mut at_driver, driver, json!({"op": "asks", "to": echo, "n": WARMUP_ASKS, "concurrency": args.ask_concurrency})).await?;
-    let (mut asks, mut tells) = (Vec::new(), Vec::new());
+    let mut asks: Vec<(u64, Vec<f64>)> = args.ask_concurrency.iter().map(|&c| (c, Vec::new())).collect();
+    for &(concurrency, _) in &asks {
+        drive_retrying(&mut at_driver, driver, json!({"op": "asks", "to": echo, "n": WARMUP_ASKS, "concurrency": concurrency})).await?;
+    }
+    let mut tells = Vec::new();
     for run in 1..=args.runs {
-        let state =
-            drive_retrying(&mut at_driver, driver, json!({"op": "asks", "to": echo, "n": args.asks, "concurrency": args.ask_concurrency})).await?;
-        let rate = state.answered as f64 / elapsed_s(&state);
-        eprintln!("  run {run}: {} remote asks (c={}) in {:.3} s: {rate:.0} rt/s", state.answered, args.ask_concurrency, elapsed_s(&state));
-        asks.push(rate);
+        for (concurrency, rates) in &mut asks {
+            let n = args.asks.saturating_mul(*concurrency);
+            let state = drive_retrying(&mut at_driver, driver, json!({"op": "asks", "to": echo, "n": n, "concurrency": *concurrency})).await?;
+            let rate = state.answered as f64 / elapsed_s(&state);
+            eprintln!("  run {run}: {} remote asks (c={concurrency}) in {:.3} s: {rate:.0} rt/s", state.answered, elapsed_s(&state));
+            rates.push(rate);
+        }
         let state = drive_retrying(&mut at_driver, driver, json!({"op": "tells", "to": echo, "n": args.tells, "window": args.window})).await?;
         let rate = state.n as f64 / elapsed_s(&state);
         eprintln!("  run {run}: {} remote tells (windows of {}) in {:.3} s: {rate:.0} msgs/s", state.n, args.window, elapsed_s(&state));
@@ -712,32 +733,37 @@ async fn kill_round(
 // ---------------------------------------------------------------------------------------------
 // The Erlang distribution peer
 
-/// Runs erlang_dist_bench.sh; (asks/s, tells/s) per run.
-async fn erlang_dist(args: &ClusterArgs) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
+/// Runs erlang_dist_bench.sh once for each ask concurrency; (asks/s for each concurrency,
+/// tells/s) per run, the tells from the first (every call of the script measures them).
+async fn erlang_dist(args: &ClusterArgs) -> anyhow::Result<(Vec<Vec<f64>>, Vec<f64>)> {
     if Command::new("erl").arg("-version").output().is_err() {
         bail!("`erl` not found: install Erlang/OTP with `apt-get install -y erlang-base`");
     }
     let dir = tempfile::Builder::new().prefix("vcos-bench-erlang-dist-").tempdir().context("temporary directory")?;
     let script = write_peer(dir.path())?;
-    eprintln!(
-        "Erlang distribution: {} runs of {} calls (c={}) and {} casts (windows of {}) between two nodes on loopback",
-        args.runs, args.asks, args.ask_concurrency, args.tells, args.window
-    );
-    let mut cmd = Command::new("sh");
-    cmd.arg(&script)
-        .args([args.asks, args.ask_concurrency, args.tells, args.window, args.runs].map(|n| n.to_string()))
-        .arg(dir.path().join("beam"));
-    let out = blocking_output(cmd).await.with_context(|| format!("run {}", script.display()))?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    ensure!(out.status.success(), "{} failed ({}): {} {}", script.display(), out.status, stdout.trim(), String::from_utf8_lossy(&out.stderr).trim());
-    let metrics = parse_dist(&stdout);
-    let asks = metrics.get("ask_roundtrips").cloned().unwrap_or_default();
-    let tells = metrics.get("tell_throughput").cloned().unwrap_or_default();
-    ensure!(asks.len() as u64 == args.runs && tells.len() as u64 == args.runs, "the peer printed {} ask and {} tell runs of {}: {stdout}", asks.len(), tells.len(), args.runs);
-    for (i, (a, t)) in asks.iter().zip(&tells).enumerate() {
-        eprintln!("  run {}: {a:.0} rt/s, {t:.0} msgs/s", i + 1);
+    let (mut asks, mut tells) = (Vec::new(), None);
+    for &concurrency in &args.ask_concurrency {
+        let n = args.asks.saturating_mul(concurrency);
+        eprintln!(
+            "Erlang distribution: {} runs of {n} calls (c={concurrency}) and {} casts (windows of {}) between two nodes on loopback",
+            args.runs, args.tells, args.window
+        );
+        let mut cmd = Command::new("sh");
+        cmd.arg(&script).args([n, concurrency, args.tells, args.window, args.runs].map(|n| n.to_string())).arg(dir.path().join("beam"));
+        let out = blocking_output(cmd).await.with_context(|| format!("run {}", script.display()))?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        ensure!(out.status.success(), "{} failed ({}): {} {}", script.display(), out.status, stdout.trim(), String::from_utf8_lossy(&out.stderr).trim());
+        let metrics = parse_dist(&stdout);
+        let rates = metrics.get("ask_roundtrips").cloned().unwrap_or_default();
+        let casts = metrics.get("tell_throughput").cloned().unwrap_or_default();
+        ensure!(rates.len() as u64 == args.runs && casts.len() as u64 == args.runs, "the peer printed {} ask and {} tell runs of {}: {stdout}", rates.len(), casts.len(), args.runs);
+        for (i, (a, t)) in rates.iter().zip(&casts).enumerate() {
+            eprintln!("  run {}: {a:.0} rt/s (c={concurrency}), {t:.0} msgs/s", i + 1);
+        }
+        asks.push(rates);
+        tells.get_or_insert(casts);
     }
-    Ok((asks, tells))
+    Ok((asks, tells.unwrap_or_default()))
 }
 
 fn write_peer(dir: &Path) -> anyhow::Result<std::path::PathBuf> {
@@ -777,10 +803,16 @@ fn print_report(args: &ClusterArgs, f: &Figures) {
     let peer = f.peer.as_ref();
     // The targets: tells at least 1.5 x Erlang distribution's casts, asks 1.2 x its calls.
     type Row<'a> = (String, &'a [f64], Option<&'a [f64]>, f64);
-    let rows: [Row<'_>; 2] = [
-        (format!("remote ask round trips, c={} (rt/s)", args.ask_concurrency), &f.asks, peer.map(|p| p.0.as_slice()), 1.2),
-        (format!("remote tells, windows of {} (msgs/s)", args.window), &f.tells, peer.map(|p| p.1.as_slice()), 1.5),
-    ];
+    let mut rows: Vec<Row<'_>> = f
+        .asks
+        .iter()
+        .enumerate()
+        .map(|(i, (concurrency, rates))| {
+            let theirs = peer.and_then(|p| p.0.get(i)).map(Vec::as_slice);
+            (format!("remote ask round trips, c={concurrency} (rt/s)"), rates.as_slice(), theirs, 1.2)
+        })
+        .collect();
+    rows.push((format!("remote tells, windows of {} (msgs/s)", args.window), &f.tells, peer.map(|p| p.1.as_slice()), 1.5));
     for (metric, ours, theirs, target) in rows {
         let ratio = match (spread(ours), theirs.and_then(spread)) {
             (Some((o, ..)), Some((p, ..))) if p > 0.0 => Some(o / p),
