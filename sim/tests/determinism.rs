@@ -113,6 +113,19 @@ fn a_restarted_leader_reads_its_own_acknowledged_writes() {
     assert!(report.passed(), "{:?}", report.violations);
 }
 
+/// A workflow's `start` was handled on its owner, whose commit then waited on a Raft leader
+/// that had just crashed; the client's retry found the workflow running in memory and was
+/// answered "running" at once, from a state that never became durable (the owner was killed
+/// next), so the workflow stayed `created` for good (seed 1903 of the sweep, shrunk). An answer
+/// read from memory now waits for the IMVU's commit still in flight, and fails with it.
+#[test]
+fn an_answer_read_from_memory_waits_for_the_commit_still_in_flight() {
+    let plan = "460:crash(n0,1919);877:crash(n1,746)".parse().expect("plan");
+    let options = RunOptions { plan: Some(plan), ..RunOptions::default() };
+    let report = run(scenarios::by_name("workflows").expect("scenario"), 1903, &options);
+    assert!(report.passed(), "{:?}", report.violations);
+}
+
 /// Seeds of the canon scenario in the default suite (each runs three Raft nodes); one in
 /// `REPLAY_EVERY` is run twice.
 const CANON_SEEDS: u64 = 36;

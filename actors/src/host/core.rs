@@ -579,6 +579,12 @@ impl<I: Imvu> ShardCore<I> {
         token
     }
 
+    /// The commit `token`, while it is still to complete.
+    fn pending_commit(&mut self, token: u64) -> Option<&mut Pending<I>> {
+        let at = usize::try_from(token.checked_sub(self.first_token)?).ok()?;
+        self.pending.get_mut(at).filter(|p| !matches!(p, Pending::Done))
+    }
+
     fn in_flight(&self, token: u64) -> bool {
         token
             .checked_sub(self.first_token)
@@ -990,12 +996,27 @@ impl<I: Imvu> ShardCore<I> {
                         cell.last_commit = token;
                     }
                 } else {
-                    if let (Some(reply), Some(value)) = (reply, value) {
-                        let epoch = self.cells.get(&key.id.0).and_then(|cell| cell.fence).map(|fence| fence.epoch);
-                        crate::failpoints::served_from_memory(&key, epoch);
-                        self.effects.push(Effect::ReplyAsk(reply, Ok(value)));
+                    let then = match (reply, value) {
+                        (Some(reply), Some(value)) => Then::Ask(reply, value),
+                        _ => Then::Nothing,
+                    };
+                    // Nothing to commit, but what the handler read may not be durable yet: an
+                    // earlier message's commit of this IMVU can still be in flight (commits are
+                    // pipelined). Its answer and sends then wait for that commit, and fail with
+                    // it, so no caller is told of a state that a failed commit takes back (a
+                    // workflow's repeated `start` answered "running" from memory, then lost).
+                    let last = self.cells.get(&key.id.0).map_or(0, |cell| cell.last_commit);
+                    match self.pending_commit(last) {
+                        Some(Pending::Commit { more, .. }) => more.push((then, outgoing)),
+                        _ => {
+                            if let Then::Ask(reply, value) = then {
+                                let epoch = self.cells.get(&key.id.0).and_then(|cell| cell.fence).map(|fence| fence.epoch);
+                                crate::failpoints::served_from_memory(&key, epoch);
+                                self.effects.push(Effect::ReplyAsk(reply, Ok(value)));
+                            }
+                            self.dispatch(key, outgoing);
+                        }
                     }
-                    self.dispatch(key, outgoing);
                 }
                 if stop_requested {
                     let caller = Caller::internal(&key.tenant, "self");
