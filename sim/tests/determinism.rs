@@ -107,9 +107,14 @@ fn canon_seeds_pass_and_replay() {
 /// before that put (seed 1693 of the sweep, shrunk).
 #[test]
 fn a_restarted_leader_reads_its_own_acknowledged_writes() {
-    let plan = "732:partition(n1,2458);1682:crash(n1,2725);1884:disk_fail(n0,2046);2325:crash(n0,2840)".parse().expect("plan");
-    let options = RunOptions { plan: Some(plan), ..RunOptions::default() };
-    let report = run(scenarios::by_name("canon").expect("scenario"), 1693, &options);
+    passes_with_plan("canon", 1693, "732:partition(n1,2458);1682:crash(n1,2725);1884:disk_fail(n0,2046);2325:crash(n0,2840)");
+}
+
+/// Runs `scenario`'s `seed` under the fault `plan` (a shrunk plan from a sweep) and checks it
+/// passes.
+fn passes_with_plan(scenario: &str, seed: u64, plan: &str) {
+    let options = RunOptions { plan: Some(plan.parse().expect("plan")), ..RunOptions::default() };
+    let report = run(scenarios::by_name(scenario).expect("scenario"), seed, &options);
     assert!(report.passed(), "{:?}", report.violations);
 }
 
@@ -120,10 +125,7 @@ fn a_restarted_leader_reads_its_own_acknowledged_writes() {
 /// read from memory now waits for the IMVU's commit still in flight, and fails with it.
 #[test]
 fn an_answer_read_from_memory_waits_for_the_commit_still_in_flight() {
-    let plan = "460:crash(n0,1919);877:crash(n1,746)".parse().expect("plan");
-    let options = RunOptions { plan: Some(plan), ..RunOptions::default() };
-    let report = run(scenarios::by_name("workflows").expect("scenario"), 1903, &options);
-    assert!(report.passed(), "{:?}", report.violations);
+    passes_with_plan("workflows", 1903, "460:crash(n0,1919);877:crash(n1,746)");
 }
 
 /// Seeds of the canon scenario in the default suite (each runs three Raft nodes); one in
