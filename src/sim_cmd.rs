@@ -15,7 +15,8 @@ use vcos_sim::{run, FaultPlan, PlantedBugs, RunOptions, RunReport};
 #[derive(Args, Debug)]
 pub(crate) struct SimArgs {
     /// Scenario: supervision, swarm, durability, canon, membership, durability-raft,
-    /// placement, desktop, workflows, membership-200 (by name only: 200 members), or all.
+    /// placement, desktop, workflows, inference, membership-200 (by name only: 200 members),
+    /// or all.
     #[arg(long, default_value = "all")]
     scenario: String,
     /// One seed.

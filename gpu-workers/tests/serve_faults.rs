@@ -11,8 +11,9 @@ use std::time::Duration;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use vcos_gpu_workers::generate::{EngineEvent, FinishReason, GenerateError, Generation, SamplingParams};
+use vcos_actors::BoxFuture;
 use vcos_gpu_workers::serve::{
-    EmbedBackend, EmbedOutput, EmbedPool, EmbedPoolConfig, EngineRunner, Flow, GenEvent, GenPool, GenPoolConfig, ServeError, StepEngine,
+    EmbedBackend, EmbedOutput, EmbedPool, EmbedPoolConfig, Driver, EngineBody, EngineRunner, GenEvent, GenPool, GenPoolConfig, ServeError, StepEngine,
 };
 
 const HANG_AFTER: Duration = Duration::from_millis(300);
@@ -42,19 +43,21 @@ impl EmbedBackend for FaultyEmbedder {
     fn check(&self, _texts: &[String]) -> Result<(), String> {
         Ok(())
     }
-    fn embed(&self, texts: &[String]) -> Result<EmbedOutput, String> {
-        {
-            let mut largest = self.largest_batch.lock().unwrap();
-            *largest = (*largest).max(texts.len());
-        }
-        let fate: u32 = self.rng.lock().unwrap().random_range(0..100);
-        match fate {
-            0..=7 => return Err("seeded failure".into()),
-            8..=11 => panic!("seeded panic"),
-            12..=13 => std::thread::sleep(HANG),
-            _ => std::thread::sleep(Duration::from_millis(u64::from(fate % 4))),
-        }
-        Ok(EmbedOutput { vectors: texts.iter().map(|t| vec![t.parse::<f32>().unwrap_or(-1.0)]).collect(), tokens: vec![1; texts.len()] })
+    fn embed<'a>(&'a self, texts: &'a [String]) -> BoxFuture<'a, Result<EmbedOutput, String>> {
+        Box::pin(async move {
+            {
+                let mut largest = self.largest_batch.lock().unwrap();
+                *largest = (*largest).max(texts.len());
+            }
+            let fate: u32 = self.rng.lock().unwrap().random_range(0..100);
+            match fate {
+                0..=7 => return Err("seeded failure".into()),
+                8..=11 => panic!("seeded panic"),
+                12..=13 => std::thread::sleep(HANG),
+                _ => std::thread::sleep(Duration::from_millis(u64::from(fate % 4))),
+            }
+            Ok(EmbedOutput { vectors: texts.iter().map(|t| vec![t.parse::<f32>().unwrap_or(-1.0)]).collect(), tokens: vec![1; texts.len()] })
+        })
     }
 }
 
@@ -63,7 +66,7 @@ async fn embeddings_under_seeded_faults_answer_every_caller_once() {
     let mut faults_seen = 0;
     for seed in 0..seeds() {
         let backend = Arc::new(FaultyEmbedder { rng: Mutex::new(ChaCha8Rng::seed_from_u64(seed)), largest_batch: Mutex::new(0) });
-        let config = EmbedPoolConfig { max_batch: MAX_BATCH, max_wait: Duration::from_millis(2), queue: 64, hang_after: HANG_AFTER };
+        let config = EmbedPoolConfig { max_batch: MAX_BATCH, max_wait: Duration::from_millis(2), queue: 64, hang_after: HANG_AFTER, driver: Driver::Threads };
         let pool = EmbedPool::start(backend.clone(), config).expect("pool");
         let calls: Vec<_> = (0..120)
             .map(|i| {
@@ -113,33 +116,35 @@ impl StepEngine for FaultyEngine {
         self.active.retain(|a| a.0 != id);
         self.waiting.retain(|w| w.0 != id);
     }
-    fn step(&mut self) -> Result<Vec<EngineEvent>, GenerateError> {
-        while self.active.len() < MAX_BATCH {
-            let Some((id, len)) = self.waiting.pop_front() else { break };
-            self.active.push((id, len, 0));
-        }
-        {
-            let mut largest = self.largest_batch.lock().unwrap();
-            *largest = (*largest).max(self.active.len());
-        }
-        let fate: u32 = self.rng.lock().unwrap().random_range(0..400);
-        match fate {
-            0..=3 => return Err(GenerateError::InvalidConfig("seeded failure".into())),
-            4..=5 => panic!("seeded panic"),
-            6 => std::thread::sleep(HANG),
-            _ => {}
-        }
-        let mut events = Vec::new();
-        for a in &mut self.active {
-            a.2 += 1;
-            events.push(EngineEvent::Token { request: a.0, token: a.2 as u32, text: "x".into() });
-            if a.2 == a.1 {
-                let output = Generation { token_ids: (1..=a.2 as u32).collect(), text: "x".repeat(a.2), finish: FinishReason::Length, prompt_tokens: 1 };
-                events.push(EngineEvent::Finished { request: a.0, text: String::new(), output });
+    fn step(&mut self) -> BoxFuture<'_, Result<Vec<EngineEvent>, GenerateError>> {
+        Box::pin(async move {
+            while self.active.len() < MAX_BATCH {
+                let Some((id, len)) = self.waiting.pop_front() else { break };
+                self.active.push((id, len, 0));
             }
-        }
-        self.active.retain(|a| a.2 < a.1);
-        Ok(events)
+            {
+                let mut largest = self.largest_batch.lock().unwrap();
+                *largest = (*largest).max(self.active.len());
+            }
+            let fate: u32 = self.rng.lock().unwrap().random_range(0..400);
+            match fate {
+                0..=3 => return Err(GenerateError::InvalidConfig("seeded failure".into())),
+                4..=5 => panic!("seeded panic"),
+                6 => std::thread::sleep(HANG),
+                _ => {}
+            }
+            let mut events = Vec::new();
+            for a in &mut self.active {
+                a.2 += 1;
+                events.push(EngineEvent::Token { request: a.0, token: a.2 as u32, text: "x".into() });
+                if a.2 == a.1 {
+                    let output = Generation { token_ids: (1..=a.2 as u32).collect(), text: "x".repeat(a.2), finish: FinishReason::Length, prompt_tokens: 1 };
+                    events.push(EngineEvent::Finished { request: a.0, text: String::new(), output });
+                }
+            }
+            self.active.retain(|a| a.2 < a.1);
+            Ok(events)
+        })
     }
     fn is_idle(&self) -> bool {
         self.active.is_empty() && self.waiting.is_empty()
@@ -153,11 +158,11 @@ async fn generation_under_seeded_faults_answers_every_caller_once() {
         let rng = Arc::new(Mutex::new(ChaCha8Rng::seed_from_u64(seed)));
         let largest = Arc::new(Mutex::new(0));
         let (r, l) = (rng.clone(), largest.clone());
-        let runner: EngineRunner = Arc::new(move |body: &mut dyn FnMut(&mut dyn StepEngine) -> Flow| {
+        let runner: EngineRunner = Arc::new(move |body: EngineBody| {
             let mut engine = FaultyEngine { rng: r.clone(), waiting: VecDeque::new(), active: Vec::new(), next: 0, largest_batch: l.clone() };
-            Ok(body(&mut engine))
+            Box::pin(async move { Ok(body(&mut engine).await) })
         });
-        let pool = GenPool::start(GenPoolConfig { model: "faulty-gen".into(), queue: 64, hang_after: HANG_AFTER }, runner).expect("pool");
+        let pool = GenPool::start(GenPoolConfig { model: "faulty-gen".into(), queue: 64, hang_after: HANG_AFTER, context: None, driver: Driver::Threads }, runner).expect("pool");
         let mut callers = Vec::new();
         for i in 0..60usize {
             let len = 1 + (i * 7) % 23;

@@ -8,8 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use vcos_gpu_workers::generate::{EngineEvent, FinishReason, GenerateError, Generation, SamplingParams};
+use vcos_actors::BoxFuture;
 use vcos_gpu_workers::serve::{
-    EmbedBackend, EmbedOutput, EmbedPool, EmbedPoolConfig, EngineRunner, Flow, GenEvent, GenPool, GenPoolConfig, ServeError, StepEngine,
+    EmbedBackend, EmbedOutput, EmbedPool, EmbedPoolConfig, Driver, EngineBody, EngineRunner, GenEvent, GenPool, GenPoolConfig, ServeError, StepEngine,
 };
 
 /// Embeds each text as [len, 1.0]; records batch sizes; fails, panics or sleeps on texts
@@ -36,19 +37,21 @@ impl EmbedBackend for FakeEmbedder {
             None => Ok(()),
         }
     }
-    fn embed(&self, texts: &[String]) -> Result<EmbedOutput, String> {
-        self.batches.lock().unwrap().push(texts.len());
-        std::thread::sleep(Duration::from_millis(self.delay_ms));
-        if texts.iter().any(|t| t == "fail") {
-            return Err("planted failure".into());
-        }
-        if texts.iter().any(|t| t == "panic") {
-            panic!("planted panic");
-        }
-        if texts.iter().any(|t| t == "hang") {
-            std::thread::sleep(Duration::from_secs(3));
-        }
-        Ok(EmbedOutput { vectors: texts.iter().map(|t| vec![t.len() as f32, 1.0]).collect(), tokens: texts.iter().map(|t| t.len()).collect() })
+    fn embed<'a>(&'a self, texts: &'a [String]) -> BoxFuture<'a, Result<EmbedOutput, String>> {
+        Box::pin(async move {
+            self.batches.lock().unwrap().push(texts.len());
+            std::thread::sleep(Duration::from_millis(self.delay_ms));
+            if texts.iter().any(|t| t == "fail") {
+                return Err("planted failure".into());
+            }
+            if texts.iter().any(|t| t == "panic") {
+                panic!("planted panic");
+            }
+            if texts.iter().any(|t| t == "hang") {
+                std::thread::sleep(Duration::from_secs(3));
+            }
+            Ok(EmbedOutput { vectors: texts.iter().map(|t| vec![t.len() as f32, 1.0]).collect(), tokens: texts.iter().map(|t| t.len()).collect() })
+        })
     }
 }
 
@@ -149,30 +152,32 @@ impl StepEngine for FakeEngine {
         self.active.retain(|a| a.0 != id);
         self.waiting.retain(|w| w.0 != id);
     }
-    fn step(&mut self) -> Result<Vec<EngineEvent>, GenerateError> {
-        while self.active.len() < self.max_batch {
-            let Some((id, prompt, max)) = self.waiting.pop_front() else { break };
-            self.active.push((id, prompt, max, 0));
-        }
-        self.batch_sizes.lock().unwrap().push(self.active.len());
-        let mut events = Vec::new();
-        for a in &mut self.active {
-            match a.1.as_slice() {
-                [13] => panic!("planted panic"),
-                [14] => return Err(GenerateError::InvalidConfig("planted failure".into())),
-                [15] => std::thread::sleep(Duration::from_secs(3)),
-                _ => {}
+    fn step(&mut self) -> BoxFuture<'_, Result<Vec<EngineEvent>, GenerateError>> {
+        Box::pin(async move {
+            while self.active.len() < self.max_batch {
+                let Some((id, prompt, max)) = self.waiting.pop_front() else { break };
+                self.active.push((id, prompt, max, 0));
             }
-            a.3 += 1;
-            events.push(EngineEvent::Token { request: a.0, token: a.3 as u32, text: format!("t{}", a.3) });
-            if a.3 == a.2 {
-                let output = Generation { token_ids: (1..=a.3 as u32).collect(), text: (1..=a.3).map(|i| format!("t{i}")).collect(), finish: FinishReason::Length, prompt_tokens: a.1.len() };
-                events.push(EngineEvent::Finished { request: a.0, text: String::new(), output });
+            self.batch_sizes.lock().unwrap().push(self.active.len());
+            let mut events = Vec::new();
+            for a in &mut self.active {
+                match a.1.as_slice() {
+                    [13] => panic!("planted panic"),
+                    [14] => return Err(GenerateError::InvalidConfig("planted failure".into())),
+                    [15] => std::thread::sleep(Duration::from_secs(3)),
+                    _ => {}
+                }
+                a.3 += 1;
+                events.push(EngineEvent::Token { request: a.0, token: a.3 as u32, text: format!("t{}", a.3) });
+                if a.3 == a.2 {
+                    let output = Generation { token_ids: (1..=a.3 as u32).collect(), text: (1..=a.3).map(|i| format!("t{i}")).collect(), finish: FinishReason::Length, prompt_tokens: a.1.len() };
+                    events.push(EngineEvent::Finished { request: a.0, text: String::new(), output });
+                }
             }
-        }
-        std::thread::sleep(Duration::from_millis(2));
-        self.active.retain(|a| a.3 < a.2);
-        Ok(events)
+            std::thread::sleep(Duration::from_millis(2));
+            self.active.retain(|a| a.3 < a.2);
+            Ok(events)
+        })
     }
     fn is_idle(&self) -> bool {
         self.active.is_empty() && self.waiting.is_empty()
@@ -183,12 +188,12 @@ fn gen_pool(queue: usize, hang_after: Duration) -> (GenPool, Arc<Mutex<Vec<usize
     let sizes = Arc::new(Mutex::new(Vec::new()));
     let engines = Arc::new(AtomicUsize::new(0));
     let (s, e) = (sizes.clone(), engines.clone());
-    let runner: EngineRunner = Arc::new(move |body: &mut dyn FnMut(&mut dyn StepEngine) -> Flow| {
+    let runner: EngineRunner = Arc::new(move |body: EngineBody| {
         e.fetch_add(1, Ordering::SeqCst);
         let mut engine = FakeEngine { max_batch: 4, batch_sizes: s.clone(), ..Default::default() };
-        Ok(body(&mut engine))
+        Box::pin(async move { Ok(body(&mut engine).await) })
     });
-    let pool = GenPool::start(GenPoolConfig { model: "fake-gen".into(), queue, hang_after }, runner).expect("pool");
+    let pool = GenPool::start(GenPoolConfig { model: "fake-gen".into(), queue, hang_after, context: None, driver: Driver::Threads }, runner).expect("pool");
     (pool, sizes, engines)
 }
 
@@ -225,8 +230,8 @@ async fn invalid_parameters_and_prompts_are_refused() {
     let (pool, _, _) = gen_pool(8, Duration::from_secs(10));
     let bad = SamplingParams { temperature: -1.0, ..SamplingParams::greedy(4) };
     assert!(matches!(pool.submit(vec![1], bad), Err(ServeError::Invalid(m)) if m.contains("temperature")));
-    let (_, done, failed) = collect(pool.submit(vec![], SamplingParams::greedy(4)).unwrap()).await;
-    assert!(done.is_none() && matches!(failed, Some(ServeError::Invalid(_))));
+    // Refused before the queue: a full queue would otherwise answer "overloaded".
+    assert!(matches!(pool.submit(vec![], SamplingParams::greedy(4)), Err(ServeError::Invalid(m)) if m.contains("empty")));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,6 +14,7 @@
 
 pub mod cluster_env;
 pub mod desktop_env;
+pub mod inference_env;
 pub mod keys;
 pub mod linearizability;
 pub mod net;

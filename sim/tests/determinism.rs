@@ -161,6 +161,14 @@ fn workflows_seeds_pass_and_replay() {
 const WORKFLOWS_SEEDS: u64 = 10;
 
 #[test]
+fn inference_seeds_pass_and_replay() {
+    // The model pools (batching, bounded queues, supervision, watchdogs) in front of models
+    // that are slow, fail, panic, stall or hang as the seed says: every request ends once,
+    // with its own answer or a clear error; no batch or queue past its bound.
+    sweep(scenarios::by_name("inference").expect("scenario"), SEEDS);
+}
+
+#[test]
 fn planted_activation_without_lease_check_is_caught() {
     let bugs = PlantedBugs { skip_lease_check: true, ..PlantedBugs::default() };
     let caught = first_failure("placement", bugs, 3).expect("the placement checkers catch activation without a lease check within 3 seeds");

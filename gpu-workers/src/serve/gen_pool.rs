@@ -2,27 +2,30 @@
 //! [`super`]).
 
 use std::collections::BTreeMap;
-use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+use tokio::sync::mpsc::error::{TryRecvError, TrySendError};
+use tokio::sync::mpsc::{self, unbounded_channel, UnboundedReceiver, UnboundedSender};
+use tokio::time::Instant;
+use vcos_actors::BoxFuture;
 
+use super::driver::{Driver, Role};
 use super::error::ServeError;
 use super::watchdog::{count_restart, lock, spawn_watchdog, Heartbeat, StopOnDrop, Watched};
 use crate::generate::{BatchEngine, EngineEvent, GenerateError, Generation, SamplingParams};
 
 /// A continuous-batching engine the worker drives (production: the generation module's
-/// [`BatchEngine`]; tests: a stand-in).
-pub trait StepEngine {
+/// [`BatchEngine`]; tests and the simulator: stand-ins).
+pub trait StepEngine: Send {
     /// Queues a tokenized prompt; checks the parameters and the prompt's length.
     fn submit(&mut self, prompt: Vec<u32>, params: SamplingParams) -> Result<u64, GenerateError>;
     /// Drops a request (its caller went away).
     fn cancel(&mut self, id: u64);
-    /// One scheduling step: admits, prefills, decodes one token per running sequence.
-    fn step(&mut self) -> Result<Vec<EngineEvent>, GenerateError>;
+    /// One scheduling step: admits, prefills, decodes one token per running sequence. A real
+    /// model computes on the worker's own thread; a simulated one awaits its latency.
+    fn step(&mut self) -> BoxFuture<'_, Result<Vec<EngineEvent>, GenerateError>>;
     /// Whether nothing is queued or running.
     fn is_idle(&self) -> bool;
 }
@@ -37,8 +40,9 @@ impl StepEngine for BatchEngine<'_> {
         let _ = BatchEngine::cancel(self, id);
     }
 
-    fn step(&mut self) -> Result<Vec<EngineEvent>, GenerateError> {
-        BatchEngine::step(self)
+    fn step(&mut self) -> BoxFuture<'_, Result<Vec<EngineEvent>, GenerateError>> {
+        // Computed when polled, so that a panic in it is caught with the step.
+        Box::pin(async move { BatchEngine::step(self) })
     }
 
     fn is_idle(&self) -> bool {
@@ -46,10 +50,13 @@ impl StepEngine for BatchEngine<'_> {
     }
 }
 
-/// Builds an engine and runs `body` on it; called again (a fresh engine) after `body` asks for
-/// a restart. Production: borrows the loaded model, so the engine's caches are new and the
-/// weights are kept.
-pub type EngineRunner = Arc<dyn Fn(&mut dyn FnMut(&mut dyn StepEngine) -> Flow) -> Result<Flow, String> + Send + Sync>;
+/// The worker loop over one engine, handed to an [`EngineRunner`].
+pub type EngineBody = Box<dyn for<'e> FnOnce(&'e mut dyn StepEngine) -> BoxFuture<'e, Flow> + Send>;
+
+/// Builds an engine and runs `body` on it (`Err` if it cannot be built); called again (a fresh
+/// engine) after `body` asks for a restart. Production: borrows the loaded model, so the
+/// engine's caches are new and the weights are kept.
+pub type EngineRunner = Arc<dyn Fn(EngineBody) -> BoxFuture<'static, Result<Flow, String>> + Send + Sync>;
 
 /// What the worker loop tells its runner.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,6 +99,11 @@ pub struct GenPoolConfig {
     pub queue: usize,
     /// A step running longer than this is given up and the worker replaced.
     pub hang_after: Duration,
+    /// Positions per sequence, when known: a prompt that leaves no room for a reply is refused
+    /// before it is queued (the engine checks again).
+    pub context: Option<usize>,
+    /// What runs the worker and its watchdog.
+    pub driver: Driver,
 }
 
 struct Job {
@@ -104,8 +116,9 @@ struct Job {
 struct Inner {
     config: GenPoolConfig,
     runner: EngineRunner,
-    tx: SyncSender<Job>,
-    rx: Mutex<Receiver<Job>>,
+    tx: mpsc::Sender<Job>,
+    /// Shared by the worker incarnations: a replaced (hung) worker does not hold it.
+    rx: tokio::sync::Mutex<mpsc::Receiver<Job>>,
     queued: AtomicUsize,
     heartbeat: Arc<Heartbeat>,
     /// Requests in the engine: ticket → (worker epoch, events).
@@ -128,18 +141,19 @@ impl std::fmt::Debug for GenPool {
 }
 
 impl GenPool {
-    /// Starts the worker thread (running engines made by `runner`) and its watchdog.
+    /// Starts the worker (running engines made by `runner`) and its watchdog (threads, or
+    /// tasks: `config.driver`).
     pub fn start(config: GenPoolConfig, runner: EngineRunner) -> Result<Self, ServeError> {
         if config.queue == 0 {
             return Err(ServeError::Invalid("queue must be at least 1".into()));
         }
-        let (tx, rx) = mpsc::sync_channel(config.queue);
+        let (tx, rx) = mpsc::channel(config.queue);
         let hang_after = config.hang_after;
         let inner = Arc::new(Inner {
             config,
             runner,
             tx,
-            rx: Mutex::new(rx),
+            rx: tokio::sync::Mutex::new(rx),
             queued: AtomicUsize::new(0),
             heartbeat: Heartbeat::new(hang_after),
             running: Mutex::new(BTreeMap::new()),
@@ -176,10 +190,21 @@ impl GenPool {
         let inner = &self.inner;
         let model = inner.config.model.clone();
         params.validate().map_err(|e| ServeError::Invalid(e.to_string()))?;
+        // Refused before the queue, so that a bad prompt is told what is wrong with it even
+        // when the queue is full.
+        if prompt.is_empty() {
+            return Err(ServeError::Invalid(GenerateError::EmptyPrompt.to_string()));
+        }
+        if let Some(context) = inner.config.context.filter(|c| prompt.len() >= *c) {
+            return Err(ServeError::Invalid(GenerateError::PromptTooLong { prompt_tokens: prompt.len(), context }.to_string()));
+        }
         let (events, rx) = unbounded_channel();
-        // Counted before it is sent: the worker may take it (and count it out) at once.
+        // Counted before it is sent: the worker may take it (and count it out) at once. The
+        // count is the bound.
         let depth = inner.queued.fetch_add(1, Ordering::Relaxed) + 1;
-        match inner.tx.try_send(Job { prompt, params, events, queued_at: Instant::now() }) {
+        let job = Job { prompt, params, events, queued_at: Instant::now() };
+        let sent = if depth > inner.config.queue { Err(TrySendError::Full(job)) } else { inner.tx.try_send(job) };
+        match sent {
             Ok(()) => {
                 metrics::gauge!("vcos_inference_queue_depth", "model" => model).set(depth as f64);
                 Ok(GenTicket { events: rx })
@@ -189,39 +214,47 @@ impl GenPool {
                 metrics::counter!("vcos_inference_overloaded_total", "model" => model.clone()).increment(1);
                 Err(ServeError::Overloaded { model, queued: inner.config.queue })
             }
-            Err(TrySendError::Disconnected(_)) => Err(ServeError::Stopped(model)),
+            Err(TrySendError::Closed(_)) => {
+                inner.queued.fetch_sub(1, Ordering::Relaxed);
+                Err(ServeError::Stopped(model))
+            }
         }
     }
 }
 
 fn spawn_worker(inner: &Arc<Inner>, epoch: u64) -> Result<(), ServeError> {
-    let weak = Arc::downgrade(inner);
-    std::thread::Builder::new()
-        .name(format!("gen-{}-{epoch}", inner.config.model))
-        .spawn(move || {
-            crate::priority::lower_this_thread();
-            loop {
-                let Some(inner) = weak.upgrade() else { return };
-                let runner = Arc::clone(&inner.runner);
-                drop(inner);
-                let flow = runner(&mut |engine| serve(&weak, epoch, engine));
-                match flow {
-                    Ok(Flow::Restart) => continue,
-                    Ok(Flow::Exit) => return,
-                    Err(reason) => {
-                        // The engine could not be built: fail what waits, try again shortly.
-                        tracing::error!(%reason, "generation engine could not start");
-                        std::thread::sleep(Duration::from_secs(1));
-                    }
-                }
+    let name = format!("gen-{}-{epoch}", inner.config.model);
+    inner.config.driver.spawn(name, Role::Worker, worker(Arc::downgrade(inner), epoch))
+}
+
+/// How long an idle worker waits for a request before it looks whether it was stopped.
+const IDLE_LOOK: Duration = Duration::from_millis(200);
+/// How long the worker waits before building an engine again after building one failed.
+const REBUILD_PAUSE: Duration = Duration::from_secs(1);
+
+/// Runs engines until the pool stops or this worker is replaced: a fresh engine after each
+/// failed step.
+async fn worker(weak: Weak<Inner>, epoch: u64) {
+    loop {
+        let Some(inner) = weak.upgrade() else { return };
+        let runner = Arc::clone(&inner.runner);
+        drop(inner);
+        let body_weak = weak.clone();
+        let body: EngineBody = Box::new(move |engine| Box::pin(serve(body_weak, epoch, engine)));
+        match runner(body).await {
+            Ok(Flow::Restart) => continue,
+            Ok(Flow::Exit) => return,
+            Err(reason) => {
+                tracing::error!(%reason, "generation engine could not start");
+                tokio::time::sleep(REBUILD_PAUSE).await;
             }
-        })
-        .map(|_| ())
-        .map_err(|e| ServeError::Stopped(format!("cannot start a worker thread: {e}")))
+        }
+    }
 }
 
 /// The worker loop over one engine.
-fn serve(weak: &Weak<Inner>, epoch: u64, engine: &mut dyn StepEngine) -> Flow {
+#[allow(clippy::too_many_lines)]
+async fn serve(weak: Weak<Inner>, epoch: u64, engine: &mut dyn StepEngine) -> Flow {
     // Engine request id → ticket.
     let mut tickets: BTreeMap<u64, u64> = BTreeMap::new();
     loop {
@@ -233,12 +266,12 @@ fn serve(weak: &Weak<Inner>, epoch: u64, engine: &mut dyn StepEngine) -> Flow {
         // Admit: wait for work only when there is none.
         let mut jobs = Vec::new();
         {
-            let rx = lock(&inner.rx);
+            let mut rx = inner.rx.lock().await;
             if engine.is_idle() {
-                match rx.recv_timeout(Duration::from_millis(200)) {
-                    Ok(job) => jobs.push(job),
-                    Err(RecvTimeoutError::Timeout) => continue,
-                    Err(RecvTimeoutError::Disconnected) => return Flow::Exit,
+                match tokio::time::timeout(IDLE_LOOK, rx.recv()).await {
+                    Ok(Some(job)) => jobs.push(job),
+                    Err(_) => continue,
+                    Ok(None) => return Flow::Exit,
                 }
             }
             loop {
@@ -281,16 +314,17 @@ fn serve(weak: &Weak<Inner>, epoch: u64, engine: &mut dyn StepEngine) -> Flow {
             continue;
         }
         metrics::histogram!("vcos_inference_batch_size", "model" => model.clone()).record(tickets.len() as f64);
-        inner.heartbeat.begin();
-        let stepped = std::panic::catch_unwind(AssertUnwindSafe(|| engine.step()));
-        inner.heartbeat.end();
-        if inner.heartbeat.epoch() != epoch {
+        if !inner.heartbeat.begin(epoch) {
+            return Flow::Exit; // replaced: the watchdog failed our callers
+        }
+        let stepped = vcos_supervision::quiet_panic::catch_async(engine.step()).await;
+        if !inner.heartbeat.end(epoch) {
             return Flow::Exit; // given up as hung: the watchdog failed our callers
         }
         let events = match stepped {
             Ok(Ok(events)) => events,
             Ok(Err(e)) => return fail_all(&inner, &mut tickets, &model, &format!("the model failed: {e}")),
-            Err(_) => return fail_all(&inner, &mut tickets, &model, "the model step panicked"),
+            Err(panic) => return fail_all(&inner, &mut tickets, &model, &format!("the model step panicked: {panic}")),
         };
         let mut tokens = 0u64;
         for event in events {
@@ -342,6 +376,10 @@ impl Watched for Inner {
 
     fn model(&self) -> &str {
         &self.config.model
+    }
+
+    fn driver(&self) -> Driver {
+        self.config.driver
     }
 
     fn replace_hung(self: Arc<Self>, epoch: u64, next: u64, busy: Duration) {

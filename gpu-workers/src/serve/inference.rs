@@ -5,8 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::embed_pool::{EmbedBackend, EmbedOutput, EmbedPool, EmbedPoolConfig};
+use super::driver::Driver;
 use super::error::ServeError;
-use super::gen_pool::{EngineRunner, Flow, GenPool, GenPoolConfig, GenTicket, StepEngine};
+use super::gen_pool::{EngineBody, EngineRunner, GenPool, GenPoolConfig, GenTicket};
+use vcos_actors::BoxFuture;
 use crate::embed::{EmbedConfig, Embedder};
 use crate::generate::{ChatMessage, EngineLimits, GeneratorConfig, Prompt, SamplingParams, TextGenerator};
 use crate::models::{ModelCache, ModelId};
@@ -65,9 +67,12 @@ impl EmbedBackend for EmbedderBackend {
         self.embedder.check_texts(texts).map_err(|e| e.to_string())
     }
 
-    fn embed(&self, texts: &[String]) -> Result<EmbedOutput, String> {
-        let (vectors, tokens) = self.embedder.embed_counted(texts).map_err(|e| e.to_string())?;
-        Ok(EmbedOutput { vectors, tokens })
+    fn embed<'a>(&'a self, texts: &'a [String]) -> BoxFuture<'a, Result<EmbedOutput, String>> {
+        // Computed in the first poll, on the worker's own thread.
+        Box::pin(async move {
+            let (vectors, tokens) = self.embedder.embed_counted(texts).map_err(|e| e.to_string())?;
+            Ok(EmbedOutput { vectors, tokens })
+        })
     }
 }
 
@@ -167,11 +172,16 @@ impl Inference {
         let generator = Arc::new(TextGenerator::load(&files.gguf, config).map_err(|e| e.to_string())?);
         let name = ModelId::SmolLm2_135mInstruct.name();
         let engine_model = Arc::clone(&generator);
-        let runner: EngineRunner = Arc::new(move |body: &mut dyn FnMut(&mut dyn StepEngine) -> Flow| {
-            let mut engine = engine_model.engine().map_err(|e| e.to_string())?;
-            Ok(body(&mut engine))
+        let runner: EngineRunner = Arc::new(move |body: EngineBody| {
+            let model = Arc::clone(&engine_model);
+            Box::pin(async move {
+                let mut engine = model.engine().map_err(|e| e.to_string())?;
+                Ok(body(&mut engine).await)
+            })
         });
-        let pool = GenPool::start(GenPoolConfig { model: name.to_owned(), queue: settings.gen_queue, hang_after: settings.hang_after }, runner)
+        let context = Some(generator.model().max_positions());
+        let config = GenPoolConfig { model: name.to_owned(), queue: settings.gen_queue, hang_after: settings.hang_after, context, driver: Driver::Threads };
+        let pool = GenPool::start(config, runner)
             .map_err(|e| e.to_string())?;
         Ok(Chat { name, generator, pool })
     }

@@ -8,8 +8,10 @@
 //!   production the generation module's `BatchEngine`); between two decoding steps new
 //!   requests join the running batch and finished or abandoned ones leave it.
 //!
-//! Both are OS threads, not tokio tasks: a forward pass holds its cores for milliseconds to
-//! seconds, which would stall every other task of a tokio worker. Callers wait on channels.
+//! In production both run on OS threads of their own, not on the node's tokio runtime: a
+//! forward pass holds its cores for milliseconds to seconds, which would stall every other
+//! task of a tokio worker. Callers wait on channels. The loops are async and read tokio's
+//! clock, so that the simulator runs the same code as tasks on simulated time ([`Driver`]).
 //!
 //! **Supervision.** A model call that panics or fails fails the requests it was serving (their
 //! callers get [`ServeError::WorkerFailed`], never a hang) and the worker carries on with a
@@ -21,6 +23,7 @@
 //! **Back-pressure.** The queue in front of each worker is bounded; a full queue answers
 //! [`ServeError::Overloaded`] at once.
 
+mod driver;
 mod embed_pool;
 mod error;
 mod gen_pool;
@@ -28,8 +31,9 @@ mod imvu;
 mod inference;
 mod watchdog;
 
+pub use driver::Driver;
 pub use embed_pool::{EmbedBackend, EmbedOutput, EmbedPool, EmbedPoolConfig};
 pub use error::ServeError;
 pub use imvu::{ImvuModels, LocalModels};
 pub use inference::{Chat, Inference, InferenceSettings};
-pub use gen_pool::{EngineRunner, Flow, GenEvent, GenPool, GenPoolConfig, GenTicket, StepEngine};
+pub use gen_pool::{EngineBody, EngineRunner, Flow, GenEvent, GenPool, GenPoolConfig, GenTicket, StepEngine};

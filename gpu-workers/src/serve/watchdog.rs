@@ -1,37 +1,42 @@
 //! What the two pools share: the state a worker thread shares with its watchdog (which
 //! incarnation of the worker is the current one, and when its current model call began), the
 //! watchdog itself, and stopping when the last handle goes.
+//!
+//! Time is tokio's clock: real under [`Driver::Threads`], simulated under the simulator.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use tokio::time::Instant;
+
+use super::driver::{Driver, Role};
 use super::error::ServeError;
 
 /// Heartbeat of a worker: the watchdog reads it, the worker writes it around each model call.
 #[derive(Debug)]
 pub(crate) struct Heartbeat {
-    /// Origin of the millisecond stamps (a monotonic clock; the worker is real time by nature).
-    origin: Instant,
-    /// When the current model call began (ms since `origin`, plus one); 0 when not in a call.
-    busy_since: AtomicU64,
-    /// Incarnation of the worker thread that owns the queue now.
-    epoch: AtomicU64,
-    /// Set when the pool's last handle went: its threads stop.
+    beat: Mutex<Beat>,
+    /// Set when the pool's last handle went: its loops stop.
     stopped: Arc<AtomicBool>,
     /// How long a model call may run before the watchdog gives it up.
     hang_after: Duration,
 }
 
+/// Which worker owns the queue, and when its model call began. One lock for both: a worker
+/// given up as hung may return from its call while its successor is in one, and must then
+/// touch neither the successor's start time nor its callers (epoch-checked under the lock).
+#[derive(Debug, Default)]
+struct Beat {
+    /// Incarnation of the worker that owns the queue now.
+    epoch: u64,
+    /// When its current model call began; `None` between calls.
+    busy_since: Option<Instant>,
+}
+
 impl Heartbeat {
     pub(crate) fn new(hang_after: Duration) -> Arc<Self> {
-        Arc::new(Self {
-            origin: Instant::now(),
-            busy_since: AtomicU64::new(0),
-            epoch: AtomicU64::new(0),
-            stopped: Arc::new(AtomicBool::new(false)),
-            hang_after,
-        })
+        Arc::new(Self { beat: Mutex::default(), stopped: Arc::new(AtomicBool::new(false)), hang_after })
     }
 
     /// Whether the pool was stopped.
@@ -44,37 +49,47 @@ impl Heartbeat {
         StopOnDrop(Arc::clone(&self.stopped))
     }
 
-    fn now_ms(&self) -> u64 {
-        u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX - 1)
-    }
-
-    /// A model call begins.
-    pub(crate) fn begin(&self) {
-        self.busy_since.store(self.now_ms() + 1, Ordering::Release);
-    }
-
-    /// The model call returned.
-    pub(crate) fn end(&self) {
-        self.busy_since.store(0, Ordering::Release);
-    }
-
-    /// How long the current call has run, if one runs.
-    pub(crate) fn busy_for(&self) -> Option<Duration> {
-        match self.busy_since.load(Ordering::Acquire) {
-            0 => None,
-            since => Some(Duration::from_millis(self.now_ms().saturating_sub(since - 1))),
+    /// Worker `epoch` begins a model call; false if it is no longer the current worker.
+    pub(crate) fn begin(&self, epoch: u64) -> bool {
+        let mut beat = lock(&self.beat);
+        if beat.epoch != epoch {
+            return false;
         }
+        beat.busy_since = Some(Instant::now());
+        true
+    }
+
+    /// Worker `epoch`'s model call returned; false if it was given up meanwhile (its callers
+    /// were failed and a successor owns the queue).
+    pub(crate) fn end(&self, epoch: u64) -> bool {
+        let mut beat = lock(&self.beat);
+        if beat.epoch != epoch {
+            return false;
+        }
+        beat.busy_since = None;
+        true
+    }
+
+    /// The current worker, and how long its current call has run, if one runs.
+    fn busy(&self) -> Option<(u64, Duration)> {
+        let beat = lock(&self.beat);
+        beat.busy_since.map(|since| (beat.epoch, since.elapsed()))
     }
 
     pub(crate) fn epoch(&self) -> u64 {
-        self.epoch.load(Ordering::Acquire)
+        lock(&self.beat).epoch
     }
 
-    /// Replaces the worker `epoch` (if it is still current): returns the new epoch.
-    pub(crate) fn supersede(&self, epoch: u64) -> Option<u64> {
-        self.epoch.compare_exchange(epoch, epoch + 1, Ordering::AcqRel, Ordering::Acquire).ok()?;
-        self.busy_since.store(0, Ordering::Release);
-        Some(epoch + 1)
+    /// Replaces the worker `epoch` if it is still current and still in a call (it may have
+    /// returned since the watchdog looked): returns the new epoch.
+    fn supersede(&self, epoch: u64) -> Option<u64> {
+        let mut beat = lock(&self.beat);
+        if beat.epoch != epoch || beat.busy_since.is_none() {
+            return None;
+        }
+        beat.epoch += 1;
+        beat.busy_since = None;
+        Some(beat.epoch)
     }
 }
 
@@ -106,33 +121,34 @@ pub(crate) trait Watched: Send + Sync + 'static {
     fn heartbeat(&self) -> &Heartbeat;
     /// The model's name.
     fn model(&self) -> &str;
+    /// What runs the pool's loops.
+    fn driver(&self) -> Driver;
     /// The worker of `epoch` hung in a call for `busy`: fail the callers it held and start the
     /// worker of epoch `next`.
     fn replace_hung(self: Arc<Self>, epoch: u64, next: u64, busy: Duration);
 }
 
-/// Starts the watchdog thread of a pool: it looks every [`WATCH_EVERY`] and replaces a worker
-/// whose call runs past `hang_after`.
+/// Starts the watchdog of a pool: it looks every [`WATCH_EVERY`] and replaces a worker whose
+/// call runs past `hang_after`.
 pub(crate) fn spawn_watchdog<T: Watched>(inner: &Arc<T>, pool: &'static str) -> Result<(), ServeError> {
     let weak: Weak<T> = Arc::downgrade(inner);
-    std::thread::Builder::new()
-        .name(format!("{pool}-watchdog-{}", inner.model()))
-        .spawn(move || loop {
-            std::thread::sleep(WATCH_EVERY);
-            let Some(inner) = weak.upgrade() else { return };
-            if inner.heartbeat().is_stopped() {
-                return;
-            }
-            let Some(busy) = inner.heartbeat().busy_for() else { continue };
-            if busy < inner.heartbeat().hang_after {
-                continue;
-            }
-            let epoch = inner.heartbeat().epoch();
-            let Some(next) = inner.heartbeat().supersede(epoch) else { continue };
-            tracing::error!(model = inner.model(), busy_ms = busy.as_millis() as u64, "{pool} call hung; failing its callers and starting a new worker");
-            count_restart(inner.model(), "hung");
-            inner.replace_hung(epoch, next, busy);
-        })
-        .map(|_| ())
-        .map_err(|e| ServeError::Stopped(format!("cannot start the watchdog thread: {e}")))
+    inner.driver().spawn(format!("{pool}-watchdog-{}", inner.model()), Role::Watchdog, watch(weak, pool))
+}
+
+async fn watch<T: Watched>(weak: Weak<T>, pool: &'static str) {
+    loop {
+        tokio::time::sleep(WATCH_EVERY).await;
+        let Some(inner) = weak.upgrade() else { return };
+        if inner.heartbeat().is_stopped() {
+            return;
+        }
+        let Some((epoch, busy)) = inner.heartbeat().busy() else { continue };
+        if busy < inner.heartbeat().hang_after {
+            continue;
+        }
+        let Some(next) = inner.heartbeat().supersede(epoch) else { continue };
+        tracing::error!(model = inner.model(), busy_ms = busy.as_millis() as u64, "{pool} call hung; failing its callers and starting a new worker");
+        count_restart(inner.model(), "hung");
+        inner.replace_hung(epoch, next, busy);
+    }
 }

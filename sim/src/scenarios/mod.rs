@@ -5,6 +5,7 @@
 mod canon;
 mod desktop;
 mod durability;
+mod inference;
 mod membership;
 mod placement;
 mod supervision;
@@ -28,6 +29,7 @@ use crate::world::{PanicTargets, WorldStore};
 pub use canon::CanonScenario;
 pub use desktop::DesktopScenario;
 pub use durability::Durability;
+pub use inference::InferenceScenario;
 pub use membership::{MembershipScenario, MEMBERSHIP, MEMBERSHIP_200};
 pub use placement::PlacementScenario;
 pub use supervision::SupervisionScenario;
@@ -89,8 +91,19 @@ impl Scenario for OnRaft {
 pub static DURABILITY_RAFT: OnRaft = OnRaft { name: "durability-raft", inner: &Durability };
 
 /// Every scenario that ships.
-pub fn all() -> [&'static dyn Scenario; 9] {
-    [&SupervisionScenario, &SwarmScenario, &Durability, &CanonScenario, &MEMBERSHIP, &DURABILITY_RAFT, &PlacementScenario, &DesktopScenario, &WorkflowsScenario]
+pub fn all() -> [&'static dyn Scenario; 10] {
+    [
+        &SupervisionScenario,
+        &SwarmScenario,
+        &Durability,
+        &CanonScenario,
+        &MEMBERSHIP,
+        &DURABILITY_RAFT,
+        &PlacementScenario,
+        &DesktopScenario,
+        &WorkflowsScenario,
+        &InferenceScenario,
+    ]
 }
 
 /// Scenarios run only by name (too slow for `all`): `membership-200`.
