@@ -2,15 +2,16 @@
 
 use std::path::Path;
 
-use candle_core::{Device, Tensor};
+use candle_core::Device;
 use candle_nn::VarBuilder;
-use candle_transformers::models::bert::{BertModel, Config, DTYPE};
+use candle_transformers::models::bert::{Config, DTYPE};
 use serde::Deserialize;
 use tokenizers::Tokenizer;
 
 use super::config::{DeviceChoice, EmbedConfig};
 use super::error::EmbedError;
 use super::threads::ThreadBudget;
+use super::packed_bert::{mean_pool, PackedBert};
 use super::{pooling, tokenize};
 use crate::models::{EmbeddingFiles, ModelCache};
 
@@ -23,7 +24,7 @@ struct SentenceConfig {
 /// A loaded embedding model: tokenizer, BERT weights, thread pool. `Send + Sync`; one call
 /// at a time uses the pool (calls from several threads queue on it).
 pub struct Embedder {
-    model: BertModel,
+    model: PackedBert,
     tokenizer: Tokenizer,
     device: Device,
     budget: ThreadBudget,
@@ -72,7 +73,7 @@ impl Embedder {
             let bytes = std::fs::read(&weights)
                 .map_err(|e| EmbedError::ModelFile { path: weights.clone(), detail: e.to_string() })?;
             let vb = VarBuilder::from_buffered_safetensors(bytes, DTYPE, &device)?;
-            BertModel::load(vb, &bert).map_err(EmbedError::from)
+            PackedBert::load(vb, &bert).map_err(EmbedError::from)
         })?;
         tracing::info!(dim = bert.hidden_size, max_tokens, device = ?device, "embedder loaded");
         Ok(Embedder { model, tokenizer, device, budget, config, dim: bert.hidden_size, max_tokens })
@@ -99,8 +100,8 @@ impl Embedder {
     }
 
     /// One unit-length embedding per text, in order. The whole batch runs as one forward
-    /// pass padded to its longest text; results equal those of embedding texts one at a
-    /// time (to float rounding).
+    /// pass, its texts packed without padding; results equal those of embedding texts one at
+    /// a time (to float rounding).
     pub fn embed<S: AsRef<str>>(&self, texts: &[S]) -> Result<Vec<Vec<f32>>, EmbedError> {
         self.embed_counted(texts).map(|(vectors, _)| vectors)
     }
@@ -118,15 +119,12 @@ impl Embedder {
         let _enter = span.enter();
         let texts = self.check(texts)?;
         self.budget.run(|| {
-            let batch = tokenize::encode(&self.tokenizer, &texts)?;
-            span.record("tokens", batch.tokens);
-            let counts: Vec<usize> = batch.mask.chunks(batch.tokens.max(1)).map(|row| row.iter().filter(|m| **m != 0).count()).collect();
-            let ids = Tensor::from_vec(batch.ids, (batch.rows, batch.tokens), &self.device)?;
-            let mask = Tensor::from_vec(batch.mask, (batch.rows, batch.tokens), &self.device)?;
-            let type_ids = ids.zeros_like()?;
-            let hidden = self.model.forward(&ids, &type_ids, Some(&mask))?;
-            let pooled = pooling::mean_pool(&hidden, &mask)?;
+            let packed = tokenize::encode(&self.tokenizer, &texts)?;
+            span.record("tokens", packed.ids.len());
+            let states = self.model.forward(&packed.ids, &packed.packing)?;
+            let pooled = mean_pool(&states, &packed.packing)?;
             let normed = pooling::l2_normalize(&pooled)?;
+            let counts = packed.packing.lengths;
             Ok((normed.to_vec2::<f32>()?, counts))
         })
     }

@@ -7,7 +7,7 @@
 //!
 //! Two traps of the shipped files, handled in `tokenize.rs`: `tokenizer.json` pads every
 //! input to 128 tokens (batches would be mostly padding) and truncates at 128 (not
-//! sentence-transformers' 256).
+//! sentence-transformers' 256). Texts of a batch are packed, not padded (`packed_bert.rs`).
 //!
 //! Threads are a setting ([`EmbedConfig::threads`]); what that controls in candle and what
 //! stays process-wide is in [`threads`].
@@ -15,6 +15,8 @@
 mod config;
 mod embedder;
 mod error;
+mod gelu;
+mod packed_bert;
 mod pooling;
 pub mod threads;
 mod tokenize;
