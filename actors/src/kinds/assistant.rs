@@ -133,8 +133,15 @@ impl Imvu for Assistant {
                 state.waiting.insert(request, Waiting::Question { request, question, max_tokens });
                 serde_json::json!({ "request": request })
             }
-            AssistantMsg::Answers => serde_json::json!({ "answers": state.answers, "waiting": state.waiting.len() }),
-            AssistantMsg::Notes => serde_json::json!(state.notes.iter().map(|n| n.text.as_str()).collect::<Vec<_>>()),
+            // Queries change nothing: answered from memory, with no commit (and no fsync) each.
+            AssistantMsg::Answers => {
+                ctx.unchanged();
+                serde_json::json!({ "answers": state.answers, "waiting": state.waiting.len() })
+            }
+            AssistantMsg::Notes => {
+                ctx.unchanged();
+                serde_json::json!(state.notes.iter().map(|n| n.text.as_str()).collect::<Vec<_>>())
+            }
         }
     }
 
