@@ -91,7 +91,7 @@ impl PackedBert {
         if config.hidden_act != HiddenAct::Gelu {
             candle_core::bail!("unsupported hidden_act {:?}: this encoder implements BERT's erf GELU", config.hidden_act);
         }
-        if config.hidden_size % config.num_attention_heads != 0 {
+        if config.num_attention_heads == 0 || !config.hidden_size.is_multiple_of(config.num_attention_heads) {
             candle_core::bail!("hidden_size {} is not a multiple of {} heads", config.hidden_size, config.num_attention_heads);
         }
         let hidden = config.hidden_size;
