@@ -14,7 +14,7 @@
 //! the extended attention mask, layer norms at the config's epsilon); results equal to float
 //! rounding, checked against sentence-transformers by the embedding reference test.
 
-use candle_core::{DType, Device, Module, Tensor};
+use candle_core::{Device, Module, Tensor};
 use candle_nn::{embedding, layer_norm, Embedding, LayerNorm, VarBuilder};
 use candle_transformers::models::bert::{Config, HiddenAct};
 
@@ -240,7 +240,7 @@ impl AttentionLayout {
         let padding = Padding {
             gather: Tensor::from_vec(gather, texts * longest, device)?,
             scatter: Tensor::from_vec(scatter, total, device)?,
-            mask: Tensor::from_vec(mask, (texts, 1, 1, longest), device)?.to_dtype(DType::F32)?,
+            mask: Tensor::from_vec(mask, (texts, 1, 1, longest), device)?,
         };
         Ok(Self { texts, longest, padding: Some(padding) })
     }
