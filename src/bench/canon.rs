@@ -35,7 +35,7 @@ const CANON_PUT_LUA: &str = include_str!("canon_put.lua");
 /// The concurrencies measured, as in `etcd_bench.sh`.
 const CONCURRENCIES: [u32; 3] = [1, 16, 256];
 
-const REGION_A: &str = "bench-a";
+pub(super) const REGION_A: &str = "bench-a";
 const REGION_B: &str = "bench-b";
 
 /// Lag probes: one put every `PROBE_EVERY`, then node 4 polled every `POLL_EVERY`.
@@ -400,7 +400,7 @@ impl Cluster {
     }
 
     /// Polls node 1's `/v1/canon/status` until `ready` holds for `bench-a`'s group.
-    async fn wait_for(&mut self, what: &str, timeout: Duration, ready: impl Fn(&Group) -> bool) -> anyhow::Result<Group> {
+    pub(super) async fn wait_for(&mut self, what: &str, timeout: Duration, ready: impl Fn(&Group) -> bool) -> anyhow::Result<Group> {
         let node1 = self.http_of(1)?;
         let mut client = Http::new(&node1);
         let deadline = Instant::now() + timeout;
@@ -430,12 +430,12 @@ struct CanonStatus {
 }
 
 #[derive(Deserialize, Debug)]
-struct Group {
+pub(super) struct Group {
     region: String,
     #[serde(default)]
     leader_id: Option<u64>,
     #[serde(default)]
-    leader_http: Option<String>,
+    pub(super) leader_http: Option<String>,
     #[serde(default)]
     members: Vec<Member>,
 }
@@ -448,7 +448,7 @@ struct Member {
 }
 
 impl Group {
-    fn voters(&self) -> usize {
+    pub(super) fn voters(&self) -> usize {
         self.members.iter().filter(|m| m.role == "voter").count()
     }
 

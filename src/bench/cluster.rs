@@ -35,7 +35,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, ensure, Context as _};
+use anyhow::{bail, ensure, Context as _};
 use clap::Args;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -126,16 +126,7 @@ pub(crate) fn run(mut args: ClusterArgs) -> anyhow::Result<()> {
     if cfg!(debug_assertions) {
         eprintln!("warning: a debug build of vcos: its figures are not comparable (use --release)");
     }
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().context("tokio runtime")?;
-    let result = rt.block_on(async {
-        tokio::select! {
-            biased;
-            r = bench(&args) => r,
-            _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted")),
-        }
-    });
-    rt.shutdown_timeout(Duration::from_secs(2));
-    let figures = result?;
+    let figures = super::run_driver(bench(&args))?;
     print_report(&args, &figures);
     if args.local {
         println!("\n`vcos bench local --quick`: one node against Erlang/OTP (small sizes)");

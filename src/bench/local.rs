@@ -603,7 +603,7 @@ fn committed_of(stats: &serde_json::Value) -> Option<f64> {
 
 /// Slope and coefficient of determination of the least-squares line through `points`; `None`
 /// for fewer than two distinct x.
-fn least_squares(points: &[(f64, f64)]) -> Option<(f64, f64)> {
+pub(super) fn least_squares(points: &[(f64, f64)]) -> Option<(f64, f64)> {
     let n = points.len() as f64;
     if points.len() < 2 {
         return None;
@@ -621,7 +621,7 @@ fn least_squares(points: &[(f64, f64)]) -> Option<(f64, f64)> {
     Some((slope, r2))
 }
 
-fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
+pub(super) fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
     if sorted.is_empty() {
         return None;
     }
@@ -631,7 +631,7 @@ fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
 // ---------------------------------------------------------------------------------------------
 // The machine's load
 
-fn load_average() -> String {
+pub(super) fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg").map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" ")).unwrap_or_else(|_| "?".into())
 }
 

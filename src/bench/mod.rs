@@ -10,6 +10,7 @@ mod http;
 mod inference;
 mod kinds;
 mod local;
+mod passivated;
 mod sessions;
 mod think;
 mod workflows;
@@ -29,6 +30,10 @@ pub(crate) struct BenchArgs {
 enum Suite {
     /// The actor runtime on one node vs Erlang/OTP (tell, ask, spawn/memory, passivation, restarts).
     Local(local::LocalArgs),
+    /// Passivated IMVUs on a region of three voters (`vcos up` processes on loopback): each
+    /// process's resident memory as they accumulate (10 M by default), the disk they take, and
+    /// the activation of a passivated IMVU through HTTP.
+    Passivated(passivated::PassivatedArgs),
     /// Replicated canon writes on a 3-voter region vs a 3-member etcd (ops/s, p50/p99 at
     /// c=1/16/256), and cross-region replication lag under load.
     Canon(canon::CanonArgs),
@@ -60,6 +65,7 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.suite {
         Suite::Local(local) => local::run(local),
         Suite::Canon(canon) => canon::run(canon),
+        Suite::Passivated(passivated) => passivated::run(passivated),
         Suite::Cluster(cluster) => cluster::run(cluster),
         Suite::Http(http) => http::run(http),
         Suite::Inference(inference) => inference::run(inference),
@@ -67,6 +73,22 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<()> {
         Suite::Sessions(sessions) => sessions::run(sessions),
         Suite::Workflows(workflows) => workflows::run(workflows),
     }
+}
+
+/// Runs a bench's driver on a runtime of two workers (the machine's cores), ending it early
+/// with an error on Ctrl-C; a blocking task still running then is not waited for.
+pub(crate) fn run_driver<T>(driver: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    use anyhow::Context as _;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().context("tokio runtime")?;
+    let result = rt.block_on(async {
+        tokio::select! {
+            biased;
+            r = driver => r,
+            _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+        }
+    });
+    rt.shutdown_timeout(std::time::Duration::from_secs(2));
+    result
 }
 
 /// One row of a comparison table.
