@@ -214,6 +214,7 @@ async fn bench(args: &PassivatedArgs) -> anyhow::Result<()> {
     let mut tick = tokio::time::interval(SAMPLE_EVERY);
     loop {
         tokio::select! {
+            biased;
             done = creators.join_next() => match done {
                 None => break,
                 Some(Ok(Ok(()))) => continue,
