@@ -42,7 +42,9 @@ pub enum Persistence {
     /// After every message, before the reply is released: a reply is a durable acknowledgement.
     EveryMessage,
     /// Only at lifecycle transitions and passivation: replies are not durable until then.
-    /// For scratch state that may be recomputed; much cheaper.
+    /// For scratch state that may be recomputed; much cheaper. A passivation (idle timer or
+    /// shutdown) lets go of the IMVU only once its state is durable; if the write is refused,
+    /// it stays resident with its state for the next passivation.
     LifecycleOnly,
 }
 

@@ -407,6 +407,8 @@ fn spawn_storage_meter(inner: std::sync::Weak<Inner>) {
 }
 
 const DIRECTORY_SHARDS: usize = 16;
+/// Passivation rounds at shutdown, at most (each writes what the previous one could not).
+const SHUTDOWN_PASSIVATION_ROUNDS_MAX: usize = 8;
 
 /// The most ids one shard of the directory caches. The directory is a cache of the meta
 /// records: without a bound it held an entry for every IMVU this process ever created or
@@ -1241,8 +1243,21 @@ impl Runtime {
             tracing::warn!(error = %e, "usage not written at shutdown");
         }
         swarm::stop_all(&self.inner.swarms);
-        let written = self.passivate_idle(0).await;
-        tracing::info!(passivated = written, "IMVUs passivated; stopping shards");
+        // A `LifecycleOnly` IMVU leaves memory only once its state is durable; one whose write
+        // was refused (a commit queue filled by thousands of them at once) stays resident and
+        // is written by the next round. Rounds end when one passivates nothing more.
+        let mut written = 0;
+        for _ in 0..SHUTDOWN_PASSIVATION_ROUNDS_MAX {
+            let round = self.passivate_idle(0).await;
+            written += round;
+            if round == 0 {
+                break;
+            }
+        }
+        // Those left are paused, kept resident by their kind, or refused by a canon that takes
+        // no writes now (each passivation logged its refusals).
+        let resident = self.inner.node.resident_imvus.load(Ordering::Relaxed);
+        tracing::info!(passivated = written, resident, "IMVUs passivated; stopping shards");
         let _ = ractor::call!(self.inner.root, SupervisorMsg::Shutdown);
         self.inner.root.stop(Some("shutdown".into()));
     }

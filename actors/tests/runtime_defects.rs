@@ -180,25 +180,46 @@ fn writes_snapshot(writes: &[CanonWrite]) -> bool {
 }
 
 /// A store that fails the snapshot-writing commits whose number (from 1) is in `fail`, and
-/// every commit while `down` is set (an outage that ends).
+/// every commit while `down` is set (an outage that ends); and holds back the
+/// snapshot-writing commits while `hold` is set, until [`FlakyStore::release`].
 struct FlakyStore {
     inner: MemoryStore,
     commits: AtomicUsize,
     fail: Mutex<BTreeSet<usize>>,
     down: AtomicBool,
+    hold: AtomicBool,
+    held: Mutex<Vec<(Vec<CanonWrite>, Completion)>>,
 }
 
 impl FlakyStore {
     fn new() -> Self {
-        Self { inner: MemoryStore::new(), commits: AtomicUsize::new(0), fail: Mutex::default(), down: AtomicBool::new(false) }
+        Self {
+            inner: MemoryStore::new(),
+            commits: AtomicUsize::new(0),
+            fail: Mutex::default(),
+            down: AtomicBool::new(false),
+            hold: AtomicBool::new(false),
+            held: Mutex::default(),
+        }
+    }
+
+    fn release(&self) {
+        self.hold.store(false, Ordering::SeqCst);
+        let held = std::mem::take(&mut *self.held.lock().expect("lock"));
+        for (writes, done) in held {
+            self.inner.commit(writes, done);
+        }
     }
 }
 
 impl CanonStore for FlakyStore {
     fn commit(&self, writes: Vec<CanonWrite>, done: Completion) {
-        let n = if writes_snapshot(&writes) { self.commits.fetch_add(1, Ordering::SeqCst) + 1 } else { 0 };
+        let snapshot = writes_snapshot(&writes);
+        let n = if snapshot { self.commits.fetch_add(1, Ordering::SeqCst) + 1 } else { 0 };
         if self.fail.lock().expect("lock").remove(&n) || self.down.load(Ordering::SeqCst) {
             done(Err(StoreError::Io("injected failure".into())));
+        } else if snapshot && self.hold.load(Ordering::SeqCst) {
+            self.held.lock().expect("lock").push((writes, done));
         } else {
             self.inner.commit(writes, done);
         }
@@ -330,5 +351,134 @@ async fn creations_resume_when_the_store_recovers() {
     for _ in 0..10 {
         rt.create_imvu(&t, "counter", &caller()).await.expect("creations go on");
     }
+    rt.shutdown().await;
+}
+
+/// A count kept in memory between lifecycle transitions (`Persistence::LifecycleOnly`).
+struct Tally;
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+enum TallyMsg {
+    Add { n: u64 },
+    Get,
+}
+
+impl vcos_actors::Imvu for Tally {
+    const KIND: &'static str = "tally";
+    type State = u64;
+    type Msg = TallyMsg;
+    type Reply = u64;
+
+    fn genesis(&self) -> u64 {
+        0
+    }
+
+    fn handle(&self, count: &mut u64, msg: TallyMsg, _ctx: &mut vcos_actors::Context<'_>) -> u64 {
+        if let TallyMsg::Add { n } = msg {
+            *count += n;
+        }
+        *count
+    }
+
+    fn persistence(&self) -> vcos_actors::Persistence {
+        vcos_actors::Persistence::LifecycleOnly
+    }
+
+    fn description(&self) -> &'static str {
+        "test: a count kept in memory"
+    }
+}
+
+async fn start_tallies(store: Arc<dyn CanonStore>) -> Runtime {
+    let mut config = RuntimeConfig::new(store, Arc::new(ManualClock::new(0)));
+    config.shards_per_kind = 1;
+    let rt = Runtime::builder(config).kind(Tally).start().await.expect("start");
+    rt.ensure_tenant(TenantId::default_tenant(), TenantPolicy::default()).await.expect("tenant");
+    rt
+}
+
+/// A passivation whose write of a `LifecycleOnly` IMVU's state is refused leaves the IMVU
+/// resident with its state; the next one writes it. (It used to let go first: the count was
+/// lost, and the next message reloaded 0 from canon.)
+#[tokio::test(flavor = "current_thread")]
+async fn a_refused_passivation_write_keeps_the_state_in_memory() {
+    let store = Arc::new(FlakyStore::new());
+    let rt = start_tallies(store.clone()).await;
+    let t = TenantId::default_tenant();
+    let key = rt.create_imvu(&t, "tally", &caller()).await.expect("create").key;
+    let tallies = rt.kind_ref::<Tally>().expect("tally kind");
+    assert_eq!(tallies.ask(&key, TallyMsg::Add { n: 42 }).await.expect("add"), 42);
+
+    store.down.store(true, Ordering::SeqCst);
+    assert_eq!(rt.passivate_idle(0).await, 0, "nothing let go: its write was refused");
+    store.down.store(false, Ordering::SeqCst);
+    assert_eq!(tallies.ask(&key, TallyMsg::Get).await.expect("get"), 42, "the count survived in memory");
+
+    assert_eq!(rt.passivate_idle(0).await, 1, "written, then let go");
+    assert_eq!(tallies.ask(&key, TallyMsg::Get).await.expect("get after reload"), 42, "reloaded from canon");
+    rt.shutdown().await;
+}
+
+/// At shutdown, writes refused by a full commit queue are tried again: every count reaches
+/// canon. (They used to fail once and be dropped with the shards.)
+#[tokio::test(flavor = "current_thread")]
+async fn shutdown_writes_every_count_even_past_refusals() {
+    let store = Arc::new(FlakyStore::new());
+    let rt = start_tallies(store.clone()).await;
+    let t = TenantId::default_tenant();
+    let tallies = rt.kind_ref::<Tally>().expect("tally kind");
+    let mut keys = Vec::new();
+    for n in 1..=5u64 {
+        let key = rt.create_imvu(&t, "tally", &caller()).await.expect("create").key;
+        assert_eq!(tallies.ask(&key, TallyMsg::Add { n }).await.expect("add"), n);
+        keys.push((key, n));
+    }
+    // The first and third snapshot writes from here on are refused.
+    let next = store.commits.load(Ordering::SeqCst);
+    store.fail.lock().expect("lock").extend([next + 1, next + 3]);
+    rt.shutdown().await;
+    for (key, n) in keys {
+        let snap = store.inner.get(&vcos_actors::records::snap_key(&key)).expect("read").expect("a snapshot");
+        assert_eq!(serde_json::from_slice::<u64>(&snap).expect("a count"), n, "{key}");
+    }
+}
+
+/// A message that reaches a `LifecycleOnly` IMVU while its passivation's write is in flight
+/// keeps it resident: the write holds the state before that message, and letting go would
+/// lose what the message did.
+#[tokio::test(flavor = "current_thread")]
+async fn a_message_during_a_passivation_write_keeps_the_imvu_resident() {
+    let store = Arc::new(FlakyStore::new());
+    let rt = start_tallies(store.clone()).await;
+    let t = TenantId::default_tenant();
+    let key = rt.create_imvu(&t, "tally", &caller()).await.expect("create").key;
+    let tallies = rt.kind_ref::<Tally>().expect("tally kind");
+    assert_eq!(tallies.ask(&key, TallyMsg::Add { n: 7 }).await.expect("add"), 7);
+
+    store.hold.store(true, Ordering::SeqCst);
+    let passivation = tokio::spawn({
+        let rt = rt.clone();
+        async move { rt.passivate_idle(0).await }
+    });
+    while store.held.lock().expect("lock").is_empty() {
+        tokio::task::yield_now().await;
+    }
+    // The message runs now; its answer waits for the write in flight (an answer is never ahead
+    // of what is durable before it).
+    let during = tokio::spawn({
+        let tallies = tallies.clone();
+        async move { tallies.ask(&key, TallyMsg::Add { n: 1 }).await }
+    });
+    for _ in 0..100 {
+        tokio::task::yield_now().await;
+    }
+    store.release();
+    assert_eq!(during.await.expect("join").expect("add during the write"), 8);
+    assert_eq!(passivation.await.expect("join"), 0, "not let go: a message came after the state written");
+    assert_eq!(tallies.ask(&key, TallyMsg::Get).await.expect("get"), 8, "the message's effect is kept");
+
+    assert_eq!(rt.passivate_idle(0).await, 1);
+    assert_eq!(tallies.ask(&key, TallyMsg::Get).await.expect("get after reload"), 8, "the later write holds it");
     rt.shutdown().await;
 }

@@ -147,6 +147,20 @@ enum Then<I: Imvu> {
     /// An error to answer once the commit (a barrier) is durable.
     Fail(Reply<I::Reply>, ActorError),
     Info(Reply<ImvuInfo>, Box<ImvuInfo>),
+    /// A passivation's write of a `LifecycleOnly` IMVU's state, for passivation call `call`:
+    /// the cell is evicted only once it is durable (see [`ShardCore::passivation_written`]).
+    Passivate { call: u64 },
+}
+
+/// A passivation whose `LifecycleOnly` writes are in flight: answered with the count of IMVUs
+/// it evicted once the last of them completes.
+struct PassivationCall {
+    reply: oneshot::Sender<usize>,
+    passivated: usize,
+    outstanding: usize,
+    /// Writes that failed (their IMVUs stay resident), and the first error.
+    failed: usize,
+    first_error: Option<String>,
 }
 
 /// An IMVU being (re)loaded from canon, and the commands that wait for it.
@@ -221,6 +235,13 @@ pub(crate) struct ShardCore<I: Imvu> {
     timers: BTreeMap<(u64, u64), ImvuKey>,
     /// The last correlation or timer number handed to a handler.
     last_number: u64,
+    /// `LifecycleOnly` IMVUs whose state a passivation is writing: id → the write's token.
+    /// Any command for one of them cancels its eviction (its state moves on from what is
+    /// being written); it stays resident.
+    passivating: BTreeMap<u64, u64>,
+    /// Passivations waiting for their writes, by call number.
+    passivation_calls: BTreeMap<u64, PassivationCall>,
+    next_passivation_call: u64,
     counters: Counters,
 }
 
@@ -246,6 +267,9 @@ impl<I: Imvu> ShardCore<I> {
             effects: Vec::new(),
             timers: BTreeMap::new(),
             last_number: 0,
+            passivating: BTreeMap::new(),
+            passivation_calls: BTreeMap::new(),
+            next_passivation_call: 0,
             counters: Counters::new(I::KIND),
         }
     }
@@ -294,6 +318,8 @@ impl<I: Imvu> ShardCore<I> {
             return Ok(());
         };
         let id = key.id.0;
+        // A command for an IMVU being passivated: it stays resident (see `passivating`).
+        self.passivating.remove(&id);
         // An IMVU of a tenant erased meanwhile lets go of its memory: what follows finds
         // neither the tenant nor the IMVU.
         if self.cells.get(&id).is_some_and(|cell| cell.tenant.is_erased()) {
@@ -396,6 +422,10 @@ impl<I: Imvu> ShardCore<I> {
         }
         match pending {
             Pending::Done => debug_assert!(false, "commit {token} completed twice"),
+            Pending::Commit { key, then: Then::Passivate { call }, outgoing, more } => {
+                debug_assert!(outgoing.is_empty(), "a passivation's write sends nothing");
+                self.passivation_written(key, token, call, more, result);
+            }
             Pending::Commit { key, then, outgoing, more } => {
                 let id = key.id.0;
                 match result {
@@ -405,23 +435,14 @@ impl<I: Imvu> ShardCore<I> {
                         }
                         for (then, outgoing) in std::iter::once((then, outgoing)).chain(more) {
                             self.dispatch(key, outgoing);
-                            match then {
-                                Then::Nothing => {}
-                                Then::Ask(reply, value) => self.effects.push(Effect::ReplyAsk(reply, Ok(value))),
-                                Then::Fail(reply, error) => self.effects.push(Effect::ReplyAsk(reply, Err(error))),
-                                Then::Info(reply, info) => self.effects.push(Effect::ReplyInfo(reply, Ok(*info))),
-                            }
+                            self.answer(then, None);
                         }
                     }
                     Err(e) => {
                         self.poison(id);
                         let e = ActorError::from(e);
                         for (then, _) in std::iter::once((then, outgoing)).chain(more) {
-                            match then {
-                                Then::Nothing => {}
-                                Then::Ask(reply, _) | Then::Fail(reply, _) => self.effects.push(Effect::ReplyAsk(reply, Err(e.clone()))),
-                                Then::Info(reply, _) => self.effects.push(Effect::ReplyInfo(reply, Err(e.clone()))),
-                            }
+                            self.answer(then, Some(&e));
                         }
                     }
                 }
@@ -496,6 +517,19 @@ impl<I: Imvu> ShardCore<I> {
     }
 
     // ---- commits ---------------------------------------------------------------------------
+
+    /// Answers what waited for a commit: as handled when it is durable (`error` none), else
+    /// with `error`.
+    fn answer(&mut self, then: Then<I>, error: Option<&ActorError>) {
+        match (then, error) {
+            (Then::Nothing | Then::Passivate { .. }, _) => {}
+            (Then::Ask(reply, value), None) => self.effects.push(Effect::ReplyAsk(reply, Ok(value))),
+            (Then::Fail(reply, failure), None) => self.effects.push(Effect::ReplyAsk(reply, Err(failure))),
+            (Then::Info(reply, info), None) => self.effects.push(Effect::ReplyInfo(reply, Ok(*info))),
+            (Then::Ask(reply, _) | Then::Fail(reply, _), Some(e)) => self.effects.push(Effect::ReplyAsk(reply, Err(e.clone()))),
+            (Then::Info(reply, _), Some(e)) => self.effects.push(Effect::ReplyInfo(reply, Err(e.clone()))),
+        }
+    }
 
     /// Queues a commit for IMVU `id`, guarded by the fence it was activated under; returns
     /// its token.
@@ -1229,40 +1263,116 @@ impl<I: Imvu> ShardCore<I> {
             .cells
             .iter()
             .filter(|(id, c)| now.saturating_sub(c.last_used_ms) >= idle_ms && c.lifecycle != LifecycleState::Paused && !self.held.contains_key(id))
+            .filter(|(id, _)| !self.passivating.contains_key(id))
             .filter(|(_, c)| !self.env.behaviour.keep_resident(&c.state))
             .map(|(id, _)| *id)
             .collect();
         candidates.sort_unstable();
-        if lifecycle_only {
-            // Their state is only in memory: write it before letting go. One whose state
-            // cannot be encoded stays resident.
-            let mut writable = Vec::with_capacity(candidates.len());
-            for id in candidates {
-                let cell = &self.cells[&id];
-                let key = ImvuKey { tenant: cell.tenant.id, id: ImvuId(id) };
-                match records::encode_state(&*cell.state) {
-                    Ok(snapshot) => {
-                        let token = self.commit(&key, vec![CanonWrite::Put { key: records::snap_key(&key), value: snapshot }], Then::Nothing);
-                        if let Some(cell) = self.cells.get_mut(&id) {
-                            cell.last_commit = token;
-                        }
-                        writable.push(id);
+        if !lifecycle_only {
+            // Their state is durable already: let go at once.
+            for id in &candidates {
+                self.evict(*id);
+            }
+            let count = candidates.len();
+            self.counters.passivations.increment(count as u64);
+            if self.has_pending() {
+                // Answer once everything written so far is durable.
+                self.push_commit(Vec::new(), Pending::Passivated { reply, count });
+            } else {
+                self.effects.push(Effect::ReplyCount(reply, count));
+            }
+            return;
+        }
+        // Their state is only in memory: write it, and let go of each once its write is
+        // durable. A write refused (a full commit queue, a canon without quorum) leaves the
+        // IMVU resident with its state, for the next passivation; letting go first lost that
+        // state. One whose state cannot be encoded stays resident too.
+        let call = self.next_passivation_call;
+        self.next_passivation_call += 1;
+        let mut outstanding = 0;
+        for id in candidates {
+            let cell = &self.cells[&id];
+            let key = ImvuKey { tenant: cell.tenant.id, id: ImvuId(id) };
+            match records::encode_state(&*cell.state) {
+                Ok(snapshot) => {
+                    let token = self.commit(&key, vec![CanonWrite::Put { key: records::snap_key(&key), value: snapshot }], Then::Passivate { call });
+                    if let Some(cell) = self.cells.get_mut(&id) {
+                        cell.last_commit = token;
                     }
-                    Err(reason) => tracing::error!(%key, %reason, "cannot passivate"),
+                    self.passivating.insert(id, token);
+                    outstanding += 1;
+                }
+                Err(reason) => tracing::error!(%key, %reason, "cannot passivate"),
+            }
+        }
+        if outstanding == 0 {
+            self.effects.push(Effect::ReplyCount(reply, 0));
+        } else {
+            self.passivation_calls.insert(call, PassivationCall { reply, passivated: 0, outstanding, failed: 0, first_error: None });
+        }
+    }
+
+    /// The outcome of a passivation's write of `key`'s state (commit `token`, call `call`).
+    /// Durable: the IMVU is evicted, unless a command reached it meanwhile. Refused: it stays
+    /// resident, unless the refusal is a fence (the IMVU is no longer this node's), which
+    /// evicts it as any failed commit does. The call is answered after its last write.
+    ///
+    /// `more`: answers and sends of messages handled meanwhile that waited for this write (as
+    /// an answer waits for its IMVU's commit in flight). They go out unless the IMVU is no
+    /// longer this node's: a refused write takes nothing back from the state they saw.
+    fn passivation_written(&mut self, key: ImvuKey, token: u64, call: u64, more: Vec<(Then<I>, Vec<Outgoing>)>, result: Result<u64, StoreError>) {
+        let id = key.id.0;
+        let fenced = matches!(result, Err(StoreError::Conflict { .. }));
+        let fence_error = fenced.then(|| ActorError::from(StoreError::Conflict { key: records::snap_key(&key) }));
+        for (then, outgoing) in more {
+            if fence_error.is_none() {
+                self.dispatch(key, outgoing);
+            }
+            self.answer(then, fence_error.as_ref());
+        }
+        let ours = self.passivating.get(&id) == Some(&token);
+        if ours {
+            self.passivating.remove(&id);
+        }
+        let mut evicted = false;
+        let mut failure = None;
+        match result {
+            Ok(_) => {
+                if self.unsettled.get(&id).is_some_and(|(last, poisoned)| *last == token && !poisoned) {
+                    self.unsettled.remove(&id);
+                }
+                if ours && self.cells.contains_key(&id) {
+                    self.evict(id);
+                    evicted = !self.cells.contains_key(&id);
                 }
             }
-            candidates = writable;
+            Err(e @ StoreError::Conflict { .. }) => {
+                self.poison(id);
+                failure = Some(e.to_string());
+            }
+            Err(e) => failure = Some(e.to_string()),
         }
-        for id in &candidates {
-            self.evict(*id);
+        if evicted {
+            self.counters.passivations.increment(1);
         }
-        let count = candidates.len();
-        self.counters.passivations.increment(count as u64);
-        if self.has_pending() {
-            // Answer once everything written so far is durable.
-            self.push_commit(Vec::new(), Pending::Passivated { reply, count });
-        } else {
-            self.effects.push(Effect::ReplyCount(reply, count));
+        let Some(waiting) = self.passivation_calls.get_mut(&call) else { return };
+        waiting.outstanding -= 1;
+        waiting.passivated += usize::from(evicted);
+        if let Some(error) = failure {
+            waiting.failed += 1;
+            waiting.first_error.get_or_insert(error);
+        }
+        if waiting.outstanding == 0 {
+            let Some(done) = self.passivation_calls.remove(&call) else { return };
+            if done.failed > 0 {
+                tracing::warn!(
+                    kind = I::KIND,
+                    failed = done.failed,
+                    first_error = done.first_error.as_deref().unwrap_or(""),
+                    "passivation could not write these IMVUs' state now; they stay resident for the next one"
+                );
+            }
+            self.effects.push(Effect::ReplyCount(done.reply, done.passivated));
         }
     }
 }

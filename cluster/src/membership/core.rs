@@ -468,7 +468,10 @@ impl MembershipCore {
                     tracing::info!(renewal = id.renewal, "declared down by the cluster; rejoined renewed");
                     self.arm_catch_up(now_ms);
                 }
-                OwnedNotification::Defunct => tracing::warn!("foca went defunct"),
+                // Foca goes defunct when it leaves (`leave`, on every clean stop): expected
+                // then. Otherwise it could not refute being declared down and will not rejoin.
+                OwnedNotification::Defunct if self.quiet == Quiet::Left => tracing::debug!("foca is defunct after leaving, as expected"),
+                OwnedNotification::Defunct => tracing::warn!("foca went defunct: declared down and unable to rejoin"),
                 // The view diff reports members; Active/Idle are visible in num_members.
                 _ => {}
             }
