@@ -398,17 +398,22 @@ async fn start_tallies(store: Arc<dyn CanonStore>) -> Runtime {
     rt
 }
 
+/// A runtime of tallies over a [`FlakyStore`], with one tally counted to `n`.
+async fn one_tally(n: u64) -> (Arc<FlakyStore>, Runtime, vcos_actors::ImvuKey, vcos_actors::KindRef<Tally>) {
+    let store = Arc::new(FlakyStore::new());
+    let rt = start_tallies(store.clone()).await;
+    let key = rt.create_imvu(&TenantId::default_tenant(), "tally", &caller()).await.expect("create").key;
+    let tallies = rt.kind_ref::<Tally>().expect("tally kind");
+    assert_eq!(tallies.ask(&key, TallyMsg::Add { n }).await.expect("add"), n);
+    (store, rt, key, tallies)
+}
+
 /// A passivation whose write of a `LifecycleOnly` IMVU's state is refused leaves the IMVU
 /// resident with its state; the next one writes it. (It used to let go first: the count was
 /// lost, and the next message reloaded 0 from canon.)
 #[tokio::test(flavor = "current_thread")]
 async fn a_refused_passivation_write_keeps_the_state_in_memory() {
-    let store = Arc::new(FlakyStore::new());
-    let rt = start_tallies(store.clone()).await;
-    let t = TenantId::default_tenant();
-    let key = rt.create_imvu(&t, "tally", &caller()).await.expect("create").key;
-    let tallies = rt.kind_ref::<Tally>().expect("tally kind");
-    assert_eq!(tallies.ask(&key, TallyMsg::Add { n: 42 }).await.expect("add"), 42);
+    let (store, rt, key, tallies) = one_tally(42).await;
 
     store.down.store(true, Ordering::SeqCst);
     assert_eq!(rt.passivate_idle(0).await, 0, "nothing let go: its write was refused");
@@ -449,12 +454,7 @@ async fn shutdown_writes_every_count_even_past_refusals() {
 /// lose what the message did.
 #[tokio::test(flavor = "current_thread")]
 async fn a_message_during_a_passivation_write_keeps_the_imvu_resident() {
-    let store = Arc::new(FlakyStore::new());
-    let rt = start_tallies(store.clone()).await;
-    let t = TenantId::default_tenant();
-    let key = rt.create_imvu(&t, "tally", &caller()).await.expect("create").key;
-    let tallies = rt.kind_ref::<Tally>().expect("tally kind");
-    assert_eq!(tallies.ask(&key, TallyMsg::Add { n: 7 }).await.expect("add"), 7);
+    let (store, rt, key, tallies) = one_tally(7).await;
 
     store.hold.store(true, Ordering::SeqCst);
     let passivation = tokio::spawn({

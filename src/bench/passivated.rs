@@ -255,11 +255,12 @@ async fn bench(args: &PassivatedArgs) -> anyhow::Result<()> {
 
     // Wait for the nodes' timers to passivate everything (the tenant's IMVUs are the only
     // ones: the gauge of every node reaches zero).
+    let mut clients: Vec<(u64, Http)> = nodes.iter().map(|(id, addr, _)| (*id, Http::new(addr))).collect();
     let waited = Instant::now();
     let resident = loop {
         let mut total = 0;
-        for (_, addr, _) in &nodes {
-            total += resident_imvus(addr).await?;
+        for (_, http) in &mut clients {
+            total += resident_imvus(http).await?;
         }
         if total == 0 || waited.elapsed() > PASSIVATION_WAIT_MAX {
             break total;
@@ -274,7 +275,6 @@ async fn bench(args: &PassivatedArgs) -> anyhow::Result<()> {
 
     // Activations, each on the IMVU's owner node: first from canon, then from memory.
     let sampled = std::mem::take(&mut *progress.sampled.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
-    let mut clients: Vec<(u64, Http)> = nodes.iter().map(|(id, addr, _)| (*id, Http::new(addr))).collect();
     let (mut cold, mut warm) = (Vec::with_capacity(sampled.len()), Vec::with_capacity(sampled.len()));
     let body = r#"{"message":{"op":"get"}}"#;
     for (id, owner) in &sampled {
@@ -392,10 +392,9 @@ async fn wait_for_buckets(cluster: &mut Cluster, timeout: Duration) -> anyhow::R
 }
 
 /// The node's `vcos_imvus_resident` gauge, summed over its labels.
-async fn resident_imvus(addr: &str) -> anyhow::Result<u64> {
-    let mut http = Http::new(addr);
+async fn resident_imvus(http: &mut Http) -> anyhow::Result<u64> {
     let (code, body) = http.request("GET", "/metrics", None).await?;
-    ensure!(code == 200, "GET /metrics on {addr}: HTTP {code}");
+    ensure!(code == 200, "GET /metrics: HTTP {code}");
     Ok(gauge_sum(&String::from_utf8_lossy(&body), "vcos_imvus_resident") as u64)
 }
 
