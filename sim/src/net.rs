@@ -1,6 +1,6 @@
-//! The production HTTP facade over turmoil's simulated TCP, and the client the workloads use.
+//! The client the workloads use over turmoil's simulated TCP (nodes serve through
+//! `sockets::OrderedListener`).
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -10,28 +10,6 @@ use hyper_util::rt::TokioIo;
 
 /// Port every simulated node serves HTTP on.
 pub const HTTP_PORT: u16 = 8080;
-
-/// turmoil's listener, shaped for `axum::serve`.
-pub struct SimListener(pub turmoil::net::TcpListener);
-
-impl axum::serve::Listener for SimListener {
-    type Io = turmoil::net::TcpStream;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        loop {
-            match self.0.accept().await {
-                Ok(pair) => return pair,
-                // A refused or reset accept on a simulated network: try again shortly.
-                Err(_) => tokio::time::sleep(Duration::from_millis(1)).await,
-            }
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        self.0.local_addr()
-    }
-}
 
 /// What a request came back with, as the trace records it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -13,7 +13,7 @@ use std::time::Duration;
 use vcos_actors::kinds::{Counter, KvMemory, TextWorker};
 use vcos_actors::{failpoints, ImvuKey, Runtime, RuntimeConfig, TenantId, TenantPolicy};
 
-use crate::net::{SimListener, HTTP_PORT};
+use crate::net::HTTP_PORT;
 use crate::node_env::{NodeFaults, SimClock, SimDisk, SimStore};
 use crate::plan::{FaultKind, FaultPlan};
 use crate::raft_env::{SimDb, SimTransport};
@@ -215,9 +215,11 @@ pub fn run(scenario: &dyn Scenario, seed: u64, options: &RunOptions) -> RunRepor
             });
             continue;
         }
+        let sockets = hosts.sockets[usize::from(i)].clone();
         sim.host(host_name.as_str(), move || {
-            let (disk, node_faults, trace, metrics, name) = (disk.clone(), node_faults.clone(), trace.clone(), metrics.clone(), name.clone());
-            async move { node_main(name, disk, node_faults, trace, metrics, desktops).await }
+            let (disk, node_faults, trace, metrics, name, sockets) =
+                (disk.clone(), node_faults.clone(), trace.clone(), metrics.clone(), name.clone(), sockets.clone());
+            async move { node_main(name, disk, node_faults, trace, metrics, desktops, sockets).await }
         });
     }
     let violations = Arc::new(Mutex::new(Vec::new()));
@@ -504,8 +506,11 @@ async fn node_main(
     trace: Trace,
     metrics: vcos_api::PrometheusHandle,
     desktops: Option<u64>,
+    sockets: Arc<HostSockets>,
 ) -> turmoil::Result {
-    if let Err(e) = run_node(name.clone(), disk, faults, trace.clone(), metrics, desktops).await {
+    // Outlives `run_node` (a stopped node's tasks linger until the host restarts).
+    tokio::task::spawn_local(sockets.closer());
+    if let Err(e) = run_node(name.clone(), disk, faults, trace.clone(), metrics, desktops, sockets).await {
         trace.record(format!("{name} exited: {e}"));
     }
     Ok(())
@@ -520,6 +525,7 @@ async fn run_node(
     trace: Trace,
     metrics: vcos_api::PrometheusHandle,
     desktops: Option<u64>,
+    sockets: Arc<HostSockets>,
 ) -> turmoil::Result {
     let store = SimStore::start(disk, faults.clone());
     let mut config = RuntimeConfig::new(store, Arc::new(SimClock::new(faults)));
@@ -554,7 +560,7 @@ async fn run_node(
             runtime.shutdown().await;
             Ok(())
         }
-        served = axum::serve(SimListener(listener), router) => {
+        served = axum::serve(OrderedListener { listener, sockets }, router) => {
             served?;
             Ok(())
         }
