@@ -1,7 +1,8 @@
 //! Typed and type-erased handles to the shards of one kind.
 //!
 //! [`KindRef<I>`] is what Rust callers use: typed messages, no serialisation, straight onto the
-//! shard's bounded channel. [`ErasedKind`] is the same thing behind JSON, for the HTTP facade
+//! shard's bounded channel (or, for an ask to an idle shard, run at once on the caller's
+//! thread: `host::link`). [`ErasedKind`] is the same thing behind JSON, for the HTTP facade
 //! and swarms, which only know a kind by name.
 
 use std::future::Future;
@@ -11,7 +12,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::ActorError;
-use crate::host::{Command, ImvuInfo};
+use crate::host::{Command, ImvuInfo, ShardLink};
 use crate::ids::{Caller, ImvuKey};
 use crate::imvu::Imvu;
 use crate::lifecycle::Transition;
@@ -24,7 +25,7 @@ pub type JsonReply = BoxFuture<'static, Result<serde_json::Value, ActorError>>;
 
 /// Typed handle to the shards of kind `I`.
 pub struct KindRef<I: Imvu> {
-    shards: Arc<[mpsc::Sender<Command<I>>]>,
+    shards: Arc<[Arc<ShardLink<I>>]>,
     description: &'static str,
 }
 
@@ -42,14 +43,14 @@ fn unavailable(_: impl std::fmt::Debug) -> ActorError {
 }
 
 impl<I: Imvu> KindRef<I> {
-    pub(crate) fn new(shards: Arc<[mpsc::Sender<Command<I>>]>, description: &'static str) -> Self {
+    pub(crate) fn new(shards: Arc<[Arc<ShardLink<I>>]>, description: &'static str) -> Self {
         Self {
             shards,
             description,
         }
     }
 
-    fn shard(&self, key: &ImvuKey) -> &mpsc::Sender<Command<I>> {
+    fn shard(&self, key: &ImvuKey) -> &ShardLink<I> {
         // Ids are dense and sequential: modulo spreads them evenly.
         let index = (key.id.0 % self.shards.len() as u64) as usize;
         &self.shards[index]
@@ -89,17 +90,13 @@ impl<I: Imvu> KindRef<I> {
     }
 
     /// Sends and waits for the reply (durable first, for `Persistence::EveryMessage`).
+    /// An idle shard with nothing queued runs the ask at once on the caller's thread.
     pub async fn ask(&self, key: &ImvuKey, msg: I::Msg) -> Result<I::Reply, ActorError> {
         let (reply, rx) = oneshot::channel();
-        self.send(
-            key,
-            Command::Ask {
-                key: *key,
-                msg,
-                reply,
-            },
-        )
-        .await?;
+        let command = Command::Ask { key: *key, msg, reply };
+        if let Err(command) = self.shard(key).try_inline(command) {
+            self.send(key, command).await?;
+        }
         rx.await.map_err(unavailable)?
     }
 

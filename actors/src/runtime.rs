@@ -23,7 +23,7 @@ use crate::audit::{AuditLog, AUDIT_FLUSH_MS};
 use crate::auth::{KeyRegistry, OsSecrets, SecretSource};
 use crate::error::ActorError;
 use crate::handshake::{Handshake, NodeHealth};
-use crate::host::{ImvuInfo, ShardEnv};
+use crate::host::{ImvuInfo, ShardEnv, ShardLink, ShardSlot};
 use crate::ids::SwarmKey;
 use crate::ids::{Caller, ImvuId, ImvuKey, TenantId};
 use crate::imvu::{AskToken, Imvu};
@@ -177,11 +177,13 @@ impl RuntimeBuilder {
             let mut children = Vec::new();
             for shard in 0..inst.config.shards_per_kind.max(1) {
                 let (tx, rx) = mpsc::channel(inst.config.shard_queue_len.max(1));
+                let slot = Arc::new(ShardSlot::default());
                 let args = ShardArgs {
                     env: env.clone(),
                     rx: Arc::new(tokio::sync::Mutex::new(rx)),
+                    slot: slot.clone(),
                 };
-                senders.push(tx);
+                senders.push(Arc::new(ShardLink::new(tx, slot)));
                 children.push(ChildDef {
                     spec: ChildSpec {
                         id: format!("{}#{shard}", I::KIND),

@@ -13,13 +13,15 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::{mpsc, Mutex};
 use tokio::task::JoinHandle;
 
-use crate::host::{Command, Shard, ShardEnv, ShardExit};
+use crate::host::{Command, ShardEnv, ShardExit, ShardSlot};
 use crate::imvu::Imvu;
 
 /// What the shard actor needs to (re)start its task.
 pub(crate) struct ShardArgs<I: Imvu> {
     pub env: Arc<ShardEnv<I>>,
     pub rx: Arc<Mutex<mpsc::Receiver<Command<I>>>>,
+    /// Where the task installs its shard for callers (see `host::link`).
+    pub slot: Arc<ShardSlot<I>>,
 }
 
 impl<I: Imvu> Clone for ShardArgs<I> {
@@ -27,6 +29,7 @@ impl<I: Imvu> Clone for ShardArgs<I> {
         Self {
             env: self.env.clone(),
             rx: self.rx.clone(),
+            slot: self.slot.clone(),
         }
     }
 }
@@ -54,10 +57,10 @@ impl<I: Imvu> Actor for ShardActor<I> {
         myself: ActorRef<Self::Msg>,
         args: ShardArgs<I>,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let ShardArgs { env, rx } = args;
+        let ShardArgs { env, rx, slot } = args;
         let work = tokio::spawn(async move {
             let mut rx = rx.lock_owned().await;
-            Shard::new(env).run(&mut rx).await
+            slot.serve(env, &mut rx).await
         });
         let work_abort = work.abort_handle();
         let watcher = tokio::spawn(async move {

@@ -232,12 +232,8 @@ impl CanonStore for FlakyStore {
     }
 }
 
-/// After a failed commit, the next message (already queued behind it) must not make the
-/// unacknowledged state durable. (One thread: both asks are in the shard's channel before the
-/// shard runs, so they are handled in one wake and their writes join one commit: the failure
-/// fails both. A message after them runs on canon's state, reloaded.)
-#[tokio::test(flavor = "current_thread")]
-async fn a_failed_commit_is_not_made_durable_by_the_next_message() {
+/// A runtime over a [`FlakyStore`] with one counter at 1, whose next commit will fail.
+async fn counter_at_one_whose_next_commit_fails() -> (Runtime, vcos_actors::ImvuKey, vcos_actors::KindRef<Counter>) {
     let store = Arc::new(FlakyStore::new());
     let rt = start(store.clone(), Arc::new(ManualClock::new(0)), 1).await;
     let t = TenantId::default_tenant();
@@ -246,6 +242,18 @@ async fn a_failed_commit_is_not_made_durable_by_the_next_message() {
     assert_eq!(counters.ask(&key, CounterMsg::Add { n: 1 }).await.expect("add"), 1);
     let next = store.commits.load(Ordering::SeqCst) + 1;
     store.fail.lock().expect("lock").insert(next);
+    (rt, key, counters)
+}
+
+/// After a failed commit, the next message (already queued behind it) must not make the
+/// unacknowledged state durable. (One thread: a tell queued first sends both asks through the
+/// shard's channel too, so the three are handled in one wake and their writes join one
+/// commit: the failure fails them all. A message after them runs on canon's state, reloaded.)
+#[tokio::test(flavor = "current_thread")]
+async fn a_failed_commit_is_not_made_durable_by_the_next_message() {
+    let (rt, key, counters) = counter_at_one_whose_next_commit_fails().await;
+    // A tell in the channel: the asks behind it may not run on their callers' thread.
+    counters.tell(&key, CounterMsg::Add { n: 0 }).await.expect("tell");
     // Both in the shard's channel before it runs either: the second must not see the first.
     let failed = counters.ask(&key, CounterMsg::Add { n: 100 });
     let after = counters.ask(&key, CounterMsg::Add { n: 10 });
@@ -254,6 +262,21 @@ async fn a_failed_commit_is_not_made_durable_by_the_next_message() {
     assert!(matches!(after, Err(ActorError::Store(_))), "joined the failed commit, failed with it: {after:?}");
     assert_eq!(counters.ask(&key, CounterMsg::Add { n: 5 }).await.expect("add after"), 6, "ran on canon's state, not on the failed one");
     assert_eq!(counters.ask(&key, CounterMsg::Get).await.expect("get"), 6);
+    rt.shutdown().await;
+}
+
+/// The same on the inline path: with nothing queued, each ask runs at once on its caller's
+/// thread, so the failed commit is known before the next message runs, which runs on canon's
+/// state (reloaded) and succeeds: 1 + 10, never 1 + 100 + 10.
+#[tokio::test(flavor = "current_thread")]
+async fn after_a_failed_inline_ask_the_next_runs_on_canons_state() {
+    let (rt, key, counters) = counter_at_one_whose_next_commit_fails().await;
+    let failed = counters.ask(&key, CounterMsg::Add { n: 100 });
+    let after = counters.ask(&key, CounterMsg::Add { n: 10 });
+    let (failed, after) = tokio::join!(failed, after);
+    assert!(matches!(failed, Err(ActorError::Store(_))), "{failed:?}");
+    assert_eq!(after.expect("ran after the failure was known"), 11, "ran on canon's state");
+    assert_eq!(counters.ask(&key, CounterMsg::Get).await.expect("get"), 11);
     rt.shutdown().await;
 }
 

@@ -6,25 +6,25 @@
 //! IMVU before anything else runs on it), then performs the effects in order. It never waits
 //! on the store: completions are pushed by the store (from whatever thread completes them)
 //! into a queue and wake the task.
+//!
+//! The shard itself sits behind its [`ShardLink`]'s mutex, which the task takes for each wake
+//! and an asking caller may take to run its ask at once (`link`): the task holds it only while
+//! it steps, never across an await.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
 
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 use vcos_supervision::Clock;
 
 use super::core::{CoreEnv, Effect, ShardCore};
-use super::{Command, SHARD_BATCH_MAX};
+use super::Command;
 use crate::handshake::{Handshake, NodeHealth};
 use crate::imvu::Imvu;
 use crate::records;
 use crate::router::Router;
 use crate::store::{CanonStore, StoreError};
 use crate::tenants::Tenants;
-
-/// How long a stopping shard waits for its commits in flight, so their callers get answers.
-const SHUTDOWN_DRAIN_MS_MAX: u64 = 5_000;
 
 /// What a shard shares with the runtime.
 pub(crate) struct ShardEnv<I: Imvu> {
@@ -82,6 +82,16 @@ impl Completions {
     }
 }
 
+/// What wakes a shard's task besides its channel and its timer: a commit completion, or a
+/// caller's inline step that needs the task.
+pub(crate) struct CompletionWake(Arc<Completions>);
+
+impl CompletionWake {
+    pub(crate) fn notified(&self) -> tokio::sync::futures::Notified<'_> {
+        self.0.wake.notified()
+    }
+}
+
 /// Reports a commit's outcome to the shard; a completion the store drops without calling it
 /// (a writer that stopped) reports [`StoreError::Closed`], so no caller waits forever.
 struct CompletionGuard {
@@ -112,6 +122,12 @@ pub(crate) struct Shard<I: Imvu> {
     /// Reused buffers (the hot path allocates none of its own).
     effects: Vec<Effect<I>>,
     completed: Vec<(u64, Result<u64, StoreError>)>,
+    /// The one-command batch of asks run by their callers (reused).
+    inline: Vec<Command<I>>,
+    /// The core's timer the task sleeps until (`None`: it sleeps until woken).
+    armed_due_ms: Option<u64>,
+    /// Why a caller's step escalated: the task exits with it at its next wake.
+    escalated: Option<String>,
     messages: metrics::Counter,
 }
 
@@ -131,47 +147,70 @@ impl<I: Imvu> Shard<I> {
             completions: Arc::default(),
             effects: Vec::new(),
             completed: Vec::new(),
+            inline: Vec::with_capacity(1),
+            armed_due_ms: None,
+            escalated: None,
             messages: metrics::counter!("vcos_messages_total", "kind" => I::KIND),
         }
     }
 
-    /// Runs until the channel closes or the shard's supervisor escalates.
-    pub(crate) async fn run(mut self, rx: &mut mpsc::Receiver<Command<I>>) -> ShardExit {
-        let exit = self.serve(rx).await;
-        if matches!(exit, ShardExit::Closed) {
-            self.drain_in_flight().await;
-        }
-        self.core.evict_all();
-        exit
+    /// The task's sleep until the core's next timer (tokio time: simulated under the
+    /// simulator; the due time is on the injected clock), noting what it sleeps until.
+    pub(crate) fn arm_timer(&mut self) -> Option<u64> {
+        self.armed_due_ms = self.core.next_timer_ms();
+        self.armed_due_ms.map(|due_ms| due_ms.saturating_sub(self.env.clock.now_ms()))
     }
 
-    async fn serve(&mut self, rx: &mut mpsc::Receiver<Command<I>>) -> ShardExit {
-        let mut batch = Vec::with_capacity(SHARD_BATCH_MAX);
-        loop {
-            let completions = self.completions.clone();
-            // Sleep until the core's next timer (tokio time: simulated under the simulator);
-            // the due time is on the injected clock.
-            let timer_in_ms = self.core.next_timer_ms().map(|due_ms| due_ms.saturating_sub(self.env.clock.now_ms()));
-            let timer = async move {
-                match timer_in_ms {
-                    Some(ms) => tokio::time::sleep(Duration::from_millis(ms)).await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                biased;
-                () = completions.wake.notified() => {}
-                () = timer => {}
-                received = rx.recv_many(&mut batch, SHARD_BATCH_MAX) => {
-                    if received == 0 {
-                        return ShardExit::Closed;
-                    }
-                }
-            }
-            if let Err(reason) = self.step(&mut batch) {
-                return ShardExit::Escalated(reason);
-            }
+    /// Runs one command on the caller's thread, as the task would have in a wake of its own.
+    /// Returns whether the task must wake: the step escalated, or set a timer earlier than
+    /// the one it sleeps until.
+    pub(crate) fn step_inline(&mut self, command: Command<I>) -> bool {
+        let mut batch = std::mem::take(&mut self.inline);
+        batch.push(command);
+        let stepped = self.step(&mut batch);
+        self.inline = batch;
+        if let Err(reason) = stepped {
+            self.escalated = Some(reason);
+            return true;
         }
+        match (self.core.next_timer_ms(), self.armed_due_ms) {
+            (Some(due_ms), Some(armed_ms)) => due_ms < armed_ms,
+            (Some(_), None) => true,
+            (None, _) => false,
+        }
+    }
+
+    /// Whether asks may run on their callers' threads now.
+    pub(crate) fn runs_inline(&self) -> bool {
+        self.escalated.is_none()
+    }
+
+    /// What wakes the task besides its channel and its timer.
+    pub(crate) fn completion_wake(&self) -> CompletionWake {
+        CompletionWake(self.completions.clone())
+    }
+
+    /// Wakes the task (a caller's inline step needs it: see `step_inline`).
+    pub(crate) fn wake_task(&self) {
+        self.completions.wake.notify_one();
+    }
+
+    /// The task's wake: exits with a caller's escalation if there was one, else steps.
+    pub(crate) fn step_served(&mut self, batch: &mut Vec<Command<I>>) -> Result<(), String> {
+        if let Some(reason) = self.escalated.take() {
+            return Err(reason);
+        }
+        self.step(batch)
+    }
+
+    /// Whether commits are still in flight.
+    pub(crate) fn has_pending(&self) -> bool {
+        self.core.has_pending()
+    }
+
+    /// Lets go of every cell (the shard is stopping; canon keeps them).
+    pub(crate) fn evict_all(&mut self) {
+        self.core.evict_all();
     }
 
     /// One wake: completions, the time, then each command followed by its effects (so a
@@ -287,24 +326,6 @@ impl<I: Imvu> Shard<I> {
             }
             self.effects = effects;
             result?;
-        }
-    }
-
-    /// The channel closed: answer the callers whose commits are in flight (bounded wait).
-    async fn drain_in_flight(&mut self) {
-        let deadline = tokio::time::sleep(Duration::from_millis(SHUTDOWN_DRAIN_MS_MAX));
-        tokio::pin!(deadline);
-        let mut empty = Vec::new();
-        while self.core.has_pending() {
-            let completions = self.completions.clone();
-            tokio::select! {
-                biased;
-                () = completions.wake.notified() => {}
-                () = &mut deadline => return,
-            }
-            if self.step(&mut empty).is_err() {
-                return;
-            }
         }
     }
 }

@@ -33,6 +33,7 @@
 
 pub(crate) mod core;
 pub(crate) mod driver;
+pub(crate) mod link;
 
 use tokio::sync::oneshot;
 
@@ -41,7 +42,8 @@ use crate::ids::{Caller, ImvuKey};
 use crate::imvu::Imvu;
 use crate::lifecycle::{LifecycleState, Transition};
 
-pub(crate) use driver::{Shard, ShardEnv, ShardExit};
+pub(crate) use driver::{ShardEnv, ShardExit};
+pub(crate) use link::{ShardLink, ShardSlot};
 
 /// Messages held for a paused IMVU, at most; beyond it the sender gets `QueueFull`.
 pub const PAUSED_QUEUE_LEN_MAX: usize = 1024;
