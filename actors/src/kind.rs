@@ -100,16 +100,18 @@ impl<I: Imvu> KindRef<I> {
         rx.await.map_err(unavailable)?
     }
 
+    /// A command with an answer (create, lifecycle, inspect…); like [`Self::ask`], run at once
+    /// on the caller's thread when the shard is idle with nothing queued.
     pub(crate) async fn request<T>(
         &self,
         key: &ImvuKey,
         make: impl FnOnce(oneshot::Sender<Result<T, ActorError>>) -> Command<I>,
     ) -> Result<T, ActorError> {
         let (reply, rx) = oneshot::channel();
-        self.shard(key)
-            .send(make(reply))
-            .await
-            .map_err(unavailable)?;
+        let shard = self.shard(key);
+        if let Err(command) = shard.try_inline(make(reply)) {
+            shard.send(command).await.map_err(unavailable)?;
+        }
         rx.await.map_err(unavailable)?
     }
 

@@ -1,15 +1,15 @@
-//! [`Shard`]: the tokio task that drives one [`ShardCore`].
+//! [`Shard`]: what drives one [`ShardCore`].
 //!
-//! It owns what the core may not touch: the command channel, the store, the clock. Each wake it
-//! drains commit completions, reads the clock once, feeds the batch of commands (draining
-//! completions again between commands as soon as one arrives, so a failed commit poisons its
-//! IMVU before anything else runs on it), then performs the effects in order. It never waits
-//! on the store: completions are pushed by the store (from whatever thread completes them)
-//! into a queue and wake the task.
+//! It owns what the core may not touch: the store, the clock. Each wake (of its task, or an
+//! ask run by its caller) it drains commit completions, reads the clock once, feeds the batch
+//! of commands (draining completions again between commands as soon as one arrives, so a
+//! failed commit poisons its IMVU before anything else runs on it), then performs the effects
+//! in order. It never waits on the store: completions are pushed by the store (from whatever
+//! thread completes them) into a queue and wake the task.
 //!
-//! The shard itself sits behind its [`ShardLink`]'s mutex, which the task takes for each wake
-//! and an asking caller may take to run its ask at once (`link`): the task holds it only while
-//! it steps, never across an await.
+//! The shard sits behind its slot's mutex (`super::link`), which the task takes for each wake
+//! and an asking caller may take to run its ask at once: the task holds it only while it
+//! steps, never across an await.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};

@@ -5,7 +5,9 @@
 //! cell in its shard's table: its state, a pointer to its tenant, two counters and its
 //! lifecycle — tens of bytes plus the state. It keeps actor semantics:
 //! - **ordered, bounded mailbox**: its messages travel its shard's bounded channel in send
-//!   order; a full channel is `QueueFull` for `try_tell` and back-pressure for `tell`/`ask`;
+//!   order (an ask to an idle shard with nothing queued runs at once on its caller's thread,
+//!   which keeps that order: [`link`]); a full channel is `QueueFull` for `try_tell` and
+//!   back-pressure for `tell`/`ask`;
 //!   messages that arrive while it is being (re)loaded wait, in order, for the load;
 //! - **one message at a time**: the shard runs handlers one after another;
 //! - **panic isolation**: every handler runs under `quiet_panic::catch`; a panic is a crash of
@@ -17,10 +19,11 @@
 //! - [`core::ShardCore`], a plain struct fed commands, commit completions, canon reads and the
 //!   time, returning [`core::Effect`]s (commit these writes under this token, read this IMVU
 //!   from canon, reply to this caller). No tokio task, no clock, no store: unit-tested directly.
-//! - [`driver::Shard`], the tokio task: it owns the channel, the store and the clock, feeds
-//!   the core and performs its effects. It never blocks its thread: commit completions come
-//!   back through a queue it drains between commands, and it sleeps (tokio time, simulated
-//!   under the simulator) until the core's next timer.
+//! - [`driver::Shard`]: it owns the store and the clock, feeds the core and performs its
+//!   effects; [`link`] holds it behind a mutex for its tokio task (which owns the channel)
+//!   and its callers. It never blocks its thread: commit completions come back through a
+//!   queue it drains between commands, and the task sleeps (tokio time, simulated under the
+//!   simulator) until the core's next timer.
 //!
 //! Messages between IMVUs (`Context::tell`, `ask`, `create_child`, `set_timer`) are effects
 //! too: recorded by the handler, performed after its commit through the runtime's
