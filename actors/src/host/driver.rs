@@ -70,13 +70,32 @@ struct Completions {
     queue: Mutex<Vec<(u64, Result<u64, StoreError>)>>,
     /// Set when `queue` is not empty: checked between commands.
     ready: AtomicBool,
+    /// Set while someone (the task, or a caller running an ask) steps the shard: it drains
+    /// what arrives before it stops, so a completion then needs no wake-up of the task (a store
+    /// that completes at once, inside the commit call, would otherwise wake it for every
+    /// commit, on another thread).
+    stepping: AtomicBool,
     wake: Notify,
 }
 
 impl Completions {
     fn push(&self, token: u64, result: Result<u64, StoreError>) {
         self.queue.lock().unwrap_or_else(|p| p.into_inner()).push((token, result));
-        if !self.ready.swap(true, Ordering::AcqRel) {
+        // SeqCst with `end_step`: either this sees `stepping` cleared and wakes the task, or
+        // the stepper sees `ready` after clearing it and wakes the task.
+        if !self.ready.swap(true, Ordering::SeqCst) && !self.stepping.load(Ordering::SeqCst) {
+            self.wake.notify_one();
+        }
+    }
+
+    fn begin_step(&self) {
+        self.stepping.store(true, Ordering::SeqCst);
+    }
+
+    /// A completion that came after the step's last drain wakes the task.
+    fn end_step(&self) {
+        self.stepping.store(false, Ordering::SeqCst);
+        if self.ready.load(Ordering::SeqCst) {
             self.wake.notify_one();
         }
     }
@@ -217,9 +236,11 @@ impl<I: Imvu> Shard<I> {
     /// commit that fails at once poisons its IMVU before the next command runs), then the
     /// handler commits the core deferred to the end of the wake.
     fn step(&mut self, batch: &mut Vec<Command<I>>) -> Result<(), String> {
+        self.completions.begin_step();
         let handled = self.handle_batch(batch);
         // Even on an escalation: its records and its callers' answers go out first.
         let flushed = self.flush();
+        self.completions.end_step();
         handled.and(flushed)
     }
 
@@ -255,7 +276,7 @@ impl<I: Imvu> Shard<I> {
     }
 
     fn drain_completions(&mut self) {
-        self.completions.ready.store(false, Ordering::Release);
+        self.completions.ready.store(false, Ordering::SeqCst);
         std::mem::swap(&mut *self.completions.queue.lock().unwrap_or_else(|p| p.into_inner()), &mut self.completed);
         for (token, result) in self.completed.drain(..) {
             self.core.handle_committed(token, result);
