@@ -186,7 +186,11 @@ impl<I: Imvu> Shard<I> {
     pub(crate) fn step_inline(&mut self, command: Command<I>) -> bool {
         let mut batch = std::mem::take(&mut self.inline);
         batch.push(command);
-        let stepped = self.step(&mut batch);
+        // Handlers run under their own `catch`; a panic here is the shard's own code failing,
+        // which on the task would end it with an escalation: the same, not the caller's panic.
+        let stepped = vcos_supervision::quiet_panic::catch(|| self.step(&mut batch))
+            .unwrap_or_else(|panic| Err(format!("shard panicked running an ask on its caller's thread: {panic}")));
+        batch.clear();
         self.inline = batch;
         if let Err(reason) = stepped {
             self.escalated = Some(reason);
