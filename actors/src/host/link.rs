@@ -12,9 +12,9 @@
 //! then ready when the caller awaits it (or follows its commit, for `EveryMessage`).
 //!
 //! Order is kept: every command sent on the channel counts in `queued` from before it is sent
-//! until the task has handled it, under the mutex; a caller runs inline only when, holding the
-//! mutex, it sees `queued` at 0 — so everything sent before has been handled, and its own
-//! earlier tells are never overtaken. Callers only `try_lock`: one that finds the shard busy
+//! until the task takes it in hand, under the mutex it handles it under; a caller runs inline
+//! only when, holding the mutex, it sees `queued` at 0 — so everything sent before has been
+//! handled, and its own earlier tells are never overtaken. Callers only `try_lock`: one that finds the shard busy
 //! sends on the channel as before. The task takes the mutex for each wake only, never across an
 //! await, and sleeps no longer than the earliest timer, which an inline step that sets an
 //! earlier one (or escalates) wakes it to re-arm (or exit).
@@ -40,7 +40,8 @@ pub(crate) struct ShardLink<I: Imvu> {
 
 /// What callers and the shard's task share.
 pub(crate) struct ShardSlot<I: Imvu> {
-    /// Commands sent (or being sent) on the channel and not yet handled by the task.
+    /// Commands sent (or being sent) on the channel that the task has not yet taken in hand
+    /// (it takes and handles them under `shard`'s mutex).
     queued: AtomicUsize,
     /// The shard while a task serves it; `None` between a stop and the next start.
     shard: Mutex<Option<Shard<I>>>,
@@ -159,15 +160,16 @@ impl<I: Imvu> ShardSlot<I> {
                     }
                 }
             }
-            let received = batch.len();
             let stepped = {
                 let mut guard = self.lock();
+                // Under the mutex, before the step: no caller can run inline until the batch is
+                // handled, and a step that panics has already given its count back.
+                self.queued.fetch_sub(batch.len(), Ordering::SeqCst);
                 let stepped = match guard.as_mut() {
                     Some(shard) => shard.step_served(&mut batch),
                     None => Err("the shard was detached from its task".into()),
                 };
                 batch.clear();
-                self.queued.fetch_sub(received, Ordering::SeqCst);
                 stepped
             };
             if let Err(reason) = stepped {
