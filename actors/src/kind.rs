@@ -61,17 +61,9 @@ impl<I: Imvu> KindRef<I> {
         self.send(key, Command::Tell { key: *key, msg }).await
     }
 
-    /// Enqueues a command: the non-blocking path first (no permit future to build and poll when
-    /// there is room, which is almost always), waiting only when the mailbox is full.
+    /// Enqueues a command, waiting for room when the mailbox is full.
     async fn send(&self, key: &ImvuKey, command: Command<I>) -> Result<(), ActorError> {
-        let shard = self.shard(key);
-        match shard.try_send(command) {
-            Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(command)) => {
-                shard.send(command).await.map_err(unavailable)
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(unavailable(())),
-        }
+        self.shard(key).send(command).await.map_err(unavailable)
     }
 
     /// Sends without waiting at all: a full mailbox is `QueueFull`.

@@ -71,7 +71,9 @@ impl<I: Imvu> ShardLink<I> {
         Ok(())
     }
 
-    /// Enqueues, waiting for room (back-pressure); a closed channel gives the command back.
+    /// Enqueues, waiting for room (back-pressure); a closed channel gives the command back. The
+    /// non-blocking path first: no permit future to build and poll when there is room, which is
+    /// almost always.
     pub(crate) async fn send(&self, command: Command<I>) -> Result<(), mpsc::error::SendError<Command<I>>> {
         self.slot.queued.fetch_add(1, Ordering::SeqCst);
         // Dropped (the count taken back) if the send fails or this future is dropped waiting.
