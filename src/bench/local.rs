@@ -195,6 +195,10 @@ struct Figures {
     ask: Option<f64>,
     /// In memory, one creator.
     spawn_rate: Option<f64>,
+    /// In memory: what each spawned IMVU adds, its canon records in the memory store included
+    /// (RSS, and mimalloc's committed bytes).
+    spawn_bytes_rss: Option<f64>,
+    spawn_bytes_committed: Option<f64>,
     /// Durable, `--creators` creators.
     create_rate: Option<f64>,
     bytes_idle_rss: Option<f64>,
@@ -349,6 +353,7 @@ async fn measure_memory(args: &LocalArgs) -> anyhow::Result<Figures> {
         // creation was a cross-thread hand-off both ways: 21 k/s instead of 48 k/s with one
         // worker, 2026-11-30.)
         let (runtime, caller, count) = (runtime.clone(), caller.clone(), args.spawn);
+        let before = Memory::now();
         let secs = tokio::spawn(async move {
             let started = Instant::now();
             for _ in 0..count {
@@ -357,7 +362,11 @@ async fn measure_memory(args: &LocalArgs) -> anyhow::Result<Figures> {
             Ok::<_, ActorError>(started.elapsed().as_secs_f64())
         })
         .await??;
+        let after = Memory::now();
+        let n = args.spawn.max(1) as f64;
         figures.spawn_rate = Some(args.spawn as f64 / secs);
+        figures.spawn_bytes_rss = Some((after.rss - before.rss) / n);
+        figures.spawn_bytes_committed = after.committed.zip(before.committed).map(|(a, b)| (a - b) / n);
     }
     if args.wants("restarts") {
         figures.restarts = Some(restarts(&runtime, &tenant, &caller, &echo, args.restarts).await?);
@@ -840,6 +849,22 @@ fn print_report(args: &LocalArgs, ours: &BTreeMap<&'static str, Vec<Figures>>, p
             ours: stat(Setup::Memory, |f| f.spawn_rate),
             peer: peer("spawn_rate"),
             target: Target::Ratio(1.0, true),
+        });
+        lines.push(Line {
+            what: format!("  bytes per spawned IMVU and its 4 canon records, RSS / {} vs Erlang memory(processes)/1M", args.spawn),
+            setup: "memory",
+            unit: "B",
+            ours: stat(Setup::Memory, |f| f.spawn_bytes_rss),
+            peer: peer("mem_per_idle_proc"),
+            target: Target::None,
+        });
+        lines.push(Line {
+            what: "  same, mimalloc committed".into(),
+            setup: "memory",
+            unit: "B",
+            ours: stat(Setup::Memory, |f| f.spawn_bytes_committed),
+            peer: None,
+            target: Target::None,
         });
         lines.push(Line {
             what: "restarts until answered vs Erlang one_for_one until the child reports".into(),

@@ -10,9 +10,12 @@ use std::sync::Mutex;
 use super::{appended_key, failed_guard, CanonStore, CanonWrite, Completion, StoreError};
 
 /// An ordered key-value map plus the canon index counter, applying [`CanonWrite`]s.
+///
+/// Keys and values are boxed slices, not `String`/`Vec`: 16 bytes less per entry in the tree's
+/// nodes, and no spare capacity kept (an in-memory spawn writes four records).
 #[derive(Clone, Debug, Default)]
 pub struct OrderedKv {
-    kv: BTreeMap<String, Vec<u8>>,
+    kv: BTreeMap<Box<str>, Box<[u8]>>,
     index: u64,
 }
 
@@ -21,7 +24,7 @@ impl OrderedKv {
     /// applies nothing) when one of its guards fails.
     pub fn apply(&mut self, writes: Vec<CanonWrite>) -> Result<u64, StoreError> {
         let failed = failed_guard(&writes, |key, value| {
-            Ok::<_, std::convert::Infallible>(self.kv.get(key).map(Vec::as_slice) == value)
+            Ok::<_, std::convert::Infallible>(self.kv.get(key).map(|v| &**v) == value)
         });
         if let Ok(Some(key)) = failed {
             return Err(StoreError::Conflict { key: key.to_owned() });
@@ -29,14 +32,14 @@ impl OrderedKv {
         for write in writes {
             match write {
                 CanonWrite::Put { key, value } => {
-                    self.kv.insert(key, value);
+                    self.kv.insert(key.into_boxed_str(), value.into_boxed_slice());
                 }
                 CanonWrite::Delete { key } => {
-                    self.kv.remove(&key);
+                    self.kv.remove(key.as_str());
                 }
                 CanonWrite::Append { prefix, value } => {
                     self.index += 1;
-                    self.kv.insert(appended_key(&prefix, self.index), value);
+                    self.kv.insert(appended_key(&prefix, self.index).into_boxed_str(), value.into_boxed_slice());
                 }
                 CanonWrite::Expect { .. } => {}
             }
@@ -51,7 +54,7 @@ impl OrderedKv {
 
     /// One key.
     pub fn get(&self, key: &str) -> Option<Vec<u8>> {
-        self.kv.get(key).cloned()
+        self.kv.get(key).map(|v| v.to_vec())
     }
 
     /// Up to `limit` keys with `prefix`, in order, strictly after `after`.
@@ -62,14 +65,14 @@ impl OrderedKv {
         limit: usize,
     ) -> Vec<(String, Vec<u8>)> {
         let start = match after {
-            Some(after) => Bound::Excluded(after.to_owned()),
-            None => Bound::Included(prefix.to_owned()),
+            Some(after) => Bound::Excluded(after),
+            None => Bound::Included(prefix),
         };
         self.kv
-            .range((start, Bound::Unbounded))
+            .range::<str, _>((start, Bound::Unbounded))
             .take_while(|(k, _)| k.starts_with(prefix))
             .take(limit)
-            .map(|(k, v)| (k.clone(), v.clone()))
+            .map(|(k, v)| (k.to_string(), v.to_vec()))
             .collect()
     }
 

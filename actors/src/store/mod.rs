@@ -123,7 +123,10 @@ pub type Completion = Box<dyn FnOnce(Result<u64, StoreError>) + Send>;
 
 /// Key under which an appended record lands.
 pub fn appended_key(prefix: &str, index: u64) -> String {
-    format!("{prefix}{index:020}")
+    let mut key = String::with_capacity(prefix.len() + crate::records::PADDED_U64_LEN);
+    key.push_str(prefix);
+    crate::records::push_padded_u64(&mut key, index);
+    key
 }
 
 /// The canon index encoded at the end of an appended record's key.
