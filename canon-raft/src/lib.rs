@@ -35,6 +35,7 @@ pub mod auth;
 pub mod canon_store;
 pub mod constants;
 pub mod disk;
+mod early_append;
 pub mod error;
 mod frame_sink;
 pub mod health;

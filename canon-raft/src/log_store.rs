@@ -16,12 +16,13 @@
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{Entry, LogId, LogState, RaftLogReader, StorageError, StorageIOError, Vote};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
+use crate::early_append::EarlyAppend;
 use crate::error::Error;
 use crate::wal::Wal;
 use crate::wal_files::WalFiles;
@@ -36,6 +37,9 @@ pub struct LogStore {
     /// Held through each change of the log, fsync included, while `wal` is held only to read
     /// or update the index: readers (replication) never wait for the disk.
     writer: Arc<Mutex<()>>,
+    /// Sends a leader's new entries to the voters during its fsync (set once the group's Raft
+    /// runs; see [`crate::early_append`]).
+    early: Arc<OnceLock<Arc<EarlyAppend>>>,
 }
 
 impl Debug for LogStore {
@@ -52,7 +56,17 @@ impl LogStore {
 
     /// Like [`LogStore::open`], starting a new segment at `segment_bytes`.
     pub fn open_with_segment_bytes(files: Arc<dyn WalFiles>, segment_bytes: u64) -> Result<Self, Error> {
-        Ok(Self { wal: Arc::new(Mutex::new(Wal::open_with_segment_bytes(files, segment_bytes)?)), writer: Arc::default() })
+        Ok(Self {
+            wal: Arc::new(Mutex::new(Wal::open_with_segment_bytes(files, segment_bytes)?)),
+            writer: Arc::default(),
+            early: Arc::default(),
+        })
+    }
+
+    /// From now on, appends made as the leader go to the voters while their fsync runs.
+    pub(crate) fn send_early(&self, early: Arc<EarlyAppend>) {
+        // Set once, when the group opens.
+        let _ = self.early.set(early);
     }
 
     fn wal(&self) -> MutexGuard<'_, Wal> {
@@ -67,12 +81,24 @@ impl LogStore {
     /// write and its fsync.
     fn append_entries(&self, entries: impl IntoIterator<Item = Entry<TypeConfig>>) -> Result<(), Error> {
         let _writer = self.writer();
-        let (pending, files) = {
-            let mut wal = self.wal();
-            (wal.prepare_append(entries)?, wal.files())
+        let (pending, files, early) = match self.early.get() {
+            Some(early) => {
+                let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
+                let mut wal = self.wal();
+                let plan = early.plan(&entries, wal.last_log_id(), wal.committed());
+                (wal.prepare_append(entries)?, wal.files(), plan)
+            }
+            None => {
+                let mut wal = self.wal();
+                (wal.prepare_append(entries)?, wal.files(), None)
+            }
         };
         let Some(pending) = pending else { return Ok(()) };
-        let written = pending.write(&*files);
+        let written = pending.write_then_sync(&*files, || {
+            if let Some(plan) = early {
+                plan.send();
+            }
+        });
         self.wal().finish_append(pending, written)
     }
 }

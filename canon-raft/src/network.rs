@@ -141,6 +141,11 @@ impl CanonNetwork {
     pub fn new(peers: Arc<PeerSet>, group: String, from: u64) -> Self {
         Self { peers, group, from }
     }
+
+    /// The client towards `target` at `node`.
+    pub fn client(&self, target: u64, node: &NodeInfo) -> CanonClient {
+        CanonClient { peers: Arc::clone(&self.peers), peer: self.peers.get(&node.raft_addr), group: self.group.clone(), from: self.from, target }
+    }
 }
 
 /// The client towards one target of one group.
@@ -157,7 +162,7 @@ impl RaftNetworkFactory<TypeConfig> for CanonNetwork {
     type Network = CanonClient;
 
     async fn new_client(&mut self, target: u64, node: &NodeInfo) -> Self::Network {
-        CanonClient { peers: Arc::clone(&self.peers), peer: self.peers.get(&node.raft_addr), group: self.group.clone(), from: self.from, target }
+        self.client(target, node)
     }
 }
 

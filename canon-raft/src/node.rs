@@ -37,6 +37,7 @@ use tokio_util::task::AbortOnDropHandle;
 
 use crate::constants::{CANON_REQUEST_DEADLINE_MS, CANON_SHUTDOWN_MAX_MS};
 use crate::network::{CanonNetwork, PeerSet};
+use crate::early_append::EarlyAppend;
 use crate::snapshot_schedule::SnapshotEvery;
 use crate::transport::{CallError, Transport};
 use crate::types::{NodeInfo, Op, Request, Response};
@@ -300,12 +301,24 @@ impl Group {
 
     /// Confirms leadership with a quorum and returns the read index, without openraft's
     /// `ensure_linearizable` wait (see [`StateReader::wait_applied`] for why).
+    ///
+    /// The vote is read before and after: a read index computed while this node still led the
+    /// term it restarted in needs [`LeaderRestartFloor`], and the vote may move on between
+    /// openraft's answer and a look at it afterwards (found by the canon scenario, seed 1354,
+    /// with leaders sending entries early: the restarted leader of term 1 answered 28, then
+    /// learned of term 2, and the floor of 32 was skipped, so a read missed an acknowledged
+    /// write). Votes only grow, so the same vote before and after is the vote the answer was
+    /// computed under; a different one is answered as a lost leadership (the reader retries).
     pub(crate) async fn leader_read_index(&self) -> Result<u64, RaftError<u64, openraft::error::CheckIsLeaderError<u64, NodeInfo>>> {
+        let before = *self.raft.metrics().borrow().vote.leader_id();
         let (read_log_id, _) = self.raft.get_read_log_id().await?;
+        let after = *self.raft.metrics().borrow().vote.leader_id();
+        if before != after {
+            return Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(openraft::error::ForwardToLeader::empty())));
+        }
         let index = read_log_id.map_or(0, |id| id.index);
-        let leading = *self.raft.metrics().borrow().vote.leader_id();
         Ok(match self.restart_floor {
-            Some(floor) if floor.leader == leading => index.max(floor.last_log_index),
+            Some(floor) if floor.leader == after => index.max(floor.last_log_index),
             _ => index,
         })
     }
@@ -556,9 +569,11 @@ impl CanonNode {
             sm.set_snapshot_every(every);
         }
         let network = CanonNetwork::new(Arc::clone(&self.inner.peers), region.to_owned(), self.inner.id);
-        let raft = CanonRaft::new(self.inner.id, Arc::clone(&self.inner.raft_config), network, log, sm)
+        let early_log = log.clone();
+        let raft = CanonRaft::new(self.inner.id, Arc::clone(&self.inner.raft_config), network.clone(), log, sm)
             .await
             .map_err(|e| CanonError::Failed(format!("start raft for {region}: {e}")))?;
+        early_log.send_early(Arc::new(EarlyAppend::new(self.inner.id, raft.metrics(), network)));
         let snapshots = self
             .inner
             .snapshot_every

@@ -86,7 +86,14 @@ pub struct PendingAppend {
 impl PendingAppend {
     /// Writes it and waits for the disk (one write, one fsync).
     pub fn write(&self, files: &dyn WalFiles) -> std::io::Result<()> {
+        self.write_then_sync(files, || {})
+    }
+
+    /// Writes it, runs `written` (the write succeeded, the fsync has not started), then waits
+    /// for the disk.
+    pub fn write_then_sync(&self, files: &dyn WalFiles, written: impl FnOnce()) -> std::io::Result<()> {
         files.append(&self.name, &self.bytes)?;
+        written();
         files.sync(&self.name)
     }
 }

@@ -110,6 +110,17 @@ fn a_restarted_leader_reads_its_own_acknowledged_writes() {
     passes_with_plan("canon", 1693, "732:partition(n1,2458);1682:crash(n1,2725);1884:disk_fail(n0,2046);2325:crash(n0,2840)");
 }
 
+/// The same restarted leader, but its vote moves on between openraft's read index and the
+/// check of the restart floor: n0 led term 1, acknowledged a put at index 32 and died; n2 led
+/// term 2 meanwhile; after the restarts n0 answered a read index of 28 as term 1's leader,
+/// then learned of term 2, and the floor (32) was skipped because the vote it was compared
+/// with was already term 2's. The read on n2 then missed the put (seed 1354 of the sweep with
+/// leaders sending entries early, shrunk).
+#[test]
+fn a_read_index_is_not_taken_from_a_leadership_that_moved_on() {
+    passes_with_plan("canon", 1354, "126:disk_slow(n0,165,594);322:disk_fail(n2,1966);869:disk_fail(n1,2491);1680:crash(n2,358);4573:crash(n2,121)");
+}
+
 /// Runs `scenario`'s `seed` under the fault `plan` (a shrunk plan from a sweep) and checks it
 /// passes.
 fn passes_with_plan(scenario: &str, seed: u64, plan: &str) {
