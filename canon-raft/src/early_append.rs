@@ -156,3 +156,82 @@ impl EarlyPlan {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use openraft::{CommittedLeaderId, EntryPayload, Membership, ServerState, StoredMembership, Vote};
+
+    use super::*;
+    use crate::network::PeerSet;
+    use crate::transport::TcpTransport;
+
+    fn node(i: u64) -> NodeInfo {
+        NodeInfo { raft_addr: format!("127.0.0.1:{}", 7000 + i), http_addr: String::new(), region: "eu".into() }
+    }
+
+    /// Node 1's metrics as `state`, in term 2 (led by `leader`), voters 1–3 and learner 4.
+    fn metrics(state: ServerState, leader: u64) -> RaftMetrics<u64, NodeInfo> {
+        let mut metrics = RaftMetrics::new_initial(1);
+        metrics.state = state;
+        metrics.current_leader = Some(leader);
+        metrics.vote = Vote::new_committed(2, leader);
+        let nodes: BTreeMap<u64, NodeInfo> = (1..=4).map(|i| (i, node(i))).collect();
+        let membership = Membership::new(vec![BTreeSet::from([1, 2, 3])], nodes);
+        metrics.membership_config = Arc::new(StoredMembership::new(None, membership));
+        metrics
+    }
+
+    fn early(metrics: RaftMetrics<u64, NodeInfo>) -> (Arc<EarlyAppend>, watch::Sender<RaftMetrics<u64, NodeInfo>>) {
+        let (tx, rx) = watch::channel(metrics);
+        let peers = Arc::new(PeerSet::new(1, Arc::new(TcpTransport)));
+        (Arc::new(EarlyAppend::new(1, rx, CanonNetwork::new(peers, "eu".into(), 1))), tx)
+    }
+
+    fn entry(term: u64, leader: u64, index: u64) -> Entry<TypeConfig> {
+        Entry { log_id: LogId::new(CommittedLeaderId::new(term, leader), index), payload: EntryPayload::Blank }
+    }
+
+    fn log_id(term: u64, leader: u64, index: u64) -> Option<LogId<u64>> {
+        Some(LogId::new(CommittedLeaderId::new(term, leader), index))
+    }
+
+    fn targets(plan: &EarlyPlan) -> BTreeSet<u64> {
+        plan.targets.iter().map(|(slot, _)| slot.target).collect()
+    }
+
+    #[test]
+    fn a_leader_sends_its_new_entries_to_the_other_voters_only() {
+        let (early, _tx) = early(metrics(ServerState::Leader, 1));
+        let plan = early.plan(&[entry(2, 1, 8), entry(2, 1, 9)], log_id(1, 3, 7), log_id(1, 3, 6)).expect("a plan");
+        assert_eq!(targets(&plan), BTreeSet::from([2, 3]), "voters but itself; no learner");
+        assert_eq!(plan.request.prev_log_id, log_id(1, 3, 7));
+        assert_eq!(plan.request.leader_commit, log_id(1, 3, 6));
+        assert_eq!(plan.request.vote, Vote::new_committed(2, 1));
+        assert_eq!(plan.request.entries.len(), 2);
+    }
+
+    #[test]
+    fn one_early_rpc_per_voter_is_in_flight() {
+        let (early, _tx) = early(metrics(ServerState::Leader, 1));
+        let first = early.plan(&[entry(2, 1, 8)], log_id(2, 1, 7), None).expect("a plan");
+        assert!(early.plan(&[entry(2, 1, 9)], log_id(2, 1, 8), None).is_none(), "both voters are taken");
+        drop(first);
+        assert!(early.plan(&[entry(2, 1, 9)], log_id(2, 1, 8), None).is_some(), "dropped unsent, the voters are free");
+    }
+
+    #[test]
+    fn nothing_is_sent_early_unless_this_node_leads_and_wrote_the_entries() {
+        let (early, tx) = early(metrics(ServerState::Follower, 3));
+        assert!(early.plan(&[entry(2, 3, 8)], log_id(2, 3, 7), None).is_none(), "a follower's appends");
+        tx.send_replace(metrics(ServerState::Leader, 1));
+        assert!(early.plan(&[entry(1, 3, 8)], log_id(1, 3, 7), None).is_none(), "entries of another leader");
+        assert!(early.plan(&[entry(2, 1, 9)], log_id(2, 1, 7), None).is_none(), "not after the log's last entry");
+        assert!(early.plan(&[entry(2, 1, 0)], None, None).is_none(), "no entry before to name");
+        let mut uncommitted = metrics(ServerState::Leader, 1);
+        uncommitted.vote = Vote::new(2, 1);
+        tx.send_replace(uncommitted);
+        assert!(early.plan(&[entry(2, 1, 8)], log_id(2, 1, 7), None).is_none(), "a vote not yet committed");
+    }
+}
