@@ -60,6 +60,7 @@ const METRICS: &[(Kind, &str, &str)] = &[
     (Counter, "vcos_swarm_coordinators_fenced_total", "Swarm coordinator writes refused because its bucket moved."),
     (Counter, "vcos_canon_commits_total", "Commits applied to the canon by this node's store."),
     (Counter, "vcos_canon_fsyncs_total", "fsyncs of the canon's log on this node."),
+    (Counter, "vcos_canon_early_appends_total", "AppendEntries a leader sent a voter before its own fsync (early replication)."),
     (Histogram(Unit::Count), "vcos_canon_group_commit_size", "Commits per canon group commit (one Raft entry)."),
     (Counter, "vcos_canon_unavailable_total", "Canon requests that ended without a quorum (503)."),
     (Counter, "vcos_canon_members_not_promoted_total", "Nodes added as voters that stayed learners."),
