@@ -119,7 +119,7 @@ pub fn open(dir: &Path) -> Result<(LogStore, StateMachineStore), Error> {
 /// the canon grows.
 pub fn open_with(dir: &Path, cache_bytes: usize) -> Result<(LogStore, StateMachineStore), Error> {
     std::fs::create_dir_all(dir).map_err(Error::Io)?;
-    let state_db = redb::Database::builder().set_cache_size(cache_bytes).create(dir.join(STATE_FILE_NAME)).map_err(redb::Error::from)?;
+    let state_db = open_state_file(dir, cache_bytes)?;
     let legacy_path = dir.join(DB_FILE_NAME);
     let log_dir = dir.join(LOG_DIR_NAME);
     let legacy = if legacy_path.exists() { Some(redb::Database::open(&legacy_path).map_err(redb::Error::from)?) } else { None };
@@ -157,6 +157,33 @@ pub struct GroupFiles {
     /// Where the log starts a new segment ([`wal::SEGMENT_BYTES`] in `vcos up`; the simulator
     /// scales it down, as it does the page cache, so that its runs roll segments).
     pub log_segment_bytes: u64,
+}
+
+/// What a state file being created is called until it is whole (see [`open_state_file`]).
+pub const STATE_FILE_CREATING_SUFFIX: &str = ".creating";
+
+/// Opens the state's file in `dir`, creating it whole if there is none: under a temporary
+/// name, synced, then renamed into place. A disk that fails or fills while a new file is
+/// created (a node's first start) would otherwise leave a half-written file that every later
+/// start refuses ("not a redb database"); now it leaves only the temporary file, which the next
+/// start removes. (Found by the canon scenario, seed 4871, on the simulator's disk.)
+fn open_state_file(dir: &Path, cache_bytes: usize) -> Result<redb::Database, Error> {
+    let path = dir.join(STATE_FILE_NAME);
+    if path.exists() {
+        return Ok(redb::Database::builder().set_cache_size(cache_bytes).create(&path).map_err(redb::Error::from)?);
+    }
+    let mut creating = path.clone().into_os_string();
+    creating.push(STATE_FILE_CREATING_SUFFIX);
+    let creating = std::path::PathBuf::from(creating);
+    if creating.exists() {
+        std::fs::remove_file(&creating).map_err(Error::Io)?;
+    }
+    let db = redb::Database::builder().set_cache_size(cache_bytes).create(&creating).map_err(redb::Error::from)?;
+    // The file's bytes, then its name: a crash after the rename finds a whole file.
+    std::fs::File::open(&creating).and_then(|file| file.sync_all()).map_err(Error::Io)?;
+    std::fs::rename(&creating, &path).map_err(Error::Io)?;
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(Error::Io)?;
+    Ok(db)
 }
 
 /// Like [`open`], on files the caller provides.

@@ -231,3 +231,22 @@ async fn a_log_kept_in_redb_by_an_older_build_is_migrated() {
     assert!(!dir.path().join(vcos_canon_raft::DB_FILE_NAME).exists(), "the old file is renamed once migrated");
     assert!(dir.path().join(format!("{}{}", vcos_canon_raft::DB_FILE_NAME, vcos_canon_raft::MIGRATED_SUFFIX)).exists());
 }
+
+/// A node whose first start was cut short while it created its state file (a disk that failed
+/// or filled then) left only the file's temporary name behind: the next start removes it and
+/// creates the file whole, where a half-written `canon-state.redb` used to be refused on every
+/// start ("not a redb database"; the canon scenario's seed 4871 on the simulator's disk).
+#[tokio::test]
+async fn a_state_file_cut_short_while_created_does_not_block_the_next_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut creating = dir.path().join(vcos_canon_raft::STATE_FILE_NAME).into_os_string();
+    creating.push(vcos_canon_raft::STATE_FILE_CREATING_SUFFIX);
+    std::fs::write(&creating, b"half a redb header").expect("a file cut short");
+    let (mut log, sm) = open(&dir);
+    append(&mut log, vec![request(1)]).await;
+    drop((log, sm));
+    assert!(!std::path::Path::new(&creating).exists(), "the temporary file is gone");
+    assert!(dir.path().join(vcos_canon_raft::STATE_FILE_NAME).exists(), "the state file is in place");
+    let (mut log, _sm) = open(&dir);
+    assert_eq!(log.get_log_state().await.expect("log state").last_log_id.map(|id| id.index), Some(1), "and it opens again");
+}

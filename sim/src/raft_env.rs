@@ -41,6 +41,10 @@ pub(crate) struct SimDb {
     pub(crate) fail_fsync_until_ms: AtomicU64,
     /// Whether a database is open on it (a disk is opened by one process at a time).
     open: AtomicBool,
+    /// Whether the state's file was ever created whole. `vcos up` creates it under a temporary
+    /// name and renames it once synced (`vcos_canon_raft::open_with`); this flag is that
+    /// rename, and a file without it is the temporary one, removed at the next open.
+    state_whole: AtomicBool,
 }
 
 #[derive(Debug)]
@@ -71,7 +75,13 @@ impl SharedDb {
 /// Opens a node's canon group on its disk: the state's database and the log's files (what
 /// `vcos up` keeps in `canon-state.redb` and `raft-log/`).
 pub(crate) fn open_group_files(disk: &Arc<SimDb>) -> Result<vcos_canon_raft::GroupFiles, String> {
-    let state = redb::Database::builder().set_cache_size(SIM_CACHE_BYTES).create_with_backend(SharedDb::take(disk)?).map_err(|e| e.to_string())?;
+    let backend = SharedDb::take(disk)?;
+    if !disk.state_whole.load(Ordering::Acquire) {
+        // The temporary file of a creation cut short (see `SimDb::state_whole`).
+        backend.0.bytes.set_len(0).map_err(|e| e.to_string())?;
+    }
+    let state = redb::Database::builder().set_cache_size(SIM_CACHE_BYTES).create_with_backend(backend).map_err(|e| e.to_string())?;
+    disk.state_whole.store(true, Ordering::Release);
     Ok(vcos_canon_raft::GroupFiles { state, log: Arc::new(SimLogFiles(Arc::clone(disk))), log_segment_bytes: SIM_LOG_SEGMENT_BYTES })
 }
 
