@@ -131,8 +131,7 @@ pub fn open_with(dir: &Path, cache_bytes: usize) -> Result<(LogStore, StateMachi
                 std::fs::remove_dir_all(&staging).map_err(Error::Io)?;
             }
             log_store::migrate_redb_log(legacy, Arc::new(wal_files::DirFiles::open(&staging).map_err(Error::Io)?))?;
-            std::fs::rename(&staging, &log_dir).map_err(Error::Io)?;
-            std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(Error::Io)?;
+            rename_into_place(&staging, &log_dir, dir)?;
             tracing::info!(dir = %dir.display(), "canon: the Raft log moved from {DB_FILE_NAME} to {LOG_DIR_NAME}/");
         }
     }
@@ -181,9 +180,14 @@ fn open_state_file(dir: &Path, cache_bytes: usize) -> Result<redb::Database, Err
     let db = redb::Database::builder().set_cache_size(cache_bytes).create(&creating).map_err(redb::Error::from)?;
     // The file's bytes, then its name: a crash after the rename finds a whole file.
     std::fs::File::open(&creating).and_then(|file| file.sync_all()).map_err(Error::Io)?;
-    std::fs::rename(&creating, &path).map_err(Error::Io)?;
-    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(Error::Io)?;
+    rename_into_place(&creating, &path, dir)?;
     Ok(db)
+}
+
+/// Renames `from` to `to` in `dir` and syncs `dir`, so that the new name survives a crash.
+fn rename_into_place(from: &Path, to: &Path, dir: &Path) -> Result<(), Error> {
+    std::fs::rename(from, to).map_err(Error::Io)?;
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(Error::Io)
 }
 
 /// Like [`open`], on files the caller provides.
