@@ -389,21 +389,25 @@ async fn write_usage(inner: &Inner) -> Result<(), ActorError> {
     crate::quota::refresh_messages(store, &inner.audit, &tenants, inner.config.clock.unix_ms()).await
 }
 
-/// Measures the canon bytes each tenant stores every [`crate::quota::STORAGE_MEASURE_MS`]
-/// while the runtime lives (the first time at once).
+/// Measures the canon bytes each tenant stores while the runtime lives: the first time at
+/// once, then after [`crate::quota::storage_measure_pause_ms`] of what the last one took (on
+/// the runtime's clock).
 fn spawn_storage_meter(inner: std::sync::Weak<Inner>) {
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(std::time::Duration::from_millis(crate::quota::STORAGE_MEASURE_MS));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut pause_ms = 0;
         loop {
-            tick.tick().await;
+            tokio::time::sleep(std::time::Duration::from_millis(pause_ms)).await;
             let Some(inner) = inner.upgrade() else { return };
             let tenants = inner.tenants.list();
             let (store, audit, clock) = (inner.config.store.clone(), inner.audit.clone(), inner.config.clock.clone());
             drop(inner);
-            if let Err(e) = crate::quota::measure_storage(store.as_ref(), &audit, &tenants, clock.unix_ms()).await {
+            let started_ms = clock.unix_ms();
+            if let Err(e) = crate::quota::measure_storage(store.as_ref(), &audit, &tenants, started_ms).await {
                 tracing::debug!(error = %e, "tenant storage is measured again at the next period");
             }
+            let took_ms = clock.unix_ms().saturating_sub(started_ms);
+            metrics::histogram!("vcos_tenant_storage_measure_seconds").record(took_ms as f64 / 1e3);
+            pause_ms = crate::quota::storage_measure_pause_ms(took_ms);
         }
     });
 }

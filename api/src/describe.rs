@@ -28,6 +28,7 @@ const METRICS: &[(Kind, &str, &str)] = &[
     (Counter, "vcos_usage_dropped_total", "Usage totals dropped unwritten: too many waited (the canon unavailable for long), or their tenant was erased."),
     (Counter, "vcos_http_unparsable_total", "Requests hyper could not parse (request line over 64 KiB, header section too large, not HTTP), answered with a JSON error."),
     (Counter, "vcos_quota_refusals_total", "Requests refused because a tenant quota was used up, by quota (messages_per_day, canon_bytes_stored)."),
+    (Histogram(Unit::Seconds), "vcos_tenant_storage_measure_seconds", "Time one measurement of every tenant's canon bytes took on this node (a full read of its replica; the next waits 20 times as long, a minute at least)."),
     (Counter, "vcos_usage_alerts_total", "Tenant usage alerts recorded (once per tenant, quota, period and threshold in the region), by quota and percent."),
     (Counter, "vcos_erasures_total", "Tenant erasures, by outcome: fenced (accepted, nothing of the tenant can be written) and completed (its records deleted)."),
     (Counter, "vcos_erasure_records_deleted_total", "Canon records deleted by tenant erasures."),

@@ -18,9 +18,19 @@
 //! `wire::encode_entry`), or a commit index hint (JSON, as openraft saves it: a lower hint, so
 //! it rides in the next append instead of costing a write of its own).
 //!
-//! Recovery reads every segment. A bad record at the very end of the last segment is an append
-//! cut by a crash (never acknowledged: its fsync had not returned) and is cut off; a bad record
-//! anywhere else is corruption, refused with the file and offset.
+//! A segment is reserved whole when it starts (`fallocate` to [`SEGMENT_BYTES`]): its length
+//! is set and its blocks allocated once, so an append writes inside the file at its offset and
+//! its `fdatasync` flushes data alone. Appending at the end of a growing file made every fsync
+//! commit the file's new length and blocks to ext4's journal too: 164–176 µs against 106–115
+//! µs per 1.2 KB write and `fdatasync` on this project's machine. (etcd preallocates its WAL
+//! segments for the same reason.) Only the last segment has a reserved tail: the one before is
+//! cut to its data, durably, before a new segment is created.
+//!
+//! Recovery reads every segment. In the last one, zeros to the end are the reservation: the log
+//! ends there. A bad record at the end of the last segment (the file ends inside it, or only
+//! zeros follow it) is an append cut by a crash (never acknowledged: its fsync had not
+//! returned) and is cut off; a bad record anywhere else is corruption, refused with the file
+//! and offset.
 //!
 //! Memory: the index holds 32 bytes per entry not yet purged (the log is purged behind every
 //! snapshot); entries are read from the files when openraft asks for them.
@@ -78,6 +88,9 @@ pub struct PendingAppend {
     segment: u64,
     base: u64,
     bytes: Vec<u8>,
+    /// When it starts a new segment: the length to reserve for it, and the segment before
+    /// (its name and data length), cut to its data first.
+    starts: Option<(u64, Option<(String, u64)>)>,
     added: Vec<(u64, Loc)>,
     /// The commit hint it carries, if any.
     committed: Option<Option<LogId<u64>>>,
@@ -92,9 +105,25 @@ impl PendingAppend {
     /// Writes it, runs `written` (the write succeeded, the fsync has not started), then waits
     /// for the disk.
     pub fn write_then_sync(&self, files: &dyn WalFiles, written: impl FnOnce()) -> std::io::Result<()> {
-        files.append(&self.name, &self.bytes)?;
+        if let Some((_, Some((previous, len)))) = &self.starts {
+            // Only the last segment may end in reserved zeros (recovery reads zeros there as
+            // the log's end): the one before is cut to its data, durably, before this one exists.
+            files.truncate(previous, *len)?;
+        }
+        files.write_at(&self.name, self.base, &self.bytes)?;
         written();
+        if let Some((reserve, _)) = self.starts {
+            reserve_segment(files, &self.name, reserve);
+        }
         files.sync(&self.name)
+    }
+}
+
+/// Reserves `len` bytes for the segment `name` (see the module's doc). A failure costs speed,
+/// not correctness (appends past the reservation extend the file), so it is logged, not returned.
+fn reserve_segment(files: &dyn WalFiles, name: &str, len: u64) {
+    if let Err(e) = files.reserve(name, len) {
+        tracing::warn!(segment = %name, error = %e, "raft log: could not reserve the segment's space; its appends will extend the file");
     }
 }
 
@@ -153,6 +182,10 @@ enum Parsed<'a> {
     Bad { reason: String, reaches_end: bool },
 }
 
+fn is_zero(bytes: &[u8]) -> bool {
+    bytes.iter().all(|&b| b == 0)
+}
+
 fn parse(bytes: &[u8]) -> Parsed<'_> {
     let Some(header) = bytes.get(..RECORD_HEADER) else {
         return Parsed::Bad { reason: format!("{} bytes, less than a record header", bytes.len()), reaches_end: true };
@@ -161,15 +194,15 @@ fn parse(bytes: &[u8]) -> Parsed<'_> {
     let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
     if len == 0 || len > RECORD_BYTES_MAX {
         // Zeros to the end: a file whose length a crash extended before its data landed.
-        let zeros = bytes.iter().all(|&b| b == 0);
-        return Parsed::Bad { reason: format!("a record length of {len} bytes"), reaches_end: zeros };
+        return Parsed::Bad { reason: format!("a record length of {len} bytes"), reaches_end: is_zero(bytes) };
     }
     let end = 8 + len as usize;
     let Some(body) = bytes.get(8..end) else {
         return Parsed::Bad { reason: format!("a record of {len} bytes cut after {}", bytes.len() - 8), reaches_end: true };
     };
     if crc32fast::hash(body) != crc {
-        return Parsed::Bad { reason: "a record whose checksum does not match".into(), reaches_end: end == bytes.len() };
+        // Zeros after it: the append was cut in a reserved segment.
+        return Parsed::Bad { reason: "a record whose checksum does not match".into(), reaches_end: is_zero(&bytes[end..]) };
     }
     Parsed::Record { kind: body[0], payload: &body[1..], len: end }
 }
@@ -237,6 +270,13 @@ impl Wal {
             // The commit hint sat in a segment just removed: written again at once.
             wal.append(std::iter::empty())?;
         }
+        // The segment the next appends go to, reserved again if a cut or an older build left
+        // it without its reservation.
+        if let Some((&last, &len)) = wal.segments.last_key_value() {
+            if len < wal.segment_bytes {
+                reserve_segment(&*wal.files, &segment_name(last), wal.segment_bytes);
+            }
+        }
         Ok(wal)
     }
 
@@ -294,6 +334,10 @@ impl Wal {
                     offset += len;
                 }
                 Parsed::Bad { reason, reaches_end } => {
+                    if last && is_zero(&bytes[offset..]) {
+                        // The rest of the segment's reservation: the log ends here.
+                        break;
+                    }
                     if last && reaches_end {
                         tracing::warn!(segment = %name, offset, %reason, "raft log: cutting off an append a crash interrupted");
                         self.files.truncate(&name, offset as u64).map_err(io)?;
@@ -403,14 +447,16 @@ impl Wal {
             }
         }
         let mut next = self.last_index().map_or(0, |last| last + 1);
+        let mut starts = None;
         // The last segment takes the append while it has room, and always when it holds no
         // entry of the log (a commit hint, or what a truncation left): a new segment could
         // then take its very name.
         let live = self.locs.last_key_value().map(|(_, loc)| loc.segment);
         let segment = match self.segments.last_key_value() {
             Some((&segment, &len)) if len < self.segment_bytes || live != Some(segment) => segment,
-            _ => {
+            last => {
                 bytes.extend_from_slice(SEGMENT_MAGIC);
+                starts = Some((self.segment_bytes, last.map(|(&previous, &len)| (segment_name(previous), len))));
                 // Named by the first index it holds (recovery checks its entries from there).
                 first_new.unwrap_or_else(|| self.next_index())
             }
@@ -438,13 +484,13 @@ impl Wal {
         if added.is_empty() && committed.is_none() {
             return Ok(None);
         }
-        Ok(Some(PendingAppend { name: segment_name(segment), segment, base, bytes, added, committed }))
+        Ok(Some(PendingAppend { name: segment_name(segment), segment, base, bytes, starts, added, committed }))
     }
 
     /// The second half of an append: publishes its entries if `written` is `Ok`, else undoes
     /// a partial write (so that the next append does not follow garbage).
     pub fn finish_append(&mut self, pending: PendingAppend, written: std::io::Result<()>) -> Result<(), Error> {
-        let PendingAppend { name, segment, base, bytes, added, committed } = pending;
+        let PendingAppend { name, segment, base, bytes, added, committed, .. } = pending;
         if let Err(e) = written {
             let undone = if base == 0 { self.files.remove(&name) } else { self.files.truncate(&name, base) };
             if let Err(undo) = undone {
@@ -478,6 +524,8 @@ impl Wal {
             self.broken = Some(format!("truncate {}: {e}", segment_name(segment)));
             return Err(io(e));
         }
+        // The last segment again: its appends go into reserved space.
+        reserve_segment(&*self.files, &segment_name(segment), self.segment_bytes);
         self.segments.insert(segment, offset);
         self.locs.split_off(&from);
         // A commit hint written after the cut went with it: written again at once.

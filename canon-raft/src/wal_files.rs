@@ -18,8 +18,13 @@ pub trait WalFiles: Send + Sync + Debug + 'static {
     fn len(&self, name: &str) -> io::Result<u64>;
     /// Fills `out` from `name` at `offset` (all of it, or an error).
     fn read_at(&self, name: &str, offset: u64, out: &mut [u8]) -> io::Result<()>;
-    /// Appends `data` to `name`, creating it (durably named) if it is missing.
-    fn append(&self, name: &str, data: &[u8]) -> io::Result<()>;
+    /// Writes `data` into `name` at `offset`, creating it (durably named) if it is missing
+    /// and extending it if `data` ends past its length (a gap reads as zeros).
+    fn write_at(&self, name: &str, offset: u64, data: &[u8]) -> io::Result<()>;
+    /// Makes `name` at least `len` bytes long, the added bytes zeros with their space
+    /// allocated: writes into them and their fsync then change no file metadata (see
+    /// [`crate::wal`]: a segment is reserved whole when it starts).
+    fn reserve(&self, name: &str, len: u64) -> io::Result<()>;
     /// Makes what was appended to `name` durable.
     fn sync(&self, name: &str) -> io::Result<()>;
     /// Cuts `name` to `len` bytes, durably.
@@ -53,7 +58,7 @@ impl DirFiles {
         }
         let path = self.dir.join(name);
         let existed = path.exists();
-        let file = Arc::new(OpenOptions::new().read(true).append(true).create(create).open(&path)?);
+        let file = Arc::new(OpenOptions::new().read(true).write(true).create(create).open(&path)?);
         if !existed {
             // The new file's name must survive a crash as its contents will.
             self.sync_dir()?;
@@ -94,8 +99,18 @@ impl WalFiles for DirFiles {
         self.handle(name, false)?.read_exact_at(out, offset)
     }
 
-    fn append(&self, name: &str, data: &[u8]) -> io::Result<()> {
-        (&*self.handle(name, true)?).write_all(data)
+    fn write_at(&self, name: &str, offset: u64, data: &[u8]) -> io::Result<()> {
+        self.handle(name, true)?.write_all_at(data, offset)
+    }
+
+    fn reserve(&self, name: &str, len: u64) -> io::Result<()> {
+        let file = self.handle(name, false)?;
+        if file.metadata()?.len() >= len {
+            return Ok(());
+        }
+        // Mode 0: the file's length becomes `len` and the blocks are allocated (as unwritten
+        // extents, reading as zeros), so an append's fsync flushes data only.
+        rustix::fs::fallocate(&*file, rustix::fs::FallocateFlags::empty(), 0, len).map_err(io::Error::from)
     }
 
     fn sync(&self, name: &str) -> io::Result<()> {
@@ -166,8 +181,25 @@ impl WalFiles for MemFiles {
         Ok(())
     }
 
-    fn append(&self, name: &str, data: &[u8]) -> io::Result<()> {
-        self.files().entry(name.to_owned()).or_default().extend_from_slice(data);
+    fn write_at(&self, name: &str, offset: u64, data: &[u8]) -> io::Result<()> {
+        let mut files = self.files();
+        let file = files.entry(name.to_owned()).or_default();
+        let start = usize::try_from(offset).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let end = start.checked_add(data.len()).ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
+        if file.len() < end {
+            file.resize(end, 0);
+        }
+        file[start..end].copy_from_slice(data);
+        Ok(())
+    }
+
+    fn reserve(&self, name: &str, len: u64) -> io::Result<()> {
+        let mut files = self.files();
+        let file = files.get_mut(name).ok_or_else(|| not_found(name))?;
+        let len = usize::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        if file.len() < len {
+            file.resize(len, 0);
+        }
         Ok(())
     }
 

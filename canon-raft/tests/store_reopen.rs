@@ -154,30 +154,90 @@ fn segment(dir: &TempDir) -> std::path::PathBuf {
     segments.remove(0)
 }
 
+/// Where a segment's records end (past them, its reservation reads as zeros): walks the
+/// records' lengths (`len: u32 LE | crc32 | len bytes`) after the 8-byte header.
+fn data_len(bytes: &[u8]) -> usize {
+    let mut offset = vcos_canon_raft::wal::SEGMENT_MAGIC.len();
+    while let Some(len) = bytes.get(offset..offset + 4) {
+        let len = u32::from_le_bytes(len.try_into().expect("4 bytes")) as usize;
+        if len == 0 || offset + 8 + len > bytes.len() {
+            break;
+        }
+        offset += 8 + len;
+    }
+    offset
+}
+
+/// A crash in the middle of an append leaves half of its record, in one of two shapes: zeros
+/// after it, inside the segment's reservation; or the file's end, where the file grew with
+/// each append (a build before reservations, or a file system without `fallocate`). Either
+/// way the record is dropped (its fsync never returned, so it was never acknowledged) and the
+/// log goes on.
 #[tokio::test]
 async fn an_append_cut_by_a_crash_is_dropped_and_the_log_goes_on() {
+    for file_ends_inside in [false, true] {
+        let dir = TempDir::new().expect("temp dir");
+        {
+            let (mut log, _sm) = open(&dir);
+            append(&mut log, (1..=3).map(request).collect()).await;
+        }
+        let path = segment(&dir);
+        let whole = data_len(&std::fs::read(&path).expect("segment"));
+        {
+            let (mut log, _sm) = open(&dir);
+            append(&mut log, vec![request(4)]).await;
+        }
+        let mut with_four = std::fs::read(&path).expect("segment");
+        let four = data_len(&with_four);
+        let cut = whole + (four - whole) / 2;
+        if file_ends_inside {
+            with_four.truncate(cut);
+        } else {
+            with_four[cut..four].fill(0);
+        }
+        std::fs::write(&path, &with_four).expect("cut");
+        {
+            let (mut log, _sm) = open(&dir);
+            assert_eq!(log.get_log_state().await.expect("log state").last_log_id, Some(log_id(1, 1, 3)), "file ends inside: {file_ends_inside}");
+            append(&mut log, vec![request(4), request(5)]).await;
+        }
+        let (mut log, _sm) = open(&dir);
+        let indexes: Vec<u64> = log.try_get_log_entries(0..100).await.expect("entries").iter().map(|e| e.log_id.index).collect();
+        assert_eq!(indexes, vec![1, 2, 3, 4, 5], "file ends inside: {file_ends_inside}");
+        assert_eq!(std::fs::metadata(&path).expect("segment").len(), vcos_canon_raft::wal::SEGMENT_BYTES, "reserved again after the cut");
+    }
+}
+
+/// A segment is reserved whole when it starts, so its appends write inside the file and their
+/// fsync flushes data alone; when the next segment starts, the one before is cut to its data.
+#[tokio::test]
+async fn segments_are_reserved_whole_and_cut_to_their_data_when_closed() {
+    use vcos_canon_raft::wal::Wal;
+    use vcos_canon_raft::wal_files::{DirFiles, WalFiles};
     let dir = TempDir::new().expect("temp dir");
-    {
-        let (mut log, _sm) = open(&dir);
-        append(&mut log, (1..=3).map(request).collect()).await;
+    let segment_bytes = 4 << 10;
+    let files: std::sync::Arc<dyn WalFiles> = std::sync::Arc::new(DirFiles::open(dir.path()).expect("dir"));
+    let mut wal = Wal::open_with_segment_bytes(std::sync::Arc::clone(&files), segment_bytes).expect("open");
+    for index in 1..=200 {
+        wal.append([request(index)]).expect("append");
     }
-    // A crash in the middle of the next append: half a record at the end.
-    let path = segment(&dir);
-    let whole = std::fs::read(&path).expect("segment");
-    {
-        let (mut log, _sm) = open(&dir);
-        append(&mut log, vec![request(4)]).await;
+    let mut segments: Vec<(String, u64)> = files.list().expect("list").into_iter().filter(|n| n.ends_with(".wal")).map(|n| {
+        let len = files.len(&n).expect("len");
+        (n, len)
+    }).collect();
+    segments.sort();
+    assert!(segments.len() > 2, "{segments:?}");
+    let (last, closed) = segments.split_last().expect("segments");
+    assert!(last.1 >= segment_bytes, "the last segment is reserved whole: {segments:?}");
+    for (name, len) in closed {
+        let mut bytes = vec![0; usize::try_from(*len).expect("len")];
+        files.read_at(name, 0, &mut bytes).expect("read");
+        assert_eq!(data_len(&bytes), bytes.len(), "{name} is cut to its data");
     }
-    let with_four = std::fs::read(&path).expect("segment");
-    std::fs::write(&path, &with_four[..whole.len() + (with_four.len() - whole.len()) / 2]).expect("cut");
-    {
-        let (mut log, _sm) = open(&dir);
-        assert_eq!(log.get_log_state().await.expect("log state").last_log_id, Some(log_id(1, 1, 3)));
-        append(&mut log, vec![request(4), request(5)]).await;
-    }
-    let (mut log, _sm) = open(&dir);
-    let indexes: Vec<u64> = log.try_get_log_entries(0..100).await.expect("entries").iter().map(|e| e.log_id.index).collect();
-    assert_eq!(indexes, vec![1, 2, 3, 4, 5]);
+    drop(wal);
+    let wal = Wal::open_with_segment_bytes(files, segment_bytes).expect("reopen");
+    let indexes: Vec<u64> = wal.entries(0, u64::MAX).expect("entries").iter().map(|e| e.log_id.index).collect();
+    assert_eq!(indexes, (1..=200).collect::<Vec<_>>());
 }
 
 #[tokio::test]

@@ -115,9 +115,14 @@ impl WalFiles for SimLogFiles {
         self.0.log.read_at(name, offset, out)
     }
 
-    fn append(&self, name: &str, data: &[u8]) -> std::io::Result<()> {
+    fn write_at(&self, name: &str, offset: u64, data: &[u8]) -> std::io::Result<()> {
         self.fail_if_failing("write")?;
-        self.0.log.append(name, data)
+        self.0.log.write_at(name, offset, data)
+    }
+
+    fn reserve(&self, name: &str, len: u64) -> std::io::Result<()> {
+        self.fail_if_failing("fallocate")?;
+        self.0.log.reserve(name, len)
     }
 
     fn sync(&self, name: &str) -> std::io::Result<()> {
