@@ -51,8 +51,8 @@ const PASSIVATION_WAIT_MAX: Duration = Duration::from_secs(120);
 /// Options of `vcos bench passivated`.
 #[derive(Args, Debug)]
 pub(crate) struct PassivatedArgs {
-    /// IMVUs to create. Each node's data directory takes about 2.1 KB per IMVU (10 M: about
-    /// 21 GB per node, 63 GB for the three); creation stops when under 4 GiB stay free.
+    /// IMVUs to create. Each node's data directory takes about 1.9 KB per IMVU (10 M: about
+    /// 18.5 GB per node, 55 GB for the three); creation stops when under 4 GiB stay free.
     #[arg(long, default_value_t = 10_000_000, value_parser = clap::value_parser!(u64).range(1..))]
     imvus: u64,
     /// Creations in flight, each on its own connection, spread over the three nodes.
