@@ -21,8 +21,8 @@
 //! A segment is reserved whole when it starts (`fallocate` to [`SEGMENT_BYTES`]): its length
 //! is set and its blocks allocated once, so an append writes inside the file at its offset and
 //! its `fdatasync` flushes data alone. Appending at the end of a growing file made every fsync
-//! commit the file's new length and blocks to ext4's journal too: 164–176 µs against 106–115
-//! µs per 1.2 KB write and `fdatasync` on this project's machine. (etcd preallocates its WAL
+//! commit the file's new length and blocks to ext4's journal too: a median of 143–148 µs
+//! against 97–100 µs per 1.2 KB write and `fdatasync` on this project's machine, idle. (etcd preallocates its WAL
 //! segments for the same reason.) Only the last segment has a reserved tail: the one before is
 //! cut to its data, durably, before a new segment is created.
 //!
