@@ -10,16 +10,20 @@
 //! of traffic of the other nodes past the quota (at most `(nodes - 1) × rate × 10 s` messages
 //! over), never later; the refusal is a 429 with `Retry-After` until the next UTC midnight.
 //!
-//! **Canon bytes stored.** A node measures, every [`STORAGE_MEASURE_MS`], the keys and values
-//! of every record under each tenant's prefixes in its replica (pages of
-//! [`STORAGE_PAGE_LEN`], yielding between them). A measurement reads the whole replica, so on
-//! a large one the pause after it is [`STORAGE_MEASURE_PAUSE_PER_COST`] times what it took
-//! ([`storage_measure_pause_ms`]): measuring takes a bounded share of the node, whatever the
-//! size. (With a fixed minute, three voters of 10 M passivated IMVUs each scanned 18 GB back to
-//! back and never went idle: creation slowed from 9 k/s to 3.5 k/s as the canon grew, and
-//! activations measured after it had a p99 of 12.6 ms.) Past the quota, what would add records is
-//! refused (IMVU and swarm creation, key-value writes); messages to existing IMVUs are not
-//! (their snapshots replace the previous ones), nor are deletions.
+//! **Canon bytes stored.** What a tenant stores is the keys and values of every record under
+//! its prefixes ([`counted_tenant`] says which tenant a key counts for). A store that keeps
+//! those sums as it applies writes ([`CanonStore::stored_bytes`]: the Raft canon that
+//! `vcos up` runs keeps them in its state machine) is read every [`STORAGE_COUNTED_MS`], in a
+//! few reads per tenant. Other stores (the single-process and in-memory ones) are measured by
+//! reading every record under each tenant's prefixes (pages of [`STORAGE_PAGE_LEN`], yielding
+//! between them) every [`STORAGE_MEASURE_MS`]; such a measurement reads the whole replica, so
+//! on a large one the pause after it is [`STORAGE_MEASURE_PAUSE_PER_COST`] times what it took
+//! ([`storage_measure_pause_ms`]). (Before the Raft canon counted, three voters of 10 M
+//! passivated IMVUs each scanned 18 GB back to back and never went idle: creation slowed from
+//! 9 k/s to 3.5 k/s as the canon grew, and activations measured after it had a p99 of 12.6 ms.)
+//! Past the quota, what would add records is refused (IMVU and swarm creation, key-value
+//! writes); messages to existing IMVUs are not (their snapshots replace the previous ones), nor
+//! are deletions.
 //!
 //! **Alerts.** When a measurement crosses [`ALERT_PERCENTS`] of a quota, the first node to
 //! record it (`t/{tenant}/alerts/{quota}/{period}/{percent}`, written only if absent) counts
@@ -36,7 +40,9 @@ use crate::tenants::TenantEntry;
 
 /// Percentages of a quota at which an alert is recorded.
 pub const ALERT_PERCENTS: [u64; 2] = [80, 100];
-/// How often a node measures the canon bytes its tenants store.
+/// How often a node reads the canon bytes its tenants store from a store that counts them.
+pub const STORAGE_COUNTED_MS: u64 = 5_000;
+/// How often a node measures the canon bytes its tenants store by reading their records.
 pub const STORAGE_MEASURE_MS: u64 = 60_000;
 /// The pause after a measurement, at least, in multiples of what it took (see the module's doc).
 pub const STORAGE_MEASURE_PAUSE_PER_COST: u64 = 20;
@@ -168,26 +174,73 @@ pub fn storage_measure_pause_ms(took_ms: u64) -> u64 {
     STORAGE_MEASURE_MS.max(took_ms.saturating_mul(STORAGE_MEASURE_PAUSE_PER_COST))
 }
 
-/// Measures the canon bytes of every tenant (keys and values under its prefixes), and records
-/// the alerts the new figures cross.
-pub async fn measure_storage(store: &dyn CanonStore, audit: &AuditLog, tenants: &[std::sync::Arc<TenantEntry>], now_unix_ms: u64) -> Result<(), ActorError> {
+/// The prefixes under which a key counts for a tenant's stored bytes: `(prefix, whole)`,
+/// where the tenant's name follows `prefix` and ends the key (`whole`) or the next `/`.
+/// These are [`crate::erasure`]'s prefixes of a tenant, which [`measure_storage`] reads where
+/// the store does not count (a test holds the two lists together).
+const COUNTED_PREFIXES: [(&[u8], bool); 8] = [
+    (b"t/", false),
+    (b"tenant/", true),
+    (b"tkv/", false),
+    (b"usage/", false),
+    (b"usage-day/", false),
+    (b"audit/t/", false),
+    (b"audit/head/t/", true),
+    (b"auth/tenant-keys/", false),
+];
+
+/// The tenant whose stored bytes `key` counts for, if any: the name of a valid tenant
+/// ([`TenantId`]'s rules) in one of the tenant's prefixes.
+///
+/// A store that counts stored bytes as it applies writes calls this on every key it writes or
+/// deletes, so what it answers is part of the replicated state: a change here is a change of
+/// the store's format (the Raft canon's `FORMAT_VERSION` counts with this rule).
+pub fn counted_tenant(key: &[u8]) -> Option<&[u8]> {
+    COUNTED_PREFIXES.iter().find_map(|(prefix, whole)| {
+        let rest = key.strip_prefix(*prefix)?;
+        let name = if *whole {
+            rest
+        } else {
+            let end = rest.iter().position(|&b| b == b'/')?;
+            &rest[..end]
+        };
+        let valid = !name.is_empty()
+            && name.len() <= crate::ids::TENANT_NAME_LEN_MAX
+            && name.iter().all(|&b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+        valid.then_some(name)
+    })
+}
+
+/// Whether the last [`measure_storage`] read counts the store keeps or read every record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StorageMeasure {
+    /// Read from the store's counts ([`CanonStore::stored_bytes`]).
+    Counted,
+    /// Summed over every record (a store that does not count).
+    Scanned,
+}
+
+/// How long to wait for the next measurement after one of `kind` that took `took_ms`.
+pub fn next_storage_measure_ms(kind: StorageMeasure, took_ms: u64) -> u64 {
+    match kind {
+        StorageMeasure::Counted => STORAGE_COUNTED_MS.max(took_ms.saturating_mul(STORAGE_MEASURE_PAUSE_PER_COST)),
+        StorageMeasure::Scanned => storage_measure_pause_ms(took_ms),
+    }
+}
+
+/// Measures the canon bytes of every tenant (keys and values under its prefixes: from the
+/// store's counts where it keeps them, else by reading the records), and records the alerts
+/// the new figures cross.
+pub async fn measure_storage(store: &dyn CanonStore, audit: &AuditLog, tenants: &[std::sync::Arc<TenantEntry>], now_unix_ms: u64) -> Result<StorageMeasure, ActorError> {
+    let mut kind = StorageMeasure::Counted;
     for tenant in tenants {
-        let mut bytes = 0u64;
-        for (prefix, single) in crate::erasure::erased_prefixes(&tenant.id) {
-            if single {
-                bytes += store.get(&prefix)?.map_or(0, |v| (prefix.len() + v.len()) as u64);
-                continue;
+        let bytes = match store.stored_bytes(&tenant.id)? {
+            Some(bytes) => bytes,
+            None => {
+                kind = StorageMeasure::Scanned;
+                scan_stored_bytes(store, &tenant.id).await?
             }
-            let mut after: Option<String> = None;
-            loop {
-                let page = store.scan_prefix(&prefix, after.as_deref(), STORAGE_PAGE_LEN)?;
-                let Some((last, _)) = page.last() else { break };
-                after = Some(last.clone());
-                bytes += page.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum::<u64>();
-                // A large tenant does not hold the node's other tasks up.
-                tokio::task::yield_now().await;
-            }
-        }
+        };
         tenant.quota.set_stored(bytes, now_unix_ms);
         let limit = tenant.policy.limits().canon_bytes_stored;
         // Storage does not renew: its alerts are per month, so a tenant that stays near its
@@ -195,7 +248,28 @@ pub async fn measure_storage(store: &dyn CanonStore, audit: &AuditLog, tenants: 
         let month = now_unix_ms / (30 * DAY_MS);
         alert_crossings(store, audit, tenant, "canon_bytes_stored", &format!("m{month:05}"), bytes, limit, now_unix_ms).await?;
     }
-    Ok(())
+    Ok(kind)
+}
+
+/// The canon bytes of `tenant`, summed over every record under its prefixes.
+pub async fn scan_stored_bytes(store: &dyn CanonStore, tenant: &TenantId) -> Result<u64, ActorError> {
+    let mut bytes = 0u64;
+    for (prefix, single) in crate::erasure::erased_prefixes(tenant) {
+        if single {
+            bytes += store.get(&prefix)?.map_or(0, |v| (prefix.len() + v.len()) as u64);
+            continue;
+        }
+        let mut after: Option<String> = None;
+        loop {
+            let page = store.scan_prefix(&prefix, after.as_deref(), STORAGE_PAGE_LEN)?;
+            let Some((last, _)) = page.last() else { break };
+            after = Some(last.clone());
+            bytes += page.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum::<u64>();
+            // A large tenant does not hold the node's other tasks up.
+            tokio::task::yield_now().await;
+        }
+    }
+    Ok(bytes)
 }
 
 /// Records an alert for each of [`ALERT_PERCENTS`] of `limit` that `after` reaches, once per
@@ -270,7 +344,27 @@ mod tests {
     }
 
     #[test]
+    fn a_key_counts_for_the_tenant_whose_records_it_is() {
+        for name in ["a", "ab", "acme-1_x"] {
+            let tenant = TenantId::new(name).expect("name");
+            let prefixes = crate::erasure::erased_prefixes(&tenant);
+            assert_eq!(prefixes.len(), COUNTED_PREFIXES.len(), "one counted prefix per prefix of the tenant's records");
+            for (prefix, single) in prefixes {
+                let key = if single { prefix.clone() } else { format!("{prefix}x/y") };
+                assert_eq!(counted_tenant(key.as_bytes()), Some(name.as_bytes()), "{key}");
+            }
+        }
+        let too_long = format!("t/{}/x", "a".repeat(crate::ids::TENANT_NAME_LEN_MAX + 1));
+        for key in ["t/a", "tenant/a/b", "t/A/x", "k/a/x", "tenant/", "t//x", "tenant-fence/a", too_long.as_str()] {
+            assert_eq!(counted_tenant(key.as_bytes()), None, "{key}");
+        }
+    }
+
+    #[test]
     fn a_long_measurement_spaces_the_next_in_proportion() {
+        assert_eq!(next_storage_measure_ms(StorageMeasure::Counted, 3), STORAGE_COUNTED_MS);
+        assert_eq!(next_storage_measure_ms(StorageMeasure::Counted, 1_000), 20_000, "counts of many tenants");
+        assert_eq!(next_storage_measure_ms(StorageMeasure::Scanned, 3), STORAGE_MEASURE_MS);
         assert_eq!(storage_measure_pause_ms(0), STORAGE_MEASURE_MS);
         assert_eq!(storage_measure_pause_ms(2_000), STORAGE_MEASURE_MS, "40 s: the minute holds");
         assert_eq!(storage_measure_pause_ms(90_000), 1_800_000, "90 s measuring, 30 min pause: under 5 % of the node");

@@ -390,8 +390,8 @@ async fn write_usage(inner: &Inner) -> Result<(), ActorError> {
 }
 
 /// Measures the canon bytes each tenant stores while the runtime lives: the first time at
-/// once, then after [`crate::quota::storage_measure_pause_ms`] of what the last one took (on
-/// the runtime's clock).
+/// once, then after [`crate::quota::next_storage_measure_ms`]: a few seconds where the store
+/// counts, else in proportion to what reading the records took (on the runtime's clock).
 fn spawn_storage_meter(inner: std::sync::Weak<Inner>) {
     tokio::spawn(async move {
         let mut pause_ms = 0;
@@ -402,12 +402,16 @@ fn spawn_storage_meter(inner: std::sync::Weak<Inner>) {
             let (store, audit, clock) = (inner.config.store.clone(), inner.audit.clone(), inner.config.clock.clone());
             drop(inner);
             let started_ms = clock.unix_ms();
-            if let Err(e) = crate::quota::measure_storage(store.as_ref(), &audit, &tenants, started_ms).await {
-                tracing::debug!(error = %e, "tenant storage is measured again at the next period");
-            }
+            let kind = match crate::quota::measure_storage(store.as_ref(), &audit, &tenants, started_ms).await {
+                Ok(kind) => kind,
+                Err(e) => {
+                    tracing::debug!(error = %e, "tenant storage is measured again at the next period");
+                    crate::quota::StorageMeasure::Scanned
+                }
+            };
             let took_ms = clock.unix_ms().saturating_sub(started_ms);
             metrics::histogram!("vcos_tenant_storage_measure_seconds").record(took_ms as f64 / 1e3);
-            pause_ms = crate::quota::storage_measure_pause_ms(took_ms);
+            pause_ms = crate::quota::next_storage_measure_ms(kind, took_ms);
         }
     });
 }
@@ -746,9 +750,9 @@ impl Runtime {
         write_usage(&self.inner).await
     }
 
-    /// Measures the canon bytes every tenant stores now (it is measured every
-    /// [`crate::quota::STORAGE_MEASURE_MS`] anyway).
-    pub async fn measure_storage(&self) -> Result<(), ActorError> {
+    /// Measures the canon bytes every tenant stores now (it is measured periodically anyway,
+    /// see [`crate::quota`]); says whether the store's counts were read or every record.
+    pub async fn measure_storage(&self) -> Result<crate::quota::StorageMeasure, ActorError> {
         let tenants = self.inner.tenants.list();
         crate::quota::measure_storage(self.store().as_ref(), &self.inner.audit, &tenants, self.clock().unix_ms()).await
     }

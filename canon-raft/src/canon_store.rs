@@ -161,6 +161,11 @@ impl CanonStore for RaftCanonStore {
             })
             .collect()
     }
+
+    fn stored_bytes(&self, tenant: &vcos_actors::TenantId) -> Result<Option<u64>, StoreError> {
+        let home = self.node.home().map_err(|e| store_error(&e))?;
+        home.reader().usage(tenant.as_str().as_bytes()).map(Some).map_err(|e| read_error(&e))
+    }
 }
 
 /// Takes jobs in order, one group commit at a time.

@@ -7,6 +7,11 @@
 //! - `sm_clients*`: client id → its last `seq`, `applied_index` (8 bytes each, big-endian) and
 //!   response (rkyv);
 //! - `sm_clients_age*`: `(applied_index, client id)` → `()`: the dedup table's eviction order;
+//! - `sm_usage*`: tenant → the bytes (keys and values) of the records in `sm_kv*` that count
+//!   for it (`vcos_actors::quota::counted_tenant`), kept as writes are applied so that a
+//!   tenant's storage quota is read, not measured by reading every record; a tenant with none
+//!   has no row. Derived from `sm_kv*` alone: snapshots do not carry it, an install counts
+//!   the records it inserts;
 //! - `sm_meta`: the store's format version, the last applied log id, the membership and the
 //!   canon index. (Builds before the state file became the snapshot also kept, under
 //!   `snapshot`, where their last snapshot's pages were; opening drops both.)
@@ -14,6 +19,7 @@
 //! Memory: only redb's page cache (its size set when the file is opened) and the pages of the
 //! transaction being written; a key's value is read from disk when it is not cached.
 
+use std::collections::BTreeMap;
 use std::ops::Bound;
 
 use openraft::{LogId, StoredMembership};
@@ -26,8 +32,12 @@ use crate::state::{range_start, KvState, Tables};
 use crate::types::{LeaseInfo, NodeInfo, Response};
 
 /// The store's format version. 1: the state in memory, saved as a JSON snapshot (migrated on
-/// open, see `state_machine`); 2: the state in these tables.
-pub(crate) const FORMAT_VERSION: u64 = 2;
+/// open, see `state_machine`); 2: the state in these tables; 3: with `sm_usage` (a format 2
+/// file is migrated on open: its records are counted once).
+pub(crate) const FORMAT_VERSION: u64 = 3;
+/// The format of snapshot streams (`snapshot`). The usage table is derived from the records, so
+/// format 3 streams as format 2 did, and nodes of either version send each other snapshots.
+pub(crate) const SNAPSHOT_FORMAT: u64 = 2;
 
 pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_meta");
 pub(crate) const KEY_FORMAT: &str = "format";
@@ -47,6 +57,7 @@ pub(crate) struct Names {
     pub(crate) leases: String,
     pub(crate) clients: String,
     pub(crate) age: String,
+    pub(crate) usage: String,
 }
 
 /// The suffix of the tables a snapshot is installed into.
@@ -69,6 +80,7 @@ impl Names {
             leases: format!("sm_leases{suffix}"),
             clients: format!("sm_clients{suffix}"),
             age: format!("sm_clients_age{suffix}"),
+            usage: format!("sm_usage{suffix}"),
         }
     }
 
@@ -86,6 +98,10 @@ impl Names {
 
     pub(crate) fn age(&self) -> TableDefinition<'_, (u64, u64), ()> {
         TableDefinition::new(&self.age)
+    }
+
+    pub(crate) fn usage(&self) -> TableDefinition<'_, &'static [u8], u64> {
+        TableDefinition::new(&self.usage)
     }
 }
 
@@ -184,6 +200,10 @@ pub(crate) struct DiskTables<'t> {
     leases: Table<'t, &'static str, &'static [u8]>,
     clients: Table<'t, u64, &'static [u8]>,
     age: Table<'t, (u64, u64), ()>,
+    usage: Table<'t, &'static [u8], u64>,
+    /// What the writes through these tables changed in `usage`, by tenant, until
+    /// [`DiskTables::finish`] adds it (one update per tenant per transaction, not per write).
+    usage_changes: BTreeMap<Vec<u8>, i64>,
     canon_index: u64,
     /// Records written or removed through [`Tables`] (what applying did; see
     /// [`DiskTables::writes`]).
@@ -198,9 +218,58 @@ impl<'t> DiskTables<'t> {
             leases: txn.open_table(names.leases())?,
             clients: txn.open_table(names.clients())?,
             age: txn.open_table(names.age())?,
+            usage: txn.open_table(names.usage())?,
+            usage_changes: BTreeMap::new(),
             canon_index,
             writes: 0,
         })
+    }
+
+    /// Adds what the writes changed to the usage table. Call it before the transaction
+    /// commits: tables dropped without it leave the usage behind the records.
+    pub(crate) fn finish(mut self) -> Result<(), Error> {
+        for (tenant, change) in std::mem::take(&mut self.usage_changes) {
+            if change == 0 {
+                continue;
+            }
+            let before = self.usage.get(tenant.as_slice())?.map_or(0, |v| v.value());
+            let after = before.checked_add_signed(change).unwrap_or_else(|| {
+                // Only a usage table out of step with the records gets here; the figure
+                // stays a floor rather than wrapping.
+                tracing::warn!(tenant = %String::from_utf8_lossy(&tenant), before, change, "canon usage would go below zero: kept at zero");
+                0
+            });
+            if after == 0 {
+                self.usage.remove(tenant.as_slice())?;
+            } else {
+                self.usage.insert(tenant.as_slice(), after)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Counts the usage again from every record (a format 2 store, which had no usage table).
+    pub(crate) fn recount_usage(&mut self) -> Result<(), Error> {
+        let usage = count_usage(&self.kv)?;
+        self.usage.retain(|_, _| false)?;
+        for (tenant, bytes) in &usage {
+            self.usage.insert(tenant.as_slice(), *bytes)?;
+        }
+        self.usage_changes.clear();
+        Ok(())
+    }
+
+    /// Notes that `key`'s record went from `before` value bytes to `after` (`None`: absent).
+    fn count(&mut self, key: &[u8], before: Option<usize>, after: Option<usize>) {
+        let Some(tenant) = vcos_actors::quota::counted_tenant(key) else { return };
+        let size = |len: Option<usize>| len.map_or(0, |len| (key.len() + len) as i64);
+        let change = size(after) - size(before);
+        match self.usage_changes.get_mut(tenant) {
+            Some(sum) => *sum += change,
+            None => {
+                self.usage_changes.insert(tenant.to_vec(), change);
+            }
+        }
     }
 
     /// How many records the tables hold (keys, leases, clients), as a snapshot would carry
@@ -218,7 +287,8 @@ impl<'t> DiskTables<'t> {
 
     /// Inserts a record as a snapshot carries it (no old value returned).
     pub(crate) fn put_kv(&mut self, key: &[u8], value: &[u8]) -> Result<(), Error> {
-        self.kv.insert(key, value)?;
+        let before = self.kv.insert(key, value)?.map(|old| old.value().len());
+        self.count(key, before, Some(value.len()));
         Ok(())
     }
 
@@ -245,18 +315,21 @@ impl Tables for DiskTables<'_> {
 
     fn kv_put(&mut self, key: &[u8], value: &[u8]) -> Result<(), Error> {
         self.writes += 1;
-        self.kv.insert(key, value)?;
-        Ok(())
+        self.put_kv(key, value)
     }
 
     fn kv_insert(&mut self, key: &[u8], value: &[u8]) -> Result<Option<Vec<u8>>, Error> {
         self.writes += 1;
-        Ok(self.kv.insert(key, value)?.map(|old| old.value().to_vec()))
+        let old = self.kv.insert(key, value)?.map(|old| old.value().to_vec());
+        self.count(key, old.as_ref().map(Vec::len), Some(value.len()));
+        Ok(old)
     }
 
     fn kv_remove(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
         self.writes += 1;
-        Ok(self.kv.remove(key)?.map(|old| old.value().to_vec()))
+        let old = self.kv.remove(key)?.map(|old| old.value().to_vec());
+        self.count(key, old.as_ref().map(Vec::len), None);
+        Ok(old)
     }
 
     fn lease_get(&self, name: &str) -> Result<Option<LeaseInfo>, Error> {
@@ -365,12 +438,31 @@ impl DiskReader {
         table.get(name)?.map(|v| decode_lease(v.value())).transpose()
     }
 
-    /// A copy of the whole state in memory (for tests and checkers).
+    /// The bytes of the records that count for `tenant` (see the module's doc).
+    pub(crate) fn usage(&self, tenant: &[u8]) -> Result<u64, Error> {
+        let names = Names::live();
+        let table = self.txn.open_table(names.usage())?;
+        Ok(table.get(tenant)?.map_or(0, |v| v.value()))
+    }
+
+    /// A copy of the whole state in memory (for tests and checkers). The usage table is
+    /// derived, so it is checked against the records instead: a difference is an error.
     pub(crate) fn state(&self) -> Result<KvState, Error> {
         let names = Names::live();
         let meta = read_meta(&self.txn.open_table(META)?)?;
+        let kv_table = self.txn.open_table(names.kv())?;
+        let counted = count_usage(&kv_table)?;
+        let mut kept = BTreeMap::new();
+        for item in self.txn.open_table(names.usage())?.iter()? {
+            let (tenant, bytes) = item?;
+            kept.insert(tenant.value().to_vec(), bytes.value());
+        }
+        if counted != kept {
+            let show = |m: &BTreeMap<Vec<u8>, u64>| m.iter().map(|(t, b)| format!("{}={b}", String::from_utf8_lossy(t))).collect::<Vec<_>>().join(", ");
+            return Err(Error::CorruptRecord { what: "usage table", reason: format!("it holds [{}], the records count [{}]", show(&kept), show(&counted)) });
+        }
         let mut kv = Vec::new();
-        for item in self.txn.open_table(names.kv())?.iter()? {
+        for item in kv_table.iter()? {
             let (key, value) = item?;
             kv.push((key.value().to_vec(), value.value().to_vec()));
         }
@@ -387,4 +479,23 @@ impl DiskReader {
         }
         Ok(KvState::from_parts(kv, leases, clients, meta.canon_index))
     }
+}
+
+/// The usage of every tenant, counted from every record of `kv` (see the module's doc).
+fn count_usage(kv: &impl ReadableTable<&'static [u8], &'static [u8]>) -> Result<BTreeMap<Vec<u8>, u64>, Error> {
+    let mut usage: BTreeMap<Vec<u8>, u64> = BTreeMap::new();
+    for item in kv.iter()? {
+        let (key, value) = item?;
+        let key = key.value();
+        if let Some(tenant) = vcos_actors::quota::counted_tenant(key) {
+            let bytes = (key.len() + value.value().len()) as u64;
+            match usage.get_mut(tenant) {
+                Some(sum) => *sum += bytes,
+                None => {
+                    usage.insert(tenant.to_vec(), bytes);
+                }
+            }
+        }
+    }
+    Ok(usage)
 }

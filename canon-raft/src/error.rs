@@ -37,7 +37,7 @@ pub enum Error {
         reason: String,
     },
     /// The store (or a snapshot) was written by a format version this build does not read.
-    #[error("canon store format version {found}: this build reads version {expected} and migrates version 1; use the build that wrote it")]
+    #[error("canon store format version {found}: this build reads version {expected} and migrates versions 1 and 2; use the build that wrote it")]
     Format {
         /// The version found.
         found: u64,

@@ -155,7 +155,7 @@ pub(crate) fn build(db: &Arc<Database>, read: &ReadTransaction, table: &str) -> 
     let mut out = PageWriter::new(Arc::clone(db), table.to_owned());
     encode_frame(
         &Frame::Header {
-            format: disk::FORMAT_VERSION,
+            format: disk::SNAPSHOT_FORMAT,
             last_applied: disk::encode_json(&meta.last_applied),
             membership: disk::encode_json(&meta.membership),
             canon_index: meta.canon_index,
@@ -282,8 +282,8 @@ pub(crate) fn install_into_staging(db: &Arc<Database>, table: &str, len: u64) ->
     let Frame::Header { format, last_applied, membership, canon_index } = reader.frame(&mut scratch)? else {
         return Err(cut("it does not start with a header".into()));
     };
-    if format != disk::FORMAT_VERSION {
-        return Err(Error::Format { found: format, expected: disk::FORMAT_VERSION });
+    if format != disk::SNAPSHOT_FORMAT {
+        return Err(Error::Format { found: format, expected: disk::SNAPSHOT_FORMAT });
     }
     let meta = AppliedMeta {
         last_applied: serde_json::from_slice(&last_applied).map_err(|source| Error::Corrupt { what: "snapshot header", source })?,
@@ -328,6 +328,7 @@ pub(crate) fn install_into_staging(db: &Arc<Database>, table: &str, len: u64) ->
                 }
                 Frame::Header { .. } => return Err(cut("a second header".into())),
             }
+            tables.finish()?;
         }
         if in_txn >= RECORDS_PER_TXN {
             if let Some(full) = txn.take() {
@@ -361,6 +362,7 @@ pub(crate) fn clear_staging(db: &Database) -> Result<(), Error> {
     txn.delete_table(staging.leases())?;
     txn.delete_table(staging.clients())?;
     txn.delete_table(staging.age())?;
+    txn.delete_table(staging.usage())?;
     txn.commit()?;
     Ok(())
 }

@@ -166,9 +166,16 @@ impl StateReader {
         }
     }
 
-    /// A copy of the whole state in memory (for tests and checkers: it reads everything).
+    /// A copy of the whole state in memory (for tests and checkers: it reads everything, and
+    /// checks the usage table against the records).
     pub fn state(&self) -> Result<KvState, Error> {
         self.disk()?.state()
+    }
+
+    /// The bytes (keys and values) of the records that count for `tenant`
+    /// (`vcos_actors::quota::counted_tenant`), kept as writes are applied.
+    pub fn usage(&self, tenant: &[u8]) -> Result<u64, Error> {
+        self.disk()?.usage(tenant)
     }
 }
 
@@ -201,6 +208,14 @@ impl StateMachineStore {
             };
             match format {
                 Some(disk::FORMAT_VERSION) => {}
+                Some(2) => {
+                    // Format 2 had no usage table: count the records once.
+                    let mut tables = DiskTables::open(&txn, &live, 0)?;
+                    tables.recount_usage()?;
+                    tables.finish()?;
+                    meta_table.insert(disk::KEY_FORMAT, disk::FORMAT_VERSION.to_be_bytes().as_slice())?;
+                    tracing::info!("canon store migrated from format 2 to 3: each tenant's stored bytes counted from its records");
+                }
                 Some(found) => return Err(Error::Format { found, expected: disk::FORMAT_VERSION }),
                 None => {
                     let mut tables = DiskTables::open(&txn, &live, 0)?;
@@ -211,7 +226,7 @@ impl StateMachineStore {
                     if let Some(v1) = v1 {
                         migrate_v1(&mut tables, &mut meta_table, v1)?;
                     }
-                    drop(tables);
+                    tables.finish()?;
                     meta_table.insert(disk::KEY_FORMAT, disk::FORMAT_VERSION.to_be_bytes().as_slice())?;
                 }
             }
@@ -303,7 +318,7 @@ impl StateMachineStore {
             if self.schedule.note(tables.writes()) {
                 self.schedule.check(tables.records()?);
             }
-            drop(tables);
+            tables.finish()?;
             disk::write_meta(&mut txn.open_table(disk::META)?, &meta)?;
         }
         txn.commit()?;
@@ -392,12 +407,14 @@ impl StateMachineStore {
             txn.delete_table(live.leases())?;
             txn.delete_table(live.clients())?;
             txn.delete_table(live.age())?;
+            txn.delete_table(live.usage())?;
             // Tables an install left empty were never created; create them to rename them.
             drop(DiskTables::open(&txn, &staging, 0)?);
             txn.rename_table(staging.kv(), live.kv())?;
             txn.rename_table(staging.leases(), live.leases())?;
             txn.rename_table(staging.clients(), live.clients())?;
             txn.rename_table(staging.age(), live.age())?;
+            txn.rename_table(staging.usage(), live.usage())?;
             let mut meta_table = txn.open_table(disk::META)?;
             disk::write_meta(&mut meta_table, &installed)?;
             drop(meta_table);

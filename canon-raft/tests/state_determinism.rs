@@ -1,11 +1,19 @@
 //! Determinism: the same random request sequence applied to two fresh states gives identical
-//! states and responses, and the state survives its snapshot encoding unchanged.
+//! states and responses, and the state survives its snapshot encoding unchanged. On disk, the
+//! tenants' usage counts stay equal to their records (`state()` checks them).
 
 use proptest::prelude::*;
 use vcos_canon_raft::{KvState, Op, Request, Response};
 
+/// Short keys, some under a tenant's prefixes, so that the disk tables' usage counts (which
+/// `state()` checks against the records) see writes, overwrites, deletes and roll-backs.
 fn key() -> impl Strategy<Value = Vec<u8>> {
-    prop::collection::vec(prop::sample::select(vec![b'a', b'b', b'/']), 0..4)
+    let prefix = prop::sample::select(vec!["", "", "t/a/", "t/b/", "tkv/a/", "tenant/", "audit/head/t/"]);
+    (prefix, prop::collection::vec(prop::sample::select(vec![b'a', b'b', b'/']), 0..4)).prop_map(|(prefix, rest)| {
+        let mut key = prefix.as_bytes().to_vec();
+        key.extend(rest);
+        key
+    })
 }
 
 fn value() -> impl Strategy<Value = Vec<u8>> {

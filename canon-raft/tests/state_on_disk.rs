@@ -3,7 +3,8 @@
 //! included), a stream cut short is refused and leaves nothing behind, a
 //! store of an unknown format is refused with its version named, a format 1 store (the
 //! state in memory, one JSON snapshot) is migrated when opened, and a store whose older build
-//! kept a snapshot's pages opens without them.
+//! kept a snapshot's pages opens without them. Each tenant's stored bytes are kept as writes
+//! apply, survive a snapshot's install, and are counted once when a format 2 store opens.
 
 use std::collections::BTreeSet;
 
@@ -253,4 +254,86 @@ async fn a_format_1_store_is_migrated_to_the_tables() {
     // moved to the write-ahead log).
     let migrated = format!("{}{}", vcos_canon_raft::DB_FILE_NAME, vcos_canon_raft::MIGRATED_SUFFIX);
     assert!(!tables_of(dir.path(), &migrated).contains(&"sm_snapshot".to_owned()));
+}
+
+/// The bytes of `records` (key and value lengths).
+fn bytes_of(records: &[(&str, usize)]) -> u64 {
+    records.iter().map(|(key, value)| (key.len() + value) as u64).sum()
+}
+
+#[tokio::test]
+async fn each_tenants_stored_bytes_are_kept_through_writes_roll_backs_snapshots_and_reopening() {
+    let dir = TempDir::new().expect("temp dir");
+    let mut sm = open(&dir);
+    let put = |key: &str, len: usize| Op::Put { key: key.as_bytes().to_vec(), value: vec![b'v'; len] };
+    sm.apply([
+        membership(1),
+        entry(2, 1, Op::Batch(vec![put("t/acme/imvu/1/meta", 100), put("t/acme/imvu/1/snap", 40), put("tenant/acme", 30), put("k/other", 500)])),
+        entry(3, 2, Op::Batch(vec![put("t/acme/imvu/1/snap", 10), put("tkv/acme/x", 7), put("t/beta/imvu/2/meta", 50), put("audit/head/t/beta", 20)])),
+        entry(4, 3, Op::Delete { key: b"tkv/acme/x".to_vec() }),
+        // A batch stopped by its guard takes its writes back, and their counts with them.
+        entry(5, 4, Op::Batch(vec![put("t/acme/imvu/9/meta", 1_000), Op::Expect { key: b"k/other".to_vec(), value: None }])),
+        entry(6, 5, Op::Append { prefix: b"audit/t/acme/".to_vec(), value: vec![b'a'; 60] }),
+        // Keys outside a valid tenant's prefixes count for nobody.
+        entry(7, 6, Op::Batch(vec![put("t/Acme/imvu/1/meta", 5), put("tenant/acme/x", 5), put("t/acme", 5)])),
+    ])
+    .await
+    .expect("applied");
+    let appended = format!("audit/t/acme/{:020}", 1);
+    let acme = bytes_of(&[("t/acme/imvu/1/meta", 100), ("t/acme/imvu/1/snap", 10), ("tenant/acme", 30), (&appended, 60)]);
+    let beta = bytes_of(&[("t/beta/imvu/2/meta", 50), ("audit/head/t/beta", 20)]);
+    let usage = |sm: &StateMachineStore, tenant: &str| sm.reader().usage(tenant.as_bytes()).expect("usage reads");
+    assert_eq!((usage(&sm, "acme"), usage(&sm, "beta"), usage(&sm, "gamma")), (acme, beta, 0));
+    sm.reader().state().expect("the usage table agrees with the records");
+
+    // Installed elsewhere from a snapshot (which does not carry the counts), they are the same.
+    let mut snapshot = build(&mut sm).await;
+    let bytes = snapshot.snapshot.to_vec().expect("reads back");
+    let target_dir = TempDir::new().expect("temp dir");
+    let mut target = open(&target_dir);
+    target.apply([entry(1, 3, Op::Put { key: b"t/acme/stale".to_vec(), value: vec![0; 999] })]).await.expect("applied");
+    let data = receive(&mut target, &bytes, 64).await;
+    target.install_snapshot(&snapshot.meta, data).await.expect("installed");
+    assert_eq!((usage(&target, "acme"), usage(&target, "beta")), (acme, beta));
+    target.reader().state().expect("the installed usage agrees with the records");
+
+    // Deleting a tenant's last record leaves no row behind; reopening keeps what was counted.
+    sm.apply([entry(8, 7, Op::Batch(vec![Op::Delete { key: b"t/beta/imvu/2/meta".to_vec() }, Op::Delete { key: b"audit/head/t/beta".to_vec() }]))])
+        .await
+        .expect("applied");
+    drop((snapshot, sm));
+    let sm = open(&dir);
+    assert_eq!((usage(&sm, "acme"), usage(&sm, "beta")), (acme, 0));
+    sm.reader().state().expect("the usage table agrees with the records");
+}
+
+#[tokio::test]
+async fn a_format_2_store_is_migrated_by_counting_its_records_once() {
+    use redb::{ReadableDatabase, TableDefinition};
+    let dir = TempDir::new().expect("temp dir");
+    let expected = {
+        let mut sm = open(&dir);
+        fill(&mut sm, 300).await;
+        let tenant_records = (0..20).map(|i| Op::Put { key: format!("t/acme/imvu/{i}/meta").into_bytes(), value: vec![1; 64] }).collect();
+        sm.apply([entry(100, 60, Op::Batch(tenant_records))]).await.expect("applied");
+        sm.reader().state().expect("state")
+    };
+    // What format 2 wrote: the same tables without `sm_usage`.
+    let file = dir.path().join(vcos_canon_raft::STATE_FILE_NAME);
+    {
+        let db = redb::Database::open(&file).expect("state file");
+        let txn = db.begin_write().expect("write");
+        assert!(txn.delete_table(TableDefinition::<&[u8], u64>::new("sm_usage")).expect("delete"), "format 3 has the table");
+        txn.open_table(TableDefinition::<&str, &[u8]>::new("sm_meta")).expect("meta").insert("format", 2u64.to_be_bytes().as_slice()).expect("insert");
+        txn.commit().expect("committed");
+    }
+    let sm = open(&dir);
+    let counted: u64 = (0..20).map(|i| format!("t/acme/imvu/{i}/meta").len() as u64 + 64).sum();
+    assert_eq!(sm.reader().usage(b"acme").expect("usage"), counted);
+    assert_eq!(sm.reader().state().expect("state"), expected);
+    drop(sm);
+    let db = redb::Database::open(&file).expect("state file");
+    let read = db.begin_read().expect("read");
+    let format = read.open_table(TableDefinition::<&str, &[u8]>::new("sm_meta")).expect("meta").get("format").expect("get").map(|v| v.value().to_vec());
+    assert_eq!(format, Some(3u64.to_be_bytes().to_vec()));
 }

@@ -153,6 +153,13 @@ pub trait CanonStore: Send + Sync + 'static {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+    /// The bytes (keys and values) of every record that counts for `tenant`
+    /// ([`crate::quota::counted_tenant`]), if this store keeps that sum as it applies writes;
+    /// `Ok(None)` if it does not, and the caller reads the records to sum them.
+    fn stored_bytes(&self, tenant: &crate::ids::TenantId) -> Result<Option<u64>, StoreError> {
+        let _ = tenant;
+        Ok(None)
+    }
 }
 
 /// Commits and waits for durability.

@@ -51,6 +51,17 @@ const NODES: u8 = 3;
 const RAFT_PORT: u16 = 7000;
 const REGION: &str = "sim";
 const KEYS: u32 = 4;
+
+/// The name of key `k`: under two tenants' prefixes and one of no tenant, so that each
+/// replica's usage counts (which the convergence check reads through `state()`, comparing them
+/// with the records) see puts, compare-and-sets, roll-backs and snapshot installs.
+fn key_name(k: u32) -> String {
+    match k % 3 {
+        0 => format!("t/ta/k{k}"),
+        1 => format!("tkv/tb/k{k}"),
+        _ => format!("k{k}"),
+    }
+}
 const CLIENTS_PER_NODE: u32 = 2;
 /// Steps the linearizability search may take per key before it gives up (`Unknown`).
 const CHECK_STEPS_MAX: u64 = 5_000_000;
@@ -359,7 +370,7 @@ async fn node_main(i: u8, incarnation: u64, disk: Arc<SimDb>, shared: Arc<Shared
 /// One client: operations one at a time on random keys until the fault phase ends.
 async fn client(node: CanonNode, shared: Arc<Shared>, client: u64, mut rng: ChaCha8Rng) {
     while crate::node_env::sim_now_ms() < shared.fault_phase_ms {
-        let key = format!("k{}", rng.random_range(0..KEYS));
+        let key = key_name(rng.random_range(0..KEYS));
         let roll = rng.random_range(0..10u32);
         let call = now_us();
         let fresh_value = |shared: &Shared| {
@@ -469,7 +480,13 @@ async fn check(shared: &Shared) -> Vec<String> {
                 Err(e) => format!("node {}: {e}", n.id()),
             })
             .collect();
-        violations.push(format!("replicas did not converge within {CONVERGE_MS} ms of healing: {}", seen.join("; ")));
+        // A replica whose state does not read back (its usage counts disagree with its
+        // records, say) never converges: say why.
+        let unreadable: Vec<String> = nodes
+            .iter()
+            .filter_map(|n| n.home().ok().and_then(|g| g.reader().state().err()).map(|e| format!("node {}: {e}", n.id())))
+            .collect();
+        violations.push(format!("replicas did not converge within {CONVERGE_MS} ms of healing: {}{}", seen.join("; "), if unreadable.is_empty() { String::new() } else { format!("; unreadable: {}", unreadable.join("; ")) }));
         return violations;
     };
     let first = states.first().and_then(Option::as_ref).map(|(_, s)| s.clone()).unwrap_or_default();
@@ -483,7 +500,7 @@ async fn check(shared: &Shared) -> Vec<String> {
     {
         let mut history = lock(&shared.history);
         for k in 0..KEYS {
-            let key = format!("k{k}");
+            let key = key_name(k);
             let value = first.get(key.as_bytes()).map(|v| String::from_utf8_lossy(v).into_owned());
             history.push(Operation { client: u64::MAX, input: KvInput::Get { key }, output: Some(KvOutput::Value(value)), call: now, ret: Some(now + 1) });
         }
