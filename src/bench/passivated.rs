@@ -290,9 +290,25 @@ async fn bench(args: &PassivatedArgs) -> anyhow::Result<()> {
     }
     cold.sort_by(f64::total_cmp);
     warm.sort_by(f64::total_cmp);
+    let mut meters = Vec::with_capacity(clients.len());
+    for (_, http) in &mut clients {
+        meters.push(storage_meter(http).await?);
+    }
 
-    let report =
-        Report { args, created, creation_s, retried: progress.retried.load(Ordering::SeqCst), samples, after, disk, resident, quiet_after_s, cold, warm };
+    let report = Report {
+        args,
+        created,
+        creation_s,
+        retried: progress.retried.load(Ordering::SeqCst),
+        samples,
+        after,
+        disk,
+        resident,
+        quiet_after_s,
+        cold,
+        warm,
+        meters,
+    };
     report.print(&nodes);
     if created < args.imvus {
         bail!("created {created} of the {} IMVUs asked for", args.imvus);
@@ -398,6 +414,30 @@ async fn resident_imvus(http: &mut Http) -> anyhow::Result<u64> {
     Ok(gauge_sum(&String::from_utf8_lossy(&body), "vcos_imvus_resident") as u64)
 }
 
+/// What the node's tenant storage meter did: its measurements, the seconds they took in all,
+/// and the bench tenant's stored bytes as last measured (`GET …/usage`).
+#[derive(Debug, Clone, Copy, Default)]
+struct StorageMeter {
+    measurements: u64,
+    seconds: f64,
+    stored_bytes: Option<u64>,
+}
+
+async fn storage_meter(http: &mut Http) -> anyhow::Result<StorageMeter> {
+    let (code, body) = http.request("GET", "/metrics", None).await?;
+    ensure!(code == 200, "GET /metrics: HTTP {code}");
+    let text = String::from_utf8_lossy(&body);
+    let path = format!("/v1/tenants/{TENANT}/usage");
+    let (code, usage) = http.request("GET", &path, None).await?;
+    ensure!(code == 200, "GET {path}: HTTP {code}: {}", String::from_utf8_lossy(&usage));
+    let usage: serde_json::Value = serde_json::from_slice(&usage).with_context(|| format!("GET {path}: not JSON"))?;
+    Ok(StorageMeter {
+        measurements: gauge_sum(&text, "vcos_tenant_storage_measure_seconds_count") as u64,
+        seconds: gauge_sum(&text, "vcos_tenant_storage_measure_seconds_sum"),
+        stored_bytes: usage.pointer("/quotas/stored_bytes").and_then(serde_json::Value::as_u64),
+    })
+}
+
 /// The sum of a Prometheus gauge's samples over all its label sets.
 fn gauge_sum(text: &str, name: &str) -> f64 {
     text.lines()
@@ -420,6 +460,8 @@ struct Report<'a> {
     quiet_after_s: Option<f64>,
     cold: Vec<f64>,
     warm: Vec<f64>,
+    /// Each node's tenant storage meter, at the end.
+    meters: Vec<StorageMeter>,
 }
 
 impl Report<'_> {
@@ -456,6 +498,16 @@ impl Report<'_> {
                 mb(peak),
                 mb(end.rss),
                 self.disk.get(i).copied().unwrap_or(0) as f64 / 1e9
+            );
+        }
+        println!("\nthe tenant storage meter of each node (`vcos_tenant_storage_measure_seconds`; the bench tenant's stored bytes from `GET /v1/tenants/{TENANT}/usage`):");
+        for ((id, _, _), meter) in nodes.iter().zip(&self.meters) {
+            let stored = meter.stored_bytes.map_or("not measured yet".to_owned(), |b| format!("{:.2} GB, {:.0} B per IMVU", b as f64 / 1e9, b as f64 / self.created.max(1) as f64));
+            println!(
+                "- node {id}: {} measurements, {:.3} s in all ({:.2} ms each); stored: {stored}",
+                meter.measurements,
+                meter.seconds,
+                meter.seconds * 1e3 / meter.measurements.max(1) as f64
             );
         }
         println!("\nresident IMVUs left when activations began: {} (every node's `vcos_imvus_resident`)", self.resident);

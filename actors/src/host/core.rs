@@ -439,7 +439,7 @@ impl<I: Imvu> ShardCore<I> {
                         }
                     }
                     Err(e) => {
-                        self.poison(id);
+                        self.poison(id, &e);
                         let e = ActorError::from(e);
                         for (then, _) in std::iter::once((then, outgoing)).chain(more) {
                             self.answer(then, Some(&e));
@@ -627,12 +627,12 @@ impl<I: Imvu> ShardCore<I> {
             .is_some_and(|p| !matches!(p, Pending::Done))
     }
 
-    /// A commit of IMVU `id` failed: no later command may run on its in-memory state.
-    fn poison(&mut self, id: u64) {
+    /// A commit of IMVU `id` failed (`why`): no later command may run on its in-memory state.
+    fn poison(&mut self, id: u64, why: &StoreError) {
         self.counters.poisoned.increment(1);
         let last = self.cells.get(&id).map_or(0, |c| c.last_commit);
         if self.remove_cell(id) {
-            tracing::warn!(id, kind = I::KIND, "commit failed: IMVU evicted, reloads from canon");
+            tracing::warn!(id, kind = I::KIND, error = %why, "commit failed: IMVU evicted, reloads from canon");
         }
         let entry = self.unsettled.entry(id).or_insert((last, true));
         entry.0 = entry.0.max(last);
@@ -1347,7 +1347,7 @@ impl<I: Imvu> ShardCore<I> {
                 }
             }
             Err(e @ StoreError::Conflict { .. }) => {
-                self.poison(id);
+                self.poison(id, &e);
                 failure = Some(e.to_string());
             }
             Err(e) => failure = Some(e.to_string()),

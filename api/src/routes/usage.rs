@@ -50,7 +50,9 @@ pub(crate) struct QuotasView {
     messages_today: u64,
     /// Canon bytes the tenant may store.
     canon_bytes_stored: u64,
-    /// Canon bytes it stored at the last measurement (every minute); null before the first.
+    /// Canon bytes it stored at the last measurement (every 5 s from the Raft canon's counts;
+    /// every minute or more from a store that is measured by reading every record); null
+    /// before the first.
     stored_bytes: Option<u64>,
     /// When that was measured (unix ms).
     stored_measured_unix_ms: Option<u64>,
