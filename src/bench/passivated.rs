@@ -39,8 +39,12 @@ const CREATE_RETRIES_MAX: u32 = 1_000;
 /// The run stops (with what it measured so far) when the disk has less than this free.
 const DISK_FREE_MIN: u64 = 4 << 30;
 /// The nodes are quiet when together they use less CPU than this per second (clock ticks of
-/// 10 ms: a tenth of a core)…
+/// 10 ms: a tenth of a core), or than half as much again as the idle region used before the
+/// load, if that is more (an idle region renews its bucket leases through the canon: one Raft
+/// write per node every 150 ms, which took 12.5 % of a core on a slow evening)…
 const QUIET_TICKS_PER_S: u64 = 10;
+/// How long the idle region's CPU is measured before the load.
+const IDLE_SAMPLE: Duration = Duration::from_secs(5);
 /// …for this many seconds in a row…
 const QUIET_SECONDS: u32 = 3;
 /// …waited for at most this long.
@@ -190,6 +194,9 @@ async fn bench(args: &PassivatedArgs) -> anyhow::Result<()> {
 
     let nodes: Vec<(u64, String, u32)> =
         cluster.nodes.iter().map(|n| (u64::from(n.id), n.http.clone(), n.child.id())).collect();
+    let idle_ticks_per_s = idle_ticks_per_s(&nodes).await;
+    let quiet_ticks_per_s = QUIET_TICKS_PER_S.max(idle_ticks_per_s * 3 / 2);
+    eprintln!("v-COS: the idle region uses {idle_ticks_per_s} CPU ticks/s (10 ms each); quiet after the load is under {quiet_ticks_per_s}");
     let keep_every = (args.imvus / args.activations).max(1);
     let progress = Arc::new(Progress {
         next: AtomicU64::new(0),
@@ -269,7 +276,7 @@ async fn bench(args: &PassivatedArgs) -> anyhow::Result<()> {
     };
     // Then for the nodes to go quiet: the log's purges, the state's fsyncs and the passivation
     // sweeps that follow the load would otherwise be timed with the activations.
-    let quiet_after_s = wait_until_quiet(&nodes).await;
+    let quiet_after_s = wait_until_quiet(&nodes, quiet_ticks_per_s).await;
     let after: Vec<NodeMemory> = nodes.iter().map(|(_, _, pid)| node_memory(*pid).unwrap_or_default()).collect();
     let disk: Vec<u64> = nodes.iter().map(|(id, _, _)| dir_bytes(&root.join(format!("node{id}")))).collect();
 
@@ -305,6 +312,8 @@ async fn bench(args: &PassivatedArgs) -> anyhow::Result<()> {
         disk,
         resident,
         quiet_after_s,
+        idle_ticks_per_s,
+        quiet_ticks_per_s,
         cold,
         warm,
         meters,
@@ -361,17 +370,24 @@ fn cpu_ticks(pid: u32) -> Option<u64> {
     Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
 }
 
-/// Waits until the nodes together use under [`QUIET_TICKS_PER_S`] of CPU for
-/// [`QUIET_SECONDS`] seconds in a row; the seconds it took, `None` if they did not within
-/// [`QUIET_WAIT_MAX`].
-async fn wait_until_quiet(nodes: &[(u64, String, u32)]) -> Option<f64> {
+/// The CPU the nodes together use per second while idle (clock ticks over [`IDLE_SAMPLE`]).
+async fn idle_ticks_per_s(nodes: &[(u64, String, u32)]) -> u64 {
+    let total = || nodes.iter().filter_map(|(_, _, pid)| cpu_ticks(*pid)).sum::<u64>();
+    let before = total();
+    tokio::time::sleep(IDLE_SAMPLE).await;
+    total().saturating_sub(before) / IDLE_SAMPLE.as_secs().max(1)
+}
+
+/// Waits until the nodes together use under `quiet_ticks_per_s` of CPU for [`QUIET_SECONDS`]
+/// seconds in a row; the seconds it took, `None` if they did not within [`QUIET_WAIT_MAX`].
+async fn wait_until_quiet(nodes: &[(u64, String, u32)], quiet_ticks_per_s: u64) -> Option<f64> {
     let total = || nodes.iter().filter_map(|(_, _, pid)| cpu_ticks(*pid)).sum::<u64>();
     let started = Instant::now();
     let (mut last, mut quiet) = (total(), 0);
     while started.elapsed() < QUIET_WAIT_MAX {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let now = total();
-        quiet = if now.saturating_sub(last) < QUIET_TICKS_PER_S { quiet + 1 } else { 0 };
+        quiet = if now.saturating_sub(last) < quiet_ticks_per_s { quiet + 1 } else { 0 };
         last = now;
         if quiet >= QUIET_SECONDS {
             return Some(started.elapsed().as_secs_f64());
@@ -458,6 +474,10 @@ struct Report<'a> {
     /// Seconds the nodes took to go quiet after the load; `None`: they did not within
     /// [`QUIET_WAIT_MAX`].
     quiet_after_s: Option<f64>,
+    /// CPU ticks per second the three nodes used together while idle, before the load, and the
+    /// threshold of quiet after it.
+    idle_ticks_per_s: u64,
+    quiet_ticks_per_s: u64,
     cold: Vec<f64>,
     warm: Vec<f64>,
     /// Each node's tenant storage meter, at the end.
@@ -511,9 +531,13 @@ impl Report<'_> {
             );
         }
         println!("\nresident IMVUs left when activations began: {} (every node's `vcos_imvus_resident`)", self.resident);
+        let threshold = format!(
+            "under {} CPU ticks/s together for {QUIET_SECONDS} s; idle before the load: {} ticks/s",
+            self.quiet_ticks_per_s, self.idle_ticks_per_s
+        );
         match self.quiet_after_s {
-            Some(s) => println!("the nodes went quiet (under a tenth of a core together for {QUIET_SECONDS} s) {s:.0} s after the passivations"),
-            None => println!("the nodes were still busy {} s after the passivations: the activations ran beside that work", QUIET_WAIT_MAX.as_secs()),
+            Some(s) => println!("the nodes went quiet ({threshold}) {s:.0} s after the passivations"),
+            None => println!("the nodes were still busy ({threshold}) {} s after the passivations: the activations ran beside that work", QUIET_WAIT_MAX.as_secs()),
         }
         let p99_met = super::local::percentile(&self.cold, 0.99).is_some_and(|p| p < 1_000.0);
         println!(
