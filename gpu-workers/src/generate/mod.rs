@@ -23,6 +23,8 @@ pub mod kv_cache;
 pub mod model;
 #[cfg(target_arch = "x86_64")]
 mod q8_matmul;
+#[cfg(target_arch = "x86_64")]
+mod q8_vnni;
 pub mod sampling;
 pub mod stream;
 pub mod threads;

@@ -31,15 +31,19 @@
 //!   VNNI kernel's arithmetic bit for bit, so on a CPU without VNNI the model gives what it
 //!   gives on one with it (where candle's faster kernel is kept, see [`candle_repacks`]).
 //!
+//! Where the CPU has AVX-512 VNNI, the Q8_0 tiles run on it instead (`super::q8_vnni`: the same
+//! results bit for bit, 1.5–2× faster from 8 sequences up).
+//!
 //! Deliberate absences:
-//! * no `unsafe`: the AVX2 code goes through `pulp`'s runtime-checked [`V3`] token (its
+//! * no `unsafe` here: the AVX2 code goes through `pulp`'s runtime-checked [`V3`] token (its
 //!   intrinsics are safe to call once the token exists) and loads blocks by value from the
 //!   tensor's bytes; CPUs without AVX2 + FMA keep candle's kernel (see [`Q8Matmul::try_new`]).
+//!   `pulp` has no VNNI, so `q8_vnni` makes the one `unsafe` call of the workspace.
 //! * no copy of the weights: blocks are read in place from the [`QTensor`]'s bytes (34 bytes:
 //!   f16 scale, 32 × i8), which candle's kernels and the embedding lookup also use.
-//! * no AVX-512/VNNI path of our own: `pulp` exposes no VNNI, and on this project's machine
-//!   (AMD Zen 4) 512-bit integer ops run at half rate. Where candle has a VNNI kernel (it
-//!   repacks weights whose `k` is a multiple of 256) it is faster and is kept
+//! * no VNNI path for the Q8_K shapes: where candle has a VNNI kernel (it repacks weights whose
+//!   `k` is a multiple of 256) it is faster (its Q8_K arithmetic needs one f32 operation per
+//!   block and output, where the Q8_0 `vec_dot` arithmetic needs 8 lanes) and is kept
 //!   ([`candle_repacks`]).
 //! * no reordering of the f32 accumulation, though summing each block exactly in i32 and
 //!   reducing 8 pairs together made the kernel 1.4× faster at m = 8: the quantized forward
@@ -61,14 +65,16 @@ use pulp::x86::V3;
 use pulp::{cast, NullaryFnOnce};
 use rayon::prelude::*;
 
+use super::q8_vnni::{PairedActivations, Vnni512};
+
 /// Values per Q8_0 block.
-const QK: usize = 32;
+pub(super) const QK: usize = 32;
 /// Values per Q8_K block (one activation scale).
 const QK_K: usize = 256;
 /// Weight rows per tile of candle's repacked kernel (`repack_x86::TILE_N`).
 const REPACK_ROWS: usize = 16;
 /// Bytes per Q8_0 block: f16 scale then 32 × i8.
-const BLOCK_BYTES: usize = 34;
+pub(super) const BLOCK_BYTES: usize = 34;
 /// Activation rows dotted with one weight row in registers.
 const TILE_COLS: usize = 8;
 /// Activation rows kept hot while a task walks its weight rows (bounds the quantized activations
@@ -89,6 +95,8 @@ pub(super) struct Q8Matmul {
     n: usize,
     k: usize,
     activations: Activations,
+    /// The AVX-512 VNNI tiles, where the CPU has them (Q8_0 activations only; see `q8_vnni`).
+    vnni: Option<Vnni512>,
 }
 
 /// How activations are quantized before the integer dot products (see the module's doc).
@@ -129,13 +137,25 @@ impl Q8Matmul {
             return None;
         }
         let activations = Activations::for_shape(n, k);
+        let vnni = match activations {
+            Activations::Q8_0 => Vnni512::try_new(),
+            Activations::Q8K => None,
+        };
         Some(Self {
             weight,
             simd,
             n,
             k,
             activations,
+            vnni,
         })
+    }
+
+    /// The same kernel on the AVX2 tiles only (to check the VNNI tiles against them).
+    #[cfg(test)]
+    fn without_vnni(mut self) -> Self {
+        self.vnni = None;
+        self
     }
 
     /// `dst[i * n + r] = Σ_k x[i, k] · W[r, k]` for `m` rows of `x` (`m * k` values, row-major).
@@ -154,16 +174,23 @@ impl Q8Matmul {
         if !rest.is_empty() || blocks.len() != n * kb {
             candle_core::bail!("q8 matmul: weight holds {} bytes", bytes.len());
         }
-        let act = match self.activations {
+        let mut act = match self.activations {
             Activations::Q8_0 => self.simd.vectorize(|| QuantRows::q8_0(x, m, k)),
             Activations::Q8K => QuantRows::q8k(x, m, k),
         };
+        if self.vnni.is_some() {
+            act.paired = Some(PairedActivations::new(
+                std::mem::take(&mut act.qs),
+                &act.d,
+                m,
+            ));
+        }
         if m == 1 {
-            run(self.simd, blocks, kb, &act, dst);
+            run(self.simd, self.vnni, blocks, kb, &act, dst);
         } else {
             // Tasks own whole weight rows, so they write `dst` transposed: [n, m].
             let mut dst_t = vec![0f32; n * m];
-            run(self.simd, blocks, kb, &act, &mut dst_t);
+            run(self.simd, self.vnni, blocks, kb, &act, &mut dst_t);
             // In blocks of 64 weight rows: 64 × m values read from L1, m runs of 64 written
             // (row by row over all n, the writes would stride n floats apart: a TLB miss each
             // for the output projection).
@@ -230,16 +257,16 @@ pub(super) fn candle_repacks(n: usize, k: usize) -> bool {
     vnni && k.is_multiple_of(256) && n.is_multiple_of(16)
 }
 
-/// Activation rows quantized as candle does, split for the kernel: the signed values, their
-/// absolute values (the unsigned operand of `maddubs`; Q8_0 only) and the scales, one per
-/// 32-block (a Q8_K scale repeated over its 8 blocks). Block major (`[b * m + i]` for block `b`
+/// Activation rows quantized as candle does, split for the kernel: the signed values and the
+/// scales, one per 32-block (a Q8_K scale repeated over its 8 blocks). Block major (`[b * m + i]` for block `b`
 /// of row `i`), so a tile's blocks at one position are adjacent.
 struct QuantRows {
     qs: Vec<[i8; QK]>,
-    abs: Vec<[u8; QK]>,
     d: Vec<f32>,
     m: usize,
     activations: Activations,
+    /// The VNNI tiles' layout (which then holds `qs`), when they run.
+    paired: Option<PairedActivations>,
 }
 
 impl QuantRows {
@@ -279,10 +306,10 @@ impl QuantRows {
         }
         Self {
             qs,
-            abs: Vec::new(),
             d,
             m,
             activations: Activations::Q8K,
+            paired: None,
         }
     }
 
@@ -293,7 +320,6 @@ impl QuantRows {
     fn q8_0(x: &[f32], m: usize, k: usize) -> Self {
         let kb = k / QK;
         let mut qs = vec![[0i8; QK]; m * kb];
-        let mut abs = vec![[0u8; QK]; m * kb];
         let mut d = vec![0f32; m * kb];
         for (i, row) in x.chunks_exact(k).enumerate() {
             for (b, block) in row.chunks_exact(QK).enumerate() {
@@ -301,23 +327,30 @@ impl QuantRows {
                 let scale = amax / 127.0;
                 let inv = if scale != 0.0 { 1.0 / scale } else { 0.0 };
                 let q: [i8; QK] = std::array::from_fn(|j| (block[j] * inv).round() as i8);
-                abs[b * m + i] = q.map(i8::unsigned_abs);
                 qs[b * m + i] = q;
                 d[b * m + i] = f16::from_f32(scale).to_f32();
             }
         }
         Self {
             qs,
-            abs,
             d,
             m,
             activations: Activations::Q8_0,
+            paired: None,
         }
     }
 }
 
 /// Splits the weight rows over the current rayon pool; `out` is `[n, m]` (`[n]` when m = 1).
-fn run(simd: V3, blocks: &[[u8; BLOCK_BYTES]], kb: usize, act: &QuantRows, out: &mut [f32]) {
+/// The VNNI tiles run where `vnni` is given and the activations have their layout.
+fn run(
+    simd: V3,
+    vnni: Option<Vnni512>,
+    blocks: &[[u8; BLOCK_BYTES]],
+    kb: usize,
+    act: &QuantRows,
+    out: &mut [f32],
+) {
     let m = act.m;
     let n = blocks.len() / kb;
     // Enough tasks to balance the pool (8 per thread), whole register tiles each.
@@ -329,13 +362,16 @@ fn run(simd: V3, blocks: &[[u8; BLOCK_BYTES]], kb: usize, act: &QuantRows, out: 
             let r0 = t * per_task;
             let rows = out.len() / m;
             let w = &blocks[r0 * kb..(r0 + rows) * kb];
-            simd.vectorize(Task {
-                simd,
-                w,
-                kb,
-                act,
-                out,
-            });
+            match (vnni, &act.paired) {
+                (Some(vnni), Some(paired)) => vnni.rows(w, kb, paired, out),
+                _ => simd.vectorize(Task {
+                    simd,
+                    w,
+                    kb,
+                    act,
+                    out,
+                }),
+            }
         });
 }
 
@@ -446,20 +482,22 @@ impl Tile<'_> {
             let mut q = [0u8; QK];
             q.copy_from_slice(&block[2..]);
             let wq: __m256i = cast(q);
+            // |w| as unsigned bytes: -128 gives 0x80, read as 128 by `maddubs`.
+            let w_abs = simd.avx2._mm256_abs_epi8(wq);
             // The tile's C activation blocks at position b (one bounds check each, not C).
             let at = b * m + i0..b * m + i0 + C;
-            let (Ok(a_qs), Ok(a_abs), Ok(a_d)) = (
+            let (Ok(a_qs), Ok(a_d)) = (
                 <&[[i8; QK]; C]>::try_from(&act.qs[at.clone()]),
-                <&[[u8; QK]; C]>::try_from(&act.abs[at.clone()]),
                 <&[f32; C]>::try_from(&act.d[at]),
             ) else {
                 unreachable!("a range of C blocks converts to [_; C]");
             };
             for j in 0..C {
-                // Σ |a| · (w · sign(a)) = Σ a · w: 16 pair sums (≤ 2 · 127 · 128, no
-                // saturation), then 8 sums of 4, exact in i32.
-                let s = simd.avx2._mm256_sign_epi8(wq, cast(a_qs[j]));
-                let p = simd.avx2._mm256_maddubs_epi16(cast(a_abs[j]), s);
+                // Σ |w| · (a · sign(w)) = Σ a · w, as candle's `vec_dot_q8_0_q8_0` computes it
+                // (its `x` is the weight): 16 pair sums (≤ 2 · 128 · 127, no saturation), then
+                // 8 sums of 4, exact in i32 for any weight byte, -128 included.
+                let s = simd.avx2._mm256_sign_epi8(cast(a_qs[j]), wq);
+                let p = simd.avx2._mm256_maddubs_epi16(w_abs, s);
                 let sum = simd
                     .avx
                     ._mm256_cvtepi32_ps(simd.avx2._mm256_madd_epi16(ones, p));
@@ -519,7 +557,9 @@ impl Tile<'_> {
             let mut d = [0f32; 8];
             d[..C].copy_from_slice(a_d);
             // Lane by lane the same f32 product and fused multiply-add as candle's.
-            let d = simd.avx._mm256_mul_ps(simd.avx._mm256_set1_ps(d_w), cast(d));
+            let d = simd
+                .avx
+                ._mm256_mul_ps(simd.avx._mm256_set1_ps(d_w), cast(d));
             acc = simd
                 .fma
                 ._mm256_fmadd_ps(simd.avx._mm256_cvtepi32_ps(sums), d, acc);
@@ -569,7 +609,7 @@ fn f16_to_f32(h: u16) -> f32 {
 /// The 8 lanes summed in the order of candle's `hsum_float_8` (high half onto low half, then
 /// lanes 2, 3 onto 0, 1, then lane 1 onto 0).
 #[inline(always)]
-fn hsum(v: [f32; 8]) -> f32 {
+pub(super) fn hsum(v: [f32; 8]) -> f32 {
     let h: [f32; 4] = std::array::from_fn(|i| v[i] + v[i + 4]);
     (h[0] + h[2]) + (h[1] + h[3])
 }
@@ -734,7 +774,13 @@ mod tests {
             let want = candle_vnni_reference(&c, &x, m);
             let (ours, candle) = run_both(&c, &x, m);
             for (i, (a, b)) in ours.iter().zip(&want).enumerate() {
-                assert_eq!(a.to_bits(), b.to_bits(), "m={m} [{}, {}]: {a} vs {b}", i / n, i % n);
+                assert_eq!(
+                    a.to_bits(),
+                    b.to_bits(),
+                    "m={m} [{}, {}]: {a} vs {b}",
+                    i / n,
+                    i % n
+                );
             }
             if vnni {
                 assert_eq!(ours, candle, "m={m}: against candle's VNNI kernel");
@@ -777,8 +823,8 @@ mod tests {
                             .chunks_exact(block)
                             .zip(xr.chunks_exact(block))
                             .map(|(wb, xb)| {
-                                let d = f64::from(xb.iter().fold(0f32, |a, v| a.max(v.abs())))
-                                    / 127.0;
+                                let d =
+                                    f64::from(xb.iter().fold(0f32, |a, v| a.max(v.abs()))) / 127.0;
                                 wb.iter().map(|w| f64::from(w.abs())).sum::<f64>() * d * rounding
                             })
                             .sum();
@@ -806,6 +852,89 @@ mod tests {
         }
     }
 
+    /// The AVX-512 VNNI tiles give the AVX2 tiles' results bit for bit: every register tile
+    /// shape (1 to 8 activation rows, groups of 4 weight rows and the 1 to 3 left over), two
+    /// panels of activation rows (m = 65), and rows of 3 and 18 blocks. Skipped, loudly, on a
+    /// CPU without AVX-512 VNNI (where only the AVX2 tiles exist).
+    #[test]
+    fn vnni_tiles_equal_the_avx2_tiles_bit_for_bit() {
+        for (seed, n, k) in [(8, 131, 576), (9, 6, 96), (10, 1, 96)] {
+            let Some(c) = case(seed, n, k) else { return };
+            if c.ours.vnni.is_none() {
+                eprintln!("\n!!!!!!!! SKIPPED: this CPU lacks AVX-512 VNNI (the AVX2 tiles run) !!!!!!!!\n");
+                return;
+            }
+            let avx2 = Case {
+                ours: c.ours.clone().without_vnni(),
+                candle: c.candle.clone(),
+                w: Vec::new(),
+                n,
+                k,
+            };
+            let mut rng = ChaCha8Rng::seed_from_u64(seed + 100);
+            for m in (1..=17).chain([32, 48, 65]) {
+                let mut x = values(&mut rng, m, k);
+                // A block of zeros (scale 0) and one whose values all quantize to ±127.
+                x[..QK].fill(0.0);
+                x[QK..2 * QK]
+                    .iter_mut()
+                    .enumerate()
+                    .for_each(|(j, v)| *v = if j % 2 == 0 { 3.0 } else { -3.0 });
+                let (vnni, _) = run_both(&c, &x, m);
+                let (plain, _) = run_both(&avx2, &x, m);
+                for (i, (a, b)) in vnni.iter().zip(&plain).enumerate() {
+                    assert_eq!(
+                        a.to_bits(),
+                        b.to_bits(),
+                        "n={n} k={k} m={m} [{}, {}]: {a} vs {b}",
+                        i / n,
+                        i % n
+                    );
+                }
+            }
+        }
+    }
+
+    /// A Q8_0 weight holding -128, which quantizers never write but a file may: both tiles
+    /// multiply it exactly, as candle does (its `abs` is taken of the weight, which `maddubs`
+    /// reads as an unsigned 128). The AVX2 tile used to take `abs` of the activations and
+    /// `sign` of the weight, which wraps -128; negative activations showed it.
+    #[test]
+    fn a_weight_holding_minus_128_is_multiplied_exactly() {
+        let (n, k) = (8, 64);
+        let Some(c) = case(11, n, k) else { return };
+        let mut bytes = c.ours.weight.data().expect("bytes").into_owned();
+        bytes[BLOCK_BYTES + 2 + 5] = 0x80;
+        let q = candle_core::quantized::ggml_file::qtensor_from_ggml(
+            GgmlDType::Q8_0,
+            &bytes,
+            vec![n, k],
+            &Device::Cpu,
+        )
+        .expect("qtensor");
+        let q = Arc::new(q);
+        let ours = Q8Matmul::try_new(Arc::clone(&q)).expect("AVX2 checked by case()");
+        let candle = QMatMul::from_arc(q).expect("qmatmul");
+        let mut rng = ChaCha8Rng::seed_from_u64(111);
+        let x: Vec<f32> = values(&mut rng, 8, k)
+            .into_iter()
+            .map(|v| -v.abs())
+            .collect();
+        for ours in [ours.clone(), ours.without_vnni()] {
+            let c = Case {
+                ours,
+                candle: candle.clone(),
+                w: Vec::new(),
+                n,
+                k,
+            };
+            for m in [1, 8] {
+                let (ours, candle) = run_both(&c, &x[..m * k], m);
+                assert_eq!(ours, candle, "m={m}, VNNI tiles: {}", c.ours.vnni.is_some());
+            }
+        }
+    }
+
     /// A row's result does not depend on the other rows in the batch (what lets a sequence
     /// decode to the same tokens alone and batched).
     #[test]
@@ -822,31 +951,43 @@ mod tests {
         }
     }
 
-    /// Time per call of ours and candle's on the model's projection shapes (ignored; run in
-    /// release: `cargo test --release -p vcos-gpu-workers --lib q8_matmul::tests::speed --
-    /// --ignored --nocapture`). Best of several calls, on the current (global) rayon pool.
+    /// Time per call of ours (with the VNNI tiles where the CPU has them, and with the AVX2
+    /// tiles only) and candle's on the model's projection shapes, on one thread as the
+    /// generation worker runs by default (ignored; run in release: `cargo test --release -p
+    /// vcos-gpu-workers --lib q8_matmul::tests::speed -- --ignored --nocapture`). Best of
+    /// several calls, the three taking turns.
     #[test]
     #[ignore = "timing; run in release with --ignored"]
     fn speed() {
-        let reps = 20;
+        let reps = 30;
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .expect("pool");
         for (n, k) in [(576, 576), (1536, 576), (576, 1536), (49152, 576)] {
             let Some(c) = case(5, n, k) else { return };
+            let avx2 = c.ours.clone().without_vnni();
             let mut rng = ChaCha8Rng::seed_from_u64(105);
-            for m in [1, 8, 32] {
+            for m in [1, 8, 32, 48] {
                 let x = Tensor::from_vec(values(&mut rng, m, k), (m, k), &Device::Cpu).expect("x");
-                let best = |f: &dyn Fn() -> Tensor| {
-                    (0..reps)
-                        .map(|_| {
-                            let t0 = std::time::Instant::now();
-                            std::hint::black_box(f());
-                            t0.elapsed().as_secs_f64() * 1e6
-                        })
-                        .fold(f64::INFINITY, f64::min)
-                };
-                let ours = best(&|| x.apply_op1_no_bwd(&c.ours).expect("ours"));
-                let candle = best(&|| c.candle.forward(&x).expect("candle"));
+                let mut best = [f64::INFINITY; 3];
+                for _ in 0..reps {
+                    let calls: [&(dyn Fn() -> Tensor + Sync); 3] = [
+                        &|| x.apply_op1_no_bwd(&c.ours).expect("ours"),
+                        &|| x.apply_op1_no_bwd(&avx2).expect("avx2"),
+                        &|| c.candle.forward(&x).expect("candle"),
+                    ];
+                    for (b, f) in best.iter_mut().zip(calls) {
+                        let t0 = std::time::Instant::now();
+                        std::hint::black_box(pool.install(f));
+                        *b = b.min(t0.elapsed().as_secs_f64() * 1e6);
+                    }
+                }
+                let [ours, avx2, candle] = best;
                 eprintln!(
-                    "n={n} k={k} m={m}: ours {ours:.0} us, candle {candle:.0} us ({:.2}x)",
+                    "n={n} k={k} m={m}: ours {ours:.0} us ({}), AVX2 tiles {avx2:.0} us, candle {candle:.0} us; AVX2 / ours {:.2}x, candle / ours {:.2}x",
+                    if c.ours.vnni.is_some() { "VNNI" } else { "AVX2" },
+                    avx2 / ours,
                     candle / ours
                 );
             }
