@@ -103,15 +103,123 @@ impl Linear {
     }
 }
 
+/// Projections of one input: `[q, k, v]` or `[gate, up]`. Where our kernel runs all of them,
+/// their weights are stacked into one matrix at load, so the input is quantized once and the
+/// weights are walked in one pass; each row's result is what its own matrix gives, bit for bit
+/// (rows do not depend on each other), so only the split of the output differs.
+#[derive(Debug, Clone)]
+enum Projections {
+    /// One matrix; output columns `0..n[0]`, `n[0]..n[0] + n[1]`, … per projection.
+    Stacked { w: Linear, n: Vec<usize> },
+    Separate(Vec<Linear>),
+}
+
+impl Projections {
+    fn new(
+        parts: Vec<Arc<QTensor>>,
+        precision: WeightPrecision,
+        kernel: CpuMatmul,
+        device: &Device,
+    ) -> Result<Self> {
+        if let Some(stacked) = Self::stacked(&parts, precision, kernel, device) {
+            return Ok(stacked);
+        }
+        let parts = parts
+            .into_iter()
+            .map(|t| Linear::new(t, precision, kernel, device))
+            .collect::<Result<_>>()?;
+        Ok(Self::Separate(parts))
+    }
+
+    /// The parts stacked, if our kernel runs each part and the stack with the same arithmetic
+    /// (Q8_0 activations; a Q8_K shape would round differently).
+    #[cfg(target_arch = "x86_64")]
+    fn stacked(
+        parts: &[Arc<QTensor>],
+        precision: WeightPrecision,
+        kernel: CpuMatmul,
+        device: &Device,
+    ) -> Option<Self> {
+        use super::q8_matmul::Activations;
+        use candle_core::quantized::GgmlDType;
+        let mut n = Vec::with_capacity(parts.len());
+        let mut bytes = Vec::new();
+        let mut k0 = None;
+        for t in parts {
+            let (rows, k) = t.shape().dims2().ok()?;
+            if t.dtype() != GgmlDType::Q8_0
+                || *k0.get_or_insert(k) != k
+                || Activations::for_shape(rows, k) != Activations::Q8_0
+                || !matches!(Linear::weight_stationary(t, precision, kernel), Some(Linear::Q8(_)))
+            {
+                return None;
+            }
+            n.push(rows);
+            bytes.extend_from_slice(&t.data().ok()?);
+        }
+        let k = k0?;
+        let total: usize = n.iter().sum();
+        if Activations::for_shape(total, k) != Activations::Q8_0 {
+            return None;
+        }
+        let t = candle_core::quantized::ggml_file::qtensor_from_ggml(
+            GgmlDType::Q8_0,
+            &bytes,
+            vec![total, k],
+            device,
+        )
+        .ok()?;
+        match Linear::weight_stationary(&Arc::new(t), precision, kernel)? {
+            w @ Linear::Q8(_) => Some(Self::Stacked { w, n }),
+            Linear::Candle(_) => None,
+        }
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    fn stacked(
+        _: &[Arc<QTensor>],
+        _: WeightPrecision,
+        _: CpuMatmul,
+        _: &Device,
+    ) -> Option<Self> {
+        None
+    }
+
+    /// Each projection of `x`, in order, contiguous.
+    fn forward(&self, x: &Tensor) -> Result<Vec<Tensor>> {
+        match self {
+            Self::Stacked { w, n } => {
+                let y = w.forward(x)?;
+                let last = y.rank() - 1;
+                let mut at = 0;
+                let mut out = Vec::with_capacity(n.len());
+                for &len in n {
+                    out.push(y.narrow(last, at, len)?.contiguous()?);
+                    at += len;
+                }
+                Ok(out)
+            }
+            Self::Separate(ws) => ws.iter().map(|w| w.forward(x)).collect(),
+        }
+    }
+}
+
+/// `[a, b, c]` from a vector of three projections.
+fn three(v: Vec<Tensor>) -> Result<(Tensor, Tensor, Tensor)> {
+    match <[Tensor; 3]>::try_from(v) {
+        Ok([a, b, c]) => Ok((a, b, c)),
+        Err(v) => Err(GenerateError::InvalidConfig(format!("{} projections, 3 expected", v.len()))),
+    }
+}
+
 struct Layer {
     attn_norm: Tensor,
-    wq: Linear,
-    wk: Linear,
-    wv: Linear,
+    /// q, k, v.
+    wqkv: Projections,
     wo: Linear,
     ffn_norm: Tensor,
-    w_gate: Linear,
-    w_up: Linear,
+    /// gate, up.
+    w_gate_up: Projections,
     w_down: Linear,
 }
 
@@ -190,21 +298,15 @@ impl LlamaModel {
             .dequantize(device)?;
         let mut layers = Vec::with_capacity(cfg.n_layer);
         for i in 0..cfg.n_layer {
-            let mut w = |name: &str, shape: &[usize]| -> Result<Linear> {
-                Linear::new(
-                    Arc::new(f.tensor(&format!("blk.{i}.{name}.weight"), shape, device)?),
-                    precision,
-                    kernel,
-                    device,
-                )
+            let mut t = |name: &str, shape: &[usize]| -> Result<Arc<QTensor>> {
+                Ok(Arc::new(f.tensor(&format!("blk.{i}.{name}.weight"), shape, device)?))
             };
-            let wq = w("attn_q", &[h, h])?;
-            let wk = w("attn_k", &[kv, h])?;
-            let wv = w("attn_v", &[kv, h])?;
-            let wo = w("attn_output", &[h, h])?;
-            let w_gate = w("ffn_gate", &[cfg.ffn_hidden, h])?;
-            let w_up = w("ffn_up", &[cfg.ffn_hidden, h])?;
-            let w_down = w("ffn_down", &[h, cfg.ffn_hidden])?;
+            let wqkv = vec![t("attn_q", &[h, h])?, t("attn_k", &[kv, h])?, t("attn_v", &[kv, h])?];
+            let wqkv = Projections::new(wqkv, precision, kernel, device)?;
+            let wo = Linear::new(t("attn_output", &[h, h])?, precision, kernel, device)?;
+            let w_gate_up = vec![t("ffn_gate", &[cfg.ffn_hidden, h])?, t("ffn_up", &[cfg.ffn_hidden, h])?];
+            let w_gate_up = Projections::new(w_gate_up, precision, kernel, device)?;
+            let w_down = Linear::new(t("ffn_down", &[h, cfg.ffn_hidden])?, precision, kernel, device)?;
             let attn_norm = f
                 .tensor(&format!("blk.{i}.attn_norm.weight"), &[h], device)?
                 .dequantize(device)?;
@@ -213,13 +315,10 @@ impl LlamaModel {
                 .dequantize(device)?;
             layers.push(Layer {
                 attn_norm,
-                wq,
-                wk,
-                wv,
+                wqkv,
                 wo,
                 ffn_norm,
-                w_gate,
-                w_up,
+                w_gate_up,
                 w_down,
             });
         }
@@ -285,8 +384,15 @@ impl LlamaModel {
 
     fn mlp(&self, l: &Layer, x: &Tensor) -> Result<Tensor> {
         let h = rms_norm(x, &l.ffn_norm, self.cfg.rms_eps)?;
-        let gate = l.w_gate.forward(&h)?.silu()?;
-        let up = l.w_up.forward(&h)?;
+        let (gate, up) = match <[Tensor; 2]>::try_from(l.w_gate_up.forward(&h)?) {
+            Ok([gate, up]) => (gate.silu()?, up),
+            Err(v) => {
+                return Err(GenerateError::InvalidConfig(format!(
+                    "{} projections, 2 expected",
+                    v.len()
+                )))
+            }
+        };
         Ok(l.w_down.forward(&(gate * up)?)?)
     }
 
@@ -345,9 +451,10 @@ impl LlamaModel {
                     .transpose(1, 2)?
                     .contiguous()?)
             };
-            let q = heads(l.wq.forward(&h)?, c.n_head)?;
-            let k = heads(l.wk.forward(&h)?, c.n_kv_head)?;
-            let v = heads(l.wv.forward(&h)?, c.n_kv_head)?;
+            let (q, k, v) = three(l.wqkv.forward(&h)?)?;
+            let q = heads(q, c.n_head)?;
+            let k = heads(k, c.n_kv_head)?;
+            let v = heads(v, c.n_kv_head)?;
             let q = candle_nn::rotary_emb::rope_i(&q, &cos, &sin)?.squeeze(0)?;
             let k = candle_nn::rotary_emb::rope_i(&k, &cos, &sin)?.squeeze(0)?;
             let v = v.squeeze(0)?;
@@ -396,9 +503,10 @@ impl LlamaModel {
         let mut x = self.embed.embedding(&ids)?; // [B, hidden]
         for (li, l) in self.layers.iter().enumerate() {
             let h = rms_norm(&x, &l.attn_norm, c.rms_eps)?;
-            let q = l.wq.forward(&h)?.reshape((b, c.n_head, 1, c.head_dim))?;
-            let k = l.wk.forward(&h)?.reshape((b, c.n_kv_head, 1, c.head_dim))?;
-            let v = l.wv.forward(&h)?.reshape((b, c.n_kv_head, 1, c.head_dim))?;
+            let (q, k, v) = three(l.wqkv.forward(&h)?)?;
+            let q = q.reshape((b, c.n_head, 1, c.head_dim))?;
+            let k = k.reshape((b, c.n_kv_head, 1, c.head_dim))?;
+            let v = v.reshape((b, c.n_kv_head, 1, c.head_dim))?;
             let q = candle_nn::rotary_emb::rope_i(&q, &cos, &sin)?;
             let k = candle_nn::rotary_emb::rope_i(&k, &cos, &sin)?;
             let mut ys = Vec::with_capacity(b);
@@ -459,4 +567,59 @@ fn causal_mask(t: usize, p0: usize, device: &Device) -> Result<Tensor> {
 /// on the CPU (candle quantizes some activations differently with and without VNNI).
 fn candle_forced() -> bool {
     std::env::var("VCOS_CPU_MATMUL").as_deref() == Ok("candle")
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::quantized::GgmlDType;
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    use super::*;
+
+    fn q8(rng: &mut ChaCha8Rng, n: usize, k: usize) -> Arc<QTensor> {
+        let v: Vec<f32> = (0..n * k).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+        let t = Tensor::from_vec(v, (n, k), &Device::Cpu).expect("tensor");
+        Arc::new(QTensor::quantize(&t, GgmlDType::Q8_0).expect("quantize"))
+    }
+
+    /// Stacked projections give each projection's own result bit for bit, for one row
+    /// (decode of one sequence) and several (prefill, batched decode); where our kernel cannot
+    /// run, they stay separate.
+    #[test]
+    fn stacked_projections_equal_separate_ones() {
+        let mut rng = ChaCha8Rng::seed_from_u64(21);
+        let k = 96;
+        let parts = vec![q8(&mut rng, 40, k), q8(&mut rng, 8, k), q8(&mut rng, 8, k)];
+        let q = WeightPrecision::Quantized;
+        let stacked = Projections::new(parts.clone(), q, CpuMatmul::Auto, &Device::Cpu).expect("new");
+        if !matches!(stacked, Projections::Stacked { .. }) {
+            eprintln!("\n!!!!!!!! SKIPPED: this CPU lacks AVX2 + FMA (no stacking) !!!!!!!!\n");
+            return;
+        }
+        let separate: Vec<Linear> = parts
+            .iter()
+            .map(|t| Linear::new(Arc::clone(t), q, CpuMatmul::Auto, &Device::Cpu).expect("linear"))
+            .collect();
+        for m in [1, 3, 8, 48] {
+            let x: Vec<f32> = (0..m * k).map(|_| rng.random_range(-2.0f32..2.0)).collect();
+            let x = Tensor::from_vec(x, (m, k), &Device::Cpu).expect("x");
+            let got = stacked.forward(&x).expect("stacked");
+            assert_eq!(got.len(), 3);
+            for (g, w) in got.iter().zip(&separate) {
+                let want = w.forward(&x).expect("separate");
+                assert_eq!(g.dims(), want.dims());
+                let (g, want): (Vec<f32>, Vec<f32>) = (
+                    g.flatten_all().and_then(|t| t.to_vec1()).expect("g"),
+                    want.flatten_all().and_then(|t| t.to_vec1()).expect("w"),
+                );
+                assert!(
+                    g.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "m={m}"
+                );
+            }
+        }
+        let candle = Projections::new(parts, q, CpuMatmul::Candle, &Device::Cpu).expect("new");
+        assert!(matches!(candle, Projections::Separate(ref v) if v.len() == 3));
+    }
 }
