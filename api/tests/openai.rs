@@ -156,7 +156,7 @@ fn base64_decode(text: &str) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chat_completions_greedy_and_streamed_agree_and_count_tokens() {
     let api = api().await;
-    let request = json!({"model": CHAT, "messages": [{"role": "system", "content": "You are brief."}, {"role": "user", "content": "What is the capital of France?"}], "temperature": 0, "max_tokens": 24});
+    let request = json!({"model": CHAT, "messages": [{"role": "system", "content": "You are a helpful assistant. Answer in one sentence."}, {"role": "user", "content": "What is the capital of France?"}], "temperature": 0, "max_tokens": 24});
     let (status, first) = api.app_post("/v1/chat/completions", request.clone()).await;
     assert_eq!(status, StatusCode::OK, "{first}");
     assert_eq!(first["object"], "chat.completion");

@@ -226,11 +226,13 @@ fn chatml_rendering_matches_transformers_template() {
 /// * With `DequantizedF32` weights our forward pass is the same computation: logits agree to
 ///   ~3e-5 (measured) and all tokens must match, except after a step where the reference's
 ///   own top-2 logit gap is below 1e-3 (an honest tie at fp32 noise).
-/// * With quantized weights (the production path) candle also quantizes the activations to
-///   8 bits inside each matmul: logits move by up to ~0.6 (Q8_0) / ~1.1 (Q4_1) at a logit scale
-///   of ~25 (measured; candle-transformers' own `ModelWeights` moves as much), so tokens must
-///   match only up to the first step whose reference gap is below `QUANT_GAP`; after that a
-///   divergence is reported, not failed.
+/// * With Q8_0 weights as stored (the production path) our kernel dequantizes each weight in
+///   registers to the same f32 and keeps the activations in f32: the same bounds hold.
+/// * Other quantized files run candle's matmul, which quantizes the activations to 8 bits
+///   inside each matmul: logits move by up to ~1.1 (Q4_1) at a logit scale of ~25 (measured;
+///   candle-transformers' own `ModelWeights` moves as much), so tokens must match only up to
+///   the first step whose reference gap is below `QUANT_GAP`; after that a divergence is
+///   reported, not failed.
 #[test]
 fn greedy_matches_reference() {
     for path in model_paths() {
@@ -247,9 +249,14 @@ fn greedy_against(path: &Path, r: &RefModel) {
         TextGenerator::load(path, config(WeightPrecision::DequantizedF32)).expect("load f32");
     let quant =
         TextGenerator::load(path, config(WeightPrecision::Quantized)).expect("load quantized");
+    let (quant_gap, quant_logits) = if r.quant == "Q8_0" {
+        (F32_GAP, 2e-3f32)
+    } else {
+        (QUANT_GAP, 1.5)
+    };
     for (name, g, gap_tol, logit_tol) in [
         ("f32", &exact, F32_GAP, 2e-3f32),
-        ("quantized", &quant, QUANT_GAP, 1.5),
+        ("quantized", &quant, quant_gap, quant_logits),
     ] {
         let mut total = 0;
         let mut matched = 0;

@@ -37,6 +37,8 @@ pub(crate) struct Node {
     /// Runs desktops (`--desktops`, no warm pool).
     desktops: bool,
     proc: Option<Proc>,
+    /// Whether it has come up once (its ports are then part of the cluster's state).
+    started: bool,
 }
 
 impl Node {
@@ -49,7 +51,7 @@ impl Node {
     pub(crate) fn in_region(id: u64, region: &'static str, root: &Path, join: Option<String>) -> Self {
         let dir = root.join(format!("node{id}")).to_str().expect("UTF-8 temp path").to_owned();
         let join_key = super::admin_key_file(root.join("node1")).to_str().expect("UTF-8 temp path").to_owned();
-        Self { id, region, http: free_port(), raft: free_port(), gossip: free_udp_port(), dir, join, join_key, models: false, desktops: false, proc: None }
+        Self { id, region, http: free_port(), raft: free_port(), gossip: free_udp_port(), dir, join, join_key, models: false, desktops: false, proc: None, started: false }
     }
 
     /// The same node, running desktops (`--desktops --desktop-pool 0`).
@@ -68,7 +70,29 @@ impl Node {
         format!("http://127.0.0.1:{}", self.http)
     }
 
+    /// Starts the node. A first start whose port was taken between `free_port` and the bind
+    /// (another process's outgoing connection may get it) starts again on fresh ports, with a
+    /// fresh data directory; a restart keeps its ports, which the cluster knows.
     pub(crate) fn start(&mut self) {
+        for _ in 0..3 {
+            match self.try_start() {
+                Ok(proc) => {
+                    self.proc = Some(proc);
+                    self.started = true;
+                    return;
+                }
+                Err(why) if !self.started && why.contains("Address already in use") => {
+                    eprintln!("node {}: a port was taken before `vcos up` bound it; again on fresh ports", self.id);
+                    let _ = std::fs::remove_dir_all(&self.dir);
+                    (self.http, self.raft, self.gossip) = (free_port(), free_port(), free_udp_port());
+                }
+                Err(why) => panic!("{why}"),
+            }
+        }
+        panic!("node {}: no free ports in 3 tries", self.id);
+    }
+
+    fn try_start(&mut self) -> Result<Proc, String> {
         let id = self.id.to_string();
         let http = format!("127.0.0.1:{}", self.http);
         let raft = format!("127.0.0.1:{}", self.raft);
@@ -87,8 +111,9 @@ impl Node {
             args.extend(["--join", join.as_str(), "--api-key-file", self.join_key.as_str()]);
         }
         let mut proc = Proc::spawn(&args);
-        assert_eq!(proc.wait_up(UP_DEADLINE), self.base());
-        self.proc = Some(proc);
+        let base = proc.try_wait_up(UP_DEADLINE)?;
+        assert_eq!(base, self.base());
+        Ok(proc)
     }
 
     pub(crate) fn kill_9(&mut self) {

@@ -153,21 +153,27 @@ fn push_line(output: &Mutex<String>, line: &str) {
 impl Proc {
     /// Waits until the process prints its `vcos up` line; returns the base URL.
     pub(crate) fn wait_up(&mut self, deadline: Duration) -> String {
+        self.try_wait_up(deadline).unwrap_or_else(|why| panic!("{why}"))
+    }
+
+    /// As [`Proc::wait_up`], but a process that exits before printing its URL is an `Err` with
+    /// what it printed (a caller may retry a port taken in the meantime).
+    pub(crate) fn try_wait_up(&mut self, deadline: Duration) -> Result<String, String> {
         let started = Instant::now();
         loop {
             match self.lines.recv_timeout(Duration::from_millis(100)) {
                 Ok(line) => {
                     if let Some(base) = parse_up_line(&line) {
-                        return base;
+                        return Ok(base);
                     }
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
                     let status = self.wait_exit(Duration::from_secs(5));
-                    panic!("`vcos up` closed its stdout before printing its URL (exit: {status:?}); output:\n{}", self.output());
+                    return Err(format!("`vcos up` closed its stdout before printing its URL (exit: {status:?}); output:\n{}", self.output()));
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     if let Ok(Some(status)) = self.child.try_wait() {
-                        panic!("`vcos up` exited ({status}) before printing its URL; output:\n{}", self.output());
+                        return Err(format!("`vcos up` exited ({status}) before printing its URL; output:\n{}", self.output()));
                     }
                 }
             }

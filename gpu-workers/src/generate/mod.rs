@@ -6,8 +6,9 @@
 //! * [`chat`]: ChatML prompt rendering;
 //! * [`model`]: a quantized llama forward pass with a KV cache per sequence, so sequences at
 //!   different positions decode in one batch;
-//! * `q8_matmul` (x86-64): the weight-stationary Q8_0 matmul behind [`CpuMatmul::Auto`], so a
-//!   decode step of many sequences reads the weights once;
+//! * `q8_f32`: the Q8_0 matmul behind [`CpuMatmul::Auto`], with f32 activations (the logits
+//!   transformers gives on the same file) and weight-stationary tiles, so a decode step of many
+//!   sequences reads the weights once;
 //! * [`engine`]: continuous batching (requests join and leave between steps);
 //! * [`sampling`], [`stream`]: per-request sampling and UTF-8-safe, stop-aware text streaming;
 //! * [`threads`]: the process-wide CPU thread budget.
@@ -21,10 +22,7 @@ pub mod error;
 mod gguf;
 pub mod kv_cache;
 pub mod model;
-#[cfg(target_arch = "x86_64")]
-mod q8_matmul;
-#[cfg(target_arch = "x86_64")]
-mod q8_vnni;
+mod q8_f32;
 pub mod sampling;
 pub mod stream;
 pub mod threads;

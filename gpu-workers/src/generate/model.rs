@@ -28,27 +28,29 @@ use super::kv_cache::SequenceCache;
 /// How the weight matrices are held in memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum WeightPrecision {
-    /// As stored in the file (Q8_0, Q4_1…): fast quantized kernels; activations are
-    /// quantized to 8 bits inside each matmul, so logits differ slightly from an fp32 run.
+    /// As stored in the file (Q8_0, Q4_1…). Q8_0 weights run our kernel, which dequantizes
+    /// them in registers and keeps the activations f32: the logits of an fp32 run to ~3e-5.
+    /// Other types run candle's kernels, which quantize the activations to 8 bits inside each
+    /// matmul, so their logits differ from an fp32 run by up to ~1.
     #[default]
     Quantized,
     /// Dequantized to f32 at load (about 4× the memory, slower): numerically the same model
-    /// that transformers runs from the GGUF; used to check the forward pass against it.
+    /// that transformers runs from the GGUF, for every weight type; used to check the forward
+    /// pass against it.
     DequantizedF32,
 }
 
 /// Which CPU kernel multiplies activations by Q8_0 weights.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum CpuMatmul {
-    /// Our weight-stationary kernel (see `q8_matmul`) for Q8_0 weights when the CPU has AVX2
-    /// and FMA, except weights candle repacks for its faster VNNI kernel; candle's otherwise.
-    /// Results equal, bit for bit, what candle computes on a VNNI CPU (its AVX2 `vec_dot` for
-    /// most weights, its repacked kernel for the rest), so a model answers the same on CPUs
-    /// with and without VNNI; a decode step of 8 sequences costs far less than 8 steps of one.
+    /// Our kernel with f32 activations (see `q8_f32`) for every Q8_0 weight: each weight is
+    /// dequantized in registers to the f32 transformers holds, so logits agree with
+    /// transformers on the same file to about 3e-5, and a result is the same bit for bit on
+    /// every CPU and at every batch size. candle's matmul for other weight types.
     #[default]
     Auto,
-    /// Always candle's `QMatMul` (the baseline the weight-stationary kernel is measured
-    /// against).
+    /// Always candle's `QMatMul`, which quantizes the activations to 8 bits (the baseline our
+    /// kernel is measured against).
     Candle,
 }
 
@@ -56,8 +58,7 @@ pub enum CpuMatmul {
 #[derive(Debug, Clone)]
 enum Linear {
     Candle(QMatMul),
-    #[cfg(target_arch = "x86_64")]
-    Q8(super::q8_matmul::Q8Matmul),
+    F32Activations(super::q8_f32::Q8F32Matmul),
 }
 
 impl Linear {
@@ -73,39 +74,31 @@ impl Linear {
         }
     }
 
-    /// Our kernel for `t`, if chosen and able to run it (Q8_0 on an AVX2 + FMA CPU).
+    /// Our kernel for `t`, if chosen and able to run it (a Q8_0 weight on the CPU).
     fn weight_stationary(
         t: &Arc<QTensor>,
         precision: WeightPrecision,
         kernel: CpuMatmul,
     ) -> Option<Self> {
-        if precision != WeightPrecision::Quantized || kernel != CpuMatmul::Auto || candle_forced() {
+        if precision != WeightPrecision::Quantized || candle_forced() {
             return None;
         }
-        #[cfg(target_arch = "x86_64")]
-        {
-            let (n, k) = t.shape().dims2().ok()?;
-            if super::q8_matmul::candle_repacks(n, k) {
-                return None;
-            }
-            super::q8_matmul::Q8Matmul::try_new(Arc::clone(t)).map(Self::Q8)
+        match kernel {
+            CpuMatmul::Candle => None,
+            CpuMatmul::Auto => super::q8_f32::Q8F32Matmul::try_new(t).map(Self::F32Activations),
         }
-        #[cfg(not(target_arch = "x86_64"))]
-        None
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {
             Self::Candle(q) => Ok(q.forward(x)?),
-            #[cfg(target_arch = "x86_64")]
-            Self::Q8(q) => Ok(x.contiguous()?.apply_op1_no_bwd(q)?),
+            Self::F32Activations(q) => Ok(x.contiguous()?.apply_op1_no_bwd(q)?),
         }
     }
 }
 
 /// Projections of one input: `[q, k, v]` or `[gate, up]`. Where our kernel runs all of them,
-/// their weights are stacked into one matrix at load, so the input is quantized once and the
-/// weights are walked in one pass; each row's result is what its own matrix gives, bit for bit
+/// their weights are stacked into one matrix at load, so the weights are walked in one pass; each row's result is what its own matrix gives, bit for bit
 /// (rows do not depend on each other), so only the split of the output differs.
 #[derive(Debug, Clone)]
 enum Projections {
@@ -121,7 +114,7 @@ impl Projections {
         kernel: CpuMatmul,
         device: &Device,
     ) -> Result<Self> {
-        if let Some(stacked) = Self::stacked(&parts, precision, kernel, device) {
+        if let Some(stacked) = Self::stacked(&parts, precision, kernel) {
             return Ok(stacked);
         }
         let parts = parts
@@ -131,58 +124,25 @@ impl Projections {
         Ok(Self::Separate(parts))
     }
 
-    /// The parts stacked, if our kernel runs each part and the stack with the same arithmetic
-    /// (Q8_0 activations; a Q8_K shape would round differently).
-    #[cfg(target_arch = "x86_64")]
-    fn stacked(
-        parts: &[Arc<QTensor>],
-        precision: WeightPrecision,
-        kernel: CpuMatmul,
-        device: &Device,
-    ) -> Option<Self> {
-        use super::q8_matmul::Activations;
-        use candle_core::quantized::GgmlDType;
+    /// The parts stacked into one matrix, if our kernel runs each of them (Q8_0 parts of one
+    /// row length).
+    fn stacked(parts: &[Arc<QTensor>], precision: WeightPrecision, kernel: CpuMatmul) -> Option<Self> {
         let mut n = Vec::with_capacity(parts.len());
         let mut bytes = Vec::new();
         let mut k0 = None;
         for t in parts {
             let (rows, k) = t.shape().dims2().ok()?;
-            if t.dtype() != GgmlDType::Q8_0
-                || *k0.get_or_insert(k) != k
-                || Activations::for_shape(rows, k) != Activations::Q8_0
-                || !matches!(Linear::weight_stationary(t, precision, kernel), Some(Linear::Q8(_)))
+            if *k0.get_or_insert(k) != k
+                || !matches!(Linear::weight_stationary(t, precision, kernel), Some(Linear::F32Activations(_)))
             {
                 return None;
             }
             n.push(rows);
             bytes.extend_from_slice(&t.data().ok()?);
         }
-        let k = k0?;
-        let total: usize = n.iter().sum();
-        if Activations::for_shape(total, k) != Activations::Q8_0 {
-            return None;
-        }
-        let t = candle_core::quantized::ggml_file::qtensor_from_ggml(
-            GgmlDType::Q8_0,
-            &bytes,
-            vec![total, k],
-            device,
-        )
-        .ok()?;
-        match Linear::weight_stationary(&Arc::new(t), precision, kernel)? {
-            w @ Linear::Q8(_) => Some(Self::Stacked { w, n }),
-            Linear::Candle(_) => None,
-        }
-    }
-
-    #[cfg(not(target_arch = "x86_64"))]
-    fn stacked(
-        _: &[Arc<QTensor>],
-        _: WeightPrecision,
-        _: CpuMatmul,
-        _: &Device,
-    ) -> Option<Self> {
-        None
+        let total = n.iter().sum();
+        let w = super::q8_f32::Q8F32Matmul::from_rows(&bytes, total, k0?)?;
+        Some(Self::Stacked { w: Linear::F32Activations(w), n })
     }
 
     /// Each projection of `x`, in order, contiguous.
@@ -593,10 +553,7 @@ mod tests {
         let parts = vec![q8(&mut rng, 40, k), q8(&mut rng, 8, k), q8(&mut rng, 8, k)];
         let q = WeightPrecision::Quantized;
         let stacked = Projections::new(parts.clone(), q, CpuMatmul::Auto, &Device::Cpu).expect("new");
-        if !matches!(stacked, Projections::Stacked { .. }) {
-            eprintln!("\n!!!!!!!! SKIPPED: this CPU lacks AVX2 + FMA (no stacking) !!!!!!!!\n");
-            return;
-        }
+        assert!(matches!(stacked, Projections::Stacked { .. }), "Q8_0 parts of one row length stack on every CPU");
         let separate: Vec<Linear> = parts
             .iter()
             .map(|t| Linear::new(Arc::clone(t), q, CpuMatmul::Auto, &Device::Cpu).expect("linear"))
