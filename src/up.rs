@@ -98,6 +98,10 @@ pub(crate) struct UpArgs {
     /// 429 `model_overloaded` (or goes to another node with the `inference` role).
     #[arg(long, default_value_t = 256, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     inference_queue: u32,
+    /// Where the models run: `cpu`, or `cuda` / `cuda:N` (GPU N for generation, GPU 0 for
+    /// embeddings; needs a build with `--features cuda`; the CPU when no GPU is present).
+    #[arg(long, default_value = "cpu", value_name = "DEVICE", value_parser = parse_inference_device)]
+    inference_device: vcos_gpu_workers::generate::DeviceChoice,
     /// Run virtual desktop sessions on this node (the `desktop` role; needs Xvfb:
     /// `apt-get install xvfb`, and x11vnc for VNC).
     #[arg(long)]
@@ -105,6 +109,23 @@ pub(crate) struct UpArgs {
     /// Started displays kept ready per desktop tier (the warm pool).
     #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u16).range(0..=64))]
     desktop_pool: u16,
+}
+
+/// `--inference-device`: `cpu`, `cuda` or `cuda:N`; CUDA only in a build that has it.
+fn parse_inference_device(s: &str) -> Result<vcos_gpu_workers::generate::DeviceChoice, String> {
+    use vcos_gpu_workers::generate::DeviceChoice;
+    let ordinal = match s {
+        "cpu" => return Ok(DeviceChoice::Cpu),
+        "cuda" => 0,
+        _ => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(n)) => n,
+            _ => return Err(format!("`{s}` is not a device: `cpu`, `cuda` or `cuda:N` (N a GPU number)")),
+        },
+    };
+    if !vcos_gpu_workers::CUDA_BUILT {
+        return Err("this vcos was built without CUDA: build it with `cargo build --release --features cuda` (README, \"Inference on a GPU\")".to_owned());
+    }
+    Ok(DeviceChoice::CudaIfAvailable(ordinal))
 }
 
 /// Loads the models the cache holds (none with `--no-models`), saying what is served and,
@@ -121,10 +142,14 @@ pub(crate) fn load_models(args: &UpArgs) -> anyhow::Result<vcos_gpu_workers::ser
     }
     let settings = InferenceSettings {
         threads,
+        device: args.inference_device,
         max_batch: usize::from(args.inference_batch),
         gen_queue: args.inference_queue as usize,
         ..InferenceSettings::default()
     };
+    if matches!(settings.device, vcos_gpu_workers::generate::DeviceChoice::CudaIfAvailable(_)) && !vcos_gpu_workers::cuda_available() {
+        tracing::warn!("--inference-device cuda: no CUDA GPU found, the models run on the CPU");
+    }
     let (inference, notes) = Inference::load(&cache, &settings);
     for note in &notes {
         tracing::warn!(cache = %cache.root().display(), "{note}");
@@ -132,7 +157,7 @@ pub(crate) fn load_models(args: &UpArgs) -> anyhow::Result<vcos_gpu_workers::ser
     if inference.models().is_empty() {
         eprintln!("no models served: `vcos models install` fills {} (then restart)", cache.root().display());
     } else {
-        tracing::info!(models = ?inference.models(), threads = settings.threads, "serving models");
+        tracing::info!(models = ?inference.models(), threads = settings.threads, device = ?settings.device, "serving models");
     }
     Ok(inference)
 }
@@ -675,4 +700,27 @@ async fn terminate_signal() {
 #[cfg(not(unix))]
 async fn terminate_signal() {
     std::future::pending::<()>().await
+}
+
+#[cfg(test)]
+mod inference_device_tests {
+    use vcos_gpu_workers::generate::DeviceChoice;
+
+    use super::parse_inference_device;
+
+    #[test]
+    fn devices_parse_or_say_what_is_wrong() {
+        assert_eq!(parse_inference_device("cpu"), Ok(DeviceChoice::Cpu));
+        for bad in ["gpu", "cuda:", "cuda:x", "cuda:-1", "CPU"] {
+            let e = parse_inference_device(bad).expect_err(bad);
+            assert!(e.contains(bad) && e.contains("cuda:N"), "{e}");
+        }
+        if vcos_gpu_workers::CUDA_BUILT {
+            assert_eq!(parse_inference_device("cuda"), Ok(DeviceChoice::CudaIfAvailable(0)));
+            assert_eq!(parse_inference_device("cuda:1"), Ok(DeviceChoice::CudaIfAvailable(1)));
+        } else {
+            let e = parse_inference_device("cuda").expect_err("no CUDA in this build");
+            assert!(e.contains("--features cuda"), "{e}");
+        }
+    }
 }

@@ -10,7 +10,7 @@ use super::error::ServeError;
 use super::gen_pool::{EngineBody, EngineRunner, GenPool, GenPoolConfig, GenTicket};
 use vcos_actors::BoxFuture;
 use crate::embed::{EmbedConfig, Embedder};
-use crate::generate::{ChatMessage, EngineLimits, GeneratorConfig, Prompt, SamplingParams, TextGenerator};
+use crate::generate::{ChatMessage, DeviceChoice, EngineLimits, GeneratorConfig, Prompt, SamplingParams, TextGenerator};
 use crate::models::{ModelCache, ModelId};
 
 /// How a node runs its models.
@@ -29,6 +29,8 @@ pub struct InferenceSettings {
     pub max_context: usize,
     /// A model call running longer than this is given up and its worker replaced.
     pub hang_after: Duration,
+    /// Where the models run (a GPU only in a build with the `cuda` feature; embeddings use GPU 0).
+    pub device: DeviceChoice,
 }
 
 impl Default for InferenceSettings {
@@ -40,6 +42,7 @@ impl Default for InferenceSettings {
             gen_queue: 256,
             max_context: 2_048,
             hang_after: Duration::from_secs(60),
+            device: DeviceChoice::Cpu,
         }
     }
 }
@@ -155,7 +158,11 @@ impl Inference {
     }
 
     fn load_embeddings(cache: &ModelCache, settings: &InferenceSettings) -> Result<EmbedPool, String> {
-        let config = EmbedConfig { threads: settings.threads.get(), ..EmbedConfig::default() };
+        let device = match settings.device {
+            DeviceChoice::Cpu => crate::embed::DeviceChoice::Cpu,
+            DeviceChoice::CudaIfAvailable(_) => crate::embed::DeviceChoice::CudaIfAvailable,
+        };
+        let config = EmbedConfig { threads: settings.threads.get(), device, ..EmbedConfig::default() };
         let embedder = Embedder::from_cache(cache, config).map_err(|e| e.to_string())?;
         let backend = Arc::new(EmbedderBackend { name: ModelId::MiniLmL6V2.name(), embedder });
         EmbedPool::start(backend, settings.embed.clone()).map_err(|e| e.to_string())
@@ -165,6 +172,7 @@ impl Inference {
         let files = cache.generation().map_err(|e| e.to_string())?;
         let config = GeneratorConfig {
             threads: settings.threads,
+            device: settings.device,
             max_context: Some(settings.max_context),
             limits: EngineLimits { max_batch: settings.max_batch.max(1), ..EngineLimits::default() },
             ..GeneratorConfig::default()
