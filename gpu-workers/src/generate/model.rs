@@ -80,13 +80,19 @@ impl Linear {
         precision: WeightPrecision,
         kernel: CpuMatmul,
     ) -> Option<Self> {
-        if precision != WeightPrecision::Quantized || candle_forced() {
+        if !Self::ours_may_run(t, precision, kernel) {
             return None;
         }
-        match kernel {
-            CpuMatmul::Candle => None,
-            CpuMatmul::Auto => super::q8_f32::Q8F32Matmul::try_new(t).map(Self::F32Activations),
-        }
+        super::q8_f32::Q8F32Matmul::try_new(t).map(Self::F32Activations)
+    }
+
+    /// Whether our kernel is chosen for `t` and can take it (checked without repacking it).
+    fn ours_may_run(t: &QTensor, precision: WeightPrecision, kernel: CpuMatmul) -> bool {
+        precision == WeightPrecision::Quantized
+            && kernel == CpuMatmul::Auto
+            && !candle_forced()
+            && t.dtype() == candle_core::quantized::GgmlDType::Q8_0
+            && t.device().is_cpu()
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -98,8 +104,9 @@ impl Linear {
 }
 
 /// Projections of one input: `[q, k, v]` or `[gate, up]`. Where our kernel runs all of them,
-/// their weights are stacked into one matrix at load, so the weights are walked in one pass; each row's result is what its own matrix gives, bit for bit
-/// (rows do not depend on each other), so only the split of the output differs.
+/// their weights are stacked into one matrix at load, so the weights are walked in one pass;
+/// each row's result is what its own matrix gives, bit for bit (rows do not depend on each
+/// other), so only the split of the output differs.
 #[derive(Debug, Clone)]
 enum Projections {
     /// One matrix; output columns `0..n[0]`, `n[0]..n[0] + n[1]`, … per projection.
@@ -132,9 +139,7 @@ impl Projections {
         let mut k0 = None;
         for t in parts {
             let (rows, k) = t.shape().dims2().ok()?;
-            if *k0.get_or_insert(k) != k
-                || !matches!(Linear::weight_stationary(t, precision, kernel), Some(Linear::F32Activations(_)))
-            {
+            if *k0.get_or_insert(k) != k || !Linear::ours_may_run(t, precision, kernel) {
                 return None;
             }
             n.push(rows);
