@@ -138,11 +138,21 @@ impl Q8F32Matmul {
         })
     }
 
-    /// The same kernel compiled for the portable path (to check the SIMD paths against it).
+    /// The same weights on every path this CPU can run (to check each against the others).
     #[cfg(test)]
-    fn portable(mut self) -> Self {
-        self.isa = Isa::Portable;
-        self
+    fn on_every_path(&self) -> Vec<Self> {
+        let mut isas = vec![Isa::Portable];
+        #[cfg(target_arch = "x86_64")]
+        {
+            isas.extend(pulp::x86::V3::try_new().map(Isa::Avx2));
+            isas.extend(pulp::x86::V4::try_new().map(Isa::Avx512));
+        }
+        isas.into_iter()
+            .map(|isa| Self {
+                isa,
+                ..self.clone()
+            })
+            .collect()
     }
 
     /// `dst[i * n + r] = Σ_k x[i, k] · W[r, k]` for `m` rows of `x` (`m * k` values, row-major).
@@ -592,7 +602,7 @@ mod tests {
         w.iter().zip(x).fold(0f32, |acc, (&w, &x)| w.mul_add(x, acc))
     }
 
-    /// Every path (this CPU's SIMD one and the portable one) computes each output as one fused
+    /// Every path this CPU runs (portable, AVX2, AVX-512) computes each output as one fused
     /// multiply-add chain over the dequantized weights, in column order: equal bit for bit to
     /// that chain written out, for every tile shape (m = 1 to 17, 32, 48) and for row counts
     /// that leave a padded group (n = 100, 37) or several (n = 960).
@@ -600,8 +610,7 @@ mod tests {
     fn every_output_is_the_same_fma_chain_on_every_path() {
         for (seed, n, k) in [(1, 100, 576), (2, 37, 96), (3, 960, 64), (4, 192, 1536)] {
             let (q, w) = weights(seed, n, k);
-            let simd = Q8F32Matmul::try_new(&q).expect("kernel");
-            let portable = simd.clone().portable();
+            let paths = Q8F32Matmul::try_new(&q).expect("kernel").on_every_path();
             let mut rng = ChaCha8Rng::seed_from_u64(seed + 100);
             for m in (1..=17).chain([32, 48]) {
                 let x = values(&mut rng, m * k);
@@ -611,11 +620,11 @@ mod tests {
                         w.chunks_exact(k).map(move |w| chain(w, x))
                     })
                     .collect();
-                let got = apply(&simd, &x, m);
-                let got_portable = apply(&portable, &x, m);
-                for (idx, ((a, b), c)) in got.iter().zip(&got_portable).zip(&want).enumerate() {
-                    assert_eq!(a.to_bits(), c.to_bits(), "{} n={n} k={k} m={m} at {idx}: {a} vs {c}", simd.isa.name());
-                    assert_eq!(b.to_bits(), c.to_bits(), "portable n={n} k={k} m={m} at {idx}");
+                for op in &paths {
+                    let got = apply(op, &x, m);
+                    for (idx, (a, c)) in got.iter().zip(&want).enumerate() {
+                        assert_eq!(a.to_bits(), c.to_bits(), "{} n={n} k={k} m={m} at {idx}: {a} vs {c}", op.isa.name());
+                    }
                 }
             }
         }
