@@ -451,7 +451,7 @@ impl<L: Lanes> TaskOn<'_, '_, '_, L> {
                 let mut z0 = 0;
                 while z0 < per_group {
                     let zn = z.min(per_group - z0);
-                    tile_dispatch(lanes, task, out, g, z0, zn, i, c);
+                    tile_dispatch(lanes, task, out, Place { g, z0, i0: i }, zn, c);
                     z0 += zn;
                 }
                 i += c;
@@ -462,16 +462,17 @@ impl<L: Lanes> TaskOn<'_, '_, '_, L> {
 
 /// Monomorphized tiles for the shapes `run` asks for (`zn · c ≤ L::ACC`, `c ≤ 8`).
 #[inline(always)]
-fn tile_dispatch<L: Lanes>(lanes: L, task: Task, out: &mut [&mut [f32]], g: usize, z0: usize, zn: usize, i0: usize, c: usize) {
+fn tile_dispatch<L: Lanes>(lanes: L, task: Task, out: &mut [&mut [f32]], at: Place, zn: usize, c: usize) {
+    let Place { g, z0, i0 } = at;
     macro_rules! pick {
         ($($z:literal, $c:literal);*) => {
             match (zn, c) {
-                $(($z, $c) => tile::<L, $z, $c>(lanes, task, out, g, z0, i0),)*
+                $(($z, $c) => tile::<L, $z, $c>(lanes, task, out, at),)*
                 // Any other shape runs as single-vector tiles (the same chains, so the same bits).
                 _ => {
                     for z in z0..z0 + zn {
                         for i in i0..i0 + c {
-                            tile::<L, 1, 1>(lanes, task, out, g, z, i);
+                            tile::<L, 1, 1>(lanes, task, out, Place { g, z0: z, i0: i });
                         }
                     }
                 }
@@ -481,16 +482,18 @@ fn tile_dispatch<L: Lanes>(lanes: L, task: Task, out: &mut [&mut [f32]], g: usiz
     pick!(4, 1; 4, 2; 4, 3; 4, 4; 4, 5; 4, 6; 3, 7; 1, 7; 3, 8; 1, 8; 8, 1; 6, 2; 2, 2; 3, 4; 2, 4; 2, 5; 2, 6; 1, 1)
 }
 
-/// Vectors `z0 .. z0 + Z` of group `g` against activation rows `i0 .. i0 + C`.
-#[inline(always)]
-fn tile<L: Lanes, const Z: usize, const C: usize>(
-    lanes: L,
-    task: Task,
-    out: &mut [&mut [f32]],
+/// Where a register tile starts: group `g`, its vector `z0`, activation row `i0`.
+#[derive(Clone, Copy)]
+struct Place {
     g: usize,
     z0: usize,
     i0: usize,
-) {
+}
+
+/// Vectors `z0 .. z0 + Z` of group `g` against activation rows `i0 .. i0 + C`.
+#[inline(always)]
+fn tile<L: Lanes, const Z: usize, const C: usize>(lanes: L, task: Task, out: &mut [&mut [f32]], at: Place) {
+    let Place { g, z0, i0 } = at;
     let Task {
         scales,
         qs,
