@@ -664,6 +664,20 @@ mod tests {
         assert!(candle_worst > 10.0 * ours_worst);
     }
 
+    /// The scale conversion gives `half`'s f32 for every f16 (normal, subnormal, zero,
+    /// infinite), and a NaN for a NaN (`half` sets the quiet bit, which no valid scale needs).
+    #[test]
+    fn every_f16_scale_converts_exactly() {
+        for h in 0..=u16::MAX {
+            let (ours, by_half) = (f16_to_f32(h), half::f16::from_bits(h).to_f32());
+            if by_half.is_nan() {
+                assert!(ours.is_nan(), "{h:#06x}");
+            } else {
+                assert_eq!(ours.to_bits(), by_half.to_bits(), "{h:#06x}");
+            }
+        }
+    }
+
     /// Bad shapes are refused, not multiplied.
     #[test]
     fn refuses_what_it_cannot_run() {
