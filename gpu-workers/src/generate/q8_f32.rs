@@ -1,6 +1,6 @@
 //! Q8_0 weights times f32 activations: the matmul of the generation model's production path.
 //!
-//! Why: candle's quantized matmul (and the `q8_matmul` kernel, which reproduces it) quantizes
+//! Why: candle's quantized matmul (and our 8-bit kernel this one replaced, which reproduced it) quantizes
 //! the activations to 8 bits before every product. That moves SmolLM2's logits by 0.3 to 0.6
 //! against transformers on the same file, and it makes the model chaotic: each matmul
 //! re-quantizes its input, so a change in the last bit of one sum moves an activation by a
@@ -20,6 +20,9 @@
 //! (AVX-512, AVX2, portable), whatever the tile shape or the number of activation rows. So a
 //! result is the same bit for bit on every CPU and does not depend on the other rows of the
 //! batch: a sequence decodes to the same tokens alone or with others.
+//!
+//! `VCOS_Q8_AVX512=0` (read when a weight loads) keeps a CPU with AVX-512 on the AVX2 path:
+//! to measure that path, with the same results.
 
 use candle_core::backend::BackendStorage;
 use candle_core::quantized::{GgmlDType, QTensor};
