@@ -12,6 +12,7 @@ mod bench;
 mod canon_cmd;
 mod cluster_up;
 mod http_client;
+mod huge_pages;
 mod models_cmd;
 #[cfg(feature = "sim")]
 mod sim_cmd;

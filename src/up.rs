@@ -200,6 +200,7 @@ const TENANT_RETRY_PAUSE: Duration = Duration::from_secs(1);
 
 pub(crate) fn run(args: UpArgs) -> anyhow::Result<()> {
     init_tracing();
+    crate::huge_pages::apply()?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("start tokio")?;
     let result = runtime.block_on(serve(args));
     // Tasks that never finish (Raft waiting for a quorum, a blocked disk) must not hold the exit.

@@ -279,6 +279,8 @@ fn run_child(args: &LocalArgs, setup: Setup) -> anyhow::Result<()> {
     // tracing's `log` fallback builds and logs each of them, about a fifth of an ask's CPU
     // (perf, 2026-11-30); a subscriber's level filter drops them at the callsite.
     crate::up::init_tracing_or("error");
+    // The same memory settings as `vcos up`.
+    crate::huge_pages::apply()?;
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Some(workers) = args.workers {
         builder.worker_threads(workers.max(1));
