@@ -6,15 +6,16 @@
 //! hundred thousand) spends its time there: in `perf` of `vcos bench local --only spawn`, a third
 //! of the samples were the kernel zeroing huge pages (`clear_page_erms` under
 //! `do_huge_pmd_anonymous_page`), and spawn in memory ran 1.6–2 × faster without them, every
-//! other row of the bench unchanged within its noise (README, "Transparent huge pages"). Servers
+//! other row of the bench unchanged within its noise (README, "Transparent huge pages off"). Servers
 //! that care about latency commonly run without them for the same reason (Redis warns at start
 //! when they are on).
 //!
 //! The setting is the kernel's per-process flag (`prctl(PR_SET_THP_DISABLE)`): it applies to
-//! every mapping, also those mimalloc made before `main`, and children inherit it. The peers the
-//! benches start from a process that set it (Erlang, PyTorch with its default allocator) do not
-//! ask for huge pages themselves, so it changes nothing for them; etcd is started by
-//! `vcos bench canon`, which does not set it.
+//! every mapping, also those mimalloc made before `main`, and children inherit it. Who applies
+//! it: `vcos up`, the measuring children of `vcos bench local`, and the benches that run a node
+//! or the models in their own process (`bench::run`). The peers those start (wrk, Xvfb, PyTorch
+//! with its default allocator) do not ask for huge pages themselves, so it changes nothing for
+//! them; etcd and Erlang are started from processes that do not set it.
 //!
 //! `VCOS_TRANSPARENT_HUGE_PAGES=on` keeps mimalloc's default (huge pages where the system's
 //! `transparent_hugepage` mode allows them).
@@ -22,7 +23,7 @@
 use anyhow::bail;
 
 /// The environment variable that chooses.
-pub(crate) const ENV: &str = "VCOS_TRANSPARENT_HUGE_PAGES";
+const ENV: &str = "VCOS_TRANSPARENT_HUGE_PAGES";
 
 /// What the environment asks for: `Ok(true)` to keep huge pages.
 fn wanted(value: Option<&str>) -> anyhow::Result<bool> {

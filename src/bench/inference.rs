@@ -158,9 +158,6 @@ pub(crate) fn run(mut args: InferenceArgs) -> anyhow::Result<()> {
     let threads = NonZeroUsize::new(usize::from(args.threads)).context("--threads")?;
     // candle's process-wide pool is sized once, from the environment: before any model loads.
     vcos_gpu_workers::generate::apply_cpu_thread_budget(threads).context("candle thread budget")?;
-    // The same memory settings as `vcos up` (the PyTorch peer inherits the flag; its default
-    // allocator does not ask for huge pages).
-    crate::huge_pages::apply()?;
     let cache = ModelCache::resolve(args.models_dir.clone()).context("model cache")?;
     let embed_dir = cache.embedding().context("embedding model (run `vcos models install`)")?.config.parent().context("model dir")?.to_owned();
     let gguf = cache.generation().context("generation model (run `vcos models install`)")?.gguf;

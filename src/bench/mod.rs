@@ -62,6 +62,14 @@ enum Suite {
 }
 
 pub(crate) fn run(args: BenchArgs) -> anyhow::Result<()> {
+    // Benches whose node or models run in this process get `vcos up`'s memory setting. The
+    // others start `vcos up` processes (which set it themselves) or measuring children (`bench
+    // local`), and start peers that must not inherit it from here (etcd; `bench local`'s Erlang
+    // is indifferent, but its parent stays as it is). The peers of these four (wrk, Xvfb,
+    // PyTorch's default allocator) do not ask for huge pages.
+    if matches!(args.suite, Suite::Http(_) | Suite::Inference(_) | Suite::Think(_) | Suite::Sessions(_)) {
+        crate::huge_pages::apply()?;
+    }
     match args.suite {
         Suite::Local(local) => local::run(local),
         Suite::Canon(canon) => canon::run(canon),
